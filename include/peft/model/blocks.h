@@ -1,0 +1,25 @@
+// Shared building blocks of decoder-only transformers: rotary embeddings, masks, scaled dot-product
+// attention over the (optional) KV cache. Architecture files compose these; they never mention adapters.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "peft/model/causal-lm.h"
+
+namespace peft::blocks {
+
+/// cos, sin of shape (B, 1, S, Dh) for rotary embeddings at `position_ids` (B, S).
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, int64_t head_dim, double theta,
+                                               at::ScalarType dtype);
+/// x * cos + rotate_half(x) * sin, x: (B, H, S, Dh).
+at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin);
+
+/// Write k, v (B, Hkv, S, Dh) into the cache of layer `layer` (if any) and return the full keys/values.
+std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,
+                                               const at::Tensor & v);
+
+/// softmax(q k^T * scale + mask) v with grouped-query heads; q (B, H, S, Dh), k/v (B, Hkv, L, Dh).
+/// Returns (B, S, H*Dh).
+at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
+                     double scale);
+
+}  // namespace peft::blocks

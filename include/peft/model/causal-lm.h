@@ -1,0 +1,74 @@
+// CausalLM: the interface every architecture implements, the KV cache, and loading a Hugging Face
+// checkpoint folder (config.json + model.safetensors or a sharded index) into one.
+// B = batch, S = new tokens this call, L = key/value length (cache capacity, or S without a cache),
+// V = vocab, Hkv = key/value heads, Dh = head dim.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peft/model/config.h"
+#include "peft/nn/module.h"
+
+namespace peft {
+
+/// A static key/value cache: per layer K and V of shape (B, Hkv, capacity, Dh). Tokens are written at
+/// the slots named by ForwardInput::cache_position; shapes never change, so a compiled decode step
+/// replays one graph for every token.
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
+  static KVCache allocate(const ModelConfig & cfg, int64_t batch, int64_t capacity, at::TensorOptions opts);
+};
+
+struct ForwardInput {
+  at::Tensor input_ids;       // (B, S) int64
+  at::Tensor attention_mask;  // (B, L) 1 = real token, 0 = padding/empty slot; undefined = all ones
+  at::Tensor position_ids;    // (B, S) int64; undefined = derived from attention_mask and cache_position
+  at::Tensor cache_position;  // (S) int64 slots written in the cache; undefined = 0..S-1
+  KVCache * cache = nullptr;
+};
+
+/// What an architecture's forward is handed after the shared preprocessing.
+struct AttentionContext {
+  at::Tensor mask;            // (B, 1, S, L) bool: true = may attend
+  at::Tensor position_ids;    // (B, S)
+  at::Tensor cache_position;  // (S)
+  KVCache * cache = nullptr;
+};
+
+class CausalLM : public Module {
+ public:
+  explicit CausalLM(ModelConfig cfg) : config_(std::move(cfg)) {}
+  /// Logits (B, S, V).
+  at::Tensor forward(const ForwardInput & in);
+  const ModelConfig & config() const { return config_; }
+  /// Names of parameters that are tied to another parameter and absent from checkpoints.
+  virtual std::vector<std::string> tied_parameter_names() const { return {}; }
+  /// Re-establish weight tying after parameters were loaded or replaced.
+  virtual void tie_weights() {}
+
+ protected:
+  virtual at::Tensor forward_impl(const at::Tensor & input_ids, const AttentionContext & ctx) = 0;
+  ModelConfig config_;
+};
+
+/// Build an architecture from its config (random-free: parameters are uninitialised).
+std::shared_ptr<CausalLM> build_model(const ModelConfig & cfg);
+
+/// Load a Hugging Face checkpoint folder. dtype: at::kFloat or at::kBFloat16 (weights converted on load).
+/// Missing or unexpected keys are errors naming the keys (tied weights excepted).
+std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype = at::kFloat);
+
+/// Load a state dict into the model's parameters by name (shapes checked). Used by load_model.
+void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> & tensors, const std::string & source);
+
+/// Fill every parameter with seeded random values (benchmarks and tests on synthetic models).
+void init_random(CausalLM & model, uint64_t seed, double std = 0.02);
+
+/// Save the model's parameters as DIR/config.json + DIR/model.safetensors (atomically).
+void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json);
+
+}  // namespace peft

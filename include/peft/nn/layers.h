@@ -1,0 +1,67 @@
+// The plain layers that architectures are built from. Parameter names follow torch.nn
+// (weight, bias) so that module paths + parameter names equal Hugging Face checkpoint keys.
+// Shapes: Linear weight (O, I), bias (O); Embedding weight (V, D); norms weight/bias (D).
+#pragma once
+#include "peft/nn/module.h"
+
+#include <optional>
+
+namespace peft {
+
+class Linear : public Layer {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias);
+  at::Tensor forward(const at::Tensor & x) override;  // (.., I) -> (.., O)
+  LayerPtr clone_layer() const override;
+  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.size(0); }
+  /// Make this layer use `w` as its weight (tied embeddings); the parameter is re-registered.
+  void tie_weight(const at::Tensor & w);
+  at::Tensor weight;  // (O, I)
+  at::Tensor bias;    // (O) or undefined
+};
+
+class Embedding : public Layer {
+ public:
+  Embedding(int64_t num_embeddings, int64_t dim, int64_t padding_idx = -1);
+  at::Tensor forward(const at::Tensor & ids) override;  // (B, T) int64 -> (B, T, D)
+  LayerPtr clone_layer() const override;
+  at::Tensor weight;  // (V, D)
+  int64_t padding_idx;
+};
+
+/// Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in float32.
+class RMSNorm : public Layer {
+ public:
+  RMSNorm(int64_t dim, double eps);
+  at::Tensor forward(const at::Tensor & x) override;
+  LayerPtr clone_layer() const override;
+  at::Tensor weight;
+  double eps;
+};
+
+class LayerNorm : public Layer {
+ public:
+  LayerNorm(int64_t dim, double eps, bool affine);
+  at::Tensor forward(const at::Tensor & x) override;
+  LayerPtr clone_layer() const override;
+  at::Tensor weight;  // undefined when not affine
+  at::Tensor bias;
+  double eps;
+};
+
+/// An ordered list of modules named "0", "1", ... (torch.nn.ModuleList).
+class ModuleList : public Module {
+ public:
+  void push_back(ModulePtr m) {
+    register_module(std::to_string(items_.size()), m);
+    items_.push_back(std::move(m));
+  }
+  size_t size() const { return items_.size(); }
+  template <class T> std::shared_ptr<T> at(size_t i) const { return std::static_pointer_cast<T>(items_[i]); }
+
+ private:
+  std::vector<ModulePtr> items_;
+};
+
+}  // namespace peft

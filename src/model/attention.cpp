@@ -1,0 +1,52 @@
+#include <limits>
+
+#include "peft/model/blocks.h"
+
+namespace peft::blocks {
+
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, int64_t head_dim, double theta,
+                                               at::ScalarType dtype) {
+  // inv_freq as Hugging Face computes it: 1 / theta^(arange(0, d, 2) / d) in float32
+  at::Tensor idx = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong).device(position_ids.device()))
+                       .to(at::kFloat);
+  at::Tensor inv_freq = 1.0 / at::pow(theta, idx / static_cast<double>(head_dim));
+  at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv_freq;  // (B, S, Dh/2)
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);                // (B, 1, S, Dh)
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, half);
+  return x * cos + at::cat({-x2, x1}, -1) * sin;
+}
+
+std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,
+                                               const at::Tensor & v) {
+  if (ctx.cache == nullptr) return {k, v};
+  at::Tensor & kc = ctx.cache->k[layer];
+  at::Tensor & vc = ctx.cache->v[layer];
+  kc.index_copy_(2, ctx.cache_position, k.to(kc.scalar_type()));
+  vc.index_copy_(2, ctx.cache_position, v.to(vc.scalar_type()));
+  return {kc, vc};
+}
+
+at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
+                     double scale) {
+  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dh = q.size(3);
+  const int64_t Hkv = k.size(1), L = k.size(2);
+  at::Tensor kk = k, vv = v;
+  if (Hkv != H) {  // grouped-query attention: repeat each key/value head H/Hkv times
+    kk = k.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
+    vv = v.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
+  }
+  at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) * scale;  // (B, H, S, L)
+  const double lowest = q.scalar_type() == at::kBFloat16 ? -3.38e38 : std::numeric_limits<float>::lowest();
+  scores = scores.masked_fill(mask.logical_not(), lowest);
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor out = at::matmul(probs, vv);  // (B, H, S, Dh)
+  return out.transpose(1, 2).reshape({B, S, H * Dh});
+}
+
+}  // namespace peft::blocks

@@ -1,0 +1,198 @@
+#include "peft/model/causal-lm.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <set>
+
+#include "peft/error.h"
+#include "peft/io/atomic-file.h"
+#include "peft/io/safetensors.h"
+
+namespace peft {
+
+// Architectures (one file each under model/arch/); this list is the registry.
+std::shared_ptr<CausalLM> build_llama(const ModelConfig & cfg);
+std::shared_ptr<CausalLM> build_opt(const ModelConfig & cfg);
+
+std::shared_ptr<CausalLM> build_model(const ModelConfig & cfg) {
+  if (cfg.model_type == "llama" || cfg.model_type == "mistral" || cfg.model_type == "qwen2") return build_llama(cfg);
+  if (cfg.model_type == "opt") return build_opt(cfg);
+  fail(str("no architecture for model_type '", cfg.model_type, "'"));
+}
+
+KVCache KVCache::allocate(const ModelConfig & cfg, int64_t batch, int64_t capacity, at::TensorOptions opts) {
+  KVCache c;
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    c.k.push_back(at::zeros({batch, cfg.num_kv_heads, capacity, cfg.head_dim}, opts));
+    c.v.push_back(at::zeros({batch, cfg.num_kv_heads, capacity, cfg.head_dim}, opts));
+  }
+  return c;
+}
+
+static void check_input(const ModelConfig & cfg, const ForwardInput & in) {
+  PEFT_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be a (batch, seq) tensor");
+  PEFT_CHECK(in.input_ids.scalar_type() == at::kLong, "input_ids must be int64");
+  PEFT_CHECK(in.input_ids.size(1) > 0, "input_ids is empty");
+  const int64_t lo = in.input_ids.min().item<int64_t>(), hi = in.input_ids.max().item<int64_t>();
+  PEFT_CHECK(lo >= 0 && hi < cfg.vocab_size, "token id ", lo < 0 ? lo : hi, " is out of range [0, ", cfg.vocab_size,
+             ")");
+  const int64_t L = in.cache ? in.cache->capacity() : in.input_ids.size(1);
+  if (in.attention_mask.defined()) {
+    PEFT_CHECK(in.attention_mask.dim() == 2 && in.attention_mask.size(0) == in.input_ids.size(0) &&
+                   in.attention_mask.size(1) == L,
+               "attention_mask must be (batch, ", L, "), got ", in.attention_mask.sizes());
+  }
+  if (in.cache) {
+    PEFT_CHECK(in.cache->k.size() == static_cast<size_t>(cfg.num_layers), "KV cache has ", in.cache->k.size(),
+               " layers, model has ", cfg.num_layers);
+    PEFT_CHECK(in.cache_position.defined() && in.cache_position.numel() == in.input_ids.size(1),
+               "cache_position must hold one slot per new token");
+    PEFT_CHECK(in.cache_position.max().item<int64_t>() < L, "cache_position beyond the cache capacity ", L);
+  }
+}
+
+at::Tensor CausalLM::forward(const ForwardInput & in) {
+  check_input(config_, in);
+  const int64_t B = in.input_ids.size(0), S = in.input_ids.size(1);
+  const int64_t L = in.cache ? in.cache->capacity() : S;
+  auto lopts = at::TensorOptions().dtype(at::kLong).device(in.input_ids.device());
+  AttentionContext ctx;
+  ctx.cache = in.cache;
+  ctx.cache_position = in.cache_position.defined() ? in.cache_position : at::arange(S, lopts);
+  at::Tensor key_pos = at::arange(L, lopts);
+  at::Tensor allowed = key_pos.unsqueeze(0) <= ctx.cache_position.unsqueeze(1);  // (S, L) causal
+  if (in.attention_mask.defined()) {
+    at::Tensor am = in.attention_mask.to(at::kBool);
+    ctx.mask = allowed.unsqueeze(0).logical_and(am.unsqueeze(1)).unsqueeze(1);  // (B, 1, S, L)
+  } else {
+    ctx.mask = allowed.unsqueeze(0).unsqueeze(0).expand({B, 1, S, L});
+  }
+  if (in.position_ids.defined()) {
+    ctx.position_ids = in.position_ids;
+  } else if (in.attention_mask.defined()) {
+    at::Tensor pos = (in.attention_mask.to(at::kLong).cumsum(-1) - 1).clamp_min(0);
+    ctx.position_ids = pos.index_select(1, ctx.cache_position);
+  } else {
+    ctx.position_ids = ctx.cache_position.unsqueeze(0).expand({B, S});
+  }
+  return forward_impl(in.input_ids, ctx);
+}
+
+void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> & tensors, const std::string & source) {
+  std::set<std::string> tied;
+  for (const auto & t : model.tied_parameter_names()) tied.insert(t);
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  at::NoGradGuard no_grad;
+  for (auto & p : model.named_parameters(true)) {
+    const std::string & name = p.key();
+    if (tied.count(name)) continue;
+    auto it = tensors.find(name);
+    // original OPT checkpoints name keys without the leading "model."
+    if (it == tensors.end() && name.rfind("model.", 0) == 0) it = tensors.find(name.substr(6));
+    if (it == tensors.end()) {
+      missing.push_back(name);
+      continue;
+    }
+    used.insert(it->first);
+    PEFT_CHECK(it->second.sizes() == p.value().sizes(), source, ": tensor '", it->first, "' has shape ",
+               it->second.sizes(), ", the model expects ", p.value().sizes(), " (checkpoint for a different config?)");
+    p.value().copy_(it->second);
+  }
+  std::vector<std::string> unexpected;
+  for (const auto & kv : tensors) {
+    if (used.count(kv.first) || tied.count(kv.first)) continue;
+    if (kv.first.find("rotary_emb.inv_freq") != std::string::npos) continue;  // old HF buffers
+    unexpected.push_back(kv.first);
+  }
+  auto join = [](const std::vector<std::string> & v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 10; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 10) s += str(", ... (", v.size(), " in all)");
+    return s;
+  };
+  PEFT_CHECK(missing.empty(), source, ": missing keys: ", join(missing));
+  PEFT_CHECK(unexpected.empty(), source, ": unexpected keys: ", join(unexpected));
+  model.tie_weights();
+}
+
+static bool file_exists(const std::string & p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype) {
+  PEFT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "load_model: dtype must be float32 or bfloat16");
+  ModelConfig cfg = ModelConfig::load(dir);
+  auto model = build_model(cfg);
+  std::map<std::string, at::Tensor> tensors;
+  std::string source;
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  if (file_exists(single)) {
+    tensors = safetensors_load(single);
+    source = single;
+  } else if (file_exists(index)) {
+    source = index;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(index));
+    } catch (const nlohmann::json::exception & e) {
+      fail(str(index, ": not valid JSON (", e.what(), ")"));
+    }
+    PEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index, ": missing 'weight_map'");
+    std::map<std::string, std::vector<std::string>> by_file;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      PEFT_CHECK(it.value().is_string(), index, ": weight_map entry '", it.key(), "' is not a file name");
+      const std::string f = it.value().get<std::string>();
+      PEFT_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index, ": shard name '", f,
+                 "' must be a plain file name");
+      by_file[f].push_back(it.key());
+    }
+    for (const auto & kv : by_file) {
+      SafeTensorsFile shard(dir + "/" + kv.first);
+      for (const auto & key : kv.second) {
+        PEFT_CHECK(shard.contains(key), index, ": key '", key, "' is mapped to '", kv.first, "' which lacks it");
+        tensors[key] = shard.get(key);
+      }
+    }
+  } else {
+    fail(str(dir, ": no model.safetensors or model.safetensors.index.json"));
+  }
+  model->to(dtype);
+  load_parameters(*model, tensors, source);
+  model->eval();
+  for (auto & p : model->parameters()) p.set_requires_grad(false);
+  return model;
+}
+
+void init_random(CausalLM & model, uint64_t seed, double std) {
+  at::NoGradGuard g;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto & p : model.named_parameters(true)) {
+    const std::string & n = p.key();
+    at::Tensor & t = p.value();
+    if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) {
+      t.zero_();
+    } else if (t.dim() == 1) {
+      t.fill_(1.0);
+    } else {
+      t.copy_(at::normal(0.0, std, t.sizes(), gen).to(t.scalar_type()));
+    }
+  }
+  model.tie_weights();
+}
+
+void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json) {
+  ::mkdir(dir.c_str(), 0755);
+  std::set<std::string> tied;
+  for (const auto & t : model.tied_parameter_names()) tied.insert(t);
+  std::map<std::string, at::Tensor> out;
+  for (auto & p : model.named_parameters(true)) {
+    if (!tied.count(p.key())) out[p.key()] = p.value();
+  }
+  write_file_atomic(dir + "/config.json", config_json.dump(2));
+  safetensors_save(dir + "/model.safetensors", out);
+}
+
+}  // namespace peft

@@ -1,0 +1,84 @@
+#include "peft/nn/layers.h"
+
+namespace peft {
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias) {
+  weight = register_parameter("weight", at::empty({out_features, in_features}));
+  if (has_bias) bias = register_parameter("bias", at::zeros({out_features}));
+}
+
+at::Tensor Linear::forward(const at::Tensor & x) { return at::linear(x, weight, bias); }
+
+LayerPtr Linear::clone_layer() const {
+  auto l = std::make_shared<Linear>(in_features(), out_features(), bias.defined());
+  {
+    at::NoGradGuard g;
+    l->weight.copy_(weight);
+    if (bias.defined()) l->bias.copy_(bias);
+  }
+  l->weight.set_requires_grad(weight.requires_grad());
+  if (bias.defined()) l->bias.set_requires_grad(bias.requires_grad());
+  return l;
+}
+
+void Linear::tie_weight(const at::Tensor & w) {
+  parameters_["weight"] = w;
+  weight = w;
+}
+
+Embedding::Embedding(int64_t num_embeddings, int64_t dim, int64_t padding_idx_) : padding_idx(padding_idx_) {
+  weight = register_parameter("weight", at::empty({num_embeddings, dim}));
+}
+
+at::Tensor Embedding::forward(const at::Tensor & ids) { return at::embedding(weight, ids, padding_idx); }
+
+LayerPtr Embedding::clone_layer() const {
+  auto l = std::make_shared<Embedding>(weight.size(0), weight.size(1), padding_idx);
+  {
+    at::NoGradGuard g;
+    l->weight.copy_(weight);
+  }
+  l->weight.set_requires_grad(weight.requires_grad());
+  return l;
+}
+
+RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", at::ones({dim})); }
+
+at::Tensor RMSNorm::forward(const at::Tensor & x) {
+  at::Tensor h = x.to(at::kFloat);
+  h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+LayerPtr RMSNorm::clone_layer() const {
+  auto l = std::make_shared<RMSNorm>(weight.size(0), eps);
+  {
+    at::NoGradGuard g;
+    l->weight.copy_(weight);
+  }
+  l->weight.set_requires_grad(weight.requires_grad());
+  return l;
+}
+
+LayerNorm::LayerNorm(int64_t dim, double eps_, bool affine) : eps(eps_) {
+  if (affine) {
+    weight = register_parameter("weight", at::ones({dim}));
+    bias = register_parameter("bias", at::zeros({dim}));
+  }
+}
+
+at::Tensor LayerNorm::forward(const at::Tensor & x) { return at::layer_norm(x, {x.size(-1)}, weight, bias, eps); }
+
+LayerPtr LayerNorm::clone_layer() const {
+  auto l = std::make_shared<LayerNorm>(weight.defined() ? weight.size(0) : 0, eps, weight.defined());
+  if (weight.defined()) {
+    at::NoGradGuard g;
+    l->weight.copy_(weight);
+    l->bias.copy_(bias);
+    l->weight.set_requires_grad(weight.requires_grad());
+    l->bias.set_requires_grad(bias.requires_grad());
+  }
+  return l;
+}
+
+}  // namespace peft

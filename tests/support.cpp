@@ -1,0 +1,66 @@
+#include "support.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+
+#include "peft/io/atomic-file.h"
+#include "peft/io/safetensors.h"
+
+namespace peft::test {
+
+std::string data_path(const std::string & rel) { return std::string(PEFT_TEST_DATA) + "/" + rel; }
+std::string golden_case(const std::string & name) { return data_path("golden/cases/" + name); }
+std::string golden_model(const std::string & name) { return data_path("golden/models/" + name); }
+
+std::string temp_dir(const std::string & tag) {
+  std::string t = "/tmp/peft-test-" + tag + "-XXXXXX";
+  char * p = ::mkdtemp(t.data());
+  if (!p) throw std::runtime_error("mkdtemp failed");
+  return p;
+}
+
+at::Tensor golden_ids(const std::string & case_name) {
+  auto j = nlohmann::json::parse(read_file(golden_case(case_name) + "/input_ids.json"));
+  const int64_t B = j.size(), S = j[0].size();
+  at::Tensor t = at::empty({B, S}, at::kLong);
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t k = 0; k < S; ++k) t[i][k] = j[i][k].get<int64_t>();
+  return t;
+}
+
+std::map<std::string, at::Tensor> golden_expected(const std::string & case_name) {
+  return safetensors_load(golden_case(case_name) + "/expected.safetensors");
+}
+
+::testing::AssertionResult all_close(const at::Tensor & got, const at::Tensor & want, double atol, double rtol) {
+  if (got.sizes() != want.sizes()) {
+    return ::testing::AssertionFailure() << "shape " << got.sizes() << " != expected " << want.sizes();
+  }
+  at::Tensor g = got.detach().to(at::kDouble), w = want.detach().to(at::kDouble);
+  at::Tensor excess = (g - w).abs() - (atol + rtol * w.abs());
+  double worst = excess.max().item<double>();
+  if (worst <= 0 && !at::isnan(g).any().item<bool>()) return ::testing::AssertionSuccess();
+  int64_t idx = excess.flatten().argmax().item<int64_t>();
+  return ::testing::AssertionFailure() << "max |got-want| = " << (g - w).abs().max().item<double>() << " at flat index "
+                                       << idx << " (got " << g.flatten()[idx].item<double>() << ", want "
+                                       << w.flatten()[idx].item<double>() << ")";
+}
+
+int run_cli(const std::string & args, std::string * out) {
+  std::string cmd = std::string(PEFT_CLI) + " " + args + " 2>&1";
+  FILE * f = ::popen(cmd.c_str(), "r");
+  if (!f) return -1;
+  std::string text;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) text.append(buf.data(), n);
+  int rc = ::pclose(f);
+  if (out) *out = text;
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+}  // namespace peft::test

@@ -1,0 +1,26 @@
+// Shared test helpers: paths to bundled golden data, tolerance checks, running the CLI.
+#pragma once
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+namespace peft::test {
+
+std::string data_path(const std::string & rel);            // tests/data/<rel>
+std::string golden_case(const std::string & name);         // tests/data/golden/cases/<name>
+std::string golden_model(const std::string & name);        // tests/data/golden/models/<name>
+std::string temp_dir(const std::string & tag);             // fresh empty folder under /tmp
+at::Tensor golden_ids(const std::string & case_name);      // input_ids.json of a case, (B, S) int64
+std::map<std::string, at::Tensor> golden_expected(const std::string & case_name);
+
+/// |got - want| <= atol + rtol * |want| everywhere; the failure message gives the worst element.
+::testing::AssertionResult all_close(const at::Tensor & got, const at::Tensor & want, double atol = 1e-4,
+                                     double rtol = 1e-3);
+#define EXPECT_CLOSE(got, want) EXPECT_TRUE(::peft::test::all_close((got), (want)))
+
+/// Run the peft CLI with arguments; returns the exit code, output in *out if given.
+int run_cli(const std::string & args, std::string * out = nullptr);
+
+}  // namespace peft::test

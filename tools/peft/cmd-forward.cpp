@@ -1,0 +1,38 @@
+// peft forward: the parity interface. Runs the model on IDS.json and writes logits (B, S, V) float32.
+#include <iostream>
+
+#include "commands.h"
+#include "common.h"
+#include "peft/io/safetensors.h"
+#include "peft/model/causal-lm.h"
+
+namespace peft::cli {
+
+Runner add_forward(CLI::App & app) {
+  struct Opts {
+    std::string model, ids, out, dtype = "float32";
+    bool compile = false;
+    CommonOptions common;
+  };
+  auto o = std::make_shared<Opts>();
+  auto * cmd = app.add_subcommand("forward", "run the model on token ids and write the logits");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
+  cmd->add_option("--input-ids", o->ids, "JSON array of equal-length arrays of token ids")->required();
+  cmd->add_option("--out", o->out, "output .safetensors (tensor 'logits', float32)")->required();
+  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
+  cmd->add_flag("--compile", o->compile, "run the compiled model");
+  add_common_options(*cmd, o->common);
+  return [o]() {
+    apply_common_options(o->common);
+    auto model = load_model(o->model, parse_dtype(o->dtype));
+    at::Tensor ids = read_ids_json(o->ids);
+    at::NoGradGuard no_grad;
+    ForwardInput in;
+    in.input_ids = ids;
+    at::Tensor logits = model->forward(in);
+    safetensors_save(o->out, {{"logits", logits.to(at::kFloat)}});
+    return 0;
+  };
+}
+
+}  // namespace peft::cli

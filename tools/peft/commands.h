@@ -1,0 +1,13 @@
+// Each subcommand registers itself on the app and returns the function that runs it.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace peft::cli {
+
+using Runner = std::function<int()>;
+Runner add_info(CLI::App & app);
+Runner add_forward(CLI::App & app);
+
+}  // namespace peft::cli

@@ -1,0 +1,60 @@
+#include "common.h"
+
+#include <ATen/Parallel.h>
+
+#include <thread>
+
+#include "peft/error.h"
+#include "peft/io/atomic-file.h"
+
+namespace peft::cli {
+
+void add_common_options(CLI::App & cmd, CommonOptions & o) {
+  cmd.add_option("--threads", o.threads, "intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+}
+
+void apply_common_options(const CommonOptions & o) {
+  int n = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+}
+
+std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception & e) {
+    fail(str(path, ": not valid JSON (", e.what(), ")"));
+  }
+  PEFT_CHECK(j.is_array() && !j.empty(), path, ": expected a non-empty JSON array of arrays of token ids");
+  std::vector<std::vector<int64_t>> rows;
+  for (size_t i = 0; i < j.size(); ++i) {
+    PEFT_CHECK(j[i].is_array() && !j[i].empty(), path, ": row ", i, " is not a non-empty array of token ids");
+    std::vector<int64_t> row;
+    for (const auto & x : j[i]) {
+      PEFT_CHECK(x.is_number_integer(), path, ": row ", i, " holds a non-integer token id ", x.dump());
+      row.push_back(x.get<int64_t>());
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+at::Tensor read_ids_json(const std::string & path) {
+  auto rows = read_ragged_ids_json(path);
+  const size_t S = rows[0].size();
+  at::Tensor t = at::empty({static_cast<int64_t>(rows.size()), static_cast<int64_t>(S)}, at::kLong);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    PEFT_CHECK(rows[i].size() == S, path, ": row ", i, " has ", rows[i].size(), " ids, row 0 has ", S,
+               " (rows must have equal length)");
+    for (size_t k = 0; k < S; ++k) t[i][k] = rows[i][k];
+  }
+  return t;
+}
+
+at::ScalarType parse_dtype(const std::string & s) {
+  if (s == "float32" || s == "f32") return at::kFloat;
+  if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
+  fail(str("--dtype must be float32 or bfloat16, got '", s, "'"));
+}
+
+}  // namespace peft::cli

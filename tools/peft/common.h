@@ -1,0 +1,26 @@
+// Helpers shared by the peft subcommands: thread setup, reading token-id files, writing logits.
+#pragma once
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+namespace peft::cli {
+
+/// Options every subcommand has.
+struct CommonOptions {
+  int threads = 0;  // 0 = all cores
+};
+void add_common_options(CLI::App & cmd, CommonOptions & o);
+/// Apply --threads (LibTorch as packaged starts with one intra-op thread).
+void apply_common_options(const CommonOptions & o);
+
+/// A JSON array of equal-length arrays of token ids -> (B, S) int64. Errors name the file.
+at::Tensor read_ids_json(const std::string & path);
+std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path);
+
+/// "float32" / "bfloat16" -> dtype, else peft::Error.
+at::ScalarType parse_dtype(const std::string & s);
+
+}  // namespace peft::cli

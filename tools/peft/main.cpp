@@ -1,0 +1,37 @@
+// peft: the command-line tool. Every error ends as a message on stderr and a non-zero exit.
+#include <c10/util/Exception.h>
+
+#include <iostream>
+#include <map>
+
+#include "commands.h"
+
+int main(int argc, char ** argv) {
+  CLI::App app{"peft.cpp: parameter-efficient fine-tuning on LibTorch, eager and compiled"};
+  app.require_subcommand(1);
+  std::map<CLI::App *, peft::cli::Runner> runners;
+  auto add = [&](peft::cli::Runner (*f)(CLI::App &)) {
+    size_t before = app.get_subcommands({}).size();
+    auto r = f(app);
+    runners[app.get_subcommands({})[before]] = r;
+  };
+  add(peft::cli::add_info);
+  add(peft::cli::add_forward);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError & e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto & kv : runners) {
+      if (kv.first->parsed()) return kv.second();
+    }
+  } catch (const c10::Error & e) {
+    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception & e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 1;
+}
