@@ -2,7 +2,9 @@
 #include <iostream>
 
 #include "commands.h"
+#include "adapter-options.h"
 #include "common.h"
+#include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/model/causal-lm.h"
 
@@ -13,6 +15,8 @@ Runner add_forward(CLI::App & app) {
     std::string model, ids, out, dtype = "float32";
     bool compile = false;
     CommonOptions common;
+    AdapterOptions adapters;
+    std::string reserved;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("forward", "run the model on token ids and write the logits");
@@ -22,14 +26,19 @@ Runner add_forward(CLI::App & app) {
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
   cmd->add_flag("--compile", o->compile, "run the compiled model");
   add_common_options(*cmd, o->common);
+  add_adapter_options(*cmd, o->adapters);
+  cmd->add_option("--adapter-names", o->reserved, "(reserved: mixed-adapter batches)");
+  cmd->add_option("--weighted", o->reserved, "(reserved: weighted adapter combinations)");
   return [o]() {
     apply_common_options(o->common);
+    PEFT_CHECK(o->reserved.empty(), "--adapter-names and --weighted are not implemented yet");
     auto model = load_model(o->model, parse_dtype(o->dtype));
     at::Tensor ids = read_ids_json(o->ids);
+    Prepared run = apply_adapter_options(model, o->adapters);
     at::NoGradGuard no_grad;
     ForwardInput in;
     in.input_ids = ids;
-    at::Tensor logits = model->forward(in);
+    at::Tensor logits = run.peft ? run.peft->forward(in) : run.plain->forward(in);
     safetensors_save(o->out, {{"logits", logits.to(at::kFloat)}});
     return 0;
   };

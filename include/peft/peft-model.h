@@ -1,0 +1,121 @@
+// PeftModel: a CausalLM with adapters injected, and every way of controlling them, with upstream
+// PEFT's names and semantics (§3): add/load/set/delete adapters, disable scope, merge/unmerge,
+// merge_and_unload/unload, modules_to_save, PEFT-compatible save/load.
+//
+// Example:
+//   auto base = peft::load_model("models/tiny-llama");
+//   auto cfg = peft::AdapterConfig::from_json({{"peft_type", "LORA"}, {"r", 8}, {"target_modules", {"q_proj", "v_proj"}}}, "config");
+//   peft::PeftModel model(base, cfg);          // adapter "default", active and trainable
+//   at::Tensor logits = model.forward({ids});
+//   model.save_pretrained("out/adapter");
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peft/model/causal-lm.h"
+#include "peft/tuners/config.h"
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+class PeftModel {
+ public:
+  /// get_peft_model: inject `cfg` as adapter `adapter` (active, trainable unless inference_mode).
+  PeftModel(std::shared_ptr<CausalLM> model, const AdapterConfig & cfg, const std::string & adapter = "default");
+  /// A model without adapters yet (add_adapter / load_adapter next).
+  explicit PeftModel(std::shared_ptr<CausalLM> model);
+  /// Load a PEFT adapter folder onto `model` (frozen unless is_trainable).
+  static std::shared_ptr<PeftModel> from_pretrained(std::shared_ptr<CausalLM> model, const std::string & dir,
+                                                    const std::string & adapter = "default", bool is_trainable = false);
+
+  // ---- adapters ----
+  /// Inject another adapter (same peft_type); it is neither active nor trainable until set_adapter.
+  void add_adapter(const std::string & name, const AdapterConfig & cfg);
+  /// Read a PEFT adapter folder into a new adapter `name`. On any error the model is left unchanged.
+  void load_adapter(const std::string & dir, const std::string & name, bool is_trainable = false);
+  void set_adapter(const std::vector<std::string> & names);
+  void set_adapter(const std::string & name) { set_adapter(std::vector<std::string>{name}); }
+  const std::vector<std::string> & active_adapters() const { return active_; }
+  std::vector<std::string> adapter_names() const;
+  void delete_adapter(const std::string & name);
+  const AdapterConfig & adapter_config(const std::string & name) const;
+
+  /// RAII scope in which every adapter layer runs its base layer (PEFT's `with disable_adapter()`).
+  class DisableGuard {
+   public:
+    explicit DisableGuard(PeftModel & m);
+    ~DisableGuard();
+    DisableGuard(const DisableGuard &) = delete;
+    DisableGuard & operator=(const DisableGuard &) = delete;
+
+   private:
+    PeftModel & m_;
+    bool was_disabled_;
+  };
+  DisableGuard disable_adapter() { return DisableGuard(*this); }
+  void set_adapters_disabled(bool disabled);
+  bool adapters_disabled() const { return disabled_; }
+
+  // ---- merging ----
+  /// Fold adapters (default: the active ones) into the base weights. safe: refuse non-finite results.
+  void merge_adapter(const std::vector<std::string> & names = {}, bool safe_merge = false);
+  void unmerge_adapter();
+  bool merged() const;
+  /// Merge, then replace every adapter layer by its base layer; returns the plain model.
+  /// This PeftModel holds no adapters afterwards.
+  std::shared_ptr<CausalLM> merge_and_unload(bool safe_merge = false, const std::vector<std::string> & names = {});
+  /// Remove every adapter layer without merging; returns the plain model.
+  std::shared_ptr<CausalLM> unload();
+
+  // ---- files ----
+  /// Write PEFT adapter folders: "default" at `dir`, every other adapter in `dir/<name>`.
+  void save_pretrained(const std::string & dir, const std::vector<std::string> & selected = {}) const;
+  /// The tensors save_pretrained writes for `adapter`, under PEFT's checkpoint keys.
+  std::map<std::string, at::Tensor> adapter_state_dict(const std::string & adapter) const;
+
+  // ---- running and training ----
+  at::Tensor forward(const ForwardInput & in);
+  void train(bool on = true) { model_->train(on); }
+  bool is_training() const { return model_->is_training(); }
+  std::vector<at::Tensor> trainable_parameters() const;
+  /// "trainable params: N || all params: M || trainable%: P"
+  std::string trainable_summary() const;
+
+  /// Bumped by every state change; the compile layer's cheap staleness check.
+  uint64_t version() const { return version_; }
+  /// A canonical description of everything adapters change in the computation (compile cache key).
+  const std::string & state_key() const;
+  /// Normalise state before a forward: a disabled model with merged adapters unmerges (as PEFT does).
+  void prepare_forward();
+
+  CausalLM & base_model() { return *model_; }
+  std::shared_ptr<CausalLM> model_ptr() { return model_; }
+  /// Adapter layers by module path.
+  const std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> & tuner_layers() const { return layers_; }
+  /// Mark a state change made from outside (e.g. in-place weight hot-swap does NOT need this).
+  void touch() { ++version_; }
+
+ private:
+  void inject(const std::string & name, const AdapterConfig & cfg);
+  void refresh_layers();
+  std::shared_ptr<CausalLM> release();  // forget every adapter; the model is plain again
+  void refresh_trainable();
+  std::string checkpoint_key(const std::string & path, const std::string & adapter) const;
+
+  std::shared_ptr<CausalLM> model_;
+  std::map<std::string, AdapterConfig> configs_;
+  std::map<std::string, uint64_t> adapter_ids_;  // unique per injection: a reload is a new computation
+  std::vector<std::string> active_;
+  std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> layers_;
+  bool disabled_ = false;
+  uint64_t version_ = 1;
+  mutable uint64_t key_version_ = 0;
+  mutable std::string key_;
+};
+
+/// Check an adapter name: non-empty, no path separators or "..", not "__base__". Throws peft::Error.
+void check_adapter_name(const std::string & name);
+
+}  // namespace peft

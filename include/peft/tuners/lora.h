@@ -1,0 +1,87 @@
+// LoRA (and its DoRA variant) on Linear and Embedding layers. PEFT §2.1-2.2.
+// B = batch, T = seq, I = in features, O = out features, R = rank, V = vocab, D = embedding dim.
+//   Linear:    y = base(x) + s * (drop(x) A^T B^T + b_B)          A (R, I), B (O, R)
+//   DoRA:      y = g * (W x + s B A x) + b,  g = m / ||W + s B A||_rows (detached)
+//   Embedding: y = base(t) + s * lookup(t, A^T) B^T               A (R, V) zeros, B (D, R)
+// s = alpha / r (alpha / sqrt(r) with rsLoRA).
+#pragma once
+#include <map>
+
+#include "peft/nn/layers.h"
+#include "peft/tuners/config.h"
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+/// The LoRA hyperparameters of one adapter in one layer (after rank/alpha patterns).
+struct LoraSettings {
+  int64_t r = 8;
+  double alpha = 8;
+  double scaling = 1;
+  double dropout = 0;
+  bool use_dora = false;
+  bool lora_bias = false;
+  std::string init = "true";  // "true" | "false" | "gaussian"
+};
+
+/// Settings for module `path` from a LORA config (rank_pattern / alpha_pattern applied).
+LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path);
+
+class LoraLinear : public TunerLayer {
+ public:
+  explicit LoraLinear(LayerPtr base);
+  void add_adapter(const std::string & name, const LoraSettings & s);
+
+  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
+  std::vector<std::string> adapter_names() const override;
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  std::string adapter_signature(const std::string & name) const override;
+
+  /// s * B A, (O, I).
+  at::Tensor delta_weight(const std::string & name) const;
+  Linear & linear() const;
+  at::Tensor lora_A(const std::string & n) const;
+  at::Tensor lora_B(const std::string & n) const;
+  at::Tensor lora_B_bias(const std::string & n) const;
+  at::Tensor magnitude(const std::string & n) const;  // DoRA, (O)
+
+  std::map<std::string, LoraSettings> settings;
+
+ protected:
+  at::Tensor forward_active(const at::Tensor & x) override;
+
+ private:
+  std::map<std::string, at::Tensor> dora_norm_cache_;  // weight norms cached at merge, used by unmerge
+  struct {
+    AdapterDict *A, *B, *M;  // lora_A, lora_B, lora_magnitude_vector
+  } dicts_;
+};
+
+class LoraEmbedding : public TunerLayer {
+ public:
+  explicit LoraEmbedding(LayerPtr base);
+  void add_adapter(const std::string & name, const LoraSettings & s);
+
+  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
+  std::vector<std::string> adapter_names() const override;
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  std::string adapter_signature(const std::string & name) const override;
+
+  /// s * (B A)^T, (V, D).
+  at::Tensor delta_weight(const std::string & name) const;
+  Embedding & embedding() const;
+
+  std::map<std::string, LoraSettings> settings;
+
+ protected:
+  at::Tensor forward_active(const at::Tensor & ids) override;
+
+ private:
+  AdapterDict *A_, *B_;  // lora_embedding_A, lora_embedding_B
+};
+
+}  // namespace peft

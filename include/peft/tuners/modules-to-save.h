@@ -1,0 +1,35 @@
+// modules_to_save (PEFT §3.8): a whole module trained as a copy per adapter. The wrapper keeps the
+// frozen original as "original_module" and the copies as "modules_to_save.<adapter>"; forward uses the
+// active adapter's copy, or the original when disabled or when no active adapter owns a copy.
+#pragma once
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+class ModulesToSaveWrapper : public TunerLayer {
+ public:
+  explicit ModulesToSaveWrapper(LayerPtr original);
+  void add_copy(const std::string & adapter);
+
+  bool has_adapter(const std::string & name) const override { return copies_.count(name) != 0; }
+  std::vector<std::string> adapter_names() const override;
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string &, bool) override {}  // nothing to fold: the copy replaces the module
+  void unmerge_one(const std::string &) override {}
+  std::string adapter_signature(const std::string &) const override { return "copy"; }
+
+  /// The copy replaces the module: "merging" changes nothing, so forward always uses current().
+  at::Tensor forward(const at::Tensor & x) override { return current()->forward(x); }
+  /// The module forward would use now (the active copy or the original).
+  LayerPtr current() const;
+  LayerPtr copy(const std::string & adapter) const { return copies_.at(adapter); }
+
+ protected:
+  at::Tensor forward_active(const at::Tensor & x) override { return current()->forward(x); }
+
+ private:
+  std::shared_ptr<torch::nn::Module> holder_;  // "modules_to_save"
+  std::map<std::string, LayerPtr> copies_;
+};
+
+}  // namespace peft

@@ -1,0 +1,38 @@
+// The explicit list of adapter methods. A method is: its PEFT name and parameter prefix, its config
+// defaults and validation, which base layers it adapts, and how it injects an adapter into a layer.
+// Adding a method = one file under src/tuners/ + one entry in registry.cpp (see docs/adding-a-tuner.md).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peft/nn/module.h"
+#include "peft/tuners/config.h"
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+struct TunerMethod {
+  std::string peft_type;  // "LORA"
+  std::string prefix;     // "lora_": marks this method's tensors in parameter names
+  /// PEFT's default config fields for this method (merged under what a file or the user gives).
+  nlohmann::json (*defaults)();
+  /// Reject invalid hyperparameters, naming the field; `source` is the file or "config".
+  void (*validate)(const AdapterConfig & cfg, const std::string & source);
+  /// Can this method adapt this plain layer?
+  bool (*supports)(const Layer & base);
+  /// Add adapter `adapter` at module `path`: `target` is the plain layer or this method's TunerLayer.
+  /// Returns the layer to put at `path` (the same TunerLayer when one existed).
+  std::shared_ptr<TunerLayer> (*inject)(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
+                                        const LayerPtr & target);
+  /// Default target_modules for a model_type when the config gives none (empty = no default).
+  std::vector<std::string> (*default_targets)(const std::string & model_type);
+};
+
+/// The method for a peft_type; throws peft::Error listing the known ones.
+const TunerMethod & tuner_method(const std::string & peft_type);
+const std::vector<TunerMethod> & tuner_methods();
+
+}  // namespace peft

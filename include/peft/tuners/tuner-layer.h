@@ -1,0 +1,83 @@
+// TunerLayer: the wrapper an adapter method puts in place of a base layer. It keeps the base layer as
+// child "base_layer" and the per-adapter tensors in AdapterDicts named as PEFT names them
+// ("lora_A.<adapter>.weight", "lora_embedding_A.<adapter>"), so in-memory parameter paths, PEFT's
+// and the checkpoint key mapping all agree. The generic forward skeleton (disabled / merged / active)
+// lives here; methods implement only their own math.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "peft/nn/module.h"
+
+namespace peft {
+
+/// Per-adapter tensors of one kind, keyed by adapter name. add_weight() gives "<dict>.<name>.weight"
+/// (a ModuleDict of Linear in PEFT), add_param() gives "<dict>.<name>" (a ParameterDict).
+class AdapterDict : public torch::nn::Module {
+ public:
+  at::Tensor add_param(const std::string & adapter, at::Tensor t);
+  at::Tensor add_weight(const std::string & adapter, at::Tensor w, at::Tensor bias = {});
+  bool contains(const std::string & adapter) const;
+  at::Tensor get(const std::string & adapter) const;        // the param or the module's weight
+  at::Tensor bias(const std::string & adapter) const;       // undefined if none
+  void remove(const std::string & adapter);
+
+ private:
+  std::map<std::string, at::Tensor> tensors_, biases_;
+};
+
+class TunerLayer : public Layer {
+ public:
+  /// `base_name` is the child name of the wrapped layer ("base_layer"; "original_module" for
+  /// modules_to_save).
+  explicit TunerLayer(LayerPtr base, const std::string & base_name = "base_layer");
+
+  at::Tensor forward(const at::Tensor & x) override;
+  LayerPtr base() override { return base_layer->base(); }
+  LayerPtr clone_layer() const override;
+
+  // ---- per-adapter bookkeeping, implemented by the method ----
+  virtual bool has_adapter(const std::string & name) const = 0;
+  virtual std::vector<std::string> adapter_names() const = 0;
+  /// Remove every tensor and setting of `name` (AdapterDicts are handled here; override for more).
+  virtual void delete_adapter(const std::string & name);
+  /// Fold adapter `name` into the base weights. safe: compute on a copy, refuse non-finite results.
+  virtual void merge_one(const std::string & name, bool safe) = 0;
+  virtual void unmerge_one(const std::string & name) = 0;
+  /// Everything the traced computation depends on besides tensor values (scales, dropout, variants).
+  virtual std::string adapter_signature(const std::string & name) const = 0;
+
+  // ---- generic state ----
+  void set_active(const std::vector<std::string> & names) { active_ = names; }
+  const std::vector<std::string> & active() const { return active_; }
+  void set_disabled(bool d) { disabled_ = d; }
+  bool disabled() const { return disabled_; }
+  const std::vector<std::string> & merged() const { return merged_; }
+  void merge(const std::vector<std::string> & names, bool safe);  // skips already merged ones
+  void unmerge_all();
+  /// Parameters that belong to adapter `name` (paths relative to this layer).
+  std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(const std::string & name) const;
+  /// The state of this layer as a string (compile cache key).
+  std::string signature() const;
+
+  LayerPtr base_layer;
+
+ protected:
+  /// base(x) plus the contributions of the active adapters this layer holds (never merged here).
+  virtual at::Tensor forward_active(const at::Tensor & x) = 0;
+  /// Active adapters that this layer holds, in order.
+  std::vector<std::string> active_here() const;
+  AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
+
+  std::vector<std::string> active_;
+  std::vector<std::string> merged_;
+  bool disabled_ = false;
+};
+
+/// Non-finite check used by safe merges; throws naming the layer and adapter.
+void check_finite(const at::Tensor & t, const std::string & what);
+
+}  // namespace peft

@@ -1,0 +1,377 @@
+// LoRA on Linear and Embedding (PEFT §2.1), DoRA on Linear (§2.2), and the LORA method entry.
+#include "peft/tuners/lora.h"
+
+#include <cmath>
+
+#include "peft/error.h"
+#include "peft/tuners/registry.h"
+#include "peft/util/regex.h"
+
+namespace peft {
+
+// ---- config ----
+
+namespace {
+
+nlohmann::json lora_defaults() {
+  return {{"r", 8},
+          {"lora_alpha", 8},
+          {"lora_dropout", 0.0},
+          {"use_rslora", false},
+          {"use_dora", false},
+          {"lora_bias", false},
+          {"fan_in_fan_out", false},
+          {"init_lora_weights", true},
+          {"rank_pattern", nlohmann::json::object()},
+          {"alpha_pattern", nlohmann::json::object()},
+          {"layer_replication", nullptr},
+          {"megatron_config", nullptr},
+          {"megatron_core", "megatron.core"},
+          {"loftq_config", nlohmann::json::object()},
+          {"eva_config", nullptr},
+          {"corda_config", nullptr},
+          {"target_parameters", nullptr},
+          {"trainable_token_indices", nullptr},
+          {"ensure_weight_tying", false}};
+}
+
+std::string init_name(const nlohmann::json & v) {
+  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+void lora_validate(const AdapterConfig & c, const std::string & src) {
+  const auto & f = c.fields;
+  PEFT_CHECK(f["r"].is_number_integer() && f["r"].get<int64_t>() > 0, src, ": field 'r' must be a positive integer, got ",
+             f["r"].dump());
+  PEFT_CHECK(f["lora_alpha"].is_number(), src, ": field 'lora_alpha' must be a number");
+  PEFT_CHECK(f["lora_dropout"].is_number() && f["lora_dropout"].get<double>() >= 0 && f["lora_dropout"].get<double>() < 1,
+             src, ": field 'lora_dropout' must be in [0, 1), got ", f["lora_dropout"].dump());
+  for (const char * k : {"use_rslora", "use_dora", "lora_bias"}) {
+    PEFT_CHECK(f[k].is_boolean(), src, ": field '", k, "' must be true or false");
+  }
+  const std::string init = init_name(f["init_lora_weights"]);
+  PEFT_CHECK(init == "true" || init == "false" || init == "gaussian", src, ": init_lora_weights '", init,
+             "' is not supported (true, false, \"gaussian\")");
+  if (f["lora_bias"].get<bool>()) {
+    PEFT_CHECK(!f["use_dora"].get<bool>(), src, ": 'lora_bias' cannot be combined with 'use_dora'");
+    PEFT_CHECK(init != "gaussian", src, ": 'lora_bias' requires init_lora_weights true or false");
+  }
+  for (const char * k : {"rank_pattern", "alpha_pattern"}) {
+    PEFT_CHECK(f[k].is_object(), src, ": field '", k, "' must be an object");
+    for (auto it = f[k].begin(); it != f[k].end(); ++it) {
+      PEFT_CHECK(it.value().is_number(), src, ": ", k, "['", it.key(), "'] must be a number");
+      if (std::string(k) == "rank_pattern") {
+        PEFT_CHECK(it.value().get<double>() > 0, src, ": rank_pattern['", it.key(), "'] must be > 0");
+      }
+    }
+  }
+  PEFT_CHECK(f["fan_in_fan_out"].is_boolean(), src, ": field 'fan_in_fan_out' must be true or false");
+  PEFT_CHECK(f["layer_replication"].is_null(), src, ": 'layer_replication' is not supported");
+  PEFT_CHECK(f["target_parameters"].is_null(), src, ": 'target_parameters' is not supported");
+}
+
+// First key k of `pattern` (in file order; nlohmann keeps sorted order) with (.*\.)?(k)$ matching `path`.
+bool pattern_value(const nlohmann::json & pattern, const std::string & path, double * out) {
+  for (auto it = pattern.begin(); it != pattern.end(); ++it) {
+    if (Regex("(.*\\.)?(" + it.key() + ")").full_match(path)) {
+      *out = it.value().get<double>();
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path) {
+  const auto & f = cfg.fields;
+  LoraSettings s;
+  double r = f["r"].get<double>(), alpha = f["lora_alpha"].get<double>();
+  pattern_value(f["rank_pattern"], path, &r);
+  pattern_value(f["alpha_pattern"], path, &alpha);
+  s.r = static_cast<int64_t>(r);
+  s.alpha = alpha;
+  s.scaling = f["use_rslora"].get<bool>() ? alpha / std::sqrt(static_cast<double>(s.r)) : alpha / s.r;
+  s.dropout = f["lora_dropout"].get<double>();
+  s.use_dora = f["use_dora"].get<bool>();
+  s.lora_bias = f["lora_bias"].get<bool>();
+  s.init = init_name(f["init_lora_weights"]);
+  return s;
+}
+
+// ---- initialisation helpers (PyTorch's defaults, on the global generator) ----
+
+namespace {
+
+// kaiming_uniform_(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's default weight init
+at::Tensor linear_default(int64_t out, int64_t in) {
+  double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  return at::empty({out, in}).uniform_(-bound, bound);
+}
+
+std::string settings_signature(const LoraSettings & s) {
+  return str("r", s.r, ",s", s.scaling, ",p", s.dropout, s.use_dora ? ",dora" : "", s.lora_bias ? ",bias" : "");
+}
+
+}  // namespace
+
+// ---- LoraLinear ----
+
+LoraLinear::LoraLinear(LayerPtr base) : TunerLayer(std::move(base)) {
+  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "LoraLinear needs a Linear base layer");
+  dicts_.A = &dict("lora_A");
+  dicts_.B = &dict("lora_B");
+  dicts_.M = &dict("lora_magnitude_vector");
+}
+
+Linear & LoraLinear::linear() const { return static_cast<Linear &>(*base_layer); }
+
+void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
+  const int64_t in = linear().in_features(), out = linear().out_features();
+  const auto opts = linear().weight.options();
+  at::Tensor A, B, bB;
+  {
+    at::NoGradGuard g;
+    if (s.init == "false") {
+      A = linear_default(s.r, in);
+      B = linear_default(out, s.r);
+    } else {
+      A = s.init == "gaussian" ? at::normal(0.0, 1.0 / s.r, {s.r, in}) : linear_default(s.r, in);
+      B = at::zeros({out, s.r});
+    }
+    if (s.lora_bias) {
+      double bound = 1.0 / std::sqrt(static_cast<double>(s.r));
+      bB = s.init == "false" ? at::empty({out}).uniform_(-bound, bound) : at::zeros({out});
+    }
+  }
+  // adapter tensors are float32 by default even on a bf16 base (PEFT's autocast_adapter_dtype)
+  const auto aopts = opts.dtype(at::kFloat);
+  dicts_.A->add_weight(name, A.to(aopts));
+  dicts_.B->add_weight(name, B.to(aopts), bB.defined() ? bB.to(aopts) : bB);
+  settings[name] = s;
+  if (s.use_dora) {
+    at::NoGradGuard g;
+    at::Tensor w = linear().weight.to(at::kFloat);
+    at::Tensor m = (w + delta_weight(name)).norm(2, {1});
+    dicts_.M->add_weight(name, m);
+  }
+}
+
+std::vector<std::string> LoraLinear::adapter_names() const {
+  std::vector<std::string> v;
+  for (const auto & kv : settings) v.push_back(kv.first);
+  return v;
+}
+
+void LoraLinear::delete_adapter(const std::string & name) {
+  TunerLayer::delete_adapter(name);
+  settings.erase(name);
+  dora_norm_cache_.erase(name);
+}
+
+at::Tensor LoraLinear::lora_A(const std::string & n) const {
+  return dicts_.A->get(n);
+}
+at::Tensor LoraLinear::lora_B(const std::string & n) const {
+  return dicts_.B->get(n);
+}
+at::Tensor LoraLinear::lora_B_bias(const std::string & n) const {
+  return dicts_.B->bias(n);
+}
+at::Tensor LoraLinear::magnitude(const std::string & n) const {
+  return dicts_.M->get(n);
+}
+
+at::Tensor LoraLinear::delta_weight(const std::string & n) const {
+  return at::matmul(lora_B(n), lora_A(n)) * settings.at(n).scaling;
+}
+
+std::string LoraLinear::adapter_signature(const std::string & n) const {
+  return settings_signature(settings.at(n));
+}
+
+at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
+  at::Tensor y = base_layer->forward(x);
+  const auto out_dtype = y.scalar_type();
+  for (const auto & n : active_here()) {
+    const LoraSettings & s = settings.at(n);
+    at::Tensor A = lora_A(n), B = lora_B(n);
+    at::Tensor xa = x.to(A.scalar_type());
+    at::Tensor xd = s.dropout > 0 ? at::dropout(xa, s.dropout, is_training()) : xa;
+    at::Tensor lora = at::linear(at::linear(xd, A), B);  // (.., O)
+    if (!s.use_dora) {
+      at::Tensor bB = lora_B_bias(n);
+      if (bB.defined()) lora = lora + bB;
+      y = y + (lora * s.scaling).to(out_dtype);
+      continue;
+    }
+    // DoRA: g = m / ||W + s B A||_rows, the norm detached (paper §4.3)
+    at::Tensor W = linear().weight.to(A.scalar_type());
+    at::Tensor norm = (W + (at::matmul(B, A) * s.scaling).detach()).norm(2, {1}).detach();
+    at::Tensor g = magnitude(n) / norm;
+    // with dropout the base term is re-evaluated on the dropped-out input (PEFT quirk §6.4)
+    at::Tensor base_nobias = s.dropout > 0 && is_training() ? at::linear(xd, W) : at::linear(xa, W);
+    y = y + ((g - 1) * base_nobias + g * (lora * s.scaling)).to(out_dtype);
+  }
+  return y;
+}
+
+void LoraLinear::merge_one(const std::string & n, bool safe) {
+  at::NoGradGuard g;
+  const LoraSettings & s = settings.at(n);
+  at::Tensor & W = linear().weight;
+  at::Tensor delta = delta_weight(n);
+  at::Tensor merged;
+  if (s.use_dora) {
+    at::Tensor Wf = W.to(at::kFloat) + delta;
+    at::Tensor norm = Wf.norm(2, {1});
+    dora_norm_cache_[n] = norm.clone();
+    merged = (magnitude(n) / norm).unsqueeze(1) * Wf;
+  } else {
+    merged = W.to(at::kFloat) + delta;
+  }
+  at::Tensor bias_new;
+  at::Tensor bB = lora_B_bias(n);
+  if (bB.defined()) {
+    PEFT_CHECK(linear().bias.defined(), "cannot merge lora_bias of adapter '", n, "' into a base layer without bias");
+    bias_new = linear().bias.to(at::kFloat) + bB * s.scaling;
+  }
+  if (safe) {
+    check_finite(merged, "merging adapter '" + n + "'");
+    if (bias_new.defined()) check_finite(bias_new, "merging the bias of adapter '" + n + "'");
+  }
+  W.copy_(merged);
+  if (bias_new.defined()) linear().bias.copy_(bias_new);
+}
+
+void LoraLinear::unmerge_one(const std::string & n) {
+  at::NoGradGuard g;
+  const LoraSettings & s = settings.at(n);
+  at::Tensor & W = linear().weight;
+  at::Tensor delta = delta_weight(n);
+  if (s.use_dora) {
+    at::Tensor norm = dora_norm_cache_.at(n);
+    W.copy_(W.to(at::kFloat) / (magnitude(n) / norm).unsqueeze(1) - delta);
+    dora_norm_cache_.erase(n);
+  } else {
+    W.copy_(W.to(at::kFloat) - delta);
+  }
+  at::Tensor bB = lora_B_bias(n);
+  if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * s.scaling);
+}
+
+// ---- LoraEmbedding ----
+
+LoraEmbedding::LoraEmbedding(LayerPtr base) : TunerLayer(std::move(base)) {
+  PEFT_CHECK(std::dynamic_pointer_cast<Embedding>(base_layer), "LoraEmbedding needs an Embedding base layer");
+  A_ = &dict("lora_embedding_A");
+  B_ = &dict("lora_embedding_B");
+}
+
+Embedding & LoraEmbedding::embedding() const { return static_cast<Embedding &>(*base_layer); }
+
+void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s) {
+  PEFT_CHECK(!s.use_dora, "DoRA on embedding layers is not supported yet");
+  PEFT_CHECK(!s.lora_bias, "lora_bias is not supported on embedding layers");
+  const int64_t V = embedding().weight.size(0), D = embedding().weight.size(1);
+  at::Tensor A, B;
+  {
+    at::NoGradGuard g;
+    A = s.init == "false" ? at::randn({s.r, V}) : at::zeros({s.r, V});
+    B = at::randn({D, s.r});
+  }
+  A_->add_param(name, A);
+  B_->add_param(name, B);
+  settings[name] = s;
+}
+
+std::vector<std::string> LoraEmbedding::adapter_names() const {
+  std::vector<std::string> v;
+  for (const auto & kv : settings) v.push_back(kv.first);
+  return v;
+}
+
+void LoraEmbedding::delete_adapter(const std::string & name) {
+  TunerLayer::delete_adapter(name);
+  settings.erase(name);
+}
+
+std::string LoraEmbedding::adapter_signature(const std::string & n) const {
+  return settings_signature(settings.at(n));
+}
+
+at::Tensor LoraEmbedding::delta_weight(const std::string & n) const {
+  return at::matmul(B_->get(n), A_->get(n)).t() * settings.at(n).scaling;
+}
+
+at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
+  at::Tensor y = base_layer->forward(ids);
+  for (const auto & n : active_here()) {
+    at::Tensor A = A_->get(n), B = B_->get(n);
+    at::Tensor h = at::embedding(A.t(), ids, embedding().padding_idx);  // (B, T, R); dropout is never applied here
+    y = y + (at::matmul(h, B.t()) * settings.at(n).scaling).to(y.scalar_type());
+  }
+  return y;
+}
+
+void LoraEmbedding::merge_one(const std::string & n, bool safe) {
+  at::NoGradGuard g;
+  at::Tensor merged = embedding().weight.to(at::kFloat) + delta_weight(n);
+  if (safe) check_finite(merged, "merging adapter '" + n + "'");
+  embedding().weight.copy_(merged);
+}
+
+void LoraEmbedding::unmerge_one(const std::string & n) {
+  at::NoGradGuard g;
+  embedding().weight.copy_(embedding().weight.to(at::kFloat) - delta_weight(n));
+}
+
+// ---- the method ----
+
+namespace {
+
+bool lora_supports(const Layer & l) {
+  return dynamic_cast<const Linear *>(&l) != nullptr || dynamic_cast<const Embedding *>(&l) != nullptr;
+}
+
+std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
+                                        const LayerPtr & target) {
+  LoraSettings s = lora_settings_for(cfg, path);
+  if (auto existing = std::dynamic_pointer_cast<LoraLinear>(target)) {
+    existing->add_adapter(adapter, s);
+    return existing;
+  }
+  if (auto existing = std::dynamic_pointer_cast<LoraEmbedding>(target)) {
+    existing->add_adapter(adapter, s);
+    return existing;
+  }
+  if (std::dynamic_pointer_cast<Linear>(target)) {
+    auto l = std::make_shared<LoraLinear>(target);
+    l->add_adapter(adapter, s);
+    return l;
+  }
+  if (std::dynamic_pointer_cast<Embedding>(target)) {
+    auto l = std::make_shared<LoraEmbedding>(target);
+    l->add_adapter(adapter, s);
+    return l;
+  }
+  fail(str("LoRA cannot adapt module '", path, "' (supported: Linear, Embedding)"));
+}
+
+std::vector<std::string> lora_default_targets(const std::string & model_type) {
+  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2" || model_type == "opt") {
+    return {"q_proj", "v_proj"};
+  }
+  return {};
+}
+
+}  // namespace
+
+TunerMethod lora_method() {
+  return TunerMethod{"LORA", "lora_", &lora_defaults, &lora_validate, &lora_supports, &lora_inject,
+                     &lora_default_targets};
+}
+
+}  // namespace peft

@@ -1,0 +1,24 @@
+#include "peft/tuners/registry.h"
+
+#include "peft/error.h"
+
+namespace peft {
+
+// One line per method; each is defined in its own file under src/tuners/.
+TunerMethod lora_method();
+
+const std::vector<TunerMethod> & tuner_methods() {
+  static const std::vector<TunerMethod> methods = {lora_method()};
+  return methods;
+}
+
+const TunerMethod & tuner_method(const std::string & peft_type) {
+  std::string known;
+  for (const auto & m : tuner_methods()) {
+    if (m.peft_type == peft_type) return m;
+    known += (known.empty() ? "" : ", ") + m.peft_type;
+  }
+  fail(str("unknown peft_type '", peft_type, "' (supported: ", known, ")"));
+}
+
+}  // namespace peft

@@ -1,0 +1,143 @@
+#include "peft/tuners/tuner-layer.h"
+
+#include <algorithm>
+
+#include "peft/error.h"
+
+namespace peft {
+
+// ---- AdapterDict ----
+
+namespace {
+class WeightHolder : public torch::nn::Module {
+ public:
+  WeightHolder(at::Tensor w, at::Tensor b) {
+    weight = register_parameter("weight", std::move(w));
+    if (b.defined()) bias = register_parameter("bias", std::move(b));
+  }
+  at::Tensor weight, bias;
+};
+}  // namespace
+
+at::Tensor AdapterDict::add_param(const std::string & adapter, at::Tensor t) {
+  at::Tensor p = register_parameter(adapter, std::move(t));
+  tensors_[adapter] = p;
+  return p;
+}
+
+at::Tensor AdapterDict::add_weight(const std::string & adapter, at::Tensor w, at::Tensor b) {
+  auto h = register_module(adapter, std::make_shared<WeightHolder>(std::move(w), std::move(b)));
+  tensors_[adapter] = h->weight;
+  if (h->bias.defined()) biases_[adapter] = h->bias;
+  return h->weight;
+}
+
+bool AdapterDict::contains(const std::string & adapter) const { return tensors_.count(adapter) != 0; }
+
+at::Tensor AdapterDict::get(const std::string & adapter) const {
+  auto it = tensors_.find(adapter);
+  PEFT_CHECK(it != tensors_.end(), "no adapter '", adapter, "' here");
+  return it->second;
+}
+
+at::Tensor AdapterDict::bias(const std::string & adapter) const {
+  auto it = biases_.find(adapter);
+  return it == biases_.end() ? at::Tensor() : it->second;
+}
+
+void AdapterDict::remove(const std::string & adapter) {
+  if (parameters_.contains(adapter)) parameters_.erase(adapter);
+  if (named_children().contains(adapter)) unregister_module(adapter);
+  tensors_.erase(adapter);
+  biases_.erase(adapter);
+}
+
+// ---- TunerLayer ----
+
+TunerLayer::TunerLayer(LayerPtr base, const std::string & base_name) : base_layer(std::move(base)) {
+  register_layer(base_name, base_layer);
+}
+
+AdapterDict & TunerLayer::dict(const std::string & name) {
+  for (const auto & c : named_children()) {
+    if (c.key() == name) return *std::static_pointer_cast<AdapterDict>(c.value());
+  }
+  return *register_module(name, std::make_shared<AdapterDict>());
+}
+
+std::vector<std::string> TunerLayer::active_here() const {
+  std::vector<std::string> out;
+  for (const auto & a : active_) {
+    if (has_adapter(a)) out.push_back(a);
+  }
+  return out;
+}
+
+at::Tensor TunerLayer::forward(const at::Tensor & x) {
+  if (disabled_) {
+    if (!merged_.empty()) unmerge_all();  // PEFT: a disabled layer unmerges in its forward
+    return base_layer->forward(x);
+  }
+  if (!merged_.empty() || active_here().empty()) return base_layer->forward(x);
+  return forward_active(x);
+}
+
+void TunerLayer::merge(const std::vector<std::string> & names, bool safe) {
+  for (const auto & n : names) {
+    if (!has_adapter(n)) continue;
+    if (std::find(merged_.begin(), merged_.end(), n) != merged_.end()) continue;  // already merged
+    merge_one(n, safe);
+    merged_.push_back(n);
+  }
+}
+
+void TunerLayer::unmerge_all() {
+  while (!merged_.empty()) {
+    unmerge_one(merged_.back());
+    merged_.pop_back();
+  }
+}
+
+void TunerLayer::delete_adapter(const std::string & name) {
+  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), name) == merged_.end(), "adapter '", name,
+             "' is merged; unmerge it before deleting");
+  for (const auto & c : named_children()) {
+    if (auto d = std::dynamic_pointer_cast<AdapterDict>(c.value())) d->remove(name);
+  }
+  active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
+}
+
+std::vector<std::pair<std::string, at::Tensor>> TunerLayer::adapter_parameters(const std::string & name) const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto & c : named_children()) {
+    if (c.value() == base_layer) continue;
+    for (const auto & p : c.value()->named_parameters(true)) {
+      const std::string path = c.key() + "." + p.key();
+      const std::string mid = "." + name + ".";
+      const std::string end = "." + name;
+      if (path.find(mid) != std::string::npos ||
+          (path.size() >= end.size() && path.compare(path.size() - end.size(), end.size(), end) == 0)) {
+        out.emplace_back(path, p.value());
+      }
+    }
+  }
+  return out;
+}
+
+std::string TunerLayer::signature() const {
+  std::string s = disabled_ ? "D" : "E";
+  s += "|a:";
+  for (const auto & a : active_here()) s += a + "{" + adapter_signature(a) + "},";
+  s += "|m:";
+  for (const auto & m : merged_) s += m + ",";
+  return s;
+}
+
+LayerPtr TunerLayer::clone_layer() const { fail("adapter layers cannot be deep-copied"); }
+
+void check_finite(const at::Tensor & t, const std::string & what) {
+  PEFT_CHECK(at::isfinite(t).all().item<bool>(), "safe merge refused: ", what,
+             " would contain non-finite values (NaN or Inf)");
+}
+
+}  // namespace peft

@@ -1,0 +1,31 @@
+// The adapter flags shared by forward, generate and train:
+//   --adapter PATH[=NAME] (repeatable; the first loaded is active), --active NAME[,NAME...],
+//   --disable-adapters, --merge, --unmerge, --merge-and-unload.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peft/model/causal-lm.h"
+#include "peft/peft-model.h"
+
+namespace peft::cli {
+
+struct AdapterOptions {
+  std::vector<std::string> adapters;
+  std::string active;
+  bool disable = false, merge = false, unmerge = false, merge_and_unload = false;
+};
+
+void add_adapter_options(CLI::App & cmd, AdapterOptions & o);
+
+/// What the model runs as after the flags are applied: a PeftModel (adapters loaded) or the plain model.
+struct Prepared {
+  std::shared_ptr<CausalLM> plain;   // set when no adapters remain (none given, or merge-and-unload)
+  std::shared_ptr<PeftModel> peft;   // set otherwise
+};
+Prepared apply_adapter_options(std::shared_ptr<CausalLM> model, const AdapterOptions & o);
+
+}  // namespace peft::cli
