@@ -98,7 +98,8 @@ class PeftModel {
   void touch() { ++version_; }
 
  private:
-  void inject(const std::string & name, const AdapterConfig & cfg);
+  /// Returns the layers it wrapped (path, original) so a failed load can unwrap them again.
+  std::vector<std::pair<std::string, LayerPtr>> inject(const std::string & name, const AdapterConfig & cfg);
   void refresh_layers();
   std::shared_ptr<CausalLM> release();  // forget every adapter; the model is plain again
   void refresh_trainable();

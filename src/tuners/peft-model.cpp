@@ -66,7 +66,7 @@ void PeftModel::refresh_layers() {
   }
 }
 
-void PeftModel::inject(const std::string & name, const AdapterConfig & cfg) {
+std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::string & name, const AdapterConfig & cfg) {
   check_adapter_name(name);
   PEFT_CHECK(!configs_.count(name), "an adapter named '", name, "' exists already");
   for (const auto & kv : configs_) {
@@ -163,6 +163,7 @@ void PeftModel::inject(const std::string & name, const AdapterConfig & cfg) {
     l.second->set_disabled(disabled_);
   }
   ++version_;
+  return replaced;
 }
 
 void PeftModel::add_adapter(const std::string & name, const AdapterConfig & cfg) {
@@ -176,7 +177,7 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
   cfg.fields["inference_mode"] = !is_trainable;
   const std::string file = dir + "/adapter_model.safetensors";
   auto tensors = safetensors_load(file);  // read and validated before the model is touched
-  inject(name, cfg);
+  auto wrapped = inject(name, cfg);
   try {
     // checkpoint key -> model tensor, for this adapter's tensors
     std::map<std::string, at::Tensor> want;
@@ -218,7 +219,12 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
     at::NoGradGuard g;
     for (auto & c : copies) c.first.copy_(c.second);
   } catch (...) {
+    // undo the injection completely: drop the adapter, unwrap the layers it wrapped
     delete_adapter(name);
+    for (auto it = wrapped.rbegin(); it != wrapped.rend(); ++it) replace_submodule(model_, it->first, it->second);
+    model_->tie_weights();
+    refresh_layers();
+    ++version_;
     throw;
   }
   refresh_trainable();
@@ -279,15 +285,26 @@ void PeftModel::set_adapters_disabled(bool disabled) {
 void PeftModel::merge_adapter(const std::vector<std::string> & names, bool safe_merge) {
   std::vector<std::string> which = names.empty() ? active_ : names;
   for (const auto & n : which) PEFT_CHECK(configs_.count(n), "no adapter named '", n, "'");
-  std::vector<std::shared_ptr<TunerLayer>> done;
+  // keep exact copies of what merging overwrites, so a refused (safe) merge restores bit-for-bit
+  std::vector<std::pair<at::Tensor, at::Tensor>> saved;
+  std::vector<std::pair<std::shared_ptr<TunerLayer>, std::vector<std::string>>> merged_before;
+  for (auto & l : layers_) {
+    merged_before.emplace_back(l.second, l.second->merged());
+    if (!safe_merge) continue;  // only a safe merge pays for the copies
+    for (auto & p : l.second->base_layer->parameters(true)) saved.emplace_back(p, p.clone());
+  }
   try {
-    for (auto & l : layers_) {
-      size_t before = l.second->merged().size();
-      l.second->merge(which, safe_merge);
-      if (l.second->merged().size() != before) done.push_back(l.second);
-    }
+    for (auto & l : layers_) l.second->merge(which, safe_merge);
   } catch (...) {
-    for (auto & l : done) l->unmerge_all();
+    at::NoGradGuard g;
+    for (auto & s : saved) s.first.copy_(s.second);
+    if (safe_merge) {
+      for (auto & mb : merged_before) mb.first->restore_merged(mb.second);
+    } else {
+      for (auto & mb : merged_before) {
+        while (mb.first->merged().size() > mb.second.size()) mb.first->unmerge_last();
+      }
+    }
     ++version_;
     throw;
   }

@@ -92,10 +92,12 @@ void TunerLayer::merge(const std::vector<std::string> & names, bool safe) {
 }
 
 void TunerLayer::unmerge_all() {
-  while (!merged_.empty()) {
-    unmerge_one(merged_.back());
-    merged_.pop_back();
-  }
+  while (!merged_.empty()) unmerge_last();
+}
+
+void TunerLayer::unmerge_last() {
+  unmerge_one(merged_.back());
+  merged_.pop_back();
 }
 
 void TunerLayer::delete_adapter(const std::string & name) {

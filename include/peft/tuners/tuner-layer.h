@@ -58,6 +58,9 @@ class TunerLayer : public Layer {
   const std::vector<std::string> & merged() const { return merged_; }
   void merge(const std::vector<std::string> & names, bool safe);  // skips already merged ones
   void unmerge_all();
+  void unmerge_last();
+  /// Reset the merged list after the caller restored the weights itself.
+  void restore_merged(std::vector<std::string> merged) { merged_ = std::move(merged); }
   /// Parameters that belong to adapter `name` (paths relative to this layer).
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(const std::string & name) const;
   /// The state of this layer as a string (compile cache key).

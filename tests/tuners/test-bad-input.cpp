@@ -1,0 +1,193 @@
+// Bad adapter input: a clear error naming the problem, and the model exactly as it was before.
+#include <fstream>
+
+#include "peft/error.h"
+#include "peft/io/atomic-file.h"
+#include "peft/io/safetensors.h"
+#include "peft/peft-model.h"
+#include "peft/tuners/lora.h"
+#include "support.h"
+
+using namespace peft;
+using namespace peft::test;
+
+namespace {
+
+std::string error_of(const std::function<void()> & f) {
+  try {
+    f();
+  } catch (const peft::Error & e) {
+    return e.what();
+  }
+  return "";
+}
+
+AdapterConfig lora(nlohmann::json extra) {
+  nlohmann::json j = {{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"q_proj", "v_proj"}}};
+  j.update(extra);
+  return AdapterConfig::from_json(j, "config");
+}
+
+// Parameter names and values of the whole model, to prove nothing changed.
+std::map<std::string, at::Tensor> snapshot(CausalLM & m) {
+  std::map<std::string, at::Tensor> s;
+  for (const auto & p : m.named_parameters(true)) s[p.key()] = p.value().clone();
+  return s;
+}
+void expect_same(CausalLM & m, const std::map<std::string, at::Tensor> & before) {
+  auto now = snapshot(m);
+  ASSERT_EQ(now.size(), before.size());
+  for (const auto & kv : before) {
+    ASSERT_TRUE(now.count(kv.first)) << kv.first;
+    EXPECT_TRUE(at::equal(now.at(kv.first), kv.second)) << kv.first;
+  }
+}
+
+std::string copy_adapter(const std::string & case_name) {
+  std::string dir = temp_dir("bad");
+  std::system(("cp " + golden_case(case_name) + "/adapter/* " + dir).c_str());
+  return dir;
+}
+
+TEST(BadInput, TargetsMatchingNothing) {
+  auto base = load_model(golden_model("tiny-llama"));
+  auto e = error_of([&] { PeftModel m(base, lora({{"target_modules", {"nonexistent_proj"}}})); });
+  EXPECT_NE(e.find("nonexistent_proj"), std::string::npos) << e;
+  EXPECT_NE(e.find("not found"), std::string::npos) << e;
+}
+
+TEST(BadInput, RankMustBePositive) {
+  EXPECT_NE(error_of([] { lora({{"r", 0}}); }).find("'r'"), std::string::npos);
+  EXPECT_NE(error_of([] { lora({{"r", -2}}); }).find("'r'"), std::string::npos);
+  EXPECT_NE(error_of([] { lora({{"lora_dropout", 1.5}}); }).find("lora_dropout"), std::string::npos);
+  EXPECT_NE(error_of([] { lora({{"bias", "some"}}); }).find("bias"), std::string::npos);
+  EXPECT_NE(error_of([] { lora({{"use_dora", true}, {"lora_bias", true}}); }).find("lora_bias"), std::string::npos);
+}
+
+TEST(BadInput, UnknownPeftType) {
+  auto e = error_of([] { AdapterConfig::from_json({{"peft_type", "MAGIC"}}, "x/adapter_config.json"); });
+  EXPECT_NE(e.find("MAGIC"), std::string::npos) << e;
+  EXPECT_NE(e.find("x/adapter_config.json"), std::string::npos) << e;
+}
+
+TEST(BadInput, AdapterNameEscapingFolder) {
+  auto base = load_model(golden_model("tiny-llama"));
+  PeftModel m(base);
+  for (const char * bad : {"../x", "a/b", "..", "", "__base__"}) {
+    EXPECT_THROW(m.load_adapter(golden_case("lora") + "/adapter", bad), peft::Error) << bad;
+  }
+  EXPECT_TRUE(m.tuner_layers().empty());
+}
+
+TEST(BadInput, DuplicateAdapterName) {
+  auto base = load_model(golden_model("tiny-llama"));
+  auto m = PeftModel::from_pretrained(base, golden_case("lora") + "/adapter");
+  auto before = snapshot(*base);
+  auto e = error_of([&] { m->load_adapter(golden_case("dora") + "/adapter", "default"); });
+  EXPECT_NE(e.find("exists already"), std::string::npos) << e;
+  expect_same(*base, before);
+}
+
+TEST(BadInput, ShapeMismatchLeavesModelUnchanged) {
+  std::string dir = copy_adapter("lora");
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  const std::string key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
+  t[key] = at::zeros({17, 4});
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto base = load_model(golden_model("tiny-llama"));
+  auto m = PeftModel::from_pretrained(base, golden_case("dora") + "/adapter", "first");
+  auto before = snapshot(*base);
+  auto key_before = m->state_key();
+  auto e = error_of([&] { m->load_adapter(dir, "second"); });
+  EXPECT_NE(e.find(key), std::string::npos) << e;
+  EXPECT_NE(e.find("[17, 4]"), std::string::npos) << e;
+  expect_same(*base, before);
+  EXPECT_EQ(m->adapter_names(), std::vector<std::string>{"first"});
+  at::NoGradGuard g;
+  EXPECT_CLOSE(m->forward({golden_ids("dora")}), golden_expected("dora").at("logits"));
+}
+
+TEST(BadInput, ShapeMismatchOnFreshModelLeavesNoWrappers) {
+  std::string dir = copy_adapter("lora");
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  t["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = at::zeros({4, 31});
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto base = load_model(golden_model("tiny-llama"));
+  auto before = snapshot(*base);
+  EXPECT_THROW(PeftModel::from_pretrained(base, dir), peft::Error);
+  expect_same(*base, before);
+  for (const auto & mod : named_modules(base)) {
+    EXPECT_EQ(std::dynamic_pointer_cast<TunerLayer>(mod.second), nullptr) << mod.first;
+  }
+}
+
+TEST(BadInput, UnknownModuleKey) {
+  std::string dir = copy_adapter("lora");
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  t["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = at::zeros({4, 32});
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto e = error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); });
+  EXPECT_NE(e.find("layers.7"), std::string::npos) << e;
+}
+
+TEST(BadInput, MissingAdapterTensor) {
+  std::string dir = copy_adapter("lora");
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  t.erase("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto e = error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); });
+  EXPECT_NE(e.find("q_proj.lora_B"), std::string::npos) << e;
+}
+
+TEST(BadInput, TruncatedAdapterFile) {
+  std::string dir = copy_adapter("lora");
+  std::string bytes = read_file(dir + "/adapter_model.safetensors");
+  write_file_atomic(dir + "/adapter_model.safetensors", bytes.substr(0, bytes.size() - 100));
+  auto e = error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); });
+  EXPECT_NE(e.find("adapter_model.safetensors"), std::string::npos) << e;
+}
+
+TEST(BadInput, InvalidConfigJsonField) {
+  std::string dir = copy_adapter("lora");
+  auto j = nlohmann::json::parse(read_file(dir + "/adapter_config.json"));
+  j["r"] = 0;
+  write_file_atomic(dir + "/adapter_config.json", j.dump());
+  auto e = error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); });
+  EXPECT_NE(e.find("adapter_config.json"), std::string::npos) << e;
+  EXPECT_NE(e.find("'r'"), std::string::npos) << e;
+}
+
+TEST(BadInput, SafeMergeRefusesNonFinite) {
+  auto base = load_model(golden_model("tiny-llama"));
+  auto m = PeftModel::from_pretrained(base, golden_case("lora") + "/adapter");
+  auto layer = std::dynamic_pointer_cast<LoraLinear>(m->tuner_layers().back().second);
+  ASSERT_TRUE(layer);
+  {
+    at::NoGradGuard g;
+    layer->lora_B("default").fill_(std::numeric_limits<float>::infinity());
+  }
+  auto before = snapshot(*base);
+  EXPECT_THROW(m->merge_adapter({}, /*safe_merge=*/true), peft::Error);
+  EXPECT_FALSE(m->merged());
+  // weights untouched (the adapter tensor itself was changed by the test, base weights not)
+  for (const auto & kv : before) {
+    if (kv.first.find("lora_") != std::string::npos) continue;
+    EXPECT_TRUE(at::equal(kv.second, get_submodule(base, kv.first.substr(0, kv.first.rfind('.')))
+                                         ->named_parameters(false)[kv.first.substr(kv.first.rfind('.') + 1)]))
+        << kv.first;
+  }
+}
+
+TEST(BadInput, CliExitsNonZeroWithMessage) {
+  std::string out;
+  int rc = run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("lora") +
+                       "/input_ids.json --out /tmp/x.safetensors --adapter /nonexistent/adapter",
+                   &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("/nonexistent/adapter"), std::string::npos) << out;
+  rc = run_cli("forward --model /nonexistent/model --input-ids x --out y", &out);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("/nonexistent/model"), std::string::npos) << out;
+}
+
+}  // namespace
