@@ -9,5 +9,6 @@ namespace peft::cli {
 using Runner = std::function<int()>;
 Runner add_info(CLI::App & app);
 Runner add_forward(CLI::App & app);
+Runner add_train(CLI::App & app);
 
 }  // namespace peft::cli

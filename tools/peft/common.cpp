@@ -51,6 +51,11 @@ at::Tensor read_ids_json(const std::string & path) {
   return t;
 }
 
+std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bool compile) {
+  PEFT_CHECK(!compile, "--compile is not available yet");
+  return [&m](const ForwardInput & in) { return m.forward(in); };
+}
+
 at::ScalarType parse_dtype(const std::string & s) {
   if (s == "float32" || s == "f32") return at::kFloat;
   if (s == "bfloat16" || s == "bf16") return at::kBFloat16;

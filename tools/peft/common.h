@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 
+#include "peft/peft-model.h"
+
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +22,9 @@ void apply_common_options(const CommonOptions & o);
 /// A JSON array of equal-length arrays of token ids -> (B, S) int64. Errors name the file.
 at::Tensor read_ids_json(const std::string & path);
 std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path);
+
+/// The forward a command runs: the model itself, or its compiled form when `compile` is set.
+std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bool compile);
 
 /// "float32" / "bfloat16" -> dtype, else peft::Error.
 at::ScalarType parse_dtype(const std::string & s);

@@ -1,0 +1,54 @@
+// The parity interface: `peft forward` with adapter flags reproduces every golden tensor.
+#include "golden-cases.h"
+#include "peft/io/safetensors.h"
+#include "support.h"
+
+using namespace peft;
+using namespace peft::test;
+
+namespace {
+
+struct FlagCase {
+  const char * expected;
+  const char * flags;
+};
+const FlagCase kFlags[] = {{"logits", ""},
+                           {"logits_disabled", "--disable-adapters"},
+                           {"logits_merged", "--merge"},
+                           {"logits_unmerged", "--merge --unmerge"},
+                           {"logits_merge_and_unload", "--merge-and-unload"}};
+
+class CliGolden : public ::testing::TestWithParam<GoldenCase> {};
+
+at::Tensor cli_forward(const std::string & model, const std::string & case_name, const std::string & flags) {
+  std::string out = temp_dir("cli") + "/logits.safetensors", log;
+  int rc = run_cli("forward --model " + golden_model(model) + " --input-ids " + golden_case(case_name) +
+                       "/input_ids.json --out " + out + " " + flags,
+                   &log);
+  EXPECT_EQ(rc, 0) << log;
+  return rc == 0 ? safetensors_load(out).at("logits") : at::Tensor();
+}
+
+TEST_P(CliGolden, EveryExpectedTensor) {
+  auto want = golden_expected(GetParam().name);
+  for (const auto & f : kFlags) {
+    at::Tensor got = cli_forward(GetParam().model, GetParam().name,
+                                 "--adapter " + golden_case(GetParam().name) + "/adapter " + f.flags);
+    if (got.defined()) EXPECT_CLOSE(got, want.at(f.expected)) << f.flags;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Peft, CliGolden, ::testing::ValuesIn(single_adapter_cases()),
+                         [](const auto & i) { return i.param.name; });
+
+TEST(CliGoldenMulti, AdaptersByNameAndActive) {
+  auto want = golden_expected("multi_adapter");
+  const std::string a = golden_case("multi_adapter") + "/adapters/";
+  const std::string all = "--adapter " + a + "alpha=alpha --adapter " + a + "beta=beta --adapter " + a + "gamma=gamma";
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all), want.at("logits_alpha"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active gamma"), want.at("logits_gamma"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active beta"), want.at("logits_beta"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --disable-adapters"), want.at("logits_base"));
+}
+
+}  // namespace

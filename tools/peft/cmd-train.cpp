@@ -1,0 +1,108 @@
+// peft train: fine-tune an adapter on pre-tokenized data with AdamW; one JSON log line per step.
+#include <fstream>
+#include <iostream>
+
+#include "commands.h"
+#include "common.h"
+#include "peft/error.h"
+#include "peft/peft-model.h"
+#include "peft/train/trainer.h"
+
+namespace peft::cli {
+
+Runner add_train(CLI::App & app) {
+  struct Opts {
+    std::string model, adapter_init, method, target_modules, data, optimizer = "adamw", log_file, out, betas;
+    int64_t r = 8;
+    double lora_alpha = 8, lora_dropout = 0;
+    bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false;
+    TrainOptions train;
+    CommonOptions common;
+  };
+  auto o = std::make_shared<Opts>();
+  o->train.weight_decay = 1e-2;
+  auto * cmd = app.add_subcommand("train", "fine-tune an adapter on pre-tokenized data");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
+  cmd->add_option("--adapter-init", o->adapter_init, "start from this PEFT adapter folder");
+  cmd->add_option("--method", o->method, "adapter method for a new adapter (lora)");
+  cmd->add_option("--r", o->r, "rank");
+  cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scale = alpha / r)");
+  cmd->add_option("--lora-dropout", o->lora_dropout, "dropout on the adapter input");
+  cmd->add_option("--target-modules", o->target_modules, "comma-separated module names, or all-linear");
+  cmd->add_flag("--use-dora", o->use_dora, "DoRA");
+  cmd->add_flag("--use-rslora", o->use_rslora, "rsLoRA scaling alpha / sqrt(r)");
+  cmd->add_option("--data", o->data, "JSON array of arrays of token ids")->required();
+  cmd->add_option("--batch-size", o->train.batch_size, "rows per step")->required();
+  cmd->add_option("--steps", o->train.steps, "optimizer steps")->required();
+  cmd->add_option("--optimizer", o->optimizer, "adamw");
+  cmd->add_option("--lr", o->train.lr, "learning rate")->required();
+  cmd->add_option("--weight-decay", o->train.weight_decay, "AdamW weight decay (default 0.01)");
+  cmd->add_option("--betas", o->betas, "AdamW betas, e.g. 0.9,0.999");
+  cmd->add_option("--eps", o->train.eps, "AdamW epsilon");
+  cmd->add_option("--lr-scheduler", o->train.lr_scheduler, "constant | linear | cosine");
+  cmd->add_option("--warmup-steps", o->train.warmup_steps, "linear warm-up steps");
+  cmd->add_option("--max-grad-norm", o->train.max_grad_norm, "clip the gradient norm (0 = off)");
+  cmd->add_flag("--no-shuffle", o->no_shuffle, "take rows in order");
+  cmd->add_option("--seed", o->train.seed, "seed for shuffling, dropout and adapter init");
+  cmd->add_option("--log-file", o->log_file, "JSON lines: one object per step")->required();
+  cmd->add_option("--out", o->out, "where to save the trained adapter")->required();
+  cmd->add_flag("--compile", o->compile, "train through the compiled model");
+  add_common_options(*cmd, o->common);
+  return [o]() {
+    apply_common_options(o->common);
+    PEFT_CHECK(o->optimizer == "adamw", "--optimizer: only adamw is supported, got '", o->optimizer, "'");
+    PEFT_CHECK(o->adapter_init.empty() != o->method.empty(), "give exactly one of --adapter-init and --method");
+    if (!o->betas.empty()) {
+      auto c = o->betas.find(',');
+      PEFT_CHECK(c != std::string::npos, "--betas must be two numbers like 0.9,0.999");
+      try {
+        o->train.beta1 = std::stod(o->betas.substr(0, c));
+        o->train.beta2 = std::stod(o->betas.substr(c + 1));
+      } catch (const std::exception &) {
+        fail(str("--betas must be two numbers like 0.9,0.999, got '", o->betas, "'"));
+      }
+    }
+    o->train.shuffle = !o->no_shuffle;
+    at::manual_seed(o->train.seed);
+    auto base = load_model(o->model);
+    std::shared_ptr<PeftModel> m;
+    if (!o->adapter_init.empty()) {
+      m = PeftModel::from_pretrained(base, o->adapter_init, "default", /*is_trainable=*/true);
+    } else {
+      PEFT_CHECK(o->method == "lora", "--method: only lora is supported here, got '", o->method, "'");
+      nlohmann::json j = {{"peft_type", "LORA"},        {"r", o->r},
+                          {"lora_alpha", o->lora_alpha}, {"lora_dropout", o->lora_dropout},
+                          {"use_dora", o->use_dora},    {"use_rslora", o->use_rslora},
+                          {"task_type", "CAUSAL_LM"}};
+      if (o->target_modules == "all-linear") {
+        j["target_modules"] = "all-linear";
+      } else if (!o->target_modules.empty()) {
+        std::vector<std::string> t;
+        std::stringstream ss(o->target_modules);
+        for (std::string item; std::getline(ss, item, ',');) {
+          if (!item.empty()) t.push_back(item);
+        }
+        j["target_modules"] = t;
+      }
+      m = std::make_shared<PeftModel>(base, AdapterConfig::from_json(j, "command line"));
+    }
+    std::cerr << m->trainable_summary() << "\n";
+    auto rows = read_ragged_ids_json(o->data);
+    m->train();
+    Trainer trainer(make_logits_fn(*m, o->compile), m->trainable_parameters(), o->train);
+    std::ofstream log(o->log_file, std::ios::trunc);
+    PEFT_CHECK(log.good(), "cannot write the log file '", o->log_file, "'");
+    trainer.fit(rows, [&](const StepLog & s) {
+      nlohmann::json line = {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm}};
+      log << line.dump() << "\n";
+      log.flush();
+      std::cerr << "step " << s.step << " loss " << s.loss << "\n";
+    });
+    m->train(false);
+    m->save_pretrained(o->out);
+    std::cerr << "saved adapter to " << o->out << "\n";
+    return 0;
+  };
+}
+
+}  // namespace peft::cli
