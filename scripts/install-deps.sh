@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install what peft.cpp needs from Debian 12 packages, skipping what is already there.
+set -euo pipefail
+pkgs=(build-essential cmake ninja-build ccache pkg-config
+      libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev
+      libgtest-dev libbenchmark-dev nodejs npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,522 @@
+// Hugging Face tokenizer.json with a BPE model: normalizer, pre-tokenizer, BPE merges, post-processor
+// and decoder, for the byte-level and the SentencePiece (byte-fallback) families.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <climits>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "peft/error.h"
+#include "peft/io/atomic-file.h"
+#include "peft/tokenizer/tokenizer.h"
+#include "peft/util/regex.h"
+
+namespace peft {
+
+namespace {
+
+using json = nlohmann::json;
+
+// ---- UTF-8 helpers ----
+
+std::string utf8(uint32_t cp) {
+  std::string s;
+  if (cp < 0x80) {
+    s.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    s.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+  return s;
+}
+
+std::vector<std::string> utf8_chars(const std::string & s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+    n = std::min(n, s.size() - i);
+    out.push_back(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+void replace_all(std::string & s, const std::string & from, const std::string & to) {
+  if (from.empty()) return;
+  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
+}
+
+// GPT-2's reversible byte -> printable unicode character mapping.
+struct ByteMap {
+  std::string to_char[256];
+  std::unordered_map<std::string, unsigned char> to_byte;
+  ByteMap() {
+    int n = 0;
+    for (int b = 0; b < 256; ++b) {
+      bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      to_char[b] = utf8(keep ? b : 256 + n++);
+      to_byte[to_char[b]] = static_cast<unsigned char>(b);
+    }
+  }
+};
+const ByteMap & byte_map() {
+  static const ByteMap m;
+  return m;
+}
+
+const char * kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// ---- pipeline stages ----
+
+struct PreTok {
+  enum Kind { kSplit, kByteLevel, kMetaspace, kDigits } kind;
+  std::shared_ptr<Regex> regex;  // split pattern
+  bool add_prefix_space = false;
+  std::string replacement = "\xE2\x96\x81";  // ▁
+  std::string prepend_scheme = "always";
+  bool split = true;
+};
+
+struct Normalizer {
+  enum Kind { kPrepend, kReplace } kind;
+  std::string a, b;
+};
+
+struct DecodeStep {
+  enum Kind { kByteLevel, kReplace, kByteFallback, kFuse, kStrip, kMetaspace } kind;
+  std::string a, b;
+  int start = 0, stop = 0;
+  bool prefix_space = true;
+};
+
+struct AddedToken {
+  std::string content;
+  int64_t id;
+  bool special;
+};
+
+class BpeTokenizer : public Tokenizer {
+ public:
+  BpeTokenizer(const json & j, const std::string & path) : path_(path) {
+    const json & model = j.at("model");
+    PEFT_CHECK(model.value("type", "BPE") == "BPE", path, ": model type '", model.value("type", ""),
+               "' is not supported (BPE only)");
+    for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
+      int64_t id = it.value().get<int64_t>();
+      vocab_[it.key()] = id;
+      max_id_ = std::max(max_id_, id);
+    }
+    int64_t rank = 0;
+    for (const auto & m : model.at("merges")) {
+      std::string a, b;
+      if (m.is_array()) {
+        a = m.at(0).get<std::string>();
+        b = m.at(1).get<std::string>();
+      } else {
+        std::string s = m.get<std::string>();
+        size_t sp = s.find(' ', 1);
+        PEFT_CHECK(sp != std::string::npos, path, ": malformed merge '", s, "'");
+        a = s.substr(0, sp);
+        b = s.substr(sp + 1);
+      }
+      ranks_[a + '\x01' + b] = rank++;
+    }
+    byte_fallback_ = model.value("byte_fallback", false);
+    ignore_merges_ = model.value("ignore_merges", false);
+    if (model.contains("unk_token") && model["unk_token"].is_string()) unk_ = id_of(model["unk_token"].get<std::string>());
+    if (j.contains("added_tokens")) {
+      for (const auto & t : j["added_tokens"]) {
+        added_.push_back({t.at("content").get<std::string>(), t.at("id").get<int64_t>(), t.value("special", false)});
+        vocab_[added_.back().content] = added_.back().id;
+        max_id_ = std::max(max_id_, added_.back().id);
+      }
+      std::sort(added_.begin(), added_.end(), [](const auto & x, const auto & y) { return x.content.size() > y.content.size(); });
+    }
+    id_to_token_.assign(max_id_ + 1, "");
+    for (const auto & kv : vocab_) id_to_token_[kv.second] = kv.first;
+    parse_normalizer(j.value("normalizer", json()));
+    parse_pre_tokenizer(j.value("pre_tokenizer", json()));
+    parse_post_processor(j.value("post_processor", json()));
+    parse_decoder(j.value("decoder", json()));
+  }
+
+  std::vector<int64_t> encode(const std::string & text, bool add_special) const override {
+    std::vector<int64_t> ids;
+    if (add_special) ids.insert(ids.end(), prefix_.begin(), prefix_.end());
+    size_t section = 0;
+    size_t start = 0;
+    std::string pending;
+    auto flush = [&]() {
+      if (!pending.empty()) encode_section(pending, section++, ids);
+      pending.clear();
+    };
+    while (start < text.size()) {
+      const AddedToken * hit = nullptr;
+      for (const auto & t : added_) {
+        if (!t.content.empty() && text.compare(start, t.content.size(), t.content) == 0) {
+          hit = &t;
+          break;
+        }
+      }
+      if (hit) {
+        flush();
+        ids.push_back(hit->id);
+        start += hit->content.size();
+      } else {
+        pending.push_back(text[start++]);
+      }
+    }
+    flush();
+    if (add_special) ids.insert(ids.end(), suffix_.begin(), suffix_.end());
+    return ids;
+  }
+
+  std::string decode(const std::vector<int64_t> & ids, bool skip_special) const override {
+    // added tokens are emitted as they are; runs of model tokens go through the decoder chain
+    std::string out;
+    std::vector<std::string> run;
+    auto flush = [&]() {
+      out += decode_run(run);
+      run.clear();
+    };
+    for (int64_t id : ids) {
+      PEFT_CHECK(id >= 0 && id <= max_id_, "token id ", id, " is out of range for ", path_);
+      const std::string & tok = id_to_token_[id];
+      const AddedToken * added = nullptr;
+      for (const auto & t : added_) added = (t.id == id) ? &t : added;
+      if (added) {
+        flush();
+        if (!(skip_special && added->special)) out += tok;
+      } else {
+        run.push_back(tok);
+      }
+    }
+    flush();
+    return out;
+  }
+
+  int64_t vocab_size() const override { return max_id_ + 1; }
+  int64_t token_id(const std::string & t) const override { return id_of(t); }
+
+ private:
+  int64_t id_of(const std::string & t) const {
+    auto it = vocab_.find(t);
+    return it == vocab_.end() ? -1 : it->second;
+  }
+
+  void parse_normalizer(const json & n) {
+    if (n.is_null()) return;
+    const std::string type = n.at("type").get<std::string>();
+    if (type == "Sequence") {
+      for (const auto & x : n.at("normalizers")) parse_normalizer(x);
+    } else if (type == "Prepend") {
+      normalizers_.push_back({Normalizer::kPrepend, n.at("prepend").get<std::string>(), ""});
+    } else if (type == "Replace") {
+      PEFT_CHECK(n.at("pattern").contains("String"), path_, ": Replace normalizer with a regex is not supported");
+      normalizers_.push_back({Normalizer::kReplace, n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>()});
+    } else if (type == "NFC" || type == "NFKC") {
+      // input is taken as already normalized
+    } else {
+      fail(str(path_, ": normalizer type '", type, "' is not supported"));
+    }
+  }
+
+  void parse_pre_tokenizer(const json & p) {
+    if (p.is_null()) return;
+    const std::string type = p.at("type").get<std::string>();
+    PreTok t;
+    if (type == "Sequence") {
+      for (const auto & x : p.at("pretokenizers")) parse_pre_tokenizer(x);
+      return;
+    } else if (type == "Split") {
+      PEFT_CHECK(!p.value("invert", false), path_, ": inverted Split pre-tokenizer is not supported");
+      PEFT_CHECK(p.value("behavior", "Isolated") == "Isolated", path_, ": Split behavior '", p.value("behavior", ""),
+                 "' is not supported (Isolated)");
+      const json & pat = p.at("pattern");
+      t.kind = PreTok::kSplit;
+      t.regex = std::make_shared<Regex>(pat.contains("Regex") ? pat["Regex"].get<std::string>() : pat["String"].get<std::string>());
+    } else if (type == "ByteLevel") {
+      t.kind = PreTok::kByteLevel;
+      t.add_prefix_space = p.value("add_prefix_space", false);
+      if (p.value("use_regex", true)) t.regex = std::make_shared<Regex>(kGpt2Pattern);
+      byte_level_ = true;
+    } else if (type == "Metaspace") {
+      t.kind = PreTok::kMetaspace;
+      t.replacement = p.value("replacement", t.replacement);
+      t.prepend_scheme = p.value("prepend_scheme", p.value("add_prefix_space", true) ? "always" : "never");
+      t.split = p.value("split", true);
+    } else if (type == "Digits") {
+      t.kind = PreTok::kDigits;
+      t.regex = std::make_shared<Regex>(p.value("individual_digits", false) ? R"(\d|[^\d]+)" : R"(\d+|[^\d]+)");
+    } else {
+      fail(str(path_, ": pre_tokenizer type '", type, "' is not supported"));
+    }
+    pre_.push_back(t);
+  }
+
+  void parse_post_processor(const json & p) {
+    if (p.is_null()) return;
+    const std::string type = p.at("type").get<std::string>();
+    if (type == "Sequence") {
+      for (const auto & x : p.at("processors")) parse_post_processor(x);
+    } else if (type == "TemplateProcessing") {
+      bool seen_seq = false;
+      for (const auto & piece : p.at("single")) {
+        if (piece.contains("Sequence")) {
+          seen_seq = true;
+        } else if (piece.contains("SpecialToken")) {
+          int64_t id = id_of(piece["SpecialToken"].at("id").get<std::string>());
+          PEFT_CHECK(id >= 0, path_, ": post_processor names an unknown special token");
+          (seen_seq ? suffix_ : prefix_).push_back(id);
+        }
+      }
+    } else if (type != "ByteLevel") {
+      fail(str(path_, ": post_processor type '", type, "' is not supported"));
+    }
+  }
+
+  void parse_decoder(const json & d) {
+    if (d.is_null()) return;
+    const std::string type = d.at("type").get<std::string>();
+    DecodeStep s;
+    if (type == "Sequence") {
+      for (const auto & x : d.at("decoders")) parse_decoder(x);
+      return;
+    } else if (type == "ByteLevel") {
+      s.kind = DecodeStep::kByteLevel;
+    } else if (type == "Replace") {
+      s.kind = DecodeStep::kReplace;
+      PEFT_CHECK(d.at("pattern").contains("String"), path_, ": Replace decoder with a regex is not supported");
+      s.a = d["pattern"]["String"].get<std::string>();
+      s.b = d.at("content").get<std::string>();
+    } else if (type == "ByteFallback") {
+      s.kind = DecodeStep::kByteFallback;
+    } else if (type == "Fuse") {
+      s.kind = DecodeStep::kFuse;
+    } else if (type == "Strip") {
+      s.kind = DecodeStep::kStrip;
+      s.a = d.at("content").get<std::string>();
+      s.start = d.value("start", 0);
+      s.stop = d.value("stop", 0);
+    } else if (type == "Metaspace") {
+      s.kind = DecodeStep::kMetaspace;
+      s.a = d.value("replacement", "\xE2\x96\x81");
+      s.prefix_space = d.value("prepend_scheme", d.value("add_prefix_space", true) ? "always" : "never") != "never";
+    } else {
+      fail(str(path_, ": decoder type '", type, "' is not supported"));
+    }
+    decoders_.push_back(s);
+  }
+
+  // Pre-tokenize one section (text between added tokens) and BPE each piece.
+  void encode_section(std::string text, size_t section, std::vector<int64_t> & ids) const {
+    for (const auto & n : normalizers_) {
+      if (n.kind == Normalizer::kPrepend) text = n.a + text;
+      else replace_all(text, n.a, n.b);
+    }
+    std::vector<std::string> pieces = {text};
+    for (const auto & p : pre_) {
+      std::vector<std::string> next;
+      for (auto & piece : pieces) apply_pre(p, piece, section, next);
+      pieces.swap(next);
+    }
+    for (const auto & piece : pieces) bpe(piece, ids);
+  }
+
+  void apply_pre(const PreTok & p, std::string piece, size_t section, std::vector<std::string> & out) const {
+    if (p.kind == PreTok::kSplit || p.kind == PreTok::kDigits) {
+      split_isolated(*p.regex, piece, out);
+    } else if (p.kind == PreTok::kByteLevel) {
+      if (p.add_prefix_space && !piece.empty() && piece[0] != ' ') piece = " " + piece;
+      std::vector<std::string> parts;
+      if (p.regex) split_isolated(*p.regex, piece, parts);
+      else parts.push_back(piece);
+      for (const auto & part : parts) {
+        std::string mapped;
+        for (unsigned char c : part) mapped += byte_map().to_char[c];
+        out.push_back(mapped);
+      }
+    } else {  // Metaspace
+      replace_all(piece, " ", p.replacement);
+      bool prepend = p.prepend_scheme == "always" || (p.prepend_scheme == "first" && section == 0);
+      if (prepend && piece.compare(0, p.replacement.size(), p.replacement) != 0) piece = p.replacement + piece;
+      if (!p.split) {
+        out.push_back(piece);
+        return;
+      }
+      size_t start = 0;
+      for (size_t pos = piece.find(p.replacement, 1); pos != std::string::npos; pos = piece.find(p.replacement, pos + 1)) {
+        out.push_back(piece.substr(start, pos - start));
+        start = pos;
+      }
+      out.push_back(piece.substr(start));
+    }
+  }
+
+  static void split_isolated(const Regex & re, const std::string & s, std::vector<std::string> & out) {
+    // matches become pieces; text between matches too
+    size_t pos = 0;
+    for (const auto & m : re.find_all(s)) {
+      size_t at = s.find(m, pos);
+      if (at > pos) out.push_back(s.substr(pos, at - pos));
+      out.push_back(m);
+      pos = at + m.size();
+    }
+    if (pos < s.size()) out.push_back(s.substr(pos));
+  }
+
+  void bpe(const std::string & word, std::vector<int64_t> & ids) const {
+    if (word.empty()) return;
+    if (ignore_merges_) {
+      int64_t id = id_of(word);
+      if (id >= 0) {
+        ids.push_back(id);
+        return;
+      }
+    }
+    std::vector<std::string> sym = utf8_chars(word);
+    while (sym.size() > 1) {
+      int64_t best = LLONG_MAX;
+      size_t at = 0;
+      for (size_t i = 0; i + 1 < sym.size(); ++i) {
+        auto it = ranks_.find(sym[i] + '\x01' + sym[i + 1]);
+        if (it != ranks_.end() && it->second < best) {
+          best = it->second;
+          at = i;
+        }
+      }
+      if (best == LLONG_MAX) break;
+      sym[at] += sym[at + 1];
+      sym.erase(sym.begin() + at + 1);
+    }
+    for (const auto & s : sym) {
+      int64_t id = id_of(s);
+      if (id >= 0) {
+        ids.push_back(id);
+      } else if (byte_fallback_) {
+        for (unsigned char c : s) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "<0x%02X>", c);
+          int64_t b = id_of(buf);
+          PEFT_CHECK(b >= 0, path_, ": byte-fallback token ", buf, " is missing from the vocabulary");
+          ids.push_back(b);
+        }
+      } else {
+        PEFT_CHECK(unk_ >= 0, path_, ": text piece '", s, "' has no token and the model has no unk_token");
+        ids.push_back(unk_);
+      }
+    }
+  }
+
+  std::string decode_run(std::vector<std::string> toks) const {
+    if (toks.empty()) return "";
+    for (const auto & d : decoders_) {
+      switch (d.kind) {
+        case DecodeStep::kByteLevel: {
+          std::string joined, bytes;
+          for (const auto & t : toks) joined += t;
+          for (const auto & ch : utf8_chars(joined)) {
+            auto it = byte_map().to_byte.find(ch);
+            if (it != byte_map().to_byte.end()) bytes.push_back(static_cast<char>(it->second));
+            else bytes += ch;
+          }
+          toks = {bytes};
+          break;
+        }
+        case DecodeStep::kReplace:
+          for (auto & t : toks) replace_all(t, d.a, d.b);
+          break;
+        case DecodeStep::kByteFallback: {
+          std::vector<std::string> next;
+          std::string bytes;
+          for (const auto & t : toks) {
+            if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>') {
+              bytes.push_back(static_cast<char>(std::stoi(t.substr(3, 2), nullptr, 16)));
+              continue;
+            }
+            if (!bytes.empty()) next.push_back(bytes), bytes.clear();
+            next.push_back(t);
+          }
+          if (!bytes.empty()) next.push_back(bytes);
+          toks.swap(next);
+          break;
+        }
+        case DecodeStep::kFuse: {
+          std::string joined;
+          for (const auto & t : toks) joined += t;
+          toks = {joined};
+          break;
+        }
+        case DecodeStep::kStrip:
+          for (auto & t : toks) {
+            int s = 0;
+            while (s < d.start && t.compare(0, d.a.size(), d.a) == 0) t.erase(0, d.a.size()), ++s;
+            int e = 0;
+            while (e < d.stop && t.size() >= d.a.size() && t.compare(t.size() - d.a.size(), d.a.size(), d.a) == 0) {
+              t.erase(t.size() - d.a.size());
+              ++e;
+            }
+          }
+          break;
+        case DecodeStep::kMetaspace:
+          for (size_t i = 0; i < toks.size(); ++i) {
+            replace_all(toks[i], d.a, " ");
+            if (i == 0 && d.prefix_space && !toks[i].empty() && toks[i][0] == ' ') toks[i].erase(0, 1);
+          }
+          break;
+      }
+    }
+    std::string out;
+    for (const auto & t : toks) out += t;
+    return out;
+  }
+
+  std::string path_;
+  std::unordered_map<std::string, int64_t> vocab_;
+  std::vector<std::string> id_to_token_;
+  std::unordered_map<std::string, int64_t> ranks_;
+  std::vector<AddedToken> added_;
+  std::vector<Normalizer> normalizers_;
+  std::vector<PreTok> pre_;
+  std::vector<DecodeStep> decoders_;
+  std::vector<int64_t> prefix_, suffix_;
+  int64_t max_id_ = -1;
+  int64_t unk_ = -1;
+  bool byte_fallback_ = false, ignore_merges_ = false, byte_level_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string & path) {
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception & e) {
+    fail(str(path, ": not valid JSON (", e.what(), ")"));
+  }
+  try {
+    return std::make_unique<BpeTokenizer>(j, path);
+  } catch (const json::exception & e) {
+    fail(str(path, ": unexpected tokenizer.json layout (", e.what(), ")"));
+  }
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string & model_dir, int64_t vocab_size) {
+  const std::string path = model_dir + "/tokenizer.json";
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return load_tokenizer_json(path);
+  return make_byte_tokenizer(vocab_size);
+}
+
+}  // namespace peft

