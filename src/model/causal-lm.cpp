@@ -30,6 +30,11 @@ KVCache KVCache::allocate(const ModelConfig & cfg, int64_t batch, int64_t capaci
   return c;
 }
 
+at::TensorOptions CausalLM::options() const {
+  for (const auto & p : parameters(true)) return p.options().requires_grad(false);
+  return at::TensorOptions();
+}
+
 static void check_input(const ModelConfig & cfg, const ForwardInput & in) {
   PEFT_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be a (batch, seq) tensor");
   PEFT_CHECK(in.input_ids.scalar_type() == at::kLong, "input_ids must be int64");

@@ -10,5 +10,6 @@ using Runner = std::function<int()>;
 Runner add_info(CLI::App & app);
 Runner add_forward(CLI::App & app);
 Runner add_train(CLI::App & app);
+Runner add_generate(CLI::App & app);
 
 }  // namespace peft::cli

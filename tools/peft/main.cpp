@@ -18,6 +18,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_info);
   add(peft::cli::add_forward);
   add(peft::cli::add_train);
+  add(peft::cli::add_generate);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +32,10 @@ struct ForwardInput {
   KVCache * cache = nullptr;
 };
 
+/// A forward as a value: the eager model, a PeftModel or a compiled graph; generation and training
+/// take one, so each works with all of them.
+using LogitsFn = std::function<at::Tensor(const ForwardInput &)>;
+
 /// What an architecture's forward is handed after the shared preprocessing.
 struct AttentionContext {
   at::Tensor mask;            // (B, 1, S, L) bool: true = may attend
@@ -42,6 +47,8 @@ struct AttentionContext {
 class CausalLM : public Module {
  public:
   explicit CausalLM(ModelConfig cfg) : config_(std::move(cfg)) {}
+  /// dtype and device of the weights (for caches and inputs).
+  at::TensorOptions options() const;
   /// Logits (B, S, V).
   at::Tensor forward(const ForwardInput & in);
   const ModelConfig & config() const { return config_; }

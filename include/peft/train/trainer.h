@@ -39,8 +39,6 @@ struct StepLog {
   double grad_norm;
 };
 
-using LogitsFn = std::function<at::Tensor(const ForwardInput &)>;
-
 /// AdamW training of `params` on rows of token ids (equal length; shorter rows are right-padded and
 /// masked). `on_step` is called after every optimizer step.
 class Trainer {
