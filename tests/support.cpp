@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 
 #include "peft/io/atomic-file.h"
 #include "peft/io/safetensors.h"
