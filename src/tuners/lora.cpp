@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "peft/error.h"
+#include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
 #include "peft/util/regex.h"
 
@@ -112,7 +113,8 @@ at::Tensor linear_default(int64_t out, int64_t in) {
 }
 
 std::string settings_signature(const LoraSettings & s) {
-  return str("r", s.r, ",s", s.scaling, ",p", s.dropout, s.use_dora ? ",dora" : "", s.lora_bias ? ",bias" : "");
+  // the scale itself is read live from its tensor, so it is not part of the signature
+  return str("r", s.r, ",p", s.dropout, s.use_dora ? ",dora" : "", s.lora_bias ? ",bias" : "");
 }
 
 }  // namespace
@@ -151,6 +153,7 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   dicts_.A->add_weight(name, A.to(aopts));
   dicts_.B->add_weight(name, B.to(aopts), bB.defined() ? bB.to(aopts) : bB);
   settings[name] = s;
+  set_scaling(name, s.scaling);
   if (s.use_dora) {
     at::NoGradGuard g;
     at::Tensor w = linear().weight.to(at::kFloat);
@@ -185,7 +188,7 @@ at::Tensor LoraLinear::magnitude(const std::string & n) const {
 }
 
 at::Tensor LoraLinear::delta_weight(const std::string & n) const {
-  return at::matmul(lora_B(n), lora_A(n)) * settings.at(n).scaling;
+  return at::matmul(lora_B(n), lora_A(n)) * scaling(n);
 }
 
 std::string LoraLinear::adapter_signature(const std::string & n) const {
@@ -194,26 +197,15 @@ std::string LoraLinear::adapter_signature(const std::string & n) const {
 
 at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
   at::Tensor y = base_layer->forward(x);
-  const auto out_dtype = y.scalar_type();
   for (const auto & n : active_here()) {
     const LoraSettings & s = settings.at(n);
-    at::Tensor A = lora_A(n), B = lora_B(n);
-    at::Tensor xa = x.to(A.scalar_type());
-    at::Tensor xd = s.dropout > 0 ? at::dropout(xa, s.dropout, is_training()) : xa;
-    at::Tensor lora = at::linear(at::linear(xd, A), B);  // (.., O)
-    if (!s.use_dora) {
-      at::Tensor bB = lora_B_bias(n);
-      if (bB.defined()) lora = lora + bB;
-      y = y + (lora * s.scaling).to(out_dtype);
-      continue;
+    at::Tensor bB = lora_B_bias(n);
+    if (s.use_dora) {
+      y = ops::dora_add(y, x, linear().weight, lora_A(n), lora_B(n), magnitude(n), scaling(n), s.dropout, is_training());
+    } else {
+      y = ops::lora_add(y, x, lora_A(n), lora_B(n), bB.defined() ? c10::optional<at::Tensor>(bB) : c10::nullopt,
+                        scaling(n), s.dropout, is_training());
     }
-    // DoRA: g = m / ||W + s B A||_rows, the norm detached (paper §4.3)
-    at::Tensor W = linear().weight.to(A.scalar_type());
-    at::Tensor norm = (W + (at::matmul(B, A) * s.scaling).detach()).norm(2, {1}).detach();
-    at::Tensor g = magnitude(n) / norm;
-    // with dropout the base term is re-evaluated on the dropped-out input (PEFT quirk §6.4)
-    at::Tensor base_nobias = s.dropout > 0 && is_training() ? at::linear(xd, W) : at::linear(xa, W);
-    y = y + ((g - 1) * base_nobias + g * (lora * s.scaling)).to(out_dtype);
   }
   return y;
 }
@@ -236,7 +228,7 @@ void LoraLinear::merge_one(const std::string & n, bool safe) {
   at::Tensor bB = lora_B_bias(n);
   if (bB.defined()) {
     PEFT_CHECK(linear().bias.defined(), "cannot merge lora_bias of adapter '", n, "' into a base layer without bias");
-    bias_new = linear().bias.to(at::kFloat) + bB * s.scaling;
+    bias_new = linear().bias.to(at::kFloat) + bB * scaling(n);
   }
   if (safe) {
     check_finite(merged, "merging adapter '" + n + "'");
@@ -259,7 +251,7 @@ void LoraLinear::unmerge_one(const std::string & n) {
     W.copy_(W.to(at::kFloat) - delta);
   }
   at::Tensor bB = lora_B_bias(n);
-  if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * s.scaling);
+  if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * scaling(n));
 }
 
 // ---- LoraEmbedding ----
@@ -285,6 +277,7 @@ void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s
   A_->add_param(name, A);
   B_->add_param(name, B);
   settings[name] = s;
+  set_scaling(name, s.scaling);
 }
 
 std::vector<std::string> LoraEmbedding::adapter_names() const {
@@ -303,15 +296,13 @@ std::string LoraEmbedding::adapter_signature(const std::string & n) const {
 }
 
 at::Tensor LoraEmbedding::delta_weight(const std::string & n) const {
-  return at::matmul(B_->get(n), A_->get(n)).t() * settings.at(n).scaling;
+  return at::matmul(B_->get(n), A_->get(n)).t() * scaling(n);
 }
 
 at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
   at::Tensor y = base_layer->forward(ids);
-  for (const auto & n : active_here()) {
-    at::Tensor A = A_->get(n), B = B_->get(n);
-    at::Tensor h = at::embedding(A.t(), ids, embedding().padding_idx);  // (B, T, R); dropout is never applied here
-    y = y + (at::matmul(h, B.t()) * settings.at(n).scaling).to(y.scalar_type());
+  for (const auto & n : active_here()) {  // dropout is never applied on embeddings (PEFT)
+    y = ops::lora_embedding_add(y, ids, A_->get(n), B_->get(n), scaling(n), embedding().padding_idx);
   }
   return y;
 }

@@ -52,10 +52,35 @@ void AdapterDict::remove(const std::string & adapter) {
   biases_.erase(adapter);
 }
 
+// ---- ScaleDict ----
+
+void ScaleDict::set(const std::string & adapter, double value) {
+  auto it = values_.find(adapter);
+  if (it != values_.end()) {
+    at::NoGradGuard g;
+    it->second.fill_(value);
+    return;
+  }
+  // one child per adapter holding a buffer "value": children can be unregistered, buffers cannot
+  auto holder = register_module(adapter, std::make_shared<torch::nn::Module>());
+  values_[adapter] = holder->register_buffer("value", at::full({}, value, at::kFloat));
+}
+
+at::Tensor ScaleDict::get(const std::string & adapter) const {
+  auto it = values_.find(adapter);
+  PEFT_CHECK(it != values_.end(), "no scale for adapter '", adapter, "'");
+  return it->second;
+}
+
+void ScaleDict::remove(const std::string & adapter) {
+  if (values_.erase(adapter)) unregister_module(adapter);
+}
+
 // ---- TunerLayer ----
 
 TunerLayer::TunerLayer(LayerPtr base, const std::string & base_name) : base_layer(std::move(base)) {
   register_layer(base_name, base_layer);
+  scales_ = register_module("scaling", std::make_shared<ScaleDict>()).get();
 }
 
 AdapterDict & TunerLayer::dict(const std::string & name) {
@@ -106,6 +131,7 @@ void TunerLayer::delete_adapter(const std::string & name) {
   for (const auto & c : named_children()) {
     if (auto d = std::dynamic_pointer_cast<AdapterDict>(c.value())) d->remove(name);
   }
+  scales_->remove(name);
   active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
 }
 

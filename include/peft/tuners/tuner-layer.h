@@ -29,6 +29,18 @@ class AdapterDict : public torch::nn::Module {
   std::map<std::string, at::Tensor> tensors_, biases_;
 };
 
+/// Per-adapter scale factors as 0-dim float buffers: a compiled graph reads them live, so changing a
+/// scale (set_scale, hot-swap with another alpha) needs no recompile.
+class ScaleDict : public torch::nn::Module {
+ public:
+  void set(const std::string & adapter, double value);
+  at::Tensor get(const std::string & adapter) const;
+  void remove(const std::string & adapter);
+
+ private:
+  std::map<std::string, at::Tensor> values_;
+};
+
 class TunerLayer : public Layer {
  public:
   /// `base_name` is the child name of the wrapped layer ("base_layer"; "original_module" for
@@ -61,6 +73,9 @@ class TunerLayer : public Layer {
   void unmerge_last();
   /// Reset the merged list after the caller restored the weights itself.
   void restore_merged(std::vector<std::string> merged) { merged_ = std::move(merged); }
+  /// The scale of adapter `name` (0-dim float tensor) and setting it in place.
+  at::Tensor scaling(const std::string & name) const { return scales_->get(name); }
+  void set_scaling(const std::string & name, double value) { scales_->set(name, value); }
   /// Parameters that belong to adapter `name` (paths relative to this layer).
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(const std::string & name) const;
   /// The state of this layer as a string (compile cache key).
@@ -74,6 +89,7 @@ class TunerLayer : public Layer {
   /// Active adapters that this layer holds, in order.
   std::vector<std::string> active_here() const;
   AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
+  ScaleDict * scales_;                            // child "scaling"
 
   std::vector<std::string> active_;
   std::vector<std::string> merged_;

@@ -1,0 +1,36 @@
+// The adapter math as LibTorch custom ops (namespace "peft"), so that eager mode and the compile layer
+// share one implementation and a captured graph holds each adapter computation as a single node that
+// passes can recognise. Kernels are CompositeImplicitAutograd: autograd comes from their ATen ops.
+// B = batch, T = seq, I = in, O = out, R = rank, V = vocab, D = embedding dim.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace peft::ops {
+
+/// y + scale * (drop(x) A^T B^T + bias)      y (.., O), x (.., I), A (R, I), B (O, R), scale 0-dim
+at::Tensor lora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                    const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double dropout, bool train);
+
+/// DoRA on top of base(x) = y: y + (g - 1) (x~ W^T) + g * scale * (x~ A^T B^T), g = m / ||W + s B A||_rows
+/// (norm detached); x~ = drop(x) in training with dropout, else x.
+at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W, const at::Tensor & A,
+                    const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, double dropout, bool train);
+
+/// y + scale * lookup(ids, A^T) B^T          y (B, T, D), A (R, V), B (D, R)
+at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,
+                              const at::Tensor & scale, int64_t padding_idx);
+
+// ---- ops that only compile passes emit ----
+
+/// lora_add with the low-rank product accumulated into y by one GEMM (addmm), no separate add.
+at::Tensor lora_add_fused(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                          const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double dropout, bool train);
+/// x (.., I) times the row-stacked A's of sibling adapters that share x: (.., sum R).
+at::Tensor lora_shrink(const at::Tensor & x, at::TensorList As);
+/// y + scale * (xa[..., offset:offset+R] B^T + bias): the expand half after lora_shrink.
+at::Tensor lora_expand_add(const at::Tensor & y, const at::Tensor & xa, int64_t offset, const at::Tensor & B,
+                           const c10::optional<at::Tensor> & bias, const at::Tensor & scale);
+/// linear for a single row (decode at batch 1): a matrix-vector product, the BLAS GEMV path.
+at::Tensor linear_gemv(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b);
+
+}  // namespace peft::ops

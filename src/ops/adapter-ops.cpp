@@ -1,0 +1,134 @@
+// Registration and kernels of the peft custom ops. Registration lives in this file together with the
+// C++ entry points, so linking any caller links the registration too (no dropped static initialisers).
+#include "peft/ops/adapter-ops.h"
+
+#include <torch/library.h>
+
+namespace peft::ops {
+
+namespace {
+
+at::Tensor lora_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                         const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double p, bool train) {
+  at::Tensor xa = x.to(A.scalar_type());
+  if (p > 0 && train) xa = at::dropout(xa, p, true);
+  at::Tensor lora = at::linear(at::linear(xa, A), B);
+  if (bias.has_value() && bias->defined()) lora = lora + *bias;
+  return y + (lora * scale).to(y.scalar_type());
+}
+
+at::Tensor dora_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W_, const at::Tensor & A,
+                         const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, double p, bool train) {
+  at::Tensor xa = x.to(A.scalar_type());
+  at::Tensor W = W_.to(A.scalar_type());
+  at::Tensor xd = p > 0 && train ? at::dropout(xa, p, true) : xa;
+  at::Tensor lora = at::linear(at::linear(xd, A), B);
+  at::Tensor norm = (W + (at::matmul(B, A) * scale).detach()).norm(2, {1}).detach();
+  at::Tensor g = m / norm;
+  // with dropout in training the base term is re-evaluated on the dropped-out input (PEFT quirk)
+  at::Tensor base = at::linear(xd, W);
+  return y + ((g - 1) * base + g * (lora * scale)).to(y.scalar_type());
+}
+
+at::Tensor lora_embedding_add_impl(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A,
+                                   const at::Tensor & B, const at::Tensor & scale, int64_t padding_idx) {
+  at::Tensor h = at::embedding(A.t(), ids, padding_idx);  // (B, T, R)
+  return y + (at::matmul(h, B.t()) * scale).to(y.scalar_type());
+}
+
+at::Tensor lora_add_fused_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                               const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double p, bool train) {
+  if (y.scalar_type() != A.scalar_type() || (bias.has_value() && bias->defined())) {
+    return lora_add_impl(y, x, A, B, bias, scale, p, train);
+  }
+  at::Tensor xa = x.to(A.scalar_type());
+  if (p > 0 && train) xa = at::dropout(xa, p, true);
+  const int64_t O = B.size(0);
+  at::Tensor xr = at::linear(xa, A).reshape({-1, A.size(0)});
+  // scale is a 0-dim tensor so that changing it needs no recompile; addmm wants a Scalar
+  at::Tensor out = at::addmm(y.reshape({-1, O}), xr, B.t(), 1.0, scale.item<double>());
+  return out.view(y.sizes());
+}
+
+at::Tensor lora_shrink_impl(const at::Tensor & x, at::TensorList As) {
+  return at::linear(x.to(As[0].scalar_type()), at::cat(As, 0));
+}
+
+at::Tensor lora_expand_add_impl(const at::Tensor & y, const at::Tensor & xa, int64_t offset, const at::Tensor & B,
+                                const c10::optional<at::Tensor> & bias, const at::Tensor & scale) {
+  at::Tensor lora = at::linear(xa.narrow(-1, offset, B.size(1)), B);
+  if (bias.has_value() && bias->defined()) lora = lora + *bias;
+  return y + (lora * scale).to(y.scalar_type());
+}
+
+at::Tensor linear_gemv_impl(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b) {
+  if (x.numel() != x.size(-1)) return at::linear(x, W, b);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = W.size(0);
+  at::Tensor out = at::mv(W, x.reshape({-1}));
+  if (b.has_value() && b->defined()) out = out + *b;
+  return out.view(shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(peft, m) {
+  m.def("lora_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
+  m.def("dora_add(Tensor y, Tensor x, Tensor W, Tensor A, Tensor B, Tensor m, Tensor scale, float dropout, bool train) -> Tensor");
+  m.def("lora_embedding_add(Tensor y, Tensor ids, Tensor A, Tensor B, Tensor scale, int padding_idx) -> Tensor");
+  m.def("lora_add_fused(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
+  m.def("lora_shrink(Tensor x, Tensor[] As) -> Tensor");
+  m.def("lora_expand_add(Tensor y, Tensor xa, int offset, Tensor B, Tensor? bias, Tensor scale) -> Tensor");
+  m.def("linear_gemv(Tensor x, Tensor W, Tensor? b) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
+  m.impl("lora_add", &lora_add_impl);
+  m.impl("dora_add", &dora_add_impl);
+  m.impl("lora_embedding_add", &lora_embedding_add_impl);
+  m.impl("lora_add_fused", &lora_add_fused_impl);
+  m.impl("lora_shrink", &lora_shrink_impl);
+  m.impl("lora_expand_add", &lora_expand_add_impl);
+  m.impl("linear_gemv", &linear_gemv_impl);
+}
+
+// ---- C++ entry points: through the dispatcher, so that a tracer records one node per call ----
+
+#define PEFT_OP(name, sig) \
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("peft::" name, "").typed<sig>()
+
+at::Tensor lora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                    const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double dropout, bool train) {
+  PEFT_OP("lora_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                 const c10::optional<at::Tensor> &, const at::Tensor &, double, bool));
+  return op.call(y, x, A, B, bias, scale, dropout, train);
+}
+
+at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W, const at::Tensor & A,
+                    const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, double dropout, bool train) {
+  PEFT_OP("dora_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                 const at::Tensor &, const at::Tensor &, const at::Tensor &, double, bool));
+  return op.call(y, x, W, A, B, m, scale, dropout, train);
+}
+
+at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,
+                              const at::Tensor & scale, int64_t padding_idx) {
+  PEFT_OP("lora_embedding_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                           const at::Tensor &, const at::Tensor &, int64_t));
+  return op.call(y, ids, A, B, scale, padding_idx);
+}
+
+at::Tensor lora_add_fused(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                          const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double dropout, bool train) {
+  return lora_add_fused_impl(y, x, A, B, bias, scale, dropout, train);
+}
+at::Tensor lora_shrink(const at::Tensor & x, at::TensorList As) { return lora_shrink_impl(x, As); }
+at::Tensor lora_expand_add(const at::Tensor & y, const at::Tensor & xa, int64_t offset, const at::Tensor & B,
+                           const c10::optional<at::Tensor> & bias, const at::Tensor & scale) {
+  return lora_expand_add_impl(y, xa, offset, B, bias, scale);
+}
+at::Tensor linear_gemv(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b) {
+  return linear_gemv_impl(x, W, b);
+}
+
+}  // namespace peft::ops
