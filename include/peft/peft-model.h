@@ -58,6 +58,13 @@ class PeftModel {
   void set_adapters_disabled(bool disabled);
   bool adapters_disabled() const { return disabled_; }
 
+  /// Replace the weights of adapter `name` in place by those of the PEFT folder `dir` (same method,
+  /// same targets and shapes; scales follow the new config). Tensors keep their identity, so a compiled
+  /// model switches without recompiling (upstream's hotswap_adapter). On error nothing changes.
+  void hotswap_adapter(const std::string & dir, const std::string & name);
+  /// LoRA: set adapter `name`'s scale to factor * alpha / r (PEFT's set_scale).
+  void set_scale(const std::string & name, double factor);
+
   // ---- merging ----
   /// Fold adapters (default: the active ones) into the base weights. safe: refuse non-finite results.
   void merge_adapter(const std::vector<std::string> & names = {}, bool safe_merge = false);

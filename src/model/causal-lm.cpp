@@ -35,7 +35,8 @@ at::TensorOptions CausalLM::options() const {
   return at::TensorOptions();
 }
 
-static void check_input(const ModelConfig & cfg, const ForwardInput & in) {
+void CausalLM::validate(const ForwardInput & in) const {
+  const ModelConfig & cfg = config_;
   PEFT_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be a (batch, seq) tensor");
   PEFT_CHECK(in.input_ids.scalar_type() == at::kLong, "input_ids must be int64");
   PEFT_CHECK(in.input_ids.size(1) > 0, "input_ids is empty");
@@ -58,7 +59,11 @@ static void check_input(const ModelConfig & cfg, const ForwardInput & in) {
 }
 
 at::Tensor CausalLM::forward(const ForwardInput & in) {
-  check_input(config_, in);
+  validate(in);
+  return forward_unchecked(in);
+}
+
+at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   const int64_t B = in.input_ids.size(0), S = in.input_ids.size(1);
   const int64_t L = in.cache ? in.cache->capacity() : S;
   auto lopts = at::TensorOptions().dtype(at::kLong).device(in.input_ids.device());

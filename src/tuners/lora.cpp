@@ -254,6 +254,13 @@ void LoraLinear::unmerge_one(const std::string & n) {
   if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * scaling(n));
 }
 
+void LoraLinear::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
+  LoraSettings s = lora_settings_for(cfg, path);
+  settings.at(n).alpha = s.alpha;
+  settings.at(n).scaling = s.scaling;
+  set_scaling(n, factor * s.scaling);
+}
+
 // ---- LoraEmbedding ----
 
 LoraEmbedding::LoraEmbedding(LayerPtr base) : TunerLayer(std::move(base)) {
@@ -317,6 +324,13 @@ void LoraEmbedding::merge_one(const std::string & n, bool safe) {
 void LoraEmbedding::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
   embedding().weight.copy_(embedding().weight.to(at::kFloat) - delta_weight(n));
+}
+
+void LoraEmbedding::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
+  LoraSettings s = lora_settings_for(cfg, path);
+  settings.at(n).alpha = s.alpha;
+  settings.at(n).scaling = s.scaling;
+  set_scaling(n, factor * s.scaling);
 }
 
 // ---- the method ----

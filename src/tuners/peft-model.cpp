@@ -230,6 +230,46 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
   refresh_trainable();
 }
 
+void PeftModel::hotswap_adapter(const std::string & dir, const std::string & name) {
+  const AdapterConfig & old = adapter_config(name);
+  AdapterConfig cfg = AdapterConfig::load(dir);
+  PEFT_CHECK(cfg.peft_type == old.peft_type, dir, ": hot-swap needs the same method (", old.peft_type, "), got ",
+             cfg.peft_type);
+  for (const auto & l : layers_) {
+    PEFT_CHECK(!l.second->has_adapter(name) ||
+                   std::find(l.second->merged().begin(), l.second->merged().end(), name) == l.second->merged().end(),
+               "adapter '", name, "' is merged; unmerge before hot-swapping");
+  }
+  const std::string file = dir + "/adapter_model.safetensors";
+  auto tensors = safetensors_load(file);
+  std::map<std::string, at::Tensor> want = adapter_state_dict(name);
+  PEFT_CHECK(tensors.size() == want.size(), file, ": hot-swap needs the same tensors as adapter '", name, "' (",
+             want.size(), "), the file has ", tensors.size());
+  for (const auto & kv : want) {
+    auto it = tensors.find(kv.first);
+    PEFT_CHECK(it != tensors.end(), file, ": missing tensor '", kv.first, "' needed for hot-swap");
+    PEFT_CHECK(it->second.sizes() == kv.second.sizes(), file, ": tensor '", kv.first, "' has shape ", it->second.sizes(),
+               ", adapter '", name, "' has ", kv.second.sizes(), " (hot-swap needs equal shapes)");
+  }
+  at::NoGradGuard g;
+  for (auto & kv : want) kv.second.copy_(tensors.at(kv.first));
+  for (auto & l : layers_) {
+    if (l.second->has_adapter(name)) l.second->rescale(name, cfg, l.first, 1.0);
+  }
+  AdapterConfig kept = cfg;
+  kept.inference_mode = old.inference_mode;
+  kept.fields["inference_mode"] = old.inference_mode;
+  configs_[name] = kept;
+  // no version bump: the computation's structure is unchanged, only tensor values (read live)
+}
+
+void PeftModel::set_scale(const std::string & name, double factor) {
+  const AdapterConfig & cfg = adapter_config(name);
+  for (auto & l : layers_) {
+    if (l.second->has_adapter(name)) l.second->rescale(name, cfg, l.first, factor);
+  }
+}
+
 void PeftModel::set_adapter(const std::vector<std::string> & names) {
   PEFT_CHECK(!names.empty(), "set_adapter needs at least one adapter name");
   for (const auto & n : names) PEFT_CHECK(configs_.count(n), "no adapter named '", n, "'");

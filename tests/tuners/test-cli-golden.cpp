@@ -18,7 +18,7 @@ const FlagCase kFlags[] = {{"logits", ""},
                            {"logits_unmerged", "--merge --unmerge"},
                            {"logits_merge_and_unload", "--merge-and-unload"}};
 
-class CliGolden : public ::testing::TestWithParam<GoldenCase> {};
+class CliGolden : public ::testing::TestWithParam<std::tuple<GoldenCase, bool>> {};
 
 at::Tensor cli_forward(const std::string & model, const std::string & case_name, const std::string & flags) {
   std::string out = temp_dir("cli") + "/logits.safetensors", log;
@@ -30,16 +30,19 @@ at::Tensor cli_forward(const std::string & model, const std::string & case_name,
 }
 
 TEST_P(CliGolden, EveryExpectedTensor) {
-  auto want = golden_expected(GetParam().name);
+  const GoldenCase & c = std::get<0>(GetParam());
+  const std::string compile = std::get<1>(GetParam()) ? " --compile" : "";
+  auto want = golden_expected(c.name);
   for (const auto & f : kFlags) {
-    at::Tensor got = cli_forward(GetParam().model, GetParam().name,
-                                 "--adapter " + golden_case(GetParam().name) + "/adapter " + f.flags);
-    if (got.defined()) EXPECT_CLOSE(got, want.at(f.expected)) << f.flags;
+    at::Tensor got = cli_forward(c.model, c.name, "--adapter " + golden_case(c.name) + "/adapter " + f.flags + compile);
+    if (got.defined()) EXPECT_CLOSE(got, want.at(f.expected)) << f.flags << compile;
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Peft, CliGolden, ::testing::ValuesIn(single_adapter_cases()),
-                         [](const auto & i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(Peft, CliGolden, ::testing::Combine(::testing::ValuesIn(single_adapter_cases()), ::testing::Bool()),
+                         [](const auto & i) {
+                           return std::get<0>(i.param).name + (std::get<1>(i.param) ? "_compiled" : "_eager");
+                         });
 
 TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   auto want = golden_expected("multi_adapter");
@@ -49,6 +52,7 @@ TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active gamma"), want.at("logits_gamma"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active beta"), want.at("logits_beta"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --disable-adapters"), want.at("logits_base"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active gamma --compile"), want.at("logits_gamma"));
 }
 
 }  // namespace

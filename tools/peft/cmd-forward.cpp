@@ -35,10 +35,12 @@ Runner add_forward(CLI::App & app) {
     auto model = load_model(o->model, parse_dtype(o->dtype));
     at::Tensor ids = read_ids_json(o->ids);
     Prepared run = apply_adapter_options(model, o->adapters);
+    auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
+    auto fwd = make_logits_fn(*pm, o->compile);
     at::NoGradGuard no_grad;
     ForwardInput in;
     in.input_ids = ids;
-    at::Tensor logits = run.peft ? run.peft->forward(in) : run.plain->forward(in);
+    at::Tensor logits = fwd(in);
     safetensors_save(o->out, {{"logits", logits.to(at::kFloat)}});
     return 0;
   };

@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "peft/compile/compile.h"
 #include "peft/error.h"
 #include "peft/io/atomic-file.h"
 
@@ -52,8 +53,9 @@ at::Tensor read_ids_json(const std::string & path) {
 }
 
 std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bool compile) {
-  PEFT_CHECK(!compile, "--compile is not available yet");
-  return [&m](const ForwardInput & in) { return m.forward(in); };
+  if (!compile) return [&m](const ForwardInput & in) { return m.forward(in); };
+  auto compiled = std::make_shared<CompiledModel>(peft::compile(m));
+  return [compiled](const ForwardInput & in) { return compiled->forward(in); };
 }
 
 at::ScalarType parse_dtype(const std::string & s) {

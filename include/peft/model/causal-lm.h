@@ -49,8 +49,12 @@ class CausalLM : public Module {
   explicit CausalLM(ModelConfig cfg) : config_(std::move(cfg)) {}
   /// dtype and device of the weights (for caches and inputs).
   at::TensorOptions options() const;
-  /// Logits (B, S, V).
+  /// Logits (B, S, V): validate(in), then forward_unchecked(in).
   at::Tensor forward(const ForwardInput & in);
+  /// Check ids (range, dtype), mask and cache shapes; throws peft::Error naming the problem.
+  void validate(const ForwardInput & in) const;
+  /// The computation alone, without data-dependent checks (what the compile layer captures).
+  at::Tensor forward_unchecked(const ForwardInput & in);
   const ModelConfig & config() const { return config_; }
   /// Names of parameters that are tied to another parameter and absent from checkpoints.
   virtual std::vector<std::string> tied_parameter_names() const { return {}; }

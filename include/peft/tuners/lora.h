@@ -38,6 +38,7 @@ class LoraLinear : public TunerLayer {
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
+  void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
 
   /// s * B A, (O, I).
   at::Tensor delta_weight(const std::string & name) const;
@@ -70,6 +71,7 @@ class LoraEmbedding : public TunerLayer {
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
+  void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
 
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;

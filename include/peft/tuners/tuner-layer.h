@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "peft/nn/module.h"
+#include "peft/tuners/config.h"
 
 namespace peft {
 
@@ -59,6 +60,9 @@ class TunerLayer : public Layer {
   /// Fold adapter `name` into the base weights. safe: compute on a copy, refuse non-finite results.
   virtual void merge_one(const std::string & name, bool safe) = 0;
   virtual void unmerge_one(const std::string & name) = 0;
+  /// Set adapter `name`'s scale to `factor` times the scale `cfg` gives module `path` (set_scale,
+  /// hot-swap). Methods without a scale ignore it.
+  virtual void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) {}
   /// Everything the traced computation depends on besides tensor values (scales, dropout, variants).
   virtual std::string adapter_signature(const std::string & name) const = 0;
 

@@ -1,0 +1,22 @@
+// Capture: run the model's forward once under LibTorch's tracer with the runtime inputs and every
+// parameter and buffer as graph inputs, giving one graph from embedding to head (no breaks).
+#pragma once
+#include "peft/model/causal-lm.h"
+#include "program.h"
+
+namespace peft::compile_detail {
+
+/// Which optional runtime inputs a call has; part of the cache key.
+struct InputLayout {
+  bool mask = false, position_ids = false, cache = false;
+  size_t cache_layers = 0;
+  static InputLayout of(const ForwardInput & in);
+  /// The runtime inputs in graph order: ids, [mask], [position_ids], [cache_position, k0, v0, k1, ...].
+  std::vector<c10::IValue> pack(const ForwardInput & in) const;
+};
+
+/// Trace model.forward_unchecked(in). The default RNG state is restored afterwards, so capturing does
+/// not shift random streams (dropout) relative to eager runs.
+Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout);
+
+}  // namespace peft::compile_detail
