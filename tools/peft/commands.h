@@ -11,5 +11,6 @@ Runner add_info(CLI::App & app);
 Runner add_forward(CLI::App & app);
 Runner add_train(CLI::App & app);
 Runner add_generate(CLI::App & app);
+Runner add_bench(CLI::App & app);
 
 }  // namespace peft::cli

@@ -6,18 +6,18 @@
 
 #include "peft/compile/compile.h"
 #include "peft/error.h"
+#include "peft/util/threads.h"
 #include "peft/io/atomic-file.h"
 
 namespace peft::cli {
 
 void add_common_options(CLI::App & cmd, CommonOptions & o) {
-  cmd.add_option("--threads", o.threads, "intra-op threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--threads", o.threads, "BLAS threads for matrix products (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd.add_option("--intra-op-threads", o.intra_op_threads, "LibTorch threads for element-wise ops (default 1)")
+      ->check(CLI::PositiveNumber);
 }
 
-void apply_common_options(const CommonOptions & o) {
-  int n = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
-}
+void apply_common_options(const CommonOptions & o) { configure_threads(o.threads, o.intra_op_threads); }
 
 std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path) {
   nlohmann::json j;

@@ -13,10 +13,11 @@ namespace peft::cli {
 
 /// Options every subcommand has.
 struct CommonOptions {
-  int threads = 0;  // 0 = all cores
+  int threads = 0;           // BLAS threads, 0 = all cores
+  int intra_op_threads = 1;  // LibTorch's OpenMP pool
 };
 void add_common_options(CLI::App & cmd, CommonOptions & o);
-/// Apply --threads (LibTorch as packaged starts with one intra-op thread).
+/// Apply --threads / --intra-op-threads (see peft/util/threads.h for why the defaults).
 void apply_common_options(const CommonOptions & o);
 
 /// A JSON array of equal-length arrays of token ids -> (B, S) int64. Errors name the file.

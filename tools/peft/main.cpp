@@ -19,6 +19,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_forward);
   add(peft::cli::add_train);
   add(peft::cli::add_generate);
+  add(peft::cli::add_bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {
