@@ -4,7 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include "peft/ops/adapter-ops.h"
-#include "peft/util/threads.h"
+#include "peft/util/runtime.h"
 
 namespace {
 
@@ -51,7 +51,7 @@ BENCHMARK(BM_LoraAddFused)->Arg(1)->Arg(128);
 BENCHMARK(BM_FoldedLinear)->Arg(1)->Arg(128);
 
 int main(int argc, char ** argv) {
-  peft::configure_threads();
+  peft::configure_runtime();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   return 0;

@@ -9,4 +9,4 @@
 #include "peft/tokenizer/tokenizer.h"
 #include "peft/train/trainer.h"
 #include "peft/tuners/config.h"
-#include "peft/util/threads.h"
+#include "peft/util/runtime.h"

@@ -6,7 +6,7 @@
 
 #include "peft/compile/compile.h"
 #include "peft/error.h"
-#include "peft/util/threads.h"
+#include "peft/util/runtime.h"
 #include "peft/io/atomic-file.h"
 
 namespace peft::cli {
@@ -17,7 +17,12 @@ void add_common_options(CLI::App & cmd, CommonOptions & o) {
       ->check(CLI::PositiveNumber);
 }
 
-void apply_common_options(const CommonOptions & o) { configure_threads(o.threads, o.intra_op_threads); }
+void apply_common_options(const CommonOptions & o) {
+  RuntimeOptions r;
+  r.blas_threads = o.threads;
+  r.intra_op_threads = o.intra_op_threads;
+  configure_runtime(r);
+}
 
 std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path) {
   nlohmann::json j;

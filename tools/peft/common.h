@@ -17,7 +17,7 @@ struct CommonOptions {
   int intra_op_threads = 1;  // LibTorch's OpenMP pool
 };
 void add_common_options(CLI::App & cmd, CommonOptions & o);
-/// Apply --threads / --intra-op-threads (see peft/util/threads.h for why the defaults).
+/// Apply --threads / --intra-op-threads (see peft/util/runtime.h for why the defaults).
 void apply_common_options(const CommonOptions & o);
 
 /// A JSON array of equal-length arrays of token ids -> (B, S) int64. Errors name the file.

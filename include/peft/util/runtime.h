@@ -1,0 +1,21 @@
+// Process-wide settings for CPU runs: threads and the allocator. Measured on the 2-core machines this
+// project builds on (see docs/design/compile.md, "Threads" and "Memory"):
+// - GEMMs run in OpenBLAS's own threads; LibTorch's OpenMP intra-op workers spin-wait between ops and
+//   starve them (a 128-token prefill took 205-560 ms with 2 OpenMP + 2 BLAS threads, 60 ms with 1 + 2).
+//   So by default BLAS gets every core and LibTorch's element-wise ops one thread.
+// - glibc returns large freed blocks to the OS (mmap/munmap), so every training step page-faults its
+//   activations in again; keeping freed memory for reuse made a training step ~20% faster.
+#pragma once
+
+namespace peft {
+
+struct RuntimeOptions {
+  int blas_threads = 0;      // OpenBLAS threads, 0 = all cores
+  int intra_op_threads = 1;  // LibTorch's OpenMP pool
+  bool reuse_freed_memory = true;
+};
+
+/// Apply the options. Returns the BLAS thread count applied (0 if the BLAS library offers no control).
+int configure_runtime(const RuntimeOptions & o = {});
+
+}  // namespace peft
