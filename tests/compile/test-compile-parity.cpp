@@ -246,3 +246,17 @@ TEST(CompileGuards, OutOfRangeIdsStillRejected) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CompileDtype, Bfloat16BaseWithFloat32Adapter) {
+  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama"), at::kBFloat16), golden_case("dora") + "/adapter");
+  auto c = compile(*m);
+  at::NoGradGuard g;
+  at::Tensor ids = golden_ids("dora");
+  at::Tensor eager = m->forward({ids}).to(at::kFloat), compiled = c.forward({ids}).to(at::kFloat);
+  EXPECT_TRUE(all_close(compiled, eager, 5e-2, 5e-2));
+  EXPECT_TRUE(all_close(compiled, golden_expected("dora").at("logits"), 1e-1, 1e-1));
+}
+
+}  // namespace
