@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 
 namespace peft::test {

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 
 namespace peft {
 

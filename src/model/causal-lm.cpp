@@ -6,8 +6,9 @@
 #include <set>
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/nn/layers.h"
 
 namespace peft {
 
@@ -28,6 +29,18 @@ KVCache KVCache::allocate(const ModelConfig & cfg, int64_t batch, int64_t capaci
     c.v.push_back(at::zeros({batch, cfg.num_kv_heads, capacity, cfg.head_dim}, opts));
   }
   return c;
+}
+
+std::vector<std::string> CausalLM::tied_parameter_names() const {
+  if (config_.tie_word_embeddings) return {"lm_head.weight"};
+  return {};
+}
+
+void CausalLM::tie_weights() {
+  if (!config_.tie_word_embeddings) return;
+  auto head = std::dynamic_pointer_cast<Linear>(output_layer()->base());
+  auto emb = std::dynamic_pointer_cast<Embedding>(input_embedding()->base());
+  if (head && emb) head->tie_weight(emb->weight);
 }
 
 at::TensorOptions CausalLM::options() const {
@@ -144,12 +157,7 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dty
     source = single;
   } else if (file_exists(index)) {
     source = index;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(index));
-    } catch (const nlohmann::json::exception & e) {
-      fail(str(index, ": not valid JSON (", e.what(), ")"));
-    }
+    nlohmann::json j = read_json_file(index);
     PEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index, ": missing 'weight_map'");
     std::map<std::string, std::vector<std::string>> by_file;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {

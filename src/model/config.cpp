@@ -1,7 +1,7 @@
 #include "peft/model/config.h"
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 
 namespace peft {
 
@@ -114,13 +114,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json & j, const std::string &
 
 ModelConfig ModelConfig::load(const std::string & dir) {
   const std::string path = dir + "/config.json";
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception & e) {
-    fail(str(path, ": not valid JSON (", e.what(), ")"));
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path), path);
 }
 
 std::string ModelConfig::arch_name() const {

@@ -8,7 +8,7 @@
 #include <unordered_map>
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/tokenizer/tokenizer.h"
 #include "peft/util/regex.h"
 
@@ -499,12 +499,7 @@ class BpeTokenizer : public Tokenizer {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string & path) {
-  json j;
-  try {
-    j = json::parse(read_file(path));
-  } catch (const json::exception & e) {
-    fail(str(path, ": not valid JSON (", e.what(), ")"));
-  }
+  json j = read_json_file(path);
   try {
     return std::make_unique<BpeTokenizer>(j, path);
   } catch (const json::exception & e) {

@@ -1,7 +1,7 @@
 #include "peft/tuners/config.h"
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/tuners/registry.h"
 
 namespace peft {
@@ -87,13 +87,7 @@ AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::stri
 
 AdapterConfig AdapterConfig::load(const std::string & dir) {
   const std::string path = dir + "/adapter_config.json";
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception & e) {
-    fail(str(path, ": not valid JSON (", e.what(), ")"));
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path), path);
 }
 
 nlohmann::json AdapterConfig::to_json() const {

@@ -119,9 +119,36 @@ std::string settings_signature(const LoraSettings & s) {
 
 }  // namespace
 
+// ---- LoraLayer ----
+
+std::vector<std::string> LoraLayer::adapter_names() const {
+  std::vector<std::string> v;
+  for (const auto & kv : settings) v.push_back(kv.first);
+  return v;
+}
+
+void LoraLayer::delete_adapter(const std::string & name) {
+  TunerLayer::delete_adapter(name);
+  settings.erase(name);
+}
+
+std::string LoraLayer::adapter_signature(const std::string & n) const { return settings_signature(settings.at(n)); }
+
+void LoraLayer::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
+  LoraSettings s = lora_settings_for(cfg, path);
+  settings.at(n).alpha = s.alpha;
+  settings.at(n).scaling = s.scaling;
+  set_scaling(n, factor * s.scaling);
+}
+
+void LoraLayer::add_settings(const std::string & name, const LoraSettings & s) {
+  settings[name] = s;
+  set_scaling(name, s.scaling);
+}
+
 // ---- LoraLinear ----
 
-LoraLinear::LoraLinear(LayerPtr base) : TunerLayer(std::move(base)) {
+LoraLinear::LoraLinear(LayerPtr base) : LoraLayer(std::move(base)) {
   PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "LoraLinear needs a Linear base layer");
   dicts_.A = &dict("lora_A");
   dicts_.B = &dict("lora_B");
@@ -152,8 +179,7 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   const auto aopts = opts.dtype(at::kFloat);
   dicts_.A->add_weight(name, A.to(aopts));
   dicts_.B->add_weight(name, B.to(aopts), bB.defined() ? bB.to(aopts) : bB);
-  settings[name] = s;
-  set_scaling(name, s.scaling);
+  add_settings(name, s);
   if (s.use_dora) {
     at::NoGradGuard g;
     at::Tensor w = linear().weight.to(at::kFloat);
@@ -162,15 +188,8 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   }
 }
 
-std::vector<std::string> LoraLinear::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : settings) v.push_back(kv.first);
-  return v;
-}
-
 void LoraLinear::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  settings.erase(name);
+  LoraLayer::delete_adapter(name);
   dora_norm_cache_.erase(name);
 }
 
@@ -189,10 +208,6 @@ at::Tensor LoraLinear::magnitude(const std::string & n) const {
 
 at::Tensor LoraLinear::delta_weight(const std::string & n) const {
   return at::matmul(lora_B(n), lora_A(n)) * scaling(n);
-}
-
-std::string LoraLinear::adapter_signature(const std::string & n) const {
-  return settings_signature(settings.at(n));
 }
 
 at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
@@ -254,16 +269,9 @@ void LoraLinear::unmerge_one(const std::string & n) {
   if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * scaling(n));
 }
 
-void LoraLinear::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
-  LoraSettings s = lora_settings_for(cfg, path);
-  settings.at(n).alpha = s.alpha;
-  settings.at(n).scaling = s.scaling;
-  set_scaling(n, factor * s.scaling);
-}
-
 // ---- LoraEmbedding ----
 
-LoraEmbedding::LoraEmbedding(LayerPtr base) : TunerLayer(std::move(base)) {
+LoraEmbedding::LoraEmbedding(LayerPtr base) : LoraLayer(std::move(base)) {
   PEFT_CHECK(std::dynamic_pointer_cast<Embedding>(base_layer), "LoraEmbedding needs an Embedding base layer");
   A_ = &dict("lora_embedding_A");
   B_ = &dict("lora_embedding_B");
@@ -283,23 +291,7 @@ void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s
   }
   A_->add_param(name, A);
   B_->add_param(name, B);
-  settings[name] = s;
-  set_scaling(name, s.scaling);
-}
-
-std::vector<std::string> LoraEmbedding::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : settings) v.push_back(kv.first);
-  return v;
-}
-
-void LoraEmbedding::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  settings.erase(name);
-}
-
-std::string LoraEmbedding::adapter_signature(const std::string & n) const {
-  return settings_signature(settings.at(n));
+  add_settings(name, s);
 }
 
 at::Tensor LoraEmbedding::delta_weight(const std::string & n) const {
@@ -324,13 +316,6 @@ void LoraEmbedding::merge_one(const std::string & n, bool safe) {
 void LoraEmbedding::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
   embedding().weight.copy_(embedding().weight.to(at::kFloat) - delta_weight(n));
-}
-
-void LoraEmbedding::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
-  LoraSettings s = lora_settings_for(cfg, path);
-  settings.at(n).alpha = s.alpha;
-  settings.at(n).scaling = s.scaling;
-  set_scaling(n, factor * s.scaling);
 }
 
 // ---- the method ----

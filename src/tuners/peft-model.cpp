@@ -8,7 +8,7 @@
 #include <set>
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/nn/layers.h"
 #include "peft/tuners/modules-to-save.h"

@@ -4,7 +4,7 @@
 #include <sys/stat.h>
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/tokenizer/tokenizer.h"
 #include "support.h"
 

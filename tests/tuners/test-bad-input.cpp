@@ -2,7 +2,7 @@
 #include <fstream>
 
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "peft/tuners/lora.h"

@@ -1,7 +1,7 @@
 // Every single-adapter golden case through the C++ API: adapter on, disabled, merged, unmerged,
 // merge_and_unload all equal upstream PEFT's logits; save -> load round-trips.
 #include "golden-cases.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "support.h"

@@ -2,7 +2,7 @@
 // gradients reach only the trainable tensors.
 #include <fstream>
 
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "peft/train/trainer.h"

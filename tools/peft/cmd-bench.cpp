@@ -15,7 +15,7 @@
 #include "common.h"
 #include "peft/compile/compile.h"
 #include "peft/error.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 #include "peft/peft-model.h"
 #include "peft/train/trainer.h"
 

@@ -7,7 +7,7 @@
 #include "peft/compile/compile.h"
 #include "peft/error.h"
 #include "peft/util/runtime.h"
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 
 namespace peft::cli {
 
@@ -25,12 +25,7 @@ void apply_common_options(const CommonOptions & o) {
 }
 
 std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception & e) {
-    fail(str(path, ": not valid JSON (", e.what(), ")"));
-  }
+  nlohmann::json j = read_json_file(path);
   PEFT_CHECK(j.is_array() && !j.empty(), path, ": expected a non-empty JSON array of arrays of token ids");
   std::vector<std::vector<int64_t>> rows;
   for (size_t i = 0; i < j.size(); ++i) {

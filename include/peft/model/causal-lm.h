@@ -57,9 +57,13 @@ class CausalLM : public Module {
   at::Tensor forward_unchecked(const ForwardInput & in);
   const ModelConfig & config() const { return config_; }
   /// Names of parameters that are tied to another parameter and absent from checkpoints.
-  virtual std::vector<std::string> tied_parameter_names() const { return {}; }
-  /// Re-establish weight tying after parameters were loaded or replaced.
-  virtual void tie_weights() {}
+  std::vector<std::string> tied_parameter_names() const;
+  /// With tie_word_embeddings: make the output layer use the input embedding's weight (through any
+  /// adapter wrapping either). Called after loading and after layers are replaced.
+  void tie_weights();
+  /// The token embedding and the output layer (as they stand now: possibly adapter wrappers).
+  virtual LayerPtr input_embedding() const = 0;
+  virtual LayerPtr output_layer() const = 0;
 
  protected:
   virtual at::Tensor forward_impl(const at::Tensor & input_ids, const AttentionContext & ctx) = 0;

@@ -27,18 +27,29 @@ struct LoraSettings {
 /// Settings for module `path` from a LORA config (rank_pattern / alpha_pattern applied).
 LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path);
 
-class LoraLinear : public TunerLayer {
+/// What LoRA layers of every base kind share: per-adapter settings and their bookkeeping.
+class LoraLayer : public TunerLayer {
  public:
-  explicit LoraLinear(LayerPtr base);
-  void add_adapter(const std::string & name, const LoraSettings & s);
-
+  using TunerLayer::TunerLayer;
   bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
   std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
   void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
+
+  std::map<std::string, LoraSettings> settings;
+
+ protected:
+  void add_settings(const std::string & name, const LoraSettings & s);
+};
+
+class LoraLinear : public LoraLayer {
+ public:
+  explicit LoraLinear(LayerPtr base);
+  void add_adapter(const std::string & name, const LoraSettings & s);
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
 
   /// s * B A, (O, I).
   at::Tensor delta_weight(const std::string & name) const;
@@ -47,8 +58,6 @@ class LoraLinear : public TunerLayer {
   at::Tensor lora_B(const std::string & n) const;
   at::Tensor lora_B_bias(const std::string & n) const;
   at::Tensor magnitude(const std::string & n) const;  // DoRA, (O)
-
-  std::map<std::string, LoraSettings> settings;
 
  protected:
   at::Tensor forward_active(const at::Tensor & x) override;
@@ -60,24 +69,16 @@ class LoraLinear : public TunerLayer {
   } dicts_;
 };
 
-class LoraEmbedding : public TunerLayer {
+class LoraEmbedding : public LoraLayer {
  public:
   explicit LoraEmbedding(LayerPtr base);
   void add_adapter(const std::string & name, const LoraSettings & s);
-
-  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
-  void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
-  std::string adapter_signature(const std::string & name) const override;
-  void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
 
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;
   Embedding & embedding() const;
-
-  std::map<std::string, LoraSettings> settings;
 
  protected:
   at::Tensor forward_active(const at::Tensor & ids) override;

@@ -96,17 +96,8 @@ class LlamaForCausalLM : public CausalLM {
     tie_weights();
   }
 
-  std::vector<std::string> tied_parameter_names() const override {
-    if (config_.tie_word_embeddings) return {"lm_head.weight"};
-    return {};
-  }
-
-  void tie_weights() override {
-    if (!config_.tie_word_embeddings) return;
-    auto head = std::dynamic_pointer_cast<Linear>(lm_head);
-    auto emb = std::dynamic_pointer_cast<Embedding>(model->embed_tokens->base());
-    if (head && emb) head->tie_weight(emb->weight);
-  }
+  LayerPtr input_embedding() const override { return model->embed_tokens; }
+  LayerPtr output_layer() const override { return lm_head; }
 
  protected:
   at::Tensor forward_impl(const at::Tensor & ids, const AttentionContext & ctx) override {

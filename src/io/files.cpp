@@ -1,4 +1,4 @@
-#include "peft/io/atomic-file.h"
+#include "peft/io/files.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -43,6 +43,15 @@ std::string read_file(const std::string & path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+nlohmann::json read_json_file(const std::string & path) {
+  std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception & e) {
+    fail(str(path, ": not valid JSON (", e.what(), ")"));
+  }
 }
 
 }  // namespace peft
