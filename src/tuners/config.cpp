@@ -10,10 +10,10 @@ namespace {
 
 // PEFT fields shared by every non-prompt method.
 nlohmann::json common_defaults() {
-  return {{"auto_mapping", nullptr},     {"base_model_name_or_path", nullptr}, {"revision", nullptr},
-          {"task_type", nullptr},        {"inference_mode", false},            {"target_modules", nullptr},
-          {"exclude_modules", nullptr},  {"layers_to_transform", nullptr},     {"layers_pattern", nullptr},
-          {"modules_to_save", nullptr},  {"bias", "none"}};
+  // (bias, layers_to_transform, layers_pattern belong to the methods that have them)
+  return {{"auto_mapping", nullptr},    {"base_model_name_or_path", nullptr}, {"revision", nullptr},
+          {"task_type", nullptr},       {"inference_mode", false},            {"target_modules", nullptr},
+          {"exclude_modules", nullptr}, {"modules_to_save", nullptr}};
 }
 
 std::vector<std::string> string_list(const nlohmann::json & v, const char * field, const std::string & src) {
@@ -45,7 +45,9 @@ AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::stri
   c.fields.erase("runtime_config");
 
   const auto & f = c.fields;
-  const auto & t = f["target_modules"];
+  static const nlohmann::json null_value;
+  auto field = [&](const char * k) -> const nlohmann::json & { return f.contains(k) ? f.at(k) : null_value; };
+  const auto & t = field("target_modules");
   if (t.is_string()) {
     std::string s = t.get<std::string>();
     std::string lower = s;
@@ -55,10 +57,10 @@ AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::stri
   } else if (!t.is_null()) {
     c.target_list = string_list(t, "target_modules", src);
   }
-  const auto & e = f["exclude_modules"];
+  const auto & e = field("exclude_modules");
   if (e.is_string()) c.exclude_regex = e.get<std::string>();
   else if (!e.is_null()) c.exclude_list = string_list(e, "exclude_modules", src);
-  const auto & l = f["layers_to_transform"];
+  const auto & l = field("layers_to_transform");
   if (l.is_number_integer()) c.layers_to_transform = {l.get<int64_t>()};
   else if (l.is_array()) {
     for (const auto & x : l) {
@@ -66,17 +68,18 @@ AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::stri
       c.layers_to_transform.push_back(x.get<int64_t>());
     }
   } else PEFT_CHECK(l.is_null(), src, ": field 'layers_to_transform' must be an integer or a list");
-  const auto & lp = f["layers_pattern"];
+  const auto & lp = field("layers_pattern");
   if (lp.is_string()) c.layers_pattern = {lp.get<std::string>()};
   else if (!lp.is_null()) c.layers_pattern = string_list(lp, "layers_pattern", src);
-  const auto & ms = f["modules_to_save"];
+  const auto & ms = field("modules_to_save");
   if (!ms.is_null()) c.modules_to_save = string_list(ms, "modules_to_save", src);
-  PEFT_CHECK(f["bias"].is_string(), src, ": field 'bias' must be a string");
-  c.bias = f["bias"].get<std::string>();
+  const auto & bias = f.contains("bias") ? f.at("bias") : nlohmann::json("none");
+  PEFT_CHECK(bias.is_string(), src, ": field 'bias' must be a string");
+  c.bias = bias.get<std::string>();
   PEFT_CHECK(c.bias == "none" || c.bias == "all" || c.bias == method->prefix + "only", src, ": field 'bias' must be ",
              "\"none\", \"all\" or \"", method->prefix, "only\", got \"", c.bias, "\"");
-  PEFT_CHECK(f["inference_mode"].is_boolean(), src, ": field 'inference_mode' must be true or false");
-  c.inference_mode = f["inference_mode"].get<bool>();
+  PEFT_CHECK(field("inference_mode").is_boolean(), src, ": field 'inference_mode' must be true or false");
+  c.inference_mode = field("inference_mode").get<bool>();
   PEFT_CHECK(!(c.target_regex && (!c.layers_to_transform.empty() || !c.layers_pattern.empty())), src,
              ": 'layers_to_transform'/'layers_pattern' cannot be combined with a regex 'target_modules'");
   PEFT_CHECK(c.layers_pattern.empty() || !c.layers_to_transform.empty(), src,

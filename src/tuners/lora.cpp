@@ -6,6 +6,7 @@
 #include "peft/error.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
+#include "peft/tuners/targeting.h"
 #include "peft/util/regex.h"
 
 namespace peft {
@@ -16,6 +17,18 @@ namespace {
 
 nlohmann::json lora_defaults() {
   return {{"r", 8},
+          {"bias", "none"},
+          {"layers_to_transform", nullptr},
+          {"layers_pattern", nullptr},
+          {"alora_invocation_tokens", nullptr},
+          {"arrow_config", nullptr},
+          {"kasa_config", nullptr},
+          {"lora_ga_config", nullptr},
+          {"monteclora_config", nullptr},
+          {"qalora_group_size", 16},
+          {"use_bdlora", nullptr},
+          {"use_qalora", false},
+          {"velora_config", nullptr},
           {"lora_alpha", 8},
           {"lora_dropout", 0.0},
           {"use_rslora", false},
@@ -73,17 +86,6 @@ void lora_validate(const AdapterConfig & c, const std::string & src) {
   PEFT_CHECK(f["target_parameters"].is_null(), src, ": 'target_parameters' is not supported");
 }
 
-// First key k of `pattern` (in file order; nlohmann keeps sorted order) with (.*\.)?(k)$ matching `path`.
-bool pattern_value(const nlohmann::json & pattern, const std::string & path, double * out) {
-  for (auto it = pattern.begin(); it != pattern.end(); ++it) {
-    if (Regex("(.*\\.)?(" + it.key() + ")").full_match(path)) {
-      *out = it.value().get<double>();
-      return true;
-    }
-  }
-  return false;
-}
-
 }  // namespace
 
 LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path) {
@@ -106,11 +108,7 @@ LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & pa
 
 namespace {
 
-// kaiming_uniform_(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's default weight init
-at::Tensor linear_default(int64_t out, int64_t in) {
-  double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  return at::empty({out, in}).uniform_(-bound, bound);
-}
+at::Tensor linear_default(int64_t out, int64_t in) { return kaiming_uniform({out, in}); }
 
 std::string settings_signature(const LoraSettings & s) {
   // the scale itself is read live from its tensor, so it is not part of the signature

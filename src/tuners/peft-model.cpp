@@ -66,7 +66,9 @@ void PeftModel::refresh_layers() {
   }
 }
 
-std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::string & name, const AdapterConfig & cfg) {
+std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::string & name, const AdapterConfig & cfg_in) {
+  AdapterConfig cfg = cfg_in;
+  if (const auto complete = tuner_method(cfg.peft_type).complete) complete(cfg, model_->config().model_type);
   check_adapter_name(name);
   PEFT_CHECK(!configs_.count(name), "an adapter named '", name, "' exists already");
   for (const auto & kv : configs_) {

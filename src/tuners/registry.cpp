@@ -6,9 +6,12 @@ namespace peft {
 
 // One line per method; each is defined in its own file under src/tuners/.
 TunerMethod lora_method();
+TunerMethod ia3_method();
+TunerMethod loha_method();
+TunerMethod lokr_method();
 
 const std::vector<TunerMethod> & tuner_methods() {
-  static const std::vector<TunerMethod> methods = {lora_method()};
+  static const std::vector<TunerMethod> methods = {lora_method(), ia3_method(), loha_method(), lokr_method()};
   return methods;
 }
 

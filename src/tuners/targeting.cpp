@@ -35,6 +35,16 @@ int64_t layer_index(const std::string & path, const std::vector<std::string> & l
   return -1;
 }
 
+bool pattern_value(const nlohmann::json & pattern, const std::string & path, double * out) {
+  for (auto it = pattern.begin(); it != pattern.end(); ++it) {
+    if (Regex("(.*\\.)?(" + it.key() + ")").full_match(path)) {
+      *out = it.value().get<double>();
+      return true;
+    }
+  }
+  return false;
+}
+
 bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const std::string & path) {
   for (const auto & m : modules_to_save) {
     if (Regex("(^|.*\\.)" + m + "($|\\..*)").full_match(path)) return true;

@@ -1,6 +1,7 @@
 #include "peft/tuners/tuner-layer.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "peft/error.h"
 
@@ -162,6 +163,13 @@ std::string TunerLayer::signature() const {
 }
 
 LayerPtr TunerLayer::clone_layer() const { fail("adapter layers cannot be deep-copied"); }
+
+at::Tensor kaiming_uniform(const std::vector<int64_t> & shape) {
+  int64_t fan_in = 1;
+  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+  const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(fan_in, 1)));
+  return at::empty(shape).uniform_(-bound, bound);
+}
 
 void check_finite(const at::Tensor & t, const std::string & what) {
   PEFT_CHECK(at::isfinite(t).all().item<bool>(), "safe merge refused: ", what,

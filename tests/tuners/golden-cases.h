@@ -15,6 +15,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
   static const std::vector<GoldenCase> cases = {
       {"lora", "tiny-llama"},         {"lora_rslora_dropout", "tiny-llama"}, {"lora_bias_opt", "tiny-opt"},
       {"dora", "tiny-llama"},         {"lora_embedding", "tiny-llama"},      {"lora_modules_to_save", "tiny-llama"},
+      {"ia3", "tiny-llama"},          {"ia3_opt", "tiny-opt"},               {"loha", "tiny-llama"},
+      {"lokr", "tiny-llama"},
   };
   return cases;
 }

@@ -29,6 +29,8 @@ struct TunerMethod {
                                         const LayerPtr & target);
   /// Default target_modules for a model_type when the config gives none (empty = no default).
   std::vector<std::string> (*default_targets)(const std::string & model_type);
+  /// Fill other model-dependent defaults before injection (PEFT's _prepare_adapter_config); may be null.
+  void (*complete)(AdapterConfig & cfg, const std::string & model_type) = nullptr;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

@@ -17,6 +17,9 @@ bool is_target(const AdapterConfig & cfg, const std::string & path, bool is_line
 /// Is `path` inside a module listed in modules_to_save (the module itself or below it)?
 bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const std::string & path);
 
+/// rank_pattern / alpha_pattern: the value of the first key k with (.*\.)?(k)$ matching `path`.
+bool pattern_value(const nlohmann::json & pattern, const std::string & path, double * out);
+
 /// The layer index of `path` per PEFT's layers_to_transform rule, or -1.
 int64_t layer_index(const std::string & path, const std::vector<std::string> & layers_pattern);
 

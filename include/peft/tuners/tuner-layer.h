@@ -100,6 +100,9 @@ class TunerLayer : public Layer {
   bool disabled_ = false;
 };
 
+/// PyTorch's kaiming_uniform_(a=sqrt(5)) (nn.Linear's default init): U(+-1/sqrt(fan_in)), fan_in = shape[1] * ...
+at::Tensor kaiming_uniform(const std::vector<int64_t> & shape);
+
 /// Non-finite check used by safe merges; throws naming the layer and adapter.
 void check_finite(const at::Tensor & t, const std::string & what);
 

@@ -1,0 +1,36 @@
+// IA3 (PEFT §2.5): learned rescaling vectors. On Linear layers:
+//   non-feed-forward: y = base(x) * l        l (O, 1)
+//   feed-forward:     y = base(x * l)        l (1, I)
+// Several active adapters multiply. Merge scales W's rows (or columns); unmerge divides by (l + 1e-8).
+#pragma once
+#include <map>
+
+#include "peft/nn/layers.h"
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+class IA3Linear : public TunerLayer {
+ public:
+  explicit IA3Linear(LayerPtr base);
+  void add_adapter(const std::string & name, bool feedforward, bool init_ones);
+
+  bool has_adapter(const std::string & name) const override { return feedforward_.count(name) != 0; }
+  std::vector<std::string> adapter_names() const override;
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  std::string adapter_signature(const std::string & name) const override;
+
+  Linear & linear() const;
+  at::Tensor vector(const std::string & name) const;  // ia3_l
+
+ protected:
+  at::Tensor forward_active(const at::Tensor & x) override;
+
+ private:
+  std::map<std::string, bool> feedforward_;
+  AdapterDict * l_;
+};
+
+}  // namespace peft

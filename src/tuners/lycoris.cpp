@@ -1,0 +1,96 @@
+// What LoHa and LoKr share: settings, module dropout, rank dropout, merging (PEFT's LycorisLayer).
+#include "peft/tuners/lycoris.h"
+
+#include "peft/error.h"
+#include "peft/tuners/targeting.h"
+
+namespace peft {
+
+LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::string & path) {
+  const auto & f = cfg.fields;
+  LycorisSettings s;
+  double r = f["r"].get<double>(), alpha = f["alpha"].get<double>();
+  pattern_value(f["rank_pattern"], path, &r);
+  pattern_value(f["alpha_pattern"], path, &alpha);
+  s.r = static_cast<int64_t>(r);
+  s.alpha = alpha;
+  s.rank_dropout = f["rank_dropout"].get<double>();
+  s.module_dropout = f["module_dropout"].get<double>();
+  s.rank_dropout_scale = f.value("rank_dropout_scale", true);
+  return s;
+}
+
+LycorisLinear::LycorisLinear(LayerPtr base) : TunerLayer(std::move(base)) {
+  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "LoHa/LoKr need a Linear base layer");
+}
+
+std::vector<std::string> LycorisLinear::adapter_names() const {
+  std::vector<std::string> v;
+  for (const auto & kv : settings) v.push_back(kv.first);
+  return v;
+}
+
+void LycorisLinear::delete_adapter(const std::string & name) {
+  TunerLayer::delete_adapter(name);
+  settings.erase(name);
+}
+
+std::string LycorisLinear::adapter_signature(const std::string & n) const {
+  const auto & s = settings.at(n);
+  return str("r", s.r, ",rd", s.rank_dropout, ",md", s.module_dropout);
+}
+
+void LycorisLinear::add_settings(const std::string & name, const LycorisSettings & s) {
+  settings[name] = s;
+  set_scaling(name, s.alpha / s.r);
+}
+
+void LycorisLinear::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
+  LycorisSettings s = lycoris_settings_for(cfg, path);
+  settings.at(n).alpha = s.alpha;
+  set_scaling(n, factor * s.alpha / settings.at(n).r);
+}
+
+at::Tensor LycorisLinear::delta_weight(const std::string & n) {
+  const auto & s = settings.at(n);
+  at::Tensor w = raw_delta(n) * scaling(n);
+  if (is_training() && s.rank_dropout > 0) {
+    // each output row kept with probability 1 - p, kept rows rescaled by 1 / mean(mask)
+    at::Tensor keep = (at::rand({w.size(0)}) > s.rank_dropout).to(w.scalar_type());
+    if (s.rank_dropout_scale) keep = keep / keep.mean();
+    w = w * keep.unsqueeze(1);
+  }
+  return w;
+}
+
+at::Tensor LycorisLinear::forward_active(const at::Tensor & x) {
+  at::Tensor y = base_layer->forward(x);
+  for (const auto & n : active_here()) {
+    const double md = settings.at(n).module_dropout;
+    // module dropout: in training, skip this adapter with probability p (one draw per layer and call)
+    if (is_training() && md > 0 && at::rand({1}).item<double>() <= md) continue;
+    at::Tensor d = delta_weight(n);
+    y = y + at::linear(x.to(d.scalar_type()), d).to(y.scalar_type());
+  }
+  return y;
+}
+
+void LycorisLinear::merge_one(const std::string & n, bool safe) {
+  at::NoGradGuard g;
+  const bool was = is_training();
+  train(false);  // merging uses the plain delta, without rank dropout
+  at::Tensor W = linear().weight.to(at::kFloat) + delta_weight(n).to(at::kFloat);
+  train(was);
+  if (safe) check_finite(W, "merging adapter '" + n + "'");
+  linear().weight.copy_(W);
+}
+
+void LycorisLinear::unmerge_one(const std::string & n) {
+  at::NoGradGuard g;
+  const bool was = is_training();
+  train(false);
+  linear().weight.copy_(linear().weight.to(at::kFloat) - delta_weight(n).to(at::kFloat));
+  train(was);
+}
+
+}  // namespace peft
