@@ -73,6 +73,17 @@ TEST_P(CompiledGolden, EqualsEagerClosely) {
   EXPECT_TRUE(all_close(c.forward({one}), m->forward({one}), 5e-5, 1e-4));
 }
 
+TEST_P(CompiledGolden, FoldedInferenceGraphIsTheBaseGraph) {
+  // with autograd off, every adapter folds into the weights: the graph has exactly the base model's ops
+  auto m = load();
+  auto c = compile(*m);
+  auto plain = compile(load_model(golden_model(GetParam().model)));
+  at::NoGradGuard g;
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits"));
+  plain.forward({ids});
+  EXPECT_EQ(c.last_graph_ops(), plain.last_graph_ops()) << c.last_graph();
+}
+
 INSTANTIATE_TEST_SUITE_P(Peft, CompiledGolden, ::testing::ValuesIn(single_adapter_cases()),
                          [](const auto & i) { return i.param.name; });
 

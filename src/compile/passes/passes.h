@@ -12,6 +12,11 @@ size_t remove_noop_casts(Program & p);
 /// inputs: the adapter is folded into a derived copy of the weight (refolded when sources change).
 /// Only for graphs captured with grad disabled.
 size_t fold_adapters(Program & p);
+/// No-grad graphs: computations on weights and constants alone become derived inputs (computed once,
+/// recomputed when a source changes).
+size_t hoist_weight_computations(Program & p);
+/// No-grad graphs: additive deltas and row/column scales merged into the linear weights they feed.
+size_t fold_linear_algebra(Program & p);
 /// peft::lora_add nodes that share their input: one peft::lora_shrink GEMM for all their A's, then
 /// peft::lora_expand_add per adapter.
 size_t batch_sibling_lora(Program & p);

@@ -25,7 +25,11 @@ torch::jit::Node * replace_node(torch::jit::Graph & g, torch::jit::Node * old, c
 void run_passes(Program & p, const CompileOptions & o, bool no_grad) {
   auto count = [&](const char * name, size_t n) { p.pass_counts[name] = n; };
   if (o.remove_noop_casts) count("remove_noop_casts", remove_noop_casts(p));
-  if (o.fold_adapters && no_grad) count("fold_adapters", fold_adapters(p));
+  if (o.fold_adapters && no_grad) {
+    count("hoist_weight_computations", hoist_weight_computations(p));
+    count("fold_adapters", fold_adapters(p));
+    count("fold_linear_algebra", fold_linear_algebra(p));
+  }
   if (o.batch_sibling_lora) count("batch_sibling_lora", batch_sibling_lora(p));
   if (o.fuse_lora_gemm) count("fuse_lora_gemm", fuse_lora_gemm(p));
   if (o.gemv_decode) count("gemv_decode", gemv_decode(p));
