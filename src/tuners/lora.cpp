@@ -88,6 +88,9 @@ void lora_validate(const AdapterConfig & c, const std::string & src) {
 
 }  // namespace
 
+nlohmann::json lora_config_defaults() { return lora_defaults(); }
+void lora_config_validate(const AdapterConfig & c, const std::string & src) { lora_validate(c, src); }
+
 LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path) {
   const auto & f = cfg.fields;
   LoraSettings s;

@@ -9,9 +9,12 @@ TunerMethod lora_method();
 TunerMethod ia3_method();
 TunerMethod loha_method();
 TunerMethod lokr_method();
+TunerMethod ln_tuning_method();
+TunerMethod adalora_method();
 
 const std::vector<TunerMethod> & tuner_methods() {
-  static const std::vector<TunerMethod> methods = {lora_method(), ia3_method(), loha_method(), lokr_method()};
+  static const std::vector<TunerMethod> methods = {lora_method(),      ia3_method(),      loha_method(),
+                                                   lokr_method(),      ln_tuning_method(), adalora_method()};
   return methods;
 }
 

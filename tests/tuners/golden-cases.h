@@ -16,7 +16,7 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"lora", "tiny-llama"},         {"lora_rslora_dropout", "tiny-llama"}, {"lora_bias_opt", "tiny-opt"},
       {"dora", "tiny-llama"},         {"lora_embedding", "tiny-llama"},      {"lora_modules_to_save", "tiny-llama"},
       {"ia3", "tiny-llama"},          {"ia3_opt", "tiny-opt"},               {"loha", "tiny-llama"},
-      {"lokr", "tiny-llama"},
+      {"lokr", "tiny-llama"},         {"ln_tuning", "tiny-opt"},             {"adalora", "tiny-llama"},
   };
   return cases;
 }

@@ -1,0 +1,32 @@
+// LayerNorm tuning (PEFT §2.6): a trainable deep copy of a (norm) layer per adapter, kept as
+// "ln_tuning_layers.<adapter>"; forward runs the active adapter's copy (one active at most). Merging
+// swaps the copy's values into the base layer; unmerging swaps them back.
+#pragma once
+#include <map>
+
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+class LNTuningLayer : public TunerLayer {
+ public:
+  explicit LNTuningLayer(LayerPtr base);
+  void add_adapter(const std::string & name);
+
+  bool has_adapter(const std::string & name) const override { return copies_.count(name) != 0; }
+  std::vector<std::string> adapter_names() const override;
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  std::string adapter_signature(const std::string &) const override { return "copy"; }
+
+ protected:
+  at::Tensor forward_active(const at::Tensor & x) override;
+
+ private:
+  void swap_values(const std::string & name);
+  std::shared_ptr<torch::nn::Module> holder_;  // "ln_tuning_layers"
+  std::map<std::string, LayerPtr> copies_;
+};
+
+}  // namespace peft
