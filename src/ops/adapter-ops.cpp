@@ -36,6 +36,14 @@ at::Tensor lora_embedding_add_impl(const at::Tensor & y, const at::Tensor & ids,
   return y + (at::matmul(h, B.t()) * scale).to(y.scalar_type());
 }
 
+at::Tensor block_rotate_impl(const at::Tensor & x, const at::Tensor & Q) {
+  const int64_t R = Q.size(0), b = Q.size(1);
+  std::vector<int64_t> shape = x.sizes().vec();
+  at::Tensor xr = x.to(Q.scalar_type()).reshape({-1, R, b}).transpose(0, 1);  // (R, N, b)
+  at::Tensor out = at::bmm(xr, Q).transpose(0, 1).reshape(shape);            // x_i Q_i per block
+  return out.to(x.scalar_type());
+}
+
 at::Tensor lora_add_fused_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                                const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double p, bool train) {
   if (y.scalar_type() != A.scalar_type() || (bias.has_value() && bias->defined())) {
@@ -76,6 +84,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("lora_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("dora_add(Tensor y, Tensor x, Tensor W, Tensor A, Tensor B, Tensor m, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_embedding_add(Tensor y, Tensor ids, Tensor A, Tensor B, Tensor scale, int padding_idx) -> Tensor");
+  m.def("block_rotate(Tensor x, Tensor Q) -> Tensor");
   m.def("lora_add_fused(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_shrink(Tensor x, Tensor[] As) -> Tensor");
   m.def("lora_expand_add(Tensor y, Tensor xa, int offset, Tensor B, Tensor? bias, Tensor scale) -> Tensor");
@@ -86,6 +95,7 @@ TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
   m.impl("lora_add", &lora_add_impl);
   m.impl("dora_add", &dora_add_impl);
   m.impl("lora_embedding_add", &lora_embedding_add_impl);
+  m.impl("block_rotate", &block_rotate_impl);
   m.impl("lora_add_fused", &lora_add_fused_impl);
   m.impl("lora_shrink", &lora_shrink_impl);
   m.impl("lora_expand_add", &lora_expand_add_impl);
@@ -116,6 +126,11 @@ at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, cons
   PEFT_OP("lora_embedding_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
                                            const at::Tensor &, const at::Tensor &, int64_t));
   return op.call(y, ids, A, B, scale, padding_idx);
+}
+
+at::Tensor block_rotate(const at::Tensor & x, const at::Tensor & Q) {
+  PEFT_OP("block_rotate", at::Tensor(const at::Tensor &, const at::Tensor &));
+  return op.call(x, Q);
 }
 
 at::Tensor lora_add_fused(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,

@@ -11,10 +11,13 @@ TunerMethod loha_method();
 TunerMethod lokr_method();
 TunerMethod ln_tuning_method();
 TunerMethod adalora_method();
+TunerMethod oft_method();
+TunerMethod boft_method();
 
 const std::vector<TunerMethod> & tuner_methods() {
   static const std::vector<TunerMethod> methods = {lora_method(),      ia3_method(),      loha_method(),
-                                                   lokr_method(),      ln_tuning_method(), adalora_method()};
+                                                   lokr_method(),      ln_tuning_method(), adalora_method(),
+                                                   oft_method(),       boft_method()};
   return methods;
 }
 

@@ -20,6 +20,10 @@ at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor
 at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,
                               const at::Tensor & scale, int64_t padding_idx);
 
+/// Block-diagonal rotation of the input (OFT, BOFT): x (.., R*b) viewed as (.., R, b), block i times Q[i].
+/// Q (R, b, b).
+at::Tensor block_rotate(const at::Tensor & x, const at::Tensor & Q);
+
 // ---- ops that only compile passes emit ----
 
 /// lora_add with the low-rank product accumulated into y by one GEMM (addmm), no separate add.

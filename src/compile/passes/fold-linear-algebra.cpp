@@ -3,6 +3,8 @@
 //   linear(x, W, b) + linear(x, D)  ->  linear(x, W + D, b)          (LoHa, LoKr, any additive delta)
 //   linear(x, W, b) * l             ->  linear(x, W * l[:, None], b * l)   (IA3 on the output)
 //   linear(x * l, W, b)             ->  linear(x, W * l[None, :], b)       (IA3 on the input)
+//   linear(block_rotate(x, Q), W, b) -> linear(x, W BD(Q)^T, b)            (OFT, BOFT)
+//   linear(x, W) + b                ->  linear(x, W, b)                    (bias added after a scale)
 #include "passes.h"
 
 namespace peft::compile_detail {
@@ -15,6 +17,7 @@ using torch::jit::Value;
 const c10::Symbol kLinear = c10::Symbol::fromQualString("aten::linear");
 const c10::Symbol kAdd = c10::Symbol::fromQualString("aten::add");
 const c10::Symbol kMul = c10::Symbol::fromQualString("aten::mul");
+const c10::Symbol kRotate = c10::Symbol::fromQualString("peft::block_rotate");
 
 bool is_linear(const Value * v) { return v->node()->kind() == kLinear; }
 bool single_use(const Value * v) { return v->uses().size() == 1; }
@@ -43,6 +46,45 @@ bool fold_add(Program & p, Node * n) {
     return true;
   }
   return false;
+}
+
+// linear(x, W, None) + b with b a known vector: the bias moves into the linear.
+bool fold_bias_add(Program & p, Node * n) {
+  if (n->inputs().size() != 3) return false;
+  auto alpha = constant_of(n->input(2));
+  if (!alpha || !alpha->isInt() || alpha->toInt() != 1) return false;
+  for (int order = 0; order < 2; ++order) {
+    Value * a = n->input(order), * b = n->input(1 - order);
+    if (!is_linear(a) || !single_use(a) || !is_none(a->node()->input(2))) continue;
+    int64_t bi = p.value_index(b), W = p.value_index(a->node()->input(1));
+    if (bi < 0 || W < 0 || p.value(bi).dim() != 1 || p.value(bi).size(0) != p.value(W).size(0)) continue;
+    a->node()->replaceInput(2, b);
+    n->output()->replaceAllUsesWith(a);
+    n->destroy();
+    return true;
+  }
+  return false;
+}
+
+// linear(block_rotate(x, Q), W, b): the rotation moves into the weight, W' = W BD(Q)^T.
+bool fold_rotate(Program & p, Node * lin) {
+  Value * in = lin->input(0);
+  if (in->node()->kind() != kRotate || !single_use(in)) return false;
+  Node * rot = in->node();
+  int64_t Q = p.value_index(rot->input(1)), W = p.value_index(lin->input(1));
+  if (Q < 0 || W < 0) return false;
+  Value * Wf = p.add_derived(
+      {size_t(W), size_t(Q)},
+      [](const std::vector<at::Tensor> & t) {
+        const int64_t O = t[0].size(0), R = t[1].size(0), b = t[1].size(1);
+        at::Tensor Wm = at::einsum("oib,icb->oic", {t[0].to(at::kFloat).view({O, R, b}), t[1].to(at::kFloat)});
+        return Wm.reshape({O, R * b}).to(t[0].scalar_type());
+      },
+      "folded_rotation", p.value(W));
+  lin->replaceInput(1, Wf);
+  lin->replaceInput(0, rot->input(0));
+  rot->destroy();
+  return true;
 }
 
 // linear(x, W, b) * l (output scale) or linear(x * l, W, b) (input scale); l a known vector.
@@ -102,10 +144,11 @@ size_t fold_linear_algebra(Program & p) {
     changed = false;
     std::vector<Node *> nodes;
     for (Node * n : p.graph->nodes()) {
-      if (n->kind() == kAdd || n->kind() == kMul) nodes.push_back(n);
+      if (n->kind() == kAdd || n->kind() == kMul || n->kind() == kLinear) nodes.push_back(n);
     }
     for (Node * n : nodes) {
-      if ((n->kind() == kAdd && fold_add(p, n)) || (n->kind() == kMul && fold_mul(p, n))) {
+      if ((n->kind() == kAdd && (fold_add(p, n) || fold_bias_add(p, n))) || (n->kind() == kMul && fold_mul(p, n)) ||
+          (n->kind() == kLinear && fold_rotate(p, n))) {
         ++folded;
         changed = true;
         break;  // the node list is stale after a rewrite

@@ -26,6 +26,9 @@ void run_passes(Program & p, const CompileOptions & o, bool no_grad) {
   auto count = [&](const char * name, size_t n) { p.pass_counts[name] = n; };
   if (o.remove_noop_casts) count("remove_noop_casts", remove_noop_casts(p));
   if (o.fold_adapters && no_grad) {
+    // shape-only values (zeros, eye, index tables) become constants first, so weight computations
+    // that use them count as weight-only
+    if (o.constant_propagation) torch::jit::ConstantPropagation(p.graph);
     count("hoist_weight_computations", hoist_weight_computations(p));
     count("fold_adapters", fold_adapters(p));
     count("fold_linear_algebra", fold_linear_algebra(p));

@@ -1,0 +1,66 @@
+// The orthogonal methods on Linear layers: the input is rotated block-wise before the base layer.
+//   OFT (PEFT §2.9):  y = W BD(Q)^T x + b,  Q_i = Cayley(S_i), S_i = U_i - U_i^T from a packed upper
+//                     triangle (exact Cayley, or its truncated Neumann series: PEFT's default)
+//   BOFT (§2.4, one butterfly factor): y = s * (W BD(Q)^T x) + b, Q_i = Cayley(1/2 (R_i - R_i^T))
+// R = number of blocks, b = block size, R * b = in features.
+#pragma once
+#include <map>
+
+#include "peft/nn/layers.h"
+#include "peft/tuners/tuner-layer.h"
+
+namespace peft {
+
+struct OrthoSettings {
+  int64_t blocks = 0, block_size = 0;
+  bool neumann = true;      // OFT: approximate Cayley with a Neumann series
+  int64_t neumann_terms = 5;
+  bool block_share = false;
+  double dropout = 0;       // BOFT multiplicative dropout (training)
+};
+
+/// Rotated-input adapters; the method decides how blocks Q are built and whether a scale follows.
+class OrthoLinear : public TunerLayer {
+ public:
+  explicit OrthoLinear(LayerPtr base);
+  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
+  std::vector<std::string> adapter_names() const override;
+  void delete_adapter(const std::string & name) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  std::string adapter_signature(const std::string & name) const override;
+
+  /// The rotation blocks of adapter `name`, (R, b, b).
+  virtual at::Tensor blocks(const std::string & name) const = 0;
+  /// The output scale (O) or undefined (OFT).
+  virtual at::Tensor scale(const std::string & name) const { return {}; }
+  Linear & linear() const { return static_cast<Linear &>(*base_layer); }
+
+  std::map<std::string, OrthoSettings> settings;
+
+ protected:
+  at::Tensor forward_active(const at::Tensor & x) override;
+};
+
+class OFTLinear : public OrthoLinear {
+ public:
+  explicit OFTLinear(LayerPtr base);
+  void add_adapter(const std::string & name, const OrthoSettings & s, bool init_zero);
+  at::Tensor blocks(const std::string & name) const override;
+
+ private:
+  AdapterDict * R_;  // oft_R.<name>.weight (R or 1, b(b-1)/2)
+};
+
+class BOFTLinear : public OrthoLinear {
+ public:
+  explicit BOFTLinear(LayerPtr base);
+  void add_adapter(const std::string & name, const OrthoSettings & s, bool init_zero);
+  at::Tensor blocks(const std::string & name) const override;
+  at::Tensor scale(const std::string & name) const override;
+
+ private:
+  AdapterDict *R_, *s_;  // boft_R.<name> (1, R, b, b), boft_s.<name> (O, 1)
+};
+
+}  // namespace peft
