@@ -36,6 +36,13 @@ at::Tensor lora_embedding_add_impl(const at::Tensor & y, const at::Tensor & ids,
   return y + (at::matmul(h, B.t()) * scale).to(y.scalar_type());
 }
 
+at::Tensor vera_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                         const at::Tensor & lambda_d, const at::Tensor & lambda_b, double p, bool train) {
+  at::Tensor xa = x.to(A.scalar_type());
+  if (p > 0 && train) xa = at::dropout(xa, p, true);
+  return y + (lambda_b * at::linear(lambda_d * at::linear(xa, A), B)).to(y.scalar_type());
+}
+
 at::Tensor block_rotate_impl(const at::Tensor & x, const at::Tensor & Q) {
   const int64_t R = Q.size(0), b = Q.size(1);
   std::vector<int64_t> shape = x.sizes().vec();
@@ -85,6 +92,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("dora_add(Tensor y, Tensor x, Tensor W, Tensor A, Tensor B, Tensor m, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_embedding_add(Tensor y, Tensor ids, Tensor A, Tensor B, Tensor scale, int padding_idx) -> Tensor");
   m.def("block_rotate(Tensor x, Tensor Q) -> Tensor");
+  m.def("vera_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor lambda_d, Tensor lambda_b, float dropout, bool train) -> Tensor");
   m.def("lora_add_fused(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_shrink(Tensor x, Tensor[] As) -> Tensor");
   m.def("lora_expand_add(Tensor y, Tensor xa, int offset, Tensor B, Tensor? bias, Tensor scale) -> Tensor");
@@ -96,6 +104,7 @@ TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
   m.impl("dora_add", &dora_add_impl);
   m.impl("lora_embedding_add", &lora_embedding_add_impl);
   m.impl("block_rotate", &block_rotate_impl);
+  m.impl("vera_add", &vera_add_impl);
   m.impl("lora_add_fused", &lora_add_fused_impl);
   m.impl("lora_shrink", &lora_shrink_impl);
   m.impl("lora_expand_add", &lora_expand_add_impl);
@@ -126,6 +135,13 @@ at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, cons
   PEFT_OP("lora_embedding_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
                                            const at::Tensor &, const at::Tensor &, int64_t));
   return op.call(y, ids, A, B, scale, padding_idx);
+}
+
+at::Tensor vera_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                    const at::Tensor & lambda_d, const at::Tensor & lambda_b, double dropout, bool train) {
+  PEFT_OP("vera_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                 const at::Tensor &, const at::Tensor &, double, bool));
+  return op.call(y, x, A, B, lambda_d, lambda_b, dropout, train);
 }
 
 at::Tensor block_rotate(const at::Tensor & x, const at::Tensor & Q) {

@@ -10,10 +10,10 @@ namespace {
 
 // PEFT fields shared by every non-prompt method.
 nlohmann::json common_defaults() {
-  // (bias, layers_to_transform, layers_pattern belong to the methods that have them)
-  return {{"auto_mapping", nullptr},    {"base_model_name_or_path", nullptr}, {"revision", nullptr},
-          {"task_type", nullptr},       {"inference_mode", false},            {"target_modules", nullptr},
-          {"exclude_modules", nullptr}, {"modules_to_save", nullptr}};
+  // (bias, exclude_modules, layers_to_transform, layers_pattern belong to the methods that have them)
+  return {{"auto_mapping", nullptr},   {"base_model_name_or_path", nullptr}, {"revision", nullptr},
+          {"task_type", nullptr},      {"inference_mode", false},            {"target_modules", nullptr},
+          {"modules_to_save", nullptr}};
 }
 
 std::vector<std::string> string_list(const nlohmann::json & v, const char * field, const std::string & src) {

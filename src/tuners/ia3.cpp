@@ -80,7 +80,8 @@ void IA3Linear::unmerge_one(const std::string & n) {
 namespace {
 
 nlohmann::json ia3_defaults() {
-  return {{"feedforward_modules", nullptr}, {"fan_in_fan_out", false}, {"init_ia3_weights", true}};
+  return {{"feedforward_modules", nullptr}, {"fan_in_fan_out", false}, {"init_ia3_weights", true},
+          {"exclude_modules", nullptr}};
 }
 
 void ia3_validate(const AdapterConfig & c, const std::string & src) {

@@ -58,7 +58,7 @@ void LNTuningLayer::unmerge_one(const std::string & name) { swap_values(name); }
 
 namespace {
 
-nlohmann::json ln_defaults() { return nlohmann::json::object(); }
+nlohmann::json ln_defaults() { return {{"exclude_modules", nullptr}}; }
 void ln_validate(const AdapterConfig &, const std::string &) {}
 bool ln_supports(const Layer & l) { return dynamic_cast<const TunerLayer *>(&l) == nullptr; }
 

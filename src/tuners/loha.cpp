@@ -35,6 +35,7 @@ nlohmann::json loha_defaults() {
           {"alpha", 8},
           {"layers_to_transform", nullptr},
           {"layers_pattern", nullptr},
+          {"exclude_modules", nullptr},
           {"rank_dropout", 0.0},
           {"module_dropout", 0.0},
           {"use_effective_conv2d", false},

@@ -18,6 +18,7 @@ namespace {
 nlohmann::json lora_defaults() {
   return {{"r", 8},
           {"bias", "none"},
+          {"exclude_modules", nullptr},
           {"layers_to_transform", nullptr},
           {"layers_pattern", nullptr},
           {"alora_invocation_tokens", nullptr},

@@ -190,7 +190,8 @@ nlohmann::json oft_defaults() {
           {"init_weights", true},
           {"fan_in_fan_out", false},
           {"layers_to_transform", nullptr},
-          {"layers_pattern", nullptr}};
+          {"layers_pattern", nullptr},
+          {"exclude_modules", nullptr}};
 }
 
 void oft_validate(const AdapterConfig & c, const std::string & src) {
@@ -229,7 +230,8 @@ nlohmann::json boft_defaults() {
           {"init_weights", true},
           {"fan_in_fan_out", false},
           {"layers_to_transform", nullptr},
-          {"layers_pattern", nullptr}};
+          {"layers_pattern", nullptr},
+          {"exclude_modules", nullptr}};
 }
 
 void boft_validate(const AdapterConfig & c, const std::string & src) {

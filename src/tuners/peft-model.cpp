@@ -82,6 +82,10 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
                  !cfg.modules_to_save.empty(),
              "no target_modules given and ", cfg.peft_type, " has no default for model_type '",
              model_->config().model_type, "'");
+  if (!cfg.all_linear && !cfg.target_regex && cfg.target_list.empty() && !defaults.empty()) {
+    cfg.target_list = defaults;  // as PEFT, the defaults are written into the adapter's config
+    cfg.fields["target_modules"] = defaults;
+  }
 
   // 1. decide targets without touching the model
   std::vector<std::pair<std::string, LayerPtr>> targets;
@@ -118,6 +122,12 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
     for (const auto & t : cfg.target_list.empty() ? defaults : cfg.target_list) want += (want.empty() ? "" : ", ") + t;
     fail(str("target modules [", want, "] not found in the base model (", model_->config().arch_name(),
              "); check target_modules, exclude_modules and layers_to_transform"));
+  }
+
+  if (method.shared) {
+    std::vector<LayerPtr> plain;
+    for (const auto & t : targets) plain.push_back(t.second->base());
+    method.shared(cfg, plain);
   }
 
   // 2. inject; on any error undo everything done so far
@@ -188,6 +198,10 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
       for (const auto & p : l.second->adapter_parameters(name)) {
         want[checkpoint_key(l.first + "." + p.first, name)] = p.second;
       }
+    }
+    const AdapterConfig & loaded = configs_.at(name);
+    if (loaded.shared_persistent) {
+      for (const auto & kv : loaded.shared) want["base_model." + kv.first] = kv.second;
     }
     std::map<std::string, at::Tensor> params;
     for (const auto & p : model_->named_parameters(true)) params[p.key()] = p.value();
@@ -414,6 +428,9 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
     for (const auto & p : l.second->adapter_parameters(adapter)) {
       out[checkpoint_key(l.first + "." + p.first, adapter)] = p.second;
     }
+  }
+  if (cfg.shared_persistent) {
+    for (const auto & kv : cfg.shared) out["base_model." + kv.first] = kv.second;
   }
   if (cfg.bias != "none") {
     const TunerMethod & m = tuner_method(cfg.peft_type);

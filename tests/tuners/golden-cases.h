@@ -17,7 +17,7 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"dora", "tiny-llama"},         {"lora_embedding", "tiny-llama"},      {"lora_modules_to_save", "tiny-llama"},
       {"ia3", "tiny-llama"},          {"ia3_opt", "tiny-opt"},               {"loha", "tiny-llama"},
       {"lokr", "tiny-llama"},         {"ln_tuning", "tiny-opt"},             {"adalora", "tiny-llama"},
-      {"oft", "tiny-llama"},          {"boft", "tiny-llama"},
+      {"oft", "tiny-llama"},          {"boft", "tiny-llama"},                {"vera", "tiny-llama"},
   };
   return cases;
 }

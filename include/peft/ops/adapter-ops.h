@@ -20,6 +20,10 @@ at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor
 at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,
                               const at::Tensor & scale, int64_t padding_idx);
 
+/// VeRA: y + lambda_b * ((lambda_d * (drop(x) A^T)) B^T)     A (R, I), B (O, R), lambda_d (R), lambda_b (O)
+at::Tensor vera_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                    const at::Tensor & lambda_d, const at::Tensor & lambda_b, double dropout, bool train);
+
 /// Block-diagonal rotation of the input (OFT, BOFT): x (.., R*b) viewed as (.., R, b), block i times Q[i].
 /// Q (R, b, b).
 at::Tensor block_rotate(const at::Tensor & x, const at::Tensor & Q);

@@ -2,8 +2,10 @@
 // modules_to_save) plus the complete JSON with PEFT's field names, so that files round-trip with PEFT.
 // Method fields (r, lora_alpha, ...) are read from `fields` by each method's own parser.
 #pragma once
+#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,6 +35,12 @@ struct AdapterConfig {
   nlohmann::json to_json() const;
 
   template <class T> T get(const char * key) const { return fields.at(key).get<T>(); }
+
+  /// Model-level tensors an adapter shares across its layers (VeRA's projections), created by the
+  /// method's `shared` hook before injection; not part of the JSON. Keys are checkpoint names below
+  /// "base_model." (e.g. "vera_A").
+  std::map<std::string, at::Tensor> shared;
+  bool shared_persistent = true;  // saved in adapter_model.safetensors
 };
 
 }  // namespace peft

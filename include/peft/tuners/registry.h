@@ -31,6 +31,9 @@ struct TunerMethod {
   std::vector<std::string> (*default_targets)(const std::string & model_type);
   /// Fill other model-dependent defaults before injection (PEFT's _prepare_adapter_config); may be null.
   void (*complete)(AdapterConfig & cfg, const std::string & model_type) = nullptr;
+  /// Create the model-level tensors shared by the adapter's layers (cfg.shared) from the plain layers
+  /// it will adapt; may be null.
+  void (*shared)(AdapterConfig & cfg, const std::vector<LayerPtr> & targets) = nullptr;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

@@ -81,6 +81,27 @@ bool fold_dora(Program & p, Node * n) {
   return true;
 }
 
+bool fold_vera(Program & p, Node * n) {
+  // vera_add(y, x, A, B, lambda_d, lambda_b, dropout, train), y = linear(x, W, b?)
+  Node * lin = n->input(0)->node();
+  if (lin->kind() != c10::Symbol::fromQualString("aten::linear") || lin->input(0) != n->input(1)) return false;
+  if (n->input(0)->uses().size() != 1 || !dropout_inactive(n->input(6), n->input(7))) return false;
+  int64_t W = idx(p, lin->input(1)), A = idx(p, n->input(2)), B = idx(p, n->input(3)), d = idx(p, n->input(4)),
+          b = idx(p, n->input(5));
+  if (W < 0 || A < 0 || B < 0 || d < 0 || b < 0) return false;
+  Value * Wf = p.add_derived(
+      {size_t(W), size_t(A), size_t(B), size_t(d), size_t(b)},
+      [](const std::vector<at::Tensor> & t) {
+        at::Tensor delta = at::matmul(t[4].unsqueeze(1) * t[2], t[3].unsqueeze(1) * t[1]);
+        return (t[0].to(at::kFloat) + delta.to(at::kFloat)).to(t[0].scalar_type());
+      },
+      "folded_vera_weight", p.value(W));
+  lin->replaceInput(1, Wf);
+  n->output()->replaceAllUsesWith(n->input(0));
+  n->destroy();
+  return true;
+}
+
 bool fold_embedding(Program & p, Node * n) {
   // lora_embedding_add(y, ids, A, B, scale, padding_idx), y = embedding(E, ids, ...)
   Node * emb = n->input(0)->node();
@@ -106,14 +127,16 @@ size_t fold_adapters(Program & p) {
   static const auto lora = c10::Symbol::fromQualString("peft::lora_add");
   static const auto dora = c10::Symbol::fromQualString("peft::dora_add");
   static const auto emb = c10::Symbol::fromQualString("peft::lora_embedding_add");
+  static const auto vera = c10::Symbol::fromQualString("peft::vera_add");
   std::vector<Node *> nodes;
   for (Node * n : p.graph->nodes()) {
-    if (n->kind() == lora || n->kind() == dora || n->kind() == emb) nodes.push_back(n);
+    if (n->kind() == lora || n->kind() == dora || n->kind() == emb || n->kind() == vera) nodes.push_back(n);
   }
   size_t folded = 0;
   for (Node * n : nodes) {  // graph order: a chain of adapters on one layer folds step by step
     if (n->kind() == lora) folded += fold_lora(p, n);
     else if (n->kind() == dora) folded += fold_dora(p, n);
+    else if (n->kind() == vera) folded += fold_vera(p, n);
     else folded += fold_embedding(p, n);
   }
   return folded;
