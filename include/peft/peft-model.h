@@ -83,7 +83,13 @@ class PeftModel {
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string & adapter) const;
 
   // ---- running and training ----
+  /// Logits; with in.adapter_names set, a mixed-adapter batch (row b uses adapter_names[b],
+  /// "__base__" = no adapter; eval mode, nothing merged, LoRA / modules_to_save).
   at::Tensor forward(const ForwardInput & in);
+  /// The routing of a mixed batch: (A, B) float, A = every adapter in adapter_index() order.
+  at::Tensor mixed_rows(const std::vector<std::string> & names, int64_t batch) const;
+  /// Adapter name -> row of mixed_rows().
+  std::map<std::string, int64_t> adapter_index() const;
   void train(bool on = true) { model_->train(on); }
   bool is_training() const { return model_->is_training(); }
   std::vector<at::Tensor> trainable_parameters() const;

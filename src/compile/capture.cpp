@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "peft/error.h"
+#include "peft/tuners/routing.h"
 
 namespace peft::compile_detail {
 
@@ -16,6 +17,7 @@ InputLayout InputLayout::of(const ForwardInput & in) {
   l.position_ids = in.position_ids.defined();
   l.cache = in.cache != nullptr;
   l.cache_layers = in.cache ? in.cache->k.size() : 0;
+  l.routing = in.adapter_rows.defined();
   return l;
 }
 
@@ -31,10 +33,12 @@ std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
       s.emplace_back(in.cache->v[i]);
     }
   }
+  if (routing) s.emplace_back(in.adapter_rows);
   return s;
 }
 
-Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout) {
+Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout,
+                const std::map<std::string, int64_t> * routing_index) {
   Program p;
   std::vector<c10::IValue> inputs = layout.pack(in);
   p.n_runtime = inputs.size();
@@ -69,6 +73,12 @@ Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & l
         cache.v.push_back(stack[i++].toTensor());
       }
       f.cache = &cache;
+    }
+    if (layout.routing) {
+      // the routing tensor is a graph input: layers read it through the scope, the tracer sees the input
+      f.adapter_rows = stack[i++].toTensor();
+      RoutingScope scope(f.adapter_rows, *routing_index);
+      return {model.forward_unchecked(f)};
     }
     return {model.forward_unchecked(f)};
   };

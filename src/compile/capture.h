@@ -8,7 +8,7 @@ namespace peft::compile_detail {
 
 /// Which optional runtime inputs a call has; part of the cache key.
 struct InputLayout {
-  bool mask = false, position_ids = false, cache = false;
+  bool mask = false, position_ids = false, cache = false, routing = false;
   size_t cache_layers = 0;
   static InputLayout of(const ForwardInput & in);
   /// The runtime inputs in graph order: ids, [mask], [position_ids], [cache_position, k0, v0, k1, ...].
@@ -17,6 +17,8 @@ struct InputLayout {
 
 /// Trace model.forward_unchecked(in). The default RNG state is restored afterwards, so capturing does
 /// not shift random streams (dropout) relative to eager runs.
-Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout);
+/// `routing_index`: adapter name -> row of in.adapter_rows, for mixed-adapter batches (else null).
+Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout,
+                const std::map<std::string, int64_t> * routing_index = nullptr);
 
 }  // namespace peft::compile_detail

@@ -79,6 +79,7 @@ struct CompiledModel::Impl {
     if (in.position_ids.defined()) s += " pos" + shape_of(in.position_ids);
     if (in.cache) s += " cache_pos" + shape_of(in.cache_position) + " kv" + shape_of(in.cache->k[0]) + "x" +
                        std::to_string(in.cache->k.size());
+    if (in.adapter_rows.defined()) s += " mixed" + shape_of(in.adapter_rows);
     k.shapes = s;
     return k;
   }
@@ -97,7 +98,9 @@ struct CompiledModel::Impl {
   std::shared_ptr<Program> compile_for(const ForwardInput & in, const Key & k) {
     auto t0 = std::chrono::steady_clock::now();
     InputLayout layout = InputLayout::of(in);
-    auto p = std::make_shared<Program>(compile_detail::capture(model(), in, layout));
+    std::map<std::string, int64_t> index;
+    if (peft) index = peft->adapter_index();
+    auto p = std::make_shared<Program>(compile_detail::capture(model(), in, layout, &index));
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
     p->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -105,10 +108,15 @@ struct CompiledModel::Impl {
     return p;
   }
 
-  at::Tensor forward(const ForwardInput & in) {
+  at::Tensor forward(const ForwardInput & in_) {
     if (peft) peft->prepare_forward();
     CausalLM & m = model();
-    m.validate(in);
+    m.validate(in_);
+    ForwardInput in = in_;
+    if (!in.adapter_names.empty()) {
+      PEFT_CHECK(peft != nullptr, "adapter_names given to a compiled model without adapters");
+      in.adapter_rows = peft->mixed_rows(in.adapter_names, in.input_ids.size(0));  // data, not structure
+    }
     Key k = key_for(in);
     const std::string full = k.full();
     std::shared_ptr<Program> prog;

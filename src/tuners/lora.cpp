@@ -6,6 +6,7 @@
 #include "peft/error.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
+#include "peft/tuners/routing.h"
 #include "peft/tuners/targeting.h"
 #include "peft/util/regex.h"
 
@@ -227,6 +228,21 @@ at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
   return y;
 }
 
+at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
+  // every adapter on the whole batch, kept per row by the routing mask: one shape for any assignment
+  at::Tensor y = base_layer->forward(x);
+  const RowRouting & r = current_routing();
+  for (const auto & kv : settings) {
+    at::Tensor m = r.mask(kv.first, y.dim());
+    if (!m.defined()) continue;
+    PEFT_CHECK(!kv.second.use_dora, "mixed-adapter batches are not supported for DoRA adapters ('", kv.first, "')");
+    at::Tensor xa = x.to(lora_A(kv.first).scalar_type());
+    at::Tensor lora = at::linear(at::linear(xa, lora_A(kv.first)), lora_B(kv.first), lora_B_bias(kv.first));
+    y = y + (lora * scaling(kv.first) * m).to(y.scalar_type());
+  }
+  return y;
+}
+
 void LoraLinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
   const LoraSettings & s = settings.at(n);
@@ -304,6 +320,18 @@ at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
   at::Tensor y = base_layer->forward(ids);
   for (const auto & n : active_here()) {  // dropout is never applied on embeddings (PEFT)
     y = ops::lora_embedding_add(y, ids, A_->get(n), B_->get(n), scaling(n), embedding().padding_idx);
+  }
+  return y;
+}
+
+at::Tensor LoraEmbedding::forward_mixed(const at::Tensor & ids) {
+  at::Tensor y = base_layer->forward(ids);
+  const RowRouting & r = current_routing();
+  for (const auto & kv : settings) {
+    at::Tensor m = r.mask(kv.first, y.dim());
+    if (!m.defined()) continue;
+    at::Tensor h = at::embedding(A_->get(kv.first).t(), ids, embedding().padding_idx);
+    y = y + (at::matmul(h, B_->get(kv.first).t()) * scaling(kv.first) * m).to(y.scalar_type());
   }
   return y;
 }

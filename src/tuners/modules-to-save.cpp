@@ -1,6 +1,7 @@
 #include "peft/tuners/modules-to-save.h"
 
 #include "peft/error.h"
+#include "peft/tuners/routing.h"
 
 namespace peft {
 
@@ -26,6 +27,23 @@ void ModulesToSaveWrapper::delete_adapter(const std::string & name) {
     holder_->unregister_module(name);
     copies_.erase(name);
   }
+}
+
+at::Tensor ModulesToSaveWrapper::forward(const at::Tensor & x) {
+  if (current_routing().active() && !disabled()) return forward_mixed(x);
+  return current()->forward(x);
+}
+
+at::Tensor ModulesToSaveWrapper::forward_mixed(const at::Tensor & x) {
+  // rows naming an adapter with a copy use that copy; all others the original module
+  at::Tensor y = base_layer->forward(x);
+  const RowRouting & r = current_routing();
+  for (const auto & kv : copies_) {
+    at::Tensor m = r.mask(kv.first, y.dim());
+    if (!m.defined()) continue;
+    y = y + (kv.second->forward(x) - y) * m;
+  }
+  return y;
 }
 
 LayerPtr ModulesToSaveWrapper::current() const {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "peft/error.h"
+#include "peft/tuners/routing.h"
 
 namespace peft {
 
@@ -99,10 +100,18 @@ std::vector<std::string> TunerLayer::active_here() const {
   return out;
 }
 
+at::Tensor TunerLayer::forward_mixed(const at::Tensor & x) {
+  fail(str("mixed-adapter batches are not supported by ", name(), " (LoRA, LoRA on embeddings and modules_to_save are)"));
+}
+
 at::Tensor TunerLayer::forward(const at::Tensor & x) {
   if (disabled_) {
     if (!merged_.empty()) unmerge_all();  // PEFT: a disabled layer unmerges in its forward
     return base_layer->forward(x);
+  }
+  if (current_routing().active()) {  // mixed-adapter batch: the rows choose, not the active set
+    PEFT_CHECK(merged_.empty(), "mixed-adapter batches are not possible while adapters are merged");
+    return forward_mixed(x);
   }
   if (!merged_.empty() || active_here().empty()) return base_layer->forward(x);
   return forward_active(x);

@@ -119,6 +119,44 @@ TEST_F(CompiledMulti, SwitchingReusesGraphs) {
   EXPECT_NE(c.recompile_reasons().back().find("adapter state changed"), std::string::npos) << c.recompile_reasons().back();
 }
 
+TEST_F(CompiledMulti, MixedBatchEagerAndCompiled) {
+  auto c = compile(*m);
+  at::NoGradGuard g;
+  ForwardInput in;
+  in.input_ids = ids;
+  in.adapter_names = {"alpha", "__base__", "gamma"};  // as in the golden case
+  EXPECT_CLOSE(m->forward(in), want.at("logits_mixed_batch"));
+  EXPECT_CLOSE(c.forward(in), want.at("logits_mixed_batch"));
+  // another assignment of adapters to rows is data, not structure: same graph
+  in.adapter_names = {"beta", "beta", "__base__"};
+  at::Tensor got = c.forward(in);
+  EXPECT_CLOSE(got.narrow(0, 0, 1), want.at("logits_beta").narrow(0, 0, 1));
+  EXPECT_CLOSE(got.narrow(0, 1, 1), want.at("logits_beta").narrow(0, 1, 1));
+  EXPECT_CLOSE(got.narrow(0, 2, 1), want.at("logits_base").narrow(0, 2, 1));
+  EXPECT_EQ(c.stats().compiles, 1u) << c.explain();
+  // bad routing is an error, eager and compiled
+  in.adapter_names = {"alpha", "nope", "gamma"};
+  EXPECT_THROW(m->forward(in), peft::Error);
+  EXPECT_THROW(c.forward(in), peft::Error);
+  in.adapter_names = {"alpha"};
+  EXPECT_THROW(c.forward(in), peft::Error);
+  in.adapter_names = {"alpha", "beta", "gamma"};
+  m->set_adapter("alpha");
+  m->merge_adapter();
+  EXPECT_THROW(m->forward(in), peft::Error);
+}
+
+TEST_F(CompiledMulti, MixedBatchRefusedInTrainingAndForOtherMethods) {
+  ForwardInput in;
+  in.input_ids = ids;
+  in.adapter_names = {"alpha", "__base__", "gamma"};
+  m->train();
+  EXPECT_THROW(m->forward(in), peft::Error);
+  auto ia3 = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), golden_case("ia3") + "/adapter");
+  in.adapter_names = {"default", "__base__", "default"};
+  EXPECT_THROW(ia3->forward(in), peft::Error);
+}
+
 TEST_F(CompiledMulti, DeleteAndReloadIsANewGraphNeverAStaleOne) {
   auto c = compile(*m);
   at::NoGradGuard g;

@@ -53,6 +53,10 @@ TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active beta"), want.at("logits_beta"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --disable-adapters"), want.at("logits_base"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active gamma --compile"), want.at("logits_gamma"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --adapter-names alpha,__base__,gamma"),
+               want.at("logits_mixed_batch"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --adapter-names alpha,__base__,gamma --compile"),
+               want.at("logits_mixed_batch"));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // peft forward: the parity interface. Runs the model on IDS.json and writes logits (B, S, V) float32.
 #include <iostream>
+#include <sstream>
 
 #include "commands.h"
 #include "adapter-options.h"
@@ -16,7 +17,7 @@ Runner add_forward(CLI::App & app) {
     bool compile = false;
     CommonOptions common;
     AdapterOptions adapters;
-    std::string reserved;
+    std::string reserved, adapter_names;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("forward", "run the model on token ids and write the logits");
@@ -27,11 +28,12 @@ Runner add_forward(CLI::App & app) {
   cmd->add_flag("--compile", o->compile, "run the compiled model");
   add_common_options(*cmd, o->common);
   add_adapter_options(*cmd, o->adapters);
-  cmd->add_option("--adapter-names", o->reserved, "(reserved: mixed-adapter batches)");
+  cmd->add_option("--adapter-names", o->adapter_names,
+                  "mixed-adapter batch: one adapter per row, comma-separated (__base__ = no adapter)");
   cmd->add_option("--weighted", o->reserved, "(reserved: weighted adapter combinations)");
   return [o]() {
     apply_common_options(o->common);
-    PEFT_CHECK(o->reserved.empty(), "--adapter-names and --weighted are not implemented yet");
+    PEFT_CHECK(o->reserved.empty(), "--weighted is not implemented yet");
     auto model = load_model(o->model, parse_dtype(o->dtype));
     at::Tensor ids = read_ids_json(o->ids);
     Prepared run = apply_adapter_options(model, o->adapters);
@@ -40,6 +42,11 @@ Runner add_forward(CLI::App & app) {
     at::NoGradGuard no_grad;
     ForwardInput in;
     in.input_ids = ids;
+    if (!o->adapter_names.empty()) {
+      PEFT_CHECK(run.peft, "--adapter-names needs adapters (and not --merge-and-unload)");
+      std::stringstream ss(o->adapter_names);
+      for (std::string n; std::getline(ss, n, ',');) in.adapter_names.push_back(n);
+    }
     at::Tensor logits = fwd(in);
     safetensors_save(o->out, {{"logits", logits.to(at::kFloat)}});
     return 0;

@@ -30,6 +30,9 @@ struct ForwardInput {
   at::Tensor position_ids;    // (B, S) int64; undefined = derived from attention_mask and cache_position
   at::Tensor cache_position;  // (S) int64 slots written in the cache; undefined = 0..S-1
   KVCache * cache = nullptr;
+  // Mixed-adapter batches (read by PeftModel and its adapter layers; architectures never look):
+  std::vector<std::string> adapter_names;  // one adapter per row, "__base__" = none; empty = off
+  at::Tensor adapter_rows;                 // (A, B) float routing built from adapter_names
 };
 
 /// A forward as a value: the eager model, a PeftModel or a compiled graph; generation and training

@@ -60,6 +60,7 @@ class LoraLinear : public LoraLayer {
   at::Tensor magnitude(const std::string & n) const;  // DoRA, (O)
 
  protected:
+  at::Tensor forward_mixed(const at::Tensor & x) override;
   at::Tensor forward_active(const at::Tensor & x) override;
 
  private:
@@ -82,6 +83,7 @@ class LoraEmbedding : public LoraLayer {
 
  protected:
   at::Tensor forward_active(const at::Tensor & ids) override;
+  at::Tensor forward_mixed(const at::Tensor & ids) override;
 
  private:
   AdapterDict *A_, *B_;  // lora_embedding_A, lora_embedding_B

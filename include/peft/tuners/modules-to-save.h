@@ -19,13 +19,14 @@ class ModulesToSaveWrapper : public TunerLayer {
   std::string adapter_signature(const std::string &) const override { return "copy"; }
 
   /// The copy replaces the module: "merging" changes nothing, so forward always uses current().
-  at::Tensor forward(const at::Tensor & x) override { return current()->forward(x); }
+  at::Tensor forward(const at::Tensor & x) override;
   /// The module forward would use now (the active copy or the original).
   LayerPtr current() const;
   LayerPtr copy(const std::string & adapter) const { return copies_.at(adapter); }
 
  protected:
   at::Tensor forward_active(const at::Tensor & x) override { return current()->forward(x); }
+  at::Tensor forward_mixed(const at::Tensor & x) override;
 
  private:
   std::shared_ptr<torch::nn::Module> holder_;  // "modules_to_save"

@@ -90,6 +90,9 @@ class TunerLayer : public Layer {
  protected:
   /// base(x) plus the contributions of the active adapters this layer holds (never merged here).
   virtual at::Tensor forward_active(const at::Tensor & x) = 0;
+  /// Mixed-adapter batch (current_routing() is active): base(x) plus, on each row, that row's adapter.
+  /// Methods that support it override; the default refuses.
+  virtual at::Tensor forward_mixed(const at::Tensor & x);
   /// Active adapters that this layer holds, in order.
   std::vector<std::string> active_here() const;
   AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
