@@ -53,6 +53,16 @@ TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active beta"), want.at("logits_beta"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --disable-adapters"), want.at("logits_base"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --active gamma --compile"), want.at("logits_gamma"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --weighted w=ties:alpha*0.7,beta*0.3:density=0.5"),
+               want.at("logits_w_ties"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --weighted w=svd:alpha*0.7,beta*0.3,gamma*0.5 --compile"),
+               want.at("logits_w_svd"));
+  std::string log;
+  EXPECT_NE(run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("multi_adapter") +
+                        "/input_ids.json --out /tmp/y.safetensors " + all + " --weighted w=svd:alpha",
+                    &log),
+            0);
+  EXPECT_NE(log.find("--weighted"), std::string::npos) << log;
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --adapter-names alpha,__base__,gamma"),
                want.at("logits_mixed_batch"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --adapter-names alpha,__base__,gamma --compile"),

@@ -1,6 +1,7 @@
 // Several named adapters in one model (golden case multi_adapter): switching, disabling, deleting,
 // activating several at once, and the state sequences the compile layer must also get right.
 #include "peft/error.h"
+#include "peft/io/files.h"
 #include "peft/peft-model.h"
 #include "support.h"
 
@@ -111,6 +112,38 @@ TEST_F(Multi, SaveWritesSubfoldersPerAdapter) {
   back->set_adapter("gamma");
   at::NoGradGuard g;
   EXPECT_CLOSE(back->forward({ids}), want.at("logits_gamma"));
+}
+
+}  // namespace
+
+#include "peft/compile/compile.h"
+#include "peft/tuners/lora-weighted.h"
+
+namespace {
+
+// add_weighted_adapter with the arguments of the golden case, eager and compiled
+TEST_F(Multi, WeightedCombinationsMatchPeft) {
+  auto spec = nlohmann::json::parse(read_file(golden_case("multi_adapter") + "/case.json"))["weighted"];
+  auto c = compile(*m);
+  for (auto it = spec.begin(); it != spec.end(); ++it) {
+    const auto & w = it.value();
+    WeightedAdapterOptions o;
+    o.combination_type = w["combination_type"].get<std::string>();
+    if (w.contains("density")) o.density = w["density"].get<double>();
+    add_weighted_adapter(*m, w["adapters"].get<std::vector<std::string>>(), w["weights"].get<std::vector<double>>(),
+                         it.key(), o);
+    m->set_adapter(it.key());
+    at::NoGradGuard g;
+    EXPECT_CLOSE(m->forward({ids}), want.at("logits_" + it.key())) << it.key();
+    EXPECT_CLOSE(c.forward({ids}), want.at("logits_" + it.key())) << it.key() << " compiled";
+  }
+  // the new adapters are frozen, and an existing name is a no-op
+  for (const auto & p : m->trainable_parameters()) ADD_FAILURE() << "trainable after add_weighted_adapter";
+  add_weighted_adapter(*m, {"alpha"}, {5.0}, "w_cat");
+  at::NoGradGuard g;
+  m->set_adapter("w_cat");
+  EXPECT_CLOSE(m->forward({ids}), want.at("logits_w_cat"));
+  EXPECT_THROW(add_weighted_adapter(*m, {"alpha", "gamma"}, {1.0, 1.0}, "bad", {"linear"}), peft::Error);  // ranks differ
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "adapter-options.h"
 
 #include "peft/error.h"
+#include "peft/tuners/lora-weighted.h"
 
 namespace peft::cli {
 
@@ -11,6 +12,47 @@ void add_adapter_options(CLI::App & cmd, AdapterOptions & o) {
   cmd.add_flag("--merge", o.merge, "merge the active adapters into the base weights");
   cmd.add_flag("--unmerge", o.unmerge, "after --merge: unmerge again, then run");
   cmd.add_flag("--merge-and-unload", o.merge_and_unload, "merge, then run the plain model");
+  cmd.add_option("--weighted", o.weighted,
+                 "NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]: add a weighted combination (svd, cat, linear, ties, "
+                 "magnitude_prune) and activate it (repeatable)");
+}
+
+static std::vector<std::string> split(const std::string & s);
+
+// NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]
+static void apply_weighted(PeftModel & pm, const std::string & spec) {
+  auto bad = [&](const std::string & why) { fail(str("--weighted '", spec, "': ", why)); };
+  size_t eq = spec.find('='), c1 = spec.find(':');
+  if (eq == std::string::npos || c1 == std::string::npos || c1 < eq) bad("expected NAME=TYPE:ADAPTER*WEIGHT,...");
+  WeightedAdapterOptions o;
+  const std::string name = spec.substr(0, eq);
+  o.combination_type = spec.substr(eq + 1, c1 - eq - 1);
+  std::string rest = spec.substr(c1 + 1);
+  size_t c2 = rest.find(':');
+  if (c2 != std::string::npos) {
+    std::string opt = rest.substr(c2 + 1);
+    rest = rest.substr(0, c2);
+    if (opt.rfind("density=", 0) != 0) bad("the option after the adapters must be density=D");
+    try {
+      o.density = std::stod(opt.substr(8));
+    } catch (const std::exception &) {
+      bad("density is not a number");
+    }
+  }
+  std::vector<std::string> adapters;
+  std::vector<double> weights;
+  for (const auto & item : split(rest)) {
+    size_t star = item.find('*');
+    if (star == std::string::npos) bad("each adapter needs a weight: ADAPTER*WEIGHT");
+    adapters.push_back(item.substr(0, star));
+    try {
+      weights.push_back(std::stod(item.substr(star + 1)));
+    } catch (const std::exception &) {
+      bad("weight of '" + adapters.back() + "' is not a number");
+    }
+  }
+  add_weighted_adapter(pm, adapters, weights, name, o);
+  pm.set_adapter(name);
 }
 
 static std::vector<std::string> split(const std::string & s) {
@@ -48,6 +90,7 @@ Prepared apply_adapter_options(std::shared_ptr<CausalLM> model, const AdapterOpt
     if (first.empty()) first = name;
   }
   pm->set_adapter(o.active.empty() ? std::vector<std::string>{first} : split(o.active));
+  for (const auto & w : o.weighted) apply_weighted(*pm, w);
   if (o.disable) pm->set_adapters_disabled(true);
   if (o.merge_and_unload) {
     p.plain = pm->merge_and_unload();

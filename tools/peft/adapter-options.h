@@ -1,6 +1,7 @@
 // The adapter flags shared by forward, generate and train:
 //   --adapter PATH[=NAME] (repeatable; the first loaded is active), --active NAME[,NAME...],
-//   --disable-adapters, --merge, --unmerge, --merge-and-unload.
+//   --disable-adapters, --merge, --unmerge, --merge-and-unload,
+//   --weighted NAME=TYPE:ADAPTER*WEIGHT,...[:density=D] (add_weighted_adapter; the last one is activated).
 #pragma once
 #include <CLI/CLI.hpp>
 
@@ -15,6 +16,7 @@ namespace peft::cli {
 
 struct AdapterOptions {
   std::vector<std::string> adapters;
+  std::vector<std::string> weighted;  // NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]
   std::string active;
   bool disable = false, merge = false, unmerge = false, merge_and_unload = false;
 };

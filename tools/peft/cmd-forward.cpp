@@ -17,7 +17,7 @@ Runner add_forward(CLI::App & app) {
     bool compile = false;
     CommonOptions common;
     AdapterOptions adapters;
-    std::string reserved, adapter_names;
+    std::string adapter_names;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("forward", "run the model on token ids and write the logits");
@@ -30,10 +30,8 @@ Runner add_forward(CLI::App & app) {
   add_adapter_options(*cmd, o->adapters);
   cmd->add_option("--adapter-names", o->adapter_names,
                   "mixed-adapter batch: one adapter per row, comma-separated (__base__ = no adapter)");
-  cmd->add_option("--weighted", o->reserved, "(reserved: weighted adapter combinations)");
   return [o]() {
     apply_common_options(o->common);
-    PEFT_CHECK(o->reserved.empty(), "--weighted is not implemented yet");
     auto model = load_model(o->model, parse_dtype(o->dtype));
     at::Tensor ids = read_ids_json(o->ids);
     Prepared run = apply_adapter_options(model, o->adapters);

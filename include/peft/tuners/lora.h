@@ -80,6 +80,8 @@ class LoraEmbedding : public LoraLayer {
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;
   Embedding & embedding() const;
+  at::Tensor lora_embedding_A(const std::string & n) const { return A_->get(n); }  // (R, V)
+  at::Tensor lora_embedding_B(const std::string & n) const { return B_->get(n); }  // (D, R)
 
  protected:
   at::Tensor forward_active(const at::Tensor & ids) override;

@@ -1,0 +1,182 @@
+// add_weighted_adapter for LoRA, with PEFT's merge operators (task arithmetic, magnitude pruning, TIES).
+#include "peft/tuners/lora-weighted.h"
+
+#include <cmath>
+
+#include "peft/error.h"
+#include "peft/peft-model.h"
+#include "peft/tuners/lora.h"
+
+namespace peft {
+
+namespace {
+
+// ---- PEFT's merge operators over stacked task tensors ----
+
+at::Tensor weighted_sum(const at::Tensor & stacked, const at::Tensor & w) {
+  std::vector<int64_t> shape(stacked.dim(), 1);
+  shape[0] = w.size(0);
+  return (stacked * w.view(shape)).sum(0);
+}
+
+at::Tensor magnitude_prune_one(const at::Tensor & t, double density) {
+  if (density >= 1) return t;
+  const int64_t k = static_cast<int64_t>(density * t.numel());
+  at::Tensor mask = at::zeros({t.numel()}, t.options());
+  if (k > 0) mask.index_fill_(0, std::get<1>(t.abs().reshape({-1}).topk(k)), 1.0);
+  return t * mask.view(t.sizes());
+}
+
+at::Tensor merge(const std::vector<at::Tensor> & ts, const at::Tensor & w, const WeightedAdapterOptions & o) {
+  const std::string & type = o.combination_type;
+  if (type == "linear" || type == "svd") return weighted_sum(at::stack(ts), w);
+  std::vector<at::Tensor> pruned;
+  for (const auto & t : ts) pruned.push_back(magnitude_prune_one(t, o.density));
+  at::Tensor stacked = at::stack(pruned);
+  if (type == "magnitude_prune") return weighted_sum(stacked, w);
+  // ties: majority sign per entry on the pruned, unweighted tensors, then the mean of the agreeing ones
+  at::Tensor sign = stacked.sign();
+  at::Tensor mag = o.majority_sign_method == "frequency" ? sign.sum(0) : stacked.sum(0);
+  at::Tensor majority = at::where(mag >= 0, at::ones_like(mag), -at::ones_like(mag));
+  at::Tensor agree = (sign == majority).to(stacked.scalar_type());
+  std::vector<int64_t> shape(stacked.dim(), 1);
+  shape[0] = w.size(0);
+  at::Tensor mixed = (stacked * w.view(shape) * agree).sum(0);
+  return mixed / agree.sum(0).clamp_min(1.0);
+}
+
+struct Pair {
+  at::Tensor A, B;  // (R, in) and (out, R) for Linear; (R, V) and (D, R) for Embedding
+  at::Tensor scale;
+};
+
+Pair sources_of(TunerLayer & layer, const std::string & a) {
+  if (auto l = dynamic_cast<LoraLinear *>(&layer)) return {l->lora_A(a), l->lora_B(a), l->scaling(a)};
+  auto e = dynamic_cast<LoraEmbedding *>(&layer);
+  return {e->lora_embedding_A(a), e->lora_embedding_B(a), e->scaling(a)};
+}
+
+}  // namespace
+
+void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & adapters,
+                          const std::vector<double> & weights, const std::string & name,
+                          const WeightedAdapterOptions & opts_in) {
+  for (const auto & n : model.adapter_names()) {
+    if (n == name) return;  // PEFT: silently a no-op when the name exists
+  }
+  PEFT_CHECK(!adapters.empty() && adapters.size() == weights.size(), "add_weighted_adapter: ", adapters.size(),
+             " adapters and ", weights.size(), " weights");
+  WeightedAdapterOptions o = opts_in;
+  if (adapters.size() == 1) o.combination_type = "linear";  // as PEFT
+  const std::string & type = o.combination_type;
+  PEFT_CHECK(type == "svd" || type == "cat" || type == "linear" || type == "ties" || type == "magnitude_prune",
+             "combination_type '", type, "' is not supported (svd, cat, linear, ties, magnitude_prune)");
+  if (type == "ties" || type == "magnitude_prune") {
+    PEFT_CHECK(o.density >= 0, "combination_type '", type, "' needs a density >= 0");
+  }
+  std::vector<int64_t> ranks;
+  for (const auto & a : adapters) {
+    const AdapterConfig & c = model.adapter_config(a);
+    PEFT_CHECK(c.peft_type == "LORA", "add_weighted_adapter combines LoRA adapters; '", a, "' is ", c.peft_type);
+    int64_t r = c.fields["r"].get<int64_t>();
+    for (auto it = c.fields["rank_pattern"].begin(); it != c.fields["rank_pattern"].end(); ++it) {
+      r = std::max<int64_t>(r, it.value().get<int64_t>());
+    }
+    ranks.push_back(r);
+  }
+  int64_t new_rank = ranks[0];
+  if (type == "cat") {
+    new_rank = 0;
+    for (auto r : ranks) new_rank += r;
+  } else if (type == "svd") {
+    new_rank = o.svd_rank > 0 ? o.svd_rank : *std::max_element(ranks.begin(), ranks.end());
+  } else {
+    for (auto r : ranks) PEFT_CHECK(r == ranks[0], "combination_type '", type, "' needs adapters of equal rank");
+  }
+  // the new config: the first source's, with r = lora_alpha = new rank and the targets of all sources
+  nlohmann::json j = model.adapter_config(adapters[0]).fields;
+  j["r"] = new_rank;
+  j["lora_alpha"] = new_rank;
+  j["rank_pattern"] = nlohmann::json::object();
+  j["alpha_pattern"] = nlohmann::json::object();
+  bool all_lists = true;
+  std::vector<std::string> targets;
+  std::string regex;
+  for (const auto & a : adapters) {
+    const auto & t = model.adapter_config(a).fields["target_modules"];
+    if (t.is_array()) {
+      for (const auto & x : t) {
+        if (std::find(targets.begin(), targets.end(), x.get<std::string>()) == targets.end()) targets.push_back(x);
+      }
+    } else {
+      all_lists = false;
+      regex += (regex.empty() ? "(" : "|(") + t.get<std::string>() + ")";
+    }
+  }
+  PEFT_CHECK(all_lists || targets.empty(), "add_weighted_adapter: target_modules must be all lists or all strings");
+  j["target_modules"] = all_lists ? nlohmann::json(targets) : nlohmann::json(regex);
+  model.add_adapter(name, AdapterConfig::from_json(j, "add_weighted_adapter"));
+
+  at::NoGradGuard g;
+  for (const auto & entry : model.tuner_layers()) {
+    TunerLayer & layer = *entry.second;
+    if (!layer.has_adapter(name) || (!dynamic_cast<LoraLinear *>(&layer) && !dynamic_cast<LoraEmbedding *>(&layer))) continue;
+    Pair target = sources_of(layer, name);
+    target.A.zero_();
+    target.B.zero_();
+    const bool embedding = dynamic_cast<LoraEmbedding *>(&layer) != nullptr;
+    std::vector<Pair> src;
+    std::vector<double> w;
+    for (size_t i = 0; i < adapters.size(); ++i) {
+      if (!layer.has_adapter(adapters[i])) continue;
+      src.push_back(sources_of(layer, adapters[i]));
+      w.push_back(weights[i]);
+    }
+    if (src.empty()) continue;
+    if (type == "cat") {
+      int64_t row = 0;
+      for (size_t i = 0; i < src.size(); ++i) {
+        const int64_t r = src[i].A.size(0);
+        target.A.narrow(0, row, r).copy_(src[i].A * (w[i] * src[i].scale.item<double>()));
+        target.B.narrow(1, row, r).copy_(src[i].B);
+        row += r;
+      }
+    } else if (type == "svd") {
+      std::vector<at::Tensor> deltas;
+      std::vector<double> c;
+      for (size_t i = 0; i < src.size(); ++i) {
+        const double s = src[i].scale.item<double>();
+        deltas.push_back(at::matmul(src[i].B, src[i].A) * s);  // (out, in) or (D, V): already transposed for embeddings
+        c.push_back(w[i] * s);                                  // PEFT scales once more here
+      }
+      at::Tensor delta = merge(deltas, at::tensor(c, at::kDouble).to(deltas[0].scalar_type()), o);
+      auto usv = at::linalg_svd(delta, /*full_matrices=*/true);
+      const int64_t r = std::min<int64_t>(new_rank, std::get<1>(usv).size(0));
+      at::Tensor U = std::get<0>(usv).narrow(1, 0, r) * std::get<1>(usv).narrow(0, 0, r).unsqueeze(0);
+      at::Tensor Vh = std::get<2>(usv).narrow(0, 0, r);
+      if (o.svd_clamp >= 0) {
+        at::Tensor q = at::quantile(at::cat({U.flatten(), Vh.flatten()}), o.svd_clamp);
+        U = U.clamp(-q, q);
+        Vh = Vh.clamp(-q, q);
+      }
+      target.A.narrow(0, 0, r).copy_(Vh);
+      target.B.narrow(1, 0, r).copy_(U);
+    } else {
+      std::vector<at::Tensor> As, Bs;
+      std::vector<double> wa, wb;
+      for (size_t i = 0; i < src.size(); ++i) {
+        const double cval = w[i] * src[i].scale.item<double>();
+        wa.push_back((cval < 0 ? -1.0 : 1.0) * std::sqrt(std::abs(cval)));
+        wb.push_back(std::sqrt(std::abs(cval)));
+        As.push_back(src[i].A);
+        Bs.push_back(src[i].B);
+      }
+      target.A.copy_(merge(As, at::tensor(wa, at::kDouble).to(As[0].scalar_type()), o));
+      target.B.copy_(merge(Bs, at::tensor(wb, at::kDouble).to(Bs[0].scalar_type()), o));
+    }
+    (void)embedding;
+  }
+  model.touch();  // new tensor values under a new adapter: the state key already changed on add_adapter
+}
+
+}  // namespace peft
