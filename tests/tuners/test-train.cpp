@@ -147,3 +147,29 @@ TEST(TrainCli, BadHyperparametersExitNonZero) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(TrainCli, AnyMethodFromAnAdapterConfig) {
+  const std::string c = golden_case("train_lora_adamw");
+  for (const char * method : {"ia3", "loha", "lokr", "oft", "vera"}) {
+    const std::string dir = temp_dir("train-any");
+    std::string out;
+    ASSERT_EQ(run_cli(std::string("train --compile --model ") + golden_model("tiny-llama") + " --adapter-config " +
+                          golden_case(method) + "/adapter/adapter_config.json --data " + c +
+                          "/input_ids.json --batch-size 3 --steps 6 --optimizer adamw --lr 5e-2 --no-shuffle --log-file " +
+                          dir + "/log.jsonl --out " + dir + "/a",
+                      &out),
+              0)
+        << method << ": " << out;
+    std::ifstream log(dir + "/log.jsonl");
+    std::vector<double> losses;
+    for (std::string line; std::getline(log, line);) losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    ASSERT_EQ(losses.size(), 6u) << method;
+    EXPECT_LT(losses.back(), losses.front()) << method;
+    auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir + "/a");  // it reloads
+    EXPECT_EQ(m->adapter_config("default").peft_type, nlohmann::json::parse(read_file(dir + "/a/adapter_config.json"))["peft_type"]);
+  }
+}
+
+}  // namespace

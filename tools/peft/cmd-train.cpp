@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "common.h"
 #include "peft/error.h"
+#include "peft/io/files.h"
 #include "peft/peft-model.h"
 #include "peft/train/trainer.h"
 
@@ -12,7 +13,7 @@ namespace peft::cli {
 
 Runner add_train(CLI::App & app) {
   struct Opts {
-    std::string model, adapter_init, method, target_modules, data, optimizer = "adamw", log_file, out, betas;
+    std::string model, adapter_init, adapter_config, method, target_modules, data, optimizer = "adamw", log_file, out, betas;
     int64_t r = 8;
     double lora_alpha = 8, lora_dropout = 0;
     bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false;
@@ -24,7 +25,9 @@ Runner add_train(CLI::App & app) {
   auto * cmd = app.add_subcommand("train", "fine-tune an adapter on pre-tokenized data");
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--adapter-init", o->adapter_init, "start from this PEFT adapter folder");
-  cmd->add_option("--method", o->method, "adapter method for a new adapter (lora)");
+  cmd->add_option("--adapter-config", o->adapter_config,
+                  "a new adapter from this adapter_config.json (any method: LORA, IA3, LOHA, LOKR, OFT, BOFT, VERA, ...)");
+  cmd->add_option("--method", o->method, "adapter method for a new adapter from flags (lora)");
   cmd->add_option("--r", o->r, "rank");
   cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scale = alpha / r)");
   cmd->add_option("--lora-dropout", o->lora_dropout, "dropout on the adapter input");
@@ -51,7 +54,8 @@ Runner add_train(CLI::App & app) {
   return [o]() {
     apply_common_options(o->common);
     PEFT_CHECK(o->optimizer == "adamw", "--optimizer: only adamw is supported, got '", o->optimizer, "'");
-    PEFT_CHECK(o->adapter_init.empty() != o->method.empty(), "give exactly one of --adapter-init and --method");
+    PEFT_CHECK((!o->adapter_init.empty()) + (!o->method.empty()) + (!o->adapter_config.empty()) == 1,
+               "give exactly one of --adapter-init, --adapter-config and --method");
     if (!o->betas.empty()) {
       auto c = o->betas.find(',');
       PEFT_CHECK(c != std::string::npos, "--betas must be two numbers like 0.9,0.999");
@@ -68,6 +72,11 @@ Runner add_train(CLI::App & app) {
     std::shared_ptr<PeftModel> m;
     if (!o->adapter_init.empty()) {
       m = PeftModel::from_pretrained(base, o->adapter_init, "default", /*is_trainable=*/true);
+    } else if (!o->adapter_config.empty()) {
+      AdapterConfig cfg = AdapterConfig::from_json(read_json_file(o->adapter_config), o->adapter_config);
+      cfg.inference_mode = false;
+      cfg.fields["inference_mode"] = false;
+      m = std::make_shared<PeftModel>(base, cfg);
     } else {
       PEFT_CHECK(o->method == "lora", "--method: only lora is supported here, got '", o->method, "'");
       nlohmann::json j = {{"peft_type", "LORA"},        {"r", o->r},
