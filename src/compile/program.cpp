@@ -5,6 +5,7 @@
 namespace peft::compile_detail {
 
 int64_t Program::value_index(const torch::jit::Value * v) const {
+  // valid while passes run, i.e. before finalize() prunes inputs
   auto inputs = graph->inputs();
   for (size_t i = n_runtime; i < inputs.size(); ++i) {
     if (inputs[i] == v) return static_cast<int64_t>(i - n_runtime);
@@ -26,20 +27,24 @@ at::Tensor Program::value(size_t index) {
 
 void Program::refresh(size_t d) {
   const Derived & dv = derived[d];
-  std::vector<int64_t> now;
-  for (size_t f : dv.from) {
+  std::vector<int64_t> & seen = derived_seen_[d];
+  bool same = derived_values_[d].defined() && seen.size() == dv.from.size();
+  for (size_t i = 0; i < dv.from.size(); ++i) {  // no allocation on the per-call path
+    const size_t f = dv.from[i];
     if (f >= sources.size()) refresh(f - sources.size());
-    now.push_back(version_of(f));
+    same = same && seen[i] == version_of(f);
   }
-  if (derived_values_[d].defined() && now == derived_seen_[d]) return;
+  if (same) return;
+  std::vector<int64_t> now;
+  for (size_t f : dv.from) now.push_back(version_of(f));
   std::vector<at::Tensor> in;
   for (size_t f : dv.from) in.push_back(f < sources.size() ? sources[f] : derived_values_[f - sources.size()]);
   {
     at::NoGradGuard g;
     derived_values_[d] = dv.compute(in);
   }
-  if (derived_seen_[d].size()) ++refolds;  // not the first computation
-  derived_seen_[d] = now;
+  if (!seen.empty()) ++refolds;  // not the first computation
+  seen = std::move(now);
   ++derived_gen_[d];
 }
 
@@ -58,15 +63,27 @@ torch::jit::Value * Program::add_derived(const std::vector<size_t> & from,
 void Program::finalize() {
   for (size_t d = 0; d < derived.size(); ++d) refresh(d);
   refolds = 0;
+  // weights whose every use was folded away stay sources (derived inputs are computed from them) but
+  // are no longer graph inputs
+  fed_.clear();
+  std::vector<size_t> unused;
+  for (size_t i = n_runtime; i < graph->inputs().size(); ++i) {
+    if (graph->inputs()[i]->uses().empty()) unused.push_back(i);
+    else fed_.push_back(i - n_runtime);
+  }
+  for (auto it = unused.rbegin(); it != unused.rend(); ++it) graph->eraseInput(*it);
   code_ = std::make_unique<torch::jit::Code>(graph, "peft_compiled");
 }
 
 at::Tensor Program::run(std::vector<c10::IValue> stack) {
   PEFT_CHECK(stack.size() == n_runtime, "compiled graph expects ", n_runtime, " runtime inputs, got ", stack.size());
-  for (const auto & s : sources) stack.emplace_back(s);
-  for (size_t d = 0; d < derived.size(); ++d) {
-    refresh(d);
-    stack.emplace_back(derived_values_[d]);
+  for (size_t v : fed_) {
+    if (v < sources.size()) {
+      stack.emplace_back(sources[v]);
+    } else {
+      refresh(v - sources.size());
+      stack.emplace_back(derived_values_[v - sources.size()]);
+    }
   }
   torch::jit::InterpreterState(*code_).run(stack);
   ++calls;

@@ -38,7 +38,8 @@ struct Program {
                                   const std::string & what, const at::Tensor & example);
   /// The current tensor of a value index (sources, or derived computed so far).
   at::Tensor value(size_t index);
-  /// Build the interpreter code once the passes are done.
+  /// Drop graph inputs nothing reads any more (weights replaced by folded copies), then build the
+  /// interpreter code. Passes must not run after this.
   void finalize();
   /// Refresh derived inputs whose sources changed, run the graph, return its output.
   at::Tensor run(std::vector<c10::IValue> runtime);
@@ -48,6 +49,7 @@ struct Program {
   std::vector<at::Tensor> derived_values_;
   std::vector<std::vector<int64_t>> derived_seen_;  // source versions when last computed
   std::vector<int64_t> derived_gen_;                 // bumped on each recompute
+  std::vector<size_t> fed_;                          // value indices passed to the graph, in input order
   int64_t version_of(size_t index) const;
   void refresh(size_t d);
 };
