@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 
@@ -49,6 +50,15 @@ std::map<std::string, at::Tensor> golden_expected(const std::string & case_name)
   return ::testing::AssertionFailure() << "max |got-want| = " << (g - w).abs().max().item<double>() << " at flat index "
                                        << idx << " (got " << g.flatten()[idx].item<double>() << ", want "
                                        << w.flatten()[idx].item<double>() << ")";
+}
+
+std::string error_of(const std::function<void()> & f) {
+  try {
+    f();
+  } catch (const peft::Error & e) {
+    return e.what();
+  }
+  return "";
 }
 
 int run_cli(const std::string & args, std::string * out) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -19,6 +20,9 @@ std::map<std::string, at::Tensor> golden_expected(const std::string & case_name)
 ::testing::AssertionResult all_close(const at::Tensor & got, const at::Tensor & want, double atol = 1e-4,
                                      double rtol = 1e-3);
 #define EXPECT_CLOSE(got, want) EXPECT_TRUE(::peft::test::all_close((got), (want)))
+
+/// The message of the peft::Error `f` throws, or "" if it throws none.
+std::string error_of(const std::function<void()> & f);
 
 /// Run the peft CLI with arguments; returns the exit code, output in *out if given.
 int run_cli(const std::string & args, std::string * out = nullptr);

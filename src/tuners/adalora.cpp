@@ -28,14 +28,9 @@ void AdaLoraLinear::add_adapter(const std::string & name, int64_t r, int64_t ini
     B_->add_param(name, at::randn({out, r}));
   }
   dropout_[name] = dropout;
+  track_adapter(name);
   const double s = alpha > 0 ? alpha : static_cast<double>(r);
   set_scaling(name, s / (static_cast<double>(init_r) + 1e-5));  // ranknum stays init_r, even after pruning
-}
-
-std::vector<std::string> AdaLoraLinear::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : dropout_) v.push_back(kv.first);
-  return v;
 }
 
 void AdaLoraLinear::delete_adapter(const std::string & name) {

@@ -93,6 +93,12 @@ AdapterConfig AdapterConfig::load(const std::string & dir) {
   return from_json(read_json_file(path), path);
 }
 
+std::string AdapterConfig::init_setting(const char * key) const {
+  const auto & v = fields.at(key);
+  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
 nlohmann::json AdapterConfig::to_json() const {
   nlohmann::json j = fields;  // nlohmann::json objects keep keys sorted, as PEFT writes them
   j["inference_mode"] = true;

@@ -25,12 +25,7 @@ void IA3Linear::add_adapter(const std::string & name, bool feedforward, bool ini
   }
   l_->add_param(name, l);
   feedforward_[name] = feedforward;
-}
-
-std::vector<std::string> IA3Linear::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : feedforward_) v.push_back(kv.first);
-  return v;
+  track_adapter(name);
 }
 
 void IA3Linear::delete_adapter(const std::string & name) {

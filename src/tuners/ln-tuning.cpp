@@ -14,12 +14,7 @@ void LNTuningLayer::add_adapter(const std::string & name) {
   LayerPtr c = base_layer->clone_layer();
   holder_->register_module(name, c);
   copies_[name] = c;
-}
-
-std::vector<std::string> LNTuningLayer::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : copies_) v.push_back(kv.first);
-  return v;
+  track_adapter(name);
 }
 
 void LNTuningLayer::delete_adapter(const std::string & name) {

@@ -28,9 +28,15 @@ at::Tensor LoHaLinear::raw_delta(const std::string & n) const {
 
 // ---- the method (LoKr shares the config handling) ----
 
+nlohmann::json lycoris_defaults();
+
 namespace {
 
-nlohmann::json loha_defaults() {
+nlohmann::json loha_defaults() { return lycoris_defaults(); }
+
+}  // namespace
+
+nlohmann::json lycoris_defaults() {
   return {{"r", 8},
           {"alpha", 8},
           {"layers_to_transform", nullptr},
@@ -43,13 +49,6 @@ nlohmann::json loha_defaults() {
           {"rank_pattern", nlohmann::json::object()},
           {"alpha_pattern", nlohmann::json::object()}};
 }
-
-std::string init_of(const nlohmann::json & v) {
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.is_string() ? v.get<std::string>() : v.dump();
-}
-
-}  // namespace
 
 void lycoris_validate(const AdapterConfig & c, const std::string & src) {
   const auto & f = c.fields;
@@ -68,7 +67,7 @@ void lycoris_validate(const AdapterConfig & c, const std::string & src) {
 
 static void loha_validate(const AdapterConfig & c, const std::string & src) {
   lycoris_validate(c, src);
-  const std::string init = init_of(c.fields["init_weights"]);
+  const std::string init = c.init_setting("init_weights");
   PEFT_CHECK(init == "true" || init == "false", src, ": init_weights '", init, "' is not supported (true, false)");
 }
 
@@ -78,7 +77,7 @@ static std::shared_ptr<TunerLayer> loha_inject(const AdapterConfig & cfg, const 
                                                const std::string & adapter, const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<LoHaLinear>(target);
   if (!layer) layer = std::make_shared<LoHaLinear>(target);
-  layer->add_adapter(adapter, lycoris_settings_for(cfg, path), init_of(cfg.fields["init_weights"]));
+  layer->add_adapter(adapter, lycoris_settings_for(cfg, path), cfg.init_setting("init_weights"));
   return layer;
 }
 

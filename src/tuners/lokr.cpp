@@ -66,36 +66,21 @@ at::Tensor LoKrLinear::raw_delta(const std::string & n) const {
 // ---- the method ----
 
 void lycoris_validate(const AdapterConfig & c, const std::string & src);
+nlohmann::json lycoris_defaults();
 bool lycoris_supports(const Layer & l);
 std::vector<std::string> no_default_targets(const std::string &);
 
 namespace {
 
 nlohmann::json lokr_defaults() {
-  return {{"r", 8},
-          {"alpha", 8},
-          {"layers_to_transform", nullptr},
-          {"layers_pattern", nullptr},
-          {"exclude_modules", nullptr},
-          {"rank_dropout", 0.0},
-          {"module_dropout", 0.0},
-          {"use_effective_conv2d", false},
-          {"decompose_both", false},
-          {"decompose_factor", -1},
-          {"rank_dropout_scale", false},
-          {"init_weights", true},
-          {"rank_pattern", nlohmann::json::object()},
-          {"alpha_pattern", nlohmann::json::object()}};
-}
-
-std::string init_of(const nlohmann::json & v) {
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.is_string() ? v.get<std::string>() : v.dump();
+  nlohmann::json j = lycoris_defaults();
+  j.update({{"decompose_both", false}, {"decompose_factor", -1}, {"rank_dropout_scale", false}});
+  return j;
 }
 
 void lokr_validate(const AdapterConfig & c, const std::string & src) {
   lycoris_validate(c, src);
-  const std::string init = init_of(c.fields["init_weights"]);
+  const std::string init = c.init_setting("init_weights");
   PEFT_CHECK(init == "true" || init == "false" || init == "lycoris", src, ": init_weights '", init,
              "' is not supported (true, false, \"lycoris\")");
   PEFT_CHECK(c.fields["decompose_factor"].is_number_integer(), src, ": field 'decompose_factor' must be an integer");
@@ -106,7 +91,7 @@ std::shared_ptr<TunerLayer> lokr_inject(const AdapterConfig & cfg, const std::st
                                         const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<LoKrLinear>(target);
   if (!layer) layer = std::make_shared<LoKrLinear>(target);
-  layer->add_adapter(adapter, lycoris_settings_for(cfg, path), init_of(cfg.fields["init_weights"]),
+  layer->add_adapter(adapter, lycoris_settings_for(cfg, path), cfg.init_setting("init_weights"),
                      cfg.fields["decompose_both"].get<bool>(), cfg.fields["decompose_factor"].get<int64_t>());
   return layer;
 }

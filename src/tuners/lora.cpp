@@ -51,12 +51,6 @@ nlohmann::json lora_defaults() {
           {"ensure_weight_tying", false}};
 }
 
-std::string init_name(const nlohmann::json & v) {
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  if (v.is_string()) return v.get<std::string>();
-  return v.dump();
-}
-
 void lora_validate(const AdapterConfig & c, const std::string & src) {
   const auto & f = c.fields;
   PEFT_CHECK(f["r"].is_number_integer() && f["r"].get<int64_t>() > 0, src, ": field 'r' must be a positive integer, got ",
@@ -67,7 +61,7 @@ void lora_validate(const AdapterConfig & c, const std::string & src) {
   for (const char * k : {"use_rslora", "use_dora", "lora_bias"}) {
     PEFT_CHECK(f[k].is_boolean(), src, ": field '", k, "' must be true or false");
   }
-  const std::string init = init_name(f["init_lora_weights"]);
+  const std::string init = c.init_setting("init_lora_weights");
   PEFT_CHECK(init == "true" || init == "false" || init == "gaussian", src, ": init_lora_weights '", init,
              "' is not supported (true, false, \"gaussian\")");
   if (f["lora_bias"].get<bool>()) {
@@ -105,7 +99,7 @@ LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & pa
   s.dropout = f["lora_dropout"].get<double>();
   s.use_dora = f["use_dora"].get<bool>();
   s.lora_bias = f["lora_bias"].get<bool>();
-  s.init = init_name(f["init_lora_weights"]);
+  s.init = cfg.init_setting("init_lora_weights");
   return s;
 }
 
@@ -124,12 +118,6 @@ std::string settings_signature(const LoraSettings & s) {
 
 // ---- LoraLayer ----
 
-std::vector<std::string> LoraLayer::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : settings) v.push_back(kv.first);
-  return v;
-}
-
 void LoraLayer::delete_adapter(const std::string & name) {
   TunerLayer::delete_adapter(name);
   settings.erase(name);
@@ -145,6 +133,7 @@ void LoraLayer::rescale(const std::string & n, const AdapterConfig & cfg, const 
 }
 
 void LoraLayer::add_settings(const std::string & name, const LoraSettings & s) {
+  track_adapter(name);
   settings[name] = s;
   set_scaling(name, s.scaling);
 }

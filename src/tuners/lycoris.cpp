@@ -24,12 +24,6 @@ LycorisLinear::LycorisLinear(LayerPtr base) : TunerLayer(std::move(base)) {
   PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "LoHa/LoKr need a Linear base layer");
 }
 
-std::vector<std::string> LycorisLinear::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : settings) v.push_back(kv.first);
-  return v;
-}
-
 void LycorisLinear::delete_adapter(const std::string & name) {
   TunerLayer::delete_adapter(name);
   settings.erase(name);
@@ -41,6 +35,7 @@ std::string LycorisLinear::adapter_signature(const std::string & n) const {
 }
 
 void LycorisLinear::add_settings(const std::string & name, const LycorisSettings & s) {
+  track_adapter(name);
   settings[name] = s;
   set_scaling(name, s.alpha / s.r);
 }

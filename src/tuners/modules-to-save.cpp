@@ -13,12 +13,7 @@ void ModulesToSaveWrapper::add_copy(const std::string & adapter) {
   LayerPtr c = base_layer->clone_layer();
   holder_->register_module(adapter, c);
   copies_[adapter] = c;
-}
-
-std::vector<std::string> ModulesToSaveWrapper::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : copies_) v.push_back(kv.first);
-  return v;
+  track_adapter(adapter);
 }
 
 void ModulesToSaveWrapper::delete_adapter(const std::string & name) {

@@ -54,12 +54,6 @@ OrthoLinear::OrthoLinear(LayerPtr base) : TunerLayer(std::move(base)) {
   PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "OFT/BOFT need a Linear base layer");
 }
 
-std::vector<std::string> OrthoLinear::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : settings) v.push_back(kv.first);
-  return v;
-}
-
 void OrthoLinear::delete_adapter(const std::string & name) {
   TunerLayer::delete_adapter(name);
   settings.erase(name);
@@ -130,6 +124,7 @@ void OFTLinear::add_adapter(const std::string & name, const OrthoSettings & s, b
   at::NoGradGuard g;
   R_->add_weight(name, init_zero ? at::zeros({rows, packed}) : at::normal(0.0, 0.1, {rows, packed}));
   settings[name] = s;
+  track_adapter(name);
 }
 
 at::Tensor OFTLinear::blocks(const std::string & n) const {
@@ -157,6 +152,7 @@ void BOFTLinear::add_adapter(const std::string & name, const OrthoSettings & s, 
   R_->add_param(name, init_zero ? at::zeros({1, s.blocks, b, b}) : at::normal(0.0, 0.1, {1, s.blocks, b, b}));
   s_->add_param(name, init_zero ? at::ones({out, 1}) : at::normal(1.0, 0.1, {out, 1}));
   settings[name] = s;
+  track_adapter(name);
 }
 
 at::Tensor BOFTLinear::blocks(const std::string & n) const {

@@ -142,6 +142,7 @@ void TunerLayer::delete_adapter(const std::string & name) {
     if (auto d = std::dynamic_pointer_cast<AdapterDict>(c.value())) d->remove(name);
   }
   scales_->remove(name);
+  names_.erase(name);
   active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
 }
 

@@ -40,15 +40,10 @@ void VeRALinear::add_adapter(const std::string & name, const at::Tensor & A, con
   ld_->add_param(name, init_default ? at::full({r}, d_initial) : at::randn({r}));
   dropout_[name] = dropout;
   shared_[name] = {A, B};
+  track_adapter(name);
   auto holder = buffers_->register_module(name, std::make_shared<torch::nn::Module>());
   holder->register_buffer("A", A);
   holder->register_buffer("B", B);
-}
-
-std::vector<std::string> VeRALinear::adapter_names() const {
-  std::vector<std::string> v;
-  for (const auto & kv : dropout_) v.push_back(kv.first);
-  return v;
 }
 
 void VeRALinear::delete_adapter(const std::string & name) {

@@ -13,15 +13,6 @@ using namespace peft::test;
 
 namespace {
 
-std::string error_of(const std::function<void()> & f) {
-  try {
-    f();
-  } catch (const peft::Error & e) {
-    return e.what();
-  }
-  return "";
-}
-
 AdapterConfig lora(nlohmann::json extra) {
   nlohmann::json j = {{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"q_proj", "v_proj"}}};
   j.update(extra);

@@ -18,15 +18,6 @@ AdapterConfig cfg(const std::string & type, nlohmann::json j) {
   return AdapterConfig::from_json(j, "config");
 }
 
-std::string error_of(const std::function<void()> & f) {
-  try {
-    f();
-  } catch (const peft::Error & e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(VeRA, ProjectionsFromTheSeedEqualPeftsSavedOnes) {
   // PEFT draws them with torch's CPU generator; LibTorch's is the same algorithm, so they match exactly
   auto saved = safetensors_load(golden_case("vera") + "/adapter/adapter_model.safetensors");

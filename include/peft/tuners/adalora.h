@@ -15,8 +15,6 @@ class AdaLoraLinear : public TunerLayer {
   explicit AdaLoraLinear(LayerPtr base);
   void add_adapter(const std::string & name, int64_t r, int64_t init_r, double alpha, double dropout, bool init_default);
 
-  bool has_adapter(const std::string & name) const override { return dropout_.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;

@@ -35,6 +35,8 @@ struct AdapterConfig {
   nlohmann::json to_json() const;
 
   template <class T> T get(const char * key) const { return fields.at(key).get<T>(); }
+  /// An init field as text: true -> "true", false -> "false", strings as they are ("gaussian", ...).
+  std::string init_setting(const char * key) const;
 
   /// Model-level tensors an adapter shares across its layers (VeRA's projections), created by the
   /// method's `shared` hook before injection; not part of the JSON. Keys are checkpoint names below

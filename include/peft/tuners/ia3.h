@@ -15,8 +15,6 @@ class IA3Linear : public TunerLayer {
   explicit IA3Linear(LayerPtr base);
   void add_adapter(const std::string & name, bool feedforward, bool init_ones);
 
-  bool has_adapter(const std::string & name) const override { return feedforward_.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;

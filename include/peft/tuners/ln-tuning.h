@@ -13,8 +13,6 @@ class LNTuningLayer : public TunerLayer {
   explicit LNTuningLayer(LayerPtr base);
   void add_adapter(const std::string & name);
 
-  bool has_adapter(const std::string & name) const override { return copies_.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;

@@ -31,8 +31,6 @@ LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & pa
 class LoraLayer : public TunerLayer {
  public:
   using TunerLayer::TunerLayer;
-  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
   void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;

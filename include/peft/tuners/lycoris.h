@@ -24,8 +24,6 @@ LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::strin
 class LycorisLinear : public TunerLayer {
  public:
   explicit LycorisLinear(LayerPtr base);
-  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;

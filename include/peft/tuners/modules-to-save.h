@@ -11,8 +11,6 @@ class ModulesToSaveWrapper : public TunerLayer {
   explicit ModulesToSaveWrapper(LayerPtr original);
   void add_copy(const std::string & adapter);
 
-  bool has_adapter(const std::string & name) const override { return copies_.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string &, bool) override {}  // nothing to fold: the copy replaces the module
   void unmerge_one(const std::string &) override {}

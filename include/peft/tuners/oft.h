@@ -23,8 +23,6 @@ struct OrthoSettings {
 class OrthoLinear : public TunerLayer {
  public:
   explicit OrthoLinear(LayerPtr base);
-  bool has_adapter(const std::string & name) const override { return settings.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;

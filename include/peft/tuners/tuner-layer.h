@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,10 +53,12 @@ class TunerLayer : public Layer {
   LayerPtr base() override { return base_layer->base(); }
   LayerPtr clone_layer() const override;
 
-  // ---- per-adapter bookkeeping, implemented by the method ----
-  virtual bool has_adapter(const std::string & name) const = 0;
-  virtual std::vector<std::string> adapter_names() const = 0;
-  /// Remove every tensor and setting of `name` (AdapterDicts are handled here; override for more).
+  // ---- per-adapter bookkeeping ----
+  bool has_adapter(const std::string & name) const { return names_.count(name) != 0; }
+  /// The adapters this layer holds, sorted.
+  std::vector<std::string> adapter_names() const { return {names_.begin(), names_.end()}; }
+  /// Remove every tensor and setting of `name` (AdapterDicts and scales are handled here; methods with
+  /// more per-adapter state override and call this).
   virtual void delete_adapter(const std::string & name);
   /// Fold adapter `name` into the base weights. safe: compute on a copy, refuse non-finite results.
   virtual void merge_one(const std::string & name, bool safe) = 0;
@@ -96,8 +99,10 @@ class TunerLayer : public Layer {
   /// Active adapters that this layer holds, in order.
   std::vector<std::string> active_here() const;
   AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
+  void track_adapter(const std::string & name) { names_.insert(name); }  // methods call this when adding
   ScaleDict * scales_;                            // child "scaling"
 
+  std::set<std::string> names_;
   std::vector<std::string> active_;
   std::vector<std::string> merged_;
   bool disabled_ = false;

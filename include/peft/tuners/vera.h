@@ -17,8 +17,6 @@ class VeRALinear : public TunerLayer {
   void add_adapter(const std::string & name, const at::Tensor & A, const at::Tensor & B, double dropout,
                    double d_initial, bool init_default);
 
-  bool has_adapter(const std::string & name) const override { return dropout_.count(name) != 0; }
-  std::vector<std::string> adapter_names() const override;
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
