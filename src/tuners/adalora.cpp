@@ -54,17 +54,9 @@ at::Tensor AdaLoraLinear::forward_active(const at::Tensor & x) {
   return y;
 }
 
-void AdaLoraLinear::merge_one(const std::string & n, bool safe) {
-  at::NoGradGuard g;
-  at::Tensor W = linear().weight.to(at::kFloat) + delta_weight(n);
-  if (safe) check_finite(W, "merging adapter '" + n + "'");
-  linear().weight.copy_(W);
-}
+void AdaLoraLinear::merge_one(const std::string & n, bool safe) { add_delta(linear().weight, delta_weight(n), 1, safe, n); }
 
-void AdaLoraLinear::unmerge_one(const std::string & n) {
-  at::NoGradGuard g;
-  linear().weight.copy_(linear().weight.to(at::kFloat) - delta_weight(n));
-}
+void AdaLoraLinear::unmerge_one(const std::string & n) { add_delta(linear().weight, delta_weight(n), -1, false, n); }
 
 // ---- the method ----
 

@@ -72,20 +72,13 @@ at::Tensor LycorisLinear::forward_active(const at::Tensor & x) {
 
 void LycorisLinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
-  const bool was = is_training();
-  train(false);  // merging uses the plain delta, without rank dropout
-  at::Tensor W = linear().weight.to(at::kFloat) + delta_weight(n).to(at::kFloat);
-  train(was);
-  if (safe) check_finite(W, "merging adapter '" + n + "'");
-  linear().weight.copy_(W);
+  // the plain delta: no rank dropout, whatever the mode
+  add_delta(linear().weight, raw_delta(n) * scaling(n), 1, safe, n);
 }
 
 void LycorisLinear::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
-  const bool was = is_training();
-  train(false);
-  linear().weight.copy_(linear().weight.to(at::kFloat) - delta_weight(n).to(at::kFloat));
-  train(was);
+  add_delta(linear().weight, raw_delta(n) * scaling(n), -1, false, n);
 }
 
 }  // namespace peft

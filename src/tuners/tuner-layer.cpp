@@ -181,6 +181,13 @@ at::Tensor kaiming_uniform(const std::vector<int64_t> & shape) {
   return at::empty(shape).uniform_(-bound, bound);
 }
 
+void add_delta(at::Tensor & weight, const at::Tensor & delta, double sign, bool safe, const std::string & adapter) {
+  at::NoGradGuard g;
+  at::Tensor W = weight.to(at::kFloat) + sign * delta.to(at::kFloat);
+  if (safe) check_finite(W, "merging adapter '" + adapter + "'");
+  weight.copy_(W);
+}
+
 void check_finite(const at::Tensor & t, const std::string & what) {
   PEFT_CHECK(at::isfinite(t).all().item<bool>(), "safe merge refused: ", what,
              " would contain non-finite values (NaN or Inf)");

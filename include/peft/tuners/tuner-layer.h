@@ -111,6 +111,10 @@ class TunerLayer : public Layer {
 /// PyTorch's kaiming_uniform_(a=sqrt(5)) (nn.Linear's default init): U(+-1/sqrt(fan_in)), fan_in = shape[1] * ...
 at::Tensor kaiming_uniform(const std::vector<int64_t> & shape);
 
+/// weight += sign * delta (computed in float32, stored in the weight's dtype); with `safe`, refuses a
+/// non-finite result naming the adapter. The merge/unmerge of additive methods.
+void add_delta(at::Tensor & weight, const at::Tensor & delta, double sign, bool safe, const std::string & adapter);
+
 /// Non-finite check used by safe merges; throws naming the layer and adapter.
 void check_finite(const at::Tensor & t, const std::string & what);
 
