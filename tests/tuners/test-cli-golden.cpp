@@ -29,6 +29,14 @@ at::Tensor cli_forward(const std::string & model, const std::string & case_name,
   return rc == 0 ? safetensors_load(out).at("logits") : at::Tensor();
 }
 
+at::Tensor cli_forward_dir(const std::string & model_dir, const std::string & case_name) {
+  std::string out = temp_dir("cli") + "/logits.safetensors", log;
+  int rc = run_cli("forward --model " + model_dir + " --input-ids " + golden_case(case_name) + "/input_ids.json --out " + out,
+                   &log);
+  EXPECT_EQ(rc, 0) << log;
+  return rc == 0 ? safetensors_load(out).at("logits") : at::Tensor();
+}
+
 TEST_P(CliGolden, EveryExpectedTensor) {
   const GoldenCase & c = std::get<0>(GetParam());
   const std::string compile = std::get<1>(GetParam()) ? " --compile" : "";
@@ -43,6 +51,19 @@ INSTANTIATE_TEST_SUITE_P(Peft, CliGolden, ::testing::Combine(::testing::ValuesIn
                          [](const auto & i) {
                            return std::get<0>(i.param).name + (std::get<1>(i.param) ? "_compiled" : "_eager");
                          });
+
+TEST(CliMerge, MergedCheckpointGivesMergeAndUnloadLogits) {
+  for (const auto & c : single_adapter_cases()) {
+    const std::string dir = temp_dir("merge") + "/merged";
+    std::string log;
+    ASSERT_EQ(run_cli("merge --model " + golden_model(c.model) + " --adapter " + golden_case(c.name) + "/adapter --out " + dir,
+                      &log),
+              0)
+        << c.name << ": " << log;
+    at::Tensor got = cli_forward_dir(dir, c.name);
+    if (got.defined()) EXPECT_CLOSE(got, golden_expected(c.name).at("logits_merge_and_unload")) << c.name;
+  }
+}
 
 TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   auto want = golden_expected("multi_adapter");

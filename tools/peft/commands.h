@@ -12,5 +12,6 @@ Runner add_forward(CLI::App & app);
 Runner add_train(CLI::App & app);
 Runner add_generate(CLI::App & app);
 Runner add_bench(CLI::App & app);
+Runner add_merge(CLI::App & app);
 
 }  // namespace peft::cli

@@ -20,6 +20,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_train);
   add(peft::cli::add_generate);
   add(peft::cli::add_bench);
+  add(peft::cli::add_merge);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {
