@@ -62,6 +62,9 @@ class PeftModel {
   /// same targets and shapes; scales follow the new config). Tensors keep their identity, so a compiled
   /// model switches without recompiling (upstream's hotswap_adapter). On error nothing changes.
   void hotswap_adapter(const std::string & dir, const std::string & name);
+  /// Zero-pad every LoRA adapter to `rank` (PEFT's prepare_model_for_compiled_hotswap), so adapters of
+  /// any rank up to it can be hot-swapped in without recompiling. Call before the first compiled run.
+  void prepare_for_hotswap(int64_t rank);
   /// LoRA: set adapter `name`'s scale to factor * alpha / r (PEFT's set_scale).
   void set_scale(const std::string & name, double factor);
 

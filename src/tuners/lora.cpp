@@ -276,6 +276,27 @@ void LoraLinear::unmerge_one(const std::string & n) {
   if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * scaling(n));
 }
 
+namespace {
+// t with dimension `dim` zero-padded to `size`
+at::Tensor pad_dim(const at::Tensor & t, int64_t dim, int64_t size) {
+  PEFT_CHECK(t.size(dim) <= size, "cannot pad a rank of ", t.size(dim), " down to ", size);
+  std::vector<int64_t> shape = t.sizes().vec();
+  shape[dim] = size;
+  at::Tensor out = at::zeros(shape, t.options());
+  out.narrow(dim, 0, t.size(dim)).copy_(t);
+  return out;
+}
+}  // namespace
+
+void LoraLinear::pad_rank(const std::string & n, int64_t rank) {
+  at::NoGradGuard g;
+  at::Tensor A = pad_dim(lora_A(n), 0, rank), B = pad_dim(lora_B(n), 1, rank), bias = lora_B_bias(n);
+  dicts_.A->remove(n);
+  dicts_.B->remove(n);
+  dicts_.A->add_weight(n, A);
+  dicts_.B->add_weight(n, B, bias.defined() ? bias.detach().clone() : bias);
+}
+
 // ---- LoraEmbedding ----
 
 LoraEmbedding::LoraEmbedding(LayerPtr base) : LoraLayer(std::move(base)) {
@@ -335,6 +356,15 @@ void LoraEmbedding::merge_one(const std::string & n, bool safe) {
 void LoraEmbedding::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
   embedding().weight.copy_(embedding().weight.to(at::kFloat) - delta_weight(n));
+}
+
+void LoraEmbedding::pad_rank(const std::string & n, int64_t rank) {
+  at::NoGradGuard g;
+  at::Tensor A = pad_dim(A_->get(n), 0, rank), B = pad_dim(B_->get(n), 1, rank);
+  A_->remove(n);
+  B_->remove(n);
+  A_->add_param(n, A);
+  B_->add_param(n, B);
 }
 
 // ---- the method ----

@@ -265,11 +265,24 @@ void PeftModel::hotswap_adapter(const std::string & dir, const std::string & nam
   for (const auto & kv : want) {
     auto it = tensors.find(kv.first);
     PEFT_CHECK(it != tensors.end(), file, ": missing tensor '", kv.first, "' needed for hot-swap");
-    PEFT_CHECK(it->second.sizes() == kv.second.sizes(), file, ": tensor '", kv.first, "' has shape ", it->second.sizes(),
-               ", adapter '", name, "' has ", kv.second.sizes(), " (hot-swap needs equal shapes)");
+    // equal shapes, or smaller ones that fit a zero-padded (prepare_for_hotswap) tensor
+    bool fits = it->second.dim() == kv.second.dim();
+    for (int64_t d = 0; fits && d < kv.second.dim(); ++d) fits = it->second.size(d) <= kv.second.size(d);
+    PEFT_CHECK(fits, file, ": tensor '", kv.first, "' has shape ", it->second.sizes(), ", adapter '", name, "' has ",
+               kv.second.sizes(), " (hot-swap needs equal shapes, or prepare_for_hotswap with a larger rank)");
   }
   at::NoGradGuard g;
-  for (auto & kv : want) kv.second.copy_(tensors.at(kv.first));
+  for (auto & kv : want) {
+    const at::Tensor & src = tensors.at(kv.first);
+    if (src.sizes() == kv.second.sizes()) {
+      kv.second.copy_(src);
+      continue;
+    }
+    kv.second.zero_();
+    at::Tensor dst = kv.second;
+    for (int64_t d = 0; d < src.dim(); ++d) dst = dst.narrow(d, 0, src.size(d));
+    dst.copy_(src);
+  }
   for (auto & l : layers_) {
     if (l.second->has_adapter(name)) l.second->rescale(name, cfg, l.first, 1.0);
   }
@@ -278,6 +291,16 @@ void PeftModel::hotswap_adapter(const std::string & dir, const std::string & nam
   kept.fields["inference_mode"] = old.inference_mode;
   configs_[name] = kept;
   // no version bump: the computation's structure is unchanged, only tensor values (read live)
+}
+
+void PeftModel::prepare_for_hotswap(int64_t rank) {
+  PEFT_CHECK(rank > 0, "prepare_for_hotswap: rank must be > 0");
+  PEFT_CHECK(!merged(), "prepare_for_hotswap: unmerge adapters first");
+  for (auto & l : layers_) {
+    for (const auto & n : l.second->adapter_names()) l.second->pad_rank(n, rank);
+  }
+  refresh_trainable();
+  ++version_;  // new tensors: compiled graphs captured before must not be replayed
 }
 
 void PeftModel::set_scale(const std::string & name, double factor) {

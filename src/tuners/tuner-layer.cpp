@@ -172,6 +172,10 @@ std::string TunerLayer::signature() const {
   return s;
 }
 
+void TunerLayer::pad_rank(const std::string &, int64_t) {
+  fail(str(name(), " has no rank to pad (hot-swap preparation is for LoRA)"));
+}
+
 LayerPtr TunerLayer::clone_layer() const { fail("adapter layers cannot be deep-copied"); }
 
 at::Tensor kaiming_uniform(const std::vector<int64_t> & shape) {

@@ -204,9 +204,26 @@ TEST_F(CompiledMulti, HotSwapNeedsNoRecompile) {
   m->hotswap_adapter(golden_case("multi_adapter") + "/adapters/beta", "alpha");  // same rank and targets
   EXPECT_CLOSE(c.forward({ids}), want.at("logits_beta"));
   EXPECT_EQ(c.stats().compiles, 1u) << c.explain();
-  // a differently shaped adapter cannot be hot-swapped, and nothing changes
-  EXPECT_THROW(m->hotswap_adapter(golden_case("multi_adapter") + "/adapters/gamma", "alpha"), peft::Error);
+  // an adapter of a larger rank does not fit (rank 4 into gamma's rank 2), and nothing changes
+  m->set_adapter("gamma");
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits_gamma"));
+  EXPECT_THROW(m->hotswap_adapter(golden_case("multi_adapter") + "/adapters/alpha", "gamma"), peft::Error);
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits_gamma"));
+}
+
+TEST_F(CompiledMulti, HotSwapToAnotherRankAfterPadding) {
+  m->set_adapter("alpha");
+  m->prepare_for_hotswap(4);  // alpha/beta have rank 4, gamma rank 2
+  auto c = compile(*m);
+  at::NoGradGuard g;
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits_alpha"));  // zero padding changes nothing
+  m->hotswap_adapter(golden_case("multi_adapter") + "/adapters/gamma", "alpha");
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits_gamma"));
+  m->hotswap_adapter(golden_case("multi_adapter") + "/adapters/beta", "alpha");
   EXPECT_CLOSE(c.forward({ids}), want.at("logits_beta"));
+  EXPECT_EQ(c.stats().compiles, 1u) << c.explain();
+  m->set_adapter("gamma");  // gamma itself, padded to rank 4, still gives its own output
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits_gamma"));
 }
 
 TEST_F(CompiledMulti, InPlaceWeightChangeIsSeen) {

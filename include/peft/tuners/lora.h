@@ -48,6 +48,7 @@ class LoraLinear : public LoraLayer {
   void delete_adapter(const std::string & name) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
+  void pad_rank(const std::string & name, int64_t rank) override;
 
   /// s * B A, (O, I).
   at::Tensor delta_weight(const std::string & name) const;
@@ -74,6 +75,7 @@ class LoraEmbedding : public LoraLayer {
   void add_adapter(const std::string & name, const LoraSettings & s);
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
+  void pad_rank(const std::string & name, int64_t rank) override;
 
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;

@@ -66,6 +66,8 @@ class TunerLayer : public Layer {
   /// Set adapter `name`'s scale to `factor` times the scale `cfg` gives module `path` (set_scale,
   /// hot-swap). Methods without a scale ignore it.
   virtual void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) {}
+  /// Zero-pad adapter `name`'s rank to `rank` (prepare_for_hotswap); methods without a rank refuse.
+  virtual void pad_rank(const std::string & name, int64_t rank);
   /// Everything the traced computation depends on besides tensor values (scales, dropout, variants).
   virtual std::string adapter_signature(const std::string & name) const = 0;
 
