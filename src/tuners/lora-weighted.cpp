@@ -124,7 +124,6 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
     Pair target = sources_of(layer, name);
     target.A.zero_();
     target.B.zero_();
-    const bool embedding = dynamic_cast<LoraEmbedding *>(&layer) != nullptr;
     std::vector<Pair> src;
     std::vector<double> w;
     for (size_t i = 0; i < adapters.size(); ++i) {
@@ -174,9 +173,7 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
       target.A.copy_(merge(As, at::tensor(wa, at::kDouble).to(As[0].scalar_type()), o));
       target.B.copy_(merge(Bs, at::tensor(wb, at::kDouble).to(Bs[0].scalar_type()), o));
     }
-    (void)embedding;
   }
-  model.touch();  // new tensor values under a new adapter: the state key already changed on add_adapter
 }
 
 }  // namespace peft
