@@ -1,6 +1,9 @@
 // Generation: the KV cache changes nothing (same tokens as recomputing the whole sequence), left
 // padding in a batch changes nothing for a row, sampling is seeded, processors do what they say.
+#include <set>
+
 #include "peft/error.h"
+#include "peft/io/files.h"
 #include "peft/generate/generate.h"
 #include "peft/tokenizer/tokenizer.h"
 #include "support.h"
@@ -110,6 +113,41 @@ TEST(GenerateCli, StreamsAndPrintsIds) {
   EXPECT_NE(out.find("["), std::string::npos) << out;
   ASSERT_EQ(run_cli("generate --model " + golden_model("tiny-llama") + " --prompt Hi --max-new-tokens 5 --temperature 0", &out), 1);
   EXPECT_NE(out.find("temperature"), std::string::npos) << out;
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Cli, EveryCommandHasHelp) {
+  const std::pair<const char *, const char *> cmds[] = {{"info", "--model"},  {"forward", "--input-ids"},
+                                                        {"generate", "--prompt"}, {"train", "--log-file"},
+                                                        {"bench", "--json"},   {"merge", "--out"}};
+  for (const auto & c : cmds) {
+    std::string out;
+    EXPECT_EQ(run_cli(std::string(c.first) + " --help", &out), 0) << c.first;
+    EXPECT_NE(out.find(c.second), std::string::npos) << c.first << ": " << out;
+  }
+}
+
+TEST(Cli, UnknownFlagAndMissingRequiredExitNonZero) {
+  std::string out;
+  EXPECT_NE(run_cli("forward --model x --bogus 1", &out), 0);
+  EXPECT_NE(run_cli("train --model " + golden_model("tiny-llama"), &out), 0);
+  EXPECT_NE(out.find("required"), std::string::npos) << out;
+}
+
+TEST(Cli, BenchQuickRunsAndWritesJson) {
+  std::string dir = temp_dir("bench"), out;
+  ASSERT_EQ(run_cli("bench --quick --json " + dir + "/b.json", &out), 0) << out;
+  auto j = nlohmann::json::parse(read_file(dir + "/b.json"));
+  std::set<std::string> names;
+  for (const auto & row : j) {
+    names.insert(row["name"].get<std::string>());
+    EXPECT_GT(row["eager_ms"].get<double>(), 0);
+    EXPECT_GT(row["compiled_ms"].get<double>(), 0);
+  }
+  for (const char * n : {"decode_b1_lora", "decode_b8_lora", "decode_b1_base"}) EXPECT_TRUE(names.count(n)) << n;
 }
 
 }  // namespace
