@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include <tuple>
+
 #include "peft/error.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
@@ -90,12 +92,8 @@ void lora_config_validate(const AdapterConfig & c, const std::string & src) { lo
 LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path) {
   const auto & f = cfg.fields;
   LoraSettings s;
-  double r = f["r"].get<double>(), alpha = f["lora_alpha"].get<double>();
-  pattern_value(f["rank_pattern"], path, &r);
-  pattern_value(f["alpha_pattern"], path, &alpha);
-  s.r = static_cast<int64_t>(r);
-  s.alpha = alpha;
-  s.scaling = f["use_rslora"].get<bool>() ? alpha / std::sqrt(static_cast<double>(s.r)) : alpha / s.r;
+  std::tie(s.r, s.alpha) = rank_and_alpha(cfg, path, "lora_alpha");
+  s.scaling = f["use_rslora"].get<bool>() ? s.alpha / std::sqrt(static_cast<double>(s.r)) : s.alpha / s.r;
   s.dropout = f["lora_dropout"].get<double>();
   s.use_dora = f["use_dora"].get<bool>();
   s.lora_bias = f["lora_bias"].get<bool>();

@@ -1,6 +1,8 @@
 // What LoHa and LoKr share: settings, module dropout, rank dropout, merging (PEFT's LycorisLayer).
 #include "peft/tuners/lycoris.h"
 
+#include <tuple>
+
 #include "peft/error.h"
 #include "peft/tuners/targeting.h"
 
@@ -9,11 +11,7 @@ namespace peft {
 LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::string & path) {
   const auto & f = cfg.fields;
   LycorisSettings s;
-  double r = f["r"].get<double>(), alpha = f["alpha"].get<double>();
-  pattern_value(f["rank_pattern"], path, &r);
-  pattern_value(f["alpha_pattern"], path, &alpha);
-  s.r = static_cast<int64_t>(r);
-  s.alpha = alpha;
+  std::tie(s.r, s.alpha) = rank_and_alpha(cfg, path, "alpha");
   s.rank_dropout = f["rank_dropout"].get<double>();
   s.module_dropout = f["module_dropout"].get<double>();
   s.rank_dropout_scale = f.value("rank_dropout_scale", true);

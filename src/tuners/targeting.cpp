@@ -45,6 +45,14 @@ bool pattern_value(const nlohmann::json & pattern, const std::string & path, dou
   return false;
 }
 
+std::pair<int64_t, double> rank_and_alpha(const AdapterConfig & cfg, const std::string & path, const char * alpha_key) {
+  const auto & f = cfg.fields;
+  double r = f.at("r").get<double>(), alpha = f.at(alpha_key).get<double>();
+  pattern_value(f.at("rank_pattern"), path, &r);
+  pattern_value(f.at("alpha_pattern"), path, &alpha);
+  return {static_cast<int64_t>(r), alpha};
+}
+
 bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const std::string & path) {
   for (const auto & m : modules_to_save) {
     if (Regex("(^|.*\\.)" + m + "($|\\..*)").full_match(path)) return true;

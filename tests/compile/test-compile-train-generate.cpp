@@ -7,6 +7,7 @@
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "peft/train/trainer.h"
+#include "../tuners/golden-cases.h"
 #include "support.h"
 
 using namespace peft;
@@ -19,12 +20,7 @@ TEST(CompiledTrain, GoldenAdamW) {
                                       "default", true);
   m->train();
   auto c = compile(*m);
-  TrainOptions o;
-  o.batch_size = 3;
-  o.steps = 8;
-  o.lr = 1e-2;
-  o.weight_decay = 0.01;
-  o.shuffle = false;
+  TrainOptions o = golden_train_options();
   Trainer t([&](const ForwardInput & in) { return c.forward(in); }, m->trainable_parameters(), o);
   auto want = golden_expected("train_lora_adamw");
   at::Tensor ids = golden_ids("train_lora_adamw");

@@ -4,6 +4,10 @@
 #include <string>
 #include <vector>
 
+#include "peft/io/files.h"
+#include "peft/train/trainer.h"
+#include "support.h"
+
 namespace peft::test {
 
 struct GoldenCase {
@@ -20,6 +24,21 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"oft", "tiny-llama"},          {"boft", "tiny-llama"},                {"vera", "tiny-llama"},
   };
   return cases;
+}
+
+/// The optimizer of the golden training run (train_lora_adamw/case.json), whole batch, no shuffling.
+inline TrainOptions golden_train_options() {
+  auto opt = nlohmann::json::parse(read_file(golden_case("train_lora_adamw") + "/case.json"));
+  TrainOptions o;
+  o.batch_size = golden_ids("train_lora_adamw").size(0);
+  o.steps = opt["steps"].get<int64_t>();
+  o.lr = opt["optimizer"]["lr"].get<double>();
+  o.beta1 = opt["optimizer"]["betas"][0].get<double>();
+  o.beta2 = opt["optimizer"]["betas"][1].get<double>();
+  o.eps = opt["optimizer"]["eps"].get<double>();
+  o.weight_decay = opt["optimizer"]["weight_decay"].get<double>();
+  o.shuffle = false;
+  return o;
 }
 
 }  // namespace peft::test

@@ -6,6 +6,7 @@
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "peft/train/trainer.h"
+#include "golden-cases.h"
 #include "support.h"
 
 using namespace peft;
@@ -13,21 +14,12 @@ using namespace peft::test;
 
 namespace {
 
-TrainOptions golden_options() {
-  TrainOptions o;
-  o.batch_size = 3;
-  o.steps = 8;
-  o.lr = 1e-2;
-  o.weight_decay = 0.01;
-  o.shuffle = false;
-  return o;
-}
 
 TEST(Train, GoldenAdamW) {
   auto base = load_model(golden_model("tiny-llama"));
   auto m = PeftModel::from_pretrained(base, golden_case("train_lora_adamw") + "/adapter_init", "default", true);
   m->train();
-  Trainer t([&](const ForwardInput & in) { return m->forward(in); }, m->trainable_parameters(), golden_options());
+  Trainer t([&](const ForwardInput & in) { return m->forward(in); }, m->trainable_parameters(), golden_train_options());
   at::Tensor ids = golden_ids("train_lora_adamw");
   auto want = golden_expected("train_lora_adamw");
   for (int64_t s = 0; s < 8; ++s) {

@@ -20,6 +20,9 @@ bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const 
 /// rank_pattern / alpha_pattern: the value of the first key k with (.*\.)?(k)$ matching `path`.
 bool pattern_value(const nlohmann::json & pattern, const std::string & path, double * out);
 
+/// r and alpha of module `path` (config fields "r" and `alpha_key`, rank_pattern / alpha_pattern applied).
+std::pair<int64_t, double> rank_and_alpha(const AdapterConfig & cfg, const std::string & path, const char * alpha_key);
+
 /// The layer index of `path` per PEFT's layers_to_transform rule, or -1.
 int64_t layer_index(const std::string & path, const std::vector<std::string> & layers_pattern);
 
