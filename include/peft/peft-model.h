@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "peft/model/causal-lm.h"
+#include "peft/tuners/adapter-state.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/tuner-layer.h"
 
@@ -37,7 +38,7 @@ class PeftModel {
   void load_adapter(const std::string & dir, const std::string & name, bool is_trainable = false);
   void set_adapter(const std::vector<std::string> & names);
   void set_adapter(const std::string & name) { set_adapter(std::vector<std::string>{name}); }
-  const std::vector<std::string> & active_adapters() const { return active_; }
+  const std::vector<std::string> & active_adapters() const { return state_->active(); }
   std::vector<std::string> adapter_names() const;
   void delete_adapter(const std::string & name);
   const AdapterConfig & adapter_config(const std::string & name) const;
@@ -56,7 +57,7 @@ class PeftModel {
   };
   DisableGuard disable_adapter() { return DisableGuard(*this); }
   void set_adapters_disabled(bool disabled);
-  bool adapters_disabled() const { return disabled_; }
+  bool adapters_disabled() const { return state_->disabled(); }
 
   /// Replace the weights of adapter `name` in place by those of the PEFT folder `dir` (same method,
   /// same targets and shapes; scales follow the new config). Tensors keep their identity, so a compiled
@@ -89,7 +90,8 @@ class PeftModel {
   /// Logits; with in.adapter_names set, a mixed-adapter batch (row b uses adapter_names[b],
   /// "__base__" = no adapter; eval mode, nothing merged, LoRA / modules_to_save).
   at::Tensor forward(const ForwardInput & in);
-  /// The routing of a mixed batch: (A, B) float, A = every adapter in adapter_index() order.
+  /// The routing of a mixed batch: (A, B) float, A = every adapter in adapter_index() order. Refuses
+  /// a row whose adapter cannot run in a mixed batch (a DoRA adapter, as PEFT).
   at::Tensor mixed_rows(const std::vector<std::string> & names, int64_t batch) const;
   /// Adapter name -> row of mixed_rows().
   std::map<std::string, int64_t> adapter_index() const;
@@ -99,37 +101,37 @@ class PeftModel {
   /// "trainable params: N || all params: M || trainable%: P"
   std::string trainable_summary() const;
 
-  /// Bumped by every state change; the compile layer's cheap staleness check.
-  uint64_t version() const { return version_; }
-  /// A canonical description of everything adapters change in the computation (compile cache key).
-  const std::string & state_key() const;
+  /// Moves on every change of what a forward computes (through this model or its layers); the
+  /// compile layer's cheap staleness check.
+  uint64_t version() const { return state_->version(); }
+  /// Everything adapters change in the computation, as a value (compile cache key).
+  const AdapterStateKey & state_key() const;
   /// Normalise state before a forward: a disabled model with merged adapters unmerges (as PEFT does).
   void prepare_forward();
 
   CausalLM & base_model() { return *model_; }
   std::shared_ptr<CausalLM> model_ptr() { return model_; }
-  /// Adapter layers by module path.
+  /// Adapter layers by module path. Their public mutators move version() too.
   const std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> & tuner_layers() const { return layers_; }
   /// Mark a state change made from outside (e.g. in-place weight hot-swap does NOT need this).
-  void touch() { ++version_; }
+  void touch() { state_->touch(); }
 
  private:
   /// Returns the layers it wrapped (path, original) so a failed load can unwrap them again.
   std::vector<std::pair<std::string, LayerPtr>> inject(const std::string & name, const AdapterConfig & cfg);
   void refresh_layers();
-  std::shared_ptr<CausalLM> release();  // forget every adapter; the model is plain again
+  /// Put each adapter layer's replacement in its place, forget every adapter; the model is plain again.
+  std::shared_ptr<CausalLM> release(bool merged);
   void refresh_trainable();
   std::string checkpoint_key(const std::string & path, const std::string & adapter) const;
 
   std::shared_ptr<CausalLM> model_;
   std::map<std::string, AdapterConfig> configs_;
   std::map<std::string, uint64_t> adapter_ids_;  // unique per injection: a reload is a new computation
-  std::vector<std::string> active_;
+  std::shared_ptr<AdapterState> state_ = std::make_shared<AdapterState>();  // read by every adapter layer
   std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> layers_;
-  bool disabled_ = false;
-  uint64_t version_ = 1;
   mutable uint64_t key_version_ = 0;
-  mutable std::string key_;
+  mutable AdapterStateKey key_;
 };
 
 /// Check an adapter name: non-empty, no path separators or "..", not "__base__". Throws peft::Error.

@@ -8,18 +8,15 @@
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/model/architectures.h"
 #include "peft/nn/layers.h"
 
 namespace peft {
 
-// Architectures (one file each under model/arch/); this list is the registry.
-std::shared_ptr<CausalLM> build_llama(const ModelConfig & cfg);
-std::shared_ptr<CausalLM> build_opt(const ModelConfig & cfg);
-
 std::shared_ptr<CausalLM> build_model(const ModelConfig & cfg) {
-  if (cfg.model_type == "llama" || cfg.model_type == "mistral" || cfg.model_type == "qwen2") return build_llama(cfg);
-  if (cfg.model_type == "opt") return build_opt(cfg);
-  fail(str("no architecture for model_type '", cfg.model_type, "'"));
+  const Architecture * a = find_architecture(cfg.model_type);
+  PEFT_CHECK(a != nullptr, "no architecture for model_type '", cfg.model_type, "'");
+  return a->build(cfg);
 }
 
 KVCache KVCache::allocate(const ModelConfig & cfg, int64_t batch, int64_t capacity, at::TensorOptions opts) {

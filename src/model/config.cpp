@@ -2,51 +2,46 @@
 
 #include "peft/error.h"
 #include "peft/io/files.h"
+#include "peft/model/architectures.h"
 
 namespace peft {
 
-namespace {
+bool ConfigReader::has(const char * k) const { return j_.contains(k) && !j_[k].is_null(); }
 
-struct Reader {
-  const nlohmann::json & j;
-  const std::string & src;
+int64_t ConfigReader::integer(const char * k, int64_t def, bool required, int64_t min_value) const {
+  if (!has(k)) {
+    PEFT_CHECK(!required, src_, ": missing required field '", k, "'");
+    return def;
+  }
+  PEFT_CHECK(j_[k].is_number_integer(), src_, ": field '", k, "' must be an integer, got ", j_[k].dump());
+  int64_t v = j_[k].get<int64_t>();
+  PEFT_CHECK(v >= min_value, src_, ": field '", k, "' must be >= ", min_value, ", got ", v);
+  return v;
+}
 
-  bool has(const char * k) const { return j.contains(k) && !j[k].is_null(); }
+double ConfigReader::number(const char * k, double def) const {
+  if (!has(k)) return def;
+  PEFT_CHECK(j_[k].is_number(), src_, ": field '", k, "' must be a number, got ", j_[k].dump());
+  double v = j_[k].get<double>();
+  PEFT_CHECK(v > 0, src_, ": field '", k, "' must be positive, got ", v);
+  return v;
+}
 
-  int64_t integer(const char * k, int64_t def, bool required, int64_t min_value = 1) const {
-    if (!has(k)) {
-      PEFT_CHECK(!required, src, ": missing required field '", k, "'");
-      return def;
-    }
-    PEFT_CHECK(j[k].is_number_integer(), src, ": field '", k, "' must be an integer, got ", j[k].dump());
-    int64_t v = j[k].get<int64_t>();
-    PEFT_CHECK(v >= min_value, src, ": field '", k, "' must be >= ", min_value, ", got ", v);
-    return v;
-  }
-  double number(const char * k, double def) const {
-    if (!has(k)) return def;
-    PEFT_CHECK(j[k].is_number(), src, ": field '", k, "' must be a number, got ", j[k].dump());
-    double v = j[k].get<double>();
-    PEFT_CHECK(v > 0, src, ": field '", k, "' must be positive, got ", v);
-    return v;
-  }
-  bool boolean(const char * k, bool def) const {
-    if (!has(k)) return def;
-    PEFT_CHECK(j[k].is_boolean(), src, ": field '", k, "' must be true or false, got ", j[k].dump());
-    return j[k].get<bool>();
-  }
-  std::string string(const char * k, const std::string & def) const {
-    if (!has(k)) return def;
-    PEFT_CHECK(j[k].is_string(), src, ": field '", k, "' must be a string, got ", j[k].dump());
-    return j[k].get<std::string>();
-  }
-};
+bool ConfigReader::boolean(const char * k, bool def) const {
+  if (!has(k)) return def;
+  PEFT_CHECK(j_[k].is_boolean(), src_, ": field '", k, "' must be true or false, got ", j_[k].dump());
+  return j_[k].get<bool>();
+}
 
-}  // namespace
+std::string ConfigReader::string(const char * k, const std::string & def) const {
+  if (!has(k)) return def;
+  PEFT_CHECK(j_[k].is_string(), src_, ": field '", k, "' must be a string, got ", j_[k].dump());
+  return j_[k].get<std::string>();
+}
 
 ModelConfig ModelConfig::from_json(const nlohmann::json & j, const std::string & src) {
   PEFT_CHECK(j.is_object(), src, ": not a JSON object");
-  Reader r{j, src};
+  ConfigReader r(j, src);
   ModelConfig c;
   c.model_type = r.string("model_type", "");
   PEFT_CHECK(!c.model_type.empty(), src, ": missing required field 'model_type'");
@@ -76,39 +71,13 @@ ModelConfig ModelConfig::from_json(const nlohmann::json & j, const std::string &
   PEFT_CHECK(c.hidden_size % c.num_heads == 0, src, ": hidden_size ", c.hidden_size,
              " is not divisible by num_attention_heads ", c.num_heads);
 
-  if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
-    c.intermediate_size = r.integer("intermediate_size", 0, true);
-    c.num_kv_heads = r.integer("num_key_value_heads", c.num_heads, false);
-    c.head_dim = r.integer("head_dim", c.hidden_size / c.num_heads, false);
-    c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
-    c.rope_theta = r.number("rope_theta", 10000.0);
-    c.hidden_act = r.string("hidden_act", "silu");
-    PEFT_CHECK(c.hidden_act == "silu", src, ": hidden_act '", c.hidden_act, "' is not supported (only silu)");
-    c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
-    c.attention_bias = r.boolean("attention_bias", c.model_type == "qwen2");
-    c.o_proj_bias = c.model_type == "qwen2" ? false : c.attention_bias;
-    c.mlp_bias = r.boolean("mlp_bias", false);
-    PEFT_CHECK(c.num_heads % c.num_kv_heads == 0, src, ": num_attention_heads ", c.num_heads,
-               " is not a multiple of num_key_value_heads ", c.num_kv_heads);
-    PEFT_CHECK(c.head_dim % 2 == 0, src, ": head_dim ", c.head_dim, " must be even for rotary embeddings");
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-      fail(str(src, ": field 'rope_scaling' is not supported yet"));
-    }
-  } else if (c.model_type == "opt") {
-    c.intermediate_size = r.integer("ffn_dim", 0, true);
-    c.num_kv_heads = c.num_heads;
-    c.head_dim = c.hidden_size / c.num_heads;
-    c.word_embed_proj_dim = r.integer("word_embed_proj_dim", c.hidden_size, false);
-    c.do_layer_norm_before = r.boolean("do_layer_norm_before", true);
-    c.enable_bias = r.boolean("enable_bias", true);
-    c.layer_norm_elementwise_affine = r.boolean("layer_norm_elementwise_affine", true);
-    c.hidden_act = r.string("activation_function", "relu");
-    PEFT_CHECK(c.hidden_act == "relu" || c.hidden_act == "gelu", src, ": activation_function '", c.hidden_act,
-               "' is not supported (relu, gelu)");
-    c.tie_word_embeddings = r.boolean("tie_word_embeddings", true);
-  } else {
-    fail(str(src, ": model_type '", c.model_type, "' is not supported (llama, mistral, qwen2, opt)"));
+  const Architecture * arch = find_architecture(c.model_type);
+  if (!arch) {
+    std::string known;
+    for (const auto & a : architectures()) known += (known.empty() ? "" : ", ") + a.model_type;
+    fail(str(src, ": model_type '", c.model_type, "' is not supported (", known, ")"));
   }
+  arch->read_config(r, c);
   return c;
 }
 
@@ -119,10 +88,8 @@ ModelConfig ModelConfig::load(const std::string & dir) {
 
 std::string ModelConfig::arch_name() const {
   if (!architecture.empty()) return architecture;
-  if (model_type == "opt") return "OPTForCausalLM";
-  if (model_type == "qwen2") return "Qwen2ForCausalLM";
-  if (model_type == "mistral") return "MistralForCausalLM";
-  return "LlamaForCausalLM";
+  const Architecture * a = find_architecture(model_type);
+  return a ? a->class_name : "";
 }
 
 }  // namespace peft

@@ -21,6 +21,16 @@ LayerPtr Linear::clone_layer() const {
   return l;
 }
 
+void Linear::store_weight(const at::Tensor & w) {
+  at::NoGradGuard g;
+  weight.copy_(w);
+}
+
+void Linear::store_bias(const at::Tensor & b) {
+  at::NoGradGuard g;
+  bias.copy_(b);
+}
+
 void Linear::tie_weight(const at::Tensor & w) {
   parameters_["weight"] = w;
   weight = w;

@@ -4,36 +4,44 @@
 
 #include <torch/library.h>
 
+#include "peft/ops/adapter-math.h"
+
 namespace peft::ops {
 
 namespace {
 
+at::Tensor dropped(const at::Tensor & x, double p, bool train) { return p > 0 && train ? at::dropout(x, p, true) : x; }
+
 at::Tensor lora_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                          const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double p, bool train) {
-  at::Tensor xa = x.to(A.scalar_type());
-  if (p > 0 && train) xa = at::dropout(xa, p, true);
-  at::Tensor lora = at::linear(at::linear(xa, A), B);
-  if (bias.has_value() && bias->defined()) lora = lora + *bias;
-  return y + (lora * scale).to(y.scalar_type());
+  at::Tensor xa = dropped(x.to(A.scalar_type()), p, train);
+  return y + math::lora_product(xa, A, B, bias.has_value() ? *bias : at::Tensor(), scale).to(y.scalar_type());
 }
 
-at::Tensor dora_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W_, const at::Tensor & A,
-                         const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, double p, bool train) {
-  at::Tensor xa = x.to(A.scalar_type());
+at::Tensor dora_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W_,
+                         const c10::optional<at::Tensor> & bias, const at::Tensor & A, const at::Tensor & B,
+                         const at::Tensor & m, const at::Tensor & scale, double p, bool train) {
   at::Tensor W = W_.to(A.scalar_type());
-  at::Tensor xd = p > 0 && train ? at::dropout(xa, p, true) : xa;
-  at::Tensor lora = at::linear(at::linear(xd, A), B);
-  at::Tensor norm = (W + (at::matmul(B, A) * scale).detach()).norm(2, {1}).detach();
-  at::Tensor g = m / norm;
-  // with dropout in training the base term is re-evaluated on the dropped-out input (PEFT quirk)
-  at::Tensor base = at::linear(xd, W);
-  return y + ((g - 1) * base + g * (lora * scale)).to(y.scalar_type());
+  const bool drop = p > 0 && train;
+  at::Tensor xd = dropped(x.to(A.scalar_type()), p, train);
+  at::Tensor g = m / math::dora_weight_norm(W, A, B, scale);
+  // PEFT's base term: the layer's running output without the bias (base plus the adapters before this
+  // one, so the rescale covers them too); with dropout in training, the base re-evaluated on the
+  // dropped-out input instead
+  at::Tensor base;
+  if (drop) {
+    base = at::linear(xd, W);
+  } else {
+    base = bias.has_value() && bias->defined() ? y - *bias : y;
+    base = base.to(A.scalar_type());
+  }
+  at::Tensor lora = math::lora_product(xd, A, B, at::Tensor(), scale);
+  return y + ((g - 1) * base + g * lora).to(y.scalar_type());
 }
 
 at::Tensor lora_embedding_add_impl(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A,
                                    const at::Tensor & B, const at::Tensor & scale, int64_t padding_idx) {
-  at::Tensor h = at::embedding(A.t(), ids, padding_idx);  // (B, T, R)
-  return y + (at::matmul(h, B.t()) * scale).to(y.scalar_type());
+  return y + math::lora_embedding_product(ids, A, B, scale, padding_idx).to(y.scalar_type());
 }
 
 at::Tensor vera_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
@@ -89,7 +97,7 @@ at::Tensor linear_gemv_impl(const at::Tensor & x, const at::Tensor & W, const c1
 
 TORCH_LIBRARY(peft, m) {
   m.def("lora_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
-  m.def("dora_add(Tensor y, Tensor x, Tensor W, Tensor A, Tensor B, Tensor m, Tensor scale, float dropout, bool train) -> Tensor");
+  m.def("dora_add(Tensor y, Tensor x, Tensor W, Tensor? bias, Tensor A, Tensor B, Tensor m, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_embedding_add(Tensor y, Tensor ids, Tensor A, Tensor B, Tensor scale, int padding_idx) -> Tensor");
   m.def("block_rotate(Tensor x, Tensor Q) -> Tensor");
   m.def("vera_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor lambda_d, Tensor lambda_b, float dropout, bool train) -> Tensor");
@@ -123,11 +131,13 @@ at::Tensor lora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor
   return op.call(y, x, A, B, bias, scale, dropout, train);
 }
 
-at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W, const at::Tensor & A,
-                    const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, double dropout, bool train) {
-  PEFT_OP("dora_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
-                                 const at::Tensor &, const at::Tensor &, const at::Tensor &, double, bool));
-  return op.call(y, x, W, A, B, m, scale, dropout, train);
+at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & bias,
+                    const at::Tensor & A, const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale,
+                    double dropout, bool train) {
+  PEFT_OP("dora_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                 const c10::optional<at::Tensor> &, const at::Tensor &, const at::Tensor &,
+                                 const at::Tensor &, const at::Tensor &, double, bool));
+  return op.call(y, x, W, bias, A, B, m, scale, dropout, train);
 }
 
 at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,

@@ -2,13 +2,14 @@
 #include "peft/tuners/adalora.h"
 
 #include "peft/error.h"
+#include "peft/ops/adapter-math.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
 
 namespace peft {
 
 AdaLoraLinear::AdaLoraLinear(LayerPtr base) : TunerLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "AdaLoRA needs a Linear base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<LinearBase>(base_layer_), "AdaLoRA needs a Linear base layer");
   A_ = &dict("lora_A");
   E_ = &dict("lora_E");
   B_ = &dict("lora_B");
@@ -33,30 +34,27 @@ void AdaLoraLinear::add_adapter(const std::string & name, int64_t r, int64_t ini
   set_scaling(name, s / (static_cast<double>(init_r) + 1e-5));  // ranknum stays init_r, even after pruning
 }
 
-void AdaLoraLinear::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  dropout_.erase(name);
-}
+void AdaLoraLinear::forget(const std::string & name) { dropout_.erase(name); }
 
 std::string AdaLoraLinear::adapter_signature(const std::string & n) const {
   return str("r", A_->get(n).size(0), ",p", dropout_.at(n));
 }
 
 at::Tensor AdaLoraLinear::delta_weight(const std::string & n) const {
-  return at::matmul(B_->get(n), A_->get(n) * E_->get(n)) * scaling(n);
+  return math::lora_delta(A_->get(n) * E_->get(n), B_->get(n), scaling(n));
 }
 
 at::Tensor AdaLoraLinear::forward_active(const at::Tensor & x) {
-  at::Tensor y = base_layer->forward(x);
+  at::Tensor y = base_layer_->forward(x);
   for (const auto & n : active_here()) {
     y = ops::lora_add(y, x, A_->get(n) * E_->get(n), B_->get(n), c10::nullopt, scaling(n), dropout_.at(n), is_training());
   }
   return y;
 }
 
-void AdaLoraLinear::merge_one(const std::string & n, bool safe) { add_delta(linear().weight, delta_weight(n), 1, safe, n); }
+void AdaLoraLinear::merge_one(const std::string & n, bool safe) { merge_delta(linear(), delta_weight(n), 1, safe, n); }
 
-void AdaLoraLinear::unmerge_one(const std::string & n) { add_delta(linear().weight, delta_weight(n), -1, false, n); }
+void AdaLoraLinear::unmerge_one(const std::string & n) { merge_delta(linear(), delta_weight(n), -1, false, n); }
 
 // ---- the method ----
 
@@ -121,17 +119,11 @@ std::shared_ptr<TunerLayer> adalora_inject(const AdapterConfig & cfg, const std:
   return layer;
 }
 
-std::vector<std::string> adalora_default_targets(const std::string & model_type) {
-  if (model_type == "opt") return {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") return {"q_proj", "v_proj"};
-  return {};
-}
-
 }  // namespace
 
 TunerMethod adalora_method() {
   return TunerMethod{"ADALORA", "lora_", &adalora_defaults, &adalora_validate, &adalora_supports, &adalora_inject,
-                     &adalora_default_targets};
+                     &DefaultTargets::adalora};
 }
 
 }  // namespace peft

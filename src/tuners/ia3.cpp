@@ -8,11 +8,11 @@
 namespace peft {
 
 IA3Linear::IA3Linear(LayerPtr base) : TunerLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "IA3Linear needs a Linear base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<LinearBase>(base_layer_), "IA3Linear needs a Linear base layer");
   l_ = &dict("ia3_l");
 }
 
-Linear & IA3Linear::linear() const { return static_cast<Linear &>(*base_layer); }
+LinearBase & IA3Linear::linear() const { return static_cast<LinearBase &>(*base_layer_); }
 at::Tensor IA3Linear::vector(const std::string & n) const { return l_->get(n); }
 
 void IA3Linear::add_adapter(const std::string & name, bool feedforward, bool init_ones) {
@@ -28,10 +28,7 @@ void IA3Linear::add_adapter(const std::string & name, bool feedforward, bool ini
   track_adapter(name);
 }
 
-void IA3Linear::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  feedforward_.erase(name);
-}
+void IA3Linear::forget(const std::string & name) { feedforward_.erase(name); }
 
 std::string IA3Linear::adapter_signature(const std::string & n) const { return feedforward_.at(n) ? "ff" : "out"; }
 
@@ -44,7 +41,7 @@ at::Tensor IA3Linear::forward_active(const at::Tensor & x) {
     if (feedforward_.at(n)) xin = (xin * l).to(x.scalar_type());
     else out_scales.push_back(l);
   }
-  at::Tensor y = base_layer->forward(xin);
+  at::Tensor y = base_layer_->forward(xin);
   for (const auto & l : out_scales) y = (y * l).to(y.scalar_type());
   return y;
 }
@@ -52,22 +49,24 @@ at::Tensor IA3Linear::forward_active(const at::Tensor & x) {
 void IA3Linear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
   at::Tensor l = vector(n);  // (O, 1) scales rows, (1, I) scales columns
-  at::Tensor W = linear().weight.to(at::kFloat) * l;
+  at::Tensor W = linear().dense_weight().to(at::kFloat) * l;
   at::Tensor b;
-  if (!feedforward_.at(n) && linear().bias.defined()) b = linear().bias.to(at::kFloat) * l.flatten();
+  const at::Tensor bias = linear().bias_tensor();
+  if (!feedforward_.at(n) && bias.defined()) b = bias.to(at::kFloat) * l.flatten();
   if (safe) {
     check_finite(W, "merging adapter '" + n + "'");
     if (b.defined()) check_finite(b, "merging the bias of adapter '" + n + "'");
   }
-  linear().weight.copy_(W);
-  if (b.defined()) linear().bias.copy_(b);
+  linear().store_weight(W);
+  if (b.defined()) linear().store_bias(b);
 }
 
 void IA3Linear::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
   at::Tensor l = vector(n) + 1e-8;  // inexact, as PEFT
-  linear().weight.copy_(linear().weight.to(at::kFloat) / l);
-  if (!feedforward_.at(n) && linear().bias.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) / l.flatten());
+  linear().store_weight(linear().dense_weight().to(at::kFloat) / l);
+  const at::Tensor bias = linear().bias_tensor();
+  if (!feedforward_.at(n) && bias.defined()) linear().store_bias(bias.to(at::kFloat) / l.flatten());
 }
 
 // ---- the method ----
@@ -115,22 +114,15 @@ std::shared_ptr<TunerLayer> ia3_inject(const AdapterConfig & cfg, const std::str
   return layer;
 }
 
-std::vector<std::string> ia3_default_targets(const std::string & model_type) {
-  if (model_type == "opt") return {"q_proj", "k_proj", "fc2"};
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") return {"k_proj", "v_proj", "down_proj"};
-  return {};
-}
-
-void ia3_complete(AdapterConfig & cfg, const std::string & model_type) {
-  if (!cfg.fields["feedforward_modules"].is_null()) return;
-  if (model_type == "opt") cfg.fields["feedforward_modules"] = {"fc2"};
-  else if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") cfg.fields["feedforward_modules"] = {"down_proj"};
+void ia3_complete(AdapterConfig & cfg, const DefaultTargets * defaults) {
+  if (!cfg.fields["feedforward_modules"].is_null() || !defaults) return;
+  cfg.fields["feedforward_modules"] = defaults->ia3_feedforward;
 }
 
 }  // namespace
 
 TunerMethod ia3_method() {
-  return TunerMethod{"IA3", "ia3_", &ia3_defaults, &ia3_validate, &ia3_supports, &ia3_inject, &ia3_default_targets,
+  return TunerMethod{"IA3", "ia3_", &ia3_defaults, &ia3_validate, &ia3_supports, &ia3_inject, &DefaultTargets::ia3,
                      &ia3_complete};
 }
 

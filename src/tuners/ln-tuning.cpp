@@ -11,14 +11,13 @@ LNTuningLayer::LNTuningLayer(LayerPtr base) : TunerLayer(std::move(base)) {
 }
 
 void LNTuningLayer::add_adapter(const std::string & name) {
-  LayerPtr c = base_layer->clone_layer();
+  LayerPtr c = base_layer_->clone_layer();
   holder_->register_module(name, c);
   copies_[name] = c;
   track_adapter(name);
 }
 
-void LNTuningLayer::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
+void LNTuningLayer::forget(const std::string & name) {
   if (copies_.erase(name)) holder_->unregister_module(name);
 }
 
@@ -30,7 +29,7 @@ at::Tensor LNTuningLayer::forward_active(const at::Tensor & x) {
 
 void LNTuningLayer::swap_values(const std::string & name) {
   at::NoGradGuard g;
-  auto mine = base_layer->named_parameters(true);
+  auto mine = base_layer_->named_parameters(true);
   for (const auto & p : copies_.at(name)->named_parameters(true)) {
     at::Tensor & b = mine[p.key()];
     at::Tensor tmp = b.clone();
@@ -65,18 +64,11 @@ std::shared_ptr<TunerLayer> ln_inject(const AdapterConfig &, const std::string &
   return layer;
 }
 
-std::vector<std::string> ln_default_targets(const std::string & model_type) {
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") {
-    return {"input_layernorm", "post_attention_layernorm", "norm"};
-  }
-  return {};  // PEFT has no default for OPT
-}
-
 }  // namespace
 
 TunerMethod ln_tuning_method() {
   return TunerMethod{"LN_TUNING", "ln_tuning_", &ln_defaults, &ln_validate, &ln_supports, &ln_inject,
-                     &ln_default_targets};
+                     &DefaultTargets::ln_tuning};
 }
 
 }  // namespace peft

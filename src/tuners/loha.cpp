@@ -81,11 +81,9 @@ static std::shared_ptr<TunerLayer> loha_inject(const AdapterConfig & cfg, const 
   return layer;
 }
 
-std::vector<std::string> no_default_targets(const std::string &) { return {}; }
-
 TunerMethod loha_method() {
   return TunerMethod{"LOHA", "hada_", &loha_defaults, &loha_validate, &lycoris_supports, &loha_inject,
-                     &no_default_targets};
+                     nullptr};
 }
 
 }  // namespace peft

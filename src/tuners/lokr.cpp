@@ -68,7 +68,6 @@ at::Tensor LoKrLinear::raw_delta(const std::string & n) const {
 void lycoris_validate(const AdapterConfig & c, const std::string & src);
 nlohmann::json lycoris_defaults();
 bool lycoris_supports(const Layer & l);
-std::vector<std::string> no_default_targets(const std::string &);
 
 namespace {
 
@@ -100,7 +99,7 @@ std::shared_ptr<TunerLayer> lokr_inject(const AdapterConfig & cfg, const std::st
 
 TunerMethod lokr_method() {
   return TunerMethod{"LOKR", "lokr_", &lokr_defaults, &lokr_validate, &lycoris_supports, &lokr_inject,
-                     &no_default_targets};
+                     nullptr};
 }
 
 }  // namespace peft

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "peft/error.h"
+#include "peft/ops/adapter-math.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
 #include "peft/tuners/routing.h"
@@ -116,40 +117,43 @@ std::string settings_signature(const LoraSettings & s) {
 
 // ---- LoraLayer ----
 
-void LoraLayer::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  settings.erase(name);
+void LoraLayer::forget(const std::string & name) { settings_.erase(name); }
+
+const LoraSettings & LoraLayer::settings(const std::string & name) const {
+  auto it = settings_.find(name);
+  PEFT_CHECK(it != settings_.end(), "no LoRA adapter '", name, "' in this layer");
+  return it->second;
 }
 
-std::string LoraLayer::adapter_signature(const std::string & n) const { return settings_signature(settings.at(n)); }
+std::string LoraLayer::adapter_signature(const std::string & n) const { return settings_signature(settings(n)); }
 
 void LoraLayer::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
   LoraSettings s = lora_settings_for(cfg, path);
-  settings.at(n).alpha = s.alpha;
-  settings.at(n).scaling = s.scaling;
+  settings_.at(n).alpha = s.alpha;
+  settings_.at(n).scaling = s.scaling;
   set_scaling(n, factor * s.scaling);
 }
 
 void LoraLayer::add_settings(const std::string & name, const LoraSettings & s) {
-  track_adapter(name);
-  settings[name] = s;
+  settings_[name] = s;
   set_scaling(name, s.scaling);
+  track_adapter(name);
 }
 
 // ---- LoraLinear ----
 
 LoraLinear::LoraLinear(LayerPtr base) : LoraLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "LoraLinear needs a Linear base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<LinearBase>(base_layer_), "LoraLinear needs a linear base layer");
   dicts_.A = &dict("lora_A");
   dicts_.B = &dict("lora_B");
   dicts_.M = &dict("lora_magnitude_vector");
 }
 
-Linear & LoraLinear::linear() const { return static_cast<Linear &>(*base_layer); }
+LinearBase & LoraLinear::linear() const { return static_cast<LinearBase &>(*base_layer_); }
 
 void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   const int64_t in = linear().in_features(), out = linear().out_features();
-  const auto opts = linear().weight.options();
+  const auto opts = linear().dense_weight().options();
   at::Tensor A, B, bB;
   {
     at::NoGradGuard g;
@@ -172,14 +176,12 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   add_settings(name, s);
   if (s.use_dora) {
     at::NoGradGuard g;
-    at::Tensor w = linear().weight.to(at::kFloat);
-    at::Tensor m = (w + delta_weight(name)).norm(2, {1});
-    dicts_.M->add_weight(name, m);
+    dicts_.M->add_weight(name, math::dora_weight_norm(linear().dense_weight(), lora_A(name), lora_B(name), scaling(name)));
   }
 }
 
-void LoraLinear::delete_adapter(const std::string & name) {
-  LoraLayer::delete_adapter(name);
+void LoraLinear::forget(const std::string & name) {
+  LoraLayer::forget(name);
   dora_norm_cache_.erase(name);
 }
 
@@ -197,16 +199,18 @@ at::Tensor LoraLinear::magnitude(const std::string & n) const {
 }
 
 at::Tensor LoraLinear::delta_weight(const std::string & n) const {
-  return at::matmul(lora_B(n), lora_A(n)) * scaling(n);
+  return math::lora_delta(lora_A(n), lora_B(n), scaling(n));
 }
 
 at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
-  at::Tensor y = base_layer->forward(x);
+  at::Tensor y = base_layer_->forward(x);
   for (const auto & n : active_here()) {
-    const LoraSettings & s = settings.at(n);
+    const LoraSettings & s = settings(n);
     at::Tensor bB = lora_B_bias(n);
     if (s.use_dora) {
-      y = ops::dora_add(y, x, linear().weight, lora_A(n), lora_B(n), magnitude(n), scaling(n), s.dropout, is_training());
+      at::Tensor b = linear().bias_tensor();
+      y = ops::dora_add(y, x, linear().dense_weight(), b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt,
+                        lora_A(n), lora_B(n), magnitude(n), scaling(n), s.dropout, is_training());
     } else {
       y = ops::lora_add(y, x, lora_A(n), lora_B(n), bB.defined() ? c10::optional<at::Tensor>(bB) : c10::nullopt,
                         scaling(n), s.dropout, is_training());
@@ -217,61 +221,59 @@ at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
 
 at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
   // every adapter on the whole batch, kept per row by the routing mask: one shape for any assignment
-  at::Tensor y = base_layer->forward(x);
+  at::Tensor y = base_layer_->forward(x);
   const RowRouting & r = current_routing();
-  for (const auto & kv : settings) {
+  for (const auto & kv : settings_) {
+    // DoRA adapters: no row uses them (PeftModel::mixed_rows refuses such rows, as PEFT does)
+    if (kv.second.use_dora) continue;
     at::Tensor m = r.mask(kv.first, y.dim());
     if (!m.defined()) continue;
-    PEFT_CHECK(!kv.second.use_dora, "mixed-adapter batches are not supported for DoRA adapters ('", kv.first, "')");
-    at::Tensor xa = x.to(lora_A(kv.first).scalar_type());
-    at::Tensor lora = at::linear(at::linear(xa, lora_A(kv.first)), lora_B(kv.first), lora_B_bias(kv.first));
-    y = y + (lora * scaling(kv.first) * m).to(y.scalar_type());
+    y = math::lora_add_rows(y, x, lora_A(kv.first), lora_B(kv.first), lora_B_bias(kv.first), scaling(kv.first), m);
   }
   return y;
 }
 
 void LoraLinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
-  const LoraSettings & s = settings.at(n);
-  at::Tensor & W = linear().weight;
-  at::Tensor delta = delta_weight(n);
+  const LoraSettings & s = settings(n);
+  at::Tensor W = linear().dense_weight();
   at::Tensor merged;
   if (s.use_dora) {
-    at::Tensor Wf = W.to(at::kFloat) + delta;
-    at::Tensor norm = Wf.norm(2, {1});
+    // PEFT merges DoRA against the current weight (earlier merged adapters included)
+    at::Tensor norm = math::dora_weight_norm(W.to(at::kFloat), lora_A(n), lora_B(n), scaling(n));
     dora_norm_cache_[n] = norm.clone();
-    merged = (magnitude(n) / norm).unsqueeze(1) * Wf;
+    merged = math::dora_weight(W, lora_A(n), lora_B(n), magnitude(n), scaling(n), norm);
   } else {
-    merged = W.to(at::kFloat) + delta;
+    merged = W.to(at::kFloat) + delta_weight(n);
   }
   at::Tensor bias_new;
   at::Tensor bB = lora_B_bias(n);
   if (bB.defined()) {
-    PEFT_CHECK(linear().bias.defined(), "cannot merge lora_bias of adapter '", n, "' into a base layer without bias");
-    bias_new = linear().bias.to(at::kFloat) + bB * scaling(n);
+    PEFT_CHECK(linear().bias_tensor().defined(), "cannot merge lora_bias of adapter '", n,
+               "' into a base layer without bias");
+    bias_new = linear().bias_tensor().to(at::kFloat) + bB * scaling(n);
   }
   if (safe) {
     check_finite(merged, "merging adapter '" + n + "'");
     if (bias_new.defined()) check_finite(bias_new, "merging the bias of adapter '" + n + "'");
   }
-  W.copy_(merged);
-  if (bias_new.defined()) linear().bias.copy_(bias_new);
+  linear().store_weight(merged);
+  if (bias_new.defined()) linear().store_bias(bias_new);
 }
 
 void LoraLinear::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
-  const LoraSettings & s = settings.at(n);
-  at::Tensor & W = linear().weight;
-  at::Tensor delta = delta_weight(n);
+  const LoraSettings & s = settings(n);
+  at::Tensor W = linear().dense_weight().to(at::kFloat);
   if (s.use_dora) {
     at::Tensor norm = dora_norm_cache_.at(n);
-    W.copy_(W.to(at::kFloat) / (magnitude(n) / norm).unsqueeze(1) - delta);
+    linear().store_weight(W / (magnitude(n) / norm).unsqueeze(1) - delta_weight(n));
     dora_norm_cache_.erase(n);
   } else {
-    W.copy_(W.to(at::kFloat) - delta);
+    linear().store_weight(W - delta_weight(n));
   }
   at::Tensor bB = lora_B_bias(n);
-  if (bB.defined()) linear().bias.copy_(linear().bias.to(at::kFloat) - bB * scaling(n));
+  if (bB.defined()) linear().store_bias(linear().bias_tensor().to(at::kFloat) - bB * scaling(n));
 }
 
 namespace {
@@ -286,7 +288,7 @@ at::Tensor pad_dim(const at::Tensor & t, int64_t dim, int64_t size) {
 }
 }  // namespace
 
-void LoraLinear::pad_rank(const std::string & n, int64_t rank) {
+void LoraLinear::pad_rank_impl(const std::string & n, int64_t rank) {
   at::NoGradGuard g;
   at::Tensor A = pad_dim(lora_A(n), 0, rank), B = pad_dim(lora_B(n), 1, rank), bias = lora_B_bias(n);
   dicts_.A->remove(n);
@@ -298,12 +300,12 @@ void LoraLinear::pad_rank(const std::string & n, int64_t rank) {
 // ---- LoraEmbedding ----
 
 LoraEmbedding::LoraEmbedding(LayerPtr base) : LoraLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Embedding>(base_layer), "LoraEmbedding needs an Embedding base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<Embedding>(base_layer_), "LoraEmbedding needs an Embedding base layer");
   A_ = &dict("lora_embedding_A");
   B_ = &dict("lora_embedding_B");
 }
 
-Embedding & LoraEmbedding::embedding() const { return static_cast<Embedding &>(*base_layer); }
+Embedding & LoraEmbedding::embedding() const { return static_cast<Embedding &>(*base_layer_); }
 
 void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s) {
   PEFT_CHECK(!s.use_dora, "DoRA on embedding layers is not supported yet");
@@ -321,11 +323,11 @@ void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s
 }
 
 at::Tensor LoraEmbedding::delta_weight(const std::string & n) const {
-  return at::matmul(B_->get(n), A_->get(n)).t() * scaling(n);
+  return math::lora_embedding_delta(A_->get(n), B_->get(n), scaling(n));
 }
 
 at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
-  at::Tensor y = base_layer->forward(ids);
+  at::Tensor y = base_layer_->forward(ids);
   for (const auto & n : active_here()) {  // dropout is never applied on embeddings (PEFT)
     y = ops::lora_embedding_add(y, ids, A_->get(n), B_->get(n), scaling(n), embedding().padding_idx);
   }
@@ -333,13 +335,14 @@ at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
 }
 
 at::Tensor LoraEmbedding::forward_mixed(const at::Tensor & ids) {
-  at::Tensor y = base_layer->forward(ids);
+  at::Tensor y = base_layer_->forward(ids);
   const RowRouting & r = current_routing();
-  for (const auto & kv : settings) {
+  for (const auto & kv : settings_) {
     at::Tensor m = r.mask(kv.first, y.dim());
     if (!m.defined()) continue;
-    at::Tensor h = at::embedding(A_->get(kv.first).t(), ids, embedding().padding_idx);
-    y = y + (at::matmul(h, B_->get(kv.first).t()) * scaling(kv.first) * m).to(y.scalar_type());
+    at::Tensor d = math::lora_embedding_product(ids, A_->get(kv.first), B_->get(kv.first), scaling(kv.first),
+                                                embedding().padding_idx);
+    y = y + (d * m).to(y.scalar_type());
   }
   return y;
 }
@@ -356,7 +359,7 @@ void LoraEmbedding::unmerge_one(const std::string & n) {
   embedding().weight.copy_(embedding().weight.to(at::kFloat) - delta_weight(n));
 }
 
-void LoraEmbedding::pad_rank(const std::string & n, int64_t rank) {
+void LoraEmbedding::pad_rank_impl(const std::string & n, int64_t rank) {
   at::NoGradGuard g;
   at::Tensor A = pad_dim(A_->get(n), 0, rank), B = pad_dim(B_->get(n), 1, rank);
   A_->remove(n);
@@ -397,18 +400,11 @@ std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::st
   fail(str("LoRA cannot adapt module '", path, "' (supported: Linear, Embedding)"));
 }
 
-std::vector<std::string> lora_default_targets(const std::string & model_type) {
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2" || model_type == "opt") {
-    return {"q_proj", "v_proj"};
-  }
-  return {};
-}
-
 }  // namespace
 
 TunerMethod lora_method() {
   return TunerMethod{"LORA", "lora_", &lora_defaults, &lora_validate, &lora_supports, &lora_inject,
-                     &lora_default_targets};
+                     &DefaultTargets::lora};
 }
 
 }  // namespace peft

@@ -19,33 +19,36 @@ LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::strin
 }
 
 LycorisLinear::LycorisLinear(LayerPtr base) : TunerLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "LoHa/LoKr need a Linear base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<LinearBase>(base_layer_), "LoHa/LoKr need a Linear base layer");
 }
 
-void LycorisLinear::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  settings.erase(name);
+void LycorisLinear::forget(const std::string & name) { settings_.erase(name); }
+
+const LycorisSettings & LycorisLinear::settings(const std::string & name) const {
+  auto it = settings_.find(name);
+  PEFT_CHECK(it != settings_.end(), "no adapter '", name, "' in this layer");
+  return it->second;
 }
 
 std::string LycorisLinear::adapter_signature(const std::string & n) const {
-  const auto & s = settings.at(n);
+  const auto & s = settings(n);
   return str("r", s.r, ",rd", s.rank_dropout, ",md", s.module_dropout);
 }
 
 void LycorisLinear::add_settings(const std::string & name, const LycorisSettings & s) {
-  track_adapter(name);
-  settings[name] = s;
+  settings_[name] = s;
   set_scaling(name, s.alpha / s.r);
+  track_adapter(name);
 }
 
 void LycorisLinear::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
   LycorisSettings s = lycoris_settings_for(cfg, path);
-  settings.at(n).alpha = s.alpha;
-  set_scaling(n, factor * s.alpha / settings.at(n).r);
+  settings_.at(n).alpha = s.alpha;
+  set_scaling(n, factor * s.alpha / settings(n).r);
 }
 
 at::Tensor LycorisLinear::delta_weight(const std::string & n) {
-  const auto & s = settings.at(n);
+  const auto & s = settings(n);
   at::Tensor w = raw_delta(n) * scaling(n);
   if (is_training() && s.rank_dropout > 0) {
     // each output row kept with probability 1 - p, kept rows rescaled by 1 / mean(mask)
@@ -57,9 +60,9 @@ at::Tensor LycorisLinear::delta_weight(const std::string & n) {
 }
 
 at::Tensor LycorisLinear::forward_active(const at::Tensor & x) {
-  at::Tensor y = base_layer->forward(x);
+  at::Tensor y = base_layer_->forward(x);
   for (const auto & n : active_here()) {
-    const double md = settings.at(n).module_dropout;
+    const double md = settings(n).module_dropout;
     // module dropout: in training, skip this adapter with probability p (one draw per layer and call)
     if (is_training() && md > 0 && at::rand({1}).item<double>() <= md) continue;
     at::Tensor d = delta_weight(n);
@@ -71,12 +74,12 @@ at::Tensor LycorisLinear::forward_active(const at::Tensor & x) {
 void LycorisLinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
   // the plain delta: no rank dropout, whatever the mode
-  add_delta(linear().weight, raw_delta(n) * scaling(n), 1, safe, n);
+  merge_delta(linear(), raw_delta(n) * scaling(n), 1, safe, n);
 }
 
 void LycorisLinear::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
-  add_delta(linear().weight, raw_delta(n) * scaling(n), -1, false, n);
+  merge_delta(linear(), raw_delta(n) * scaling(n), -1, false, n);
 }
 
 }  // namespace peft

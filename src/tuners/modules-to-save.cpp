@@ -10,14 +10,13 @@ ModulesToSaveWrapper::ModulesToSaveWrapper(LayerPtr original) : TunerLayer(std::
 }
 
 void ModulesToSaveWrapper::add_copy(const std::string & adapter) {
-  LayerPtr c = base_layer->clone_layer();
+  LayerPtr c = base_layer_->clone_layer();
   holder_->register_module(adapter, c);
   copies_[adapter] = c;
   track_adapter(adapter);
 }
 
-void ModulesToSaveWrapper::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
+void ModulesToSaveWrapper::forget(const std::string & name) {
   if (copies_.count(name)) {
     holder_->unregister_module(name);
     copies_.erase(name);
@@ -31,7 +30,7 @@ at::Tensor ModulesToSaveWrapper::forward(const at::Tensor & x) {
 
 at::Tensor ModulesToSaveWrapper::forward_mixed(const at::Tensor & x) {
   // rows naming an adapter with a copy use that copy; all others the original module
-  at::Tensor y = base_layer->forward(x);
+  at::Tensor y = base_layer_->forward(x);
   const RowRouting & r = current_routing();
   for (const auto & kv : copies_) {
     at::Tensor m = r.mask(kv.first, y.dim());
@@ -41,8 +40,9 @@ at::Tensor ModulesToSaveWrapper::forward_mixed(const at::Tensor & x) {
   return y;
 }
 
-LayerPtr ModulesToSaveWrapper::current() const {
-  if (disabled()) return base_layer;
+LayerPtr ModulesToSaveWrapper::current() const { return disabled() ? base_layer_ : active_copy(); }
+
+LayerPtr ModulesToSaveWrapper::active_copy() const {
   LayerPtr found;
   for (const auto & a : active()) {
     auto it = copies_.find(a);
@@ -50,7 +50,7 @@ LayerPtr ModulesToSaveWrapper::current() const {
     PEFT_CHECK(!found, "modules_to_save: only one adapter with a copy of this module may be active");
     found = it->second;
   }
-  return found ? found : base_layer;
+  return found ? found : base_layer_;
 }
 
 }  // namespace peft

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "peft/error.h"
+#include "peft/ops/adapter-math.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
 
@@ -51,16 +52,19 @@ int64_t nearest_divisor(int64_t n, int64_t want) {
 // ---- OrthoLinear ----
 
 OrthoLinear::OrthoLinear(LayerPtr base) : TunerLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "OFT/BOFT need a Linear base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<LinearBase>(base_layer_), "OFT/BOFT need a Linear base layer");
 }
 
-void OrthoLinear::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
-  settings.erase(name);
+void OrthoLinear::forget(const std::string & name) { settings_.erase(name); }
+
+const OrthoSettings & OrthoLinear::settings(const std::string & name) const {
+  auto it = settings_.find(name);
+  PEFT_CHECK(it != settings_.end(), "no adapter '", name, "' in this layer");
+  return it->second;
 }
 
 std::string OrthoLinear::adapter_signature(const std::string & n) const {
-  const auto & s = settings.at(n);
+  const auto & s = settings(n);
   return str("b", s.block_size, s.neumann ? ",neumann" : ",exact", s.neumann_terms, ",p", s.dropout);
 }
 
@@ -70,7 +74,7 @@ at::Tensor OrthoLinear::forward_active(const at::Tensor & x) {
   at::Tensor s;
   for (const auto & n : active_here()) {
     at::Tensor Q = blocks(n);
-    const OrthoSettings & st = settings.at(n);
+    const OrthoSettings & st = settings(n);
     if (is_training() && st.dropout > 0) {
       // BOFT multiplicative dropout: floor(p * R) random blocks become the identity
       const int64_t drop = static_cast<int64_t>(std::floor(st.dropout * Q.size(0)));
@@ -83,35 +87,31 @@ at::Tensor OrthoLinear::forward_active(const at::Tensor & x) {
     at::Tensor sc = scale(n);
     if (sc.defined()) s = s.defined() ? s * sc.flatten() : sc.flatten();
   }
-  at::Tensor y = at::linear(xr, linear().weight);
+  at::Tensor y = linear().apply_weight(xr);
   if (s.defined()) y = (y * s).to(y.scalar_type());
-  if (linear().bias.defined()) y = y + linear().bias;
+  at::Tensor bias = linear().bias_tensor();
+  if (bias.defined()) y = y + bias;
   return y;
 }
 
 void OrthoLinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
   at::Tensor Q = blocks(n).to(at::kFloat);  // (R, b, b)
-  at::Tensor W = linear().weight.to(at::kFloat);
-  const int64_t O = W.size(0), R = Q.size(0), b = Q.size(1);
-  // W <- W BD(Q)^T: row block i of each output row times Q_i^T
-  at::Tensor Wm = at::einsum("oib,icb->oic", {W.view({O, R, b}), Q}).reshape({O, R * b});
+  at::Tensor Wm = math::rotate_weight(linear().dense_weight().to(at::kFloat), Q);  // W BD(Q)^T
   at::Tensor sc = scale(n);
   if (sc.defined()) Wm = Wm * sc.to(at::kFloat).view({-1, 1});
   if (safe) check_finite(Wm, "merging adapter '" + n + "'");
-  linear().weight.copy_(Wm);
+  linear().store_weight(Wm);
 }
 
 void OrthoLinear::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
   at::Tensor Q = blocks(n).to(at::kFloat);
-  at::Tensor W = linear().weight.to(at::kFloat);
+  at::Tensor W = linear().dense_weight().to(at::kFloat);
   at::Tensor sc = scale(n);
   if (sc.defined()) W = W / sc.to(at::kFloat).view({-1, 1});
-  const int64_t O = W.size(0), R = Q.size(0), b = Q.size(1);
   // a true inverse: Neumann blocks are only approximately orthogonal
-  at::Tensor Qinv = at::linalg_inv(Q);
-  linear().weight.copy_(at::einsum("oib,icb->oic", {W.view({O, R, b}), Qinv}).reshape({O, R * b}));
+  linear().store_weight(math::rotate_weight(W, at::linalg_inv(Q)));
 }
 
 // ---- OFT ----
@@ -123,12 +123,12 @@ void OFTLinear::add_adapter(const std::string & name, const OrthoSettings & s, b
   const int64_t rows = s.block_share ? 1 : s.blocks;
   at::NoGradGuard g;
   R_->add_weight(name, init_zero ? at::zeros({rows, packed}) : at::normal(0.0, 0.1, {rows, packed}));
-  settings[name] = s;
+  settings_[name] = s;
   track_adapter(name);
 }
 
 at::Tensor OFTLinear::blocks(const std::string & n) const {
-  const OrthoSettings & s = settings.at(n);
+  const OrthoSettings & s = settings(n);
   const int64_t b = s.block_size;
   at::Tensor v = R_->get(n);  // (rows, b(b-1)/2): strict upper triangle, row-major
   at::Tensor idx = at::triu_indices(b, b, 1, at::TensorOptions().dtype(at::kLong));
@@ -151,7 +151,7 @@ void BOFTLinear::add_adapter(const std::string & name, const OrthoSettings & s, 
   at::NoGradGuard g;
   R_->add_param(name, init_zero ? at::zeros({1, s.blocks, b, b}) : at::normal(0.0, 0.1, {1, s.blocks, b, b}));
   s_->add_param(name, init_zero ? at::ones({out, 1}) : at::normal(1.0, 0.1, {out, 1}));
-  settings[name] = s;
+  settings_[name] = s;
   track_adapter(name);
 }
 
@@ -257,21 +257,14 @@ std::shared_ptr<TunerLayer> boft_inject(const AdapterConfig & cfg, const std::st
   return layer;
 }
 
-std::vector<std::string> qv_targets(const std::string & model_type) {
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2" || model_type == "opt") {
-    return {"q_proj", "v_proj"};
-  }
-  return {};
-}
-
 }  // namespace
 
 TunerMethod oft_method() {
-  return TunerMethod{"OFT", "oft_", &oft_defaults, &oft_validate, &linear_only, &oft_inject, &qv_targets};
+  return TunerMethod{"OFT", "oft_", &oft_defaults, &oft_validate, &linear_only, &oft_inject, &DefaultTargets::lora};
 }
 
 TunerMethod boft_method() {
-  return TunerMethod{"BOFT", "boft_", &boft_defaults, &boft_validate, &linear_only, &boft_inject, &qv_targets};
+  return TunerMethod{"BOFT", "boft_", &boft_defaults, &boft_validate, &linear_only, &boft_inject, &DefaultTargets::lora};
 }
 
 }  // namespace peft

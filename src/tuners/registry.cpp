@@ -22,6 +22,12 @@ const std::vector<TunerMethod> & tuner_methods() {
   return methods;
 }
 
+std::vector<std::string> default_targets(const TunerMethod & method, const std::string & model_type) {
+  const Architecture * a = find_architecture(model_type);
+  if (!a || !method.default_targets) return {};
+  return a->targets.*method.default_targets;
+}
+
 const TunerMethod & tuner_method(const std::string & peft_type) {
   std::string known;
   for (const auto & m : tuner_methods()) {

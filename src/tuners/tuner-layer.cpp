@@ -80,9 +80,16 @@ void ScaleDict::remove(const std::string & adapter) {
 
 // ---- TunerLayer ----
 
-TunerLayer::TunerLayer(LayerPtr base, const std::string & base_name) : base_layer(std::move(base)) {
-  register_layer(base_name, base_layer);
+TunerLayer::TunerLayer(LayerPtr base, const std::string & base_name)
+    : base_layer_(std::move(base)), state_(std::make_shared<AdapterState>()) {
+  register_layer(base_name, base_layer_);
   scales_ = register_module("scaling", std::make_shared<ScaleDict>()).get();
+}
+
+void TunerLayer::attach(std::shared_ptr<AdapterState> state) {
+  if (state == state_) return;
+  state_ = std::move(state);
+  state_->touch();
 }
 
 AdapterDict & TunerLayer::dict(const std::string & name) {
@@ -92,9 +99,14 @@ AdapterDict & TunerLayer::dict(const std::string & name) {
   return *register_module(name, std::make_shared<AdapterDict>());
 }
 
+void TunerLayer::track_adapter(const std::string & name) {
+  names_.insert(name);
+  touch();
+}
+
 std::vector<std::string> TunerLayer::active_here() const {
   std::vector<std::string> out;
-  for (const auto & a : active_) {
+  for (const auto & a : active()) {
     if (has_adapter(a)) out.push_back(a);
   }
   return out;
@@ -105,22 +117,26 @@ at::Tensor TunerLayer::forward_mixed(const at::Tensor & x) {
 }
 
 at::Tensor TunerLayer::forward(const at::Tensor & x) {
-  if (disabled_) {
+  if (disabled()) {
     if (!merged_.empty()) unmerge_all();  // PEFT: a disabled layer unmerges in its forward
-    return base_layer->forward(x);
+    return base_layer_->forward(x);
   }
   if (current_routing().active()) {  // mixed-adapter batch: the rows choose, not the active set
     PEFT_CHECK(merged_.empty(), "mixed-adapter batches are not possible while adapters are merged");
     return forward_mixed(x);
   }
-  if (!merged_.empty() || active_here().empty()) return base_layer->forward(x);
+  if (!merged_.empty() || active_here().empty()) return base_layer_->forward(x);
   return forward_active(x);
+}
+
+bool TunerLayer::is_merged(const std::string & name) const {
+  return std::find(merged_.begin(), merged_.end(), name) != merged_.end();
 }
 
 void TunerLayer::merge(const std::vector<std::string> & names, bool safe) {
   for (const auto & n : names) {
-    if (!has_adapter(n)) continue;
-    if (std::find(merged_.begin(), merged_.end(), n) != merged_.end()) continue;  // already merged
+    if (!has_adapter(n) || is_merged(n)) continue;
+    touch();  // before: a merge that fails half-way has still changed weights
     merge_one(n, safe);
     merged_.push_back(n);
   }
@@ -131,25 +147,40 @@ void TunerLayer::unmerge_all() {
 }
 
 void TunerLayer::unmerge_last() {
+  PEFT_CHECK(!merged_.empty(), "nothing is merged into this layer");
+  touch();
   unmerge_one(merged_.back());
   merged_.pop_back();
 }
 
+void TunerLayer::restore_merged(std::vector<std::string> merged) {
+  merged_ = std::move(merged);
+  touch();
+}
+
 void TunerLayer::delete_adapter(const std::string & name) {
-  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), name) == merged_.end(), "adapter '", name,
-             "' is merged; unmerge it before deleting");
+  PEFT_CHECK(!is_merged(name), "adapter '", name, "' is merged; unmerge it before deleting");
+  if (!has_adapter(name)) return;
   for (const auto & c : named_children()) {
     if (auto d = std::dynamic_pointer_cast<AdapterDict>(c.value())) d->remove(name);
   }
   scales_->remove(name);
+  forget(name);
   names_.erase(name);
-  active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
+  touch();
+}
+
+void TunerLayer::pad_rank(const std::string & name, int64_t rank) {
+  PEFT_CHECK(has_adapter(name), "no adapter '", name, "' in this layer");
+  PEFT_CHECK(!is_merged(name), "adapter '", name, "' is merged; unmerge it before padding its rank");
+  pad_rank_impl(name, rank);
+  touch();  // new tensors: graphs captured with the old ones must not be replayed
 }
 
 std::vector<std::pair<std::string, at::Tensor>> TunerLayer::adapter_parameters(const std::string & name) const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto & c : named_children()) {
-    if (c.value() == base_layer) continue;
+    if (c.value() == base_layer_) continue;
     for (const auto & p : c.value()->named_parameters(true)) {
       const std::string path = c.key() + "." + p.key();
       const std::string mid = "." + name + ".";
@@ -163,16 +194,15 @@ std::vector<std::pair<std::string, at::Tensor>> TunerLayer::adapter_parameters(c
   return out;
 }
 
-std::string TunerLayer::signature() const {
-  std::string s = disabled_ ? "D" : "E";
-  s += "|a:";
-  for (const auto & a : active_here()) s += a + "{" + adapter_signature(a) + "},";
-  s += "|m:";
-  for (const auto & m : merged_) s += m + ",";
-  return s;
+LayerStateKey TunerLayer::state_key(const std::string & path) const {
+  LayerStateKey k;
+  k.path = path;
+  for (const auto & a : active_here()) k.active.emplace_back(a, adapter_signature(a));
+  k.merged = merged_;
+  return k;
 }
 
-void TunerLayer::pad_rank(const std::string &, int64_t) {
+void TunerLayer::pad_rank_impl(const std::string &, int64_t) {
   fail(str(name(), " has no rank to pad (hot-swap preparation is for LoRA)"));
 }
 
@@ -185,11 +215,11 @@ at::Tensor kaiming_uniform(const std::vector<int64_t> & shape) {
   return at::empty(shape).uniform_(-bound, bound);
 }
 
-void add_delta(at::Tensor & weight, const at::Tensor & delta, double sign, bool safe, const std::string & adapter) {
+void merge_delta(LinearBase & base, const at::Tensor & delta, double sign, bool safe, const std::string & adapter) {
   at::NoGradGuard g;
-  at::Tensor W = weight.to(at::kFloat) + sign * delta.to(at::kFloat);
+  at::Tensor W = base.dense_weight().to(at::kFloat) + sign * delta.to(at::kFloat);
   if (safe) check_finite(W, "merging adapter '" + adapter + "'");
-  weight.copy_(W);
+  base.store_weight(W);
 }
 
 void check_finite(const at::Tensor & t, const std::string & what) {

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "peft/error.h"
+#include "peft/ops/adapter-math.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
 
@@ -24,7 +25,7 @@ std::pair<at::Tensor, at::Tensor> vera_projections(int64_t r, int64_t max_in, in
 }
 
 VeRALinear::VeRALinear(LayerPtr base) : TunerLayer(std::move(base)) {
-  PEFT_CHECK(std::dynamic_pointer_cast<Linear>(base_layer), "VeRA needs a Linear base layer");
+  PEFT_CHECK(std::dynamic_pointer_cast<LinearBase>(base_layer_), "VeRA needs a Linear base layer");
   lb_ = &dict("vera_lambda_b");
   ld_ = &dict("vera_lambda_d");
   buffers_ = register_module("vera_shared", std::make_shared<torch::nn::Module>());
@@ -46,8 +47,7 @@ void VeRALinear::add_adapter(const std::string & name, const at::Tensor & A, con
   holder->register_buffer("B", B);
 }
 
-void VeRALinear::delete_adapter(const std::string & name) {
-  TunerLayer::delete_adapter(name);
+void VeRALinear::forget(const std::string & name) {
   dropout_.erase(name);
   if (shared_.erase(name)) buffers_->unregister_module(name);
 }
@@ -62,20 +62,20 @@ at::Tensor VeRALinear::B_of(const std::string & n) const {
 }
 
 at::Tensor VeRALinear::delta_weight(const std::string & n) const {
-  return at::matmul(lb_->get(n).unsqueeze(1) * B_of(n), ld_->get(n).unsqueeze(1) * A_of(n));
+  return math::vera_delta(A_of(n), B_of(n), ld_->get(n), lb_->get(n));
 }
 
 at::Tensor VeRALinear::forward_active(const at::Tensor & x) {
-  at::Tensor y = base_layer->forward(x);
+  at::Tensor y = base_layer_->forward(x);
   for (const auto & n : active_here()) {
     y = ops::vera_add(y, x, A_of(n), B_of(n), ld_->get(n), lb_->get(n), dropout_.at(n), is_training());
   }
   return y;
 }
 
-void VeRALinear::merge_one(const std::string & n, bool safe) { add_delta(linear().weight, delta_weight(n), 1, safe, n); }
+void VeRALinear::merge_one(const std::string & n, bool safe) { merge_delta(linear(), delta_weight(n), 1, safe, n); }
 
-void VeRALinear::unmerge_one(const std::string & n) { add_delta(linear().weight, delta_weight(n), -1, false, n); }
+void VeRALinear::unmerge_one(const std::string & n) { merge_delta(linear(), delta_weight(n), -1, false, n); }
 
 // ---- the method ----
 
@@ -130,18 +130,11 @@ std::shared_ptr<TunerLayer> vera_inject(const AdapterConfig & cfg, const std::st
   return layer;
 }
 
-std::vector<std::string> vera_default_targets(const std::string & model_type) {
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2" || model_type == "opt") {
-    return {"q_proj", "v_proj"};
-  }
-  return {};
-}
-
 }  // namespace
 
 TunerMethod vera_method() {
   return TunerMethod{"VERA", "vera_lambda_", &vera_defaults, &vera_validate, &vera_supports, &vera_inject,
-                     &vera_default_targets, nullptr, &vera_shared};
+                     &DefaultTargets::lora, nullptr, &vera_shared};
 }
 
 }  // namespace peft

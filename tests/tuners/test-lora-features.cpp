@@ -70,7 +70,7 @@ TEST(LoraConfig, RankAndAlphaPatterns) {
                    {"rank_pattern", {{"layers\\.1\\.self_attn\\.q_proj", 2}}}, {"alpha_pattern", {{"v_proj", 16}}}}));
   for (const auto & l : m.tuner_layers()) {
     auto lin = std::dynamic_pointer_cast<LoraLinear>(l.second);
-    const auto & s = lin->settings.at("default");
+    const auto & s = lin->settings("default");
     if (l.first == "model.layers.1.self_attn.q_proj") EXPECT_EQ(s.r, 2);
     else EXPECT_EQ(s.r, 4);
     EXPECT_DOUBLE_EQ(lin->scaling("default").item<double>(),

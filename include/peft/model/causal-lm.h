@@ -64,6 +64,8 @@ class CausalLM : public Module {
   /// With tie_word_embeddings: make the output layer use the input embedding's weight (through any
   /// adapter wrapping either). Called after loading and after layers are replaced.
   void tie_weights();
+  /// Stop tying: the output layer keeps its own weight (config.json's tie_word_embeddings becomes false).
+  void untie_weights() { config_.tie_word_embeddings = false; }
   /// The token embedding and the output layer (as they stand now: possibly adapter wrappers).
   virtual LayerPtr input_embedding() const = 0;
   virtual LayerPtr output_layer() const = 0;

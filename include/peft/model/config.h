@@ -9,6 +9,25 @@
 
 namespace peft {
 
+/// Typed reads of config.json fields; every error names the file and the field.
+class ConfigReader {
+ public:
+  ConfigReader(const nlohmann::json & j, const std::string & source) : j_(j), src_(source) {}
+  bool has(const char * k) const;
+  /// An integer >= min_value; `def` when absent (an error when absent and required).
+  int64_t integer(const char * k, int64_t def, bool required, int64_t min_value = 1) const;
+  /// A positive number; `def` when absent.
+  double number(const char * k, double def) const;
+  bool boolean(const char * k, bool def) const;
+  std::string string(const char * k, const std::string & def) const;
+  const nlohmann::json & json() const { return j_; }
+  const std::string & source() const { return src_; }
+
+ private:
+  const nlohmann::json & j_;
+  const std::string & src_;
+};
+
 struct ModelConfig {
   std::string model_type;     // "llama", "mistral", "qwen2", "opt"
   std::string architecture;   // "LlamaForCausalLM", ...

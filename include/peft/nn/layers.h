@@ -8,13 +8,39 @@
 
 namespace peft {
 
-class Linear : public Layer {
+/// What adapters ask of a linear base layer, whatever stores its weight (a float Linear today, quantized
+/// kinds next): its shape, y = x W^T (+ b), the weight as a dense floating tensor, and writing a changed
+/// weight back (merging). Adapter layers and merges use only this; compile's folds rewrite aten::linear
+/// over a weight input, so a base kind whose forward is another op is left unfolded, never miscomputed.
+class LinearBase : public Layer {
+ public:
+  using Layer::Layer;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+  /// x W^T, without the bias.
+  virtual at::Tensor apply_weight(const at::Tensor & x) = 0;
+  /// W (O, I) as a dense floating tensor: the parameter itself for a float layer (so a traced graph
+  /// sees the live weight), a dequantized copy for others.
+  virtual at::Tensor dense_weight() const = 0;
+  /// The bias (O), or undefined.
+  virtual at::Tensor bias_tensor() const = 0;
+  /// Store `w` (O, I) / `b` (O) as the new weight / bias, in the layer's own format (merge, unmerge).
+  virtual void store_weight(const at::Tensor & w) = 0;
+  virtual void store_bias(const at::Tensor & b) = 0;
+};
+
+class Linear : public LinearBase {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias);
   at::Tensor forward(const at::Tensor & x) override;  // (.., I) -> (.., O)
   LayerPtr clone_layer() const override;
-  int64_t in_features() const { return weight.size(1); }
-  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const override { return weight.size(1); }
+  int64_t out_features() const override { return weight.size(0); }
+  at::Tensor apply_weight(const at::Tensor & x) override { return at::linear(x, weight); }
+  at::Tensor dense_weight() const override { return weight; }
+  at::Tensor bias_tensor() const override { return bias; }
+  void store_weight(const at::Tensor & w) override;
+  void store_bias(const at::Tensor & b) override;
   /// Make this layer use `w` as its weight (tied embeddings); the parameter is re-registered.
   void tie_weight(const at::Tensor & w);
   at::Tensor weight;  // (O, I)

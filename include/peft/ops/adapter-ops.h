@@ -11,10 +11,12 @@ namespace peft::ops {
 at::Tensor lora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                     const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double dropout, bool train);
 
-/// DoRA on top of base(x) = y: y + (g - 1) (x~ W^T) + g * scale * (x~ A^T B^T), g = m / ||W + s B A||_rows
-/// (norm detached); x~ = drop(x) in training with dropout, else x.
-at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W, const at::Tensor & A,
-                    const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, double dropout, bool train);
+/// DoRA on top of y = base(x) (+ the adapters before it): y + (g - 1) (y - bias) + g * scale * (x~ A^T B^T),
+/// g = m / ||W + s B A||_rows (norm detached, W the base weight); with dropout in training, x~ = drop(x)
+/// and the base term is x~ W^T instead of y - bias (PEFT's DoRA forward).
+at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & bias,
+                    const at::Tensor & A, const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale,
+                    double dropout, bool train);
 
 /// y + scale * lookup(ids, A^T) B^T          y (B, T, D), A (R, V), B (D, R)
 at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,

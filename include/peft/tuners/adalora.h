@@ -15,15 +15,15 @@ class AdaLoraLinear : public TunerLayer {
   explicit AdaLoraLinear(LayerPtr base);
   void add_adapter(const std::string & name, int64_t r, int64_t init_r, double alpha, double dropout, bool init_default);
 
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
 
   at::Tensor delta_weight(const std::string & name) const;  // (O, I)
-  Linear & linear() const { return static_cast<Linear &>(*base_layer); }
+  LinearBase & linear() const { return static_cast<LinearBase &>(*base_layer_); }
 
  protected:
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
   at::Tensor forward_active(const at::Tensor & x) override;
 
  private:

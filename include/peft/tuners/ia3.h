@@ -15,15 +15,15 @@ class IA3Linear : public TunerLayer {
   explicit IA3Linear(LayerPtr base);
   void add_adapter(const std::string & name, bool feedforward, bool init_ones);
 
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
 
-  Linear & linear() const;
+  LinearBase & linear() const;
   at::Tensor vector(const std::string & name) const;  // ia3_l
 
  protected:
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
   at::Tensor forward_active(const at::Tensor & x) override;
 
  private:

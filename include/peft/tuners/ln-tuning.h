@@ -13,12 +13,12 @@ class LNTuningLayer : public TunerLayer {
   explicit LNTuningLayer(LayerPtr base);
   void add_adapter(const std::string & name);
 
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string &) const override { return "copy"; }
 
  protected:
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
   at::Tensor forward_active(const at::Tensor & x) override;
 
  private:

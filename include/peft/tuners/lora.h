@@ -1,7 +1,8 @@
 // LoRA (and its DoRA variant) on Linear and Embedding layers. PEFT §2.1-2.2.
 // B = batch, T = seq, I = in features, O = out features, R = rank, V = vocab, D = embedding dim.
 //   Linear:    y = base(x) + s * (drop(x) A^T B^T + b_B)          A (R, I), B (O, R)
-//   DoRA:      y = g * (W x + s B A x) + b,  g = m / ||W + s B A||_rows (detached)
+//   DoRA:      y = g * (W x + s B A x) + b,  g = m / ||W + s B A||_rows (detached); the formulas are
+//              peft::math's (include/peft/ops/adapter-math.h)
 //   Embedding: y = base(t) + s * lookup(t, A^T) B^T               A (R, V) zeros, B (D, R)
 // s = alpha / r (alpha / sqrt(r) with rsLoRA).
 #pragma once
@@ -31,28 +32,25 @@ LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & pa
 class LoraLayer : public TunerLayer {
  public:
   using TunerLayer::TunerLayer;
-  void delete_adapter(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
   void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
-
-  std::map<std::string, LoraSettings> settings;
+  const LoraSettings & settings(const std::string & name) const;
 
  protected:
   void add_settings(const std::string & name, const LoraSettings & s);
+  void forget(const std::string & name) override;
+  std::map<std::string, LoraSettings> settings_;
 };
 
 class LoraLinear : public LoraLayer {
  public:
   explicit LoraLinear(LayerPtr base);
   void add_adapter(const std::string & name, const LoraSettings & s);
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
-  void pad_rank(const std::string & name, int64_t rank) override;
+  bool mixed_batch_supported(const std::string & name) const override { return !settings(name).use_dora; }
 
   /// s * B A, (O, I).
   at::Tensor delta_weight(const std::string & name) const;
-  Linear & linear() const;
+  LinearBase & linear() const;
   at::Tensor lora_A(const std::string & n) const;
   at::Tensor lora_B(const std::string & n) const;
   at::Tensor lora_B_bias(const std::string & n) const;
@@ -61,6 +59,10 @@ class LoraLinear : public LoraLayer {
  protected:
   at::Tensor forward_mixed(const at::Tensor & x) override;
   at::Tensor forward_active(const at::Tensor & x) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
+  void pad_rank_impl(const std::string & name, int64_t rank) override;
 
  private:
   std::map<std::string, at::Tensor> dora_norm_cache_;  // weight norms cached at merge, used by unmerge
@@ -73,9 +75,7 @@ class LoraEmbedding : public LoraLayer {
  public:
   explicit LoraEmbedding(LayerPtr base);
   void add_adapter(const std::string & name, const LoraSettings & s);
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
-  void pad_rank(const std::string & name, int64_t rank) override;
+  bool mixed_batch_supported(const std::string &) const override { return true; }
 
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;
@@ -86,6 +86,9 @@ class LoraEmbedding : public LoraLayer {
  protected:
   at::Tensor forward_active(const at::Tensor & ids) override;
   at::Tensor forward_mixed(const at::Tensor & ids) override;
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void pad_rank_impl(const std::string & name, int64_t rank) override;
 
  private:
   AdapterDict *A_, *B_;  // lora_embedding_A, lora_embedding_B

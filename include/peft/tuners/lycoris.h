@@ -24,22 +24,23 @@ LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::strin
 class LycorisLinear : public TunerLayer {
  public:
   explicit LycorisLinear(LayerPtr base);
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
   void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
 
   /// scale * (method's product), (O, I); with rank dropout applied in training.
   at::Tensor delta_weight(const std::string & name);
-  Linear & linear() const { return static_cast<Linear &>(*base_layer); }
+  LinearBase & linear() const { return static_cast<LinearBase &>(*base_layer_); }
 
-  std::map<std::string, LycorisSettings> settings;
+  const LycorisSettings & settings(const std::string & name) const;
 
  protected:
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
   /// The method's unscaled delta (O, I).
   virtual at::Tensor raw_delta(const std::string & name) const = 0;
   void add_settings(const std::string & name, const LycorisSettings & s);
+  std::map<std::string, LycorisSettings> settings_;
   at::Tensor forward_active(const at::Tensor & x) override;
 };
 

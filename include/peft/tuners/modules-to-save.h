@@ -11,18 +11,22 @@ class ModulesToSaveWrapper : public TunerLayer {
   explicit ModulesToSaveWrapper(LayerPtr original);
   void add_copy(const std::string & adapter);
 
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string &, bool) override {}  // nothing to fold: the copy replaces the module
-  void unmerge_one(const std::string &) override {}
   std::string adapter_signature(const std::string &) const override { return "copy"; }
+  bool mixed_batch_supported(const std::string &) const override { return true; }
 
   /// The copy replaces the module: "merging" changes nothing, so forward always uses current().
   at::Tensor forward(const at::Tensor & x) override;
   /// The module forward would use now (the active copy or the original).
   LayerPtr current() const;
+  /// The copy of the active adapter that has one, or the original when none does, ignoring the disable
+  /// scope (what merge_and_unload and unload leave in the module's place, as PEFT does).
+  LayerPtr active_copy() const;
   LayerPtr copy(const std::string & adapter) const { return copies_.at(adapter); }
 
  protected:
+  void merge_one(const std::string &, bool) override {}  // nothing to fold: the copy replaces the module
+  void unmerge_one(const std::string &) override {}
+  void forget(const std::string & name) override;
   at::Tensor forward_active(const at::Tensor & x) override { return current()->forward(x); }
   at::Tensor forward_mixed(const at::Tensor & x) override;
 

@@ -23,20 +23,21 @@ struct OrthoSettings {
 class OrthoLinear : public TunerLayer {
  public:
   explicit OrthoLinear(LayerPtr base);
-  void delete_adapter(const std::string & name) override;
-  void merge_one(const std::string & name, bool safe) override;
-  void unmerge_one(const std::string & name) override;
   std::string adapter_signature(const std::string & name) const override;
 
   /// The rotation blocks of adapter `name`, (R, b, b).
   virtual at::Tensor blocks(const std::string & name) const = 0;
   /// The output scale (O) or undefined (OFT).
   virtual at::Tensor scale(const std::string & name) const { return {}; }
-  Linear & linear() const { return static_cast<Linear &>(*base_layer); }
+  LinearBase & linear() const { return static_cast<LinearBase &>(*base_layer_); }
 
-  std::map<std::string, OrthoSettings> settings;
+  const OrthoSettings & settings(const std::string & name) const;
 
  protected:
+  void merge_one(const std::string & name, bool safe) override;
+  void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
+  std::map<std::string, OrthoSettings> settings_;
   at::Tensor forward_active(const at::Tensor & x) override;
 };
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "peft/model/architectures.h"
 #include "peft/nn/module.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/tuner-layer.h"
@@ -27,10 +28,12 @@ struct TunerMethod {
   /// Returns the layer to put at `path` (the same TunerLayer when one existed).
   std::shared_ptr<TunerLayer> (*inject)(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                         const LayerPtr & target);
-  /// Default target_modules for a model_type when the config gives none (empty = no default).
-  std::vector<std::string> (*default_targets)(const std::string & model_type);
+  /// Which of the architecture table's default target lists applies when the config gives none
+  /// (nullptr: the method has no defaults).
+  std::vector<std::string> DefaultTargets::*default_targets = nullptr;
   /// Fill other model-dependent defaults before injection (PEFT's _prepare_adapter_config); may be null.
-  void (*complete)(AdapterConfig & cfg, const std::string & model_type) = nullptr;
+  /// `defaults` is the model's row of the architecture table (nullptr for an unknown model_type).
+  void (*complete)(AdapterConfig & cfg, const DefaultTargets * defaults) = nullptr;
   /// Create the model-level tensors shared by the adapter's layers (cfg.shared) from the plain layers
   /// it will adapt; may be null.
   void (*shared)(AdapterConfig & cfg, const std::vector<LayerPtr> & targets) = nullptr;
@@ -39,5 +42,7 @@ struct TunerMethod {
 /// The method for a peft_type; throws peft::Error listing the known ones.
 const TunerMethod & tuner_method(const std::string & peft_type);
 const std::vector<TunerMethod> & tuner_methods();
+/// The default target modules of `method` for `model_type` (empty when there are none).
+std::vector<std::string> default_targets(const TunerMethod & method, const std::string & model_type);
 
 }  // namespace peft

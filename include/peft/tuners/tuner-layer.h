@@ -3,15 +3,23 @@
 // ("lora_A.<adapter>.weight", "lora_embedding_A.<adapter>"), so in-memory parameter paths, PEFT's
 // and the checkpoint key mapping all agree. The generic forward skeleton (disabled / merged / active)
 // lives here; methods implement only their own math.
+//
+// The active set and the disabled flag are not the layer's: it reads them from the AdapterState of the
+// model it belongs to. Every public call that changes what forward computes (merge, unmerge, new or
+// deleted adapters, rank padding) moves that state's version, so a compiled model never replays a stale
+// graph, whoever made the call.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "peft/nn/layers.h"
 #include "peft/nn/module.h"
+#include "peft/tuners/adapter-state.h"
 #include "peft/tuners/config.h"
 
 namespace peft {
@@ -50,47 +58,51 @@ class TunerLayer : public Layer {
   explicit TunerLayer(LayerPtr base, const std::string & base_name = "base_layer");
 
   at::Tensor forward(const at::Tensor & x) override;
-  LayerPtr base() override { return base_layer->base(); }
+  LayerPtr base() override { return base_layer_->base(); }
   LayerPtr clone_layer() const override;
+  /// The wrapped layer.
+  const LayerPtr & base_layer() const { return base_layer_; }
+
+  /// Read the active set and disabled flag from `state` (the owning model's) from now on.
+  void attach(std::shared_ptr<AdapterState> state);
+  const AdapterState & state() const { return *state_; }
 
   // ---- per-adapter bookkeeping ----
   bool has_adapter(const std::string & name) const { return names_.count(name) != 0; }
   /// The adapters this layer holds, sorted.
   std::vector<std::string> adapter_names() const { return {names_.begin(), names_.end()}; }
-  /// Remove every tensor and setting of `name` (AdapterDicts and scales are handled here; methods with
-  /// more per-adapter state override and call this).
-  virtual void delete_adapter(const std::string & name);
-  /// Fold adapter `name` into the base weights. safe: compute on a copy, refuse non-finite results.
-  virtual void merge_one(const std::string & name, bool safe) = 0;
-  virtual void unmerge_one(const std::string & name) = 0;
+  /// Active adapters that this layer holds, in order.
+  std::vector<std::string> active_here() const;
+  /// Remove every tensor and setting of `name` (refused while it is merged).
+  void delete_adapter(const std::string & name);
   /// Set adapter `name`'s scale to `factor` times the scale `cfg` gives module `path` (set_scale,
-  /// hot-swap). Methods without a scale ignore it.
+  /// hot-swap). Only the live scale tensor changes: compiled graphs stay valid. Methods without a scale
+  /// ignore it.
   virtual void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) {}
   /// Zero-pad adapter `name`'s rank to `rank` (prepare_for_hotswap); methods without a rank refuse.
-  virtual void pad_rank(const std::string & name, int64_t rank);
-  /// Everything the traced computation depends on besides tensor values (scales, dropout, variants).
+  void pad_rank(const std::string & name, int64_t rank);
+  /// Can rows of a mixed-adapter batch use adapter `name` here? (PEFT refuses DoRA rows, for example.)
+  virtual bool mixed_batch_supported(const std::string & name) const { return false; }
+  /// Everything the traced computation depends on besides tensor values (ranks, dropout, variants).
   virtual std::string adapter_signature(const std::string & name) const = 0;
 
-  // ---- generic state ----
-  void set_active(const std::vector<std::string> & names) { active_ = names; }
-  const std::vector<std::string> & active() const { return active_; }
-  void set_disabled(bool d) { disabled_ = d; }
-  bool disabled() const { return disabled_; }
+  // ---- merging ----
   const std::vector<std::string> & merged() const { return merged_; }
-  void merge(const std::vector<std::string> & names, bool safe);  // skips already merged ones
+  bool is_merged(const std::string & name) const;
+  /// Fold `names` (those this layer holds, not yet merged) into the base weights, in order.
+  /// safe: compute on a copy, refuse non-finite results.
+  void merge(const std::vector<std::string> & names, bool safe);
   void unmerge_all();
   void unmerge_last();
   /// Reset the merged list after the caller restored the weights itself.
-  void restore_merged(std::vector<std::string> merged) { merged_ = std::move(merged); }
-  /// The scale of adapter `name` (0-dim float tensor) and setting it in place.
+  void restore_merged(std::vector<std::string> merged);
+
+  /// The scale of adapter `name` (0-dim float tensor).
   at::Tensor scaling(const std::string & name) const { return scales_->get(name); }
-  void set_scaling(const std::string & name, double value) { scales_->set(name, value); }
   /// Parameters that belong to adapter `name` (paths relative to this layer).
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(const std::string & name) const;
-  /// The state of this layer as a string (compile cache key).
-  std::string signature() const;
-
-  LayerPtr base_layer;
+  /// This layer's part of the compile key.
+  LayerStateKey state_key(const std::string & path) const;
 
  protected:
   /// base(x) plus the contributions of the active adapters this layer holds (never merged here).
@@ -98,24 +110,38 @@ class TunerLayer : public Layer {
   /// Mixed-adapter batch (current_routing() is active): base(x) plus, on each row, that row's adapter.
   /// Methods that support it override; the default refuses.
   virtual at::Tensor forward_mixed(const at::Tensor & x);
-  /// Active adapters that this layer holds, in order.
-  std::vector<std::string> active_here() const;
-  AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
-  void track_adapter(const std::string & name) { names_.insert(name); }  // methods call this when adding
-  ScaleDict * scales_;                            // child "scaling"
+  /// Fold adapter `name` into the base weights / undo it (merge() and unmerge_*() call these).
+  virtual void merge_one(const std::string & name, bool safe) = 0;
+  virtual void unmerge_one(const std::string & name) = 0;
+  /// The method's own per-adapter state beyond AdapterDicts and scales (delete_adapter calls it).
+  virtual void forget(const std::string & name) {}
+  /// The method's rank padding (pad_rank calls it).
+  virtual void pad_rank_impl(const std::string & name, int64_t rank);
 
+  bool disabled() const { return state_->disabled(); }
+  const std::vector<std::string> & active() const { return state_->active(); }
+  AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
+  /// Methods call this when adding an adapter (after its tensors exist).
+  void track_adapter(const std::string & name);
+  void set_scaling(const std::string & name, double value) { scales_->set(name, value); }
+  /// Record a change of what forward computes that a method made itself.
+  void touch() { state_->touch(); }
+
+  LayerPtr base_layer_;
+  ScaleDict * scales_;  // child "scaling"
+
+ private:
+  std::shared_ptr<AdapterState> state_;
   std::set<std::string> names_;
-  std::vector<std::string> active_;
   std::vector<std::string> merged_;
-  bool disabled_ = false;
 };
 
 /// PyTorch's kaiming_uniform_(a=sqrt(5)) (nn.Linear's default init): U(+-1/sqrt(fan_in)), fan_in = shape[1] * ...
 at::Tensor kaiming_uniform(const std::vector<int64_t> & shape);
 
-/// weight += sign * delta (computed in float32, stored in the weight's dtype); with `safe`, refuses a
-/// non-finite result naming the adapter. The merge/unmerge of additive methods.
-void add_delta(at::Tensor & weight, const at::Tensor & delta, double sign, bool safe, const std::string & adapter);
+/// W += sign * delta on a linear base (computed in float32, stored in the layer's format); with `safe`,
+/// refuses a non-finite result naming the adapter. The merge/unmerge of additive methods.
+void merge_delta(LinearBase & base, const at::Tensor & delta, double sign, bool safe, const std::string & adapter);
 
 /// Non-finite check used by safe merges; throws naming the layer and adapter.
 void check_finite(const at::Tensor & t, const std::string & what);

@@ -1,6 +1,8 @@
 // Fold adapters into derived copies of the base weights, for graphs that run without autograd.
 // The derived weight is recomputed whenever a source tensor changes in place (its version counter).
+// The formulas are peft::math's, the ones the layers' merges and the op kernels use.
 #include "passes.h"
+#include "peft/ops/adapter-math.h"
 
 namespace peft::compile_detail {
 
@@ -9,115 +11,118 @@ namespace {
 using torch::jit::Node;
 using torch::jit::Value;
 
-bool dropout_inactive(const Value * p, const Value * train) {
-  auto pv = constant_of(p), tv = constant_of(train);
+const c10::Symbol kLinear = c10::Symbol::fromQualString("aten::linear");
+const c10::Symbol kEmbedding = c10::Symbol::fromQualString("aten::embedding");
+
+bool dropout_inactive(Node * n) {
+  auto pv = constant_of(arg(n, "dropout")), tv = constant_of(arg(n, "train"));
   return pv && tv && (!tv->toBool() || pv->toDouble() == 0.0);
 }
 
-// Value index of v, or -1 when v is not a source/derived input.
+// Source/derived input index of v, or -1 when v is computed in the graph.
 int64_t idx(Program & p, const Value * v) { return p.value_index(v); }
 
+// The linear node producing the adapter's `y`, when it applies to the adapter's own `x` and nothing
+// else reads its output.
+Node * base_linear(Node * n) {
+  Node * lin = arg(n, "y")->node();
+  if (lin->kind() != kLinear || arg(lin, "input") != arg(n, "x") || arg(n, "y")->uses().size() != 1) return nullptr;
+  return lin;
+}
+
+void drop_adapter_node(Node * n) {
+  n->output()->replaceAllUsesWith(arg(n, "y"));
+  n->destroy();
+}
+
 bool fold_lora(Program & p, Node * n) {
-  // lora_add(y, x, A, B, bias?, scale, dropout, train), y = linear(x, W, b?)
-  Node * lin = n->input(0)->node();
-  if (lin->kind() != c10::Symbol::fromQualString("aten::linear") || lin->input(0) != n->input(1)) return false;
-  if (n->input(0)->uses().size() != 1 || !dropout_inactive(n->input(6), n->input(7))) return false;
-  int64_t W = idx(p, lin->input(1)), A = idx(p, n->input(2)), B = idx(p, n->input(3)), s = idx(p, n->input(5));
+  Node * lin = base_linear(n);
+  if (!lin || !dropout_inactive(n)) return false;
+  int64_t W = idx(p, arg(lin, "weight")), A = idx(p, arg(n, "A")), B = idx(p, arg(n, "B")), s = idx(p, arg(n, "scale"));
   if (W < 0 || A < 0 || B < 0 || s < 0) return false;
-  const bool has_lb = !is_none(n->input(4));
-  const int64_t lb = has_lb ? idx(p, n->input(4)) : -1;
-  const bool has_b = !is_none(lin->input(2));
-  const int64_t b = has_b ? idx(p, lin->input(2)) : -1;
+  const bool has_lb = !is_none(arg(n, "bias"));
+  const int64_t lb = has_lb ? idx(p, arg(n, "bias")) : -1;
+  const bool has_b = !is_none(arg(lin, "bias"));
+  const int64_t b = has_b ? idx(p, arg(lin, "bias")) : -1;
   if ((has_lb && lb < 0) || (has_b && b < 0)) return false;
   {
     torch::jit::WithInsertPoint guard(lin);
     Value * Wf = p.add_derived(
         {size_t(W), size_t(A), size_t(B), size_t(s)},
         [](const std::vector<at::Tensor> & t) {
-          return (t[0].to(at::kFloat) + at::matmul(t[2], t[1]).to(at::kFloat) * t[3]).to(t[0].scalar_type());
+          return (t[0].to(at::kFloat) + math::lora_delta(t[1], t[2], t[3]).to(at::kFloat)).to(t[0].scalar_type());
         },
         "folded_lora_weight", p.value(W));
     lin->replaceInput(1, Wf);
     if (has_lb) {
       std::vector<size_t> from = {size_t(lb), size_t(s)};
       if (has_b) from.push_back(size_t(b));
-      at::Tensor example = p.value(lb);
       Value * bf = p.add_derived(
           from,
           [has_b](const std::vector<at::Tensor> & t) {
             at::Tensor out = t[0] * t[1];
             return has_b ? (t[2].to(at::kFloat) + out).to(t[2].scalar_type()) : out;
           },
-          "folded_lora_bias", example);
+          "folded_lora_bias", p.value(lb));
       lin->replaceInput(2, bf);
     }
   }
-  n->output()->replaceAllUsesWith(n->input(0));
-  n->destroy();
+  drop_adapter_node(n);
   return true;
 }
 
 bool fold_dora(Program & p, Node * n) {
-  // dora_add(y, x, W, A, B, m, scale, dropout, train), y = linear(x, W, b?)
-  Node * lin = n->input(0)->node();
-  if (lin->kind() != c10::Symbol::fromQualString("aten::linear") || lin->input(0) != n->input(1) ||
-      lin->input(1) != n->input(2)) {
-    return false;
-  }
-  if (n->input(0)->uses().size() != 1 || !dropout_inactive(n->input(7), n->input(8))) return false;
-  int64_t W = idx(p, n->input(2)), A = idx(p, n->input(3)), B = idx(p, n->input(4)), m = idx(p, n->input(5)),
-          s = idx(p, n->input(6));
-  if (W < 0 || A < 0 || B < 0 || m < 0 || s < 0) return false;
+  // y = x Wc^T + b (Wc: the base weight, or a copy with earlier adapters folded in), and
+  // dora_add(y) = y + (g - 1)(y - b) + g s x (BA)^T = x (g (Wc + s B A))^T + b, g = m / ||W + s B A||
+  Node * lin = base_linear(n);
+  if (!lin || !dropout_inactive(n)) return false;
+  const bool lin_bias = !is_none(arg(lin, "bias")), dora_bias = !is_none(arg(n, "bias"));
+  if (lin_bias != dora_bias || (lin_bias && arg(lin, "bias") != arg(n, "bias"))) return false;
+  int64_t Wc = idx(p, arg(lin, "weight")), W = idx(p, arg(n, "W")), A = idx(p, arg(n, "A")), B = idx(p, arg(n, "B")),
+          m = idx(p, arg(n, "m")), s = idx(p, arg(n, "scale"));
+  if (Wc < 0 || W < 0 || A < 0 || B < 0 || m < 0 || s < 0) return false;
   Value * Wf = p.add_derived(
-      {size_t(W), size_t(A), size_t(B), size_t(m), size_t(s)},
+      {size_t(Wc), size_t(W), size_t(A), size_t(B), size_t(m), size_t(s)},
       [](const std::vector<at::Tensor> & t) {
-        at::Tensor V = t[0].to(at::kFloat) + at::matmul(t[2], t[1]).to(at::kFloat) * t[4];
-        return ((t[3] / V.norm(2, {1})).unsqueeze(1) * V).to(t[0].scalar_type());
+        at::Tensor norm = math::dora_weight_norm(t[1], t[2], t[3], t[5]);
+        return math::dora_weight(t[0], t[2], t[3], t[4], t[5], norm).to(t[0].scalar_type());
       },
-      "folded_dora_weight", p.value(W));
+      "folded_dora_weight", p.value(Wc));
   lin->replaceInput(1, Wf);
-  n->output()->replaceAllUsesWith(n->input(0));
-  n->destroy();
+  drop_adapter_node(n);
   return true;
 }
 
 bool fold_vera(Program & p, Node * n) {
-  // vera_add(y, x, A, B, lambda_d, lambda_b, dropout, train), y = linear(x, W, b?)
-  Node * lin = n->input(0)->node();
-  if (lin->kind() != c10::Symbol::fromQualString("aten::linear") || lin->input(0) != n->input(1)) return false;
-  if (n->input(0)->uses().size() != 1 || !dropout_inactive(n->input(6), n->input(7))) return false;
-  int64_t W = idx(p, lin->input(1)), A = idx(p, n->input(2)), B = idx(p, n->input(3)), d = idx(p, n->input(4)),
-          b = idx(p, n->input(5));
+  Node * lin = base_linear(n);
+  if (!lin || !dropout_inactive(n)) return false;
+  int64_t W = idx(p, arg(lin, "weight")), A = idx(p, arg(n, "A")), B = idx(p, arg(n, "B")),
+          d = idx(p, arg(n, "lambda_d")), b = idx(p, arg(n, "lambda_b"));
   if (W < 0 || A < 0 || B < 0 || d < 0 || b < 0) return false;
   Value * Wf = p.add_derived(
       {size_t(W), size_t(A), size_t(B), size_t(d), size_t(b)},
       [](const std::vector<at::Tensor> & t) {
-        at::Tensor delta = at::matmul(t[4].unsqueeze(1) * t[2], t[3].unsqueeze(1) * t[1]);
-        return (t[0].to(at::kFloat) + delta.to(at::kFloat)).to(t[0].scalar_type());
+        return (t[0].to(at::kFloat) + math::vera_delta(t[1], t[2], t[3], t[4]).to(at::kFloat)).to(t[0].scalar_type());
       },
       "folded_vera_weight", p.value(W));
   lin->replaceInput(1, Wf);
-  n->output()->replaceAllUsesWith(n->input(0));
-  n->destroy();
+  drop_adapter_node(n);
   return true;
 }
 
 bool fold_embedding(Program & p, Node * n) {
-  // lora_embedding_add(y, ids, A, B, scale, padding_idx), y = embedding(E, ids, ...)
-  Node * emb = n->input(0)->node();
-  if (emb->kind() != c10::Symbol::fromQualString("aten::embedding") || emb->input(1) != n->input(1)) return false;
-  if (n->input(0)->uses().size() != 1) return false;
-  int64_t E = idx(p, emb->input(0)), A = idx(p, n->input(2)), B = idx(p, n->input(3)), s = idx(p, n->input(4));
+  Node * emb = arg(n, "y")->node();
+  if (emb->kind() != kEmbedding || arg(emb, "indices") != arg(n, "ids") || arg(n, "y")->uses().size() != 1) return false;
+  int64_t E = idx(p, arg(emb, "weight")), A = idx(p, arg(n, "A")), B = idx(p, arg(n, "B")), s = idx(p, arg(n, "scale"));
   if (E < 0 || A < 0 || B < 0 || s < 0) return false;
   Value * Ef = p.add_derived(
       {size_t(E), size_t(A), size_t(B), size_t(s)},
       [](const std::vector<at::Tensor> & t) {
-        return (t[0].to(at::kFloat) + at::matmul(t[2], t[1]).t().to(at::kFloat) * t[3]).to(t[0].scalar_type());
+        return (t[0].to(at::kFloat) + math::lora_embedding_delta(t[1], t[2], t[3]).to(at::kFloat)).to(t[0].scalar_type());
       },
       "folded_lora_embedding", p.value(E));
   emb->replaceInput(0, Ef);
-  n->output()->replaceAllUsesWith(n->input(0));
-  n->destroy();
+  drop_adapter_node(n);
   return true;
 }
 

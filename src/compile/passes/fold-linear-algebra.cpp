@@ -6,6 +6,7 @@
 //   linear(block_rotate(x, Q), W, b) -> linear(x, W BD(Q)^T, b)            (OFT, BOFT)
 //   linear(x, W) + b                ->  linear(x, W, b)                    (bias added after a scale)
 #include "passes.h"
+#include "peft/ops/adapter-math.h"
 
 namespace peft::compile_detail {
 
@@ -31,8 +32,8 @@ bool fold_add(Program & p, Node * n) {
     Value * a = n->input(order), * b = n->input(1 - order);
     if (!is_linear(a) || !is_linear(b) || !single_use(a) || !single_use(b)) continue;
     Node * base = a->node(), * delta = b->node();
-    if (base->input(0) != delta->input(0) || !is_none(delta->input(2))) continue;
-    int64_t W = p.value_index(base->input(1)), D = p.value_index(delta->input(1));
+    if (arg(base, "input") != arg(delta, "input") || !is_none(arg(delta, "bias"))) continue;
+    int64_t W = p.value_index(arg(base, "weight")), D = p.value_index(arg(delta, "weight"));
     if (W < 0 || D < 0) continue;
     if (p.value(W).sizes() != p.value(D).sizes()) continue;
     Value * Wf = p.add_derived(
@@ -55,8 +56,8 @@ bool fold_bias_add(Program & p, Node * n) {
   if (!alpha || !alpha->isInt() || alpha->toInt() != 1) return false;
   for (int order = 0; order < 2; ++order) {
     Value * a = n->input(order), * b = n->input(1 - order);
-    if (!is_linear(a) || !single_use(a) || !is_none(a->node()->input(2))) continue;
-    int64_t bi = p.value_index(b), W = p.value_index(a->node()->input(1));
+    if (!is_linear(a) || !single_use(a) || !is_none(arg(a->node(), "bias"))) continue;
+    int64_t bi = p.value_index(b), W = p.value_index(arg(a->node(), "weight"));
     if (bi < 0 || W < 0 || p.value(bi).dim() != 1 || p.value(bi).size(0) != p.value(W).size(0)) continue;
     a->node()->replaceInput(2, b);
     n->output()->replaceAllUsesWith(a);
@@ -68,21 +69,19 @@ bool fold_bias_add(Program & p, Node * n) {
 
 // linear(block_rotate(x, Q), W, b): the rotation moves into the weight, W' = W BD(Q)^T.
 bool fold_rotate(Program & p, Node * lin) {
-  Value * in = lin->input(0);
+  Value * in = arg(lin, "input");
   if (in->node()->kind() != kRotate || !single_use(in)) return false;
   Node * rot = in->node();
-  int64_t Q = p.value_index(rot->input(1)), W = p.value_index(lin->input(1));
+  int64_t Q = p.value_index(arg(rot, "Q")), W = p.value_index(arg(lin, "weight"));
   if (Q < 0 || W < 0) return false;
   Value * Wf = p.add_derived(
       {size_t(W), size_t(Q)},
       [](const std::vector<at::Tensor> & t) {
-        const int64_t O = t[0].size(0), R = t[1].size(0), b = t[1].size(1);
-        at::Tensor Wm = at::einsum("oib,icb->oic", {t[0].to(at::kFloat).view({O, R, b}), t[1].to(at::kFloat)});
-        return Wm.reshape({O, R * b}).to(t[0].scalar_type());
+        return math::rotate_weight(t[0].to(at::kFloat), t[1].to(at::kFloat)).to(t[0].scalar_type());
       },
       "folded_rotation", p.value(W));
   lin->replaceInput(1, Wf);
-  lin->replaceInput(0, rot->input(0));
+  lin->replaceInput(0, arg(rot, "x"));
   rot->destroy();
   return true;
 }
@@ -97,16 +96,17 @@ bool fold_mul(Program & p, Node * n) {
     // output side
     if (is_linear(t) && single_use(t)) {
       Node * lin = t->node();
-      int64_t W = p.value_index(lin->input(1));
+      int64_t W = p.value_index(arg(lin, "weight"));
       if (W < 0 || p.value(W).size(0) != p.value(l).size(0)) continue;
+      const bool has_b = !is_none(arg(lin, "bias"));
+      const int64_t b = has_b ? p.value_index(arg(lin, "bias")) : -1;
+      if (has_b && b < 0) continue;  // a computed bias: leave the graph as it is
       Value * Wf = p.add_derived(
           {size_t(W), size_t(l)},
           [](const std::vector<at::Tensor> & v) { return (v[0].to(at::kFloat) * v[1].unsqueeze(1)).to(v[0].scalar_type()); },
           "folded_row_scale", p.value(W));
       lin->replaceInput(1, Wf);
-      if (!is_none(lin->input(2))) {
-        int64_t b = p.value_index(lin->input(2));
-        if (b < 0) return false;
+      if (has_b) {
         Value * bf = p.add_derived(
             {size_t(b), size_t(l)},
             [](const std::vector<at::Tensor> & v) { return (v[0].to(at::kFloat) * v[1]).to(v[0].scalar_type()); },
@@ -120,8 +120,8 @@ bool fold_mul(Program & p, Node * n) {
     // input side: every use of x * l is a linear whose weight we know
     if (single_use(n->output())) {
       Node * lin = n->output()->uses()[0].user;
-      if (lin->kind() != kLinear || lin->input(0) != n->output()) continue;
-      int64_t W = p.value_index(lin->input(1));
+      if (lin->kind() != kLinear || arg(lin, "input") != n->output()) continue;
+      int64_t W = p.value_index(arg(lin, "weight"));
       if (W < 0 || p.value(W).size(1) != p.value(l).size(0)) continue;
       Value * Wf = p.add_derived(
           {size_t(W), size_t(l)},

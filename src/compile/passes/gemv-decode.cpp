@@ -9,7 +9,7 @@ size_t gemv_decode(Program & p) {
   std::vector<torch::jit::Node *> nodes;
   for (torch::jit::Node * n : p.graph->nodes()) {
     if (n->kind() != linear) continue;
-    auto t = n->input(0)->type()->cast<c10::TensorType>();
+    auto t = arg(n, "input")->type()->cast<c10::TensorType>();
     if (!t) continue;
     auto sizes = t->sizes().concrete_sizes();
     if (!sizes || sizes->empty()) continue;
@@ -17,7 +17,7 @@ size_t gemv_decode(Program & p) {
     for (size_t i = 0; i + 1 < sizes->size(); ++i) rows *= (*sizes)[i];
     if (rows == 1) nodes.push_back(n);
   }
-  for (auto * n : nodes) replace_node(*p.graph, n, "peft::linear_gemv", {n->input(0), n->input(1), n->input(2)});
+  for (auto * n : nodes) replace_node(*p.graph, n, "peft::linear_gemv", {arg(n, "input"), arg(n, "weight"), arg(n, "bias")});
   return nodes.size();
 }
 

@@ -16,23 +16,24 @@ size_t batch_sibling_lora(Program & p) {
   std::map<torch::jit::Value *, std::vector<torch::jit::Node *>> groups;
   std::vector<torch::jit::Value *> order;
   for (torch::jit::Node * n : p.graph->nodes()) {
-    if (n->kind() != kLora || !is_none(n->input(4))) continue;
-    auto pv = constant_of(n->input(6)), tv = constant_of(n->input(7));
+    if (n->kind() != kLora || !is_none(arg(n, "bias"))) continue;
+    auto pv = constant_of(arg(n, "dropout")), tv = constant_of(arg(n, "train"));
     if (!pv || !tv || (tv->toBool() && pv->toDouble() > 0)) continue;
-    if (p.value_index(n->input(2)) < 0) continue;
-    if (!groups.count(n->input(1))) order.push_back(n->input(1));
-    groups[n->input(1)].push_back(n);
+    if (p.value_index(arg(n, "A")) < 0) continue;
+    torch::jit::Value * x = arg(n, "x");
+    if (!groups.count(x)) order.push_back(x);
+    groups[x].push_back(n);
   }
   size_t rewritten = 0;
   for (torch::jit::Value * x : order) {
     auto & g = groups[x];
     if (g.size() < 2) continue;
-    auto dtype = g[0]->input(2)->type()->cast<c10::TensorType>()->scalarType();
+    auto dtype = arg(g[0], "A")->type()->cast<c10::TensorType>()->scalarType();
     bool same = true;
-    for (auto * n : g) same = same && n->input(2)->type()->cast<c10::TensorType>()->scalarType() == dtype;
+    for (auto * n : g) same = same && arg(n, "A")->type()->cast<c10::TensorType>()->scalarType() == dtype;
     if (!same) continue;
     std::vector<torch::jit::Value *> As;
-    for (auto * n : g) As.push_back(n->input(2));
+    for (auto * n : g) As.push_back(arg(n, "A"));
     torch::jit::Node * shrink = nullptr;
     {
       torch::jit::WithInsertPoint guard(g[0]);
@@ -42,14 +43,14 @@ size_t batch_sibling_lora(Program & p) {
     }
     int64_t offset = 0;
     for (auto * n : g) {
-      const int64_t r = n->input(2)->type()->cast<c10::TensorType>()->sizes().concrete_sizes()->at(0);
+      const int64_t r = arg(n, "A")->type()->cast<c10::TensorType>()->sizes().concrete_sizes()->at(0);
       torch::jit::Value * off = nullptr;
       {
         torch::jit::WithInsertPoint guard(n);
         off = p.graph->insertConstant(offset);
       }
       replace_node(*p.graph, n, "peft::lora_expand_add",
-                   {n->input(0), shrink->output(), off, n->input(3), n->input(4), n->input(5)});
+                   {arg(n, "y"), shrink->output(), off, arg(n, "B"), arg(n, "bias"), arg(n, "scale")});
       offset += r;
       ++rewritten;
     }

@@ -31,6 +31,8 @@ void run_passes(Program & p, const CompileOptions & o, bool no_grad);
 // helpers shared by the passes
 c10::optional<c10::IValue> constant_of(const torch::jit::Value * v);
 bool is_none(const torch::jit::Value * v);
+/// The input of `n` that its schema names `name` (e.g. arg(n, "scale")); throws if there is none.
+torch::jit::Value * arg(torch::jit::Node * n, const char * name);
 torch::jit::Node * replace_node(torch::jit::Graph & g, torch::jit::Node * old, const char * kind,
                                 const std::vector<torch::jit::Value *> & inputs);
 

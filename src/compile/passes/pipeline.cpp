@@ -12,6 +12,12 @@ c10::optional<c10::IValue> constant_of(const torch::jit::Value * v) { return tor
 
 bool is_none(const torch::jit::Value * v) { return v->type()->kind() == c10::TypeKind::NoneType; }
 
+torch::jit::Value * arg(torch::jit::Node * n, const char * name) {
+  torch::jit::Value * v = n->namedInput(std::string(name));
+  TORCH_CHECK(v != nullptr, "no input '", name, "' in ", n->kind().toQualString());
+  return v;
+}
+
 torch::jit::Node * replace_node(torch::jit::Graph & g, torch::jit::Node * old, const char * kind,
                                 const std::vector<torch::jit::Value *> & inputs) {
   torch::jit::Node * n = g.create(c10::Symbol::fromQualString(kind), inputs, 1);

@@ -1,5 +1,6 @@
 // Llama family (LlamaForCausalLM; Mistral and Qwen2 checkpoints use the same layout): RMSNorm, rotary
 // embeddings, grouped-query attention, SiLU-gated MLP, optional tied embeddings, optional q/k/v bias.
+#include "peft/error.h"
 #include "peft/model/blocks.h"
 #include "peft/nn/layers.h"
 
@@ -117,5 +118,24 @@ class LlamaForCausalLM : public CausalLM {
 }  // namespace
 
 std::shared_ptr<CausalLM> build_llama(const ModelConfig & cfg) { return std::make_shared<LlamaForCausalLM>(cfg); }
+
+void read_llama_config(const ConfigReader & r, ModelConfig & c) {
+  const std::string & src = r.source();
+  c.intermediate_size = r.integer("intermediate_size", 0, true);
+  c.num_kv_heads = r.integer("num_key_value_heads", c.num_heads, false);
+  c.head_dim = r.integer("head_dim", c.hidden_size / c.num_heads, false);
+  c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
+  c.rope_theta = r.number("rope_theta", 10000.0);
+  c.hidden_act = r.string("hidden_act", "silu");
+  PEFT_CHECK(c.hidden_act == "silu", src, ": hidden_act '", c.hidden_act, "' is not supported (only silu)");
+  c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
+  c.attention_bias = r.boolean("attention_bias", c.model_type == "qwen2");  // Qwen2: q/k/v bias, none on o_proj
+  c.o_proj_bias = c.model_type == "qwen2" ? false : c.attention_bias;
+  c.mlp_bias = r.boolean("mlp_bias", false);
+  PEFT_CHECK(c.num_heads % c.num_kv_heads == 0, src, ": num_attention_heads ", c.num_heads,
+             " is not a multiple of num_key_value_heads ", c.num_kv_heads);
+  PEFT_CHECK(c.head_dim % 2 == 0, src, ": head_dim ", c.head_dim, " must be even for rotary embeddings");
+  PEFT_CHECK(!r.has("rope_scaling"), src, ": field 'rope_scaling' is not supported yet");
+}
 
 }  // namespace peft

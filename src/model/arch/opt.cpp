@@ -1,5 +1,6 @@
 // OPT (OPTForCausalLM): learned positions with offset 2, pre- or post-LayerNorm, ReLU MLP, biases,
 // lm_head tied to the token embedding, project_in/out when word_embed_proj_dim != hidden_size.
+#include "peft/error.h"
 #include "peft/model/blocks.h"
 #include "peft/nn/layers.h"
 
@@ -126,5 +127,19 @@ class OPTForCausalLM : public CausalLM {
 }  // namespace
 
 std::shared_ptr<CausalLM> build_opt(const ModelConfig & cfg) { return std::make_shared<OPTForCausalLM>(cfg); }
+
+void read_opt_config(const ConfigReader & r, ModelConfig & c) {
+  c.intermediate_size = r.integer("ffn_dim", 0, true);
+  c.num_kv_heads = c.num_heads;
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.word_embed_proj_dim = r.integer("word_embed_proj_dim", c.hidden_size, false);
+  c.do_layer_norm_before = r.boolean("do_layer_norm_before", true);
+  c.enable_bias = r.boolean("enable_bias", true);
+  c.layer_norm_elementwise_affine = r.boolean("layer_norm_elementwise_affine", true);
+  c.hidden_act = r.string("activation_function", "relu");
+  PEFT_CHECK(c.hidden_act == "relu" || c.hidden_act == "gelu", r.source(), ": activation_function '", c.hidden_act,
+             "' is not supported (relu, gelu)");
+  c.tie_word_embeddings = r.boolean("tie_word_embeddings", true);
+}
 
 }  // namespace peft

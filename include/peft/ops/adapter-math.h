@@ -1,0 +1,43 @@
+// The adapter formulas, each written once. The layers' merges, the custom-op kernels (eager and traced
+// forwards) and compile's fold passes all call these, so a formula cannot drift between them.
+// O = out features, I = in features, R = rank, V = vocab, D = embedding dim; `scale` is a 0-dim tensor.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace peft::math {
+
+/// LoRA's weight change: scale * B A, (O, I), in A's dtype. A (R, I), B (O, R).
+at::Tensor lora_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & scale);
+
+/// LoRA on an embedding: scale * (B A)^T, (V, D). A (R, V), B (D, R).
+at::Tensor lora_embedding_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & scale);
+
+/// The low-rank path on activations: scale * (x A^T B^T + bias), (.., O), in A's dtype.
+at::Tensor lora_product(const at::Tensor & x, const at::Tensor & A, const at::Tensor & B, const at::Tensor & bias,
+                        const at::Tensor & scale);
+
+/// LoRA on an embedding, on token ids: scale * lookup(ids, A^T) B^T, (B, T, D).
+at::Tensor lora_embedding_product(const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,
+                                  const at::Tensor & scale, int64_t padding_idx);
+
+/// DoRA's per-output-row norm ||W + scale B A||_2, (O), detached (PEFT treats it as a constant).
+/// W is the base layer's weight (not including other adapters).
+at::Tensor dora_weight_norm(const at::Tensor & W, const at::Tensor & A, const at::Tensor & B, const at::Tensor & scale);
+
+/// DoRA's weight: (m / norm) * (W + scale B A), rows rescaled, (O, I) in float32; `norm` from
+/// dora_weight_norm on the base weight, `W` the weight the adapter is applied to.
+at::Tensor dora_weight(const at::Tensor & W, const at::Tensor & A, const at::Tensor & B, const at::Tensor & m,
+                       const at::Tensor & scale, const at::Tensor & norm);
+
+/// VeRA's weight change: (lambda_b B) (lambda_d A), (O, I). A (R, I), B (O, R), lambda_d (R), lambda_b (O).
+at::Tensor vera_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & lambda_d, const at::Tensor & lambda_b);
+
+/// OFT/BOFT merged into a weight: W BD(Q)^T (each row's block i times Q_i^T), (O, R*b). Q (R, b, b).
+at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q);
+
+/// Mixed-adapter batch, one LoRA adapter: y + mask * scale * (x A^T B^T + bias); mask (B, 1, ..) keeps
+/// the rows that use this adapter.
+at::Tensor lora_add_rows(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
+                         const at::Tensor & bias, const at::Tensor & scale, const at::Tensor & mask);
+
+}  // namespace peft::math

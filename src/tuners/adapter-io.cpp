@@ -1,0 +1,143 @@
+// PeftModel and PEFT's files: load_adapter (validated before the model is touched, undone on any error),
+// adapter_state_dict with PEFT's checkpoint keys, save_pretrained.
+#include <sys/stat.h>
+
+#include <set>
+
+#include "peft/error.h"
+#include "peft/io/files.h"
+#include "peft/io/safetensors.h"
+#include "peft/peft-model.h"
+#include "peft/tuners/registry.h"
+
+namespace peft {
+
+namespace {
+
+const std::string kPrefix = "base_model.model.";
+
+bool ends_with(const std::string & s, const std::string & e) {
+  return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
+}
+
+}  // namespace
+
+void PeftModel::load_adapter(const std::string & dir, const std::string & name, bool is_trainable) {
+  AdapterConfig cfg = AdapterConfig::load(dir);
+  cfg.inference_mode = !is_trainable;
+  cfg.fields["inference_mode"] = !is_trainable;
+  const std::string file = dir + "/adapter_model.safetensors";
+  auto tensors = safetensors_load(file);  // read and validated before the model is touched
+  auto wrapped = inject(name, cfg);
+  try {
+    // checkpoint key -> model tensor, for this adapter's tensors
+    std::map<std::string, at::Tensor> want;
+    for (const auto & l : layers_) {
+      if (!l.second->has_adapter(name)) continue;
+      for (const auto & p : l.second->adapter_parameters(name)) {
+        want[checkpoint_key(l.first + "." + p.first, name)] = p.second;
+      }
+    }
+    const AdapterConfig & loaded = configs_.at(name);
+    if (loaded.shared_persistent) {
+      for (const auto & kv : loaded.shared) want["base_model." + kv.first] = kv.second;
+    }
+    std::map<std::string, at::Tensor> params;
+    for (const auto & p : model_->named_parameters(true)) params[p.key()] = p.value();
+    std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+    std::set<std::string> seen;
+    for (const auto & kv : tensors) {
+      at::Tensor dst;
+      auto it = want.find(kv.first);
+      if (it != want.end()) {
+        dst = it->second;
+        seen.insert(kv.first);
+      } else {
+        // other keys (biases with bias="all", embedding base weights) address base-model tensors
+        std::string path = kv.first.rfind(kPrefix, 0) == 0 ? kv.first.substr(kPrefix.size()) : kv.first;
+        auto p = params.find(path);
+        if (p == params.end()) p = params.find(path.substr(0, path.rfind('.')) + ".base_layer" + path.substr(path.rfind('.')));
+        PEFT_CHECK(p != params.end(), file, ": key '", kv.first, "' matches no module of the model for adapter '", name,
+                   "' (adapter for a different base model?)");
+        dst = p->second;
+      }
+      PEFT_CHECK(kv.second.sizes() == dst.sizes(), file, ": tensor '", kv.first, "' has shape ", kv.second.sizes(),
+                 ", the model expects ", dst.sizes(), " (adapter trained for a different base model or config?)");
+      copies.emplace_back(dst, kv.second);
+    }
+    std::vector<std::string> missing;
+    for (const auto & kv : want) {
+      if (!seen.count(kv.first)) missing.push_back(kv.first);
+    }
+    PEFT_CHECK(missing.empty(), file, ": missing adapter tensors: ", missing.front(),
+               missing.size() > 1 ? str(" (and ", missing.size() - 1, " more)") : "");
+    at::NoGradGuard g;
+    for (auto & c : copies) c.first.copy_(c.second);
+  } catch (...) {
+    // undo the injection completely: drop the adapter, unwrap the layers it wrapped
+    delete_adapter(name);
+    for (auto it = wrapped.rbegin(); it != wrapped.rend(); ++it) replace_submodule(model_, it->first, it->second);
+    model_->tie_weights();
+    refresh_layers();
+    state_->touch();
+    throw;
+  }
+  refresh_trainable();
+}
+
+std::string PeftModel::checkpoint_key(const std::string & path, const std::string & adapter) const {
+  std::string p = path;
+  const std::string mts = "modules_to_save." + adapter + ".";
+  size_t pos = p.find(mts);
+  if (pos != std::string::npos) {
+    p.erase(pos, mts.size());
+  } else if (ends_with(p, "." + adapter)) {
+    p.erase(p.size() - adapter.size() - 1);
+  } else if ((pos = p.rfind("." + adapter + ".")) != std::string::npos) {
+    p.erase(pos, adapter.size() + 1);
+  }
+  if (ends_with(p, "lora_magnitude_vector.weight")) p.erase(p.size() - 7);  // PEFT stores DoRA's m without .weight
+  return kPrefix + p;
+}
+
+std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::string & adapter) const {
+  const AdapterConfig & cfg = adapter_config(adapter);
+  std::map<std::string, at::Tensor> out;
+  for (const auto & l : layers_) {
+    if (!l.second->has_adapter(adapter)) continue;
+    for (const auto & p : l.second->adapter_parameters(adapter)) {
+      out[checkpoint_key(l.first + "." + p.first, adapter)] = p.second;
+    }
+  }
+  if (cfg.shared_persistent) {
+    for (const auto & kv : cfg.shared) out["base_model." + kv.first] = kv.second;
+  }
+  if (cfg.bias != "none") {
+    const TunerMethod & m = tuner_method(cfg.peft_type);
+    for (const auto & p : model_->named_parameters(true)) {
+      if (!ends_with(p.key(), "bias") || p.key().find(m.prefix) != std::string::npos) continue;
+      bool is_adapter_layer_bias = false;
+      for (const auto & l : layers_) is_adapter_layer_bias = is_adapter_layer_bias || p.key() == l.first + ".base_layer.bias";
+      if (cfg.bias == "all" || is_adapter_layer_bias) out[kPrefix + p.key()] = p.value();
+    }
+  }
+  return out;
+}
+
+void PeftModel::save_pretrained(const std::string & dir, const std::vector<std::string> & selected) const {
+  std::vector<std::string> names = selected.empty() ? adapter_names() : selected;
+  ::mkdir(dir.c_str(), 0755);
+  for (const auto & n : names) {
+    const AdapterConfig & cfg = adapter_config(n);
+    const std::string d = n == "default" ? dir : dir + "/" + n;
+    ::mkdir(d.c_str(), 0755);
+    nlohmann::json j = cfg.to_json();
+    if (j["auto_mapping"].is_null() && j["task_type"].is_null()) {
+      j["auto_mapping"] = {{"base_model_class", model_->config().arch_name()}, {"parent_library", "transformers"}};
+    }
+    safetensors_save(d + "/adapter_model.safetensors", adapter_state_dict(n));
+    write_file_atomic(d + "/adapter_config.json", j.dump(2) + "\n");
+  }
+}
+
+}  // namespace peft

@@ -1,0 +1,139 @@
+// PeftModel: injecting an adapter (PEFT's inject_adapter): targets decided before the model is touched,
+// then every target wrapped or extended, with a full rollback on any error.
+#include <algorithm>
+#include <atomic>
+
+#include "peft/error.h"
+#include "peft/nn/layers.h"
+#include "peft/peft-model.h"
+#include "peft/tuners/modules-to-save.h"
+#include "peft/tuners/registry.h"
+#include "peft/tuners/targeting.h"
+
+namespace peft {
+
+namespace {
+
+std::atomic<uint64_t> g_next_adapter_id{1};
+
+bool ends_with(const std::string & s, const std::string & e) {
+  return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::string & name, const AdapterConfig & cfg_in) {
+  AdapterConfig cfg = cfg_in;
+  const Architecture * arch = find_architecture(model_->config().model_type);
+  if (const auto complete = tuner_method(cfg.peft_type).complete) complete(cfg, arch ? &arch->targets : nullptr);
+  check_adapter_name(name);
+  PEFT_CHECK(!configs_.count(name), "an adapter named '", name, "' exists already");
+  for (const auto & kv : configs_) {
+    PEFT_CHECK(kv.second.peft_type == cfg.peft_type, "adapter '", name, "' is ", cfg.peft_type, " but '", kv.first,
+               "' is ", kv.second.peft_type, " (one model holds adapters of one method)");
+    PEFT_CHECK(cfg.bias == "none" || kv.second.bias == "none", "only one adapter may train biases (bias != \"none\")");
+  }
+  const TunerMethod & method = tuner_method(cfg.peft_type);
+  const auto defaults = default_targets(method, model_->config().model_type);
+  PEFT_CHECK(cfg.all_linear || cfg.target_regex || !cfg.target_list.empty() || !defaults.empty() ||
+                 !cfg.modules_to_save.empty(),
+             "no target_modules given and ", cfg.peft_type, " has no default for model_type '",
+             model_->config().model_type, "'");
+  if (!cfg.all_linear && !cfg.target_regex && cfg.target_list.empty() && !defaults.empty()) {
+    cfg.target_list = defaults;  // as PEFT, the defaults are written into the adapter's config
+    cfg.fields["target_modules"] = defaults;
+  }
+
+  // 1. decide targets without touching the model
+  std::vector<std::pair<std::string, LayerPtr>> targets;
+  std::vector<std::pair<std::string, LayerPtr>> save_targets;
+  std::vector<std::string> wrapper_prefixes;
+  for (const auto & m : named_modules(model_)) {
+    const std::string & path = m.first;
+    if (path.empty()) continue;
+    bool inside = false;
+    for (const auto & p : wrapper_prefixes) inside = inside || path.rfind(p + ".", 0) == 0;
+    if (inside) continue;
+    auto layer = std::dynamic_pointer_cast<Layer>(m.second);
+    if (!layer) continue;
+    auto tuner = std::dynamic_pointer_cast<TunerLayer>(layer);
+    if (tuner) wrapper_prefixes.push_back(path);
+    auto mts = std::dynamic_pointer_cast<ModulesToSaveWrapper>(layer);
+    // modules_to_save: plain suffix match, as PEFT does
+    bool save = false;
+    for (const auto & s : cfg.modules_to_save) save = save || ends_with(path, s);
+    if (save) {
+      PEFT_CHECK(!tuner || mts, "module '", path, "' is in modules_to_save but already holds adapter layers");
+      save_targets.emplace_back(path, layer);
+      continue;
+    }
+    if (mts) continue;
+    LayerPtr plain = layer->base();
+    const bool is_linear = std::dynamic_pointer_cast<Linear>(plain) != nullptr;
+    if (!is_target(cfg, path, is_linear, path == "lm_head", defaults)) continue;
+    PEFT_CHECK(method.supports(*plain), cfg.peft_type, " cannot adapt module '", path, "' (", plain->name(), ")");
+    targets.emplace_back(path, layer);
+  }
+  if (targets.empty()) {
+    std::string want = cfg.all_linear ? "all-linear" : cfg.target_regex ? *cfg.target_regex : "";
+    for (const auto & t : cfg.target_list.empty() ? defaults : cfg.target_list) want += (want.empty() ? "" : ", ") + t;
+    fail(str("target modules [", want, "] not found in the base model (", model_->config().arch_name(),
+             "); check target_modules, exclude_modules and layers_to_transform"));
+  }
+
+  if (method.shared) {
+    std::vector<LayerPtr> plain;
+    for (const auto & t : targets) plain.push_back(t.second->base());
+    method.shared(cfg, plain);
+  }
+
+  // 2. inject; on any error undo everything done so far
+  std::vector<std::pair<std::string, LayerPtr>> replaced;              // path -> original layer
+  std::vector<std::shared_ptr<TunerLayer>> extended;                    // existing layers given the adapter
+  try {
+    for (const auto & t : targets) {
+      auto existing = std::dynamic_pointer_cast<TunerLayer>(t.second);
+      auto out = method.inject(cfg, t.first, name, t.second);
+      if (out == existing) {
+        extended.push_back(existing);
+      } else {
+        replace_submodule(model_, t.first, out);
+        replaced.emplace_back(t.first, t.second);
+      }
+    }
+    for (const auto & t : save_targets) {
+      auto w = std::dynamic_pointer_cast<ModulesToSaveWrapper>(t.second);
+      if (!w) {
+        w = std::make_shared<ModulesToSaveWrapper>(t.second);
+        w->add_copy(name);
+        replace_submodule(model_, t.first, w);
+        replaced.emplace_back(t.first, t.second);
+      } else {
+        w->add_copy(name);
+        extended.push_back(w);
+      }
+    }
+  } catch (...) {
+    for (auto & e : extended) {
+      if (e->has_adapter(name)) e->delete_adapter(name);
+    }
+    for (auto it = replaced.rbegin(); it != replaced.rend(); ++it) replace_submodule(model_, it->first, it->second);
+    model_->tie_weights();
+    refresh_layers();
+    throw;
+  }
+  for (auto & r : replaced) get_submodule(model_, r.first)->train(model_->is_training());
+  configs_[name] = cfg;
+  adapter_ids_[name] = g_next_adapter_id++;
+  model_->tie_weights();
+  refresh_layers();
+  state_->touch();
+  return replaced;
+}
+
+void PeftModel::add_adapter(const std::string & name, const AdapterConfig & cfg) {
+  inject(name, cfg);
+  refresh_trainable();
+}
+
+}  // namespace peft
