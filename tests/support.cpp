@@ -61,8 +61,10 @@ std::string error_of(const std::function<void()> & f) {
   return "";
 }
 
-int run_cli(const std::string & args, std::string * out) {
-  std::string cmd = std::string(PEFT_CLI) + " " + args + " 2>&1";
+int run_cli(const std::string & args, std::string * out) { return run_command(std::string(PEFT_CLI) + " " + args, out); }
+
+int run_command(const std::string & command, std::string * out) {
+  std::string cmd = command + " 2>&1";
   FILE * f = ::popen(cmd.c_str(), "r");
   if (!f) return -1;
   std::string text;

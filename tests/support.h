@@ -24,7 +24,9 @@ std::map<std::string, at::Tensor> golden_expected(const std::string & case_name)
 /// The message of the peft::Error `f` throws, or "" if it throws none.
 std::string error_of(const std::function<void()> & f);
 
-/// Run the peft CLI with arguments; returns the exit code, output in *out if given.
+/// Run a shell command; returns its exit code, stdout and stderr together in *out if given.
+int run_command(const std::string & cmd, std::string * out = nullptr);
+/// Run the peft CLI with arguments (run_command).
 int run_cli(const std::string & args, std::string * out = nullptr);
 
 }  // namespace peft::test

@@ -295,6 +295,7 @@ void LoraLinear::pad_rank_impl(const std::string & n, int64_t rank) {
   dicts_.B->remove(n);
   dicts_.A->add_weight(n, A);
   dicts_.B->add_weight(n, B, bias.defined() ? bias.detach().clone() : bias);
+  settings_.at(n).r = rank;  // the scale stays alpha / (original r)
 }
 
 // ---- LoraEmbedding ----
@@ -366,6 +367,7 @@ void LoraEmbedding::pad_rank_impl(const std::string & n, int64_t rank) {
   B_->remove(n);
   A_->add_param(n, A);
   B_->add_param(n, B);
+  settings_.at(n).r = rank;
 }
 
 // ---- the method ----

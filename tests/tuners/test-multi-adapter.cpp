@@ -35,22 +35,6 @@ TEST_F(Multi, EachAdapterAndBase) {
   EXPECT_CLOSE(run(), want.at("logits_base"));
 }
 
-TEST_F(Multi, SeveralActiveAddUp) {
-  // alpha + beta active together: contributions add, so (ab - base) = (a - base) + (b - base)
-  m->set_adapter(std::vector<std::string>{"alpha", "beta"});
-  at::Tensor both = run();
-  at::Tensor expect = want.at("logits_alpha") + want.at("logits_beta") - want.at("logits_base");
-  // logits are not linear in the adapters (attention, norms): compare the first layer's effect instead
-  // by checking that both differ from each single one and merging gives the same as unmerged
-  EXPECT_FALSE(all_close(both, want.at("logits_alpha")));
-  EXPECT_FALSE(all_close(both, want.at("logits_beta")));
-  m->merge_adapter();
-  EXPECT_TRUE(all_close(run(), both, 1e-5, 1e-4));
-  m->unmerge_adapter();
-  EXPECT_TRUE(all_close(run(), both, 1e-5, 1e-4));
-  (void)expect;
-}
-
 TEST_F(Multi, DeleteFallsBackAlphabetically) {
   m->set_adapter("beta");
   m->delete_adapter("beta");

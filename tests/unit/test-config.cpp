@@ -12,13 +12,9 @@ nlohmann::json llama() {
           {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6}};
 }
 
+// the error parsing `j` gives ("" if none)
 std::string error_of(const nlohmann::json & j) {
-  try {
-    ModelConfig::from_json(j, "cfg.json");
-  } catch (const peft::Error & e) {
-    return e.what();
-  }
-  return "";
+  return peft::test::error_of([&] { ModelConfig::from_json(j, "cfg.json"); });
 }
 
 TEST(Config, ValidLlamaParses) {

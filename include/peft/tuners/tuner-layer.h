@@ -63,8 +63,7 @@ class TunerLayer : public Layer {
   /// The wrapped layer.
   const LayerPtr & base_layer() const { return base_layer_; }
 
-  /// Read the active set and disabled flag from `state` (the owning model's) from now on.
-  void attach(std::shared_ptr<AdapterState> state);
+  /// The state this layer reads (its model's once injected).
   const AdapterState & state() const { return *state_; }
 
   // ---- per-adapter bookkeeping ----
@@ -131,6 +130,9 @@ class TunerLayer : public Layer {
   ScaleDict * scales_;  // child "scaling"
 
  private:
+  friend class PeftModel;
+  /// Read the active set and disabled flag from `state` (the owning model's) from now on.
+  void attach(std::shared_ptr<AdapterState> state);
   std::shared_ptr<AdapterState> state_;
   std::set<std::string> names_;
   std::vector<std::string> merged_;
