@@ -58,9 +58,6 @@ void AdaLoraLinear::unmerge_one(const std::string & n) { merge_delta(linear(), d
 
 // ---- the method ----
 
-nlohmann::json lora_config_defaults();
-void lora_config_validate(const AdapterConfig & c, const std::string & src);
-
 namespace {
 
 nlohmann::json adalora_defaults() {
@@ -78,51 +75,67 @@ nlohmann::json adalora_defaults() {
   return j;
 }
 
-void adalora_validate(const AdapterConfig & c, const std::string & src) {
-  AdapterConfig as_lora = c;
-  as_lora.fields["rank_pattern"] = nlohmann::json::object();
-  lora_config_validate(as_lora, src);
-  const auto & f = c.fields;
-  PEFT_CHECK(!f["use_dora"].get<bool>(), src, ": AdaLoRA does not support 'use_dora'");
-  for (const char * k : {"init_r", "target_r", "deltaT"}) {
-    PEFT_CHECK(f[k].is_number_integer() && f[k].get<int64_t>() > 0, src, ": field '", k, "' must be a positive integer");
+std::shared_ptr<const MethodOptions> adalora_parse(const AdapterConfig & c, const std::string & src) {
+  auto o = std::make_shared<AdaLoraOptions>();
+  {
+    AdapterConfig as_lora = c;  // the LoRA fields; AdaLoRA's rank_pattern means something else (below)
+    as_lora.fields["rank_pattern"] = nlohmann::json::object();
+    o->lora = LoraOptions::read(as_lora, src);
   }
-  PEFT_CHECK(f["total_step"].is_number_integer() && f["total_step"].get<int64_t>() > 0, src,
+  FieldReader f(c, src);
+  PEFT_CHECK(!o->lora.use_dora, src, ": AdaLoRA does not support 'use_dora'");
+  o->init_r = f.integer("init_r", 1);
+  o->target_r = f.integer("target_r", 1);
+  o->delta_t = f.integer("deltaT", 1);
+  PEFT_CHECK(f.at("total_step").is_number_integer() && f.at("total_step").get<int64_t>() > 0, src,
              ": field 'total_step' is required and must be > 0");
-  PEFT_CHECK(f["tinit"].get<int64_t>() < f["total_step"].get<int64_t>() - f["tfinal"].get<int64_t>(), src,
+  o->total_step = f.integer("total_step", 1);
+  o->tinit = f.integer("tinit", 0);
+  o->tfinal = f.integer("tfinal", 0);
+  PEFT_CHECK(o->tinit < o->total_step - o->tfinal, src,
              ": 'tinit' must be < total_step - tfinal (there must be a budgeting phase)");
   for (const char * k : {"beta1", "beta2"}) {
-    PEFT_CHECK(f[k].is_number() && f[k].get<double>() > 0 && f[k].get<double>() < 1, src, ": field '", k, "' must be in (0, 1)");
+    const double b = f.number(k);
+    PEFT_CHECK(b > 0 && b < 1, src, ": field '", k, "' must be in (0, 1)");
   }
-  PEFT_CHECK(f["orth_reg_weight"].is_number() && f["orth_reg_weight"].get<double>() >= 0, src,
-             ": field 'orth_reg_weight' must be >= 0");
-  PEFT_CHECK(f["rank_pattern"].is_null() || f["rank_pattern"].is_object(), src, ": field 'rank_pattern' must be an object");
+  o->beta1 = f.number("beta1");
+  o->beta2 = f.number("beta2");
+  o->orth_reg_weight = f.number("orth_reg_weight");
+  PEFT_CHECK(o->orth_reg_weight >= 0, src, ": field 'orth_reg_weight' must be >= 0");
+  // a saved rank_pattern ("<path>.lora_E" -> keep mask) gives each module its kept rank
+  const auto & rp = f.at("rank_pattern");
+  PEFT_CHECK(rp.is_null() || rp.is_object(), src, ": field 'rank_pattern' must be an object");
+  if (rp.is_object()) {
+    for (auto it = rp.begin(); it != rp.end(); ++it) {
+      PEFT_CHECK(it.value().is_array(), src, ": rank_pattern['", it.key(), "'] must be a list of booleans");
+      int64_t kept = 0;
+      for (const auto & keep : it.value()) {
+        PEFT_CHECK(keep.is_boolean(), src, ": rank_pattern['", it.key(), "'] must be a list of booleans");
+        kept += keep.get<bool>() ? 1 : 0;
+      }
+      o->kept_rank[it.key()] = kept;
+    }
+  }
+  return o;
 }
 
 bool adalora_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
 
 std::shared_ptr<TunerLayer> adalora_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                            const LayerPtr & target) {
-  const auto & f = cfg.fields;
-  const int64_t init_r = f["init_r"].get<int64_t>();
-  int64_t r = init_r;
-  // a saved rank_pattern ("<path>.lora_E" -> keep mask) gives each module its kept rank
-  if (f["rank_pattern"].is_object() && f["rank_pattern"].contains(path + ".lora_E")) {
-    r = 0;
-    for (const auto & keep : f["rank_pattern"][path + ".lora_E"]) r += keep.get<bool>() ? 1 : 0;
-  }
+  const auto & o = cfg.opts<AdaLoraOptions>();
+  auto kept = o.kept_rank.find(path + ".lora_E");
+  const int64_t r = kept == o.kept_rank.end() ? o.init_r : kept->second;
   auto layer = std::dynamic_pointer_cast<AdaLoraLinear>(target);
   if (!layer) layer = std::make_shared<AdaLoraLinear>(target);
-  const auto & init = f["init_lora_weights"];
-  layer->add_adapter(adapter, r, init_r, f["lora_alpha"].get<double>(), f["lora_dropout"].get<double>(),
-                     !(init.is_boolean() && !init.get<bool>()));
+  layer->add_adapter(adapter, r, o.init_r, o.lora.alpha, o.lora.dropout, o.lora.init != "false");
   return layer;
 }
 
 }  // namespace
 
 TunerMethod adalora_method() {
-  return TunerMethod{"ADALORA", "lora_", &adalora_defaults, &adalora_validate, &adalora_supports, &adalora_inject,
+  return TunerMethod{{"ADALORA", "lora_", &adalora_defaults, &adalora_parse}, &adalora_supports, &adalora_inject,
                      &DefaultTargets::adalora};
 }
 

@@ -24,8 +24,7 @@ bool ends_with(const std::string & s, const std::string & e) {
 
 void PeftModel::load_adapter(const std::string & dir, const std::string & name, bool is_trainable) {
   AdapterConfig cfg = AdapterConfig::load(dir);
-  cfg.inference_mode = !is_trainable;
-  cfg.fields["inference_mode"] = !is_trainable;
+  cfg.set_field("inference_mode", !is_trainable);
   const std::string file = dir + "/adapter_model.safetensors";
   auto tensors = safetensors_load(file);  // read and validated before the model is touched
   auto wrapped = inject(name, cfg);
@@ -113,7 +112,7 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
     for (const auto & kv : cfg.shared) out["base_model." + kv.first] = kv.second;
   }
   if (cfg.bias != "none") {
-    const TunerMethod & m = tuner_method(cfg.peft_type);
+    const MethodSchema & m = *cfg.method;
     for (const auto & p : model_->named_parameters(true)) {
       if (!ends_with(p.key(), "bias") || p.key().find(m.prefix) != std::string::npos) continue;
       bool is_adapter_layer_bias = false;

@@ -2,7 +2,6 @@
 
 #include "peft/error.h"
 #include "peft/io/files.h"
-#include "peft/tuners/registry.h"
 
 namespace peft {
 
@@ -28,17 +27,12 @@ std::vector<std::string> string_list(const nlohmann::json & v, const char * fiel
 
 }  // namespace
 
-AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::string & src) {
+AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string & src, const MethodSchema & schema) {
   PEFT_CHECK(j.is_object(), src, ": not a JSON object");
-  PEFT_CHECK(j.contains("peft_type") && j["peft_type"].is_string(), src, ": missing required field 'peft_type'");
   AdapterConfig c;
-  c.peft_type = j["peft_type"].get<std::string>();
-  const TunerMethod * method = nullptr;
-  try {
-    method = &tuner_method(c.peft_type);
-  } catch (const Error & e) {
-    fail(str(src, ": ", e.what()));
-  }
+  c.peft_type = schema.peft_type;
+  c.method = &schema;
+  const MethodSchema * method = &schema;
   c.fields = common_defaults();
   c.fields.update(method->defaults());
   for (auto it = j.begin(); it != j.end(); ++it) c.fields[it.key()] = it.value();
@@ -76,27 +70,99 @@ AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::stri
   const auto & bias = f.contains("bias") ? f.at("bias") : nlohmann::json("none");
   PEFT_CHECK(bias.is_string(), src, ": field 'bias' must be a string");
   c.bias = bias.get<std::string>();
-  PEFT_CHECK(c.bias == "none" || c.bias == "all" || c.bias == method->prefix + "only", src, ": field 'bias' must be ",
-             "\"none\", \"all\" or \"", method->prefix, "only\", got \"", c.bias, "\"");
+  PEFT_CHECK(c.bias == "none" || c.bias == "all" || c.bias == method->bias_only_name(), src, ": field 'bias' must be ",
+             "\"none\", \"all\" or \"", method->bias_only_name(), "\", got \"", c.bias, "\"");
   PEFT_CHECK(field("inference_mode").is_boolean(), src, ": field 'inference_mode' must be true or false");
   c.inference_mode = field("inference_mode").get<bool>();
-  PEFT_CHECK(!(c.target_regex && (!c.layers_to_transform.empty() || !c.layers_pattern.empty())), src,
-             ": 'layers_to_transform'/'layers_pattern' cannot be combined with a regex 'target_modules'");
+  // PEFT: a string target_modules (a regex or "all-linear") takes no layer filter
+  PEFT_CHECK(!((c.target_regex || c.all_linear) && !field("layers_to_transform").is_null()), src,
+             ": 'layers_to_transform' cannot be used when 'target_modules' is a string (a regex or \"all-linear\")");
+  PEFT_CHECK(!((c.target_regex || c.all_linear) && !field("layers_pattern").is_null()), src,
+             ": 'layers_pattern' cannot be used when 'target_modules' is a string (a regex or \"all-linear\")");
   PEFT_CHECK(c.layers_pattern.empty() || !c.layers_to_transform.empty(), src,
              ": 'layers_pattern' requires 'layers_to_transform'");
-  method->validate(c, src);
+  c.options = method->parse(c, src);
   return c;
+}
+
+void AdapterConfig::set_field(const std::string & key, const nlohmann::json & value, const std::string & source) {
+  PEFT_CHECK(method != nullptr, source, ": config has no method");
+  nlohmann::json j = fields;
+  j[key] = value;
+  AdapterConfig c = parse(j, source, *method);
+  c.shared = std::move(shared);
+  c.shared_persistent = shared_persistent;
+  *this = std::move(c);
+}
+
+const nlohmann::json & AdapterConfig::field(const std::string & key) const {
+  static const nlohmann::json null_value;
+  auto it = fields.find(key);
+  return it == fields.end() ? null_value : *it;
+}
+
+const nlohmann::json & FieldReader::at(const char * k) const {
+  PEFT_CHECK(f_.contains(k), src_, ": missing field '", k, "'");
+  return f_.at(k);
+}
+
+int64_t FieldReader::integer(const char * k, int64_t min_value) const {
+  const auto & v = at(k);
+  PEFT_CHECK(v.is_number_integer(), src_, ": field '", k, "' must be an integer, got ", v.dump());
+  PEFT_CHECK(v.get<int64_t>() >= min_value, src_, ": field '", k, "' must be >= ", min_value, ", got ", v.dump());
+  return v.get<int64_t>();
+}
+
+double FieldReader::number(const char * k) const {
+  const auto & v = at(k);
+  PEFT_CHECK(v.is_number(), src_, ": field '", k, "' must be a number, got ", v.dump());
+  return v.get<double>();
+}
+
+double FieldReader::fraction(const char * k) const {
+  const double x = number(k);
+  PEFT_CHECK(x >= 0 && x < 1, src_, ": field '", k, "' must be in [0, 1), got ", x);
+  return x;
+}
+
+bool FieldReader::boolean(const char * k) const {
+  const auto & v = at(k);
+  PEFT_CHECK(v.is_boolean(), src_, ": field '", k, "' must be true or false, got ", v.dump());
+  return v.get<bool>();
+}
+
+std::string FieldReader::string(const char * k) const {
+  const auto & v = at(k);
+  PEFT_CHECK(v.is_string(), src_, ": field '", k, "' must be a string, got ", v.dump());
+  return v.get<std::string>();
+}
+
+std::string FieldReader::init(const char * k, const std::vector<std::string> & allowed) const {
+  const auto & v = at(k);
+  std::string s = v.is_boolean() ? (v.get<bool>() ? "true" : "false") : v.is_string() ? v.get<std::string>() : v.dump();
+  std::string list;
+  for (const auto & a : allowed) {
+    if (a == s) return s;
+    list += (list.empty() ? "" : ", ") + a;
+  }
+  fail(str(src_, ": ", k, " '", s, "' is not supported (", list, ")"));
+}
+
+void FieldReader::unsupported(const char * k, const char * what, const nlohmann::json & neutral) const {
+  if (!f_.contains(k)) return;
+  const auto & v = f_.at(k);
+  if (v.is_null() || v == neutral) return;
+  fail(str(src_, ": field '", k, "' (", what, ") is set to ", v.dump(),
+           ", which changes what PEFT computes, and is not supported yet"));
+}
+
+void AdapterConfig::throw_wrong_options(const char * type) const {
+  fail(str("adapter config for ", peft_type, " holds no options of type ", type));
 }
 
 AdapterConfig AdapterConfig::load(const std::string & dir) {
   const std::string path = dir + "/adapter_config.json";
   return from_json(read_json_file(path), path);
-}
-
-std::string AdapterConfig::init_setting(const char * key) const {
-  const auto & v = fields.at(key);
-  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
 nlohmann::json AdapterConfig::to_json() const {

@@ -44,8 +44,7 @@ void PeftModel::hotswap_adapter(const std::string & dir, const std::string & nam
     if (l.second->has_adapter(name)) l.second->rescale(name, cfg, l.first, 1.0);
   }
   AdapterConfig kept = cfg;
-  kept.inference_mode = old.inference_mode;
-  kept.fields["inference_mode"] = old.inference_mode;
+  kept.set_field("inference_mode", old.inference_mode);
   configs_[name] = kept;
   // no version bump: the computation's structure is unchanged, only tensor values (read live)
 }

@@ -1,6 +1,8 @@
 // IA3 on Linear layers (PEFT §2.5) and the IA3 method entry.
 #include "peft/tuners/ia3.h"
 
+#include <algorithm>
+
 #include "peft/error.h"
 #include "peft/tuners/registry.h"
 #include "peft/util/regex.h"
@@ -78,31 +80,46 @@ nlohmann::json ia3_defaults() {
           {"exclude_modules", nullptr}};
 }
 
-void ia3_validate(const AdapterConfig & c, const std::string & src) {
-  const auto & f = c.fields;
-  PEFT_CHECK(f["init_ia3_weights"].is_boolean(), src, ": field 'init_ia3_weights' must be true or false");
-  const auto & ff = f["feedforward_modules"];
-  PEFT_CHECK(ff.is_null() || ff.is_string() || ff.is_array(), src, ": field 'feedforward_modules' must be a list or a string");
-  if (ff.is_array() && !c.target_list.empty()) {
-    for (const auto & m : ff) {
-      PEFT_CHECK(m.is_string(), src, ": field 'feedforward_modules' holds a non-string");
-      PEFT_CHECK(std::find(c.target_list.begin(), c.target_list.end(), m.get<std::string>()) != c.target_list.end(), src,
-                 ": feedforward module '", m.get<std::string>(), "' is not in target_modules");
-    }
-  }
+// PEFT: a list entry matches when the module name ends with it (no dot boundary); a string full-matches.
+bool ends_with(const std::string & path, const std::string & e) {
+  return path.size() >= e.size() && path.compare(path.size() - e.size(), e.size(), e) == 0;
 }
 
-// PEFT: a list entry matches when the module name ends with it (no dot boundary); a string full-matches.
-bool is_feedforward(const AdapterConfig & c, const std::string & path) {
-  const auto & ff = c.fields["feedforward_modules"];
-  if (ff.is_string()) return Regex(ff.get<std::string>()).full_match(path);
-  if (!ff.is_array()) return false;
-  for (const auto & m : ff) {
-    const std::string e = m.get<std::string>();
-    if (path.size() >= e.size() && path.compare(path.size() - e.size(), e.size(), e) == 0) return true;
+std::shared_ptr<const MethodOptions> ia3_parse(const AdapterConfig & c, const std::string & src) {
+  FieldReader f(c, src);
+  auto o = std::make_shared<IA3Options>();
+  o->init_ones = f.boolean("init_ia3_weights");
+  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  const auto & ff = f.at("feedforward_modules");
+  if (ff.is_string()) {
+    o->feedforward_regex = ff.get<std::string>();
+  } else if (ff.is_array()) {
+    for (const auto & m : ff) {
+      PEFT_CHECK(m.is_string(), src, ": field 'feedforward_modules' holds a non-string");
+      o->feedforward_list.push_back(m.get<std::string>());
+    }
+    for (const auto & m : o->feedforward_list) {  // PEFT: a subset of a list target_modules
+      if (c.target_list.empty()) break;
+      PEFT_CHECK(std::find(c.target_list.begin(), c.target_list.end(), m) != c.target_list.end(), src,
+                 ": feedforward module '", m, "' is not in target_modules");
+    }
+  } else {
+    PEFT_CHECK(ff.is_null(), src, ": field 'feedforward_modules' must be a list or a string");
+  }
+  return o;
+}
+
+}  // namespace
+
+bool IA3Options::is_feedforward(const std::string & path) const {
+  if (feedforward_regex) return Regex(*feedforward_regex).full_match(path);
+  for (const auto & e : feedforward_list) {
+    if (ends_with(path, e)) return true;
   }
   return false;
 }
+
+namespace {
 
 bool ia3_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
 
@@ -110,19 +127,20 @@ std::shared_ptr<TunerLayer> ia3_inject(const AdapterConfig & cfg, const std::str
                                        const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<IA3Linear>(target);
   if (!layer) layer = std::make_shared<IA3Linear>(target);
-  layer->add_adapter(adapter, is_feedforward(cfg, path), cfg.fields["init_ia3_weights"].get<bool>());
+  const auto & o = cfg.opts<IA3Options>();
+  layer->add_adapter(adapter, o.is_feedforward(path), o.init_ones);
   return layer;
 }
 
 void ia3_complete(AdapterConfig & cfg, const DefaultTargets * defaults) {
-  if (!cfg.fields["feedforward_modules"].is_null() || !defaults) return;
-  cfg.fields["feedforward_modules"] = defaults->ia3_feedforward;
+  if (!cfg.field("feedforward_modules").is_null() || !defaults) return;
+  cfg.set_field("feedforward_modules", defaults->ia3_feedforward);
 }
 
 }  // namespace
 
 TunerMethod ia3_method() {
-  return TunerMethod{"IA3", "ia3_", &ia3_defaults, &ia3_validate, &ia3_supports, &ia3_inject, &DefaultTargets::ia3,
+  return TunerMethod{{"IA3", "ia3_", &ia3_defaults, &ia3_parse}, &ia3_supports, &ia3_inject, &DefaultTargets::ia3,
                      &ia3_complete};
 }
 

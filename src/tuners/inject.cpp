@@ -40,8 +40,7 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
              "no target_modules given and ", cfg.peft_type, " has no default for model_type '",
              model_->config().model_type, "'");
   if (!cfg.all_linear && !cfg.target_regex && cfg.target_list.empty() && !defaults.empty()) {
-    cfg.target_list = defaults;  // as PEFT, the defaults are written into the adapter's config
-    cfg.fields["target_modules"] = defaults;
+    cfg.set_field("target_modules", defaults);  // as PEFT, the defaults are written into the adapter's config
   }
 
   // 1. decide targets without touching the model

@@ -53,7 +53,10 @@ void LNTuningLayer::unmerge_one(const std::string & name) { swap_values(name); }
 namespace {
 
 nlohmann::json ln_defaults() { return {{"exclude_modules", nullptr}}; }
-void ln_validate(const AdapterConfig &, const std::string &) {}
+// LayerNorm tuning has no options of its own
+std::shared_ptr<const MethodOptions> ln_parse(const AdapterConfig &, const std::string &) {
+  return std::make_shared<MethodOptions>();
+}
 bool ln_supports(const Layer & l) { return dynamic_cast<const TunerLayer *>(&l) == nullptr; }
 
 std::shared_ptr<TunerLayer> ln_inject(const AdapterConfig &, const std::string &, const std::string & adapter,
@@ -67,7 +70,7 @@ std::shared_ptr<TunerLayer> ln_inject(const AdapterConfig &, const std::string &
 }  // namespace
 
 TunerMethod ln_tuning_method() {
-  return TunerMethod{"LN_TUNING", "ln_tuning_", &ln_defaults, &ln_validate, &ln_supports, &ln_inject,
+  return TunerMethod{{"LN_TUNING", "ln_tuning_", &ln_defaults, &ln_parse}, &ln_supports, &ln_inject,
                      &DefaultTargets::ln_tuning};
 }
 

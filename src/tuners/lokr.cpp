@@ -65,10 +65,6 @@ at::Tensor LoKrLinear::raw_delta(const std::string & n) const {
 
 // ---- the method ----
 
-void lycoris_validate(const AdapterConfig & c, const std::string & src);
-nlohmann::json lycoris_defaults();
-bool lycoris_supports(const Layer & l);
-
 namespace {
 
 nlohmann::json lokr_defaults() {
@@ -77,29 +73,28 @@ nlohmann::json lokr_defaults() {
   return j;
 }
 
-void lokr_validate(const AdapterConfig & c, const std::string & src) {
-  lycoris_validate(c, src);
-  const std::string init = c.init_setting("init_weights");
-  PEFT_CHECK(init == "true" || init == "false" || init == "lycoris", src, ": init_weights '", init,
-             "' is not supported (true, false, \"lycoris\")");
-  PEFT_CHECK(c.fields["decompose_factor"].is_number_integer(), src, ": field 'decompose_factor' must be an integer");
-  PEFT_CHECK(c.fields["decompose_both"].is_boolean(), src, ": field 'decompose_both' must be true or false");
+std::shared_ptr<const MethodOptions> lokr_parse(const AdapterConfig & c, const std::string & src) {
+  FieldReader f(c, src);
+  auto o = std::make_shared<LycorisOptions>(LycorisOptions::read(c, src, {"true", "false", "lycoris"}));
+  o->rank_dropout_scale = f.boolean("rank_dropout_scale");
+  o->decompose_both = f.boolean("decompose_both");
+  o->decompose_factor = f.integer("decompose_factor", -1);
+  return o;
 }
 
 std::shared_ptr<TunerLayer> lokr_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                         const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<LoKrLinear>(target);
   if (!layer) layer = std::make_shared<LoKrLinear>(target);
-  layer->add_adapter(adapter, lycoris_settings_for(cfg, path), cfg.init_setting("init_weights"),
-                     cfg.fields["decompose_both"].get<bool>(), cfg.fields["decompose_factor"].get<int64_t>());
+  const auto & o = cfg.opts<LycorisOptions>();
+  layer->add_adapter(adapter, o.for_module(path), o.init, o.decompose_both, o.decompose_factor);
   return layer;
 }
 
 }  // namespace
 
 TunerMethod lokr_method() {
-  return TunerMethod{"LOKR", "lokr_", &lokr_defaults, &lokr_validate, &lycoris_supports, &lokr_inject,
-                     nullptr};
+  return TunerMethod{{"LOKR", "lokr_", &lokr_defaults, &lokr_parse}, &lycoris_supports, &lokr_inject};
 }
 
 }  // namespace peft

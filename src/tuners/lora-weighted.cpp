@@ -78,10 +78,9 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
   for (const auto & a : adapters) {
     const AdapterConfig & c = model.adapter_config(a);
     PEFT_CHECK(c.peft_type == "LORA", "add_weighted_adapter combines LoRA adapters; '", a, "' is ", c.peft_type);
-    int64_t r = c.fields["r"].get<int64_t>();
-    for (auto it = c.fields["rank_pattern"].begin(); it != c.fields["rank_pattern"].end(); ++it) {
-      r = std::max<int64_t>(r, it.value().get<int64_t>());
-    }
+    const auto & o = c.opts<LoraOptions>();
+    int64_t r = o.r;
+    for (const auto & kv : o.patterns.rank) r = std::max<int64_t>(r, static_cast<int64_t>(kv.second));
     ranks.push_back(r);
   }
   int64_t new_rank = ranks[0];
@@ -103,7 +102,7 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
   std::vector<std::string> targets;
   std::string regex;
   for (const auto & a : adapters) {
-    const auto & t = model.adapter_config(a).fields["target_modules"];
+    const auto & t = model.adapter_config(a).field("target_modules");
     if (t.is_array()) {
       for (const auto & x : t) {
         if (std::find(targets.begin(), targets.end(), x.get<std::string>()) == targets.end()) targets.push_back(x);

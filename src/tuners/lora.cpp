@@ -54,51 +54,55 @@ nlohmann::json lora_defaults() {
           {"ensure_weight_tying", false}};
 }
 
-void lora_validate(const AdapterConfig & c, const std::string & src) {
-  const auto & f = c.fields;
-  PEFT_CHECK(f["r"].is_number_integer() && f["r"].get<int64_t>() > 0, src, ": field 'r' must be a positive integer, got ",
-             f["r"].dump());
-  PEFT_CHECK(f["lora_alpha"].is_number(), src, ": field 'lora_alpha' must be a number");
-  PEFT_CHECK(f["lora_dropout"].is_number() && f["lora_dropout"].get<double>() >= 0 && f["lora_dropout"].get<double>() < 1,
-             src, ": field 'lora_dropout' must be in [0, 1), got ", f["lora_dropout"].dump());
-  for (const char * k : {"use_rslora", "use_dora", "lora_bias"}) {
-    PEFT_CHECK(f[k].is_boolean(), src, ": field '", k, "' must be true or false");
-  }
-  const std::string init = c.init_setting("init_lora_weights");
-  PEFT_CHECK(init == "true" || init == "false" || init == "gaussian", src, ": init_lora_weights '", init,
-             "' is not supported (true, false, \"gaussian\")");
-  if (f["lora_bias"].get<bool>()) {
-    PEFT_CHECK(!f["use_dora"].get<bool>(), src, ": 'lora_bias' cannot be combined with 'use_dora'");
-    PEFT_CHECK(init != "gaussian", src, ": 'lora_bias' requires init_lora_weights true or false");
-  }
-  for (const char * k : {"rank_pattern", "alpha_pattern"}) {
-    PEFT_CHECK(f[k].is_object(), src, ": field '", k, "' must be an object");
-    for (auto it = f[k].begin(); it != f[k].end(); ++it) {
-      PEFT_CHECK(it.value().is_number(), src, ": ", k, "['", it.key(), "'] must be a number");
-      if (std::string(k) == "rank_pattern") {
-        PEFT_CHECK(it.value().get<double>() > 0, src, ": rank_pattern['", it.key(), "'] must be > 0");
-      }
-    }
-  }
-  PEFT_CHECK(f["fan_in_fan_out"].is_boolean(), src, ": field 'fan_in_fan_out' must be true or false");
-  PEFT_CHECK(f["layer_replication"].is_null(), src, ": 'layer_replication' is not supported");
-  PEFT_CHECK(f["target_parameters"].is_null(), src, ": 'target_parameters' is not supported");
+std::shared_ptr<const MethodOptions> lora_parse(const AdapterConfig & c, const std::string & src) {
+  return std::make_shared<LoraOptions>(LoraOptions::read(c, src));
 }
 
 }  // namespace
 
 nlohmann::json lora_config_defaults() { return lora_defaults(); }
-void lora_config_validate(const AdapterConfig & c, const std::string & src) { lora_validate(c, src); }
 
-LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path) {
-  const auto & f = cfg.fields;
+LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) {
+  FieldReader f(c, src);
+  LoraOptions o;
+  o.r = f.integer("r", 1);
+  o.alpha = f.number("lora_alpha");
+  o.dropout = f.fraction("lora_dropout");
+  o.use_rslora = f.boolean("use_rslora");
+  o.use_dora = f.boolean("use_dora");
+  o.lora_bias = f.boolean("lora_bias");
+  o.init = f.init("init_lora_weights", {"true", "false", "gaussian", "orthogonal"});
+  if (o.lora_bias) {
+    PEFT_CHECK(!o.use_dora, src, ": 'lora_bias' cannot be combined with 'use_dora'");
+    PEFT_CHECK(o.init == "true" || o.init == "false", src, ": 'lora_bias' requires init_lora_weights true or false");
+  }
+  o.patterns = RankPatterns::parse(c, src);
+  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  // PEFT options that change what it computes and that are not implemented here: refused by name
+  f.unsupported("alora_invocation_tokens", "activated LoRA");
+  f.unsupported("arrow_config", "Arrow routing");
+  f.unsupported("kasa_config", "KaSA");
+  f.unsupported("lora_ga_config", "LoRA-GA initialisation");
+  f.unsupported("monteclora_config", "MonteCLoRA");
+  f.unsupported("velora_config", "VeLoRA");
+  f.unsupported("use_bdlora", "BD-LoRA");
+  f.unsupported("use_qalora", "QA-LoRA", false);
+  f.unsupported("layer_replication", "layer replication");
+  f.unsupported("target_parameters", "LoRA on parameters");
+  f.unsupported("trainable_token_indices", "trainable tokens");
+  f.unsupported("ensure_weight_tying", "tied adapter weights", false);
+  f.unsupported("megatron_config", "Megatron parallel layers");
+  return o;
+}
+
+LoraSettings LoraOptions::for_module(const std::string & path) const {
   LoraSettings s;
-  std::tie(s.r, s.alpha) = rank_and_alpha(cfg, path, "lora_alpha");
-  s.scaling = f["use_rslora"].get<bool>() ? s.alpha / std::sqrt(static_cast<double>(s.r)) : s.alpha / s.r;
-  s.dropout = f["lora_dropout"].get<double>();
-  s.use_dora = f["use_dora"].get<bool>();
-  s.lora_bias = f["lora_bias"].get<bool>();
-  s.init = cfg.init_setting("init_lora_weights");
+  std::tie(s.r, s.alpha) = patterns.for_module(path, r, alpha);
+  s.scaling = use_rslora ? s.alpha / std::sqrt(static_cast<double>(s.r)) : s.alpha / s.r;
+  s.dropout = dropout;
+  s.use_dora = use_dora;
+  s.lora_bias = lora_bias;
+  s.init = init;
   return s;
 }
 
@@ -128,7 +132,7 @@ const LoraSettings & LoraLayer::settings(const std::string & name) const {
 std::string LoraLayer::adapter_signature(const std::string & n) const { return settings_signature(settings(n)); }
 
 void LoraLayer::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
-  LoraSettings s = lora_settings_for(cfg, path);
+  LoraSettings s = cfg.opts<LoraOptions>().for_module(path);
   settings_.at(n).alpha = s.alpha;
   settings_.at(n).scaling = s.scaling;
   set_scaling(n, factor * s.scaling);
@@ -160,6 +164,13 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
     if (s.init == "false") {
       A = linear_default(s.r, in);
       B = linear_default(out, s.r);
+    } else if (s.init == "orthogonal") {
+      // PEFT's orthogonal_init: A and B from the odd / even rows of a random orthogonal (r, r) matrix
+      PEFT_CHECK(s.r % 2 == 0, "orthogonal initialization requires an even LoRA rank, got ", s.r);
+      at::Tensor Q = std::get<0>(at::linalg_qr(at::randn({s.r, s.r})));
+      at::Tensor q_odd = Q.slice(0, 0, s.r, 2), q_even = Q.slice(0, 1, s.r, 2);
+      A = at::randn({in, s.r / 2}).mm(q_odd).t().contiguous() / 10.0;
+      B = at::randn({s.r / 2, out}).t().mm(q_even).contiguous() / 10.0;
     } else {
       A = s.init == "gaussian" ? at::normal(0.0, 1.0 / s.r, {s.r, in}) : linear_default(s.r, in);
       B = at::zeros({out, s.r});
@@ -380,7 +391,7 @@ bool lora_supports(const Layer & l) {
 
 std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                         const LayerPtr & target) {
-  LoraSettings s = lora_settings_for(cfg, path);
+  LoraSettings s = cfg.opts<LoraOptions>().for_module(path);
   if (auto existing = std::dynamic_pointer_cast<LoraLinear>(target)) {
     existing->add_adapter(adapter, s);
     return existing;
@@ -405,8 +416,7 @@ std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::st
 }  // namespace
 
 TunerMethod lora_method() {
-  return TunerMethod{"LORA", "lora_", &lora_defaults, &lora_validate, &lora_supports, &lora_inject,
-                     &DefaultTargets::lora};
+  return TunerMethod{{"LORA", "lora_", &lora_defaults, &lora_parse}, &lora_supports, &lora_inject, &DefaultTargets::lora};
 }
 
 }  // namespace peft

@@ -4,17 +4,45 @@
 #include <tuple>
 
 #include "peft/error.h"
-#include "peft/tuners/targeting.h"
 
 namespace peft {
 
-LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::string & path) {
-  const auto & f = cfg.fields;
+nlohmann::json lycoris_defaults() {
+  return {{"r", 8},
+          {"alpha", 8},
+          {"layers_to_transform", nullptr},
+          {"layers_pattern", nullptr},
+          {"exclude_modules", nullptr},
+          {"rank_dropout", 0.0},
+          {"module_dropout", 0.0},
+          {"use_effective_conv2d", false},
+          {"init_weights", true},
+          {"rank_pattern", nlohmann::json::object()},
+          {"alpha_pattern", nlohmann::json::object()}};
+}
+
+bool lycoris_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
+
+LycorisOptions LycorisOptions::read(const AdapterConfig & c, const std::string & src, const std::vector<std::string> & inits) {
+  FieldReader f(c, src);
+  LycorisOptions o;
+  o.r = f.integer("r", 1);
+  o.alpha = f.number("alpha");
+  o.patterns = RankPatterns::parse(c, src);
+  o.rank_dropout = f.fraction("rank_dropout");
+  o.module_dropout = f.fraction("module_dropout");
+  // use_effective_conv2d concerns Conv2d layers only: on Linear targets PEFT ignores it, and so does this
+  f.boolean("use_effective_conv2d");
+  o.init = f.init("init_weights", inits);
+  return o;
+}
+
+LycorisSettings LycorisOptions::for_module(const std::string & path) const {
   LycorisSettings s;
-  std::tie(s.r, s.alpha) = rank_and_alpha(cfg, path, "alpha");
-  s.rank_dropout = f["rank_dropout"].get<double>();
-  s.module_dropout = f["module_dropout"].get<double>();
-  s.rank_dropout_scale = f.value("rank_dropout_scale", true);
+  std::tie(s.r, s.alpha) = patterns.for_module(path, r, alpha);
+  s.rank_dropout = rank_dropout;
+  s.module_dropout = module_dropout;
+  s.rank_dropout_scale = rank_dropout_scale;
   return s;
 }
 
@@ -42,7 +70,7 @@ void LycorisLinear::add_settings(const std::string & name, const LycorisSettings
 }
 
 void LycorisLinear::rescale(const std::string & n, const AdapterConfig & cfg, const std::string & path, double factor) {
-  LycorisSettings s = lycoris_settings_for(cfg, path);
+  LycorisSettings s = cfg.opts<LycorisOptions>().for_module(path);
   settings_.at(n).alpha = s.alpha;
   set_scaling(n, factor * s.alpha / settings(n).r);
 }

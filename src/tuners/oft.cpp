@@ -75,7 +75,7 @@ at::Tensor OrthoLinear::forward_active(const at::Tensor & x) {
   for (const auto & n : active_here()) {
     at::Tensor Q = blocks(n);
     const OrthoSettings & st = settings(n);
-    if (is_training() && st.dropout > 0) {
+    if (is_training() && st.dropout > 0 && !st.block_share) {  // (PEFT skips a shared block)
       // BOFT multiplicative dropout: floor(p * R) random blocks become the identity
       const int64_t drop = static_cast<int64_t>(std::floor(st.dropout * Q.size(0)));
       at::Tensor mask = at::zeros({Q.size(0)}, Q.options());
@@ -135,6 +135,19 @@ at::Tensor OFTLinear::blocks(const std::string & n) const {
   at::Tensor flat = idx[0] * b + idx[1];
   at::Tensor U = at::zeros({v.size(0), b * b}, v.options()).index_add(1, flat, v).view({v.size(0), b, b});
   at::Tensor S = U - U.transpose(1, 2);
+  if (s.coft) {
+    // constrained OFT: each block's skew matrix is kept within a Frobenius ball of radius eps / sqrt(rows).
+    // PEFT projects oft_R in place (no grad) before each use; here the value is the projected one and the
+    // gradient passes straight through, which is what PEFT's gradient is
+    at::Tensor proj;
+    {
+      at::NoGradGuard g;
+      const double eps = s.eps / std::sqrt(static_cast<double>(v.size(0)));
+      at::Tensor norm = at::linalg_norm(S, "fro", {1, 2}, true);
+      proj = at::where(norm <= eps, S, eps * (S / norm));
+    }
+    S = S + (proj - S).detach();
+  }
   at::Tensor Q = s.neumann ? cayley_neumann(S, s.neumann_terms) : cayley(S);
   return s.block_share ? Q.expand({s.blocks, b, b}) : Q;
 }
@@ -167,12 +180,6 @@ at::Tensor BOFTLinear::scale(const std::string & n) const { return s_->get(n); }
 
 namespace {
 
-int64_t int_field(const AdapterConfig & c, const char * k, const std::string & src) {
-  PEFT_CHECK(c.fields[k].is_number_integer() && c.fields[k].get<int64_t>() >= 0, src, ": field '", k,
-             "' must be a non-negative integer");
-  return c.fields[k].get<int64_t>();
-}
-
 nlohmann::json oft_defaults() {
   return {{"r", 0},
           {"oft_block_size", 32},
@@ -190,12 +197,25 @@ nlohmann::json oft_defaults() {
           {"exclude_modules", nullptr}};
 }
 
-void oft_validate(const AdapterConfig & c, const std::string & src) {
+std::shared_ptr<const MethodOptions> oft_parse(const AdapterConfig & c, const std::string & src) {
+  FieldReader f(c, src);
   PEFT_CHECK(c.fields.contains("oft_block_size"), src, ": missing 'oft_block_size' (a pre-0.14 OFT adapter?)");
-  const int64_t r = int_field(c, "r", src), b = int_field(c, "oft_block_size", src);
-  PEFT_CHECK((r == 0) != (b == 0), src, ": exactly one of 'r' and 'oft_block_size' must be non-zero");
-  PEFT_CHECK(int_field(c, "num_cayley_neumann_terms", src) >= 1, src, ": 'num_cayley_neumann_terms' must be >= 1");
-  PEFT_CHECK(!c.fields["coft"].get<bool>(), src, ": 'coft' (constrained OFT) is not supported yet");
+  auto o = std::make_shared<OFTOptions>();
+  o->r = f.integer("r", 0);
+  o->block_size = f.integer("oft_block_size", 0);
+  PEFT_CHECK((o->r == 0) != (o->block_size == 0), src, ": exactly one of 'r' and 'oft_block_size' must be non-zero");
+  o->neumann = f.boolean("use_cayley_neumann");
+  o->neumann_terms = f.integer("num_cayley_neumann_terms", 1);
+  o->block_share = f.boolean("block_share");
+  o->module_dropout = f.fraction("module_dropout");
+  o->coft = f.boolean("coft");
+  o->eps = f.number("eps");
+  // PEFT's COFT also rewrites the stored oft_R at every forward, which changes later optimizer steps
+  PEFT_CHECK(!o->coft || c.inference_mode, src, ": training with 'coft' (constrained OFT) is not supported yet; "
+                                                "coft adapters load for inference");
+  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  o->init_zero = f.init("init_weights", {"true", "false"}) == "true";
+  return o;
 }
 
 bool linear_only(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
@@ -204,16 +224,18 @@ std::shared_ptr<TunerLayer> oft_inject(const AdapterConfig & cfg, const std::str
                                        const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<OFTLinear>(target);
   if (!layer) layer = std::make_shared<OFTLinear>(target);
+  const auto & o = cfg.opts<OFTOptions>();
   const int64_t n = layer->linear().in_features();
   OrthoSettings s;
-  const int64_t r = cfg.fields["r"].get<int64_t>(), b = cfg.fields["oft_block_size"].get<int64_t>();
-  s.block_size = b > 0 ? nearest_divisor(n, b) : n / nearest_divisor(n, r);
+  s.block_size = o.block_size > 0 ? nearest_divisor(n, o.block_size) : n / nearest_divisor(n, o.r);
   s.blocks = n / s.block_size;
-  s.neumann = cfg.fields["use_cayley_neumann"].get<bool>();
-  s.neumann_terms = cfg.fields["num_cayley_neumann_terms"].get<int64_t>();
-  s.block_share = cfg.fields["block_share"].get<bool>();
-  const auto & init = cfg.fields["init_weights"];
-  layer->add_adapter(adapter, s, !(init.is_boolean() && !init.get<bool>()));
+  s.neumann = o.neumann;
+  s.neumann_terms = o.neumann_terms;
+  s.block_share = o.block_share;
+  s.coft = o.coft;
+  s.eps = o.eps;
+  s.dropout = o.module_dropout;  // PEFT's OFT multiplicative dropout, as BOFT's (training only)
+  layer->add_adapter(adapter, s, o.init_zero);
   return layer;
 }
 
@@ -230,41 +252,47 @@ nlohmann::json boft_defaults() {
           {"exclude_modules", nullptr}};
 }
 
-void boft_validate(const AdapterConfig & c, const std::string & src) {
-  const int64_t b = int_field(c, "boft_block_size", src), nb = int_field(c, "boft_block_num", src);
-  PEFT_CHECK((b == 0) != (nb == 0), src, ": exactly one of 'boft_block_size' and 'boft_block_num' must be non-zero");
-  PEFT_CHECK(c.fields["boft_n_butterfly_factor"].get<int64_t>() == 1, src,
+std::shared_ptr<const MethodOptions> boft_parse(const AdapterConfig & c, const std::string & src) {
+  FieldReader f(c, src);
+  auto o = std::make_shared<BOFTOptions>();
+  o->block_size = f.integer("boft_block_size", 0);
+  o->block_num = f.integer("boft_block_num", 0);
+  PEFT_CHECK((o->block_size == 0) != (o->block_num == 0), src,
+             ": exactly one of 'boft_block_size' and 'boft_block_num' must be non-zero");
+  PEFT_CHECK(f.integer("boft_n_butterfly_factor", 1) == 1, src,
              ": 'boft_n_butterfly_factor' > 1 is not supported yet (as upstream without its CUDA extension)");
-  const double p = c.fields["boft_dropout"].get<double>();
-  PEFT_CHECK(p >= 0 && p < 1, src, ": 'boft_dropout' must be in [0, 1)");
+  o->dropout = f.fraction("boft_dropout");
+  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  o->init_zero = f.init("init_weights", {"true", "false"}) == "true";
+  return o;
 }
 
 std::shared_ptr<TunerLayer> boft_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                         const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<BOFTLinear>(target);
   if (!layer) layer = std::make_shared<BOFTLinear>(target);
+  const auto & o = cfg.opts<BOFTOptions>();
   const int64_t n = layer->linear().in_features();
-  const int64_t b = cfg.fields["boft_block_size"].get<int64_t>(), nb = cfg.fields["boft_block_num"].get<int64_t>();
+  const int64_t b = o.block_size, nb = o.block_num;
   PEFT_CHECK(b > 0 ? n % b == 0 : n % nb == 0, "BOFT at '", path, "': in_features ", n, " is not divisible by the block ",
              b > 0 ? "size " : "count ", b > 0 ? b : nb);
   OrthoSettings s;
   s.block_size = b > 0 ? b : n / nb;
   s.blocks = n / s.block_size;
   s.neumann = false;
-  s.dropout = cfg.fields["boft_dropout"].get<double>();
-  const auto & init = cfg.fields["init_weights"];
-  layer->add_adapter(adapter, s, !(init.is_boolean() && !init.get<bool>()));
+  s.dropout = o.dropout;
+  layer->add_adapter(adapter, s, o.init_zero);
   return layer;
 }
 
 }  // namespace
 
 TunerMethod oft_method() {
-  return TunerMethod{"OFT", "oft_", &oft_defaults, &oft_validate, &linear_only, &oft_inject, &DefaultTargets::lora};
+  return TunerMethod{{"OFT", "oft_", &oft_defaults, &oft_parse}, &linear_only, &oft_inject, &DefaultTargets::lora};
 }
 
 TunerMethod boft_method() {
-  return TunerMethod{"BOFT", "boft_", &boft_defaults, &boft_validate, &linear_only, &boft_inject, &DefaultTargets::lora};
+  return TunerMethod{{"BOFT", "boft_", &boft_defaults, &boft_parse}, &linear_only, &boft_inject, &DefaultTargets::lora};
 }
 
 }  // namespace peft

@@ -22,6 +22,18 @@ const std::vector<TunerMethod> & tuner_methods() {
   return methods;
 }
 
+AdapterConfig AdapterConfig::from_json(const nlohmann::json & j, const std::string & src) {
+  PEFT_CHECK(j.is_object(), src, ": not a JSON object");
+  PEFT_CHECK(j.contains("peft_type") && j["peft_type"].is_string(), src, ": missing required field 'peft_type'");
+  const TunerMethod * method = nullptr;
+  try {
+    method = &tuner_method(j["peft_type"].get<std::string>());
+  } catch (const Error & e) {
+    fail(str(src, ": ", e.what()));
+  }
+  return parse(j, src, method->schema);
+}
+
 std::vector<std::string> default_targets(const TunerMethod & method, const std::string & model_type) {
   const Architecture * a = find_architecture(model_type);
   if (!a || !method.default_targets) return {};
@@ -31,8 +43,8 @@ std::vector<std::string> default_targets(const TunerMethod & method, const std::
 const TunerMethod & tuner_method(const std::string & peft_type) {
   std::string known;
   for (const auto & m : tuner_methods()) {
-    if (m.peft_type == peft_type) return m;
-    known += (known.empty() ? "" : ", ") + m.peft_type;
+    if (m.schema.peft_type == peft_type) return m;
+    known += (known.empty() ? "" : ", ") + m.schema.peft_type;
   }
   fail(str("unknown peft_type '", peft_type, "' (supported: ", known, ")"));
 }

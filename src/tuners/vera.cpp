@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <limits>
 
 #include "peft/error.h"
 #include "peft/ops/adapter-math.h"
@@ -94,14 +95,17 @@ nlohmann::json vera_defaults() {
           {"layers_pattern", nullptr}};
 }
 
-void vera_validate(const AdapterConfig & c, const std::string & src) {
-  const auto & f = c.fields;
-  PEFT_CHECK(f["r"].is_number_integer() && f["r"].get<int64_t>() > 0, src, ": field 'r' must be a positive integer");
-  PEFT_CHECK(f["projection_prng_key"].is_number_integer(), src, ": field 'projection_prng_key' must be an integer");
-  PEFT_CHECK(f["vera_dropout"].is_number() && f["vera_dropout"].get<double>() >= 0 && f["vera_dropout"].get<double>() < 1,
-             src, ": field 'vera_dropout' must be in [0, 1)");
-  PEFT_CHECK(f["d_initial"].is_number(), src, ": field 'd_initial' must be a number");
-  PEFT_CHECK(f["save_projection"].is_boolean(), src, ": field 'save_projection' must be true or false");
+std::shared_ptr<const MethodOptions> vera_parse(const AdapterConfig & c, const std::string & src) {
+  FieldReader f(c, src);
+  auto o = std::make_shared<VeraOptions>();
+  o->r = f.integer("r", 1);
+  o->prng_key = f.integer("projection_prng_key", std::numeric_limits<int64_t>::min());
+  o->save_projection = f.boolean("save_projection");
+  o->dropout = f.fraction("vera_dropout");
+  o->d_initial = f.number("d_initial");
+  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  o->init_default = f.init("init_weights", {"true", "false"}) == "true";
+  return o;
 }
 
 bool vera_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
@@ -114,26 +118,26 @@ void vera_shared(AdapterConfig & cfg, const std::vector<LayerPtr> & targets) {
     max_in = std::max(max_in, lin->in_features());
     max_out = std::max(max_out, lin->out_features());
   }
-  auto AB = vera_projections(cfg.fields["r"].get<int64_t>(), max_in, max_out,
-                             static_cast<uint64_t>(cfg.fields["projection_prng_key"].get<int64_t>()));
+  const auto & o = cfg.opts<VeraOptions>();
+  auto AB = vera_projections(o.r, max_in, max_out, static_cast<uint64_t>(o.prng_key));
   cfg.shared = {{"vera_A", AB.first}, {"vera_B", AB.second}};
-  cfg.shared_persistent = cfg.fields["save_projection"].get<bool>();
+  cfg.shared_persistent = o.save_projection;
 }
 
 std::shared_ptr<TunerLayer> vera_inject(const AdapterConfig & cfg, const std::string &, const std::string & adapter,
                                         const LayerPtr & target) {
   auto layer = std::dynamic_pointer_cast<VeRALinear>(target);
   if (!layer) layer = std::make_shared<VeRALinear>(target);
-  const auto & init = cfg.fields["init_weights"];
-  layer->add_adapter(adapter, cfg.shared.at("vera_A"), cfg.shared.at("vera_B"), cfg.fields["vera_dropout"].get<double>(),
-                     cfg.fields["d_initial"].get<double>(), !(init.is_boolean() && !init.get<bool>()));
+  const auto & o = cfg.opts<VeraOptions>();
+  layer->add_adapter(adapter, cfg.shared.at("vera_A"), cfg.shared.at("vera_B"), o.dropout, o.d_initial, o.init_default);
   return layer;
 }
 
 }  // namespace
 
 TunerMethod vera_method() {
-  return TunerMethod{"VERA", "vera_lambda_", &vera_defaults, &vera_validate, &vera_supports, &vera_inject,
+  // PEFT names VeRA's bias mode "vera_only" (its parameter prefix is "vera_lambda_")
+  return TunerMethod{{"VERA", "vera_lambda_", &vera_defaults, &vera_parse, "vera_only"}, &vera_supports, &vera_inject,
                      &DefaultTargets::lora, nullptr, &vera_shared};
 }
 

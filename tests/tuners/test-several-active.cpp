@@ -93,10 +93,10 @@ TEST_F(Several, WeightedCombinationsOfDoraSourcesMatchPeft) {
     add_weighted_adapter(*m, w["adapters"].get<std::vector<std::string>>(), w["weights"].get<std::vector<double>>(),
                          name, {w["combination_type"].get<std::string>()});
     const auto & made = spec["weighted_adapters"][name];
-    const AdapterConfig & cfg = m->adapter_config(name);
-    EXPECT_EQ(cfg.get<int64_t>("r"), made["r"].get<int64_t>()) << name;
-    EXPECT_EQ(cfg.get<double>("lora_alpha"), made["lora_alpha"].get<double>()) << name;
-    EXPECT_EQ(cfg.get<bool>("use_dora"), made["use_dora"].get<bool>()) << name;
+    const auto & cfg = m->adapter_config(name).opts<LoraOptions>();
+    EXPECT_EQ(cfg.r, made["r"].get<int64_t>()) << name;
+    EXPECT_EQ(cfg.alpha, made["lora_alpha"].get<double>()) << name;
+    EXPECT_EQ(cfg.use_dora, made["use_dora"].get<bool>()) << name;
     // PEFT's saved tensors: A and B must agree (as the product for svd, whose factors are unique up to sign)
     PeftModel ref(load_model(golden_model("tiny-llama")));
     ref.load_adapter(golden_case("several_active") + "/" + made["folder"].get<std::string>(), name);
@@ -113,7 +113,7 @@ TEST_F(Several, WeightedCombinationsOfDoraSourcesMatchPeft) {
         EXPECT_TRUE(all_close(ours->lora_A(name), theirs->lora_A(name), 1e-6, 1e-5)) << name << " " << l.first;
         EXPECT_TRUE(all_close(ours->lora_B(name), theirs->lora_B(name), 1e-6, 1e-5)) << name << " " << l.first;
       }
-      if (cfg.get<bool>("use_dora")) {
+      if (cfg.use_dora) {
         at::NoGradGuard g;
         ours->magnitude(name).copy_(theirs->magnitude(name));
       }

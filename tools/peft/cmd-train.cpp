@@ -74,8 +74,7 @@ Runner add_train(CLI::App & app) {
       m = PeftModel::from_pretrained(base, o->adapter_init, "default", /*is_trainable=*/true);
     } else if (!o->adapter_config.empty()) {
       AdapterConfig cfg = AdapterConfig::from_json(read_json_file(o->adapter_config), o->adapter_config);
-      cfg.inference_mode = false;
-      cfg.fields["inference_mode"] = false;
+      cfg.set_field("inference_mode", false, o->adapter_config);
       m = std::make_shared<PeftModel>(base, cfg);
     } else {
       PEFT_CHECK(o->method == "lora", "--method: only lora is supported here, got '", o->method, "'");

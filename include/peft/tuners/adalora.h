@@ -6,9 +6,18 @@
 #include <map>
 
 #include "peft/nn/layers.h"
+#include "peft/tuners/lora.h"
 #include "peft/tuners/tuner-layer.h"
 
 namespace peft {
+
+/// An ADALORA config's options, parsed once: LoRA's fields plus the rank budget.
+struct AdaLoraOptions : MethodOptions {
+  LoraOptions lora;  // r, lora_alpha, lora_dropout, init_lora_weights (rank_pattern is AdaLoRA's own)
+  int64_t init_r = 12, target_r = 8, tinit = 0, tfinal = 0, delta_t = 1, total_step = 0;
+  double beta1 = 0.85, beta2 = 0.85, orth_reg_weight = 0.5;
+  std::map<std::string, int64_t> kept_rank;  // a saved rank_pattern: "<path>.lora_E" -> ranks kept
+};
 
 class AdaLoraLinear : public TunerLayer {
  public:

@@ -3,12 +3,22 @@
 //   feed-forward:     y = base(x * l)        l (1, I)
 // Several active adapters multiply. Merge scales W's rows (or columns); unmerge divides by (l + 1e-8).
 #pragma once
+#include <optional>
 #include <map>
 
 #include "peft/nn/layers.h"
 #include "peft/tuners/tuner-layer.h"
 
 namespace peft {
+
+/// An IA3 config's options, parsed once.
+struct IA3Options : MethodOptions {
+  std::vector<std::string> feedforward_list;        // list form: name suffixes
+  std::optional<std::string> feedforward_regex;     // string form: full-match regex
+  bool init_ones = true;                            // init_ia3_weights
+  /// Does module `path` scale its input (a feed-forward module) rather than its output?
+  bool is_feedforward(const std::string & path) const;
+};
 
 class IA3Linear : public TunerLayer {
  public:

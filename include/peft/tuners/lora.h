@@ -10,9 +10,13 @@
 
 #include "peft/nn/layers.h"
 #include "peft/tuners/config.h"
+#include "peft/tuners/targeting.h"
 #include "peft/tuners/tuner-layer.h"
 
 namespace peft {
+
+/// PEFT's LoraConfig fields with their defaults (AdaLoRA's config extends them).
+nlohmann::json lora_config_defaults();
 
 /// The LoRA hyperparameters of one adapter in one layer (after rank/alpha patterns).
 struct LoraSettings {
@@ -22,11 +26,23 @@ struct LoraSettings {
   double dropout = 0;
   bool use_dora = false;
   bool lora_bias = false;
-  std::string init = "true";  // "true" | "false" | "gaussian"
+  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal"
 };
 
-/// Settings for module `path` from a LORA config (rank_pattern / alpha_pattern applied).
-LoraSettings lora_settings_for(const AdapterConfig & cfg, const std::string & path);
+/// A LORA config's options, parsed once (PEFT's LoraConfig fields that are implemented; the others
+/// are refused by name when set).
+struct LoraOptions : MethodOptions {
+  int64_t r = 8;
+  double alpha = 8;
+  double dropout = 0;
+  bool use_rslora = false, use_dora = false, lora_bias = false;
+  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal"
+  RankPatterns patterns;
+  /// The settings of module `path` (rank_pattern / alpha_pattern applied).
+  LoraSettings for_module(const std::string & path) const;
+  /// Parse and check the LoRA fields of `cfg` (also AdaLoRA's, which shares them).
+  static LoraOptions read(const AdapterConfig & cfg, const std::string & source);
+};
 
 /// What LoRA layers of every base kind share: per-adapter settings and their bookkeeping.
 class LoraLayer : public TunerLayer {

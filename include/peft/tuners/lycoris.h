@@ -6,6 +6,7 @@
 #include <map>
 
 #include "peft/nn/layers.h"
+#include "peft/tuners/targeting.h"
 #include "peft/tuners/tuner-layer.h"
 
 namespace peft {
@@ -18,8 +19,26 @@ struct LycorisSettings {
   bool rank_dropout_scale = true;  // LoKr's rank_dropout_scale; LoHa always rescales
 };
 
-/// Settings for module `path` from a LOHA/LOKR config (rank_pattern / alpha_pattern applied).
-LycorisSettings lycoris_settings_for(const AdapterConfig & cfg, const std::string & path);
+/// A LOHA or LOKR config's options, parsed once.
+struct LycorisOptions : MethodOptions {
+  int64_t r = 8;
+  double alpha = 8;
+  RankPatterns patterns;
+  double rank_dropout = 0, module_dropout = 0;
+  bool rank_dropout_scale = true;
+  std::string init = "true";  // LoHa: true/false; LoKr: true/false/"lycoris"
+  bool decompose_both = false;     // LoKr
+  int64_t decompose_factor = -1;   // LoKr
+  /// The settings of module `path` (rank_pattern / alpha_pattern applied).
+  LycorisSettings for_module(const std::string & path) const;
+  /// The fields LoHa and LoKr share, checked; `inits` are the accepted init_weights values.
+  static LycorisOptions read(const AdapterConfig & cfg, const std::string & source, const std::vector<std::string> & inits);
+};
+
+/// PEFT's config fields that LoHa and LoKr share, with their defaults.
+nlohmann::json lycoris_defaults();
+/// LoHa and LoKr adapt Linear layers.
+bool lycoris_supports(const Layer & base);
 
 class LycorisLinear : public TunerLayer {
  public:

@@ -16,7 +16,28 @@ struct OrthoSettings {
   bool neumann = true;      // OFT: approximate Cayley with a Neumann series
   int64_t neumann_terms = 5;
   bool block_share = false;
-  double dropout = 0;       // BOFT multiplicative dropout (training)
+  double dropout = 0;       // multiplicative dropout (training): BOFT's boft_dropout, OFT's module_dropout
+  bool coft = false;        // OFT: constrained variant (blocks kept near the identity)
+  double eps = 6e-5;        // its radius
+};
+
+/// An OFT config's options, parsed once.
+struct OFTOptions : MethodOptions {
+  int64_t r = 0, block_size = 32;  // exactly one non-zero
+  bool neumann = true;
+  int64_t neumann_terms = 5;
+  bool block_share = false;
+  double module_dropout = 0;
+  bool coft = false;
+  double eps = 6e-5;
+  bool init_zero = true;  // init_weights
+};
+
+/// A BOFT config's options, parsed once.
+struct BOFTOptions : MethodOptions {
+  int64_t block_size = 4, block_num = 0;  // exactly one non-zero
+  double dropout = 0;
+  bool init_zero = true;
 };
 
 /// Rotated-input adapters; the method decides how blocks Q are built and whether a scale follows.

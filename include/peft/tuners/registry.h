@@ -1,5 +1,6 @@
 // The explicit list of adapter methods. A method is: its PEFT name and parameter prefix, its config
-// defaults and validation, which base layers it adapts, and how it injects an adapter into a layer.
+// defaults and the parser of its typed options, which base layers it adapts, how it injects an adapter
+// into a layer, and which of the architecture table's default target lists it uses.
 // Adding a method = one file under src/tuners/ + one entry in registry.cpp (see docs/adding-a-tuner.md).
 #pragma once
 #include <nlohmann/json.hpp>
@@ -16,12 +17,8 @@
 namespace peft {
 
 struct TunerMethod {
-  std::string peft_type;  // "LORA"
-  std::string prefix;     // "lora_": marks this method's tensors in parameter names
-  /// PEFT's default config fields for this method (merged under what a file or the user gives).
-  nlohmann::json (*defaults)();
-  /// Reject invalid hyperparameters, naming the field; `source` is the file or "config".
-  void (*validate)(const AdapterConfig & cfg, const std::string & source);
+  /// Its PEFT name, parameter prefix, config defaults and the parser of its typed options.
+  MethodSchema schema;
   /// Can this method adapt this plain layer?
   bool (*supports)(const Layer & base);
   /// Add adapter `adapter` at module `path`: `target` is the plain layer or this method's TunerLayer.

@@ -17,11 +17,14 @@ bool is_target(const AdapterConfig & cfg, const std::string & path, bool is_line
 /// Is `path` inside a module listed in modules_to_save (the module itself or below it)?
 bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const std::string & path);
 
-/// rank_pattern / alpha_pattern: the value of the first key k with (.*\.)?(k)$ matching `path`.
-bool pattern_value(const nlohmann::json & pattern, const std::string & path, double * out);
-
-/// r and alpha of module `path` (config fields "r" and `alpha_key`, rank_pattern / alpha_pattern applied).
-std::pair<int64_t, double> rank_and_alpha(const AdapterConfig & cfg, const std::string & path, const char * alpha_key);
+/// A config's rank_pattern / alpha_pattern, parsed: per-module rank and alpha.
+struct RankPatterns {
+  std::vector<std::pair<std::string, double>> rank, alpha;  // key -> value
+  /// Read "rank_pattern" and "alpha_pattern" (objects of numbers; null = none) of `cfg`.
+  static RankPatterns parse(const AdapterConfig & cfg, const std::string & source);
+  /// r and alpha of module `path`: the value of the first key k with (.*\.)?(k)$ matching, else the given ones.
+  std::pair<int64_t, double> for_module(const std::string & path, int64_t r, double alpha) const;
+};
 
 /// The layer index of `path` per PEFT's layers_to_transform rule, or -1.
 int64_t layer_index(const std::string & path, const std::vector<std::string> & layers_pattern);

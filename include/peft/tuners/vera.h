@@ -10,6 +10,16 @@
 
 namespace peft {
 
+/// A VERA config's options, parsed once.
+struct VeraOptions : MethodOptions {
+  int64_t r = 256;
+  int64_t prng_key = 0;  // projection_prng_key
+  bool save_projection = true;
+  double dropout = 0;    // vera_dropout
+  double d_initial = 0.1;
+  bool init_default = true;  // init_weights
+};
+
 class VeRALinear : public TunerLayer {
  public:
   explicit VeRALinear(LayerPtr base);
