@@ -81,8 +81,11 @@ class PeftModel {
   std::shared_ptr<CausalLM> unload();
 
   // ---- files ----
-  /// Write PEFT adapter folders: "default" at `dir`, every other adapter in `dir/<name>`.
-  void save_pretrained(const std::string & dir, const std::vector<std::string> & selected = {}) const;
+  /// Write PEFT adapter folders: "default" at `dir`, every other adapter in `dir/<name>`. The folder is
+  /// written whole and swapped into place (FolderWriter: readers see the old or the new one; other
+  /// files already there are kept). Refuses non-finite tensors, naming them, unless `allow_nonfinite`.
+  void save_pretrained(const std::string & dir, const std::vector<std::string> & selected = {},
+                       bool allow_nonfinite = false) const;
   /// The tensors save_pretrained writes for `adapter`, under PEFT's checkpoint keys.
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string & adapter) const;
 

@@ -69,12 +69,9 @@ SafeTensorsFile::SafeTensorsFile(const std::string & path) : path_(path) {
     PEFT_CHECK(n <= size_ - 8, path, ": header length ", n, " runs past the end of the file (", size_, " bytes)");
     data_start_ = 8 + static_cast<size_t>(n);
     const size_t data_size = size_ - data_start_;
-    nlohmann::json header;
-    try {
-      header = nlohmann::json::parse(bytes + 8, bytes + 8 + n);
-    } catch (const std::exception & e) {
-      fail(str(path, ": header is not valid JSON (", e.what(), ")"));
-    }
+    // (parse_json: depth limit, and a tensor named twice is an error, not "the last one wins")
+    nlohmann::json header = parse_json(reinterpret_cast<const char *>(bytes + 8),
+                                       reinterpret_cast<const char *>(bytes + 8 + n), path + " (header)");
     PEFT_CHECK(header.is_object(), path, ": header is not a JSON object");
     std::vector<std::pair<size_t, size_t>> ranges;
     for (auto it = header.begin(); it != header.end(); ++it) {
@@ -128,6 +125,15 @@ SafeTensorsFile::SafeTensorsFile(const std::string & path) : path_(path) {
       PEFT_CHECK(ranges[i].first >= ranges[i - 1].second, path, ": tensors overlap in the data section (bytes ",
                  ranges[i].first, " .. ", ranges[i - 1].second, ")");
     }
+    // as the safetensors format requires: the tensors fill the data section, nothing unaccounted for
+    size_t covered = 0;
+    for (const auto & r : ranges) {
+      PEFT_CHECK(r.first == covered, path, ": bytes ", covered, " .. ", r.first,
+                 " of the data section belong to no tensor");
+      covered = r.second;
+    }
+    PEFT_CHECK(covered == data_size, path, ": ", data_size - covered, " bytes after the last tensor (",
+               "the file is not what its header describes)");
   } catch (...) {
     if (map_) ::munmap(map_, size_);
     map_ = nullptr;

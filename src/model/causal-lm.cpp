@@ -199,15 +199,16 @@ void init_random(CausalLM & model, uint64_t seed, double std) {
 }
 
 void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json) {
-  ::mkdir(dir.c_str(), 0755);
+  FolderWriter w(dir);
   std::set<std::string> tied;
   for (const auto & t : model.tied_parameter_names()) tied.insert(t);
   std::map<std::string, at::Tensor> out;
   for (auto & p : model.named_parameters(true)) {
     if (!tied.count(p.key())) out[p.key()] = p.value();
   }
-  write_file_atomic(dir + "/config.json", config_json.dump(2));
-  safetensors_save(dir + "/model.safetensors", out);
+  write_file_atomic(w.file("config.json"), config_json.dump(2));
+  safetensors_save(w.file("model.safetensors"), out);
+  w.commit();
 }
 
 }  // namespace peft

@@ -1,7 +1,5 @@
 // PeftModel and PEFT's files: load_adapter (validated before the model is touched, undone on any error),
 // adapter_state_dict with PEFT's checkpoint keys, save_pretrained.
-#include <sys/stat.h>
-
 #include <set>
 
 #include "peft/error.h"
@@ -123,20 +121,31 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
   return out;
 }
 
-void PeftModel::save_pretrained(const std::string & dir, const std::vector<std::string> & selected) const {
+void PeftModel::save_pretrained(const std::string & dir, const std::vector<std::string> & selected,
+                                bool allow_nonfinite) const {
   std::vector<std::string> names = selected.empty() ? adapter_names() : selected;
-  ::mkdir(dir.c_str(), 0755);
+  std::vector<std::pair<std::string, std::map<std::string, at::Tensor>>> tensors;
   for (const auto & n : names) {
-    const AdapterConfig & cfg = adapter_config(n);
-    const std::string d = n == "default" ? dir : dir + "/" + n;
-    ::mkdir(d.c_str(), 0755);
-    nlohmann::json j = cfg.to_json();
+    tensors.emplace_back(n, adapter_state_dict(n));
+    if (allow_nonfinite) continue;
+    for (const auto & kv : tensors.back().second) {
+      PEFT_CHECK(at::isfinite(kv.second).all().item<bool>(), "adapter '", n, "': tensor '", kv.first,
+                 "' holds NaN or Inf values; not saved (allow_nonfinite / --allow-nonfinite to save it anyway)");
+    }
+  }
+  FolderWriter w(dir);
+  for (const auto & t : tensors) {
+    const std::string & n = t.first;
+    const std::string sub = n == "default" ? "" : n + "/";
+    nlohmann::json j = adapter_config(n).to_json();
     if (j["auto_mapping"].is_null() && j["task_type"].is_null()) {
       j["auto_mapping"] = {{"base_model_class", model_->config().arch_name()}, {"parent_library", "transformers"}};
     }
-    safetensors_save(d + "/adapter_model.safetensors", adapter_state_dict(n));
-    write_file_atomic(d + "/adapter_config.json", j.dump(2) + "\n");
+    safetensors_save(w.file(sub + "adapter_model.safetensors"), t.second);
+    write_file_atomic(w.file(sub + "adapter_config.json"), j.dump(2) + "\n");
   }
+  w.commit();
 }
+
 
 }  // namespace peft

@@ -70,8 +70,10 @@ AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string &
   const auto & bias = f.contains("bias") ? f.at("bias") : nlohmann::json("none");
   PEFT_CHECK(bias.is_string(), src, ": field 'bias' must be a string");
   c.bias = bias.get<std::string>();
-  PEFT_CHECK(c.bias == "none" || c.bias == "all" || c.bias == method->bias_only_name(), src, ": field 'bias' must be ",
-             "\"none\", \"all\" or \"", method->bias_only_name(), "\", got \"", c.bias, "\"");
+  // PEFT: "none", "all", or any "<x>_only" (the adapted layers' biases; "lora_only", "vera_only", ...)
+  const bool only = c.bias.size() > 5 && c.bias.compare(c.bias.size() - 5, 5, "_only") == 0;
+  PEFT_CHECK(c.bias == "none" || c.bias == "all" || only, src, ": field 'bias' must be \"none\", \"all\" or \"",
+             method->bias_only_name(), "\", got \"", c.bias, "\"");
   PEFT_CHECK(field("inference_mode").is_boolean(), src, ": field 'inference_mode' must be true or false");
   c.inference_mode = field("inference_mode").get<bool>();
   // PEFT: a string target_modules (a regex or "all-linear") takes no layer filter

@@ -234,7 +234,8 @@ std::shared_ptr<TunerLayer> oft_inject(const AdapterConfig & cfg, const std::str
   s.block_share = o.block_share;
   s.coft = o.coft;
   s.eps = o.eps;
-  s.dropout = o.module_dropout;  // PEFT's OFT multiplicative dropout, as BOFT's (training only)
+  // module_dropout: PEFT builds OFT's multiplicative dropout layer but its forward never calls it, so it
+  // changes nothing, here either
   layer->add_adapter(adapter, s, o.init_zero);
   return layer;
 }

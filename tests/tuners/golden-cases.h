@@ -22,6 +22,10 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"ia3", "tiny-llama"},          {"ia3_opt", "tiny-opt"},               {"loha", "tiny-llama"},
       {"lokr", "tiny-llama"},         {"ln_tuning", "tiny-opt"},             {"adalora", "tiny-llama"},
       {"oft", "tiny-llama"},          {"boft", "tiny-llama"},                {"vera", "tiny-llama"},
+      // made by gen_extra.py: COFT (projection clamps 24 of 32 blocks), OFT module_dropout (never applied
+      // by PEFT), VeRA with bias="vera_only" on OPT, full-name targets beside layers_to_transform
+      {"oft_coft", "tiny-llama"},     {"oft_module_dropout", "tiny-llama"},  {"vera_bias_opt", "tiny-opt"},
+      {"lora_layer_filter", "tiny-llama"},
   };
   return cases;
 }

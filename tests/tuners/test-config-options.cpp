@@ -133,9 +133,11 @@ TEST(Options, EffectiveConv2dIsIgnoredOnLinearTargets) {
   EXPECT_EQ(config_error({{"use_effective_conv2d", true}, {"target_modules", {"q_proj"}}}, "LOHA"), "");
 }
 
-TEST(Options, VeraBiasModeHasPeftsName) {
+TEST(Options, BiasModes) {
+  // PEFT: "none", "all" or any "<x>_only" (vera_only is VeRA's documented name; vera_lambda_only works too)
   EXPECT_EQ(config_error({{"bias", "vera_only"}, {"target_modules", {"q_proj"}}}, "VERA"), "");
-  EXPECT_NE(config_error({{"bias", "vera_lambda_only"}, {"target_modules", {"q_proj"}}}, "VERA").find("\"vera_only\""),
+  EXPECT_EQ(config_error({{"bias", "vera_lambda_only"}, {"target_modules", {"q_proj"}}}, "VERA"), "");
+  EXPECT_NE(config_error({{"bias", "some"}, {"target_modules", {"q_proj"}}}, "VERA").find("\"vera_only\""),
             std::string::npos);
 }
 
@@ -145,6 +147,38 @@ TEST(Options, CoftLoadsForInferenceOnly) {
   EXPECT_NO_THROW(AdapterConfig::from_json(j, "cfg.json"));
   j["inference_mode"] = false;
   EXPECT_NE(error_of([&] { AdapterConfig::from_json(j, "cfg.json"); }).find("training with 'coft'"), std::string::npos);
+}
+
+}  // namespace
+
+namespace {
+
+// The configurations of golden case config_checks, as adapter_config.json fields here: each must be
+// accepted or refused exactly as upstream PEFT did (when the config is made or applied).
+TEST(Options, AcceptedOrRefusedAsUpstream) {
+  const auto spec = nlohmann::json::parse(read_file(golden_case("config_checks") + "/case.json"))["checks"];
+  const std::map<std::string, nlohmann::json> ours = {
+      {"lora_all_linear_layers_to_transform",
+       {{"peft_type", "LORA"}, {"target_modules", "all-linear"}, {"layers_to_transform", {0}}}},
+      {"lora_regex_layers_to_transform", {{"peft_type", "LORA"}, {"target_modules", ".*q_proj"}, {"layers_to_transform", {0}}}},
+      {"lora_layers_pattern_without_layers_to_transform",
+       {{"peft_type", "LORA"}, {"target_modules", {"q_proj"}}, {"layers_pattern", "layers"}}},
+      {"lora_orthogonal_odd_rank", {{"peft_type", "LORA"}, {"r", 3}, {"init_lora_weights", "orthogonal"}, {"target_modules", {"q_proj"}}}},
+      {"lora_orthogonal_even_rank", {{"peft_type", "LORA"}, {"r", 4}, {"init_lora_weights", "orthogonal"}, {"target_modules", {"q_proj"}}}},
+      {"loha_use_effective_conv2d_on_linear", {{"peft_type", "LOHA"}, {"target_modules", {"q_proj"}}, {"use_effective_conv2d", true}}},
+      {"vera_bias_vera_lambda_only", {{"peft_type", "VERA"}, {"target_modules", {"q_proj"}}, {"bias", "vera_lambda_only"}}},
+  };
+  ASSERT_EQ(spec.size(), ours.size());
+  for (auto it = spec.begin(); it != spec.end(); ++it) {
+    ASSERT_TRUE(ours.count(it.key())) << it.key();
+    const std::string e = error_of([&] {
+      PeftModel m(load_model(golden_case("config_checks") + "/../../" + it.value()["applied_to"].get<std::string>()),
+                  AdapterConfig::from_json(ours.at(it.key()), "cfg.json"));
+    });
+    EXPECT_EQ(e.empty(), it.value()["accepted"].get<bool>())
+        << it.key() << ": upstream " << (it.value()["accepted"].get<bool>() ? "accepts" : "refuses: ")
+        << it.value().value("error", "") << "; here: " << (e.empty() ? "accepted" : e);
+  }
 }
 
 }  // namespace

@@ -16,7 +16,7 @@ struct OrthoSettings {
   bool neumann = true;      // OFT: approximate Cayley with a Neumann series
   int64_t neumann_terms = 5;
   bool block_share = false;
-  double dropout = 0;       // multiplicative dropout (training): BOFT's boft_dropout, OFT's module_dropout
+  double dropout = 0;       // BOFT's multiplicative dropout (training)
   bool coft = false;        // OFT: constrained variant (blocks kept near the identity)
   double eps = 6e-5;        // its radius
 };
@@ -27,7 +27,7 @@ struct OFTOptions : MethodOptions {
   bool neumann = true;
   int64_t neumann_terms = 5;
   bool block_share = false;
-  double module_dropout = 0;
+  double module_dropout = 0;  // kept for round-trips: PEFT's OFT never applies it
   bool coft = false;
   double eps = 6e-5;
   bool init_zero = true;  // init_weights

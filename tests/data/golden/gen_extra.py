@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Extra golden cases from upstream PEFT: several active LoRA/DoRA adapters, weighted combinations with DoRA sources,
-and modules_to_save on tied lm_head / embed_tokens.
+modules_to_save on tied lm_head / embed_tokens, OFT options (coft, module_dropout), VeRA with trained biases, the
+layer filter with a full module name among the targets, and which configurations upstream accepts.
 
-usage: python3 tests/data/golden/gen_extra.py --oracle /tmp/oracle
+usage: python3 tests/data/golden/gen_extra.py --oracle /tmp/oracle [--only CASE[,CASE]]
 
 --oracle is a prepared copy of shared/oracle (run its setup.sh first; use /usr/bin/python3, Debian's interpreter with
 torch). The script puts that folder on sys.path, imports oracle_env before peft (it stubs transformers & co.), and
@@ -16,7 +17,15 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   mts_embed_opt         tiny-opt, LoRA + modules_to_save=["embed_tokens"]
   mts_tied_llama        tiny-llama-tied, LoRA + modules_to_save=["lm_head"]
   mts_tied_llama_embed  tiny-llama-tied, LoRA + modules_to_save=["embed_tokens"]
+  oft_coft              tiny-llama, OFT with coft=True, eps=0.9 (the forward projects oft_R in place; adapter/ holds
+                        the unprojected oft_R, saved before any forward)
+  oft_module_dropout    tiny-llama, OFT with module_dropout=0.3
+  vera_bias_opt         tiny-opt, VeRA with bias="vera_only" (biases of the adapted layers trained and saved)
+  lora_layer_filter     tiny-llama, LoRA with target_modules=["model.layers.0.self_attn.k_proj", "q_proj", "v_proj"]
+                        and layers_to_transform=[1]
+  config_checks         case.json only: which configurations upstream accepts, with its error messages
 
+--only writes just the named cases; every case seeds itself, so its files are the same as in a full run.
 Everything is seeded and single-threaded (and the script re-runs itself with PYTHONHASHSEED=0), so two runs write
 byte-identical files.
 """
@@ -59,10 +68,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--oracle", required=True, help="prepared copy of shared/oracle")
     ap.add_argument("--golden", default=HERE, help="golden folder holding models/ and cases/ (default: this folder)")
+    ap.add_argument("--only", default="", metavar="CASE[,CASE]",
+                    help="write only these cases (each case seeds itself, so its files are the same as in a full run)")
     a = ap.parse_args()
     torch, peft, tinyref = setup(a.oracle)
-    from peft import LoraConfig, get_peft_model
+    from peft import LoHaConfig, LoraConfig, OFTConfig, PeftModel, VeraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.oft.layer import OFTRotationModule
     from safetensors.torch import load_file, save_file
 
     golden = os.path.abspath(a.golden)
@@ -332,13 +344,396 @@ def main():
         write_case(folder, case, exp, ids)
         return {name: sorted(exp)}
 
+    # ---------------------------------------------------------------------------------------------------------------
+    # E-F. OFT options: coft (projection of oft_R in forward) and module_dropout
+    def rotation_modules(pm):
+        """[(adapter-file key of the weight, OFTRotationModule)] in module order."""
+        out = []
+        for n, m in pm.named_modules():
+            if isinstance(m, OFTRotationModule):
+                assert n.endswith(".oft_R.default"), n
+                out.append((n[: -len(".default")] + ".weight", m))
+        return out
+
+    def skew_norms(m, w):
+        """Frobenius norm of each block's skew-symmetric matrix (what _project_batch compares with eps)."""
+        return torch.norm(m._pytorch_skew_symmetric(w, m.block_size), dim=(1, 2))
+
+    def max_abs_diff(a, b):
+        return (a - b).abs().max().item()
+
+    def case_oft_coft(seed=500, eps=0.9):
+        # eps 0.9 (eps_effective 0.318 for 8 blocks) clamps 24 of the 32 blocks and keeps 8, so both branches of the
+        # projection matter; a tiny eps such as 1e-3 clamps every block to a near-identity rotation, and the logits
+        # then differ from the base model's by only ~1e-3.
+        name = "oft_coft"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base_logits = logits_of(base, ids)
+        cfg = OFTConfig(target_modules=["q_proj", "v_proj"], r=0, oft_block_size=4, coft=True, eps=eps,
+                        init_weights=False)
+        pm = get_peft_model(base, cfg)
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        rots = rotation_modules(pm)
+        before = {k: m.weight.detach().clone() for k, m in rots}
+        adapter_dir = os.path.join(folder, "adapter")
+        pm.save_pretrained(adapter_dir)  # before any forward: the forward projects oft_R in place
+        saved = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+        assert sorted(saved) == sorted(before), sorted(saved)
+
+        # diagnostic only: the same adapter without the projection
+        for _, m in rots:
+            m.coft = False
+        unprojected_logits = logits_of(pm, ids)
+        for _, m in rots:
+            m.coft = True
+        assert all(torch.equal(m.weight, before[k]) for k, m in rots)
+
+        exp = {"logits": logits_of(pm, ids)}  # projects every oft_R in place, then rotates with it
+        projected = {k: m.weight.detach().clone() for k, m in rots}
+        per_module, clamped_total, blocks_total, margins = {}, 0, 0, []
+        for k, m in rots:
+            n_blocks = before[k].shape[0]
+            eps_eff = eps / (n_blocks ** 0.5)  # _project_batch: eps * 1 / sqrt(number of blocks)
+            norms = skew_norms(m, before[k])
+            clamped = norms > eps_eff
+            changed = (projected[k] != before[k]).any(dim=1)
+            assert torch.equal(changed, clamped), (k, norms, eps_eff)  # only blocks above eps_eff move
+            after_norms = skew_norms(m, projected[k])
+            assert torch.allclose(after_norms[clamped], torch.full_like(after_norms[clamped], eps_eff), atol=1e-6)
+            margins += ((norms - eps_eff).abs() / eps_eff).tolist()
+            clamped_total += int(clamped.sum())
+            blocks_total += n_blocks
+            per_module[k] = {"blocks": n_blocks, "eps_effective": eps_eff,
+                             "clamped_blocks": [i for i, c in enumerate(clamped.tolist()) if c],
+                             "block_norms_before": [round(v, 6) for v in norms.tolist()]}
+        assert 0 < clamped_total < blocks_total, (clamped_total, blocks_total)
+        logits_again = logits_of(pm, ids)  # the projection again, on the projected oft_R
+        with pm.disable_adapter():
+            exp["logits_disabled"] = logits_of(pm, ids)
+        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6)
+        pm.merge_adapter()  # get_weight() projects (again) before the Cayley transform
+        exp["logits_merged"] = logits_of(pm, ids)
+        after_merge_change = max(max_abs_diff(m.weight, projected[k]) for k, m in rots)
+
+        # loading the saved (unprojected) adapter reproduces the logits: the projection happens in the forward
+        torch.manual_seed(seed)
+        reloaded = PeftModel.from_pretrained(tinyref.load_hf(os.path.join(models, "tiny-llama")), adapter_dir)
+        reloaded.eval()
+        reload_diff = max_abs_diff(logits_of(reloaded, ids), exp["logits"])
+        pm.unmerge_adapter()
+        exp["logits_unmerged"] = logits_of(pm, ids)
+        exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
+        assert reload_diff < 1e-6, reload_diff
+
+        save_file({k: v.contiguous() for k, v in projected.items()}, os.path.join(folder, "oft_R_projected.safetensors"))
+        case = {
+            "model": "models/tiny-llama",
+            "adapter": "adapter",
+            "method": "oft_coft",
+            "coft": {
+                "eps": eps,
+                "eps_effective_rule": "eps / sqrt(number of blocks of the layer), a float32 tensor "
+                                      "(OFTRotationModule._project_batch); a block is kept if its norm <= that",
+                "blocks_total": blocks_total,
+                "blocks_clamped": clamped_total,
+                "min_relative_margin_of_block_norms_to_eps_effective": min(margins),
+                "per_module": per_module,
+                "saved_before_any_forward": True,
+                "saved_oft_R_equals_perturbed": all(torch.equal(saved[k], before[k]) for k in before),
+                "saved_oft_R_equals_projected": all(torch.equal(saved[k], projected[k]) for k in projected),
+                "forward_projects_oft_R_in_place": any(not torch.equal(projected[k], before[k]) for k in before),
+                "max_abs_change_of_oft_R_by_second_forward_and_merge": after_merge_change,
+                "logits_second_forward_max_abs_diff": max_abs_diff(logits_again, exp["logits"]),
+                "logits_max_abs_diff_vs_unprojected_oft_R": max_abs_diff(exp["logits"], unprojected_logits),
+                "logits_max_abs_diff_vs_base": max_abs_diff(exp["logits"], base_logits),
+                "reloaded_adapter_logits_max_abs_diff": reload_diff,
+            },
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active; PEFT's "
+                    "forward first replaces each oft_R by its projection: every block whose skew-symmetric matrix has "
+                    "Frobenius norm > eps_effective is scaled to norm eps_effective, the others are kept), "
+                    "logits_disabled (adapters disabled), logits_merged (after merge_adapter). adapter/ was saved "
+                    "before any forward, so it holds the unprojected oft_R; oft_R_projected.safetensors holds oft_R "
+                    "after the first forward (same keys as adapter_model.safetensors)",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    def case_oft_module_dropout(seed=510):
+        name = "oft_module_dropout"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base_logits = logits_of(base, ids)
+        cfg = OFTConfig(target_modules=["q_proj", "v_proj"], r=0, oft_block_size=4, module_dropout=0.3,
+                        init_weights=False)
+        pm = get_peft_model(base, cfg)
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        exp = {"logits": logits_of(pm, ids)}
+        with pm.disable_adapter():
+            exp["logits_disabled"] = logits_of(pm, ids)
+        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6)
+        pm.train()
+        torch.manual_seed(seed + 20)
+        train_logits = logits_of(pm, ids)
+        pm.eval()
+        q_proj = pm.base_model.model.model.layers[0].self_attn.q_proj
+        pm.merge_adapter()
+        exp["logits_merged"] = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        exp["logits_unmerged"] = logits_of(pm, ids)
+        exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
+        case = {
+            "model": "models/tiny-llama",
+            "adapter": "adapter",
+            "method": "oft_module_dropout",
+            "module_dropout": {
+                "p": 0.3,
+                "dropout_layer_type": type(q_proj.oft_dropout["default"]).__name__,
+                "train_mode_logits_equal_eval_logits": bool(torch.equal(train_logits, exp["logits"])),
+                "note": "PEFT builds a MultiplicativeDropoutLayer per adapter (it replaces blocks of the rotation by "
+                        "identity blocks, in training only), but OFT's Linear.forward never calls oft_dropout",
+            },
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
+                    "logits_disabled (adapters disabled), logits_merged (after merge_adapter)",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # G. VeRA with bias="vera_only" on tiny-opt (biases of the adapted layers are trained)
+    def case_vera_bias_opt(seed=520):
+        name = "vera_bias_opt"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-opt"))
+        base_logits = logits_of(base, ids)
+        cfg = VeraConfig(target_modules=["q_proj", "v_proj"], r=8, bias="vera_only", init_weights=False)
+        pm = get_peft_model(base, cfg)
+        trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        adapter_keys = sorted(load_file(os.path.join(folder, "adapter", "adapter_model.safetensors")))
+        exp = {"logits": logits_of(pm, ids)}
+        with warnings.catch_warnings(record=True) as ws_disable:
+            warnings.simplefilter("always")
+            with pm.disable_adapter():
+                exp["logits_disabled"] = logits_of(pm, ids)
+        pm.merge_adapter()
+        exp["logits_merged"] = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        exp["logits_unmerged"] = logits_of(pm, ids)
+        exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
+        case = {
+            "model": "models/tiny-opt",
+            "adapter": "adapter",
+            "method": "vera_bias_opt",
+            "trainable_parameters": trainable,
+            "adapter_keys": adapter_keys,
+            "logits_disabled_max_abs_diff_vs_base": max_abs_diff(exp["logits_disabled"], base_logits),
+            "peft_warnings": {"disable_adapter": warning_texts(ws_disable)},
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
+                    "logits_disabled (adapters disabled: the trained biases of the adapted q_proj/v_proj stay, so this "
+                    "is not the base model), logits_merged (after merge_adapter), logits_unmerged (after "
+                    "unmerge_adapter), logits_merge_and_unload (plain model after merge_and_unload)",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # H. layers_to_transform with a full module name among the targets
+    def lora_modules(pm):
+        return [n for n, m in pm.base_model.model.named_modules() if isinstance(m, LoraLayer)]
+
+    def case_lora_layer_filter(seed=530):
+        name = "lora_layer_filter"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base_logits = logits_of(base, ids)
+        targets = ["model.layers.0.self_attn.k_proj", "q_proj", "v_proj"]
+        cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets, layers_to_transform=[1])
+        pm = get_peft_model(base, cfg)
+        adapted = lora_modules(pm)
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        adapter_keys = sorted(load_file(os.path.join(folder, "adapter", "adapter_model.safetensors")))
+        exp = {"logits": logits_of(pm, ids)}
+        with pm.disable_adapter():
+            exp["logits_disabled"] = logits_of(pm, ids)
+        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6)
+        pm.merge_adapter()
+        exp["logits_merged"] = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        exp["logits_unmerged"] = logits_of(pm, ids)
+        exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
+        case = {
+            "model": "models/tiny-llama",
+            "adapter": "adapter",
+            "method": "lora_layer_filter",
+            "target_modules": targets,
+            "layers_to_transform": [1],
+            "adapted_modules": adapted,
+            "adapter_keys": adapter_keys,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
+                    "logits_disabled (adapters disabled), logits_merged (after merge_adapter). adapted_modules: the "
+                    "modules PEFT wrapped (the layer filter applies to suffix matches only; a target equal to a "
+                    "module's full name is adapted whatever its layer)",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # I. configurations upstream accepts or refuses (JSON only)
+    def case_config_checks(seed=540):
+        name = "config_checks"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        base_logits = {sub: logits_of(tinyref.load_hf(os.path.join(models, sub)), ids)
+                       for sub in ("tiny-llama", "tiny-opt")}
+
+        def build(make, sub, seed_):
+            torch.manual_seed(seed_)
+            return get_peft_model(tinyref.load_hf(os.path.join(models, sub)), make())
+
+        checks = {}
+
+        def attempt(key, text, make, sub, after=None):
+            """Make the config, then get_peft_model on models/<sub>; record where upstream refuses it."""
+            entry = {"config": text, "applied_to": f"models/{sub}"}
+            stage = "config"
+            with warnings.catch_warnings(record=True) as ws:
+                warnings.simplefilter("always")
+                try:
+                    make()
+                    stage = "get_peft_model"
+                    pm = build(make, sub, seed)
+                except Exception as e:  # noqa: BLE001
+                    entry.update(accepted=False, refused_by=stage, error_type=type(e).__name__, error=str(e))
+                    pm = None
+            if pm is not None:
+                entry["accepted"] = True
+                entry["adapted_modules"] = [n for n, m in pm.base_model.model.named_modules()
+                                            if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer)]
+                if after:
+                    entry.update(after(pm, sub))
+            entry["peft_warnings"] = warning_texts(ws)
+            checks[key] = entry
+
+        attempt("lora_all_linear_layers_to_transform",
+                'LoraConfig(target_modules="all-linear", layers_to_transform=[0])',
+                lambda: LoraConfig(target_modules="all-linear", layers_to_transform=[0]), "tiny-llama")
+        attempt("lora_regex_layers_to_transform",
+                'LoraConfig(target_modules=".*q_proj", layers_to_transform=[0])',
+                lambda: LoraConfig(target_modules=".*q_proj", layers_to_transform=[0]), "tiny-llama")
+        attempt("lora_layers_pattern_without_layers_to_transform",
+                'LoraConfig(target_modules=["q_proj"], layers_pattern="layers")',
+                lambda: LoraConfig(target_modules=["q_proj"], layers_pattern="layers"), "tiny-llama")
+        attempt("lora_orthogonal_odd_rank",
+                'LoraConfig(r=3, init_lora_weights="orthogonal", target_modules=["q_proj"])',
+                lambda: LoraConfig(r=3, init_lora_weights="orthogonal", target_modules=["q_proj"]), "tiny-llama")
+
+        def orthogonal_facts(pm, sub):
+            layers = [m for m in pm.modules() if isinstance(m, LoraLayer)]
+            a_max = max(m.lora_A["default"].weight.abs().max().item() for m in layers)
+            b_max = max(m.lora_B["default"].weight.abs().max().item() for m in layers)
+            pm.eval()
+            # PEFT: A = (X1 @ Q[0::2]).T and B = X2 @ Q[1::2] with Q orthogonal, so B @ A = X2 Q[1::2] Q[0::2]^T X1^T
+            # is zero (up to rounding) although B is not: the initial adapter is a no-op
+            ba_max = max((m.lora_B["default"].weight @ m.lora_A["default"].weight).abs().max().item() for m in layers)
+            return {"lora_A_max_abs": a_max, "lora_B_max_abs": b_max, "lora_B_nonzero": b_max > 0,
+                    "lora_B_matmul_lora_A_max_abs": ba_max,
+                    "logits_max_abs_diff_vs_base": max_abs_diff(logits_of(pm, ids), base_logits[sub]),
+                    "seed": seed}
+
+        attempt("lora_orthogonal_even_rank",
+                'LoraConfig(r=4, init_lora_weights="orthogonal", target_modules=["q_proj"])',
+                lambda: LoraConfig(r=4, init_lora_weights="orthogonal", target_modules=["q_proj"]), "tiny-llama",
+                orthogonal_facts)
+
+        def loha_facts(pm, sub):
+            pm.eval()
+            out = {"seed": seed}
+            for init in (True, False):
+                a = build(lambda init=init: LoHaConfig(target_modules=["q_proj"], use_effective_conv2d=True,
+                                                       init_weights=init), sub, seed)
+                b = build(lambda init=init: LoHaConfig(target_modules=["q_proj"], use_effective_conv2d=False,
+                                                       init_weights=init), sub, seed)
+                a.eval()
+                b.eval()
+                la, lb = logits_of(a, ids), logits_of(b, ids)
+                out[f"init_weights_{init}".lower()] = {
+                    "logits_max_abs_diff_vs_use_effective_conv2d_false": max_abs_diff(la, lb),
+                    "logits_max_abs_diff_vs_base": max_abs_diff(la, base_logits[sub])}
+            return out
+
+        attempt("loha_use_effective_conv2d_on_linear",
+                'LoHaConfig(target_modules=["q_proj"], use_effective_conv2d=True)',
+                lambda: LoHaConfig(target_modules=["q_proj"], use_effective_conv2d=True), "tiny-llama", loha_facts)
+
+        def vera_bias_facts(pm, sub):
+            trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+            ref = build(lambda: VeraConfig(target_modules=["q_proj"], bias="vera_only"), sub, seed)
+            ref_trainable = [n for n, p in ref.named_parameters() if p.requires_grad]
+            return {"trainable_parameters": trainable,
+                    "adapter_keys": sorted(peft.get_peft_model_state_dict(pm)),
+                    "same_as_vera_only": trainable == ref_trainable
+                    and sorted(peft.get_peft_model_state_dict(pm)) == sorted(peft.get_peft_model_state_dict(ref))}
+
+        attempt("vera_bias_vera_lambda_only",
+                'VeraConfig(target_modules=["q_proj"], bias="vera_lambda_only")',
+                lambda: VeraConfig(target_modules=["q_proj"], bias="vera_lambda_only"), "tiny-opt", vera_bias_facts)
+
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "case.json"), "w") as f:
+            json.dump({"what": "whether upstream PEFT accepts each configuration: made, then applied with "
+                               "get_peft_model to applied_to (seeded with torch.manual_seed(seed) where the init is "
+                               "random); refused_by says which step raised, error is str(exception) verbatim",
+                       "seed": seed, "checks": checks}, f, indent=2)
+            f.write("\n")
+        return {name: sorted(checks)}
+
+    def tied_llama_case(name, module, seed):
+        def run():
+            write_tied_llama()
+            return case_mts(name, "tiny-llama-tied", module, seed)
+        return run
+
+    all_cases = {
+        "several_active": case_several_active,
+        "mts_tied_opt": lambda: case_mts("mts_tied_opt", "tiny-opt", "lm_head", 400),
+        "mts_embed_opt": lambda: case_mts("mts_embed_opt", "tiny-opt", "embed_tokens", 410),
+        "mts_tied_llama": tied_llama_case("mts_tied_llama", "lm_head", 420),
+        "mts_tied_llama_embed": tied_llama_case("mts_tied_llama_embed", "embed_tokens", 430),
+        "oft_coft": case_oft_coft,
+        "oft_module_dropout": case_oft_module_dropout,
+        "vera_bias_opt": case_vera_bias_opt,
+        "lora_layer_filter": case_lora_layer_filter,
+        "config_checks": case_config_checks,
+    }
+    only = [c for c in a.only.split(",") if c]
+    unknown = [c for c in only if c not in all_cases]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(all_cases)}")
     made = {}
-    made.update(case_several_active())
-    made.update(case_mts("mts_tied_opt", "tiny-opt", "lm_head", 400))
-    made.update(case_mts("mts_embed_opt", "tiny-opt", "embed_tokens", 410))
-    write_tied_llama()
-    made.update(case_mts("mts_tied_llama", "tiny-llama-tied", "lm_head", 420))
-    made.update(case_mts("mts_tied_llama_embed", "tiny-llama-tied", "embed_tokens", 430))
+    for nm, run in all_cases.items():
+        if not only or nm in only:
+            made.update(run())
     for k, v in made.items():
         print(k, " ".join(v))
 
