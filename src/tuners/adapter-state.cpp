@@ -1,4 +1,4 @@
-// The adapter part of the compile key: PeftModel::state_key() and a readable difference between keys.
+// AdapterState (adapter-state.h) as a compile key: PeftModel::state_key() and a readable difference between keys.
 #include "peft/peft-model.h"
 
 namespace peft {
