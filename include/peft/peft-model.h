@@ -35,7 +35,10 @@ class PeftModel {
   /// Inject another adapter (same peft_type); it is neither active nor trainable until set_adapter.
   void add_adapter(const std::string & name, const AdapterConfig & cfg);
   /// Read a PEFT adapter folder into a new adapter `name`. On any error the model is left unchanged.
-  void load_adapter(const std::string & dir, const std::string & name, bool is_trainable = false);
+  /// The file may hold only this adapter's tensors (and, with a bias mode, biases): a key naming any
+  /// other base-model weight is an error unless `allow_base_weights`.
+  void load_adapter(const std::string & dir, const std::string & name, bool is_trainable = false,
+                    bool allow_base_weights = false);
   void set_adapter(const std::vector<std::string> & names);
   void set_adapter(const std::string & name) { set_adapter(std::vector<std::string>{name}); }
   const std::vector<std::string> & active_adapters() const { return state_->active(); }
@@ -70,13 +73,14 @@ class PeftModel {
   void set_scale(const std::string & name, double factor);
 
   // ---- merging ----
-  /// Fold adapters (default: the active ones) into the base weights. safe: refuse non-finite results.
-  void merge_adapter(const std::vector<std::string> & names = {}, bool safe_merge = false);
+  /// Fold adapters (default: the active ones) into the base weights. safe_merge (the default here;
+  /// PEFT's default is false): refuse non-finite results, restoring the weights bit for bit.
+  void merge_adapter(const std::vector<std::string> & names = {}, bool safe_merge = true);
   void unmerge_adapter();
   bool merged() const;
   /// Merge, then replace every adapter layer by its base layer; returns the plain model.
   /// This PeftModel holds no adapters afterwards.
-  std::shared_ptr<CausalLM> merge_and_unload(bool safe_merge = false, const std::vector<std::string> & names = {});
+  std::shared_ptr<CausalLM> merge_and_unload(bool safe_merge = true, const std::vector<std::string> & names = {});
   /// Remove every adapter layer without merging; returns the plain model.
   std::shared_ptr<CausalLM> unload();
 

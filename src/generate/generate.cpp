@@ -25,6 +25,10 @@ std::vector<std::vector<int64_t>> generate(const LogitsFn & forward, const Model
     PEFT_CHECK(!p.empty(), "generate: empty prompt");
     P = std::max<int64_t>(P, p.size());
   }
+  // positions beyond the model's are out of range for learned embeddings and untrained for rotary ones
+  PEFT_CHECK(gen.max_new_tokens <= cfg.max_position_embeddings && P + gen.max_new_tokens <= cfg.max_position_embeddings,
+             "generate: a prompt of ", P, " tokens plus max_new_tokens ", gen.max_new_tokens, " exceeds the model's ",
+             cfg.max_position_embeddings, " positions (max_position_embeddings in config.json)");
   const int64_t cap = P + gen.max_new_tokens;
   auto lopt = at::TensorOptions().dtype(at::kLong).device(cache_opts.device());
   // left padding: row b's prompt occupies the last len_b slots of the first P

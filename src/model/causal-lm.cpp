@@ -54,6 +54,9 @@ void CausalLM::validate(const ForwardInput & in) const {
   PEFT_CHECK(lo >= 0 && hi < cfg.vocab_size, "token id ", lo < 0 ? lo : hi, " is out of range [0, ", cfg.vocab_size,
              ")");
   const int64_t L = in.cache ? in.cache->capacity() : in.input_ids.size(1);
+  PEFT_CHECK(L <= cfg.max_position_embeddings, "a sequence of ", L, " positions",
+             in.cache ? " (KV cache capacity)" : "", " exceeds the model's ", cfg.max_position_embeddings,
+             " (max_position_embeddings in config.json)");
   if (in.attention_mask.defined()) {
     PEFT_CHECK(in.attention_mask.dim() == 2 && in.attention_mask.size(0) == in.input_ids.size(0) &&
                    in.attention_mask.size(1) == L,
@@ -198,7 +201,8 @@ void init_random(CausalLM & model, uint64_t seed, double std) {
   model.tie_weights();
 }
 
-void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json) {
+void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json,
+                const std::map<std::string, std::string> & extra_files) {
   FolderWriter w(dir);
   std::set<std::string> tied;
   for (const auto & t : model.tied_parameter_names()) tied.insert(t);
@@ -208,6 +212,7 @@ void save_model(CausalLM & model, const std::string & dir, const nlohmann::json 
   }
   write_file_atomic(w.file("config.json"), config_json.dump(2));
   safetensors_save(w.file("model.safetensors"), out);
+  for (const auto & f : extra_files) write_file_atomic(w.file(f.first), f.second);
   w.commit();
 }
 

@@ -86,8 +86,17 @@ StepLog Trainer::step(const at::Tensor & ids, const at::Tensor & attention_mask)
     }
     gnorm = std::sqrt(gnorm);
   }
+  const double loss_value = loss.item<double>();
+  if (!std::isfinite(loss_value) || !std::isfinite(gnorm)) {
+    // stop before the update: the parameters stay those of the last good step
+    I.optim->zero_grad();
+    throw NonFiniteError(I.step, str("step ", I.step, ": the ", std::isfinite(loss_value) ? "gradient norm" : "loss",
+                                     " is ", std::isfinite(loss_value) ? gnorm : loss_value,
+                                     "; training stopped before this step's update (learning rate ", lr,
+                                     " too high? bad data?)"));
+  }
   I.optim->step();
-  return StepLog{I.step, loss.item<double>(), lr, gnorm};
+  return StepLog{I.step, loss_value, lr, gnorm};
 }
 
 std::vector<StepLog> Trainer::fit(const std::vector<std::vector<int64_t>> & rows,

@@ -5,6 +5,7 @@
 #include "peft/ops/adapter-math.h"
 #include "peft/ops/adapter-ops.h"
 #include "peft/tuners/registry.h"
+#include "peft/util/runtime.h"
 
 namespace peft {
 
@@ -18,6 +19,8 @@ AdaLoraLinear::AdaLoraLinear(LayerPtr base) : TunerLayer(std::move(base)) {
 void AdaLoraLinear::add_adapter(const std::string & name, int64_t r, int64_t init_r, double alpha, double dropout,
                                 bool init_default) {
   const int64_t in = linear().in_features(), out = linear().out_features();
+  check_memory_for(static_cast<uint64_t>(r) * static_cast<uint64_t>(in + out + 1) * 4,
+                   str("AdaLoRA adapter '", name, "' (r=", r, ")"));
   at::NoGradGuard g;
   if (init_default) {  // A, B ~ N(0, 0.02), E = 0: a no-op at start
     A_->add_param(name, at::normal(0.0, 0.02, {r, in}));

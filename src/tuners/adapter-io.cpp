@@ -20,7 +20,8 @@ bool ends_with(const std::string & s, const std::string & e) {
 
 }  // namespace
 
-void PeftModel::load_adapter(const std::string & dir, const std::string & name, bool is_trainable) {
+void PeftModel::load_adapter(const std::string & dir, const std::string & name, bool is_trainable,
+                             bool allow_base_weights) {
   AdapterConfig cfg = AdapterConfig::load(dir);
   cfg.set_field("inference_mode", !is_trainable);
   const std::string file = dir + "/adapter_model.safetensors";
@@ -50,12 +51,18 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
         dst = it->second;
         seen.insert(kv.first);
       } else {
-        // other keys (biases with bias="all", embedding base weights) address base-model tensors
+        // other keys address base-model tensors: biases trained with a bias mode; anything else only
+        // when asked for (an adapter file that overwrites base weights is almost always a mistake)
         std::string path = kv.first.rfind(kPrefix, 0) == 0 ? kv.first.substr(kPrefix.size()) : kv.first;
         auto p = params.find(path);
         if (p == params.end()) p = params.find(path.substr(0, path.rfind('.')) + ".base_layer" + path.substr(path.rfind('.')));
         PEFT_CHECK(p != params.end(), file, ": key '", kv.first, "' matches no module of the model for adapter '", name,
                    "' (adapter for a different base model?)");
+        const bool bias = loaded.bias != "none" && ends_with(p->first, ".bias");
+        PEFT_CHECK(bias || allow_base_weights, file, ": key '", kv.first, "' names a base-model weight ('", p->first,
+                   "'), not a tensor of adapter '", name, "'", loaded.bias == "none" && ends_with(p->first, ".bias")
+                       ? " (a bias, but the adapter's config has bias \"none\")" : "",
+                   "; refusing to overwrite it (allow_base_weights / --allow-base-weights to load it anyway)");
         dst = p->second;
       }
       PEFT_CHECK(kv.second.sizes() == dst.sizes(), file, ": tensor '", kv.first, "' has shape ", kv.second.sizes(),

@@ -2,6 +2,7 @@
 #include "peft/error.h"
 #include "peft/tuners/lycoris.h"
 #include "peft/tuners/registry.h"
+#include "peft/util/runtime.h"
 
 namespace peft {
 
@@ -14,6 +15,8 @@ LoHaLinear::LoHaLinear(LayerPtr base) : LycorisLinear(std::move(base)) {
 
 void LoHaLinear::add_adapter(const std::string & name, const LycorisSettings & s, const std::string & init) {
   const int64_t in = linear().in_features(), out = linear().out_features();
+  check_memory_for(2 * static_cast<uint64_t>(s.r) * static_cast<uint64_t>(in + out) * 4,
+                   str("LoHa adapter '", name, "' (r=", s.r, ")"));
   at::NoGradGuard g;
   w1a_->add_param(name, kaiming_uniform({out, s.r}));
   w1b_->add_param(name, kaiming_uniform({s.r, in}));

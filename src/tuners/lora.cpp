@@ -12,6 +12,7 @@
 #include "peft/tuners/routing.h"
 #include "peft/tuners/targeting.h"
 #include "peft/util/regex.h"
+#include "peft/util/runtime.h"
 
 namespace peft {
 
@@ -158,6 +159,8 @@ LinearBase & LoraLinear::linear() const { return static_cast<LinearBase &>(*base
 void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   const int64_t in = linear().in_features(), out = linear().out_features();
   const auto opts = linear().dense_weight().options();
+  check_memory_for(static_cast<uint64_t>(s.r) * static_cast<uint64_t>(in + out) * 4,
+                   str("LoRA adapter '", name, "' (r=", s.r, ", ", out, "x", in, " layer)"));
   at::Tensor A, B, bB;
   {
     at::NoGradGuard g;
@@ -323,6 +326,8 @@ void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s
   PEFT_CHECK(!s.use_dora, "DoRA on embedding layers is not supported yet");
   PEFT_CHECK(!s.lora_bias, "lora_bias is not supported on embedding layers");
   const int64_t V = embedding().weight.size(0), D = embedding().weight.size(1);
+  check_memory_for(static_cast<uint64_t>(s.r) * static_cast<uint64_t>(V + D) * 4,
+                   str("LoRA adapter '", name, "' (r=", s.r, ", ", V, "x", D, " embedding)"));
   at::Tensor A, B;
   {
     at::NoGradGuard g;

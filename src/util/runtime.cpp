@@ -1,5 +1,9 @@
 #include "peft/util/runtime.h"
 
+#include <fstream>
+
+#include "peft/error.h"
+
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <malloc.h>
@@ -27,6 +31,24 @@ int configure_runtime(const RuntimeOptions & o) {
   if (!set) return 0;
   set(n);
   return n;
+}
+
+uint64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit) {
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return 0;
+}
+
+void check_memory_for(uint64_t bytes, const std::string & what) {
+  const uint64_t avail = available_memory_bytes();
+  if (avail == 0 || bytes <= avail) return;
+  auto gb = [](uint64_t b) { return str(static_cast<double>(b / (1ull << 20)) / 1024.0, " GB"); };
+  fail(str(what, " needs ", gb(bytes), ", ", gb(avail), " available"));
 }
 
 }  // namespace peft

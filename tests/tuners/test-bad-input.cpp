@@ -176,7 +176,8 @@ TEST(BadInput, CliExitsNonZeroWithMessage) {
                    &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("/nonexistent/adapter"), std::string::npos) << out;
-  rc = run_cli("forward --model /nonexistent/model --input-ids x --out y", &out);
+  rc = run_cli("forward --model /nonexistent/model --input-ids " + golden_case("lora") + "/input_ids.json --out " +
+                   temp_dir("cli") + "/y.safetensors", &out);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("/nonexistent/model"), std::string::npos) << out;
 }

@@ -130,7 +130,7 @@ TEST(TrainCli, BadHyperparametersExitNonZero) {
                         "/input_ids.json --batch-size 2 --steps 1 --lr 1e-2 --log-file /tmp/l.jsonl --out /tmp/o",
                     &out),
             0);
-  EXPECT_NE(out.find("'r'"), std::string::npos) << out;
+  EXPECT_NE(out.find("--r"), std::string::npos) << out;
   EXPECT_NE(run_cli("train --model " + golden_model("tiny-llama") + " --method lora --data " + c +
                         "/input_ids.json --batch-size 2 --steps 1 --lr -1 --log-file /tmp/l.jsonl --out /tmp/o",
                     &out),

@@ -9,6 +9,8 @@ void add_adapter_options(CLI::App & cmd, AdapterOptions & o) {
   cmd.add_option("--adapter", o.adapters, "PEFT adapter folder, optionally =NAME (repeatable; the first is active)");
   cmd.add_option("--active", o.active, "comma-separated adapters to activate together");
   cmd.add_flag("--disable-adapters", o.disable, "run with adapters disabled");
+  cmd.add_flag("--allow-base-weights", o.allow_base_weights,
+               "load adapter files that also overwrite base-model weights (refused by default)");
   cmd.add_flag("--merge", o.merge, "merge the active adapters into the base weights");
   cmd.add_flag("--unmerge", o.unmerge, "after --merge: unmerge again, then run");
   cmd.add_flag("--merge-and-unload", o.merge_and_unload, "merge, then run the plain model");
@@ -86,7 +88,7 @@ Prepared apply_adapter_options(std::shared_ptr<CausalLM> model, const AdapterOpt
       name = path.substr(eq + 1);
       path = path.substr(0, eq);
     }
-    pm->load_adapter(path, name);
+    pm->load_adapter(path, name, /*is_trainable=*/false, o.allow_base_weights);
     if (first.empty()) first = name;
   }
   pm->set_adapter(o.active.empty() ? std::vector<std::string>{first} : split(o.active));

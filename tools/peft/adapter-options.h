@@ -18,7 +18,7 @@ struct AdapterOptions {
   std::vector<std::string> adapters;
   std::vector<std::string> weighted;  // NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]
   std::string active;
-  bool disable = false, merge = false, unmerge = false, merge_and_unload = false;
+  bool disable = false, merge = false, unmerge = false, merge_and_unload = false, allow_base_weights = false;
 };
 
 void add_adapter_options(CLI::App & cmd, AdapterOptions & o);

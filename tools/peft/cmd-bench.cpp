@@ -97,7 +97,8 @@ Runner add_bench(CLI::App & app) {
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("bench", "time eager vs compiled (decode, prefill, training step)");
   cmd->add_option("--json", o->json, "also write the results as JSON");
-  cmd->add_option("--reps", o->reps, "timed repetitions per case (default: 30 decode, 5 prefill/train)");
+  cmd->add_option("--reps", o->reps, "timed repetitions per case (default: 30 decode, 5 prefill/train)")
+      ->check(CLI::Range(1, 100000));
   cmd->add_flag("--quick", o->quick, "a tiny model and few repetitions (smoke test)");
   cmd->add_option("--only", o->only, "run only the cases whose name contains this text");
   add_common_options(*cmd, o->common);

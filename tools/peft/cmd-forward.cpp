@@ -31,9 +31,14 @@ Runner add_forward(CLI::App & app) {
   cmd->add_option("--adapter-names", o->adapter_names,
                   "mixed-adapter batch: one adapter per row, comma-separated (__base__ = no adapter)");
   return [o]() {
-    apply_common_options(o->common);
-    auto model = load_model(o->model, parse_dtype(o->dtype));
+    const at::ScalarType dtype = parse_dtype(o->dtype);
+    std::vector<std::string> inputs = {o->model, o->ids};
+    for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
+    check_output_file("--out", o->out, inputs);
     at::Tensor ids = read_ids_json(o->ids);
+    check_ids(o->ids, read_ragged_ids_json(o->ids), ModelConfig::load(o->model));
+    apply_common_options(o->common);
+    auto model = load_model(o->model, dtype);
     Prepared run = apply_adapter_options(model, o->adapters);
     auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
     auto fwd = make_logits_fn(*pm, o->compile);

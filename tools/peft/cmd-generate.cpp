@@ -38,8 +38,12 @@ Runner add_generate(CLI::App & app) {
   add_common_options(*cmd, o->common);
   add_adapter_options(*cmd, o->adapters);
   return [o]() {
+    const at::ScalarType dtype = parse_dtype(o->dtype);
+    const ModelConfig mcfg = ModelConfig::load(o->model);
+    PEFT_USAGE(o->gen.max_new_tokens >= 0 && o->gen.max_new_tokens <= mcfg.max_position_embeddings,
+               "--max-new-tokens must be in [0, ", mcfg.max_position_embeddings, "] (the model's positions)");
     apply_common_options(o->common);
-    auto base = load_model(o->model, parse_dtype(o->dtype));
+    auto base = load_model(o->model, dtype);
     auto tok = load_tokenizer(o->model, base->config().vocab_size);
     Prepared run = apply_adapter_options(base, o->adapters);
     auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);

@@ -15,7 +15,7 @@ namespace peft::cli {
 Runner add_merge(CLI::App & app) {
   struct Opts {
     std::string model, out, dtype = "float32";
-    bool safe = false;
+    bool safe = false, unsafe = false;
     CommonOptions common;
     AdapterOptions adapters;
   };
@@ -24,23 +24,33 @@ Runner add_merge(CLI::App & app) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--out", o->out, "folder for the merged checkpoint")->required();
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16 (weights are stored in this dtype)");
-  cmd->add_flag("--safe-merge", o->safe, "refuse a merge that produces non-finite weights");
+  cmd->add_flag("--safe-merge", o->safe, "refuse a merge that produces non-finite weights (the default)");
+  cmd->add_flag("--unsafe-merge", o->unsafe, "skip the check for non-finite merged weights");
   add_common_options(*cmd, o->common);
   add_adapter_options(*cmd, o->adapters);
   return [o]() {
-    apply_common_options(o->common);
-    PEFT_CHECK(!o->adapters.adapters.empty(), "merge needs at least one --adapter");
-    PEFT_CHECK(!o->adapters.merge && !o->adapters.unmerge && !o->adapters.merge_and_unload && !o->adapters.disable,
+    PEFT_USAGE(!o->adapters.adapters.empty(), "merge needs at least one --adapter");
+    PEFT_USAGE(!o->adapters.merge && !o->adapters.unmerge && !o->adapters.merge_and_unload && !o->adapters.disable,
                "merge takes --adapter, --active and --weighted only");
-    auto base = load_model(o->model, parse_dtype(o->dtype));
-    Prepared run = apply_adapter_options(base, o->adapters);
-    auto plain = run.peft->merge_and_unload(o->safe);
+    PEFT_USAGE(!(o->safe && o->unsafe), "--safe-merge and --unsafe-merge exclude each other");
+    const at::ScalarType dtype = parse_dtype(o->dtype);
+    std::vector<std::string> inputs = {o->model};
+    for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
+    check_output_folder("--out", o->out, inputs);  // never over the base model or an adapter
     nlohmann::json config = read_json_file(o->model + "/config.json");
-    config["torch_dtype"] = o->dtype;
-    save_model(*plain, o->out, config);
+    apply_common_options(o->common);
+    auto base = load_model(o->model, dtype);
+    Prepared run = apply_adapter_options(base, o->adapters);
+    auto plain = run.peft->merge_and_unload(/*safe_merge=*/!o->unsafe);
+    config["torch_dtype"] = dtype_name(dtype);  // transformers' names: "float32", "bfloat16"
+    config["tie_word_embeddings"] = plain->config().tie_word_embeddings;
+    std::map<std::string, std::string> extra;  // the tokenizer goes along, in the same folder write
     struct stat st;
-    const std::string tok = o->model + "/tokenizer.json";
-    if (::stat(tok.c_str(), &st) == 0) write_file_atomic(o->out + "/tokenizer.json", read_file(tok));
+    for (const char * f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+      const std::string p = o->model + "/" + f;
+      if (::stat(p.c_str(), &st) == 0) extra[f] = read_file(p);
+    }
+    save_model(*plain, o->out, config, extra);
     std::cerr << "merged " << o->adapters.adapters.size() << " adapter(s) into " << o->out << "\n";
     return 0;
   };

@@ -1,5 +1,7 @@
 // peft train: fine-tune an adapter on pre-tokenized data with AdamW; one JSON log line per step.
+#include <cmath>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 
 #include "commands.h"
@@ -16,7 +18,7 @@ Runner add_train(CLI::App & app) {
     std::string model, adapter_init, adapter_config, method, target_modules, data, optimizer = "adamw", log_file, out, betas;
     int64_t r = 8;
     double lora_alpha = 8, lora_dropout = 0;
-    bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false;
+    bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false, allow_nonfinite = false;
     TrainOptions train;
     CommonOptions common;
   };
@@ -51,21 +53,57 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--out", o->out, "where to save the trained adapter")->required();
   cmd->add_flag("--compile", o->compile, "train through the compiled model");
   add_common_options(*cmd, o->common);
-  return [o]() {
-    apply_common_options(o->common);
-    PEFT_CHECK(o->optimizer == "adamw", "--optimizer: only adamw is supported, got '", o->optimizer, "'");
-    PEFT_CHECK((!o->adapter_init.empty()) + (!o->method.empty()) + (!o->adapter_config.empty()) == 1,
+  cmd->add_flag("--allow-nonfinite", o->allow_nonfinite, "save the adapter even if it holds NaN or Inf values");
+  return [o, cmd]() {
+    // ---- every argument, path and data row is checked before the model is loaded ----
+    PEFT_USAGE(o->optimizer == "adamw", "--optimizer: only adamw is supported, got '", o->optimizer, "'");
+    PEFT_USAGE((!o->adapter_init.empty()) + (!o->method.empty()) + (!o->adapter_config.empty()) == 1,
                "give exactly one of --adapter-init, --adapter-config and --method");
+    const auto lora_flags = given(*cmd, {"--r", "--lora-alpha", "--lora-dropout", "--target-modules", "--use-dora",
+                                         "--use-rslora"});
+    PEFT_USAGE(o->method.empty() ? lora_flags.empty() : true, lora_flags.empty() ? "" : lora_flags.front(),
+               " does not apply with ", o->adapter_init.empty() ? "--adapter-config" : "--adapter-init",
+               " (the adapter's own config decides it)");
+    PEFT_USAGE(o->train.batch_size >= 1 && o->train.steps >= 1, "--batch-size and --steps must be >= 1");
+    PEFT_USAGE(std::isfinite(o->train.lr) && o->train.lr > 0, "--lr must be a positive number");
+    PEFT_USAGE(o->train.warmup_steps >= 0 && o->train.max_grad_norm >= 0 && o->train.weight_decay >= 0 &&
+                   o->train.eps > 0,
+               "--warmup-steps, --max-grad-norm and --weight-decay must be >= 0, --eps > 0");
+    PEFT_USAGE(o->r >= 1, "--r must be >= 1");
+    PEFT_USAGE(o->lora_dropout >= 0 && o->lora_dropout < 1, "--lora-dropout must be in [0, 1)");
     if (!o->betas.empty()) {
-      auto c = o->betas.find(',');
-      PEFT_CHECK(c != std::string::npos, "--betas must be two numbers like 0.9,0.999");
-      try {
-        o->train.beta1 = std::stod(o->betas.substr(0, c));
-        o->train.beta2 = std::stod(o->betas.substr(c + 1));
-      } catch (const std::exception &) {
-        fail(str("--betas must be two numbers like 0.9,0.999, got '", o->betas, "'"));
+      std::vector<double> b;
+      std::stringstream ss(o->betas);
+      for (std::string item; std::getline(ss, item, ',');) {
+        try {
+          size_t used = 0;
+          b.push_back(std::stod(item, &used));
+          PEFT_USAGE(used == item.size(), "--betas must be two numbers like 0.9,0.999, got '", o->betas, "'");
+        } catch (const std::logic_error &) {
+          throw UsageError(str("--betas must be two numbers like 0.9,0.999, got '", o->betas, "'"));
+        }
       }
+      PEFT_USAGE(b.size() == 2 && b[0] >= 0 && b[0] < 1 && b[1] >= 0 && b[1] < 1,
+                 "--betas must be two numbers in [0, 1) like 0.9,0.999, got '", o->betas, "'");
+      o->train.beta1 = b[0];
+      o->train.beta2 = b[1];
     }
+    const std::vector<std::string> inputs = {o->model, o->data, o->adapter_init, o->adapter_config};
+    check_output_folder("--out", o->out, inputs);
+    std::vector<std::string> log_inputs = inputs;
+    log_inputs.push_back(o->out);
+    check_output_file("--log-file", o->log_file, log_inputs);
+    const ModelConfig mcfg = ModelConfig::load(o->model);
+    auto rows = read_ragged_ids_json(o->data);
+    check_ids(o->data, rows, mcfg);
+    AdapterConfig from_file;
+    if (!o->adapter_config.empty()) {
+      from_file = AdapterConfig::from_json(read_json_file(o->adapter_config), o->adapter_config);
+      from_file.set_field("inference_mode", false, o->adapter_config);
+    }
+
+    // ---- the work ----
+    apply_common_options(o->common);
     o->train.shuffle = !o->no_shuffle;
     at::manual_seed(o->train.seed);
     auto base = load_model(o->model);
@@ -73,11 +111,9 @@ Runner add_train(CLI::App & app) {
     if (!o->adapter_init.empty()) {
       m = PeftModel::from_pretrained(base, o->adapter_init, "default", /*is_trainable=*/true);
     } else if (!o->adapter_config.empty()) {
-      AdapterConfig cfg = AdapterConfig::from_json(read_json_file(o->adapter_config), o->adapter_config);
-      cfg.set_field("inference_mode", false, o->adapter_config);
-      m = std::make_shared<PeftModel>(base, cfg);
+      m = std::make_shared<PeftModel>(base, from_file);
     } else {
-      PEFT_CHECK(o->method == "lora", "--method: only lora is supported here, got '", o->method, "'");
+      PEFT_USAGE(o->method == "lora", "--method: only lora is supported here, got '", o->method, "'");
       nlohmann::json j = {{"peft_type", "LORA"},        {"r", o->r},
                           {"lora_alpha", o->lora_alpha}, {"lora_dropout", o->lora_dropout},
                           {"use_dora", o->use_dora},    {"use_rslora", o->use_rslora},
@@ -95,19 +131,34 @@ Runner add_train(CLI::App & app) {
       m = std::make_shared<PeftModel>(base, AdapterConfig::from_json(j, "command line"));
     }
     std::cerr << m->trainable_summary() << "\n";
-    auto rows = read_ragged_ids_json(o->data);
     m->train();
     Trainer trainer(make_logits_fn(*m, o->compile), m->trainable_parameters(), o->train);
     std::ofstream log(o->log_file, std::ios::trunc);
     PEFT_CHECK(log.good(), "cannot write the log file '", o->log_file, "'");
-    trainer.fit(rows, [&](const StepLog & s) {
-      nlohmann::json line = {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm}};
-      log << line.dump() << "\n";
-      log.flush();
-      std::cerr << "step " << s.step << " loss " << s.loss << "\n";
-    });
+    // JSON has no NaN or Inf: such values are written as the strings "NaN", "Infinity", "-Infinity"
+    auto number = [](double v) -> nlohmann::json {
+      if (std::isfinite(v)) return v;
+      return std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+    };
+    try {
+      trainer.fit(rows, [&](const StepLog & s) {
+        nlohmann::json line = {{"step", s.step}, {"loss", number(s.loss)}, {"lr", number(s.lr)},
+                               {"grad_norm", number(s.grad_norm)}};
+        log << line.dump() << "\n";
+        log.flush();
+        std::cerr << "step " << s.step << " loss " << s.loss << "\n";
+      });
+    } catch (const NonFiniteError & e) {
+      // the update of the failing step was not applied: keep the last good adapter
+      m->train(false);
+      if (e.step > 1) {
+        m->save_pretrained(o->out, {}, o->allow_nonfinite);
+        fail(str(e.what(), "; the adapter after step ", e.step - 1, " was saved to '", o->out, "'"));
+      }
+      fail(str(e.what(), "; nothing was saved"));
+    }
     m->train(false);
-    m->save_pretrained(o->out);
+    m->save_pretrained(o->out, {}, o->allow_nonfinite);
     std::cerr << "saved adapter to " << o->out << "\n";
     return 0;
   };

@@ -2,6 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <thread>
 
 #include "peft/compile/compile.h"
@@ -56,6 +59,83 @@ std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bo
   if (!compile) return [&m](const ForwardInput & in) { return m.forward(in); };
   auto compiled = std::make_shared<CompiledModel>(peft::compile(m));
   return [compiled](const ForwardInput & in) { return compiled->forward(in); };
+}
+
+std::string dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bfloat16" : "float32"; }
+
+namespace {
+
+std::string parent_of(const std::string & p) {
+  std::string s = p;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  const size_t slash = s.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : s.substr(0, slash);
+}
+
+std::string base_of(const std::string & p) {
+  std::string s = p;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  const size_t slash = s.find_last_of('/');
+  return slash == std::string::npos ? s : s.substr(slash + 1);
+}
+
+void check_output(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs,
+                  bool folder) {
+  PEFT_CHECK(!out.empty(), flag, ": an empty path");
+  const std::string parent = parent_of(out), name = base_of(out);
+  PEFT_CHECK(out != "/" && name != "." && name != "..", flag, " '", out, "' is not a ", folder ? "folder" : "file",
+             " name");
+  struct stat st;
+  PEFT_CHECK(::stat(parent.c_str(), &st) == 0 && S_ISDIR(st.st_mode), flag, " '", out, "': the folder '", parent,
+             "' does not exist");
+  PEFT_CHECK(::access(parent.c_str(), W_OK) == 0, flag, " '", out, "': cannot write in '", parent, "'");
+  if (::stat(out.c_str(), &st) == 0) {
+    if (folder) PEFT_CHECK(S_ISDIR(st.st_mode), flag, " '", out, "' exists and is a file, not a folder");
+    else PEFT_CHECK(!S_ISDIR(st.st_mode), flag, " '", out, "' is a folder, not a file");
+  }
+  // where it would be: the real parent plus the name (the output itself may not exist yet)
+  const std::string where = real_path(parent) + "/" + name;
+  for (const auto & in : inputs) {
+    if (in.empty()) continue;
+    const std::string r = real_path(in);
+    if (r.empty()) continue;
+    PEFT_CHECK(r != where, flag, " '", out, "' is an input of this command ('", in, "'): it would be overwritten");
+    PEFT_CHECK(r.rfind(where + "/", 0) != 0, flag, " '", out, "' contains an input of this command ('", in,
+               "'): replacing it could lose that input");
+  }
+}
+
+}  // namespace
+
+void check_output_folder(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs) {
+  check_output(flag, out, inputs, true);
+}
+
+void check_output_file(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs) {
+  check_output(flag, out, inputs, false);
+}
+
+void check_ids(const std::string & path, const std::vector<std::vector<int64_t>> & rows, const ModelConfig & cfg,
+               int64_t extra) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t len = static_cast<int64_t>(rows[i].size());
+    PEFT_CHECK(len + extra <= cfg.max_position_embeddings, path, ": row ", i, " has ", len, " tokens",
+               extra ? str(" (+", extra, ")") : "", ", more than the model's ", cfg.max_position_embeddings,
+               " positions (max_position_embeddings)");
+    for (size_t k = 0; k < rows[i].size(); ++k) {
+      PEFT_CHECK(rows[i][k] >= 0 && rows[i][k] < cfg.vocab_size, path, ": row ", i, ", position ", k, ": token id ",
+                 rows[i][k], " is outside the model's vocabulary [0, ", cfg.vocab_size, ")");
+    }
+  }
+}
+
+std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::string> & flags) {
+  std::vector<std::string> out;
+  for (const auto & f : flags) {
+    if (cmd.count(f) > 0) out.push_back(f);
+  }
+  return out;
 }
 
 at::ScalarType parse_dtype(const std::string & s) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 
+#include "peft/error.h"
 #include "peft/peft-model.h"
 
 #include <functional>
@@ -10,6 +11,17 @@
 #include <vector>
 
 namespace peft::cli {
+
+/// A wrong combination of flags (exit 2, like CLI11's own usage errors).
+class UsageError : public Error {
+ public:
+  using Error::Error;
+};
+/// Throw a UsageError unless `cond`.
+#define PEFT_USAGE(cond, ...)                                                  \
+  do {                                                                          \
+    if (!(cond)) throw ::peft::cli::UsageError(::peft::str(__VA_ARGS__));      \
+  } while (0)
 
 /// Options every subcommand has.
 struct CommonOptions {
@@ -29,5 +41,22 @@ std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bo
 
 /// "float32" / "bfloat16" -> dtype, else peft::Error.
 at::ScalarType parse_dtype(const std::string & s);
+/// The name config.json uses for a dtype ("float32", "bfloat16").
+std::string dtype_name(at::ScalarType t);
+
+// ---- checks made before any work (no model loaded, no step taken) ----
+
+/// An output folder (`flag` names it in errors): not empty, not "/", its parent an existing writable
+/// folder, not a file, and neither one of `inputs` (files or folders the command reads) nor a folder
+/// that contains one of them.
+void check_output_folder(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs);
+/// An output file: as above, and not an existing folder.
+void check_output_file(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs);
+/// Token-id rows of `path` against the model: ids in [0, vocab_size), lengths (plus `extra` positions)
+/// within max_position_embeddings. Errors name the file, the row and the position.
+void check_ids(const std::string & path, const std::vector<std::vector<int64_t>> & rows, const ModelConfig & cfg,
+               int64_t extra = 0);
+/// The flags of `cmd` among `flags` that were given (for "does not apply" errors).
+std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::string> & flags);
 
 }  // namespace peft::cli

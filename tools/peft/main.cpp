@@ -1,10 +1,12 @@
-// peft: the command-line tool. Every error ends as a message on stderr and a non-zero exit.
+// peft: the command-line tool. Every error ends as a message on stderr: exit 2 for usage errors (bad
+// flags), 1 for everything else.
 #include <c10/util/Exception.h>
 
 #include <iostream>
 #include <map>
 
 #include "commands.h"
+#include "common.h"
 
 int main(int argc, char ** argv) {
   CLI::App app{"peft.cpp: parameter-efficient fine-tuning on LibTorch, eager and compiled"};
@@ -24,12 +26,16 @@ int main(int argc, char ** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {
-    return app.exit(e);
+    // usage errors exit 2 (CLI11's message on stderr); --help exits 0
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     for (auto & kv : runners) {
       if (kv.first->parsed()) return kv.second();
     }
+  } catch (const peft::cli::UsageError & e) {
+    std::cerr << "error: " << e.what() << "\nRun with --help for more information.\n";
+    return 2;
   } catch (const c10::Error & e) {
     std::cerr << "error: " << e.what_without_backtrace() << "\n";
     return 1;

@@ -89,6 +89,9 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
 void init_random(CausalLM & model, uint64_t seed, double std = 0.02);
 
 /// Save the model's parameters as DIR/config.json + DIR/model.safetensors (atomically).
-void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json);
+/// Write `model` as a checkpoint folder (config.json, model.safetensors, and `extra_files` name ->
+/// content), the folder written whole (FolderWriter).
+void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json,
+                const std::map<std::string, std::string> & extra_files = {});
 
 }  // namespace peft

@@ -3,6 +3,7 @@
 // trains the eager model and the compiled one.
 // B = batch, S = sequence, V = vocab.
 #pragma once
+#include "peft/error.h"
 #include <ATen/ATen.h>
 
 #include <functional>
@@ -32,6 +33,14 @@ struct TrainOptions {
 };
 
 /// One line of the training log.
+/// Training stopped because a step's loss or gradient norm was NaN or Inf. That step's update was not
+/// applied: the parameters are those after step `step - 1`, the last good state.
+class NonFiniteError : public Error {
+ public:
+  NonFiniteError(int64_t step, const std::string & what) : Error(what), step(step) {}
+  int64_t step;
+};
+
 struct StepLog {
   int64_t step;  // 1-based
   double loss;   // computed in this step, before its update
