@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstdlib>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -81,6 +83,13 @@ void link_missing(const std::string & from, const std::string & to) {
     }
   }
   ::closedir(d);
+}
+
+// Testing hook: PEFT_CRASH_AT=<point> kills the process with SIGKILL at that point of a folder write, so
+// tests can check what a reader finds after a crash there (see tests/unit/test-crash-consistency.cpp).
+void crash_point(const char * point) {
+  static const char * env = std::getenv("PEFT_CRASH_AT");
+  if (env && std::strcmp(env, point) == 0) ::raise(SIGKILL);
 }
 
 }  // namespace
@@ -245,12 +254,15 @@ std::string FolderWriter::file(const std::string & rel) const {
 
 void FolderWriter::commit() {
   PEFT_CHECK(!committed_, "folder '", target_, "' committed twice");
+  crash_point("folder-files-written");
   struct stat st;
   if (::lstat(target_.c_str(), &st) == 0) link_missing(target_, tmp_);
   fsync_tree(tmp_);
+  crash_point("folder-before-swap");
   if (::lstat(target_.c_str(), &st) == 0) {
     // swap atomically when the kernel can (renameat2 RENAME_EXCHANGE), else move the old one aside first
     if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, target_.c_str(), RENAME_EXCHANGE) == 0) {
+      crash_point("folder-swapped");
       remove_tree(tmp_);  // now the old folder
     } else {
       const std::string aside = parent_of(target_) + "/." + base_of(target_) + ".old-" + base_of(tmp_).substr(base_of(tmp_).size() - 6);
