@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config
       libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev
-      libgtest-dev libbenchmark-dev)
+      libgtest-dev libbenchmark-dev
+      clang-14 libfuzzer-14-dev)   # the fuzz test: libFuzzer harnesses built with clang
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

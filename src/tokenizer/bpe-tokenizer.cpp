@@ -114,6 +114,7 @@ class BpeTokenizer : public Tokenizer {
                "' is not supported (BPE only)");
     for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
       int64_t id = it.value().get<int64_t>();
+      check_id(id, "vocab['" + it.key() + "']");
       vocab_[it.key()] = id;
       max_id_ = std::max(max_id_, id);
     }
@@ -138,6 +139,7 @@ class BpeTokenizer : public Tokenizer {
     if (j.contains("added_tokens")) {
       for (const auto & t : j["added_tokens"]) {
         added_.push_back({t.at("content").get<std::string>(), t.at("id").get<int64_t>(), t.value("special", false)});
+        check_id(added_.back().id, "added token '" + added_.back().content + "'");
         vocab_[added_.back().content] = added_.back().id;
         max_id_ = std::max(max_id_, added_.back().id);
       }
@@ -149,6 +151,11 @@ class BpeTokenizer : public Tokenizer {
     parse_pre_tokenizer(j.value("pre_tokenizer", json()));
     parse_post_processor(j.value("post_processor", json()));
     parse_decoder(j.value("decoder", json()));
+  }
+
+  // token ids index a table: negative or absurdly large ones are errors, not memory corruption
+  void check_id(int64_t id, const std::string & what) const {
+    PEFT_CHECK(id >= 0 && id < (int64_t(1) << 24), path_, ": ", what, " has id ", id, ", outside [0, 2^24)");
   }
 
   std::vector<int64_t> encode(const std::string & text, bool add_special) const override {

@@ -74,4 +74,11 @@ TEST(Tokenizer, BadFileIsNamed) {
   }
 }
 
+TEST(Tokenizer, FuzzFoundNegativeIdIsAnError) {
+  // found by tests/fuzz (a vocab id of -2 wrote outside the id table)
+  const std::string e = test::error_of(
+      [] { load_tokenizer_json(std::string(PEFT_TEST_SOURCE) + "/fuzz/regressions/tokenizer/negative-vocab-id.json"); });
+  EXPECT_NE(e.find("has id -2, outside [0, 2^24)"), std::string::npos) << e;
+}
+
 }  // namespace

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Build the libFuzzer harnesses with Debian's clang (ASan + UBSan, the parsers instrumented, the rest of
+# the library taken from BUILD_DIR's libpeft.a) and run each for SECONDS on its seed corpus.
+# usage: run.sh BUILD_DIR SOURCE_DIR [SECONDS]. A crash keeps its input under BUILD_DIR/fuzz/ and fails.
+set -euo pipefail
+build=$(cd "$1" && pwd)
+src=$(cd "$2" && pwd)
+secs=${3:-20}
+cxx=$(command -v clang++-14 || command -v clang++ || true)
+if [ -z "$cxx" ] || ! ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
+  echo "fuzz: clang and libFuzzer are not installed (scripts/install-deps.sh installs them)" >&2
+  exit 1
+fi
+out="$build/fuzz"
+mkdir -p "$out/obj"
+ccache=$(command -v ccache || true)
+cflags=(-std=c++17 -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -D_GLIBCXX_USE_CXX11_ABI=1
+        -I"$src/include" -I"$src/tools/peft" -I/usr/include/torch/csrc/api/include -w)
+export cxx ccache out
+export cflags_str="${cflags[*]}"
+# the instrumented parsers and the harnesses
+parsers=(src/error.cpp src/io/files.cpp src/io/safetensors.cpp src/model/config.cpp src/tuners/config.cpp
+         src/tokenizer/bpe-tokenizer.cpp tools/peft/common.cpp)
+harnesses=(safetensors config adapter-config tokenizer ids)
+objs=()
+for s in "${parsers[@]}" $(for h in "${harnesses[@]}"; do echo "tests/fuzz/fuzz-$h.cpp"; done); do
+  objs+=("$src/$s")
+done
+printf '%s\n' "${objs[@]}" | xargs -P 2 -I{} bash -c 'set -e; read -ra f <<< "$cflags_str"; o="$out/obj/$(echo "{}" | tr "/" "_").o"; if [ ! -f "$o" ] || [ "{}" -nt "$o" ]; then $ccache $cxx "${f[@]}" -c "{}" -o "$o"; fi'
+pobjs=()
+for s in "${parsers[@]}"; do pobjs+=("$out/obj/$(echo "$src/$s" | tr '/' '_').o"); done
+libs=(-Wl,--start-group "$build/src/libpeft.a" -Wl,--end-group -L/usr/lib/x86_64-linux-gnu -ltorch -ltorch_cpu -lc10
+      -lpcre2-8 -ldl -lpthread)
+fail=0
+for h in "${harnesses[@]}"; do
+  bin="$out/fuzz-$h"
+  "$cxx" -fsanitize=fuzzer,address,undefined "$out/obj/$(echo "$src/tests/fuzz/fuzz-$h.cpp" | tr '/' '_').o" \
+    "${pobjs[@]}" "${libs[@]}" -o "$bin"
+  mkdir -p "$out/corpus-$h" "$out/crashes-$h"
+  # every input that once crashed stays a regression test
+  if compgen -G "$src/tests/fuzz/regressions/$h/*" >/dev/null; then
+    if ! ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=halt_on_error=1 \
+         "$bin" "$src/tests/fuzz/regressions/$h/"* >"$out/regressions-$h.log" 2>&1; then
+      echo "fuzz-$h: a regression input fails again" >&2
+      tail -30 "$out/regressions-$h.log" >&2
+      fail=1
+    fi
+  fi
+  echo "fuzz-$h: ${secs}s"
+  if ! ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=halt_on_error=1 \
+       "$bin" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
+       -artifact_prefix="$out/crashes-$h/" "$out/corpus-$h" "$src/tests/fuzz/corpus/$h" >"$out/fuzz-$h.log" 2>&1; then
+    echo "fuzz-$h FAILED: see $out/fuzz-$h.log and $out/crashes-$h/" >&2
+    tail -30 "$out/fuzz-$h.log" >&2
+    fail=1
+  else
+    grep -E "^#[0-9]+.*DONE|Done [0-9]+ runs" "$out/fuzz-$h.log" | tail -1
+  fi
+done
+exit $fail
