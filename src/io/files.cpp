@@ -169,6 +169,9 @@ nlohmann::json parse_json(const std::string & text, const std::string & source) 
 }
 
 nlohmann::json read_json_file(const std::string & path) {
+  struct stat st;
+  PEFT_CHECK(::stat(path.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) <= kMaxJsonBytes, path, ": ",
+             st.st_size, " bytes, more than the ", kMaxJsonBytes >> 20, " MiB a JSON file may have here");
   std::string text = read_file(path);
   return parse_json(text, path);
 }

@@ -10,6 +10,7 @@
 #include "peft/io/safetensors.h"
 #include "peft/model/architectures.h"
 #include "peft/nn/layers.h"
+#include "peft/util/runtime.h"
 
 namespace peft {
 
@@ -148,7 +149,21 @@ static bool file_exists(const std::string & p) {
 std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype) {
   PEFT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "load_model: dtype must be float32 or bfloat16");
   ModelConfig cfg = ModelConfig::load(dir);
-  auto model = build_model(cfg);
+  std::shared_ptr<CausalLM> model;
+  try {
+    model = build_model(cfg);  // (allocated lazily: nothing is touched yet)
+  } catch (const c10::Error & e) {
+    std::string why = e.what_without_backtrace();
+    fail(str(dir, ": cannot allocate the model of config.json (", why.substr(0, why.find('\n')), ")"));
+  }
+  {
+    // the weights in `dtype` plus the checkpoint read next to them: refuse what the machine cannot hold
+    uint64_t bytes = 0;
+    for (const auto & p : model->parameters(true)) bytes += static_cast<uint64_t>(p.numel()) * c10::elementSize(dtype);
+    struct stat st;
+    if (::stat((dir + "/model.safetensors").c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_size);
+    check_memory_for(bytes, str("loading the model '", dir, "' (", model->parameters(true).size(), " tensors)"));
+  }
   std::map<std::string, at::Tensor> tensors;
   std::string source;
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";

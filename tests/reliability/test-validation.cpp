@@ -235,4 +235,22 @@ TEST(HostileFiles, SafetensorsDuplicateKeysAndTrailingBytes) {
   EXPECT_NE(error_of([&] { safetensors_load(p); }).find("belong to no tensor"), std::string::npos);
 }
 
+TEST(Limits, OversizedJsonAndModelsAreNamedErrors) {
+  const std::string dir = temp_dir("limits");
+  // a JSON file larger than the limit (sparse: no disk used) is refused before it is read
+  ASSERT_EQ(run_command("truncate -s 600M " + dir + "/config.json"), 0);
+  std::string e = error_of([&] { read_json_file(dir + "/config.json"); });
+  EXPECT_NE(e.find("MiB a JSON file may have"), std::string::npos) << e;
+  // a config.json whose model cannot fit this machine: a named error, not an OOM kill
+  auto cfg = read_json_file(golden_model("tiny-llama") + "/config.json");
+  cfg["vocab_size"] = 2000000;
+  cfg["hidden_size"] = 8192;
+  cfg["num_attention_heads"] = 64;
+  cfg["num_key_value_heads"] = 64;
+  write_file_atomic(dir + "/config.json", cfg.dump());
+  e = error_of([&] { load_model(dir); });
+  EXPECT_TRUE(e.find("cannot allocate the model") != std::string::npos || e.find("GB available") != std::string::npos)
+      << e;
+}
+
 }  // namespace

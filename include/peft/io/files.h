@@ -6,6 +6,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@ namespace peft {
 
 /// Nesting limit of every JSON file read (configs, tokenizers, headers, data): deeper is an error.
 constexpr size_t kMaxJsonDepth = 256;
+/// Size limit of a JSON file read with read_json_file (tokenizer.json files are tens of MB).
+constexpr uint64_t kMaxJsonBytes = 512ull << 20;
 
 /// Write `bytes` to `path` atomically. Throws peft::Error naming the path on failure.
 void write_file_atomic(const std::string & path, const std::string & bytes);
