@@ -1,4 +1,6 @@
 // AdapterState (adapter-state.h) as a compile key: PeftModel::state_key() and a readable difference between keys.
+#include "peft/tuners/adapter-state.h"
+
 #include "peft/peft-model.h"
 
 namespace peft {
