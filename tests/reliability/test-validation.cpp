@@ -253,4 +253,16 @@ TEST(Limits, OversizedJsonAndModelsAreNamedErrors) {
       << e;
 }
 
+TEST(Validation, MergedConfigUsesTransformersDtypeNames) {
+  // `--dtype bf16` used to write "torch_dtype": "bf16", which transformers does not read
+  const std::string dir = temp_dir("dtype") + "/merged";
+  std::string out;
+  ASSERT_EQ(run_cli("merge --model " + golden_model("tiny-llama") + " --adapter " + golden_case("lora") +
+                        "/adapter --dtype bf16 --out " + dir,
+                    &out),
+            0)
+      << out;
+  EXPECT_EQ(read_json_file(dir + "/config.json")["torch_dtype"], "bfloat16");
+}
+
 }  // namespace
