@@ -128,7 +128,7 @@ class PeftModel {
   std::vector<std::pair<std::string, LayerPtr>> inject(const std::string & name, const AdapterConfig & cfg);
   void refresh_layers();
   /// Put each adapter layer's replacement in its place, forget every adapter; the model is plain again.
-  std::shared_ptr<CausalLM> release(bool merged);
+  std::shared_ptr<CausalLM> release();
   void refresh_trainable();
   std::string checkpoint_key(const std::string & path, const std::string & adapter) const;
 

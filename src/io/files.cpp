@@ -23,17 +23,6 @@ namespace peft {
 
 namespace {
 
-std::string parent_of(const std::string & path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-std::string base_of(const std::string & path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 std::string strip_slashes(std::string p) {
   while (p.size() > 1 && p.back() == '/') p.pop_back();
   return p;
@@ -174,6 +163,19 @@ nlohmann::json read_json_file(const std::string & path) {
              st.st_size, " bytes, more than the ", kMaxJsonBytes >> 20, " MiB a JSON file may have here");
   std::string text = read_file(path);
   return parse_json(text, path);
+}
+
+std::string parent_of(const std::string & path_in) {
+  const std::string path = strip_slashes(path_in);
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string base_of(const std::string & path_in) {
+  const std::string path = strip_slashes(path_in);
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 std::string real_path(const std::string & path) {

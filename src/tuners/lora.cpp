@@ -124,11 +124,6 @@ std::string settings_signature(const LoraSettings & s) {
 
 void LoraLayer::forget(const std::string & name) { settings_.erase(name); }
 
-const LoraSettings & LoraLayer::settings(const std::string & name) const {
-  auto it = settings_.find(name);
-  PEFT_CHECK(it != settings_.end(), "no LoRA adapter '", name, "' in this layer");
-  return it->second;
-}
 
 std::string LoraLayer::adapter_signature(const std::string & n) const { return settings_signature(settings(n)); }
 

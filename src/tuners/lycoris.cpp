@@ -52,11 +52,6 @@ LycorisLinear::LycorisLinear(LayerPtr base) : TunerLayer(std::move(base)) {
 
 void LycorisLinear::forget(const std::string & name) { settings_.erase(name); }
 
-const LycorisSettings & LycorisLinear::settings(const std::string & name) const {
-  auto it = settings_.find(name);
-  PEFT_CHECK(it != settings_.end(), "no adapter '", name, "' in this layer");
-  return it->second;
-}
 
 std::string LycorisLinear::adapter_signature(const std::string & n) const {
   const auto & s = settings(n);

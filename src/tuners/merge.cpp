@@ -47,12 +47,12 @@ bool PeftModel::merged() const {
 
 std::shared_ptr<CausalLM> PeftModel::merge_and_unload(bool safe_merge, const std::vector<std::string> & names) {
   if (!adapters_disabled()) merge_adapter(names, safe_merge);
-  return release(true);
+  return release();
 }
 
-std::shared_ptr<CausalLM> PeftModel::unload() { return release(false); }
+std::shared_ptr<CausalLM> PeftModel::unload() { return release(); }
 
-std::shared_ptr<CausalLM> PeftModel::release(bool merged) {
+std::shared_ptr<CausalLM> PeftModel::release() {
   // adapter layers give way to their (merged) base layer; modules_to_save to the active adapter's copy,
   // merged or not (PEFT's unload_and_optionally_merge_module)
   for (auto & l : layers_) {

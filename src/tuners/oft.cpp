@@ -57,11 +57,6 @@ OrthoLinear::OrthoLinear(LayerPtr base) : TunerLayer(std::move(base)) {
 
 void OrthoLinear::forget(const std::string & name) { settings_.erase(name); }
 
-const OrthoSettings & OrthoLinear::settings(const std::string & name) const {
-  auto it = settings_.find(name);
-  PEFT_CHECK(it != settings_.end(), "no adapter '", name, "' in this layer");
-  return it->second;
-}
 
 std::string OrthoLinear::adapter_signature(const std::string & n) const {
   const auto & s = settings(n);

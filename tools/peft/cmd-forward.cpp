@@ -35,8 +35,9 @@ Runner add_forward(CLI::App & app) {
     std::vector<std::string> inputs = {o->model, o->ids};
     for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
     check_output_file("--out", o->out, inputs);
-    at::Tensor ids = read_ids_json(o->ids);
-    check_ids(o->ids, read_ragged_ids_json(o->ids), ModelConfig::load(o->model));
+    const auto rows = read_ragged_ids_json(o->ids);
+    check_ids(o->ids, rows, ModelConfig::load(o->model));
+    at::Tensor ids = ids_tensor(rows, o->ids);
     apply_common_options(o->common);
     auto model = load_model(o->model, dtype);
     Prepared run = apply_adapter_options(model, o->adapters);

@@ -43,8 +43,9 @@ std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path)
   return rows;
 }
 
-at::Tensor read_ids_json(const std::string & path) {
-  auto rows = read_ragged_ids_json(path);
+at::Tensor read_ids_json(const std::string & path) { return ids_tensor(read_ragged_ids_json(path), path); }
+
+at::Tensor ids_tensor(const std::vector<std::vector<int64_t>> & rows, const std::string & path) {
   const size_t S = rows[0].size();
   at::Tensor t = at::empty({static_cast<int64_t>(rows.size()), static_cast<int64_t>(S)}, at::kLong);
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -64,21 +65,6 @@ std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bo
 std::string dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bfloat16" : "float32"; }
 
 namespace {
-
-std::string parent_of(const std::string & p) {
-  std::string s = p;
-  while (s.size() > 1 && s.back() == '/') s.pop_back();
-  const size_t slash = s.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : s.substr(0, slash);
-}
-
-std::string base_of(const std::string & p) {
-  std::string s = p;
-  while (s.size() > 1 && s.back() == '/') s.pop_back();
-  const size_t slash = s.find_last_of('/');
-  return slash == std::string::npos ? s : s.substr(slash + 1);
-}
 
 void check_output(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs,
                   bool folder) {

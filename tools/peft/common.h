@@ -35,6 +35,8 @@ void apply_common_options(const CommonOptions & o);
 /// A JSON array of equal-length arrays of token ids -> (B, S) int64. Errors name the file.
 at::Tensor read_ids_json(const std::string & path);
 std::vector<std::vector<int64_t>> read_ragged_ids_json(const std::string & path);
+/// Rows of equal length (read from `path`, named in errors) -> (B, S) int64.
+at::Tensor ids_tensor(const std::vector<std::vector<int64_t>> & rows, const std::string & path);
 
 /// The forward a command runs: the model itself, or its compiled form when `compile` is set.
 std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bool compile);

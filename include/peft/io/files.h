@@ -30,6 +30,10 @@ nlohmann::json parse_json(const std::string & text, const std::string & source);
 /// Read and parse a JSON file (parse_json); errors name the path.
 nlohmann::json read_json_file(const std::string & path);
 
+/// The folder part of a path ("." for a bare name) and its last component (trailing '/' ignored).
+std::string parent_of(const std::string & path);
+std::string base_of(const std::string & path);
+
 /// The canonical absolute path of an existing file or folder ("" if it does not exist).
 std::string real_path(const std::string & path);
 

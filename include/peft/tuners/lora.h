@@ -50,7 +50,7 @@ class LoraLayer : public TunerLayer {
   using TunerLayer::TunerLayer;
   std::string adapter_signature(const std::string & name) const override;
   void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) override;
-  const LoraSettings & settings(const std::string & name) const;
+  const LoraSettings & settings(const std::string & name) const { return setting_of(settings_, name); }
 
  protected:
   void add_settings(const std::string & name, const LoraSettings & s);

@@ -50,7 +50,7 @@ class LycorisLinear : public TunerLayer {
   at::Tensor delta_weight(const std::string & name);
   LinearBase & linear() const { return static_cast<LinearBase &>(*base_layer_); }
 
-  const LycorisSettings & settings(const std::string & name) const;
+  const LycorisSettings & settings(const std::string & name) const { return setting_of(settings_, name); }
 
  protected:
   void merge_one(const std::string & name, bool safe) override;

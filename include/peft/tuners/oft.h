@@ -52,7 +52,7 @@ class OrthoLinear : public TunerLayer {
   virtual at::Tensor scale(const std::string & name) const { return {}; }
   LinearBase & linear() const { return static_cast<LinearBase &>(*base_layer_); }
 
-  const OrthoSettings & settings(const std::string & name) const;
+  const OrthoSettings & settings(const std::string & name) const { return setting_of(settings_, name); }
 
  protected:
   void merge_one(const std::string & name, bool safe) override;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "peft/error.h"
 #include "peft/nn/layers.h"
 #include "peft/nn/module.h"
 #include "peft/tuners/adapter-state.h"
@@ -137,6 +138,13 @@ class TunerLayer : public Layer {
   std::set<std::string> names_;
   std::vector<std::string> merged_;
 };
+
+/// The entry of adapter `name` in a method's per-adapter settings; a named error if the layer lacks it.
+template <class S> const S & setting_of(const std::map<std::string, S> & settings, const std::string & name) {
+  auto it = settings.find(name);
+  if (it == settings.end()) fail(str("no adapter '", name, "' in this layer"));
+  return it->second;
+}
 
 /// PyTorch's kaiming_uniform_(a=sqrt(5)) (nn.Linear's default init): U(+-1/sqrt(fan_in)), fan_in = shape[1] * ...
 at::Tensor kaiming_uniform(const std::vector<int64_t> & shape);
