@@ -2,7 +2,8 @@
 # Install what peft.cpp needs from Debian 12 packages, skipping what is already there.
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config
-      libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev
+      libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev libxxhash-dev
+      gnuplot-nox                  # loss plots of training runs (peft train, peft plot)
       libgtest-dev libbenchmark-dev
       clang-14 libfuzzer-14-dev)   # the fuzz test: libFuzzer harnesses built with clang
 missing=()

@@ -21,6 +21,8 @@
 
 namespace peft {
 
+class FolderWriter;
+
 class PeftModel {
  public:
   /// get_peft_model: inject `cfg` as adapter `adapter` (active, trainable unless inference_mode).
@@ -89,6 +91,9 @@ class PeftModel {
   /// written whole and swapped into place (FolderWriter: readers see the old or the new one; other
   /// files already there are kept). Refuses non-finite tensors, naming them, unless `allow_nonfinite`.
   void save_pretrained(const std::string & dir, const std::vector<std::string> & selected = {},
+                       bool allow_nonfinite = false) const;
+  /// The same files into a folder being written (a checkpoint); the caller commits it.
+  void save_pretrained(FolderWriter & folder, const std::vector<std::string> & selected = {},
                        bool allow_nonfinite = false) const;
   /// The tensors save_pretrained writes for `adapter`, under PEFT's checkpoint keys.
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string & adapter) const;

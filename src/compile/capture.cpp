@@ -15,6 +15,7 @@ InputLayout InputLayout::of(const ForwardInput & in) {
   InputLayout l;
   l.mask = in.attention_mask.defined();
   l.position_ids = in.position_ids.defined();
+  l.segments = in.segment_ids.defined();
   l.cache = in.cache != nullptr;
   l.cache_layers = in.cache ? in.cache->k.size() : 0;
   l.routing = in.adapter_rows.defined();
@@ -26,6 +27,7 @@ std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
   s.emplace_back(in.input_ids);
   if (mask) s.emplace_back(in.attention_mask);
   if (position_ids) s.emplace_back(in.position_ids);
+  if (segments) s.emplace_back(in.segment_ids);
   if (cache) {
     s.emplace_back(in.cache_position);
     for (size_t i = 0; i < cache_layers; ++i) {
@@ -65,6 +67,7 @@ Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & l
     f.input_ids = stack[i++].toTensor();
     if (layout.mask) f.attention_mask = stack[i++].toTensor();
     if (layout.position_ids) f.position_ids = stack[i++].toTensor();
+    if (layout.segments) f.segment_ids = stack[i++].toTensor();
     KVCache cache;
     if (layout.cache) {
       f.cache_position = stack[i++].toTensor();

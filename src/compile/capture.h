@@ -8,10 +8,10 @@ namespace peft::compile_detail {
 
 /// Which optional runtime inputs a call has; part of the cache key.
 struct InputLayout {
-  bool mask = false, position_ids = false, cache = false, routing = false;
+  bool mask = false, position_ids = false, segments = false, cache = false, routing = false;
   size_t cache_layers = 0;
   static InputLayout of(const ForwardInput & in);
-  /// The runtime inputs in graph order: ids, [mask], [position_ids], [cache_position, k0, v0, k1, ...].
+  /// The runtime inputs in graph order: ids, [mask], [position_ids], [segment_ids], [cache_position, k0, v0, k1, ...].
   std::vector<c10::IValue> pack(const ForwardInput & in) const;
 };
 

@@ -38,6 +38,7 @@ CompileKey call_key(const CausalLM & model, const ForwardInput & in) {
   add(k.inputs, "ids", in.input_ids);
   add(k.inputs, "mask", in.attention_mask);
   add(k.inputs, "pos", in.position_ids);
+  add(k.inputs, "segments", in.segment_ids);
   if (in.cache) {
     add(k.inputs, "cache_pos", in.cache_position);
     add(k.inputs, "kv", in.cache->k[0]);

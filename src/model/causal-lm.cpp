@@ -63,6 +63,10 @@ void CausalLM::validate(const ForwardInput & in) const {
                    in.attention_mask.size(1) == L,
                "attention_mask must be (batch, ", L, "), got ", in.attention_mask.sizes());
   }
+  if (in.segment_ids.defined()) {
+    PEFT_CHECK(!in.cache && in.segment_ids.sizes() == in.input_ids.sizes(),
+               "segment_ids must be (batch, seq) like input_ids, without a KV cache");
+  }
   if (in.cache) {
     PEFT_CHECK(in.cache->k.size() == static_cast<size_t>(cfg.num_layers), "KV cache has ", in.cache->k.size(),
                " layers, model has ", cfg.num_layers);
@@ -91,6 +95,10 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
     ctx.mask = allowed.unsqueeze(0).logical_and(am.unsqueeze(1)).unsqueeze(1);  // (B, 1, S, L)
   } else {
     ctx.mask = allowed.unsqueeze(0).unsqueeze(0).expand({B, 1, S, L});
+  }
+  if (in.segment_ids.defined()) {  // packed documents: attention stays within a segment
+    at::Tensor same = in.segment_ids.unsqueeze(2) == in.segment_ids.unsqueeze(1);  // (B, S, S)
+    ctx.mask = ctx.mask.logical_and(same.unsqueeze(1));
   }
   if (in.position_ids.defined()) {
     ctx.position_ids = in.position_ids;

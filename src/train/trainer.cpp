@@ -2,13 +2,16 @@
 
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <random>
 
 #include "peft/error.h"
+#include "trainer-impl.h"
 
 namespace peft {
 
@@ -24,58 +27,150 @@ at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, con
   return at::cross_entropy_loss(pred, target, {}, at::Reduction::Mean, -100);
 }
 
-struct Trainer::Impl {
-  LogitsFn forward;
-  std::vector<at::Tensor> params;
-  TrainOptions opts;
-  std::unique_ptr<torch::optim::AdamW> optim;
-  int64_t step = 0;
-};
+at::Tensor causal_lm_loss_sum(const at::Tensor & logits, const at::Tensor & labels) {
+  const int64_t V = logits.size(-1), S = logits.size(1);
+  PEFT_CHECK(S >= 2, "the loss needs sequences of at least 2 tokens");
+  at::Tensor pred = logits.narrow(1, 0, S - 1).reshape({-1, V}).to(at::kFloat);
+  return at::cross_entropy_loss(pred, labels.narrow(1, 1, S - 1).reshape({-1}), {}, at::Reduction::Sum, -100);
+}
 
-Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts) : impl_(new Impl) {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+ForwardInput input_of(const Batch & b) {
+  ForwardInput in;
+  in.input_ids = b.input_ids;
+  in.attention_mask = b.attention_mask;
+  in.position_ids = b.position_ids;
+  in.segment_ids = b.segment_ids;
+  return in;
+}
+
+Batch batch_of(const at::Tensor & ids, const at::Tensor & mask) {
+  Batch b;
+  b.input_ids = ids;
+  b.attention_mask = mask;
+  b.labels = mask.defined() ? ids.masked_fill(mask.to(at::kBool).logical_not(), -100) : ids;
+  b.loss_tokens = (b.labels.narrow(1, 1, ids.size(1) - 1) != -100).sum().item<int64_t>();
+  b.tokens = mask.defined() ? mask.sum().item<int64_t>() : ids.numel();
+  return b;
+}
+
+}  // namespace
+
+// ---- the sampler ----
+
+int64_t Trainer::Impl::batches_per_epoch(const SequenceSet & data) const {
+  return (static_cast<int64_t>(data.size()) + opts.batch_size - 1) / opts.batch_size;
+}
+
+std::vector<size_t> Trainer::Impl::micro_batch(const SequenceSet & data, int64_t m) {
+  // every epoch's order follows from the seed and the epoch alone, so a resumed run needs no RNG state
+  const int64_t per_epoch = batches_per_epoch(data), epoch = m / per_epoch, b = m % per_epoch;
+  if (epoch != cached_epoch) {
+    order.resize(data.size());
+    std::iota(order.begin(), order.end(), 0);
+    if (opts.shuffle) {
+      std::mt19937_64 rng(opts.seed * 1000003ull + static_cast<uint64_t>(epoch));
+      std::shuffle(order.begin(), order.end(), rng);
+    }
+    cached_epoch = epoch;
+  }
+  const size_t begin = b * opts.batch_size, end = std::min<size_t>(order.size(), begin + opts.batch_size);
+  return std::vector<size_t>(order.begin() + begin, order.begin() + end);
+}
+
+// ---- the trainer ----
+
+Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks)
+    : impl_(new Impl) {
   PEFT_CHECK(!params.empty(), "nothing to train: the model has no trainable tensors");
-  PEFT_CHECK(opts.lr > 0, "--lr must be > 0, got ", opts.lr);
+  PEFT_CHECK(std::isfinite(opts.lr) && opts.lr > 0, "--lr must be > 0, got ", opts.lr);
   PEFT_CHECK(opts.batch_size > 0, "--batch-size must be > 0, got ", opts.batch_size);
-  PEFT_CHECK(opts.steps > 0, "--steps must be > 0, got ", opts.steps);
+  PEFT_CHECK(opts.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be > 0");
+  PEFT_CHECK(opts.steps > 0 || opts.epochs > 0, "--steps or --epochs must be > 0");
+  PEFT_CHECK(opts.steps >= 0 && opts.epochs >= 0, "--steps and --epochs must be >= 0");
   PEFT_CHECK(opts.weight_decay >= 0, "--weight-decay must be >= 0");
   PEFT_CHECK(opts.beta1 >= 0 && opts.beta1 < 1 && opts.beta2 >= 0 && opts.beta2 < 1, "--betas must be in [0, 1)");
   PEFT_CHECK(opts.eps > 0, "--eps must be > 0");
+  PEFT_CHECK(opts.momentum >= 0 && opts.momentum < 1, "--momentum must be in [0, 1)");
   PEFT_CHECK(opts.max_grad_norm >= 0, "--max-grad-norm must be >= 0");
+  PEFT_CHECK(opts.warmup_steps >= 0, "--warmup-steps must be >= 0");
+  PEFT_CHECK(opts.eval_steps >= 0 && opts.save_steps >= 0 && opts.save_total_limit >= 0,
+             "--eval-steps, --save-steps and --save-total-limit must be >= 0");
+  PEFT_CHECK(opts.save_steps == 0 || !opts.checkpoint_dir.empty(), "--save-steps needs a checkpoint folder");
   PEFT_CHECK(opts.lr_scheduler == "constant" || opts.lr_scheduler == "linear" || opts.lr_scheduler == "cosine",
              "--lr-scheduler must be constant, linear or cosine, got '", opts.lr_scheduler, "'");
-  impl_->forward = std::move(forward);
-  impl_->params = std::move(params);
-  impl_->opts = opts;
-  impl_->optim = std::make_unique<torch::optim::AdamW>(
-      impl_->params, torch::optim::AdamWOptions(opts.lr)
-                         .betas(std::make_tuple(opts.beta1, opts.beta2))
-                         .eps(opts.eps)
-                         .weight_decay(opts.weight_decay));
+  auto & I = *impl_;
+  I.forward = std::move(forward);
+  I.params = std::move(params);
+  I.opts = opts;
+  I.cb = std::move(callbacks);
+  I.total = opts.steps;
+  if (opts.optimizer == "adamw") {
+    I.optim = std::make_unique<torch::optim::AdamW>(I.params, torch::optim::AdamWOptions(opts.lr)
+                                                                  .betas(std::make_tuple(opts.beta1, opts.beta2))
+                                                                  .eps(opts.eps)
+                                                                  .weight_decay(opts.weight_decay));
+  } else if (opts.optimizer == "sgd") {
+    I.optim = std::make_unique<torch::optim::SGD>(
+        I.params, torch::optim::SGDOptions(opts.lr).momentum(opts.momentum).weight_decay(opts.weight_decay));
+  } else {
+    fail(str("--optimizer must be adamw or sgd, got '", opts.optimizer, "'"));
+  }
 }
 
 Trainer::~Trainer() = default;
+
+const TrainOptions & Trainer::options() const { return impl_->opts; }
+int64_t Trainer::global_step() const { return impl_->step; }
+
+int64_t Trainer::total_steps(const SequenceSet & data) const {
+  const auto & o = impl_->opts;
+  if (o.steps > 0) return o.steps;
+  const double micro = o.epochs * impl_->batches_per_epoch(data);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(micro / o.gradient_accumulation_steps - 1e-9)));
+}
 
 double Trainer::lr_at(int64_t step) const {
   const auto & o = impl_->opts;
   if (o.warmup_steps > 0 && step <= o.warmup_steps) return o.lr * static_cast<double>(step) / o.warmup_steps;
   if (o.lr_scheduler == "constant") return o.lr;
-  const double span = std::max<int64_t>(1, o.steps - o.warmup_steps);
+  const double span = std::max<int64_t>(1, impl_->total - o.warmup_steps);
   const double t = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
   if (o.lr_scheduler == "linear") return o.lr * (1.0 - t);
   return o.lr * 0.5 * (1.0 + std::cos(M_PI * t));  // cosine
 }
 
 StepLog Trainer::step(const at::Tensor & ids, const at::Tensor & attention_mask) {
+  return step(std::vector<Batch>{batch_of(ids, attention_mask)});
+}
+
+StepLog Trainer::step(const std::vector<Batch> & micro) {
   auto & I = *impl_;
+  PEFT_CHECK(!micro.empty(), "a step needs at least one batch");
+  const auto t0 = Clock::now();
   ++I.step;
   const double lr = lr_at(I.step);
-  for (auto & g : I.optim->param_groups()) static_cast<torch::optim::AdamWOptions &>(g.options()).lr(lr);
+  for (auto & g : I.optim->param_groups()) g.options().set_lr(lr);
   I.optim->zero_grad();
-  ForwardInput in;
-  in.input_ids = ids;
-  in.attention_mask = attention_mask;
-  at::Tensor loss = causal_lm_loss(I.forward(in), ids, attention_mask);
-  loss.backward();
+  // each micro-batch's summed loss over the step's counted tokens: the gradient is that of one batch
+  int64_t counted = 0, tokens = 0;
+  for (const Batch & b : micro) {
+    counted += b.loss_tokens;
+    tokens += b.tokens;
+  }
+  const double denom = std::max<int64_t>(1, counted);
+  double loss_value = 0;
+  for (const Batch & b : micro) {
+    at::Tensor loss = causal_lm_loss_sum(I.forward(input_of(b)), b.labels) / denom;
+    if (I.cb.extra_loss) loss = loss + I.cb.extra_loss() / static_cast<double>(micro.size());
+    loss.backward();
+    loss_value += loss.item<double>();
+  }
   double gnorm = 0;
   if (I.opts.max_grad_norm > 0) {
     gnorm = torch::nn::utils::clip_grad_norm_(I.params, I.opts.max_grad_norm);
@@ -86,55 +181,74 @@ StepLog Trainer::step(const at::Tensor & ids, const at::Tensor & attention_mask)
     }
     gnorm = std::sqrt(gnorm);
   }
-  const double loss_value = loss.item<double>();
   if (!std::isfinite(loss_value) || !std::isfinite(gnorm)) {
     // stop before the update: the parameters stay those of the last good step
     I.optim->zero_grad();
-    throw NonFiniteError(I.step, str("step ", I.step, ": the ", std::isfinite(loss_value) ? "gradient norm" : "loss",
+    const int64_t failed = I.step--;
+    throw NonFiniteError(failed, str("step ", failed, ": the ", std::isfinite(loss_value) ? "gradient norm" : "loss",
                                      " is ", std::isfinite(loss_value) ? gnorm : loss_value,
                                      "; training stopped before this step's update (learning rate ", lr,
                                      " too high? bad data?)"));
   }
   I.optim->step();
-  return StepLog{I.step, loss_value, lr, gnorm};
+  if (I.cb.after_update) I.cb.after_update(I.step);
+  StepLog log;
+  log.step = I.step;
+  log.loss = loss_value;
+  log.lr = lr;
+  log.grad_norm = gnorm;
+  log.tokens = tokens;
+  log.seconds = seconds_since(t0);
+  return log;
 }
 
-std::vector<StepLog> Trainer::fit(const std::vector<std::vector<int64_t>> & rows,
-                                  const std::function<void(const StepLog &)> & on_step) {
-  PEFT_CHECK(!rows.empty(), "no training data");
-  const auto & o = impl_->opts;
-  std::mt19937_64 rng(o.seed);
-  std::vector<size_t> order(rows.size());
-  std::iota(order.begin(), order.end(), 0);
-  size_t cursor = rows.size();  // forces a (re)shuffle before the first batch
-  std::vector<StepLog> logs;
-  for (int64_t s = 0; s < o.steps; ++s) {
-    std::vector<size_t> batch;
-    while (static_cast<int64_t>(batch.size()) < std::min<int64_t>(o.batch_size, rows.size())) {
-      if (cursor >= rows.size()) {
-        if (o.shuffle) std::shuffle(order.begin(), order.end(), rng);
-        cursor = 0;
-      }
-      batch.push_back(order[cursor++]);
+EvalLog Trainer::evaluate(const SequenceSet & data) {
+  auto & I = *impl_;
+  if (I.cb.set_training) I.cb.set_training(false);
+  double sum = 0;
+  int64_t counted = 0;
+  {
+    at::NoGradGuard no_grad;
+    for (size_t begin = 0; begin < data.size(); begin += I.opts.batch_size) {
+      std::vector<size_t> seqs;
+      for (size_t i = begin; i < std::min<size_t>(data.size(), begin + I.opts.batch_size); ++i) seqs.push_back(i);
+      const Batch b = data.batch(seqs);
+      sum += causal_lm_loss_sum(I.forward(input_of(b)), b.labels).item<double>();
+      counted += b.loss_tokens;
     }
-    size_t len = 0;
-    for (size_t i : batch) len = std::max(len, rows[i].size());
-    at::Tensor ids = at::zeros({static_cast<int64_t>(batch.size()), static_cast<int64_t>(len)}, at::kLong);
-    at::Tensor mask = at::zeros_like(ids);
-    bool padded = false;
-    for (size_t b = 0; b < batch.size(); ++b) {
-      const auto & r = rows[batch[b]];
-      for (size_t k = 0; k < r.size(); ++k) {
-        ids[b][k] = r[k];
-        mask[b][k] = 1;
-      }
-      padded = padded || r.size() != len;
-    }
-    StepLog log = step(ids, padded ? mask : at::Tensor());
-    logs.push_back(log);
-    if (on_step) on_step(log);
   }
-  return logs;
+  if (I.cb.set_training) I.cb.set_training(true);
+  PEFT_CHECK(counted > 0, "the evaluation data has no token to predict");
+  EvalLog e;
+  e.step = I.step;
+  e.loss = sum / counted;
+  e.perplexity = std::exp(e.loss);
+  e.tokens = counted;
+  return e;
+}
+
+void Trainer::train(const SequenceSet & data, const SequenceSet * eval) {
+  auto & I = *impl_;
+  PEFT_CHECK(data.size() > 0, "no training data");
+  I.total = total_steps(data);
+  const int64_t accum = I.opts.gradient_accumulation_steps, per_epoch = I.batches_per_epoch(data);
+  auto run_eval = [&] {
+    if (eval == nullptr) return;
+    EvalLog e = evaluate(*eval);
+    if (I.cb.on_evaluate) I.cb.on_evaluate(e);
+  };
+  if (I.opts.eval_on_start && I.step == 0) run_eval();
+  while (I.step < I.total) {
+    std::vector<Batch> micro;
+    for (int64_t k = 0; k < accum; ++k) micro.push_back(data.batch(I.micro_batch(data, I.step * accum + k)));
+    StepLog log = step(micro);
+    log.epoch = static_cast<double>(I.step * accum) / per_epoch;
+    if (I.cb.on_step_end) I.cb.on_step_end(log);
+    const bool last = I.step == I.total;
+    if (I.opts.eval_steps > 0 && I.step % I.opts.eval_steps == 0 && !last) run_eval();
+    if (I.opts.save_steps > 0 && I.step % I.opts.save_steps == 0 && !last) save_checkpoint(data);
+  }
+  run_eval();
 }
 
 }  // namespace peft

@@ -130,6 +130,13 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
 
 void PeftModel::save_pretrained(const std::string & dir, const std::vector<std::string> & selected,
                                 bool allow_nonfinite) const {
+  FolderWriter w(dir);
+  save_pretrained(w, selected, allow_nonfinite);
+  w.commit();
+}
+
+void PeftModel::save_pretrained(FolderWriter & w, const std::vector<std::string> & selected,
+                                bool allow_nonfinite) const {
   std::vector<std::string> names = selected.empty() ? adapter_names() : selected;
   std::vector<std::pair<std::string, std::map<std::string, at::Tensor>>> tensors;
   for (const auto & n : names) {
@@ -140,7 +147,6 @@ void PeftModel::save_pretrained(const std::string & dir, const std::vector<std::
                  "' holds NaN or Inf values; not saved (allow_nonfinite / --allow-nonfinite to save it anyway)");
     }
   }
-  FolderWriter w(dir);
   for (const auto & t : tensors) {
     const std::string & n = t.first;
     const std::string sub = n == "default" ? "" : n + "/";
@@ -151,7 +157,6 @@ void PeftModel::save_pretrained(const std::string & dir, const std::vector<std::
     safetensors_save(w.file(sub + "adapter_model.safetensors"), t.second);
     write_file_atomic(w.file(sub + "adapter_config.json"), j.dump(2) + "\n");
   }
-  w.commit();
 }
 
 

@@ -1,30 +1,78 @@
-// peft train: fine-tune an adapter on pre-tokenized data with AdamW; one JSON log line per step.
+// peft train: fine-tune an adapter on a user's data (.txt, .jsonl records or chats, token ids): epochs or
+// steps, accumulation, AdamW or SGD, evaluation, checkpoints with exact resume, a JSONL log, a progress
+// bar and a loss plot.
 #include <cmath>
 #include <fstream>
-#include <sstream>
 #include <iostream>
+#include <numeric>
+#include <random>
+#include <sstream>
 
 #include "commands.h"
 #include "common.h"
+#include "peft/data/batches.h"
+#include "peft/data/dataset.h"
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/peft-model.h"
+#include "peft/train/plot.h"
+#include "peft/train/progress.h"
 #include "peft/train/trainer.h"
 
 namespace peft::cli {
 
+namespace {
+
+std::vector<double> parse_numbers(const std::string & flag, const std::string & text) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(item, &used));
+      PEFT_USAGE(used == item.size(), flag, " must be numbers like 0.9,0.999, got '", text, "'");
+    } catch (const std::logic_error &) {
+      throw UsageError(str(flag, " must be numbers like 0.9,0.999, got '", text, "'"));
+    }
+  }
+  return out;
+}
+
+// The documents of a data file for this model; token-id files are checked row by row as given.
+std::shared_ptr<TokenDataset> load_data(const std::string & path, const std::string & format, const TextEncoder & enc,
+                                        const ModelConfig & cfg, bool cache) {
+  DataOptions d;
+  d.format = data_format_of(path, format);
+  d.cache = cache;
+  if (d.format == "ids") {
+    auto rows = read_ragged_ids_json(path);
+    check_ids(path, rows, cfg);
+    return std::make_shared<TokenDataset>(TokenDataset::from_rows(rows, path));
+  }
+  auto ds = std::make_shared<TokenDataset>(read_dataset(path, enc, d));
+  PEFT_CHECK(ds->max_id() < cfg.vocab_size, path, ": token id ", ds->max_id(), " (from the tokenizer) is outside the ",
+             "model's vocabulary [0, ", cfg.vocab_size, ")");
+  return ds;
+}
+
+}  // namespace
+
 Runner add_train(CLI::App & app) {
   struct Opts {
-    std::string model, adapter_init, adapter_config, method, target_modules, data, optimizer = "adamw", log_file, out, betas;
-    int64_t r = 8;
-    double lora_alpha = 8, lora_dropout = 0;
-    bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false, allow_nonfinite = false;
+    std::string model, adapter_init, adapter_config, method, target_modules, data, data_format = "auto", eval_data,
+        optimizer = "adamw", log_file, out, betas, checkpoint_dir, resume, plot;
+    int64_t r = 8, max_length = 0;
+    double lora_alpha = 8, lora_dropout = 0, eval_split = 0;
+    bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false, allow_nonfinite = false,
+         packing = false, no_token_cache = false, no_plot = false, no_progress = false;
     TrainOptions train;
     CommonOptions common;
   };
   auto o = std::make_shared<Opts>();
   o->train.weight_decay = 1e-2;
-  auto * cmd = app.add_subcommand("train", "fine-tune an adapter on pre-tokenized data");
+  o->train.lr = 2e-4;
+  o->train.steps = 0;
+  auto * cmd = app.add_subcommand("train", "fine-tune an adapter on text, JSONL records or chats, or token ids");
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--adapter-init", o->adapter_init, "start from this PEFT adapter folder");
   cmd->add_option("--adapter-config", o->adapter_config,
@@ -36,27 +84,57 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--target-modules", o->target_modules, "comma-separated module names, or all-linear");
   cmd->add_flag("--use-dora", o->use_dora, "DoRA");
   cmd->add_flag("--use-rslora", o->use_rslora, "rsLoRA scaling alpha / sqrt(r)");
-  cmd->add_option("--data", o->data, "JSON array of arrays of token ids")->required();
-  cmd->add_option("--batch-size", o->train.batch_size, "rows per step")->required();
-  cmd->add_option("--steps", o->train.steps, "optimizer steps")->required();
-  cmd->add_option("--optimizer", o->optimizer, "adamw");
-  cmd->add_option("--lr", o->train.lr, "learning rate")->required();
-  cmd->add_option("--weight-decay", o->train.weight_decay, "AdamW weight decay (default 0.01)");
+  // data
+  cmd->add_option("--data", o->data,
+                  "training data: .txt (plain text), .jsonl (text, prompt/completion or messages records), "
+                  ".json (token-id rows)")->required();
+  cmd->add_option("--data-format", o->data_format, "auto (from the extension) | txt | jsonl | ids");
+  cmd->add_option("--eval-data", o->eval_data, "evaluation data (same formats)");
+  cmd->add_option("--eval-split", o->eval_split, "hold out this fraction of the training documents for evaluation");
+  cmd->add_option("--max-length", o->max_length,
+                  "tokens per sequence: truncation of records, block size of text (default: the model's positions, at most 1024)");
+  cmd->add_flag("--packing", o->packing,
+                "pack documents into --max-length blocks (positions restart, no attention across documents)");
+  cmd->add_flag("--no-token-cache", o->no_token_cache, "tokenize in memory; no token cache beside the data");
+  // the schedule
+  cmd->add_option("--batch-size", o->train.batch_size, "sequences per micro-batch (default 8)");
+  cmd->add_option("--steps", o->train.steps, "optimizer steps (instead of --epochs)");
+  cmd->add_option("--epochs", o->train.epochs, "passes over the training data (default 1)");
+  cmd->add_option("--gradient-accumulation-steps", o->train.gradient_accumulation_steps,
+                  "micro-batches per optimizer step (default 1)");
+  cmd->add_option("--optimizer", o->optimizer, "adamw (default) | sgd");
+  cmd->add_option("--lr", o->train.lr, "learning rate (default 2e-4)");
+  cmd->add_option("--weight-decay", o->train.weight_decay, "weight decay (default 0.01 with adamw, 0 with sgd)");
   cmd->add_option("--betas", o->betas, "AdamW betas, e.g. 0.9,0.999");
   cmd->add_option("--eps", o->train.eps, "AdamW epsilon");
+  cmd->add_option("--momentum", o->train.momentum, "SGD momentum");
   cmd->add_option("--lr-scheduler", o->train.lr_scheduler, "constant | linear | cosine");
   cmd->add_option("--warmup-steps", o->train.warmup_steps, "linear warm-up steps");
   cmd->add_option("--max-grad-norm", o->train.max_grad_norm, "clip the gradient norm (0 = off)");
-  cmd->add_flag("--no-shuffle", o->no_shuffle, "take rows in order");
+  cmd->add_flag("--no-shuffle", o->no_shuffle, "take sequences in order");
   cmd->add_option("--seed", o->train.seed, "seed for shuffling, dropout and adapter init");
-  cmd->add_option("--log-file", o->log_file, "JSON lines: one object per step")->required();
+  // evaluation, checkpoints, reporting
+  cmd->add_option("--eval-steps", o->train.eval_steps, "evaluate every N steps (and always at the end)");
+  cmd->add_flag("--eval-on-start", o->train.eval_on_start, "evaluate before the first step too");
+  cmd->add_option("--save-steps", o->train.save_steps, "write a checkpoint every N steps");
+  cmd->add_option("--save-total-limit", o->train.save_total_limit, "keep only the newest K checkpoints");
+  cmd->add_option("--checkpoint-dir", o->checkpoint_dir, "where checkpoint-<step>/ folders go (default: OUT-checkpoints)");
+  cmd->add_option("--resume-from-checkpoint", o->resume,
+                  "continue the same run from CHECKPOINT_DIR/checkpoint-<step>, or 'latest'");
+  cmd->add_option("--log-file", o->log_file, "JSON lines: one object per step and per evaluation")->required();
+  cmd->add_option("--plot", o->plot, "loss plot PNG (default: the log file with .png)");
+  cmd->add_flag("--no-plot", o->no_plot, "no loss plot");
+  cmd->add_flag("--no-progress", o->no_progress, "plain lines instead of a progress bar on a terminal");
   cmd->add_option("--out", o->out, "where to save the trained adapter")->required();
   cmd->add_flag("--compile", o->compile, "train through the compiled model");
   add_common_options(*cmd, o->common);
   cmd->add_flag("--allow-nonfinite", o->allow_nonfinite, "save the adapter even if it holds NaN or Inf values");
   return [o, cmd]() {
-    // ---- every argument, path and data row is checked before the model is loaded ----
-    PEFT_USAGE(o->optimizer == "adamw", "--optimizer: only adamw is supported, got '", o->optimizer, "'");
+    // ---- every argument, path and data record is checked before the model is loaded ----
+    auto & t = o->train;
+    PEFT_USAGE(o->optimizer == "adamw" || o->optimizer == "sgd", "--optimizer must be adamw or sgd, got '",
+               o->optimizer, "'");
+    t.optimizer = o->optimizer;
     PEFT_USAGE((!o->adapter_init.empty()) + (!o->method.empty()) + (!o->adapter_config.empty()) == 1,
                "give exactly one of --adapter-init, --adapter-config and --method");
     const auto lora_flags = given(*cmd, {"--r", "--lora-alpha", "--lora-dropout", "--target-modules", "--use-dora",
@@ -64,38 +142,100 @@ Runner add_train(CLI::App & app) {
     PEFT_USAGE(o->method.empty() ? lora_flags.empty() : true, lora_flags.empty() ? "" : lora_flags.front(),
                " does not apply with ", o->adapter_init.empty() ? "--adapter-config" : "--adapter-init",
                " (the adapter's own config decides it)");
-    PEFT_USAGE(o->train.batch_size >= 1 && o->train.steps >= 1, "--batch-size and --steps must be >= 1");
-    PEFT_USAGE(std::isfinite(o->train.lr) && o->train.lr > 0, "--lr must be a positive number");
-    PEFT_USAGE(o->train.warmup_steps >= 0 && o->train.max_grad_norm >= 0 && o->train.weight_decay >= 0 &&
-                   o->train.eps > 0,
+    const auto adam_flags = given(*cmd, {"--betas", "--eps"});
+    PEFT_USAGE(o->optimizer == "adamw" || adam_flags.empty(), adam_flags.empty() ? "" : adam_flags.front(),
+               " does not apply with --optimizer sgd");
+    PEFT_USAGE(o->optimizer == "sgd" || cmd->count("--momentum") == 0, "--momentum does not apply with --optimizer adamw");
+    if (o->optimizer == "sgd" && cmd->count("--weight-decay") == 0) t.weight_decay = 0;
+    PEFT_USAGE(!(cmd->count("--steps") && cmd->count("--epochs")), "give --steps or --epochs, not both");
+    if (t.steps == 0 && t.epochs == 0) t.epochs = 1;
+    PEFT_USAGE(t.batch_size >= 1 && t.gradient_accumulation_steps >= 1,
+               "--batch-size and --gradient-accumulation-steps must be >= 1");
+    PEFT_USAGE(t.steps >= 0 && std::isfinite(t.epochs) && t.epochs >= 0, "--steps and --epochs must be > 0");
+    PEFT_USAGE(std::isfinite(t.lr) && t.lr > 0, "--lr must be a positive number");
+    PEFT_USAGE(t.warmup_steps >= 0 && t.max_grad_norm >= 0 && t.weight_decay >= 0 && t.eps > 0,
                "--warmup-steps, --max-grad-norm and --weight-decay must be >= 0, --eps > 0");
+    PEFT_USAGE(t.momentum >= 0 && t.momentum < 1, "--momentum must be in [0, 1)");
     PEFT_USAGE(o->r >= 1, "--r must be >= 1");
     PEFT_USAGE(o->lora_dropout >= 0 && o->lora_dropout < 1, "--lora-dropout must be in [0, 1)");
+    PEFT_USAGE(o->eval_split >= 0 && o->eval_split < 1, "--eval-split must be in [0, 1)");
+    PEFT_USAGE(o->eval_split == 0 || o->eval_data.empty(), "give --eval-data or --eval-split, not both");
+    const bool has_eval = o->eval_split > 0 || !o->eval_data.empty();
+    PEFT_USAGE(has_eval || (t.eval_steps == 0 && !t.eval_on_start),
+               "--eval-steps and --eval-on-start need --eval-data or --eval-split");
+    PEFT_USAGE(t.eval_steps >= 0 && t.save_steps >= 0 && t.save_total_limit >= 0,
+               "--eval-steps, --save-steps and --save-total-limit must be >= 0");
+    PEFT_USAGE(!(o->no_plot && cmd->count("--plot")), "give --plot or --no-plot, not both");
     if (!o->betas.empty()) {
-      std::vector<double> b;
-      std::stringstream ss(o->betas);
-      for (std::string item; std::getline(ss, item, ',');) {
-        try {
-          size_t used = 0;
-          b.push_back(std::stod(item, &used));
-          PEFT_USAGE(used == item.size(), "--betas must be two numbers like 0.9,0.999, got '", o->betas, "'");
-        } catch (const std::logic_error &) {
-          throw UsageError(str("--betas must be two numbers like 0.9,0.999, got '", o->betas, "'"));
-        }
-      }
+      auto b = parse_numbers("--betas", o->betas);
       PEFT_USAGE(b.size() == 2 && b[0] >= 0 && b[0] < 1 && b[1] >= 0 && b[1] < 1,
                  "--betas must be two numbers in [0, 1) like 0.9,0.999, got '", o->betas, "'");
-      o->train.beta1 = b[0];
-      o->train.beta2 = b[1];
+      t.beta1 = b[0];
+      t.beta2 = b[1];
     }
-    const std::vector<std::string> inputs = {o->model, o->data, o->adapter_init, o->adapter_config};
+    t.shuffle = !o->no_shuffle;
+    t.checkpoint_dir = o->checkpoint_dir.empty() ? o->out + "-checkpoints" : o->checkpoint_dir;
+    if (o->resume == "latest") {
+      o->resume = latest_checkpoint(t.checkpoint_dir);
+      PEFT_CHECK(!o->resume.empty(), "--resume-from-checkpoint latest: no complete checkpoint in '", t.checkpoint_dir, "'");
+    }
+    const std::vector<std::string> inputs = {o->model, o->data, o->eval_data, o->adapter_init, o->adapter_config,
+                                             o->resume};
     check_output_folder("--out", o->out, inputs);
-    std::vector<std::string> log_inputs = inputs;
-    log_inputs.push_back(o->out);
-    check_output_file("--log-file", o->log_file, log_inputs);
+    std::vector<std::string> more = inputs;
+    more.push_back(o->out);
+    if (t.save_steps > 0) {
+      // (the checkpoint resumed from may lie in it: it is read before anything is written there)
+      std::vector<std::string> others(more);
+      others.erase(std::find(others.begin(), others.end(), o->resume));
+      check_output_folder("--checkpoint-dir", t.checkpoint_dir, others);
+    }
+    more.push_back(t.checkpoint_dir);
+    check_output_file("--log-file", o->log_file, more);
+    if (o->plot.empty() && !o->no_plot) {
+      const std::string & l = o->log_file;
+      o->plot = (l.size() > 6 && l.compare(l.size() - 6, 6, ".jsonl") == 0 ? l.substr(0, l.size() - 6) : l) + ".png";
+    }
+    if (!o->no_plot) {
+      more.push_back(o->log_file);
+      check_output_file("--plot", o->plot, more);
+    }
     const ModelConfig mcfg = ModelConfig::load(o->model);
-    auto rows = read_ragged_ids_json(o->data);
-    check_ids(o->data, rows, mcfg);
+    if (o->max_length == 0) o->max_length = std::min<int64_t>(mcfg.max_position_embeddings, 1024);
+    PEFT_USAGE(o->max_length >= 2 && o->max_length <= mcfg.max_position_embeddings, "--max-length must be in [2, ",
+               mcfg.max_position_embeddings, "] (the model's positions), got ", o->max_length);
+    const TextEncoder enc = TextEncoder::for_model(o->model, mcfg);
+    auto data = load_data(o->data, o->data_format, enc, mcfg, !o->no_token_cache);
+    std::shared_ptr<TokenDataset> eval_docs;
+    if (!o->eval_data.empty()) eval_docs = load_data(o->eval_data, o->data_format, enc, mcfg, !o->no_token_cache);
+    if (o->eval_split > 0) {
+      // a seeded split of the documents
+      std::vector<size_t> order(data->size());
+      std::iota(order.begin(), order.end(), 0);
+      std::mt19937_64 rng(t.seed);
+      std::shuffle(order.begin(), order.end(), rng);
+      const size_t n_eval = std::max<size_t>(1, static_cast<size_t>(std::llround(o->eval_split * data->size())));
+      PEFT_CHECK(n_eval < data->size(), o->data, ": ", data->size(), " documents are too few for --eval-split ",
+                 o->eval_split);
+      std::vector<size_t> ev(order.begin(), order.begin() + n_eval), tr(order.begin() + n_eval, order.end());
+      std::sort(ev.begin(), ev.end());
+      std::sort(tr.begin(), tr.end());
+      eval_docs = std::make_shared<TokenDataset>(data->subset(ev));
+      data = std::make_shared<TokenDataset>(data->subset(tr));
+    }
+    const std::string fmt = data_format_of(o->data, o->data_format);
+    const std::string layout = o->packing ? "pack" : (fmt == "txt" ? "concat" : "pad");
+    const int64_t pad_id = std::max<int64_t>(0, mcfg.pad_token_id);
+    SequenceSet train_set(data, layout, o->max_length, pad_id);
+    std::unique_ptr<SequenceSet> eval_set;
+    if (eval_docs) {
+      const std::string efmt = o->eval_data.empty() ? fmt : data_format_of(o->eval_data, o->data_format);
+      eval_set = std::make_unique<SequenceSet>(eval_docs, o->packing ? "pack" : (efmt == "txt" ? "concat" : "pad"),
+                                               o->max_length, pad_id);
+    }
+    std::cerr << o->data << ": " << data->size() << " documents, " << data->tokens() << " tokens"
+              << (data->from_cache() ? " (token cache)" : "") << " -> " << train_set.size() << " sequences of <= "
+              << o->max_length << " tokens (" << layout << ")\n";
     AdapterConfig from_file;
     if (!o->adapter_config.empty()) {
       from_file = AdapterConfig::from_json(read_json_file(o->adapter_config), o->adapter_config);
@@ -104,11 +244,12 @@ Runner add_train(CLI::App & app) {
 
     // ---- the work ----
     apply_common_options(o->common);
-    o->train.shuffle = !o->no_shuffle;
-    at::manual_seed(o->train.seed);
+    at::manual_seed(t.seed);
     auto base = load_model(o->model);
     std::shared_ptr<PeftModel> m;
-    if (!o->adapter_init.empty()) {
+    if (!o->resume.empty()) {
+      m = PeftModel::from_pretrained(base, o->resume, "default", /*is_trainable=*/true);
+    } else if (!o->adapter_init.empty()) {
       m = PeftModel::from_pretrained(base, o->adapter_init, "default", /*is_trainable=*/true);
     } else if (!o->adapter_config.empty()) {
       m = std::make_shared<PeftModel>(base, from_file);
@@ -121,29 +262,45 @@ Runner add_train(CLI::App & app) {
       if (o->target_modules == "all-linear") {
         j["target_modules"] = "all-linear";
       } else if (!o->target_modules.empty()) {
-        std::vector<std::string> t;
+        std::vector<std::string> tm;
         std::stringstream ss(o->target_modules);
         for (std::string item; std::getline(ss, item, ',');) {
-          if (!item.empty()) t.push_back(item);
+          if (!item.empty()) tm.push_back(item);
         }
-        j["target_modules"] = t;
+        j["target_modules"] = tm;
       }
       m = std::make_shared<PeftModel>(base, AdapterConfig::from_json(j, "command line"));
     }
     std::cerr << m->trainable_summary() << "\n";
     m->train();
-    Trainer trainer(make_logits_fn(*m, o->compile), m->trainable_parameters(), o->train);
-    std::ofstream log(o->log_file, std::ios::trunc);
-    PEFT_CHECK(log.good(), "cannot write the log file '", o->log_file, "'");
+    std::unique_ptr<TrainLog> log;
+    std::unique_ptr<ProgressReport> progress;
+    TrainCallbacks cb;
+    cb.set_training = [m](bool on) { m->train(on); };
+    cb.save_model = [m, o](FolderWriter & w) { m->save_pretrained(w, {}, o->allow_nonfinite); };
+    cb.on_step_end = [&](const StepLog & s) {
+      log->step(s);
+      progress->step(s);
+    };
+    cb.on_evaluate = [&](const EvalLog & e) {
+      log->eval(e);
+      progress->eval(e);
+    };
+    cb.on_save = [&](const std::string & dir, int64_t) { progress->saved(dir); };
+    Trainer trainer(make_logits_fn(*m, o->compile), m->trainable_parameters(), t, cb);
+    if (!o->resume.empty()) {
+      trainer.resume(o->resume, train_set);
+      std::cerr << "resumed from " << o->resume << " at step " << trainer.global_step() << "\n";
+    }
+    log = std::make_unique<TrainLog>(o->log_file, o->resume.empty() ? -1 : trainer.global_step());
+    progress = std::make_unique<ProgressReport>(trainer.total_steps(train_set), trainer.global_step(), std::cerr,
+                                                stderr_is_terminal() && !o->no_progress);
     // (a non-finite loss or gradient norm stops the run before its step is logged: every value is a number)
     try {
-      trainer.fit(rows, [&](const StepLog & s) {
-        nlohmann::json line = {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm}};
-        log << line.dump() << "\n";
-        log.flush();
-        std::cerr << "step " << s.step << " loss " << s.loss << "\n";
-      });
+      trainer.train(train_set, eval_set.get());
+      progress->finish();
     } catch (const NonFiniteError & e) {
+      progress->finish();
       // the update of the failing step was not applied: keep the last good adapter
       m->train(false);
       if (e.step > 1) {
@@ -155,6 +312,14 @@ Runner add_train(CLI::App & app) {
     m->train(false);
     m->save_pretrained(o->out, {}, o->allow_nonfinite);
     std::cerr << "saved adapter to " << o->out << "\n";
+    if (!o->no_plot) {
+      try {
+        plot_train_log(o->log_file, o->plot);
+        std::cerr << "wrote the loss plot " << o->plot << "\n";
+      } catch (const Error & e) {
+        std::cerr << "note: no loss plot: " << e.what() << "\n";
+      }
+    }
     return 0;
   };
 }

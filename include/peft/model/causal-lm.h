@@ -29,6 +29,8 @@ struct ForwardInput {
   at::Tensor attention_mask;  // (B, L) 1 = real token, 0 = padding/empty slot; undefined = all ones
   at::Tensor position_ids;    // (B, S) int64; undefined = derived from attention_mask and cache_position
   at::Tensor cache_position;  // (S) int64 slots written in the cache; undefined = 0..S-1
+  at::Tensor segment_ids;     // (B, S) int64 packed documents: a token attends only to its own segment
+                              // (no KV cache); undefined = one segment per row
   KVCache * cache = nullptr;
   // Mixed-adapter batches (read by PeftModel and its adapter layers; architectures never look):
   std::vector<std::string> adapter_names;  // one adapter per row, "__base__" = none; empty = off

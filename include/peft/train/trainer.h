@@ -1,9 +1,8 @@
-// Training adapters with a custom loop: the causal-LM loss, AdamW over the trainable tensors, an
-// optional learning-rate schedule and gradient clipping. The forward is a function, so the same loop
-// trains the eager model and the compiled one.
-// B = batch, S = sequence, V = vocab.
+// Training adapters: the causal-LM loss, AdamW or SGD over the trainable tensors, learning-rate
+// schedules with warm-up, gradient clipping and accumulation, evaluation, checkpoints that resume
+// exactly, and callbacks. The forward is a function, so the same loop trains the eager model and the
+// compiled one. B = batch, S = sequence, V = vocab.
 #pragma once
-#include "peft/error.h"
 #include <ATen/ATen.h>
 
 #include <functional>
@@ -11,28 +10,43 @@
 #include <string>
 #include <vector>
 
+#include "peft/data/batches.h"
+#include "peft/error.h"
 #include "peft/model/causal-lm.h"
 
 namespace peft {
+
+class FolderWriter;
 
 /// Mean token cross-entropy of logits[:, :-1] (B, S, V) against ids[:, 1:]; positions whose target is
 /// padding (attention_mask 0) are ignored when a mask is given.
 at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, const at::Tensor & attention_mask = {});
 
+/// Summed token cross-entropy of logits[:, :-1] against labels[:, 1:] (-100 = ignored), float32.
+at::Tensor causal_lm_loss_sum(const at::Tensor & logits, const at::Tensor & labels);
+
 struct TrainOptions {
-  int64_t batch_size = 8;
-  int64_t steps = 100;
+  int64_t batch_size = 8;                   // sequences per micro-batch
+  int64_t gradient_accumulation_steps = 1;  // micro-batches per optimizer step
+  int64_t steps = 100;                      // optimizer steps; 0 = from `epochs` (train())
+  double epochs = 0;
+  std::string optimizer = "adamw";  // adamw | sgd
   double lr = 1e-3;
   double weight_decay = 1e-2;  // LibTorch's AdamW default
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double momentum = 0;                    // sgd
   std::string lr_scheduler = "constant";  // constant | linear | cosine
   int64_t warmup_steps = 0;
   double max_grad_norm = 0;  // 0 = no clipping
   bool shuffle = true;
   uint64_t seed = 42;
+  int64_t eval_steps = 0;      // evaluate every N steps (0: only at the end); needs eval data
+  bool eval_on_start = false;  // also before the first step (logged as step 0)
+  int64_t save_steps = 0;      // write a checkpoint every N steps (0: none)
+  int64_t save_total_limit = 0;  // keep only the newest K checkpoints (0: all)
+  std::string checkpoint_dir;    // where checkpoint-<step>/ folders go
 };
 
-/// One line of the training log.
 /// Training stopped because a step's loss or gradient norm was NaN or Inf. That step's update was not
 /// applied: the parameters are those after step `step - 1`, the last good state.
 class NonFiniteError : public Error {
@@ -41,28 +55,70 @@ class NonFiniteError : public Error {
   int64_t step;
 };
 
+/// One optimizer step.
 struct StepLog {
-  int64_t step;  // 1-based
-  double loss;   // computed in this step, before its update
-  double lr;
-  double grad_norm;
+  int64_t step = 0;  // 1-based
+  double loss = 0;   // computed in this step, before its update (mean over the step's counted tokens)
+  double lr = 0;
+  double grad_norm = 0;
+  double epoch = 0;   // epochs completed after this step (fractional)
+  int64_t tokens = 0;  // real tokens processed
+  double seconds = 0;
+  double tokens_per_second() const { return seconds > 0 ? tokens / seconds : 0; }
 };
 
-/// AdamW training of `params` on rows of token ids (equal length; shorter rows are right-padded and
-/// masked). `on_step` is called after every optimizer step.
+/// One evaluation: mean token loss over the evaluation set and its exponential.
+struct EvalLog {
+  int64_t step = 0;
+  double loss = 0;
+  double perplexity = 0;
+  int64_t tokens = 0;
+};
+
+struct TrainCallbacks {
+  std::function<void(bool training)> set_training;          // around evaluations (dropout off)
+  std::function<void(FolderWriter & folder)> save_model;     // the model's files in a checkpoint (an adapter)
+  std::function<at::Tensor()> extra_loss;                    // added to the loss (AdaLoRA's orthogonal term)
+  std::function<void(int64_t step)> after_update;            // after the update, gradients still set (AdaLoRA)
+  std::function<void(const StepLog &)> on_step_end;
+  std::function<void(const EvalLog &)> on_evaluate;
+  std::function<void(const std::string & dir, int64_t step)> on_save;
+};
+
 class Trainer {
  public:
-  Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts);
+  Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks = {});
   ~Trainer();
-  /// One optimizer step on `ids` (B, S) with optional mask; returns the step's log line.
+  /// One optimizer step on `ids` (B, S) with optional mask (loss on every non-padding token).
   StepLog step(const at::Tensor & ids, const at::Tensor & attention_mask = {});
-  /// Run opts.steps steps over `rows`, batching (and shuffling) as configured.
-  std::vector<StepLog> fit(const std::vector<std::vector<int64_t>> & rows, const std::function<void(const StepLog &)> & on_step = {});
+  /// One optimizer step over micro-batches (gradient accumulation): the loss is the mean over all
+  /// their counted tokens, as if they were one batch.
+  StepLog step(const std::vector<Batch> & micro_batches);
+  /// Mean token loss over `data` (no gradients, training mode off through the callback).
+  EvalLog evaluate(const SequenceSet & data);
+  /// Train to the configured number of steps (or epochs) from the current step: evaluations,
+  /// checkpoints and callbacks as configured. Call resume() first to continue from a checkpoint.
+  void train(const SequenceSet & data, const SequenceSet * eval = nullptr);
+
+  /// Optimizer steps of the whole run on `data` (opts.steps, or from opts.epochs).
+  int64_t total_steps(const SequenceSet & data) const;
+  int64_t global_step() const;
   double lr_at(int64_t step) const;  // 1-based step
+  const TrainOptions & options() const;
+
+  /// Write DIR/checkpoint-<step>/ whole: the model's files (callback save_model), optimizer state,
+  /// RNG state and the run's position (trainer_state.json); then drop checkpoints beyond the limit.
+  std::string save_checkpoint(const SequenceSet & data);
+  /// Continue from a checkpoint folder written by save_checkpoint for the same run (options and data
+  /// are checked against it). The model's weights are the caller's to load (it is a PEFT adapter folder).
+  void resume(const std::string & checkpoint, const SequenceSet & data);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+/// DIR's newest complete checkpoint-<step> folder ("" if none).
+std::string latest_checkpoint(const std::string & dir);
 
 }  // namespace peft
