@@ -76,9 +76,15 @@ void link_missing(const std::string & from, const std::string & to) {
 
 // Testing hook: PEFT_CRASH_AT=<point> kills the process with SIGKILL at that point of a folder write, so
 // tests can check what a reader finds after a crash there (see tests/unit/test-crash-consistency.cpp).
+// "<point>:N" kills the N-th time the point is reached (e.g. the third checkpoint of a run).
 void crash_point(const char * point) {
   static const char * env = std::getenv("PEFT_CRASH_AT");
-  if (env && std::strcmp(env, point) == 0) ::raise(SIGKILL);
+  if (env == nullptr) return;
+  static int seen = 0;
+  const char * colon = std::strchr(env, ':');
+  const size_t n = colon ? static_cast<size_t>(colon - env) : std::strlen(env);
+  if (std::strlen(point) != n || std::strncmp(env, point, n) != 0) return;
+  if (++seen >= (colon ? std::atoi(colon + 1) : 1)) ::raise(SIGKILL);
 }
 
 }  // namespace
