@@ -45,6 +45,10 @@ class PeftModel {
   std::vector<std::string> adapter_names() const;
   void delete_adapter(const std::string & name);
   const AdapterConfig & adapter_config(const std::string & name) const;
+  /// Change one field of adapter `name`'s config (AdapterConfig::set_field: parsed again). The layers are
+  /// not rebuilt: for fields that record what training decided (AdaLoRA's rank_pattern), which
+  /// save_pretrained then writes.
+  void set_config_field(const std::string & name, const std::string & key, const nlohmann::json & value);
 
   /// RAII scope in which every adapter layer runs its base layer (PEFT's `with disable_adapter()`).
   class DisableGuard {
