@@ -94,7 +94,8 @@ class PeftModel {
   /// files already there are kept). Refuses non-finite tensors, naming them, unless `allow_nonfinite`.
   void save_pretrained(const std::string & dir, const std::vector<std::string> & selected = {},
                        bool allow_nonfinite = false) const;
-  /// The tensors save_pretrained writes for `adapter`, under PEFT's checkpoint keys.
+  /// The tensors of `adapter` under PEFT's checkpoint keys: what save_pretrained writes, after the
+  /// method's to_file (AdaLoRA's file keeps only the rows its rank_pattern keeps).
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string & adapter) const;
 
   // ---- running and training ----

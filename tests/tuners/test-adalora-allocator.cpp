@@ -29,7 +29,7 @@ const char * kCase = "adalora_allocator";
 // an entry of ~0.05).
 constexpr double kLossAtol = 1e-5, kLossRtol = 1e-5;
 constexpr double kEAtol = 1e-5, kERtol = 1e-3;
-// Scores are products of EMAs of |p * grad| (~1e-9..1e-4): compared relatively. The masks must agree
+// Scores are products of EMAs of |p * grad| (2e-9..6e-6 here): compared relatively. The masks must agree
 // exactly; case.json's threshold_margins (>= 0.86% relative) say how far apart the scores around each
 // threshold are, thousands of times what rounding moves them.
 constexpr double kScoreRtol = 1e-3;

@@ -66,7 +66,8 @@ class PeftModel;
 ///   loss.backward(); optimizer.step(); alloc.update_and_allocate(step); optimizer.zero_grad();
 class AdaLoraAllocator {
  public:
-  /// `adapter` must be an AdaLoRA adapter of `model` that trains (not inference_mode).
+  /// `adapter` must be an AdaLoRA adapter of `model` that trains (not inference_mode). The model must
+  /// outlive the allocator and keep the adapter.
   explicit AdaLoraAllocator(PeftModel & model, const std::string & adapter = "default");
 
   /// orth_reg_weight * mean over every A and B of ||A A^T - I||_F, ||B^T B - I||_F (differentiable):
@@ -90,8 +91,8 @@ class AdaLoraAllocator {
  private:
   struct Module {
     std::string path;
-    at::Tensor A, E, B;                      // the parameters
-    at::Tensor ipt[3], unc[3];               // EMAs of sensitivity and uncertainty of A, E, B
+    at::Tensor A, E, B;         // the parameters
+    at::Tensor ipt[3], unc[3];  // EMAs of sensitivity and uncertainty of A, E, B
   };
   void update_ipt();
   void mask_to_budget(int64_t budget);
