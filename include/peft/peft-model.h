@@ -47,6 +47,10 @@ class PeftModel {
   std::vector<std::string> adapter_names() const;
   void delete_adapter(const std::string & name);
   const AdapterConfig & adapter_config(const std::string & name) const;
+  /// Change one field of adapter `name`'s config (AdapterConfig::set_field: parsed again). The layers are
+  /// not rebuilt: for fields that record what training decided (AdaLoRA's rank_pattern), which
+  /// save_pretrained then writes.
+  void set_config_field(const std::string & name, const std::string & key, const nlohmann::json & value);
 
   /// RAII scope in which every adapter layer runs its base layer (PEFT's `with disable_adapter()`).
   class DisableGuard {
@@ -95,7 +99,8 @@ class PeftModel {
   /// The same files into a folder being written (a checkpoint); the caller commits it.
   void save_pretrained(FolderWriter & folder, const std::vector<std::string> & selected = {},
                        bool allow_nonfinite = false) const;
-  /// The tensors save_pretrained writes for `adapter`, under PEFT's checkpoint keys.
+  /// The tensors of `adapter` under PEFT's checkpoint keys: what save_pretrained writes, after the
+  /// method's to_file (AdaLoRA's file keeps only the rows its rank_pattern keeps).
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string & adapter) const;
 
   // ---- running and training ----

@@ -135,11 +135,36 @@ std::shared_ptr<TunerLayer> adalora_inject(const AdapterConfig & cfg, const std:
   return layer;
 }
 
+// save_pretrained keeps only the rows rank_pattern keeps (upstream's resize_state_dict_by_rank_pattern);
+// a tensor that already has the kept rank (an adapter loaded truncated) is written as it is
+void adalora_to_file(const AdapterConfig & cfg, std::map<std::string, at::Tensor> & tensors) {
+  const auto & rp = cfg.field("rank_pattern");
+  if (!rp.is_object()) return;
+  for (auto it = rp.begin(); it != rp.end(); ++it) {
+    const std::string module = it.key().substr(0, it.key().rfind('.'));  // "<module>.lora_E" -> "<module>"
+    std::vector<int64_t> kept;
+    for (size_t i = 0; i < it.value().size(); ++i) {
+      if (it.value()[i].get<bool>()) kept.push_back(static_cast<int64_t>(i));
+    }
+    const int64_t full = static_cast<int64_t>(it.value().size()), rank = static_cast<int64_t>(kept.size());
+    for (const char * w : {"lora_A", "lora_E", "lora_B"}) {
+      auto t = tensors.find("base_model.model." + module + "." + w);
+      PEFT_CHECK(t != tensors.end(), "rank_pattern['", it.key(), "'] names no module of this adapter");
+      const int64_t dim = std::string(w) == "lora_B" ? 1 : 0, rows = t->second.size(dim);
+      if (rows == rank) continue;
+      PEFT_CHECK(rows == full, "rank_pattern['", it.key(), "'] has ", full, " entries, ", t->first, " has rank ", rows);
+      t->second = t->second.index_select(dim, at::tensor(kept, at::kLong));
+    }
+  }
+}
+
 }  // namespace
 
 TunerMethod adalora_method() {
-  return TunerMethod{{"ADALORA", "lora_", &adalora_defaults, &adalora_parse}, &adalora_supports, &adalora_inject,
-                     &DefaultTargets::adalora};
+  TunerMethod m{{"ADALORA", "lora_", &adalora_defaults, &adalora_parse}, &adalora_supports, &adalora_inject,
+                &DefaultTargets::adalora};
+  m.to_file = &adalora_to_file;
+  return m;
 }
 
 }  // namespace peft

@@ -141,6 +141,8 @@ void PeftModel::save_pretrained(FolderWriter & w, const std::vector<std::string>
   std::vector<std::pair<std::string, std::map<std::string, at::Tensor>>> tensors;
   for (const auto & n : names) {
     tensors.emplace_back(n, adapter_state_dict(n));
+    const AdapterConfig & cfg = adapter_config(n);
+    if (auto to_file = tuner_method(cfg.peft_type).to_file) to_file(cfg, tensors.back().second);
     if (allow_nonfinite) continue;
     for (const auto & kv : tensors.back().second) {
       PEFT_CHECK(at::isfinite(kv.second).all().item<bool>(), "adapter '", n, "': tensor '", kv.first,

@@ -68,6 +68,12 @@ const AdapterConfig & PeftModel::adapter_config(const std::string & name) const 
   return it->second;
 }
 
+void PeftModel::set_config_field(const std::string & name, const std::string & key, const nlohmann::json & value) {
+  auto it = configs_.find(name);
+  PEFT_CHECK(it != configs_.end(), "no adapter named '", name, "'");
+  it->second.set_field(key, value, str("adapter '", name, "' config"));
+}
+
 void PeftModel::delete_adapter(const std::string & name) {
   PEFT_CHECK(configs_.count(name), "no adapter named '", name, "'");
   for (auto & l : layers_) {

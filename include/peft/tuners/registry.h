@@ -5,6 +5,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ struct TunerMethod {
   /// Create the model-level tensors shared by the adapter's layers (cfg.shared) from the plain layers
   /// it will adapt; may be null.
   void (*shared)(AdapterConfig & cfg, const std::vector<LayerPtr> & targets) = nullptr;
+  /// Turn the adapter's tensors (checkpoint keys) into what its file stores, before save_pretrained
+  /// writes them (AdaLoRA drops the rows its rank_pattern masks); may be null.
+  void (*to_file)(const AdapterConfig & cfg, std::map<std::string, at::Tensor> & tensors) = nullptr;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

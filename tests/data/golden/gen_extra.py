@@ -24,6 +24,12 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   lora_layer_filter     tiny-llama, LoRA with target_modules=["model.layers.0.self_attn.k_proj", "q_proj", "v_proj"]
                         and layers_to_transform=[1]
   config_checks         case.json only: which configurations upstream accepts, with its error messages
+  adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
+                        through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
+                        fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
+
+--check-adalora-folder DIR loads an adapter folder that peft.cpp saved after the adalora_allocator run with upstream
+and prints its rank_pattern and how far its logits are from upstream's run (nothing is written).
 
 --only writes just the named cases; every case seeds itself, so its files are the same as in a full run.
 Everything is seeded and single-threaded (and the script re-runs itself with PYTHONHASHSEED=0), so two runs write
@@ -57,6 +63,18 @@ def setup(oracle):
     tinyref.OPTForCausalLM.get_input_embeddings = lambda self: self.model.decoder.embed_tokens
     tinyref.LlamaForCausalLM._tied_weights_keys = ["lm_head.weight"]
     tinyref.OPTForCausalLM._tied_weights_keys = ["lm_head.weight"]
+    # The oracle's minimal safetensors reader cannot make an empty tensor (torch.frombuffer refuses a 0-byte buffer);
+    # real safetensors can, and AdaLoRA saves one for a module whose rank the allocator cut to 0.
+    import safetensors.torch as st
+    get_tensor = st._Reader.get_tensor
+
+    def get_tensor_or_empty(self, k):
+        e = self.h[k]
+        if e["data_offsets"][0] == e["data_offsets"][1]:
+            return torch.zeros(e["shape"], dtype=st._RDT[e["dtype"]])
+        return get_tensor(self, k)
+
+    st._Reader.get_tensor = get_tensor_or_empty
     return torch, peft, tinyref
 
 
@@ -70,6 +88,9 @@ def main():
     ap.add_argument("--golden", default=HERE, help="golden folder holding models/ and cases/ (default: this folder)")
     ap.add_argument("--only", default="", metavar="CASE[,CASE]",
                     help="write only these cases (each case seeds itself, so its files are the same as in a full run)")
+    ap.add_argument("--check-adalora-folder", default="", metavar="DIR",
+                    help="instead of writing cases: load DIR (an adapter folder peft.cpp saved after the "
+                         "adalora_allocator run) with upstream and print its rank_pattern and logits difference")
     a = ap.parse_args()
     torch, peft, tinyref = setup(a.oracle)
     from peft import LoHaConfig, LoraConfig, OFTConfig, PeftModel, VeraConfig, get_peft_model
@@ -708,6 +729,207 @@ def main():
             f.write("\n")
         return {name: sorted(checks)}
 
+    # ---------------------------------------------------------------------------------------------------------------
+    # J. AdaLoRA's rank allocator: a training run through every phase (warmup, budget schedule, final mask, final
+    # fine-tuning) in upstream's documented loop order
+    class CausalLMOutput:
+        """The two fields PEFT reads of transformers' CausalLMOutputWithPast (AdaLoraModel.forward adds the
+        orthogonal regularisation to .loss)."""
+
+        def __init__(self, loss, logits):
+            self.loss, self.logits = loss, logits
+
+    def causal_lm_loss(logits, ids):
+        """transformers' ForCausalLMLoss without padding: mean cross-entropy of logits[:, :-1] against ids[:, 1:]."""
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                 ids[:, 1:].reshape(-1))
+
+    def with_hf_loss(model):
+        """tinyref's forward returns logits; with labels, return an output with .loss as a transformers model does."""
+        plain = model.forward
+
+        def forward(input_ids, attention_mask=None, labels=None, **kwargs):
+            logits = plain(input_ids)
+            return logits if labels is None else CausalLMOutput(causal_lm_loss(logits, labels), logits)
+
+        model.forward = forward
+        return model
+
+    def adalora_allocator_config(steps, task_type="CAUSAL_LM"):
+        # task_type matters: PeftModelForCausalLM.forward calls AdaLoraModel.forward, which adds the orthogonal
+        # regularisation to out.loss; a plain PeftModel (task_type None) calls the base model directly and skips it
+        from peft import AdaLoraConfig
+        return AdaLoraConfig(init_r=6, target_r=2, tinit=2, tfinal=3, deltaT=2, total_step=steps, beta1=0.85,
+                             beta2=0.85, orth_reg_weight=0.5, lora_alpha=8, lora_dropout=0.0,
+                             target_modules=["v_proj", "o_proj", "up_proj"], task_type=task_type)
+
+    def regularised_without_task_type(seed, ids):
+        """Does out.loss hold the orthogonal regularisation when the config has no task_type?"""
+        torch.manual_seed(seed)
+        pm = get_peft_model(with_hf_loss(tinyref.load_hf(os.path.join(models, "tiny-llama"))),
+                            adalora_allocator_config(14, task_type=None))
+        out = pm(input_ids=ids, labels=ids)
+        return abs(out.loss.item() - causal_lm_loss(out.logits, ids).item()) > 1e-3
+
+    def case_adalora_allocator(seed=600, steps=14):
+        name = "adalora_allocator"
+        # transformers' deepspeed_config() is None without DeepSpeed; the import stub answers an object, which would
+        # send RankAllocator.update_ipt to deepspeed's gradient gather
+        import peft.tuners.adalora.layer as adalora_layer
+        adalora_layer.deepspeed_config = lambda: None
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = with_hf_loss(tinyref.load_hf(os.path.join(models, "tiny-llama")))
+        cfg = adalora_allocator_config(steps)
+        pm = get_peft_model(base, cfg)  # PEFT's default init: E = 0, A and B ~ N(0, 0.02)
+        model = pm.base_model  # AdaLoraModel
+        ra = model.rankallocator
+        layer_names = [n[: -len(".lora_A.default")] for n, _ in model.model.named_parameters()
+                       if n.endswith(".lora_A.default")]  # module order = the order upstream scores them in
+        e_params = {ln: model.model.get_parameter(f"{ln}.lora_E.default") for ln in layer_names}
+        pm.save_pretrained(os.path.join(folder, "adapter_init"))
+        trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+
+        # what mask_to_budget computes: the triplet score of each layer (captured from _combine_ipt, called in
+        # layer_names order) and the budget it was asked for
+        captured = {"scores": [], "budget": None}
+        combine, mask_to_budget = ra._combine_ipt, ra.mask_to_budget
+
+        def combine_capture(ipt_E, ipt_AB):
+            s = combine(ipt_E, ipt_AB)
+            captured["scores"].append(s.detach().clone())
+            return s
+
+        def mask_capture(m, budget):
+            captured["scores"], captured["budget"] = [], budget
+            return mask_to_budget(m, budget)
+
+        ra._combine_ipt, ra.mask_to_budget = combine_capture, mask_capture
+
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.999),
+                                eps=1e-8, weight_decay=0.01)
+        T = cfg.total_step - cfg.tfinal
+        losses, task_losses, budgets, actions = [], [], [], []
+        e_after = {ln: [] for ln in layer_names}
+        mask_steps, scores, thresholds, margins = [], {ln: [] for ln in layer_names}, [], []
+        pm.train()
+        for step in range(steps):
+            out = pm(input_ids=ids, labels=ids)  # loss = cross-entropy + orth_reg_weight * regularisation
+            loss = out.loss
+            losses.append(loss.item())
+            task_losses.append(causal_lm_loss(out.logits, ids).item())
+            loss.backward()
+            opt.step()
+            budget, mask_ind = ra.budget_schedule(step)
+            captured["budget"] = None
+            model.update_and_allocate(step)
+            opt.zero_grad()
+            action = ("fixed" if step > T else "final" if step == T else "mask" if mask_ind else
+                      "warmup" if step <= cfg.tinit else "update")
+            actions.append(action)
+            budgets.append(budget if step <= T else ra.target_bgt)
+            assert (captured["budget"] is not None) == (action in ("mask", "final")), (step, action)
+            if captured["budget"] is not None:
+                assert captured["budget"] == budgets[-1], (step, captured["budget"], budgets[-1])
+                all_scores = torch.cat(captured["scores"])
+                k = ra.init_bgt - captured["budget"]
+                thr = torch.kthvalue(all_scores, k=k)[0].item()  # the threshold mask_to_budget used
+                srt = all_scores.sort().values
+                mask_steps.append(step)
+                thresholds.append(thr)
+                # how far the k-th and (k+1)-th smallest scores are apart, relative: a float difference smaller
+                # than this cannot change which entries are masked
+                margins.append(((srt[k] - srt[k - 1]) / srt[k]).item())
+                for ln, s in zip(layer_names, captured["scores"]):
+                    scores[ln].append(s.view(-1))
+            for ln in layer_names:
+                e_after[ln].append(e_params[ln].detach().view(-1).clone())
+        ra._combine_ipt, ra.mask_to_budget = combine, mask_to_budget
+
+        rank_pattern_in_memory = {k: list(v) for k, v in cfg.rank_pattern.items()}
+        pm.eval()
+        exp = {"losses": torch.tensor(losses, dtype=torch.float64),
+               "task_losses": torch.tensor(task_losses, dtype=torch.float64),
+               "budgets": torch.tensor(budgets, dtype=torch.int64),
+               "mask_steps": torch.tensor(mask_steps, dtype=torch.int64),
+               "thresholds": torch.tensor(thresholds, dtype=torch.float32),
+               "logits_final": logits_of(pm, ids)}
+        for ln in layer_names:
+            exp[f"E.{ln}"] = torch.stack(e_after[ln])
+            exp[f"score.{ln}"] = torch.stack(scores[ln])
+        final_dir = os.path.join(folder, "adapter_final")
+        pm.save_pretrained(final_dir)  # E, A, B keep only the rows rank_pattern keeps
+        saved_cfg = json.load(open(os.path.join(final_dir, "adapter_config.json")))
+        saved_shapes = {k: list(v.shape) for k, v in load_file(os.path.join(final_dir,
+                                                                            "adapter_model.safetensors")).items()}
+        # upstream loads its own folder with the truncated ranks and computes the same logits
+        torch.manual_seed(seed + 50)
+        back = peft.PeftModel.from_pretrained(with_hf_loss(tinyref.load_hf(os.path.join(models, "tiny-llama"))),
+                                              final_dir)
+        back.eval()
+        exp["logits_reloaded"] = logits_of(back, ids)
+        reload_diff = max_abs_diff(exp["logits_reloaded"], exp["logits_final"])
+        assert reload_diff < 1e-5, reload_diff
+        kept = {k: int(sum(v)) for k, v in saved_cfg["rank_pattern"].items()}
+        case = {
+            "model": "models/tiny-llama",
+            "adapter_init": "adapter_init",
+            "adapter_final": "adapter_final",
+            "config": {"init_r": cfg.init_r, "target_r": cfg.target_r, "tinit": cfg.tinit, "tfinal": cfg.tfinal,
+                       "deltaT": cfg.deltaT, "total_step": cfg.total_step, "beta1": cfg.beta1, "beta2": cfg.beta2,
+                       "orth_reg_weight": cfg.orth_reg_weight, "lora_alpha": cfg.lora_alpha,
+                       "target_modules": sorted(cfg.target_modules)},
+            "optimizer": {"type": "adamw", "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
+            "steps": steps,
+            "loop": "for step in range(steps): out = model(input_ids=ids, labels=ids); out.loss.backward(); "
+                    "optimizer.step(); model.base_model.update_and_allocate(step); optimizer.zero_grad()",
+            "trainable_parameters": trainable,
+            "layers": layer_names,
+            "initial_budget": ra.init_bgt,
+            "target_budget": ra.target_bgt,
+            "actions": actions,
+            "threshold_margins": margins,
+            "rank_pattern_in_memory": rank_pattern_in_memory,
+            "rank_pattern_saved": saved_cfg["rank_pattern"],
+            "kept_ranks": kept,
+            "saved_shapes": saved_shapes,
+            "reloaded_logits_max_abs_diff": reload_diff,
+            "task_type_none_adds_regularisation": regularised_without_task_type(seed, ids),
+            "what": "AdaLoRA training from adapter_init/ with `loop` on the whole batch in input_ids.json, whole-batch "
+                    "AdamW, no schedule, no clipping. losses: out.loss of each step (cross-entropy plus orth_reg_weight "
+                    "times the mean Frobenius norm of A A^T - I and B^T B - I over every lora_A and lora_B), computed "
+                    "before that step's update; task_losses: the cross-entropy alone. budgets: the budget of each step "
+                    "(RankAllocator.budget_schedule; target_budget after the final mask). actions: what "
+                    "update_and_allocate(step) did: warmup (step <= tinit: sensitivity EMA only), update (EMA, no "
+                    "mask: step % deltaT != 0), mask (EMA, then the entries of E whose score <= threshold set to 0), "
+                    "final (step == total_step - tfinal: no EMA update, mask to target_budget, rank_pattern fixed, "
+                    "EMA reset), fixed (after it: E masked again by the fixed rank_pattern). E.<layer>: [steps, init_r] "
+                    "lora_E after that step's update_and_allocate. score.<layer>: [len(mask_steps), init_r] the triplet "
+                    "score (exp_avg_ipt * exp_avg_unc of E plus the row means over A and column means over B) at each "
+                    "step in mask_steps; thresholds: the kthvalue (k = initial_budget - budget) those steps masked at; "
+                    "threshold_margins: (s[k] - s[k-1]) / s[k] over the sorted scores. logits_final: eval logits after "
+                    "training; logits_reloaded: upstream's from_pretrained of adapter_final/ (truncated ranks). "
+                    "rank_pattern_in_memory: config.rank_pattern after the run (keys <module>.lora_E.default); "
+                    "save_pretrained strips the adapter name (rank_pattern_saved, also in adapter_final/) and keeps "
+                    "only the rows the pattern keeps",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    def check_adalora_folder(folder):
+        """Load a folder peft.cpp saved after the adalora_allocator run with upstream; compare its logits."""
+        ref = os.path.join(cases, "adalora_allocator")
+        ids = torch.tensor(json.load(open(os.path.join(ref, "input_ids.json"))))
+        want = load_file(os.path.join(ref, "expected.safetensors"))["logits_final"]
+        pm = peft.PeftModel.from_pretrained(tinyref.load_hf(os.path.join(models, "tiny-llama")), folder)
+        pm.eval()
+        got = logits_of(pm, ids)
+        shapes = {k: list(v.shape) for k, v in load_file(os.path.join(folder, "adapter_model.safetensors")).items()}
+        print(json.dumps({"rank_pattern": pm.peft_config["default"].rank_pattern, "shapes": shapes,
+                          "logits_max_abs_diff_vs_upstream_run": max_abs_diff(got, want)}, indent=1))
+
     def tied_llama_case(name, module, seed):
         def run():
             write_tied_llama()
@@ -725,7 +947,11 @@ def main():
         "vera_bias_opt": case_vera_bias_opt,
         "lora_layer_filter": case_lora_layer_filter,
         "config_checks": case_config_checks,
+        "adalora_allocator": case_adalora_allocator,
     }
+    if a.check_adalora_folder:
+        check_adalora_folder(os.path.abspath(a.check_adalora_folder))
+        return
     only = [c for c in a.only.split(",") if c]
     unknown = [c for c in only if c not in all_cases]
     if unknown:
