@@ -1,5 +1,6 @@
 // The Trainer's loop: gradient accumulation equals one large batch, SGD's update, evaluation, the
 // epoch sampler, the step count from epochs, callbacks and checkpoint rotation.
+#include <fstream>
 #include <set>
 
 #include "peft/io/files.h"
@@ -200,6 +201,38 @@ TEST(Trainer, ResumingChecksTheRun) {
   EXPECT_NE(e.find("differs from the checkpoint's in 'batch_size' (checkpoint: 2, now: 4)"), std::string::npos) << e;
   EXPECT_NE(error_of([&] { other.resume(dir + "/nothing", data); }).find("is not a complete checkpoint"),
             std::string::npos);
+}
+
+}  // namespace
+
+namespace {
+
+// `peft train` on an AdaLoRA adapter runs upstream's rank allocator: the 14-step golden run of
+// upstream PEFT (tests/data/golden/cases/adalora_allocator) step for step, eager and compiled, and the
+// saved adapter_config.json holds upstream's rank_pattern.
+TEST(TrainCli, AdaLoraRunsTheRankAllocatorAsUpstream) {
+  const std::string c = golden_case("adalora_allocator");
+  auto want = golden_expected("adalora_allocator");
+  const auto want_config = read_json_file(c + "/adapter_final/adapter_config.json");
+  for (const std::string extra : {"", " --compile"}) {
+    const std::string dir = temp_dir("adalora-cli");
+    std::string out;
+    ASSERT_EQ(run_cli("train --model " + golden_model("tiny-llama") + " --adapter-init " + c + "/adapter_init --data " + c +
+                          "/input_ids.json --batch-size 3 --steps 14 --lr 1e-2 --weight-decay 0.01 --no-shuffle --no-plot" +
+                          " --log-file " + dir + "/log.jsonl --out " + dir + "/adapter" + extra,
+                      &out),
+              0)
+        << out;
+    std::ifstream log(dir + "/log.jsonl");
+    int64_t s = 0;
+    for (std::string line; std::getline(log, line); ++s) {
+      const double got = nlohmann::json::parse(line)["loss"].get<double>(), w = want.at("losses")[s].item<double>();
+      EXPECT_NEAR(got, w, 1e-5 + 1e-5 * std::abs(w)) << "step " << s << extra;
+    }
+    EXPECT_EQ(s, 14);
+    const auto saved = read_json_file(dir + "/adapter/adapter_config.json");
+    EXPECT_EQ(saved["rank_pattern"], want_config["rank_pattern"]) << extra;
+  }
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "peft/train/plot.h"
 #include "peft/train/progress.h"
 #include "peft/train/trainer.h"
+#include "peft/tuners/adalora.h"
 
 namespace peft::cli {
 
@@ -287,7 +288,24 @@ Runner add_train(CLI::App & app) {
       progress->eval(e);
     };
     cb.on_save = [&](const std::string & dir, int64_t) { progress->saved(dir); };
+    // AdaLoRA trains with its rank allocator: the orthogonal term in the loss, the budget after each update
+    std::unique_ptr<AdaLoraAllocator> allocator;
+    const AdapterConfig & acfg = m->adapter_config("default");
+    if (acfg.peft_type == "ADALORA") {
+      PEFT_USAGE(t.save_steps == 0 && o->resume.empty(), "--save-steps / --resume-from-checkpoint: checkpoints of ",
+                 "AdaLoRA runs are not supported yet (the rank allocator's state is not saved)");
+      allocator = std::make_unique<AdaLoraAllocator>(*m, "default");
+      cb.extra_loss = [&] { return allocator->orthogonal_regularization(); };
+      cb.after_update = [&](int64_t step) { allocator->update_and_allocate(step - 1); };  // upstream counts from 0
+    }
     Trainer trainer(make_logits_fn(*m, o->compile), m->trainable_parameters(), t, cb);
+    if (allocator) {
+      const int64_t total_step = acfg.opts<AdaLoraOptions>().total_step, steps = trainer.total_steps(train_set);
+      if (total_step != steps) {
+        std::cerr << "note: the AdaLoRA config's total_step (" << total_step << ") differs from this run's " << steps
+                  << " steps: the rank budget follows total_step\n";
+      }
+    }
     if (!o->resume.empty()) {
       trainer.resume(o->resume, train_set);
       std::cerr << "resumed from " << o->resume << " at step " << trainer.global_step() << "\n";
