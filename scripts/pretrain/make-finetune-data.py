@@ -19,7 +19,6 @@ California, see /usr/share/doc/fortunes/copyright); the quotations in them belon
 import argparse
 import json
 import os
-import re
 
 FORTUNE_DIR = "/usr/share/games/fortunes"
 

@@ -19,11 +19,9 @@ same torch build and thread count: float sums can differ across BLAS builds).
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import re
 import struct
 import subprocess
@@ -201,7 +199,9 @@ class LlamaForCausalLM(nn.Module):
             if name.endswith("layernorm.weight") or name == "model.norm.weight":
                 continue
             with torch.no_grad():
-                s = std / math.sqrt(2 * self.c["num_hidden_layers"]) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                s = std
+                if name.endswith(("o_proj.weight", "down_proj.weight")):  # residual outputs, as GPT-2 scales them
+                    s = std / math.sqrt(2 * self.c["num_hidden_layers"])
                 p.copy_(torch.randn(p.shape, generator=gen) * s)
 
     def forward(self, ids):
@@ -468,7 +468,8 @@ def main():
     bpe.write_json(os.path.join(out, "generation_config.json"),
                    {"bos_token_id": bos, "eos_token_id": [eos, vocab[END]], "pad_token_id": pad,
                     "max_new_tokens": 64})
-    bpe.write_json(os.path.join(out, "tokenizer.json"), bpe.tokenizer_json(vocab, merges, SPECIAL_TOKENS, bos_token=BOS))
+    bpe.write_json(os.path.join(out, "tokenizer.json"),
+                   bpe.tokenizer_json(vocab, merges, SPECIAL_TOKENS, bos_token=BOS))
     bpe.write_json(os.path.join(out, "tokenizer_config.json"), {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": None,
@@ -502,8 +503,8 @@ def write_card(out, args, cfg, n_params, n_train_tokens, n_val_tokens, n_train_c
         v = getattr(args, k)
         if v != d:
             cmd += f" --{k.replace('_', '-')} {v}"
-    rows = "\n".join(f"| {h['step']} | {h['train_loss_ema']:.3f} | {h['val_loss']:.3f} | {math.exp(h['val_loss']):.1f} |"
-                     for h in history)
+    rows = "\n".join(f"| {h['step']} | {h['train_loss_ema']:.3f} | {h['val_loss']:.3f} | "
+                     f"{math.exp(h['val_loss']):.1f} |" for h in history)
     sample_lines = "\n".join(f"- `{p}` → {json.dumps(s)}" for p, s in samples.items())
     card = f"""# {name}
 
