@@ -1,6 +1,7 @@
 // Tokenizers against the JavaScript reference implementation (@lenml/tokenizers, fetched from npm by
-// the test fixture): byte-level BPE (Llama 3 with its split regex, GPT-2) and SentencePiece-style BPE
-// with byte fallback (Llama 2) must give the same ids on a multilingual sample and decode back.
+// the test fixture): byte-level BPE (Llama 3 with its split regex, GPT-2, the bundled kjv-llama) and
+// SentencePiece-style BPE with byte fallback (Llama 2) must give the same ids on a multilingual sample
+// and decode back.
 #include <sys/stat.h>
 
 #include "peft/error.h"
@@ -51,6 +52,48 @@ TEST(TokenizerReference, Llama2AddsBos) {
   ASSERT_FALSE(ids.empty());
   EXPECT_EQ(ids[0], tok->token_id("<s>"));
   EXPECT_EQ(tok->decode(ids), "Hi");
+}
+
+// The bundled pretrained model's tokenizer (models/kjv-llama: byte-level BPE written by scripts/pretrain/bpe.py,
+// special added tokens, a BOS post-processor) against the JavaScript reference reading the same folder, on the
+// multilingual sample and on KJV verses, fortunes and chat-formatted text; with and without the BOS.
+TEST(TokenizerReference, KjvLlamaMatchesJavaScript) {
+  const std::string model = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
+  const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizers";
+  if (!exists(pkg + "/package.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
+  auto tok = load_tokenizer_json(model + "/tokenizer.json");
+  for (const std::string sample : {sample_path(), std::string(PEFT_TEST_SOURCE) + "/tokenizer/kjv-texts.json"}) {
+    std::string out;
+    ASSERT_EQ(test::run_command("node " + std::string(PEFT_TEST_SOURCE) + "/tokenizer/encode-folder.js " + pkg + " " +
+                                model + " " + sample, &out), 0) << out;
+    auto want = nlohmann::json::parse(out);
+    auto texts = nlohmann::json::parse(read_file(sample));
+    ASSERT_EQ(want.size(), texts.size()) << sample;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const std::string text = texts[i].get<std::string>();
+      auto ids = tok->encode(text);
+      EXPECT_EQ(nlohmann::json(ids), want[i][0]) << sample << " text " << i << ": " << text;
+      EXPECT_EQ(nlohmann::json(tok->encode(text, /*add_special=*/true)), want[i][1]) << sample << " text " << i;
+      EXPECT_EQ(tok->decode(ids, /*skip_special=*/false), text) << "decode of " << sample << " text " << i;
+    }
+  }
+}
+
+TEST(Tokenizer, KjvLlamaSpecialTokens) {
+  const std::string model = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
+  auto tok = load_tokenizer_json(model + "/tokenizer.json");
+  EXPECT_EQ(tok->vocab_size(), 4096);
+  const char * specials[] = {"<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"};
+  for (int64_t i = 0; i < 7; ++i) EXPECT_EQ(tok->token_id(specials[i]), i) << specials[i];
+  auto ids = tok->encode("<|user|>\nAnd God said<|end|>\n", /*add_special=*/true);
+  ASSERT_GE(ids.size(), 4u);
+  EXPECT_EQ(ids[0], 1);  // <s>
+  EXPECT_EQ(ids[1], 4);  // <|user|>
+  EXPECT_EQ(tok->decode(ids), "\nAnd God said\n");  // special tokens skipped
+  auto cfg = nlohmann::json::parse(read_file(model + "/config.json"));
+  EXPECT_EQ(cfg["bos_token_id"].get<int64_t>(), 1);
+  EXPECT_EQ(cfg["eos_token_id"].dump(), "[2,6]");
+  EXPECT_EQ(cfg["vocab_size"].get<int64_t>(), 4096);
 }
 
 TEST(ByteTokenizer, RoundTripsPrintableAscii) {
