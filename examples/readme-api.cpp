@@ -4,7 +4,7 @@
 #include "peft/peft.h"
 
 int main(int argc, char ** argv) {
-  const std::string model_dir = argc > 1 ? argv[1] : "models/tiny-llama";
+  const std::string model_dir = argc > 1 ? argv[1] : "models/kjv-llama";
   auto base = peft::load_model(model_dir);
   auto cfg = peft::AdapterConfig::from_json(
       {{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"target_modules", {"q_proj", "v_proj"}}}, "config");

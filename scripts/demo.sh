@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# The main job on the bundled default: fine-tune a LoRA adapter on the bundled tiny Llama so that it
-# learns one sentence (compiled training), then generate with it, eager and compiled.
+# The main job on the bundled default: fine-tune a LoRA adapter on the bundled pretrained model
+# (models/kjv-llama: a 4M-parameter Llama pretrained on the King James Bible) so that it writes like
+# Debian's fortune cookies. Compiled training with a progress bar, evaluation before and after,
+# a checkpoint, the saved adapter and its loss plot; then samples without and with the adapter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/demo}
 mkdir -p "$out"
-./build/peft info --model models/tiny-llama
-./build/peft train --model models/tiny-llama --method lora --r 16 --lora-alpha 32 --target-modules all-linear \
-  --data models/demo-data.json --batch-size 4 --steps 300 --optimizer adamw --lr 1e-2 --seed 1 \
+# the fine-tuning data: fortune cookies (Debian's fortunes packages) as {"text": ...} JSONL records
+python3 scripts/pretrain/make-finetune-data.py --out "$out/data"
+./build/peft info --model models/kjv-llama
+./build/peft train --model models/kjv-llama --method lora --r 16 --lora-alpha 32 --target-modules all-linear \
+  --data "$out/data/train.jsonl" --eval-data "$out/data/eval.jsonl" --packing --max-length 256 \
+  --batch-size 8 --epochs 3 --lr 2e-3 --lr-scheduler cosine --warmup-steps 10 --seed 1 \
+  --eval-on-start --eval-steps 40 --save-steps 40 --save-total-limit 1 \
   --log-file "$out/train-log.jsonl" --out "$out/adapter" --compile
-echo "--- without the adapter:"
-./build/peft generate --model models/tiny-llama --prompt "Once upon" --max-new-tokens 60
-echo "--- with the adapter (eager):"
-./build/peft generate --model models/tiny-llama --adapter "$out/adapter" --prompt "Once upon" --max-new-tokens 60
-echo "--- with the adapter (compiled):"
-./build/peft generate --model models/tiny-llama --adapter "$out/adapter" --prompt "Once upon" --max-new-tokens 60 --compile
+prompts=(--prompt "A wise man" --prompt "The secret of life is" --prompt "Never")
+sample=(--max-new-tokens 40 --do-sample --temperature 0.8 --top-k 40 --seed 3)
+echo "--- without the adapter (KJV style):"
+./build/peft generate --model models/kjv-llama "${prompts[@]}" "${sample[@]}"
+echo "--- with the adapter, eager:"
+./build/peft generate --model models/kjv-llama --adapter "$out/adapter" "${prompts[@]}" "${sample[@]}"
+echo "--- with the adapter, compiled:"
+./build/peft generate --model models/kjv-llama --adapter "$out/adapter" "${prompts[@]}" "${sample[@]}" --compile
+echo "adapter: $out/adapter   log: $out/train-log.jsonl   loss plot: $out/train-log.png"

@@ -3,7 +3,7 @@
 // merge_and_unload/unload, modules_to_save, PEFT-compatible save/load.
 //
 // Example:
-//   auto base = peft::load_model("models/tiny-llama");
+//   auto base = peft::load_model("models/kjv-llama");
 //   auto cfg = peft::AdapterConfig::from_json({{"peft_type", "LORA"}, {"r", 8}, {"target_modules", {"q_proj", "v_proj"}}}, "config");
 //   peft::PeftModel model(base, cfg);          // adapter "default", active and trainable
 //   at::Tensor logits = model.forward({ids});

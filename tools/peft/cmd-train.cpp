@@ -2,6 +2,7 @@
 // steps, accumulation, AdamW or SGD, evaluation, checkpoints with exact resume, a JSONL log, a progress
 // bar and a loss plot.
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <numeric>
@@ -283,7 +284,9 @@ Runner add_train(CLI::App & app) {
       log->step(s);
       progress->step(s);
     };
+    std::vector<EvalLog> evals;
     cb.on_evaluate = [&](const EvalLog & e) {
+      evals.push_back(e);
       log->eval(e);
       progress->eval(e);
     };
@@ -330,6 +333,11 @@ Runner add_train(CLI::App & app) {
     m->train(false);
     m->save_pretrained(o->out, {}, o->allow_nonfinite);
     std::cerr << "saved adapter to " << o->out << "\n";
+    if (evals.size() >= 2) {
+      std::fprintf(stderr, "eval loss %.4f (perplexity %.2f) at step %lld -> %.4f (perplexity %.2f) at step %lld\n",
+                   evals.front().loss, evals.front().perplexity, static_cast<long long>(evals.front().step),
+                   evals.back().loss, evals.back().perplexity, static_cast<long long>(evals.back().step));
+    }
     if (!o->no_plot) {
       try {
         plot_train_log(o->log_file, o->plot);
