@@ -151,6 +151,15 @@ Renderer::Flow Renderer::exec(const Body & body, Scope & s, std::string & out) {
 
 Renderer::Flow Renderer::exec_stmt(const Stmt & st, Scope & s, std::string & out) {
   Depth depth(*this, st.at);
+  try {
+    return exec_node(st, s, out);
+  } catch (const TemplateError & err) {
+    if (err.at() != TemplateError::npos) throw;
+    throw TemplateError(err.message(), st.at);
+  }
+}
+
+Renderer::Flow Renderer::exec_node(const Stmt & st, Scope & s, std::string & out) {
   switch (st.kind) {
     case SK::Text: emit(out, st.text); return Flow::Normal;
     case SK::Output: emit(out, to_str(eval(*st.expr, s))); return Flow::Normal;

@@ -94,6 +94,7 @@ class Renderer {
 
   Flow exec(const Body & body, Scope & s, std::string & out);
   Flow exec_stmt(const Stmt & st, Scope & s, std::string & out);
+  Flow exec_node(const Stmt & st, Scope & s, std::string & out);
   Flow exec_for(const Stmt & st, Scope & s, std::string & out);
   void define_macro(const Stmt & st, Scope & s);
   Value call_macro(const Stmt & m, const Scope & def, Args & args);
