@@ -13,5 +13,6 @@ Runner add_train(CLI::App & app);
 Runner add_generate(CLI::App & app);
 Runner add_bench(CLI::App & app);
 Runner add_merge(CLI::App & app);
+Runner add_chat_template(CLI::App & app);
 
 }  // namespace peft::cli

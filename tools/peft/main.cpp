@@ -23,6 +23,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_generate);
   add(peft::cli::add_bench);
   add(peft::cli::add_merge);
+  add(peft::cli::add_chat_template);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {
