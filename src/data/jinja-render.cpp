@@ -114,7 +114,7 @@ void Renderer::charge(uint64_t n) {
   steps_ += n;
   if (steps_ > limits_.max_steps) {
     template_fail(str("the template ran more than ", limits_.max_steps,
-                      " steps (loop iterations, macro calls, filtered items): stopped"));
+                      " steps (statements, expressions, loop iterations, items filters walk): stopped"));
   }
 }
 
@@ -152,6 +152,7 @@ Renderer::Flow Renderer::exec(const Body & body, Scope & s, std::string & out) {
 Renderer::Flow Renderer::exec_stmt(const Stmt & st, Scope & s, std::string & out) {
   Depth depth(*this, st.at);
   try {
+    charge(1);
     return exec_node(st, s, out);
   } catch (const TemplateError & err) {
     if (err.at() != TemplateError::npos) throw;
@@ -256,11 +257,13 @@ Renderer::Flow Renderer::exec_for(const Stmt & st, Scope & s, std::string & out)
     }
     items = &kept;
   }
+  // each iteration starts with only the loop's own names (kept in place when the body set nothing else)
+  const size_t own = (st.target->kind == Expr::Kind::Tuple ? st.target->items.size() : 1) + (st.uses_loop ? 1 : 0);
   bool iterated = false;
   for (size_t i = 0; i < items->size(); ++i) {
     charge(1);
     iterated = true;
-    loop.vars.clear();
+    if (loop.vars.size() > own) loop.vars.clear();
     assign(*st.target, (*items)[i], loop);
     if (st.uses_loop) loop.vars["loop"] = loop_value(*items, i);
     const Flow f = exec(st.body, loop, out);
@@ -322,6 +325,7 @@ Value Renderer::call_macro(const Stmt & m, const Scope & def, Args & args) {
 Value Renderer::eval(const Expr & e, Scope & s) {
   Depth depth(*this, e.at);
   try {
+    charge(1);
     return eval_node(e, s);
   } catch (const TemplateError & err) {
     if (err.at() != TemplateError::npos) throw;

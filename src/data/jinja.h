@@ -28,7 +28,7 @@ struct Limits {
   int max_nesting = 256;                 // tags and expressions inside one another (parse time)
   int max_call_depth = 64;               // macro calls inside one another (recursion)
   int max_eval_depth = 2000;             // expression and statement frames at once, all calls together
-  uint64_t max_steps = 10'000'000;       // loop iterations, macro calls and items filters walk, per render
+  uint64_t max_steps = 10'000'000;       // statements and expressions run, loop iterations, items filters walk
   size_t max_output = 64u << 20;         // bytes of the output, and of any string a template builds
   size_t max_items = 1'000'000;          // items of a list a template builds
   int64_t max_range = 100'000;           // range() length (Python Jinja's sandbox has the same limit)
