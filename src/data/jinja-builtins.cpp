@@ -2,6 +2,7 @@
 // results; tojson is transformers' (json.dumps, ensure_ascii off), and the globals add transformers'
 // raise_exception and strftime_now. Filters that walk items charge them to the step budget.
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -65,8 +66,9 @@ Value attribute_path(const Value & item, const Value & attribute) {
   while (true) {
     const size_t dot = path.find('.', start);
     const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    const bool index = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit);
-    v = index ? get_item(v, Value::integer(std::atoll(part.c_str()))) : get_item(v, Value::string(part));
+    const bool index = !part.empty() && part.size() < 18 &&
+                       std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    v = index ? get_item(v, Value::integer(std::strtoll(part.c_str(), nullptr, 10))) : get_item(v, Value::string(part));
     if (dot == std::string::npos) return v;
     start = dot + 1;
   }
@@ -410,6 +412,7 @@ Value f_round(Renderer &, const Value & v, Args & a) {
   if (prec < -300 || prec > 300) template_fail("round: precision out of range");
   if (method == "common") {
     if (!v.is_float()) return Value::integer(v.as_int());  // Python: round(int, n) stays an int
+    if (!std::isfinite(v.as_float()) || std::fabs(v.as_float()) >= 4503599627370496.0) return v;  // 2^52: integral
     if (prec >= 0) {  // printf rounds the exact binary value half-to-even, as Python's round does
       char buf[512];
       std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(prec), v.as_float());

@@ -179,8 +179,14 @@ std::string format(Renderer & r, const std::string & fmt, const Args & args) {
         template_fail(str("format(): the field '{", field, "}' uses a format spec, conversion or lookup (not supported)"));
       }
       const Value * v = nullptr;
-      if (field.empty() || std::all_of(field.begin(), field.end(), ::isdigit)) {
-        const size_t k = field.empty() ? next_auto++ : std::stoul(field);
+      if (field.empty() || std::all_of(field.begin(), field.end(), [](char d) { return d >= '0' && d <= '9'; })) {
+        size_t k = next_auto;
+        if (field.empty()) {
+          ++next_auto;
+        } else {
+          k = 0;
+          for (char d : field) k = std::min<size_t>(k * 10 + static_cast<size_t>(d - '0'), 1u << 30);
+        }
         if (k >= args.pos.size()) template_fail(str("format(): replacement index ", k, " out of range"));
         v = &args.pos[k];
       } else {

@@ -6,7 +6,7 @@
 //
 //   jinja-value.{h,cpp}, jinja-text.cpp   values and their Python semantics, UTF-8
 //   jinja-lexer.cpp, jinja-parser.cpp      source -> tokens -> syntax tree (jinja-ast.h)
-//   jinja-render.cpp                       statements and expressions
+//   jinja-render.cpp, jinja-operators.cpp  statements and expressions; + - * / ~ == < in ...
 //   jinja-builtins.cpp, jinja-methods.cpp  filters, tests and globals; str/dict methods and attributes
 #pragma once
 #include <cstdint>
