@@ -581,7 +581,7 @@ bool t_float(Renderer &, const Value & v, Args &) { return v.is_float(); }
 bool t_number(Renderer &, const Value & v, Args &) { return v.is_number(); }
 bool t_string(Renderer &, const Value & v, Args &) { return v.is_string(); }
 bool t_mapping(Renderer &, const Value & v, Args &) { return v.is_dict(); }
-bool t_callable(Renderer &, const Value & v, Args &) { return v.is_callable(); }
+bool t_callable(Renderer &, const Value & v, Args &) { return v.is_callable() || v.is_undefined(); }  // as Python's
 // Python: anything with __iter__ / __len__ and __getitem__ (Undefined has both)
 bool t_iterable(Renderer &, const Value & v, Args &) {
   return v.is_list() || v.is_dict() || v.is_string() || v.is_undefined();
@@ -613,7 +613,7 @@ bool t_gt(Renderer &, const Value & v, Args & a) { return compare(v, other(a, "g
 bool t_ge(Renderer &, const Value & v, Args & a) { return compare(v, other(a, "ge")) >= 0; }
 bool t_sameas(Renderer &, const Value & v, Args & a) {
   const Value & o = other(a, "sameas");
-  if (v.kind() != o.kind()) return false;
+  if (v.kind() != o.kind() || v.is_undefined()) return false;  // Python makes a new Undefined per lookup
   switch (v.kind()) {
     case Value::Kind::String: return &v.str() == &o.str();
     case Value::Kind::List: return &v.items() == &o.items();

@@ -4,6 +4,7 @@
 // side, `+` turns lstrip off; a single trailing newline of the template is dropped.
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -207,7 +208,16 @@ class Lexer {
             break;
           }
         }
-        if (!op) fail(str("unexpected character '", c, "' in a tag"), pos);
+        if (!op) {
+          const auto cps = utf8_decode(src_.substr(pos, 4));
+          std::string shown;
+          utf8_append(shown, cps[0]);
+          char code[16];
+          std::snprintf(code, sizeof code, "U+%04X", static_cast<unsigned>(cps[0] >= 0xDC80 && cps[0] <= 0xDCFF ? cps[0] - 0xDC00 : cps[0]));
+          fail(str("unexpected character ", cps[0] < 0x80 && cps[0] >= 0x20 ? "'" + shown + "'" : std::string(code),
+                   " in a tag"),
+               pos);
+        }
         if (op[0] == '{') ++braces;
         if (op[0] == '}' && braces > 0) --braces;
         push(Kind::Op, pos, op);
