@@ -2,7 +2,10 @@
 // Jinja as transformers configures it (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks,
 // loop controls, the `generation` tag, tojson as json.dumps, raise_exception and strftime_now).
 // Not supported: template inheritance and includes, call and filter blocks, recursive loops, `*args`
-// and `**kwargs` in calls, `%` string formatting. Internal to the library (public API: ChatTemplate).
+// and `**kwargs` in calls, `%` string formatting. Deliberately unlike Python Jinja, as @huggingface/jinja:
+// an undefined value's attributes and items are undefined (not an error), and "\r\n" in template text is
+// kept (Python writes "\n"). Integers are 64-bit (overflow is an error). Internal to the library (public
+// API: ChatTemplate).
 //
 //   jinja-value.{h,cpp}, jinja-text.cpp   values and their Python semantics, UTF-8
 //   jinja-lexer.cpp, jinja-parser.cpp      source -> tokens -> syntax tree (jinja-ast.h)
