@@ -1,6 +1,7 @@
 // peft.cpp umbrella header: everything a user of the library needs.
 #pragma once
 #include "peft/compile/compile.h"
+#include "peft/data/chat-template.h"
 #include "peft/error.h"
 #include "peft/generate/generate.h"
 #include "peft/io/safetensors.h"

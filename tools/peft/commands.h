@@ -14,5 +14,6 @@ Runner add_generate(CLI::App & app);
 Runner add_bench(CLI::App & app);
 Runner add_merge(CLI::App & app);
 Runner add_plot(CLI::App & app);
+Runner add_chat_template(CLI::App & app);
 
 }  // namespace peft::cli
