@@ -18,6 +18,11 @@ std::string data_path(const std::string & rel) { return std::string(PEFT_TEST_DA
 std::string golden_case(const std::string & name) { return data_path("golden/cases/" + name); }
 std::string golden_model(const std::string & name) { return data_path("golden/models/" + name); }
 
+bool exists(const std::string & path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
 std::string temp_dir(const std::string & tag) {
   std::string t = "/tmp/peft-test-" + tag + "-XXXXXX";
   char * p = ::mkdtemp(t.data());

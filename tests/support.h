@@ -13,6 +13,7 @@ std::string data_path(const std::string & rel);            // tests/data/<rel>
 std::string golden_case(const std::string & name);         // tests/data/golden/cases/<name>
 std::string golden_model(const std::string & name);        // tests/data/golden/models/<name>
 std::string temp_dir(const std::string & tag);             // fresh empty folder under /tmp
+bool exists(const std::string & path);                     // a file or folder is there
 at::Tensor golden_ids(const std::string & case_name);      // input_ids.json of a case, (B, S) int64
 std::map<std::string, at::Tensor> golden_expected(const std::string & case_name);
 

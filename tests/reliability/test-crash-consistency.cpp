@@ -21,11 +21,6 @@ using namespace peft::test;
 
 namespace {
 
-bool exists(const std::string & p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 std::vector<std::string> leftovers(const std::string & dir) {
   std::string out;
   run_command("ls -A " + dir, &out);

@@ -23,11 +23,6 @@ std::string train(const std::string & extra, const std::string & out, const std:
          kIds + " --batch-size 3 --steps 3 --lr 1e-2 --log-file " + log + " --out " + out + " " + extra;
 }
 
-bool exists(const std::string & p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 std::string nested(int depth) { return std::string(depth, '[') + std::string(depth, ']'); }
 
 // ---- validated before work ----

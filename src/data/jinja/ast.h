@@ -1,4 +1,4 @@
-// The Jinja engine's front end: tokens (jinja-lexer.cpp) and the syntax tree (jinja-parser.cpp).
+// The Jinja engine's front end: tokens (lexer.cpp) and the syntax tree (parser.cpp).
 // Every token and node keeps the byte offset in the template source where it starts, for messages.
 #pragma once
 #include <cstdint>
@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "data/jinja-value.h"
+#include "data/jinja/value.h"
 
 namespace peft::jinja {
 

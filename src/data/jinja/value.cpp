@@ -1,5 +1,5 @@
 // Jinja values: construction, Python's truth, str()/repr(), == and <, json.dumps, and JSON input.
-#include "data/jinja-value.h"
+#include "data/jinja/value.h"
 
 #include <algorithm>
 #include <cmath>

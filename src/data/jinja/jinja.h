@@ -7,10 +7,10 @@
 // kept (Python writes "\n"). Integers are 64-bit (overflow is an error). Internal to the library (public
 // API: ChatTemplate).
 //
-//   jinja-value.{h,cpp}, jinja-text.cpp   values and their Python semantics, UTF-8
-//   jinja-lexer.cpp, jinja-parser.cpp      source -> tokens -> syntax tree (jinja-ast.h)
-//   jinja-render.cpp, jinja-operators.cpp  statements and expressions; + - * / ~ == < in ...
-//   jinja-builtins.cpp, jinja-methods.cpp  filters, tests and globals; str/dict methods and attributes
+//   value.{h,cpp}, text.cpp    values and their Python semantics, UTF-8
+//   lexer.cpp, parser.cpp      source -> tokens -> syntax tree (ast.h)
+//   render.cpp, operators.cpp  statements and expressions; + - * / ~ == < in ...
+//   builtins.cpp, methods.cpp  filters, tests and globals; str/dict methods and attributes
 #pragma once
 #include <cstdint>
 #include <ctime>
@@ -20,8 +20,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "data/jinja-ast.h"
-#include "data/jinja-value.h"
+#include "data/jinja/ast.h"
+#include "data/jinja/value.h"
 
 namespace peft::jinja {
 
@@ -110,7 +110,7 @@ class Renderer {
   bool compare_op(const std::string & op, const Value & a, const Value & b);
 };
 
-// ---- builtins (jinja-builtins.cpp, jinja-methods.cpp) ----
+// ---- builtins (builtins.cpp, methods.cpp) ----
 
 using FilterFn = Value (*)(Renderer &, const Value &, Args &);
 using TestFn = bool (*)(Renderer &, const Value &, Args &);

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "data/jinja.h"
+#include "data/jinja/jinja.h"
 
 namespace peft::jinja {
 

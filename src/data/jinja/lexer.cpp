@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "data/jinja-ast.h"
+#include "data/jinja/ast.h"
 
 namespace peft::jinja {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <limits>
 
-#include "data/jinja.h"
+#include "data/jinja/jinja.h"
 
 namespace peft::jinja {
 

@@ -1,6 +1,6 @@
 // UTF-8 for the Jinja engine: code points in and out (bytes that are not UTF-8 survive the round trip),
 // Python's whitespace, and a small simple case mapping (no ICU on the machine; see to_upper).
-#include "data/jinja-value.h"
+#include "data/jinja/value.h"
 
 namespace peft::jinja {
 

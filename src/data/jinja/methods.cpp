@@ -5,7 +5,7 @@
 #include <limits>
 #include <unordered_set>
 
-#include "data/jinja.h"
+#include "data/jinja/jinja.h"
 
 namespace peft::jinja {
 
