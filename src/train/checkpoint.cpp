@@ -67,6 +67,7 @@ nlohmann::json Trainer::Impl::fingerprint(const SequenceSet & data) const {
           {"lr_scheduler", opts.lr_scheduler},
           {"warmup_steps", opts.warmup_steps},
           {"shuffle", opts.shuffle},
+          {"world_size", opts.world_size},
           {"seed", opts.seed},
           {"max_length", data.max_length()},
           {"layout", data.layout()},

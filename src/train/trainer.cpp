@@ -64,7 +64,8 @@ Batch batch_of(const at::Tensor & ids, const at::Tensor & mask) {
 // ---- the sampler ----
 
 int64_t Trainer::Impl::batches_per_epoch(const SequenceSet & data) const {
-  return (static_cast<int64_t>(data.size()) + opts.batch_size - 1) / opts.batch_size;
+  const int64_t global = opts.batch_size * opts.world_size;
+  return (static_cast<int64_t>(data.size()) + global - 1) / global;
 }
 
 std::vector<size_t> Trainer::Impl::micro_batch(const SequenceSet & data, int64_t m) {
@@ -79,8 +80,16 @@ std::vector<size_t> Trainer::Impl::micro_batch(const SequenceSet & data, int64_t
     }
     cached_epoch = epoch;
   }
-  const size_t begin = b * opts.batch_size, end = std::min<size_t>(order.size(), begin + opts.batch_size);
-  return std::vector<size_t>(order.begin() + begin, order.begin() + end);
+  if (opts.world_size == 1) {
+    const size_t begin = b * opts.batch_size, end = std::min<size_t>(order.size(), begin + opts.batch_size);
+    return std::vector<size_t>(order.begin() + begin, order.begin() + end);
+  }
+  // this rank's slice of the global batch; every rank gets batch_size sequences (wrapping to the
+  // epoch's start at its end, as accelerate's even batches), so all ranks take the same steps
+  std::vector<size_t> out;
+  const size_t begin = (b * opts.world_size + opts.rank) * opts.batch_size;
+  for (int64_t j = 0; j < opts.batch_size; ++j) out.push_back(order[(begin + j) % order.size()]);
+  return out;
 }
 
 // ---- the trainer ----
@@ -102,6 +111,8 @@ Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions 
   PEFT_CHECK(opts.eval_steps >= 0 && opts.save_steps >= 0 && opts.save_total_limit >= 0,
              "--eval-steps, --save-steps and --save-total-limit must be >= 0");
   PEFT_CHECK(opts.save_steps == 0 || !opts.checkpoint_dir.empty(), "--save-steps needs a checkpoint folder");
+  PEFT_CHECK(opts.world_size >= 1 && opts.rank >= 0 && opts.rank < opts.world_size, "rank ", opts.rank,
+             " outside a world of ", opts.world_size);
   PEFT_CHECK(opts.lr_scheduler == "constant" || opts.lr_scheduler == "linear" || opts.lr_scheduler == "cosine",
              "--lr-scheduler must be constant, linear or cosine, got '", opts.lr_scheduler, "'");
   auto & I = *impl_;
@@ -158,19 +169,26 @@ StepLog Trainer::step(const std::vector<Batch> & micro) {
   for (auto & g : I.optim->param_groups()) g.options().set_lr(lr);
   I.optim->zero_grad();
   // each micro-batch's summed loss over the step's counted tokens: the gradient is that of one batch
-  int64_t counted = 0, tokens = 0;
+  // (with several ranks: over the counted tokens of the global batch, gradients summed across ranks)
+  double counted = 0;
+  int64_t tokens = 0;
   for (const Batch & b : micro) {
     counted += b.loss_tokens;
     tokens += b.tokens;
   }
-  const double denom = std::max<int64_t>(1, counted);
+  if (I.cb.sum_across_ranks) counted = I.cb.sum_across_ranks(counted);
+  const double denom = std::max(1.0, counted);
   double loss_value = 0;
-  for (const Batch & b : micro) {
+  for (size_t k = 0; k < micro.size(); ++k) {
+    const Batch & b = micro[k];
     at::Tensor loss = causal_lm_loss_sum(I.forward(input_of(b)), b.labels) / denom;
-    if (I.cb.extra_loss) loss = loss + I.cb.extra_loss() / static_cast<double>(micro.size());
+    if (I.cb.extra_loss) loss = loss + I.cb.extra_loss() / static_cast<double>(micro.size() * I.opts.world_size);
+    if (I.cb.before_backward) I.cb.before_backward(k + 1 == micro.size());
     loss.backward();
     loss_value += loss.item<double>();
   }
+  if (I.cb.after_backward) I.cb.after_backward();
+  if (I.cb.sum_across_ranks) loss_value = I.cb.sum_across_ranks(loss_value);
   double gnorm = 0;
   if (I.opts.max_grad_norm > 0) {
     gnorm = torch::nn::utils::clip_grad_norm_(I.params, I.opts.max_grad_norm);
@@ -209,13 +227,19 @@ EvalLog Trainer::evaluate(const SequenceSet & data) {
   int64_t counted = 0;
   {
     at::NoGradGuard no_grad;
-    for (size_t begin = 0; begin < data.size(); begin += I.opts.batch_size) {
-      std::vector<size_t> seqs;
-      for (size_t i = begin; i < std::min<size_t>(data.size(), begin + I.opts.batch_size); ++i) seqs.push_back(i);
+    // each rank evaluates every world_size-th sequence
+    std::vector<size_t> mine;
+    for (size_t i = I.opts.rank; i < data.size(); i += I.opts.world_size) mine.push_back(i);
+    for (size_t begin = 0; begin < mine.size(); begin += I.opts.batch_size) {
+      std::vector<size_t> seqs(mine.begin() + begin, mine.begin() + std::min<size_t>(mine.size(), begin + I.opts.batch_size));
       const Batch b = data.batch(seqs);
       sum += causal_lm_loss_sum(I.forward(input_of(b)), b.labels).item<double>();
       counted += b.loss_tokens;
     }
+  }
+  if (I.cb.sum_across_ranks) {
+    sum = I.cb.sum_across_ranks(sum);
+    counted = static_cast<int64_t>(I.cb.sum_across_ranks(static_cast<double>(counted)));
   }
   if (I.cb.set_training) I.cb.set_training(true);
   PEFT_CHECK(counted > 0, "the evaluation data has no token to predict");
@@ -246,7 +270,7 @@ void Trainer::train(const SequenceSet & data, const SequenceSet * eval) {
     if (I.cb.on_step_end) I.cb.on_step_end(log);
     const bool last = I.step == I.total;
     if (I.opts.eval_steps > 0 && I.step % I.opts.eval_steps == 0 && !last) run_eval();
-    if (I.opts.save_steps > 0 && I.step % I.opts.save_steps == 0 && !last) save_checkpoint(data);
+    if (I.opts.save_steps > 0 && I.step % I.opts.save_steps == 0 && !last && I.opts.rank == 0) save_checkpoint(data);
   }
   run_eval();
 }

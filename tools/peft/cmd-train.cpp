@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "commands.h"
+#include "launch.h"
+#include "peft/dist/dist.h"
 #include "common.h"
 #include "peft/data/batches.h"
 #include "peft/data/dataset.h"
@@ -68,6 +70,8 @@ Runner add_train(CLI::App & app) {
     bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false, allow_nonfinite = false,
          packing = false, no_token_cache = false, no_plot = false, no_progress = false;
     TrainOptions train;
+    LaunchOptions launch;
+    double dist_timeout = 300;
     CommonOptions common;
   };
   auto o = std::make_shared<Opts>();
@@ -128,12 +132,32 @@ Runner add_train(CLI::App & app) {
   cmd->add_flag("--no-plot", o->no_plot, "no loss plot");
   cmd->add_flag("--no-progress", o->no_progress, "plain lines instead of a progress bar on a terminal");
   cmd->add_option("--out", o->out, "where to save the trained adapter")->required();
+  // data parallelism (torchrun's environment is read too: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
+  cmd->add_option("--nproc-per-node", o->launch.nproc_per_node, "start N worker processes on this machine");
+  cmd->add_option("--nnodes", o->launch.nnodes, "machines taking part (each runs this command)");
+  cmd->add_option("--node-rank", o->launch.node_rank, "this machine's index among --nnodes");
+  cmd->add_option("--master-addr", o->launch.master_addr, "rank 0's machine (default 127.0.0.1)");
+  cmd->add_option("--master-port", o->launch.master_port, "rendezvous port (default: a free one on one machine)");
+  cmd->add_option("--dist-timeout", o->dist_timeout, "seconds to wait for peers and collectives (default 300)");
   cmd->add_flag("--compile", o->compile, "train through the compiled model");
   add_common_options(*cmd, o->common);
   cmd->add_flag("--allow-nonfinite", o->allow_nonfinite, "save the adapter even if it holds NaN or Inf values");
   return [o, cmd]() {
     // ---- every argument, path and data record is checked before the model is loaded ----
     auto & t = o->train;
+    const auto & L = o->launch;
+    PEFT_USAGE(L.nproc_per_node >= 1 && L.nnodes >= 1 && L.node_rank >= 0 && L.node_rank < L.nnodes,
+               "--nproc-per-node and --nnodes must be >= 1, --node-rank in [0, --nnodes)");
+    PEFT_USAGE(L.master_port >= 0 && L.master_port <= 65535, "--master-port must be a port number");
+    PEFT_USAGE(o->dist_timeout > 0, "--dist-timeout must be > 0");
+    if ((L.nproc_per_node > 1 || L.nnodes > 1) && std::getenv("RANK") == nullptr) {
+      PEFT_USAGE(L.nnodes == 1 || L.master_port > 0, "--nnodes > 1 needs --master-port (and --master-addr)");
+      return launch_workers(L);  // each worker runs this command again, with RANK set
+    }
+    const DistEnv env = DistEnv::from_env();
+    const bool main_rank = env.rank == 0;
+    t.rank = env.rank;
+    t.world_size = env.world_size;
     PEFT_USAGE(o->optimizer == "adamw" || o->optimizer == "sgd", "--optimizer must be adamw or sgd, got '",
                o->optimizer, "'");
     t.optimizer = o->optimizer;
@@ -235,7 +259,7 @@ Runner add_train(CLI::App & app) {
       eval_set = std::make_unique<SequenceSet>(eval_docs, o->packing ? "pack" : (efmt == "txt" ? "concat" : "pad"),
                                                o->max_length, pad_id);
     }
-    std::cerr << o->data << ": " << data->size() << " documents, " << data->tokens() << " tokens"
+    if (main_rank) std::cerr << o->data << ": " << data->size() << " documents, " << data->tokens() << " tokens"
               << (data->from_cache() ? " (token cache)" : "") << " -> " << train_set.size() << " sequences of <= "
               << o->max_length << " tokens (" << layout << ")\n";
     AdapterConfig from_file;
@@ -246,6 +270,10 @@ Runner add_train(CLI::App & app) {
 
     // ---- the work ----
     apply_common_options(o->common);
+    std::shared_ptr<ProcessGroup> pg;
+    if (env.distributed()) {
+      pg = ProcessGroup::create(env, std::chrono::milliseconds(static_cast<int64_t>(o->dist_timeout * 1000)));
+    }
     at::manual_seed(t.seed);
     auto base = load_model(o->model);
     std::shared_ptr<PeftModel> m;
@@ -273,24 +301,33 @@ Runner add_train(CLI::App & app) {
       }
       m = std::make_shared<PeftModel>(base, AdapterConfig::from_json(j, "command line"));
     }
-    std::cerr << m->trainable_summary() << "\n";
+    if (main_rank) std::cerr << m->trainable_summary() << "\n";
     m->train();
     std::unique_ptr<TrainLog> log;
     std::unique_ptr<ProgressReport> progress;
     TrainCallbacks cb;
     cb.set_training = [m](bool on) { m->train(on); };
     cb.save_model = [m, o](FolderWriter & w) { m->save_pretrained(w, {}, o->allow_nonfinite); };
-    cb.on_step_end = [&](const StepLog & s) {
-      log->step(s);
-      progress->step(s);
-    };
     std::vector<EvalLog> evals;
-    cb.on_evaluate = [&](const EvalLog & e) {
-      evals.push_back(e);
-      log->eval(e);
-      progress->eval(e);
-    };
-    cb.on_save = [&](const std::string & dir, int64_t) { progress->saved(dir); };
+    if (main_rank) {  // rank 0 logs, checkpoints and saves
+      cb.on_step_end = [&](const StepLog & s) {
+        log->step(s);
+        progress->step(s);
+      };
+      cb.on_evaluate = [&](const EvalLog & e) {
+        evals.push_back(e);
+        log->eval(e);
+        progress->eval(e);
+      };
+      cb.on_save = [&](const std::string & dir, int64_t) { progress->saved(dir); };
+    }
+    std::unique_ptr<GradientSync> sync;
+    if (pg) {
+      sync = std::make_unique<GradientSync>(pg, m->trainable_parameters());
+      cb.sum_across_ranks = [pg](double v) { return pg->sum(v); };
+      cb.before_backward = [&](bool last) { sync->prepare(last); };
+      cb.after_backward = [&] { sync->finish(); };
+    }
     // AdaLoRA trains with its rank allocator: the orthogonal term in the loss, the budget after each update
     std::unique_ptr<AdaLoraAllocator> allocator;
     const AdapterConfig & acfg = m->adapter_config("default");
@@ -311,9 +348,11 @@ Runner add_train(CLI::App & app) {
     }
     if (!o->resume.empty()) {
       trainer.resume(o->resume, train_set);
-      std::cerr << "resumed from " << o->resume << " at step " << trainer.global_step() << "\n";
+      if (main_rank) std::cerr << "resumed from " << o->resume << " at step " << trainer.global_step() << "\n";
     }
-    log = std::make_unique<TrainLog>(o->log_file, o->resume.empty() ? -1 : trainer.global_step());
+    if (main_rank) {
+      log = std::make_unique<TrainLog>(o->log_file, o->resume.empty() ? -1 : trainer.global_step());
+    }
     progress = std::make_unique<ProgressReport>(trainer.total_steps(train_set), trainer.global_step(), std::cerr,
                                                 stderr_is_terminal() && !o->no_progress);
     // (a non-finite loss or gradient norm stops the run before its step is logged: every value is a number)
@@ -324,6 +363,7 @@ Runner add_train(CLI::App & app) {
       progress->finish();
       // the update of the failing step was not applied: keep the last good adapter
       m->train(false);
+      if (!main_rank) throw;
       if (e.step > 1) {
         m->save_pretrained(o->out, {}, o->allow_nonfinite);
         fail(str(e.what(), "; the adapter after step ", e.step - 1, " was saved to '", o->out, "'"));
@@ -331,8 +371,10 @@ Runner add_train(CLI::App & app) {
       fail(str(e.what(), "; nothing was saved"));
     }
     m->train(false);
+    if (!main_rank) return 0;
     m->save_pretrained(o->out, {}, o->allow_nonfinite);
     std::cerr << "saved adapter to " << o->out << "\n";
+    if (sync) std::cerr << "gradients summed over " << env.world_size << " ranks in " << sync->buckets() << " bucket(s)\n";
     if (evals.size() >= 2) {
       std::fprintf(stderr, "eval loss %.4f (perplexity %.2f) at step %lld -> %.4f (perplexity %.2f) at step %lld\n",
                    evals.front().loss, evals.front().perplexity, static_cast<long long>(evals.front().step),

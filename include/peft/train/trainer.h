@@ -45,6 +45,9 @@ struct TrainOptions {
   int64_t save_steps = 0;      // write a checkpoint every N steps (0: none)
   int64_t save_total_limit = 0;  // keep only the newest K checkpoints (0: all)
   std::string checkpoint_dir;    // where checkpoint-<step>/ folders go
+  // data parallelism: this process is `rank` of `world_size`; each takes its slice of every global batch
+  // of batch_size * world_size sequences (the last one of an epoch filled from the epoch's start)
+  int rank = 0, world_size = 1;
 };
 
 /// Training stopped because a step's loss or gradient norm was NaN or Inf. That step's update was not
@@ -83,6 +86,11 @@ struct TrainCallbacks {
   std::function<void(const StepLog &)> on_step_end;
   std::function<void(const EvalLog &)> on_evaluate;
   std::function<void(const std::string & dir, int64_t step)> on_save;
+  // data parallelism: the sum of a number over all ranks; around each backward (sync: the last
+  // micro-batch of the step, whose gradients are then summed across ranks by after_backward)
+  std::function<double(double)> sum_across_ranks;
+  std::function<void(bool sync)> before_backward;
+  std::function<void()> after_backward;
 };
 
 class Trainer {
