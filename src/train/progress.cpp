@@ -34,9 +34,10 @@ TrainLog::TrainLog(const std::string & path, int64_t resume_step) : path_(path) 
   PEFT_CHECK(out_.good(), "cannot write the log file '", path, "'");
 }
 
-void TrainLog::step(const StepLog & s) {
+void TrainLog::step(const StepLog & s, const nlohmann::json & extra) {
   nlohmann::json j = {{"step", s.step},        {"epoch", s.epoch},         {"loss", s.loss},
                       {"lr", s.lr},            {"grad_norm", s.grad_norm}, {"tokens_per_second", s.tokens_per_second()}};
+  for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
   out_ << j.dump() << "\n";
   out_.flush();
 }

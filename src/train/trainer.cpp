@@ -176,7 +176,10 @@ StepLog Trainer::step(const std::vector<Batch> & micro) {
     counted += b.loss_tokens;
     tokens += b.tokens;
   }
-  if (I.cb.sum_across_ranks) counted = I.cb.sum_across_ranks(counted);
+  if (I.cb.sum_across_ranks) {
+    counted = I.cb.sum_across_ranks(counted);
+    tokens = static_cast<int64_t>(I.cb.sum_across_ranks(static_cast<double>(tokens)));
+  }
   const double denom = std::max(1.0, counted);
   double loss_value = 0;
   for (size_t k = 0; k < micro.size(); ++k) {

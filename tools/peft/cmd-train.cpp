@@ -309,8 +309,15 @@ Runner add_train(CLI::App & app) {
     cb.set_training = [m](bool on) { m->train(on); };
     cb.save_model = [m, o](FolderWriter & w) { m->save_pretrained(w, {}, o->allow_nonfinite); };
     std::vector<EvalLog> evals;
+    std::unique_ptr<GradientSync> sync;
     if (main_rank) {  // rank 0 logs, checkpoints and saves
       cb.on_step_end = [&](const StepLog & s) {
+        // a data-parallel step: how long the gradient all-reduce was waited for after the backward pass
+        if (sync) {
+          log->step(s, {{"allreduce_wait_ms", sync->last_wait_ms()}});
+          progress->step(s);
+          return;
+        }
         log->step(s);
         progress->step(s);
       };
@@ -321,7 +328,6 @@ Runner add_train(CLI::App & app) {
       };
       cb.on_save = [&](const std::string & dir, int64_t) { progress->saved(dir); };
     }
-    std::unique_ptr<GradientSync> sync;
     if (pg) {
       sync = std::make_unique<GradientSync>(pg, m->trainable_parameters());
       cb.sum_across_ranks = [pg](double v) { return pg->sum(v); };

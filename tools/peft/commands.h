@@ -14,6 +14,7 @@ Runner add_generate(CLI::App & app);
 Runner add_bench(CLI::App & app);
 Runner add_merge(CLI::App & app);
 Runner add_plot(CLI::App & app);
+Runner add_bench_dist(CLI::App & app);
 Runner add_chat_template(CLI::App & app);
 
 }  // namespace peft::cli

@@ -24,6 +24,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_bench);
   add(peft::cli::add_merge);
   add(peft::cli::add_plot);
+  add(peft::cli::add_bench_dist);
   add(peft::cli::add_chat_template);
   try {
     app.parse(argc, argv);

@@ -1,6 +1,8 @@
 // Reporting a training run: the JSONL log (one object per optimizer step, one per evaluation) and the
 // console (a progress bar redrawn in place on a terminal, plain lines otherwise).
 #pragma once
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <fstream>
 #include <ostream>
@@ -17,7 +19,8 @@ class TrainLog {
   /// resume_step < 0: a new log (the file is replaced). Otherwise the existing log keeps its lines up
   /// to that step and continues after them (a resumed run).
   explicit TrainLog(const std::string & path, int64_t resume_step = -1);
-  void step(const StepLog & s);
+  /// `extra`: more fields for this step's line (the all-reduce wait of a data-parallel run).
+  void step(const StepLog & s, const nlohmann::json & extra = nlohmann::json::object());
   void eval(const EvalLog & e);
 
  private:

@@ -65,7 +65,7 @@ struct StepLog {
   double lr = 0;
   double grad_norm = 0;
   double epoch = 0;   // epochs completed after this step (fractional)
-  int64_t tokens = 0;  // real tokens processed
+  int64_t tokens = 0;  // real tokens processed (by all ranks)
   double seconds = 0;
   double tokens_per_second() const { return seconds > 0 ? tokens / seconds : 0; }
 };
