@@ -4,6 +4,7 @@
 #include "peft/data/batches.h"
 #include "peft/data/chat-template.h"
 #include "peft/data/dataset.h"
+#include "peft/dist/dist.h"
 #include "peft/error.h"
 #include "peft/generate/generate.h"
 #include "peft/io/safetensors.h"

@@ -45,14 +45,21 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv & env, std::chr
   I.rank = env.rank;
   I.size = env.world_size;
   const std::string where = str(env.master_addr, ":", env.master_port);
+  // under torchrun's agent the store is served already: every rank is a client, under the agent's prefix
+  const char * agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  const bool agent_store = agent != nullptr && std::string(agent) == "True";
   c10d::TCPStoreOptions o;
   o.port = static_cast<uint16_t>(env.master_port);
-  o.isServer = env.rank == 0;
+  o.isServer = env.rank == 0 && !agent_store;
   o.numWorkers = env.world_size;
   o.waitWorkers = false;
   o.timeout = timeout;
   try {
     I.store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
+    if (agent_store) {
+      const char * restart = std::getenv("TORCHELASTIC_RESTART_COUNT");
+      I.store = c10::make_intrusive<c10d::PrefixStore>(str("/worker/attempt_", restart ? restart : "0"), I.store);
+    }
   } catch (const std::exception & e) {
     fail(env.rank == 0 ? str("rank 0 cannot serve the rendezvous at ", where, " (MASTER_PORT in use?): ", e.what())
                        : str("rank ", env.rank, " cannot reach the master at ", where, " within ", timeout.count() / 1000.0,
