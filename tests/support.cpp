@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <fstream>
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,17 @@ std::string golden_model(const std::string & name) { return data_path("golden/mo
 bool exists(const std::string & path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string & path, const std::string & drop) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    j.erase(drop);
+    out.push_back(j);
+  }
+  return out;
 }
 
 std::string temp_dir(const std::string & tag) {

@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <map>
@@ -14,6 +15,8 @@ std::string golden_case(const std::string & name);         // tests/data/golden/
 std::string golden_model(const std::string & name);        // tests/data/golden/models/<name>
 std::string temp_dir(const std::string & tag);             // fresh empty folder under /tmp
 bool exists(const std::string & path);                     // a file or folder is there
+/// The objects of a JSON-lines file (a training log), without the field `drop` (timings).
+std::vector<nlohmann::json> read_jsonl(const std::string & path, const std::string & drop = "tokens_per_second");
 at::Tensor golden_ids(const std::string & case_name);      // input_ids.json of a case, (B, S) int64
 std::map<std::string, at::Tensor> golden_expected(const std::string & case_name);
 

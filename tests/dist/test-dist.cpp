@@ -41,19 +41,8 @@ std::string train(const std::string & data, const std::string & config, const st
          " --dist-timeout 60 --log-file " + out + ".jsonl --out " + out + " " + extra;
 }
 
-std::vector<nlohmann::json> log_of(const std::string & file) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(file);
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    j.erase("tokens_per_second");
-    out.push_back(j);
-  }
-  return out;
-}
-
 void expect_same_run(const std::string & a, const std::string & b, double tol) {
-  const auto la = log_of(a + ".jsonl"), lb = log_of(b + ".jsonl");
+  const auto la = read_jsonl(a + ".jsonl"), lb = read_jsonl(b + ".jsonl");
   ASSERT_EQ(la.size(), lb.size());
   for (size_t i = 0; i < la.size(); ++i) {
     for (const char * k : {"loss", "eval_loss", "grad_norm"}) {

@@ -32,18 +32,6 @@ std::string train_args(const std::string & data, const std::string & out, const 
          extra;
 }
 
-// the log without timing fields
-std::vector<nlohmann::json> log_of(const std::string & file) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(file);
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    j.erase("tokens_per_second");
-    out.push_back(j);
-  }
-  return out;
-}
-
 // Run the CLI and SIGKILL it as soon as `file` exists (or let it finish). True if it was killed.
 bool run_until(const std::string & args, const std::string & file) {
   pid_t pid = ::fork();
@@ -86,7 +74,7 @@ void check_resume(bool compiled, bool random_moment) {
   }
   ASSERT_EQ(run_cli(train_args(data, dir + "/cut", extra + " --resume-from-checkpoint latest"), &out), 0) << out;
   EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
-  const auto want = log_of(dir + "/full/log.jsonl"), got = log_of(dir + "/cut/log.jsonl");
+  const auto want = read_jsonl(dir + "/full/log.jsonl"), got = read_jsonl(dir + "/cut/log.jsonl");
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]) << "log line " << i;
   EXPECT_EQ(read_file(dir + "/cut/adapter/adapter_model.safetensors"),
@@ -161,7 +149,7 @@ TEST(TrainCli, ChatAndPromptCompletionRecordsEagerEqualsCompiled) {
               0)
         << out;
     EXPECT_NE(out.find("18 documents"), std::string::npos) << out;  // 24 records, 6 held out
-    logs.push_back(log_of(dir + "/log.jsonl"));
+    logs.push_back(read_jsonl(dir + "/log.jsonl"));
   }
   ASSERT_EQ(logs[0].size(), 5u + 2u);  // 5 steps, eval at the start and the end
   for (size_t i = 0; i < logs[0].size(); ++i) {
