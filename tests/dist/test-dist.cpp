@@ -97,6 +97,18 @@ TEST(DataParallelFaults, AKilledRankStopsAllAndTheRunResumes) {
   expect_same_run(dir + "/full", dir + "/cut", 1e-7);
 }
 
+TEST(DataParallelFaults, ANonFiniteLossStopsEveryRankAndRankZeroSavesTheLastGoodStep) {
+  const std::string dir = temp_dir("dist-nan");
+  const std::string data = make_text(dir), cfg = adapter_config(dir, "LORA");
+  std::string cmd = train(data, cfg, dir + "/a", "--batch-size 2 --nproc-per-node 2 --steps 6");
+  cmd.replace(cmd.find("--lr 1e-2"), 9, "--lr 1e30");
+  std::string out;
+  EXPECT_EQ(run_cli(cmd, &out), 1);
+  EXPECT_NE(out.find("training stopped before this step's update"), std::string::npos) << out;
+  EXPECT_NE(out.find("was saved to"), std::string::npos) << out;
+  EXPECT_TRUE(exists(dir + "/a/adapter_model.safetensors")) << out;
+}
+
 int busy_port(int * fd) {
   *fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};

@@ -369,12 +369,13 @@ Runner add_train(CLI::App & app) {
       progress->finish();
       // the update of the failing step was not applied: keep the last good adapter
       m->train(false);
-      if (!main_rank) throw;
-      if (e.step > 1) {
-        m->save_pretrained(o->out, {}, o->allow_nonfinite);
-        fail(str(e.what(), "; the adapter after step ", e.step - 1, " was saved to '", o->out, "'"));
-      }
-      fail(str(e.what(), "; nothing was saved"));
+      // every rank stops at the same step (the loss is the global batch's); the others wait until rank
+      // 0 has saved the last good adapter, so the launcher does not stop it halfway
+      const bool saved = main_rank && e.step > 1;
+      if (saved) m->save_pretrained(o->out, {}, o->allow_nonfinite);
+      if (pg) pg->barrier();
+      if (saved) fail(str(e.what(), "; the adapter after step ", e.step - 1, " was saved to '", o->out, "'"));
+      fail(str(e.what(), main_rank ? "; nothing was saved" : ""));
     }
     m->train(false);
     if (!main_rank) return 0;
