@@ -155,8 +155,27 @@ static bool file_exists(const std::string & p) {
 }
 
 std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype) {
+  LoadOptions o;
+  o.dtype = dtype;
+  return load_model(dir, o);
+}
+
+std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions & o) {
+  const at::ScalarType dtype = o.dtype;
   PEFT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "load_model: dtype must be float32 or bfloat16");
   ModelConfig cfg = ModelConfig::load(dir);
+  // a checkpoint saved quantized says so in config.json; its layers load as they were saved
+  quant::QuantOptions qopts = o.quantize;
+  {
+    const nlohmann::json j = read_json_file(dir + "/config.json");
+    if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
+      quant::QuantOptions saved = quant::options_from_config(j["quantization_config"], dir + "/config.json");
+      PEFT_CHECK(!o.quantize.enabled() || o.quantize.format == saved.format, dir, " is saved quantized as ",
+                 quant::format_name(saved.format), "; it cannot be loaded as ", quant::format_name(o.quantize.format));
+      qopts = saved;
+      qopts.format = quant::Format::none;  // (layers without quantization keys stay float, as saved)
+    }
+  }
   std::shared_ptr<CausalLM> model;
   try {
     model = build_model(cfg);  // (allocated lazily: nothing is touched yet)
@@ -168,6 +187,7 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dty
     // the weights in `dtype` plus the checkpoint read next to them: refuse what the machine cannot hold
     uint64_t bytes = 0;
     for (const auto & p : model->parameters(true)) bytes += static_cast<uint64_t>(p.numel()) * c10::elementSize(dtype);
+    if (o.quantize.enabled()) bytes = bytes / 4;  // (about: Linear weights at 0.5-1 byte each)
     struct stat st;
     if (::stat((dir + "/model.safetensors").c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_size);
     check_memory_for(bytes, str("loading the model '", dir, "' (", model->parameters(true).size(), " tensors)"));
@@ -201,6 +221,7 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dty
     fail(str(dir, ": no model.safetensors or model.safetensors.index.json"));
   }
   model->to(dtype);
+  quant::load_quantized(model, tensors, qopts, source);
   load_parameters(*model, tensors, source);
   model->eval();
   for (auto & p : model->parameters()) p.set_requires_grad(false);
@@ -233,6 +254,7 @@ void save_model(CausalLM & model, const std::string & dir, const nlohmann::json 
   for (auto & p : model.named_parameters(true)) {
     if (!tied.count(p.key())) out[p.key()] = p.value();
   }
+  quant::export_quantized(model.shared_from_this(), out);
   write_file_atomic(w.file("config.json"), config_json.dump(2));
   safetensors_save(w.file("model.safetensors"), out);
   for (const auto & f : extra_files) write_file_atomic(w.file(f.first), f.second);

@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "adapter-options.h"
 #include "common.h"
+#include "quant-options.h"
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/model/causal-lm.h"
@@ -16,6 +17,7 @@ Runner add_forward(CLI::App & app) {
     std::string model, ids, out, dtype = "float32";
     bool compile = false;
     CommonOptions common;
+    QuantFlags quant;
     AdapterOptions adapters;
     std::string adapter_names;
   };
@@ -27,6 +29,7 @@ Runner add_forward(CLI::App & app) {
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
   cmd->add_flag("--compile", o->compile, "run the compiled model");
   add_common_options(*cmd, o->common);
+  add_quant_options(*cmd, o->quant);
   add_adapter_options(*cmd, o->adapters);
   cmd->add_option("--adapter-names", o->adapter_names,
                   "mixed-adapter batch: one adapter per row, comma-separated (__base__ = no adapter)");
@@ -39,7 +42,7 @@ Runner add_forward(CLI::App & app) {
     check_ids(o->ids, rows, ModelConfig::load(o->model));
     at::Tensor ids = ids_tensor(rows, o->ids);
     apply_common_options(o->common);
-    auto model = load_model(o->model, dtype);
+    auto model = load_model_with(o->model, dtype, o->quant);
     Prepared run = apply_adapter_options(model, o->adapters);
     auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
     auto fwd = make_logits_fn(*pm, o->compile);

@@ -4,6 +4,7 @@
 #include "adapter-options.h"
 #include "commands.h"
 #include "common.h"
+#include "quant-options.h"
 #include "peft/error.h"
 #include "peft/generate/generate.h"
 #include "peft/tokenizer/tokenizer.h"
@@ -17,6 +18,7 @@ Runner add_generate(CLI::App & app) {
     GenerationConfig gen;
     bool no_cache = false, compile = false, ids_out = false;
     CommonOptions common;
+    QuantFlags quant;
     AdapterOptions adapters;
   };
   auto o = std::make_shared<Opts>();
@@ -36,6 +38,7 @@ Runner add_generate(CLI::App & app) {
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
   cmd->add_flag("--compile", o->compile, "generate with the compiled model");
   add_common_options(*cmd, o->common);
+  add_quant_options(*cmd, o->quant);
   add_adapter_options(*cmd, o->adapters);
   return [o]() {
     const at::ScalarType dtype = parse_dtype(o->dtype);
@@ -43,7 +46,7 @@ Runner add_generate(CLI::App & app) {
     PEFT_USAGE(o->gen.max_new_tokens >= 0 && o->gen.max_new_tokens <= mcfg.max_position_embeddings,
                "--max-new-tokens must be in [0, ", mcfg.max_position_embeddings, "] (the model's positions)");
     apply_common_options(o->common);
-    auto base = load_model(o->model, dtype);
+    auto base = load_model_with(o->model, dtype, o->quant);
     auto tok = load_tokenizer(o->model, base->config().vocab_size);
     Prepared run = apply_adapter_options(base, o->adapters);
     auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);

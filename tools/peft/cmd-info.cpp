@@ -3,6 +3,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "quant-options.h"
 #include "peft/model/causal-lm.h"
 
 namespace peft::cli {
@@ -11,14 +12,16 @@ Runner add_info(CLI::App & app) {
   struct Opts {
     std::string model;
     CommonOptions common;
+    QuantFlags quant;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("info", "print a model's architecture, parameter count and dtype");
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   add_common_options(*cmd, o->common);
+  add_quant_options(*cmd, o->quant);
   return [o]() {
     apply_common_options(o->common);
-    auto model = load_model(o->model);
+    auto model = load_model_with(o->model, at::kFloat, o->quant);
     const auto & c = model->config();
     int64_t n = 0;
     for (const auto & p : named_parameters(*model)) n += p.second.numel();

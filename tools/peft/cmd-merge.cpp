@@ -7,6 +7,7 @@
 #include "adapter-options.h"
 #include "commands.h"
 #include "common.h"
+#include "quant-options.h"
 #include "peft/error.h"
 #include "peft/io/files.h"
 
@@ -17,18 +18,22 @@ Runner add_merge(CLI::App & app) {
     std::string model, out, dtype = "float32";
     bool safe = false, unsafe = false;
     CommonOptions common;
+    QuantFlags quant;
     AdapterOptions adapters;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("merge", "merge adapters into the base model and save it as a checkpoint folder");
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--out", o->out, "folder for the merged checkpoint")->required();
-  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16 (weights are stored in this dtype)");
+  auto * dtype_opt = cmd->add_option("--dtype", o->dtype,
+                                     "float32 or bfloat16 (weights are stored in this dtype; on a quantized base: "
+                                     "write the merged weights dequantized instead of quantized again)");
   cmd->add_flag("--safe-merge", o->safe, "refuse a merge that produces non-finite weights (the default)");
   cmd->add_flag("--unsafe-merge", o->unsafe, "skip the check for non-finite merged weights");
   add_common_options(*cmd, o->common);
+  add_quant_options(*cmd, o->quant);
   add_adapter_options(*cmd, o->adapters);
-  return [o]() {
+  return [o, dtype_opt]() {
     PEFT_USAGE(!o->adapters.adapters.empty(), "merge needs at least one --adapter");
     PEFT_USAGE(!o->adapters.merge && !o->adapters.unmerge && !o->adapters.merge_and_unload && !o->adapters.disable,
                "merge takes --adapter, --active and --weighted only");
@@ -39,10 +44,24 @@ Runner add_merge(CLI::App & app) {
     check_output_folder("--out", o->out, inputs);  // never over the base model or an adapter
     nlohmann::json config = read_json_file(o->model + "/config.json");
     apply_common_options(o->common);
-    auto base = load_model(o->model, dtype);
+    auto base = load_model_with(o->model, dtype, o->quant);
     Prepared run = apply_adapter_options(base, o->adapters);
     auto plain = run.peft->merge_and_unload(/*safe_merge=*/!o->unsafe);
     config["torch_dtype"] = dtype_name(dtype);  // transformers' names: "float32", "bfloat16"
+    const auto fp = quant::weight_footprint(plain);
+    if (fp.quantized_params > 0) {
+      // a quantized base: the merged weights were quantized again (PEFT's way), or written dequantized
+      if (dtype_opt->count() > 0) {
+        quant::dequantize_modules(plain, dtype);
+        config.erase("quantization_config");
+        std::cerr << "merged weights written dequantized (" << dtype_name(dtype) << ")\n";
+      } else {
+        const auto err = quant::requantization_error(plain);
+        if (!config.contains("quantization_config")) config["quantization_config"] = quant::quantization_config(quant_options(o->quant));
+        std::cerr << "merged into the quantized weights and quantized again: weights moved by up to " << err.max_abs
+                  << " (mean " << err.mean_abs << ") from the exact merge; --dtype float32 writes them dequantized\n";
+      }
+    }
     config["tie_word_embeddings"] = plain->config().tie_word_embeddings;
     std::map<std::string, std::string> extra;  // the tokenizer goes along, in the same folder write
     struct stat st;

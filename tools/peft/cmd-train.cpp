@@ -13,6 +13,7 @@
 #include "launch.h"
 #include "peft/dist/dist.h"
 #include "common.h"
+#include "quant-options.h"
 #include "peft/data/batches.h"
 #include "peft/data/dataset.h"
 #include "peft/error.h"
@@ -73,6 +74,7 @@ Runner add_train(CLI::App & app) {
     LaunchOptions launch;
     double dist_timeout = 300;
     CommonOptions common;
+    QuantFlags quant;
   };
   auto o = std::make_shared<Opts>();
   o->train.weight_decay = 1e-2;
@@ -141,6 +143,7 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--dist-timeout", o->dist_timeout, "seconds to wait for peers and collectives (default 300)");
   cmd->add_flag("--compile", o->compile, "train through the compiled model");
   add_common_options(*cmd, o->common);
+  add_quant_options(*cmd, o->quant);
   cmd->add_flag("--allow-nonfinite", o->allow_nonfinite, "save the adapter even if it holds NaN or Inf values");
   return [o, cmd]() {
     // ---- every argument, path and data record is checked before the model is loaded ----
@@ -275,7 +278,7 @@ Runner add_train(CLI::App & app) {
       pg = ProcessGroup::create(env, std::chrono::milliseconds(static_cast<int64_t>(o->dist_timeout * 1000)));
     }
     at::manual_seed(t.seed);
-    auto base = load_model(o->model);
+    auto base = load_model_with(o->model, at::kFloat, o->quant);
     std::shared_ptr<PeftModel> m;
     if (!o->resume.empty()) {
       m = PeftModel::from_pretrained(base, o->resume, "default", /*is_trainable=*/true);

@@ -26,6 +26,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_plot);
   add(peft::cli::add_bench_dist);
   add(peft::cli::add_chat_template);
+  add(peft::cli::add_quantize);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {

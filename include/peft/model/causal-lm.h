@@ -12,6 +12,7 @@
 
 #include "peft/model/config.h"
 #include "peft/nn/module.h"
+#include "peft/quant/quantize.h"
 
 namespace peft {
 
@@ -80,8 +81,15 @@ class CausalLM : public Module {
 /// Build an architecture from its config (random-free: parameters are uninitialised).
 std::shared_ptr<CausalLM> build_model(const ModelConfig & cfg);
 
-/// Load a Hugging Face checkpoint folder. dtype: at::kFloat or at::kBFloat16 (weights converted on load).
-/// Missing or unexpected keys are errors naming the keys (tied weights excepted).
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // float weights: at::kFloat or at::kBFloat16 (converted on load)
+  quant::QuantOptions quantize;       // quantize the Linear layers at load (transformers' load_in_4bit/8bit)
+};
+
+/// Load a Hugging Face checkpoint folder. A checkpoint saved quantized by transformers + bitsandbytes
+/// (config.json's quantization_config) loads with its quantized layers as they are; `o.quantize`
+/// quantizes a float one. Missing or unexpected keys are errors naming the keys (tied weights excepted).
+std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions & o);
 std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype = at::kFloat);
 
 /// Load a state dict into the model's parameters by name (shapes checked). Used by load_model.
@@ -90,9 +98,9 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
 /// Fill every parameter with seeded random values (benchmarks and tests on synthetic models).
 void init_random(CausalLM & model, uint64_t seed, double std = 0.02);
 
-/// Save the model's parameters as DIR/config.json + DIR/model.safetensors (atomically).
 /// Write `model` as a checkpoint folder (config.json, model.safetensors, and `extra_files` name ->
-/// content), the folder written whole (FolderWriter).
+/// content), the folder written whole (FolderWriter). Quantized layers are written in bitsandbytes' key
+/// layout (config_json should then carry quantization_config).
 void save_model(CausalLM & model, const std::string & dir, const nlohmann::json & config_json,
                 const std::map<std::string, std::string> & extra_files = {});
 

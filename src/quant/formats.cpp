@@ -1,0 +1,222 @@
+// bitsandbytes' formats. Each function mirrors the corresponding op of bitsandbytes' "default" backend
+// (backends/default/ops.py) and functional.py with the same ATen operations in the same order, which is
+// what makes the results bit-identical (the reference data in tests/data/quant checks it).
+#include "peft/quant/formats.h"
+
+#include <cmath>
+
+#include "peft/error.h"
+
+namespace peft::quant {
+
+std::string format_name(Format f) {
+  switch (f) {
+    case Format::nf4: return "nf4";
+    case Format::fp4: return "fp4";
+    case Format::int8: return "int8";
+    case Format::none: break;
+  }
+  return "none";
+}
+
+Format parse_format(const std::string & name, const std::string & what) {
+  if (name == "nf4") return Format::nf4;
+  if (name == "fp4") return Format::fp4;
+  if (name == "int8") return Format::int8;
+  if (name == "none" || name.empty()) return Format::none;
+  fail(str(what, ": unknown quantization '", name, "' (expected nf4, fp4, int8 or none)"));
+}
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: fail(str("quantized weights: unsupported dtype ", c10::toString(t)));
+  }
+}
+
+at::ScalarType parse_dtype_name(const std::string & name, const std::string & what) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16") return at::kHalf;
+  fail(str(what, ": unknown dtype '", name, "' (expected float32, bfloat16 or float16)"));
+}
+
+at::Tensor code_4bit(Format f) {
+  std::vector<float> data;
+  if (f == Format::nf4) {
+    // quantiles of N(0, 1) (QLoRA), as bitsandbytes lists them
+    data = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+            -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+            0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+            0.7229568362236023f, 1.0f};
+  } else if (f == Format::fp4) {
+    // 1 sign, 2 exponent, 1 mantissa bit, in bit-pattern order (sign is bit 3), normalised below; code 8
+    // is +0 (bitsandbytes writes it as the integer -0)
+    data = {0, 0.0625f, 8, 12, 4, 6, 2, 3, 0, -0.0625f, -8, -12, -4, -6, -2, -3};
+  } else {
+    fail(str("code_4bit: ", format_name(f), " is not a 4-bit format"));
+  }
+  at::Tensor t = at::tensor(data, at::kFloat);
+  t.div_(t.abs().max());
+  return t;
+}
+
+at::Tensor dynamic_map() {
+  // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for each exponent 10^(i-6),
+  // 2^i + 1 linearly spaced fractions in [0.1, 1], their midpoints, both signs; then 0 and 1
+  std::vector<double> data;
+  for (int i = 0; i < 7; ++i) {
+    at::Tensor b = at::linspace(0.1, 1, (int64_t{1} << i) + 1, at::kFloat);
+    at::Tensor means = (b.slice(0, 0, -1) + b.slice(0, 1)) / 2.0;
+    const double e = std::pow(10.0, -6 + i);
+    for (const at::Tensor & t : {means * e, means * -e}) {
+      const float * p = t.contiguous().data_ptr<float>();
+      data.insert(data.end(), p, p + t.numel());
+    }
+  }
+  data.push_back(0);
+  data.push_back(1.0);
+  std::sort(data.begin(), data.end());
+  std::vector<float> f(data.begin(), data.end());
+  return at::tensor(f, at::kFloat);
+}
+
+namespace {
+
+void check_blocksize(int64_t blocksize, const char * what) {
+  bool pow2 = blocksize > 0 && (blocksize & (blocksize - 1)) == 0;
+  PEFT_CHECK(pow2 && blocksize >= 32 && blocksize <= 4096, what, ": blocksize ", blocksize,
+             " is not one of 32, 64, 128, 256, 512, 1024, 2048, 4096");
+}
+
+// (scaled values in [-1, 1], absmax per block) of a flat float32 tensor, as the default backend computes
+// them: full blocks scaled by the reciprocal of their absmax, a partial last block divided by its own
+std::pair<at::Tensor, at::Tensor> scale_blocks(const at::Tensor & flat, int64_t blocksize) {
+  const int64_t n = flat.numel(), rem = n % blocksize, full = n - rem, blocks = full / blocksize;
+  at::Tensor com = flat.slice(0, 0, full).reshape({blocks, blocksize});
+  at::Tensor absmax = std::get<0>(com.abs().max(-1));
+  at::Tensor scaled = at::clamp(com * at::reciprocal(absmax.clamp_min(1e-38)).view({-1, 1}), -1, 1).reshape(-1);
+  if (rem) {
+    at::Tensor tail = flat.slice(0, full);
+    at::Tensor am = tail.abs().max().clamp_min(1e-38);
+    absmax = at::cat({absmax, am.unsqueeze(0)});
+    scaled = at::cat({scaled, at::clamp(tail / am, -1, 1)});
+  }
+  return {scaled, absmax};
+}
+
+// code[codes] scaled by each block's absmax, (n) float32
+at::Tensor scale_back(const at::Tensor & values, const at::Tensor & absmax, int64_t blocksize, int64_t n) {
+  const int64_t rem = n % blocksize, full = n - rem, blocks = full / blocksize;
+  if (!rem) return (values.view({-1, blocksize}) * absmax.view({-1, 1})).reshape(n);
+  at::Tensor out = at::empty({n}, at::kFloat);
+  out.slice(0, 0, full).copy_((values.slice(0, 0, full).view({-1, blocksize}) * absmax.slice(0, 0, blocks).view({-1, 1})).reshape(full));
+  out.slice(0, full).copy_(values.slice(0, full) * absmax[blocks]);
+  return out;
+}
+
+}  // namespace
+
+Blockwise8 quantize_blockwise(const at::Tensor & A, const at::Tensor & code, int64_t blocksize) {
+  check_blocksize(blocksize, "quantize_blockwise");
+  at::NoGradGuard g;
+  auto [scaled, absmax] = scale_blocks(A.reshape(-1).to(at::kFloat), blocksize);
+  at::Tensor bounds = (code.slice(0, 0, -1) + code.slice(0, 1)) / 2;
+  at::Tensor q = at::bucketize(scaled, bounds, /*out_int32=*/true).to(at::kByte);
+  return {q.reshape(A.sizes()), absmax, code, blocksize};
+}
+
+at::Tensor dequantize_blockwise(const Blockwise8 & q) {
+  at::NoGradGuard g;
+  at::Tensor flat = q.codes.reshape(-1);
+  at::Tensor values = q.code.index({flat.to(at::kLong)});
+  return scale_back(values, q.absmax, q.blocksize, flat.numel()).reshape(q.codes.sizes());
+}
+
+int64_t Quant4::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+at::Tensor Quant4::absmax_float() const {
+  if (!nested) return absmax;
+  at::Tensor a = dequantize_blockwise({absmax, nested_absmax, nested_code, nested_blocksize});
+  return a + offset;
+}
+
+int64_t Quant4::nbytes() const {
+  int64_t b = packed.numel() + absmax.numel() * absmax.element_size() + code.numel() * 4;
+  if (nested) b += nested_absmax.numel() * 4 + nested_code.numel() * 4;
+  return b;
+}
+
+Quant4 quantize_4bit(const at::Tensor & W, Format f, int64_t blocksize, bool double_quant) {
+  check_blocksize(blocksize, "quantize_4bit");
+  PEFT_CHECK(W.is_floating_point(), "quantize_4bit: the weight must be a floating tensor, not ", W.scalar_type());
+  at::NoGradGuard g;
+  Quant4 q;
+  q.format = f;
+  q.blocksize = blocksize;
+  q.shape = W.sizes().vec();
+  q.dtype = W.scalar_type();
+  q.code = code_4bit(f);
+  // _get_4bit_quantize_bounds: midpoints of the sorted code; FP4's codes are not sorted, `order` maps back.
+  // FP4's two zeros (codes 0 and 8) tie in bitsandbytes' argsort; its order on PyTorch 1.13 is fixed here
+  // so that the codes do not depend on a sort's tie-breaking
+  at::Tensor order = f == Format::nf4 ? at::arange(16, at::kLong)
+                                      : at::tensor(std::vector<int64_t>{11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3});
+  at::Tensor sorted = q.code.index({order});
+  at::Tensor bounds = (sorted.slice(0, 0, -1) + sorted.slice(0, 1)) / 2;
+  auto [scaled, absmax] = scale_blocks(W.reshape(-1).to(at::kFloat), blocksize);
+  if (scaled.numel() % 2) scaled = at::constant_pad_nd(scaled, {0, 1});
+  at::Tensor idx = at::bucketize(scaled, bounds, /*out_int32=*/true);
+  if (f != Format::nf4) idx = order.index({idx.to(at::kLong)});
+  at::Tensor q8 = idx.to(at::kByte);
+  q.packed = at::bitwise_or(at::bitwise_left_shift(q8.slice(0, 0, at::indexing::None, 2), 4),
+                            q8.slice(0, 1, at::indexing::None, 2)).unsqueeze(1).contiguous();
+  if (double_quant) {
+    at::Tensor mean = absmax.mean();
+    Blockwise8 b = quantize_blockwise(absmax - mean, dynamic_map(), 256);
+    q.nested = true;
+    q.absmax = b.codes;
+    q.nested_absmax = b.absmax;
+    q.nested_code = b.code;
+    q.offset = mean;
+  } else {
+    q.absmax = absmax;
+  }
+  return q;
+}
+
+at::Tensor dequantize_4bit(const Quant4 & q) {
+  at::NoGradGuard g;
+  const int64_t n = q.numel();
+  at::Tensor bytes = q.packed.reshape(-1).to(at::kInt);
+  at::Tensor idx = at::stack({at::bitwise_right_shift(bytes, 4), at::bitwise_and(bytes, 0xF)}, 1).reshape(-1).slice(0, 0, n);
+  at::Tensor values = q.code.index({idx.to(at::kLong)});
+  return scale_back(values, q.absmax_float(), q.blocksize, n).reshape(q.shape);
+}
+
+int64_t Quant8::nbytes() const { return CB.numel() + SCB.numel() * 4; }
+
+Quant8 quantize_int8(const at::Tensor & W) {
+  PEFT_CHECK(W.dim() == 2 && W.is_floating_point(), "quantize_int8: expected a 2-D floating weight, got ", W.sizes(),
+             " ", W.scalar_type());
+  at::NoGradGuard g;
+  // Int8Params quantizes the float16 copy of the weight: int8_vectorwise_quant(W.to(float16))
+  at::Tensor A = W.to(at::kHalf);
+  at::Tensor row_stats = std::get<0>(at::max(A.abs(), 1)).to(at::kFloat);
+  at::Tensor CB = at::round(A * (at::reciprocal(row_stats.unsqueeze(-1)) * 127.0)).to(at::kChar);
+  return {CB, row_stats};
+}
+
+at::Tensor dequantize_int8(const Quant8 & q) {
+  at::NoGradGuard g;
+  // as bitsandbytes' CPU path (MatMul8bitFp) forms the weight it multiplies by: CB * (SCB * (1/127))
+  return q.CB.to(at::kFloat).mul_(q.SCB.unsqueeze(1).mul(1.0 / 127.0));
+}
+
+}  // namespace peft::quant
