@@ -8,6 +8,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "quant/kernels/isa-kernels.h"
 
 namespace peft::quant::kernels {
@@ -55,7 +57,8 @@ inline void mixed_scales(const Weight4 & w, int64_t row, int64_t i, int64_t n, _
 // the fast loop, the rest (chunks across a block boundary, the end of a row) a masked one. With few rows
 // two accumulator sets hide the FMA latency. The loops over rows are unrolled before GCC's scalar
 // replacement (pragma), so that the accumulators stay in registers.
-template <int M> void row4(const float * x, const Weight4 & w, __m512 table, int64_t o, float * y) {
+template <int M>
+void row4(const float * x, const Weight4 & w, __m512 table, int64_t o, int64_t c0, int64_t c1, bool add, float * y) {
   constexpr int A = M <= 8 ? 2 : 1;
   const int64_t I = w.I, row = o * I;
   __m512 acc[A][M];
@@ -64,10 +67,10 @@ template <int M> void row4(const float * x, const Weight4 & w, __m512 table, int
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[a][m] = _mm512_setzero_ps();
   const uint8_t * p = w.packed + row / 2;
-  int64_t b = row / w.blocksize, next = (b + 1) * w.blocksize - row;  // block of column i, where it ends
-  for (int64_t i = 0; i < I;) {
+  int64_t b = (row + c0) / w.blocksize, next = (b + 1) * w.blocksize - row;  // block of column i, where it ends
+  for (int64_t i = c0; i < c1;) {
     while (i >= next) ++b, next += w.blocksize;
-    const int64_t stop = next < I ? next : I;
+    const int64_t stop = next < c1 ? next : c1;
     if (i + 32 <= stop) {
       const __m512 scale = _mm512_set1_ps(w.absmax[b]);
       for (; i + 32 <= stop; i += 32) {
@@ -81,7 +84,7 @@ template <int M> void row4(const float * x, const Weight4 & w, __m512 table, int
       }
       continue;
     }
-    const int64_t n = I - i < 32 ? I - i : 32;
+    const int64_t n = c1 - i < 32 ? c1 - i : 32;
     __m512 s0, s1;
     mixed_scales(w, row, i, n, s0, s1);
     const __mmask16 k0 = first(n < 16 ? n : 16), k1 = first(n > 16 ? n - 16 : 0);
@@ -96,13 +99,17 @@ template <int M> void row4(const float * x, const Weight4 & w, __m512 table, int
     i += n;
   }
 #pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) y[m * w.O + o] = hsum(A == 2 ? _mm512_add_ps(acc[0][m], acc[A - 1][m]) : acc[0][m]);
+  for (int m = 0; m < M; ++m) {
+    const float sum = hsum(A == 2 ? _mm512_add_ps(acc[0][m], acc[A - 1][m]) : acc[0][m]);
+    y[m * w.O + o] = add ? y[m * w.O + o] + sum : sum;
+  }
 }
 
 inline __m512 int8_to_float(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
 
-// The per-row scale SCB[o] / 127 is factored out of the dot product: y = (sum CB * x) * (SCB * 1/127).
-template <int M> void row8(const float * x, const Weight8 & w, int64_t o, float * y) {
+// The per-row scale SCB[o] / 127 is factored out of the dot product (of each panel of columns):
+// y = (sum CB * x) * (SCB * 1/127).
+template <int M> void row8(const float * x, const Weight8 & w, int64_t o, int64_t c0, int64_t c1, bool add, float * y) {
   constexpr int A = M <= 8 ? 2 : 1;
   const int64_t I = w.I;
   __m512 acc[A][M];
@@ -111,8 +118,8 @@ template <int M> void row8(const float * x, const Weight8 & w, int64_t o, float 
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[a][m] = _mm512_setzero_ps();
   const int8_t * cb = w.CB + o * I;
-  int64_t k = 0;
-  for (; k + 32 <= I; k += 32) {
+  int64_t k = c0;
+  for (; k + 32 <= c1; k += 32) {
     const __m512 w0 = int8_to_float(_mm_loadu_si128(reinterpret_cast<const __m128i *>(cb + k)));
     const __m512 w1 = int8_to_float(_mm_loadu_si128(reinterpret_cast<const __m128i *>(cb + k + 16)));
 #pragma GCC unroll 16
@@ -121,25 +128,36 @@ template <int M> void row8(const float * x, const Weight8 & w, int64_t o, float 
       acc[A - 1][m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * I + k + 16), acc[A - 1][m]);
     }
   }
-  for (; k < I; k += 16) {
-    const __mmask16 mask = first(I - k < 16 ? I - k : 16);
+  for (; k < c1; k += 16) {
+    const __mmask16 mask = first(c1 - k < 16 ? c1 - k : 16);
     const __m512 w0 = int8_to_float(_mm_maskz_loadu_epi8(mask, cb + k));
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[0][m] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, x + m * I + k), acc[0][m]);
   }
   const float scale = w.SCB[o] * kInt8Scale;
 #pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-    y[m * w.O + o] = hsum(A == 2 ? _mm512_add_ps(acc[0][m], acc[A - 1][m]) : acc[0][m]) * scale;
+  for (int m = 0; m < M; ++m) {
+    const float sum = hsum(A == 2 ? _mm512_add_ps(acc[0][m], acc[A - 1][m]) : acc[0][m]) * scale;
+    y[m * w.O + o] = add ? y[m * w.O + o] + sum : sum;
+  }
 }
+
+// Columns in panels of M * panel <= 16 KB of x, so that x stays in L1 while the panel goes over all rows.
+constexpr int64_t panel_columns(int M) { return M == 1 ? INT64_MAX : (4096 / M) / 32 * 32; }
 
 template <int M> void rows4(const float * x, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   const __m512 table = _mm512_loadu_ps(w.code);
-  for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, table, o, y);
+  for (int64_t c0 = 0; c0 < w.I; c0 += panel_columns(M)) {
+    const int64_t c1 = w.I - c0 < panel_columns(M) ? w.I : c0 + panel_columns(M);
+    for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, table, o, c0, c1, c0 > 0, y);
+  }
 }
 
 template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
-  for (int64_t o = o0; o < o1; ++o) row8<M>(x, w, o, y);
+  for (int64_t c0 = 0; c0 < w.I; c0 += panel_columns(M)) {
+    const int64_t c1 = w.I - c0 < panel_columns(M) ? w.I : c0 + panel_columns(M);
+    for (int64_t o = o0; o < o1; ++o) row8<M>(x, w, o, c0, c1, c0 > 0, y);
+  }
 }
 
 using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
