@@ -1,0 +1,71 @@
+// Timing of the quantized-linear CPU kernels (src/quant/kernels) against float32 at::mv / at::mm on the
+// same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
+// 1 and 2 threads. Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+
+#include "quant/kernels/kernels.h"
+
+using namespace peft::quant::kernels;
+
+namespace {
+
+// Seconds per call: the best of 5 batches of calls, each batch about 0.1 s.
+double seconds_per_call(const std::function<void()> & f) {
+  using clock = std::chrono::steady_clock;
+  f();
+  auto t0 = clock::now();
+  f();
+  const double once = std::max(1e-7, std::chrono::duration<double>(clock::now() - t0).count());
+  const int n = std::max(1, int(0.1 / once));
+  double best = 1e30;
+  for (int batch = 0; batch < 5; ++batch) {
+    t0 = clock::now();
+    for (int i = 0; i < n; ++i) f();
+    best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count() / n);
+  }
+  return best;
+}
+
+void report(const char * kind, int64_t O, int64_t I, int64_t M, int threads, double bytes, double s, double base) {
+  std::printf("%-8s O %5lld I %5lld M %2lld threads %d: %9.1f us  %6.2f Gweights/s  %6.2f GB/s  x%.2f vs float32\n",
+              kind, (long long)O, (long long)I, (long long)M, threads, s * 1e6, O * I / s * 1e-9, bytes / s * 1e-9,
+              base / s);
+}
+
+void bench_shape(int64_t O, int64_t I, int threads) {
+  const int64_t blocksize = 64, n = O * I;
+  const at::Tensor packed = at::randint(0, 256, {n / 2}, at::kByte), absmax = at::rand({n / blocksize});
+  const at::Tensor code = at::randn({16}), CB = at::randint(-127, 128, {O, I}, at::kChar), SCB = at::rand({O});
+  const at::Tensor W = at::randn({O, I});
+  const Weight4 w4{packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), code.data_ptr<float>(), O, I, blocksize};
+  const Weight8 w8{CB.data_ptr<int8_t>(), SCB.data_ptr<float>(), O, I};
+  for (int64_t M : {1, 8}) {
+    const at::Tensor x = at::randn({M, I});
+    at::Tensor y = at::empty({M, O}), y0 = y[0];
+    const double base = M == 1 ? seconds_per_call([&] { at::mv_out(y0, W, x[0]); })
+                               : seconds_per_call([&] { at::mm_out(y, x, W.t()); });
+    report("float32", O, I, M, threads, 4.0 * n, base, base);
+    const double t4 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w4, y.data_ptr<float>()); });
+    report("4-bit", O, I, M, threads, n / 2.0 + 4.0 * n / blocksize, t4, base);
+    const double t8 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w8, y.data_ptr<float>()); });
+    report("int8", O, I, M, threads, double(n) + 4.0 * O, t8, base);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+  force_isa(argc > 1 ? argv[1] : nullptr);
+  std::printf("quant kernels: %s\n", isa());
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    bench_shape(1376, 512, threads);
+    bench_shape(4096, 4096, threads);
+  }
+}

@@ -1,0 +1,29 @@
+// The per-ISA halves of kernels.h, one table per instruction set (kernels-portable.cpp, kernels-avx2.cpp,
+// kernels-avx512.cpp). Each entry is single-threaded and works on output rows [o0, o1); kernels.cpp
+// picks a table and splits the rows over threads. Only plain declarations here: these files are
+// compiled with ISA flags, so nothing inline may be shared with the rest of the library.
+#pragma once
+#include "quant/kernels/kernels.h"
+
+namespace peft::quant::kernels {
+
+struct IsaKernels {
+  const char * name;
+  // y[m*O + o] for m < M <= 16 and o in [o0, o1)
+  void (*gemm4)(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1);
+  void (*gemm8)(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1);
+  void (*dequant4)(const Weight4 & w, int64_t o0, int64_t o1, float * out);
+  void (*dequant8)(const Weight8 & w, int64_t o0, int64_t o1, float * out);
+};
+
+extern const IsaKernels kPortableKernels;
+#if defined(__x86_64__)
+extern const IsaKernels kAvx2Kernels;
+extern const IsaKernels kAvx512Kernels;
+#endif
+
+// The int8 dequantization constant of bitsandbytes' int8_vectorwise_dequant (`A * stats * 7.874015718698502e-3`,
+// the Python float rounded to float32 by the float32 multiply).
+constexpr float kInt8Scale = 7.874015718698502e-3f;
+
+}  // namespace peft::quant::kernels

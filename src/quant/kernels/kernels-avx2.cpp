@@ -1,0 +1,171 @@
+// AVX2+FMA kernels. 4-bit: 16 packed bytes -> 32 nibbles in element order (shift, unpack), zero-extended
+// to int32 8 at a time; the 16-entry code table is two ymm halves, looked up with two permutevar8x32 and
+// a blend on bit 3. Pieces of a block that are not a multiple of 32 (int8: rows) end in scalar code.
+// At most 8 rows of x at a time (16 ymm registers). Compiled with -mavx2 -mfma (src/CMakeLists.txt);
+// only called after a CPU check.
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "quant/kernels/isa-kernels.h"
+
+namespace peft::quant::kernels {
+namespace {
+
+constexpr int kGroup = 8;  // rows of x per pass
+
+template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
+  const int64_t row = o * w.I, end = row + w.I;
+  for (int64_t e = row; e < end;) {
+    const int64_t b = e / w.blocksize;
+    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
+    f(e - row, stop - e, w.absmax[b]);
+    e = stop;
+  }
+}
+
+inline int nibble(const uint8_t * packed, int64_t e) { return (e & 1) ? (packed[e >> 1] & 0xF) : (packed[e >> 1] >> 4); }
+
+struct Table {
+  __m256 lo, hi;  // code[0..7], code[8..15]
+};
+
+// 8 nibble bytes (bits 0..3 valid) -> 8 weights: permutevar8x32 reads bits 0..2, bit 3 picks the half.
+inline __m256 lookup8(__m128i nib, const Table & t, __m256 scale) {
+  const __m256i idx = _mm256_cvtepu8_epi32(nib);
+  const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, idx), _mm256_permutevar8x32_ps(t.hi, idx),
+                                    _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+  return _mm256_mul_ps(v, scale);
+}
+
+// 32 weights from 16 packed bytes, in element order (the high nibble of byte k is element 2k).
+inline void decode32(const uint8_t * p, const Table & t, __m256 scale, __m256 w[4]) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+  const __m128i sh = _mm_srli_epi16(b, 4);
+  const __m128i lo = _mm_unpacklo_epi8(sh, b), hi = _mm_unpackhi_epi8(sh, b);
+  w[0] = lookup8(lo, t, scale);
+  w[1] = lookup8(_mm_srli_si128(lo, 8), t, scale);
+  w[2] = lookup8(hi, t, scale);
+  w[3] = lookup8(_mm_srli_si128(hi, 8), t, scale);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int M> void row4(const float * x, const Weight4 & w, const Table & t, int64_t o, float * y) {
+  const int64_t I = w.I;
+  __m256 acc[2][M];
+  float tail[M] = {};
+  for (int m = 0; m < M; ++m) acc[0][m] = acc[1][m] = _mm256_setzero_ps();
+  const int64_t row = o * I;
+  for_each_block_piece(w, o, [&](int64_t i, int64_t n, float s) {
+    const __m256 scale = _mm256_set1_ps(s);
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+      __m256 wv[4];
+      decode32(w.packed + (row + i + k) / 2, t, scale, wv);
+      for (int m = 0; m < M; ++m) {
+        const float * xm = x + m * I + i + k;
+        acc[0][m] = _mm256_fmadd_ps(wv[0], _mm256_loadu_ps(xm), acc[0][m]);
+        acc[1][m] = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xm + 8), acc[1][m]);
+        acc[0][m] = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xm + 16), acc[0][m]);
+        acc[1][m] = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xm + 24), acc[1][m]);
+      }
+    }
+    for (; k < n; ++k) {
+      const float wv = w.code[nibble(w.packed, row + i + k)] * s;
+      for (int m = 0; m < M; ++m) tail[m] += wv * x[m * I + i + k];
+    }
+  });
+  for (int m = 0; m < M; ++m) y[m * w.O + o] = hsum(_mm256_add_ps(acc[0][m], acc[1][m])) + tail[m];
+}
+
+inline __m256 int8_to_float(const int8_t * p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p))));
+}
+
+// The per-row scale SCB[o] / 127 is factored out of the dot product: y = (sum CB * x) * (SCB * 1/127).
+template <int M> void row8(const float * x, const Weight8 & w, int64_t o, float * y) {
+  const int64_t I = w.I;
+  __m256 acc[2][M];
+  float tail[M] = {};
+  for (int m = 0; m < M; ++m) acc[0][m] = acc[1][m] = _mm256_setzero_ps();
+  const int8_t * cb = w.CB + o * I;
+  int64_t k = 0;
+  for (; k + 16 <= I; k += 16) {
+    const __m256 w0 = int8_to_float(cb + k), w1 = int8_to_float(cb + k + 8);
+    for (int m = 0; m < M; ++m) {
+      acc[0][m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * I + k), acc[0][m]);
+      acc[1][m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * I + k + 8), acc[1][m]);
+    }
+  }
+  for (; k < I; ++k)
+    for (int m = 0; m < M; ++m) tail[m] += float(cb[k]) * x[m * I + k];
+  const float scale = w.SCB[o] * kInt8Scale;
+  for (int m = 0; m < M; ++m) y[m * w.O + o] = (hsum(_mm256_add_ps(acc[0][m], acc[1][m])) + tail[m]) * scale;
+}
+
+template <int M> void rows4(const float * x, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
+  const Table t = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
+  for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, t, o, y);
+}
+
+template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
+  for (int64_t o = o0; o < o1; ++o) row8<M>(x, w, o, y);
+}
+
+using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
+using Rows8 = void (*)(const float *, const Weight8 &, float *, int64_t, int64_t);
+const Rows4 kRows4[kGroup] = {rows4<1>, rows4<2>, rows4<3>, rows4<4>, rows4<5>, rows4<6>, rows4<7>, rows4<8>};
+const Rows8 kRows8[kGroup] = {rows8<1>, rows8<2>, rows8<3>, rows8<4>, rows8<5>, rows8<6>, rows8<7>, rows8<8>};
+
+void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
+  for (int64_t m0 = 0; m0 < M; m0 += kGroup)
+    kRows4[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * w.I, w, y + m0 * w.O, o0, o1);
+}
+
+void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
+  for (int64_t m0 = 0; m0 < M; m0 += kGroup)
+    kRows8[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * w.I, w, y + m0 * w.O, o0, o1);
+}
+
+void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
+  const Table t = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t row = o * w.I;
+    float * dst = out + (o - o0) * w.I;
+    for_each_block_piece(w, o, [&](int64_t i, int64_t n, float s) {
+      const __m256 scale = _mm256_set1_ps(s);
+      int64_t k = 0;
+      for (; k + 32 <= n; k += 32) {
+        __m256 wv[4];
+        decode32(w.packed + (row + i + k) / 2, t, scale, wv);
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + i + k + 8 * j, wv[j]);
+      }
+      for (; k < n; ++k) dst[i + k] = w.code[nibble(w.packed, row + i + k)] * s;
+    });
+  }
+}
+
+// float(CB) * SCB * (1/127) in this order, as int8_vectorwise_dequant.
+void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
+  const __m256 c = _mm256_set1_ps(kInt8Scale);
+  for (int64_t o = o0; o < o1; ++o) {
+    const int8_t * cb = w.CB + o * w.I;
+    float * dst = out + (o - o0) * w.I;
+    const __m256 s = _mm256_set1_ps(w.SCB[o]);
+    int64_t k = 0;
+    for (; k + 8 <= w.I; k += 8) _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_mul_ps(int8_to_float(cb + k), s), c));
+    for (; k < w.I; ++k) dst[k] = float(cb[k]) * w.SCB[o] * kInt8Scale;
+  }
+}
+
+}  // namespace
+
+const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, dequant4, dequant8};
+
+}  // namespace peft::quant::kernels
+#endif

@@ -1,0 +1,219 @@
+// AVX-512 (F+BW+VL+DQ) kernels. 4-bit: 16 packed bytes -> 32 nibbles in element order (shift, unpack),
+// zero-extended to int32 and looked up in the 16-entry code table held in one zmm (permutexvar), times the
+// block's absmax, FMA into one accumulator per row of x. Block pieces that are not a multiple of 16 use
+// masked loads. Compiled with -mavx512f/bw/vl/dq (src/CMakeLists.txt); only called after a CPU check.
+#if defined(__x86_64__)
+// GCC 12 warns about the _mm512_undefined_* inside its own intrinsics (GCC bug 105593)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "quant/kernels/isa-kernels.h"
+
+namespace peft::quant::kernels {
+namespace {
+
+// Calls f(i, n, scale) for each piece [i, i + n) of row o that lies in one absmax block.
+template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
+  const int64_t row = o * w.I, end = row + w.I;
+  for (int64_t e = row; e < end;) {
+    const int64_t b = e / w.blocksize;
+    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
+    f(e - row, stop - e, w.absmax[b]);
+    e = stop;
+  }
+}
+
+inline __mmask16 first(int64_t n) { return __mmask16((1u << n) - 1); }  // n <= 16
+
+// Nibble bytes of 16 packed bytes in element order: the high nibble of byte k is element 2k. Bits 4..7
+// of each result byte are garbage (the 16-bit shift carries them in); permutexvar only reads bits 0..3.
+inline __m128i nibbles_lo(__m128i b) { return _mm_unpacklo_epi8(_mm_srli_epi16(b, 4), b); }
+inline __m128i nibbles_hi(__m128i b) { return _mm_unpackhi_epi8(_mm_srli_epi16(b, 4), b); }
+
+inline __m512 lookup(__m128i nib, __m512 table, __m512 scale) {
+  return _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nib), table), scale);
+}
+
+// The first n (even, <= 16) weights at p, the rest zero.
+inline __m512 decode_partial(const uint8_t * p, int64_t n, __m512 table, __m512 scale) {
+  const __m128i b = _mm_maskz_loadu_epi8(first(n / 2), p);
+  return _mm512_maskz_mul_ps(first(n), _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles_lo(b)), table), scale);
+}
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// The absmax of columns [i, i + n) of row `row` (n <= 32), for chunks that straddle a block boundary.
+inline void mixed_scales(const Weight4 & w, int64_t row, int64_t i, int64_t n, __m512 & s0, __m512 & s1) {
+  alignas(64) float s[32] = {};
+  for (int64_t k = 0; k < n; ++k) s[k] = w.absmax[(row + i + k) / w.blocksize];
+  s0 = _mm512_load_ps(s);
+  s1 = _mm512_load_ps(s + 16);
+}
+
+// One output row o for M rows of x, in chunks of 32 columns: runs of whole chunks inside one block take
+// the fast loop, the rest (chunks across a block boundary, the end of a row) a masked one. With few rows
+// two accumulator sets hide the FMA latency. The loops over rows are unrolled before GCC's scalar
+// replacement (pragma), so that the accumulators stay in registers.
+template <int M>
+void row4(const float * x, const Weight4 & w, __m512 table, int64_t o, int64_t c0, int64_t c1, bool add, float * y) {
+  constexpr int A = M <= 8 ? 2 : 1;
+  const int64_t I = w.I, row = o * I;
+  __m512 acc[A][M];
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a)
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[a][m] = _mm512_setzero_ps();
+  const uint8_t * p = w.packed + row / 2;
+  int64_t b = (row + c0) / w.blocksize, next = (b + 1) * w.blocksize - row;  // block of column i, where it ends
+  for (int64_t i = c0; i < c1;) {
+    while (i >= next) ++b, next += w.blocksize;
+    const int64_t stop = next < c1 ? next : c1;
+    if (i + 32 <= stop) {
+      const __m512 scale = _mm512_set1_ps(w.absmax[b]);
+      for (; i + 32 <= stop; i += 32) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p + i / 2));
+        const __m512 w0 = lookup(nibbles_lo(bytes), table, scale), w1 = lookup(nibbles_hi(bytes), table, scale);
+#pragma GCC unroll 16
+        for (int m = 0; m < M; ++m) {
+          acc[0][m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * I + i), acc[0][m]);
+          acc[A - 1][m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * I + i + 16), acc[A - 1][m]);
+        }
+      }
+      continue;
+    }
+    const int64_t n = c1 - i < 32 ? c1 - i : 32;
+    __m512 s0, s1;
+    mixed_scales(w, row, i, n, s0, s1);
+    const __mmask16 k0 = first(n < 16 ? n : 16), k1 = first(n > 16 ? n - 16 : 0);
+    const __m128i bytes = _mm_maskz_loadu_epi8(first((n + 1) / 2), p + i / 2);
+    const __m512 w0 = _mm512_maskz_mul_ps(k0, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles_lo(bytes)), table), s0);
+    const __m512 w1 = _mm512_maskz_mul_ps(k1, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nibbles_hi(bytes)), table), s1);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      acc[0][m] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(k0, x + m * I + i), acc[0][m]);
+      acc[A - 1][m] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(k1, x + m * I + i + 16), acc[A - 1][m]);
+    }
+    i += n;
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    const float sum = hsum(A == 2 ? _mm512_add_ps(acc[0][m], acc[A - 1][m]) : acc[0][m]);
+    y[m * w.O + o] = add ? y[m * w.O + o] + sum : sum;
+  }
+}
+
+inline __m512 int8_to_float(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+
+// The per-row scale SCB[o] / 127 is factored out of the dot product (of each panel of columns):
+// y = (sum CB * x) * (SCB * 1/127).
+template <int M> void row8(const float * x, const Weight8 & w, int64_t o, int64_t c0, int64_t c1, bool add, float * y) {
+  constexpr int A = M <= 8 ? 2 : 1;
+  const int64_t I = w.I;
+  __m512 acc[A][M];
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a)
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[a][m] = _mm512_setzero_ps();
+  const int8_t * cb = w.CB + o * I;
+  int64_t k = c0;
+  for (; k + 32 <= c1; k += 32) {
+    const __m512 w0 = int8_to_float(_mm_loadu_si128(reinterpret_cast<const __m128i *>(cb + k)));
+    const __m512 w1 = int8_to_float(_mm_loadu_si128(reinterpret_cast<const __m128i *>(cb + k + 16)));
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      acc[0][m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * I + k), acc[0][m]);
+      acc[A - 1][m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * I + k + 16), acc[A - 1][m]);
+    }
+  }
+  for (; k < c1; k += 16) {
+    const __mmask16 mask = first(c1 - k < 16 ? c1 - k : 16);
+    const __m512 w0 = int8_to_float(_mm_maskz_loadu_epi8(mask, cb + k));
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[0][m] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, x + m * I + k), acc[0][m]);
+  }
+  const float scale = w.SCB[o] * kInt8Scale;
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    const float sum = hsum(A == 2 ? _mm512_add_ps(acc[0][m], acc[A - 1][m]) : acc[0][m]) * scale;
+    y[m * w.O + o] = add ? y[m * w.O + o] + sum : sum;
+  }
+}
+
+// Columns in panels of M * panel <= 16 KB of x, so that x stays in L1 while the panel goes over all rows.
+constexpr int64_t panel_columns(int M) { return M == 1 ? INT64_MAX : (4096 / M) / 32 * 32; }
+
+template <int M> void rows4(const float * x, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
+  const __m512 table = _mm512_loadu_ps(w.code);
+  for (int64_t c0 = 0; c0 < w.I; c0 += panel_columns(M)) {
+    const int64_t c1 = w.I - c0 < panel_columns(M) ? w.I : c0 + panel_columns(M);
+    for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, table, o, c0, c1, c0 > 0, y);
+  }
+}
+
+template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
+  for (int64_t c0 = 0; c0 < w.I; c0 += panel_columns(M)) {
+    const int64_t c1 = w.I - c0 < panel_columns(M) ? w.I : c0 + panel_columns(M);
+    for (int64_t o = o0; o < o1; ++o) row8<M>(x, w, o, c0, c1, c0 > 0, y);
+  }
+}
+
+using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
+using Rows8 = void (*)(const float *, const Weight8 &, float *, int64_t, int64_t);
+const Rows4 kRows4[16] = {rows4<1>, rows4<2>,  rows4<3>,  rows4<4>,  rows4<5>,  rows4<6>,  rows4<7>,  rows4<8>,
+                          rows4<9>, rows4<10>, rows4<11>, rows4<12>, rows4<13>, rows4<14>, rows4<15>, rows4<16>};
+const Rows8 kRows8[16] = {rows8<1>, rows8<2>,  rows8<3>,  rows8<4>,  rows8<5>,  rows8<6>,  rows8<7>,  rows8<8>,
+                          rows8<9>, rows8<10>, rows8<11>, rows8<12>, rows8<13>, rows8<14>, rows8<15>, rows8<16>};
+
+void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
+  kRows4[M - 1](x, w, y, o0, o1);
+}
+
+void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
+  kRows8[M - 1](x, w, y, o0, o1);
+}
+
+void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
+  const __m512 table = _mm512_loadu_ps(w.code);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t * row = w.packed + o * w.I / 2;
+    float * dst = out + (o - o0) * w.I;
+    for_each_block_piece(w, o, [&](int64_t i, int64_t n, float s) {
+      const __m512 scale = _mm512_set1_ps(s);
+      int64_t k = 0;
+      for (; k + 32 <= n; k += 32) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i *>(row + (i + k) / 2));
+        _mm512_storeu_ps(dst + i + k, lookup(nibbles_lo(b), table, scale));
+        _mm512_storeu_ps(dst + i + k + 16, lookup(nibbles_hi(b), table, scale));
+      }
+      for (; k < n; k += 16) {
+        const int64_t r = n - k < 16 ? n - k : 16;
+        _mm512_mask_storeu_ps(dst + i + k, first(r), decode_partial(row + (i + k) / 2, r, table, scale));
+      }
+    });
+  }
+}
+
+// float(CB) * SCB * (1/127) in this order, as int8_vectorwise_dequant.
+void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
+  const __m512 c = _mm512_set1_ps(kInt8Scale);
+  for (int64_t o = o0; o < o1; ++o) {
+    const int8_t * cb = w.CB + o * w.I;
+    float * dst = out + (o - o0) * w.I;
+    const __m512 s = _mm512_set1_ps(w.SCB[o]);
+    for (int64_t k = 0; k < w.I; k += 16) {
+      const __mmask16 mask = first(w.I - k < 16 ? w.I - k : 16);
+      const __m512 v = int8_to_float(_mm_maskz_loadu_epi8(mask, cb + k));
+      _mm512_mask_storeu_ps(dst + k, mask, _mm512_mul_ps(_mm512_mul_ps(v, s), c));
+    }
+  }
+}
+
+}  // namespace
+
+const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, dequant4, dequant8};
+
+}  // namespace peft::quant::kernels
+#endif

@@ -1,0 +1,74 @@
+// Portable C++ kernels (any CPU): the reference arithmetic of the vector versions, and the fallback.
+#include "quant/kernels/isa-kernels.h"
+
+namespace peft::quant::kernels {
+namespace {
+
+constexpr int kMaxM = 16;
+
+int nibble(const uint8_t * packed, int64_t e) { return (e & 1) ? (packed[e >> 1] & 0xF) : (packed[e >> 1] >> 4); }
+
+// Calls f(i, n, scale) for each piece [i, i + n) of row o that lies in one absmax block.
+template <class F> void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
+  const int64_t row = o * w.I, end = row + w.I;
+  for (int64_t e = row; e < end;) {
+    const int64_t b = e / w.blocksize;
+    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
+    f(e - row, stop - e, w.absmax[b]);
+    e = stop;
+  }
+}
+
+void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
+  const int64_t I = w.I;
+  for (int64_t o = o0; o < o1; ++o) {
+    float acc[kMaxM] = {};
+    const int64_t row = o * I;
+    for_each_block_piece(w, o, [&](int64_t i, int64_t n, float s) {
+      for (int64_t k = i; k < i + n; ++k) {
+        const float wv = w.code[nibble(w.packed, row + k)] * s;
+        for (int64_t m = 0; m < M; ++m) acc[m] += wv * x[m * I + k];
+      }
+    });
+    for (int64_t m = 0; m < M; ++m) y[m * w.O + o] = acc[m];
+  }
+}
+
+// The per-row scale SCB[o] / 127 is factored out of the dot product: y = (sum CB * x) * (SCB * 1/127).
+void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
+  const int64_t I = w.I;
+  for (int64_t o = o0; o < o1; ++o) {
+    float acc[kMaxM] = {};
+    const int8_t * cb = w.CB + o * I;
+    for (int64_t k = 0; k < I; ++k) {
+      const float wv = float(cb[k]);
+      for (int64_t m = 0; m < M; ++m) acc[m] += wv * x[m * I + k];
+    }
+    const float scale = w.SCB[o] * kInt8Scale;
+    for (int64_t m = 0; m < M; ++m) y[m * w.O + o] = acc[m] * scale;
+  }
+}
+
+void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
+  for (int64_t o = o0; o < o1; ++o) {
+    float * dst = out + (o - o0) * w.I;
+    const int64_t row = o * w.I;
+    for_each_block_piece(w, o, [&](int64_t i, int64_t n, float s) {
+      for (int64_t k = i; k < i + n; ++k) dst[k] = w.code[nibble(w.packed, row + k)] * s;
+    });
+  }
+}
+
+void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const int8_t * cb = w.CB + o * w.I;
+    float * dst = out + (o - o0) * w.I;
+    for (int64_t k = 0; k < w.I; ++k) dst[k] = float(cb[k]) * w.SCB[o] * kInt8Scale;
+  }
+}
+
+}  // namespace
+
+const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, dequant4, dequant8};
+
+}  // namespace peft::quant::kernels

@@ -1,0 +1,99 @@
+// Dispatch for kernels.h: picks the best instruction set this CPU has (or the forced one) and splits the
+// output rows of gemm_small over threads. No ISA flags here; the ISA files are only entered from here.
+#include "quant/kernels/kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "peft/error.h"
+#include "quant/kernels/isa-kernels.h"
+
+namespace peft::quant::kernels {
+namespace {
+
+constexpr int64_t kGroup = 16;             // rows of x per pass of gemm_small
+constexpr int64_t kWeightsPerTask = 1 << 15;  // weights per thread task: ~16 KB of 4-bit weights
+
+bool supported(const IsaKernels & k) {
+#if defined(__x86_64__)
+  if (&k == &kAvx512Kernels)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (&k == &kAvx2Kernels) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return &k == &kPortableKernels;
+}
+
+// Best first.
+const IsaKernels * const kAll[] = {
+#if defined(__x86_64__)
+    &kAvx512Kernels, &kAvx2Kernels,
+#endif
+    &kPortableKernels};
+
+const IsaKernels * best() {
+  for (const IsaKernels * k : kAll)
+    if (supported(*k)) return k;
+  return &kPortableKernels;
+}
+
+std::atomic<const IsaKernels *> g_active{nullptr};
+
+const IsaKernels & active() {
+  const IsaKernels * k = g_active.load(std::memory_order_relaxed);
+  if (!k) {
+    k = best();
+    g_active.store(k, std::memory_order_relaxed);
+  }
+  return *k;
+}
+
+// Rows per thread task. From the weights alone: at small M the decode, not the M FMAs, is what a row costs.
+int64_t grain(int64_t I) { return std::max<int64_t>(1, kWeightsPerTask / std::max<int64_t>(1, I)); }
+
+template <class W, class F> void gemm_groups(const float * x, int64_t M, const W & w, float * y, F rows) {
+  for (int64_t m0 = 0; m0 < M; m0 += kGroup) {
+    const int64_t m = std::min(kGroup, M - m0);
+    const float * xg = x + m0 * w.I;
+    float * yg = y + m0 * w.O;
+    at::parallel_for(0, w.O, grain(w.I), [&](int64_t o0, int64_t o1) { rows(xg, m, w, yg, o0, o1); });
+  }
+}
+
+}  // namespace
+
+void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y) { gemm_groups(x, M, w, y, active().gemm4); }
+
+void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y) { gemm_groups(x, M, w, y, active().gemm8); }
+
+void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
+  const IsaKernels & k = active();
+  at::parallel_for(o0, o1, grain(w.I), [&](int64_t a, int64_t b) { k.dequant4(w, a, b, out + (a - o0) * w.I); });
+}
+
+void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
+  const IsaKernels & k = active();
+  at::parallel_for(o0, o1, grain(w.I), [&](int64_t a, int64_t b) { k.dequant8(w, a, b, out + (a - o0) * w.I); });
+}
+
+const char * isa() { return active().name; }
+
+void force_isa(const char * name) {
+  if (!name) {
+    g_active.store(best());
+    return;
+  }
+  for (const IsaKernels * k : kAll) {
+    if (std::strcmp(k->name, name) != 0) continue;
+    PEFT_CHECK(supported(*k), "quant kernels: this CPU lacks the instruction set '", name, "'");
+    g_active.store(k);
+    return;
+  }
+  PEFT_CHECK(false, "quant kernels: unknown or not built instruction set '", name,
+             "' (expected avx512, avx2 or portable)");
+}
+
+}  // namespace peft::quant::kernels

@@ -1,0 +1,42 @@
+// Fused CPU kernels for linear layers whose weight is quantized in bitsandbytes' formats (4-bit NF4/FP4
+// blockwise, LLM.int8 vector-wise): y = x W^T for a few rows of x without materialising W, and W's
+// rows dequantized bit-exactly. Internal header; the ATen-level wrapper is linear-quant.h. The ISA
+// (AVX-512, AVX2+FMA, portable C++) is picked at run time.
+#pragma once
+#include <cstdint>
+
+namespace peft::quant::kernels {
+
+/// 4-bit weight, W (O, I) flattened as e = o*I + i: element e in byte e/2 of `packed`, even e in the high
+/// nibble, odd e in the low one; W[e] = code[nibble] * absmax[e / blocksize]. I and blocksize even.
+struct Weight4 {
+  const uint8_t * packed;  // (O*I/2)
+  const float * absmax;    // (ceil(O*I / blocksize))
+  const float * code;      // (16)
+  int64_t O, I, blocksize;
+};
+
+/// LLM.int8 vector-wise weight: W[o, i] = CB[o, i] * SCB[o] / 127.
+struct Weight8 {
+  const int8_t * CB;  // (O, I) row-major
+  const float * SCB;  // (O)
+  int64_t O, I;
+};
+
+/// y (M, O) = x (M, I) W^T, x and y row-major contiguous float32, y overwritten. Meant for small M
+/// (larger M is done in groups of 16 rows): each weight is decoded once per group and used for all its rows.
+void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y);
+void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y);
+
+/// Rows [o0, o1) of W dequantized into out ((o1 - o0) x I, row-major), bit-exact with the reference
+/// formulas (4-bit: code[q] * absmax[b]; int8: as bitsandbytes' int8_vectorwise_dequant).
+void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out);
+void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out);
+
+/// The instruction set in use: "avx512", "avx2" or "portable".
+const char * isa();
+/// Force an instruction set (nullptr: the best this CPU has). Throws peft::Error, and changes nothing,
+/// for an unknown name or one this CPU (or this build) lacks.
+void force_isa(const char * name);
+
+}  // namespace peft::quant::kernels
