@@ -2,8 +2,10 @@
 #include "quant-ops.h"
 
 #include <torch/autograd.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "kernels/linear-quant.h"
 #include "peft/quant/formats.h"
 
 namespace peft::quant::ops {
@@ -21,20 +23,29 @@ at::Tensor dense_4bit(const at::Tensor & packed, const at::Tensor & absmax, cons
   return dequantize_4bit(q);
 }
 
+// the fused kernels take float32 on CPU; anything else (CUDA) dequantizes with ATen and multiplies
+bool fused(const at::Tensor & x, const at::Tensor & w) {
+  return x.is_cpu() && w.is_cpu() && x.scalar_type() == at::kFloat;
+}
+
 // y = x W^T (forward) and g W (the input's gradient), by device
 at::Tensor forward_4bit(const at::Tensor & x, const at::Tensor & packed, const at::Tensor & absmax,
                         const at::Tensor & code, int64_t O, int64_t I, int64_t blocksize) {
-  return at::linear(x, dense_4bit(packed, absmax, code, O, I, blocksize).to(x.device()));
+  if (fused(x, packed)) return kernels::linear_forward(x, kernels::weight4(packed, absmax, code, O, I, blocksize));
+  return at::linear(x, dense_4bit(packed, absmax, code, O, I, blocksize).to(x.scalar_type()));
 }
 at::Tensor backward_4bit(const at::Tensor & g, const at::Tensor & packed, const at::Tensor & absmax,
                          const at::Tensor & code, int64_t O, int64_t I, int64_t blocksize) {
-  return at::matmul(g, dense_4bit(packed, absmax, code, O, I, blocksize).to(g.device()));
+  if (fused(g, packed)) return kernels::linear_backward_input(g, kernels::weight4(packed, absmax, code, O, I, blocksize));
+  return at::matmul(g, dense_4bit(packed, absmax, code, O, I, blocksize).to(g.scalar_type()));
 }
 at::Tensor forward_int8(const at::Tensor & x, const at::Tensor & CB, const at::Tensor & SCB) {
-  return at::linear(x, dequantize_int8({CB, SCB}));
+  if (fused(x, CB)) return kernels::linear_forward(x, kernels::weight8(CB, SCB));
+  return at::linear(x, dequantize_int8({CB, SCB}).to(x.scalar_type()));
 }
 at::Tensor backward_int8(const at::Tensor & g, const at::Tensor & CB, const at::Tensor & SCB) {
-  return at::matmul(g, dequantize_int8({CB, SCB}));
+  if (fused(g, CB)) return kernels::linear_backward_input(g, kernels::weight8(CB, SCB));
+  return at::matmul(g, dequantize_int8({CB, SCB}).to(g.scalar_type()));
 }
 
 using torch::autograd::AutogradContext;

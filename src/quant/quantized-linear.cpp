@@ -2,6 +2,8 @@
 #include "peft/quant/quantized-linear.h"
 
 #include "peft/error.h"
+#include <nlohmann/json.hpp>
+
 #include "quant-ops.h"
 
 namespace peft::quant {

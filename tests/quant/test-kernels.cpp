@@ -44,8 +44,8 @@ Quant4 random4(int64_t O, int64_t I, int64_t blocksize, bool nf4) {
 struct Quant8 {
   at::Tensor CB, SCB;
   Weight8 weight() const { return weight8(CB, SCB); }
-  // bitsandbytes' int8_vectorwise_dequant: A * stats.view(-1, 1) * 7.874015718698502e-3
-  at::Tensor dequantized() const { return CB.to(at::kFloat) * SCB.view({-1, 1}) * 7.874015718698502e-3; }
+  // bitsandbytes' CPU path (MatMul8bitFp): CB * (SCB * (1/127))
+  at::Tensor dequantized() const { return CB.to(at::kFloat).mul_(SCB.unsqueeze(1).mul(1.0 / 127.0)); }
 };
 
 Quant8 random8(int64_t O, int64_t I) {

@@ -22,7 +22,7 @@ extern const IsaKernels kAvx2Kernels;
 extern const IsaKernels kAvx512Kernels;
 #endif
 
-// The int8 dequantization constant of bitsandbytes' int8_vectorwise_dequant (`A * stats * 7.874015718698502e-3`,
+// 1/127 in float32: the int8 dequantization constant (bitsandbytes: `A * stats * 7.874015718698502e-3`,
 // the Python float rounded to float32 by the float32 multiply).
 constexpr float kInt8Scale = 7.874015718698502e-3f;
 

@@ -150,16 +150,15 @@ void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   }
 }
 
-// float(CB) * SCB * (1/127) in this order, as int8_vectorwise_dequant.
+// float(CB) * (SCB * (1/127)), as bitsandbytes' CPU path (MatMul8bitFp) forms the weight.
 void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
-  const __m256 c = _mm256_set1_ps(kInt8Scale);
   for (int64_t o = o0; o < o1; ++o) {
     const int8_t * cb = w.CB + o * w.I;
     float * dst = out + (o - o0) * w.I;
-    const __m256 s = _mm256_set1_ps(w.SCB[o]);
+    const __m256 s = _mm256_set1_ps(w.SCB[o] * kInt8Scale);
     int64_t k = 0;
-    for (; k + 8 <= w.I; k += 8) _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_mul_ps(int8_to_float(cb + k), s), c));
-    for (; k < w.I; ++k) dst[k] = float(cb[k]) * w.SCB[o] * kInt8Scale;
+    for (; k + 8 <= w.I; k += 8) _mm256_storeu_ps(dst + k, _mm256_mul_ps(int8_to_float(cb + k), s));
+    for (; k < w.I; ++k) dst[k] = float(cb[k]) * (w.SCB[o] * kInt8Scale);
   }
 }
 

@@ -196,17 +196,16 @@ void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   }
 }
 
-// float(CB) * SCB * (1/127) in this order, as int8_vectorwise_dequant.
+// float(CB) * (SCB * (1/127)), as bitsandbytes' CPU path (MatMul8bitFp) forms the weight.
 void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
-  const __m512 c = _mm512_set1_ps(kInt8Scale);
   for (int64_t o = o0; o < o1; ++o) {
     const int8_t * cb = w.CB + o * w.I;
     float * dst = out + (o - o0) * w.I;
-    const __m512 s = _mm512_set1_ps(w.SCB[o]);
+    const __m512 s = _mm512_set1_ps(w.SCB[o] * kInt8Scale);
     for (int64_t k = 0; k < w.I; k += 16) {
       const __mmask16 mask = first(w.I - k < 16 ? w.I - k : 16);
       const __m512 v = int8_to_float(_mm_maskz_loadu_epi8(mask, cb + k));
-      _mm512_mask_storeu_ps(dst + k, mask, _mm512_mul_ps(_mm512_mul_ps(v, s), c));
+      _mm512_mask_storeu_ps(dst + k, mask, _mm512_mul_ps(v, s));
     }
   }
 }

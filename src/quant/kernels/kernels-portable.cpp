@@ -63,7 +63,7 @@ void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
   for (int64_t o = o0; o < o1; ++o) {
     const int8_t * cb = w.CB + o * w.I;
     float * dst = out + (o - o0) * w.I;
-    for (int64_t k = 0; k < w.I; ++k) dst[k] = float(cb[k]) * w.SCB[o] * kInt8Scale;
+    for (int64_t k = 0; k < w.I; ++k) dst[k] = float(cb[k]) * (w.SCB[o] * kInt8Scale);
   }
 }
 

@@ -29,7 +29,7 @@ void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y);
 void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y);
 
 /// Rows [o0, o1) of W dequantized into out ((o1 - o0) x I, row-major), bit-exact with the reference
-/// formulas (4-bit: code[q] * absmax[b]; int8: as bitsandbytes' int8_vectorwise_dequant).
+/// formulas (4-bit: code[q] * absmax[b]; int8: float(CB) * (SCB * (1/127)), as bitsandbytes' CPU path MatMul8bitFp).
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out);
 void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out);
 
