@@ -216,7 +216,7 @@ Quant8 quantize_int8(const at::Tensor & W) {
 at::Tensor dequantize_int8(const Quant8 & q) {
   at::NoGradGuard g;
   // as bitsandbytes' CPU path (MatMul8bitFp) forms the weight it multiplies by: CB * (SCB * (1/127))
-  return q.CB.to(at::kFloat).mul_(q.SCB.unsqueeze(1).mul(1.0 / 127.0));
+  return q.CB.to(at::kFloat).mul(q.SCB.unsqueeze(1).mul(1.0 / 127.0));
 }
 
 }  // namespace peft::quant

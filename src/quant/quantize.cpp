@@ -139,7 +139,7 @@ int64_t load_quantized(const ModulePtr & root, std::map<std::string, at::Tensor>
     if (w.empty()) continue;  // a tied weight, reported (or not) by the caller
     const std::string prefix = w.substr(0, w.size() - 6);  // "...q_proj."
     const bool has_bias = lin->bias.defined();
-    at::Tensor bias = has_bias && tensors.count(prefix + "bias") ? tensors.at(prefix + "bias") : at::Tensor();
+    at::Tensor bias = has_bias ? at::zeros({lin->out_features()}) : at::Tensor();
     std::set<std::string> used;
     LayerPtr layer;
     bool has_4bit = tensors.count(w + ".absmax") != 0;
@@ -148,9 +148,11 @@ int64_t load_quantized(const ModulePtr & root, std::map<std::string, at::Tensor>
       layer = std::make_shared<Linear4bit>(read_4bit(tensors, w, lin->out_features(), lin->in_features(), source, used), bias);
     } else if (tensors.count(prefix + "SCB")) {
       layer = std::make_shared<Linear8bit>(read_int8(tensors, prefix, lin->out_features(), lin->in_features(), source, used), bias);
+    } else if (!tensors.at(w).is_floating_point()) {
+      fail(::peft::str(source, ": '", w, "' is ", tensors.at(w).scalar_type(), " without quantization keys beside it (",
+               w, ".absmax/.quant_state... for 4-bit, ", prefix, "SCB for int8)"));
     } else if (opts.enabled() && !skipped(path, opts.skip)) {
       const at::Tensor & W = tensors.at(w);
-      PEFT_CHECK(W.is_floating_point(), source, ": '", w, "' is ", W.scalar_type(), " without quantization keys beside it");
       PEFT_CHECK(W.sizes() == lin->weight.sizes(), source, ": tensor '", w, "' has shape ", W.sizes(), ", the model expects ",
                  lin->weight.sizes());
       layer = quantize_layer(W, bias, opts);
@@ -158,12 +160,7 @@ int64_t load_quantized(const ModulePtr & root, std::map<std::string, at::Tensor>
     } else {
       continue;
     }
-    if (bias.defined()) {
-      PEFT_CHECK(bias.numel() == lin->out_features(), source, ": '", prefix, "bias' has ", bias.numel(), " values, the layer ",
-                 lin->out_features());
-      used.insert(prefix + "bias");
-    }
-    PEFT_CHECK(!has_bias || bias.defined(), source, ": missing keys: ", prefix, "bias");
+    // (the bias stays in `tensors`: load_parameters fills the layer's bias parameter and checks its shape)
     replace_submodule(root, path, layer);
     for (const auto & k : used) tensors.erase(k);
     ++n;

@@ -122,7 +122,7 @@ std::shared_ptr<const MethodOptions> adalora_parse(const AdapterConfig & c, cons
   return o;
 }
 
-bool adalora_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
+bool adalora_supports(const Layer & l) { return dynamic_cast<const LinearBase *>(&l) != nullptr; }
 
 std::shared_ptr<TunerLayer> adalora_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                            const LayerPtr & target) {

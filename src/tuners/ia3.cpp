@@ -121,7 +121,7 @@ bool IA3Options::is_feedforward(const std::string & path) const {
 
 namespace {
 
-bool ia3_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
+bool ia3_supports(const Layer & l) { return dynamic_cast<const LinearBase *>(&l) != nullptr; }
 
 std::shared_ptr<TunerLayer> ia3_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                        const LayerPtr & target) {

@@ -68,7 +68,7 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
     }
     if (mts) continue;
     LayerPtr plain = layer->base();
-    const bool is_linear = std::dynamic_pointer_cast<Linear>(plain) != nullptr;
+    const bool is_linear = std::dynamic_pointer_cast<LinearBase>(plain) != nullptr;
     if (!is_target(cfg, path, is_linear, path == "lm_head", defaults)) continue;
     PEFT_CHECK(method.supports(*plain), cfg.peft_type, " cannot adapt module '", path, "' (", plain->name(), ")");
     targets.emplace_back(path, layer);

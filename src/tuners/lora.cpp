@@ -386,7 +386,7 @@ void LoraEmbedding::pad_rank_impl(const std::string & n, int64_t rank) {
 namespace {
 
 bool lora_supports(const Layer & l) {
-  return dynamic_cast<const Linear *>(&l) != nullptr || dynamic_cast<const Embedding *>(&l) != nullptr;
+  return dynamic_cast<const LinearBase *>(&l) != nullptr || dynamic_cast<const Embedding *>(&l) != nullptr;
 }
 
 std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
@@ -400,7 +400,7 @@ std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::st
     existing->add_adapter(adapter, s);
     return existing;
   }
-  if (std::dynamic_pointer_cast<Linear>(target)) {
+  if (std::dynamic_pointer_cast<LinearBase>(target)) {
     auto l = std::make_shared<LoraLinear>(target);
     l->add_adapter(adapter, s);
     return l;

@@ -213,7 +213,7 @@ std::shared_ptr<const MethodOptions> oft_parse(const AdapterConfig & c, const st
   return o;
 }
 
-bool linear_only(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
+bool linear_only(const Layer & l) { return dynamic_cast<const LinearBase *>(&l) != nullptr; }
 
 std::shared_ptr<TunerLayer> oft_inject(const AdapterConfig & cfg, const std::string & path, const std::string & adapter,
                                        const LayerPtr & target) {

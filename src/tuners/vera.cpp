@@ -108,12 +108,12 @@ std::shared_ptr<const MethodOptions> vera_parse(const AdapterConfig & c, const s
   return o;
 }
 
-bool vera_supports(const Layer & l) { return dynamic_cast<const Linear *>(&l) != nullptr; }
+bool vera_supports(const Layer & l) { return dynamic_cast<const LinearBase *>(&l) != nullptr; }
 
 void vera_shared(AdapterConfig & cfg, const std::vector<LayerPtr> & targets) {
   int64_t max_in = 0, max_out = 0;
   for (const auto & t : targets) {
-    auto lin = std::dynamic_pointer_cast<Linear>(t);
+    auto lin = std::dynamic_pointer_cast<LinearBase>(t);
     if (!lin) continue;
     max_in = std::max(max_in, lin->in_features());
     max_out = std::max(max_out, lin->out_features());

@@ -45,24 +45,20 @@ Runner add_merge(CLI::App & app) {
     nlohmann::json config = read_json_file(o->model + "/config.json");
     apply_common_options(o->common);
     auto base = load_model_with(o->model, dtype, o->quant);
+    // --dtype on a quantized base: merge into the dequantized weights (exact), write them in that dtype
+    const bool dequantize = dtype_opt->count() > 0 && quant::dequantize_modules(base, dtype) > 0;
+    if (dequantize) config.erase("quantization_config");
     Prepared run = apply_adapter_options(base, o->adapters);
     auto plain = run.peft->merge_and_unload(/*safe_merge=*/!o->unsafe);
     config["torch_dtype"] = dtype_name(dtype);  // transformers' names: "float32", "bfloat16"
-    const auto fp = quant::weight_footprint(plain);
-    if (fp.quantized_params > 0) {
-      // a quantized base: the merged weights were quantized again (PEFT's way), or written dequantized
-      if (dtype_opt->count() > 0) {
-        quant::dequantize_modules(plain, dtype);
-        config.erase("quantization_config");
-        std::cerr << "merged weights written dequantized (" << dtype_name(dtype) << ")\n";
-      } else {
-        const auto err = quant::requantization_error(plain);
-        if (!config.contains("quantization_config")) config["quantization_config"] = quant::quantization_config(quant_options(o->quant));
-        std::cerr << "merged into the quantized weights and quantized again: weights moved by up to " << err.max_abs
-                  << " (mean " << err.mean_abs << ") from the exact merge; --dtype float32 writes them dequantized\n";
-      }
+    if (dequantize) std::cerr << "merged into the dequantized base, written in " << dtype_name(dtype) << "\n";
+    if (quant::weight_footprint(plain).quantized_params > 0) {
+      // a quantized base: the merged weights were quantized again (PEFT's way)
+      const auto err = quant::requantization_error(plain);
+      if (!config.contains("quantization_config")) config["quantization_config"] = quant::quantization_config(quant_options(o->quant));
+      std::cerr << "merged into the quantized weights and quantized again: weights moved by up to " << err.max_abs
+                << " (mean " << err.mean_abs << ") from the exact merge; --dtype float32 writes them dequantized\n";
     }
-    config["tie_word_embeddings"] = plain->config().tie_word_embeddings;
     std::map<std::string, std::string> extra;  // the tokenizer goes along, in the same folder write
     struct stat st;
     for (const char * f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
