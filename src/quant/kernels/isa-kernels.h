@@ -26,4 +26,18 @@ extern const IsaKernels kAvx512Kernels;
 // the Python float rounded to float32 by the float32 multiply).
 constexpr float kInt8Scale = 7.874015718698502e-3f;
 
+// Calls f(i, n, scale) for each piece [i, i + n) of row o that lies in one absmax block. (In an unnamed
+// namespace: each ISA's file gets its own copy, compiled with its own flags, never merged by the linker.)
+namespace {
+template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
+  const int64_t row = o * w.I, end = row + w.I;
+  for (int64_t e = row; e < end;) {
+    const int64_t b = e / w.blocksize;
+    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
+    f(e - row, stop - e, w.absmax[b]);
+    e = stop;
+  }
+}
+}  // namespace
+
 }  // namespace peft::quant::kernels

@@ -13,16 +13,6 @@ namespace {
 
 constexpr int kGroup = 8;  // rows of x per pass
 
-template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
-  const int64_t row = o * w.I, end = row + w.I;
-  for (int64_t e = row; e < end;) {
-    const int64_t b = e / w.blocksize;
-    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
-    f(e - row, stop - e, w.absmax[b]);
-    e = stop;
-  }
-}
-
 inline int nibble(const uint8_t * packed, int64_t e) { return (e & 1) ? (packed[e >> 1] & 0xF) : (packed[e >> 1] >> 4); }
 
 struct Table {

@@ -15,17 +15,6 @@
 namespace peft::quant::kernels {
 namespace {
 
-// Calls f(i, n, scale) for each piece [i, i + n) of row o that lies in one absmax block.
-template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
-  const int64_t row = o * w.I, end = row + w.I;
-  for (int64_t e = row; e < end;) {
-    const int64_t b = e / w.blocksize;
-    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
-    f(e - row, stop - e, w.absmax[b]);
-    e = stop;
-  }
-}
-
 inline __mmask16 first(int64_t n) { return __mmask16((1u << n) - 1); }  // n <= 16
 
 // Nibble bytes of 16 packed bytes in element order: the high nibble of byte k is element 2k. Bits 4..7

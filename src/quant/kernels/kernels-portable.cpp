@@ -8,17 +8,6 @@ constexpr int kMaxM = 16;
 
 int nibble(const uint8_t * packed, int64_t e) { return (e & 1) ? (packed[e >> 1] & 0xF) : (packed[e >> 1] >> 4); }
 
-// Calls f(i, n, scale) for each piece [i, i + n) of row o that lies in one absmax block.
-template <class F> void for_each_block_piece(const Weight4 & w, int64_t o, F && f) {
-  const int64_t row = o * w.I, end = row + w.I;
-  for (int64_t e = row; e < end;) {
-    const int64_t b = e / w.blocksize;
-    const int64_t stop = (b + 1) * w.blocksize < end ? (b + 1) * w.blocksize : end;
-    f(e - row, stop - e, w.absmax[b]);
-    e = stop;
-  }
-}
-
 void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   const int64_t I = w.I;
   for (int64_t o = o0; o < o1; ++o) {

@@ -1,0 +1,128 @@
+// The serving engine: continuous batching of requests that each name an adapter (or the base). One
+// thread owns the model; requests join the running decode batch at any step and leave when done, rows
+// of different adapters share each step (the mixed-batch routing, one compiled graph for any mix), and
+// prompts are prefilled in chunks between decode steps so that a long prompt does not stall the others.
+//
+// KV cache: one static cache of `max_batch` rows over a global slot clock. Every decode step writes all
+// rows at the clock's slot; a row sees only its own slots (attention mask) at its own positions
+// (position_ids), so rows of any lengths share a step. A prompt is prefilled into a one-row cache and
+// its keys/values are copied into the row's most recent slots; when the clock reaches the end, the live
+// slots of every row are moved down (compaction).
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "peft/generate/generate.h"
+#include "peft/peft-model.h"
+#include "peft/tokenizer/tokenizer.h"
+
+namespace peft::serve {
+
+struct EngineOptions {
+  int64_t max_batch = 8;        // rows decoded together
+  int64_t max_context = 0;      // prompt + completion tokens per request (0 = the model's max positions)
+  int64_t prefill_chunk = 32;   // prompt tokens per prefill call
+  bool compile = false;         // run decode and prefill through compiled graphs
+};
+
+struct SamplingParams {
+  int64_t max_tokens = 16;
+  double temperature = 1.0;     // 0 = greedy
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  double repetition_penalty = 1.0;
+  std::vector<std::string> stop;
+  bool has_seed = false;
+  uint64_t seed = 0;
+};
+
+/// What a request reports back; called on the engine thread (keep them short).
+struct RequestCallbacks {
+  std::function<void(int64_t id)> on_token;
+  /// finish_reason: "stop" (eos or a stop string), "length", "cancelled", or "error: ..."
+  std::function<void(const std::string & finish_reason)> on_done;
+};
+
+struct Request {
+  std::string adapter = "__base__";
+  std::vector<int64_t> prompt;
+  SamplingParams params;
+  RequestCallbacks callbacks;
+  std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
+  int64_t submitted_at = 0;  // (set by submit: steady-clock ticks)
+};
+
+struct EngineStats {
+  int64_t running = 0, waiting = 0;
+  int64_t requests_done = 0, prompt_tokens = 0, completion_tokens = 0;
+  int64_t decode_steps = 0, prefill_calls = 0;
+  double ttft_sum_s = 0, itl_sum_s = 0;  // time to first token, inter-token latency (sums)
+  int64_t ttft_count = 0, itl_count = 0;
+  std::vector<std::string> adapters;     // loaded adapters
+};
+
+class Engine {
+ public:
+  /// `tokenizer` decodes completions for stop strings (may be null: stop strings then never match).
+  Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared_ptr<Tokenizer> tokenizer);
+  ~Engine();
+  /// Queue a request (thread-safe). Errors (unknown adapter, prompt too long) throw peft::Error here.
+  void submit(Request r);
+  /// Load / unload an adapter between steps (thread-safe; blocks until done). Unloading waits for the
+  /// running requests of that adapter to finish; new requests for it are refused meanwhile.
+  void load_adapter(const std::string & path, const std::string & name);
+  void unload_adapter(const std::string & name);
+  bool has_adapter(const std::string & name) const;
+  std::vector<std::string> adapters() const;
+  EngineStats stats() const;
+  int64_t max_context() const { return max_context_; }
+  /// Stop the engine thread; queued and running requests end with "cancelled".
+  void stop();
+
+ private:
+  struct Row;
+  struct Admin {
+    std::function<bool()> op;  // false: not yet possible, run again after the next step
+    std::shared_ptr<std::promise<void>> done;
+  };
+  void run_on_engine(std::function<bool()> op);
+  int64_t rows_using(const std::string & name) const;
+  void loop();
+  void admit();
+  void prefill_one();
+  void decode_step();
+  void finish(Row & r, const std::string & reason);
+  void compact();
+  bool emit(Row & r, int64_t id);
+  void run_admin();
+
+  std::shared_ptr<PeftModel> model_;
+  EngineOptions opts_;
+  std::shared_ptr<Tokenizer> tokenizer_;
+  std::vector<std::string> adapters_;  // loaded (guarded by mu_)
+  int64_t admissions_ = 0;
+  int64_t max_context_ = 0, capacity_ = 0, clock_ = 0;
+  LogitsFn decode_fn_;
+  KVCache cache_, prefill_cache_;
+  at::Tensor mask_;  // (max_batch, capacity) 1 = a slot of the row's sequence
+  std::vector<std::unique_ptr<Row>> rows_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Request> queue_;
+  std::deque<Admin> admin_;
+  std::vector<std::string> unloading_;
+  EngineStats stats_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace peft::serve

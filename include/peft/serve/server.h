@@ -1,0 +1,46 @@
+// `peft serve`: an OpenAI-compatible HTTP server (cpp-httplib) over the serving engine.
+//   POST /v1/completions, /v1/chat/completions (the model's chat template), with "stream": true as
+//   server-sent events; GET /v1/models (the base and every loaded adapter; a request's "model" picks one);
+//   POST /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's names; loading needs
+//   allow_adapter_loading and a path inside adapter_root); GET /health; GET /metrics (Prometheus text).
+// Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; with an api_key every /v1
+// request needs "Authorization: Bearer KEY".
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "peft/data/chat-template.h"
+#include "peft/serve/engine.h"
+
+namespace peft::serve {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;                  // 0 = any free port (see Server::port())
+  std::string model_name;           // the base model's id in /v1/models and requests
+  std::string api_key;              // empty = no authentication
+  bool allow_adapter_loading = false;
+  std::string adapter_root = ".";   // adapters load only from below this folder
+  int threads = 64;                 // HTTP worker threads (each streaming client holds one)
+  int64_t max_loaded_adapters = 0;  // 0 = no limit
+};
+
+class Server {
+ public:
+  Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokenizer, std::optional<ChatTemplate> chat,
+         ServerOptions opts);
+  ~Server();
+  /// Bind (throws peft::Error naming host:port on failure); then port() is the bound port.
+  void bind();
+  int port() const;
+  /// Serve until stop() (blocking).
+  void run();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace peft::serve

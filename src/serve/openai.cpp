@@ -1,0 +1,240 @@
+// OpenAI's completion and chat-completion shapes (see openai.h). Fields follow OpenAI's API reference;
+// top_k and repetition_penalty are vLLM's extensions with its meanings (top_k -1 or 0 = off).
+#include "openai.h"
+
+#include <cmath>
+
+#include "peft/error.h"
+
+namespace peft::serve {
+
+nlohmann::json error_json(const ApiError & e) {
+  nlohmann::json err = {{"message", e.message}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
+  if (!e.param.empty()) err["param"] = e.param;
+  if (!e.code.empty()) err["code"] = e.code;
+  return {{"error", err}};
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string & param, const std::string & message, int status = 400, const std::string & code = "") {
+  throw ApiError{status, message, "invalid_request_error", param, code};
+}
+
+double number(const nlohmann::json & j, const char * f, double dflt, double lo, double hi) {
+  if (!j.contains(f) || j[f].is_null()) return dflt;
+  if (!j[f].is_number()) bad(f, str("'", f, "' must be a number"));
+  const double v = j[f].get<double>();
+  if (!(v >= lo && v <= hi)) bad(f, str("'", f, "' must be in [", lo, ", ", hi, "], got ", v));
+  return v;
+}
+
+int64_t integer(const nlohmann::json & j, const char * f, int64_t dflt, int64_t lo, int64_t hi) {
+  if (!j.contains(f) || j[f].is_null()) return dflt;
+  if (!j[f].is_number_integer()) bad(f, str("'", f, "' must be an integer"));
+  const int64_t v = j[f].get<int64_t>();
+  if (v < lo || v > hi) bad(f, str("'", f, "' must be in [", lo, ", ", hi, "], got ", v));
+  return v;
+}
+
+bool boolean(const nlohmann::json & j, const char * f, bool dflt) {
+  if (!j.contains(f) || j[f].is_null()) return dflt;
+  if (!j[f].is_boolean()) bad(f, str("'", f, "' must be true or false"));
+  return j[f].get<bool>();
+}
+
+std::vector<int64_t> token_array(const nlohmann::json & a, const Tokenizer & tok) {
+  std::vector<int64_t> ids;
+  for (const auto & x : a) {
+    if (!x.is_number_integer()) bad("prompt", "a token-id prompt must hold integers");
+    const int64_t id = x.get<int64_t>();
+    if (id < 0 || id >= tok.vocab_size()) bad("prompt", str("token id ", id, " is outside the vocabulary [0, ", tok.vocab_size(), ")"));
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+// a message's content: a string, or OpenAI's list of parts of which the text parts are joined
+std::string content_text(const nlohmann::json & c, size_t i) {
+  if (c.is_null()) return "";
+  if (c.is_string()) return c.get<std::string>();
+  if (!c.is_array()) bad("messages", str("messages[", i, "].content must be a string or a list of parts"));
+  std::string s;
+  for (const auto & part : c) {
+    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+      bad("messages", str("messages[", i, "].content: only text parts are supported"));
+    }
+    s += part["text"].get<std::string>();
+  }
+  return s;
+}
+
+}  // namespace
+
+Job parse_job(const std::string & body, bool chat, const std::string & base_name, const Engine & engine,
+              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl) {
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) bad("", "the request body is not valid JSON");
+  if (!j.is_object()) bad("", "the request body must be a JSON object");
+  Job job;
+  job.chat = chat;
+  if (!j.contains("model") || !j["model"].is_string()) bad("model", "'model' must be a string (see GET /v1/models)");
+  job.model = j["model"].get<std::string>();
+  job.adapter = job.model == base_name ? "__base__" : job.model;
+  if (job.adapter != "__base__" && !engine.has_adapter(job.adapter)) {
+    bad("model", str("The model '", job.model, "' does not exist"), 404, "model_not_found");
+  }
+  job.stream = boolean(j, "stream", false);
+  if (j.contains("stream_options") && j["stream_options"].is_object()) job.include_usage = boolean(j["stream_options"], "include_usage", false);
+  job.n = integer(j, "n", 1, 1, 16);
+  // unsupported options that would change the answer are refused, never ignored
+  if (boolean(j, "echo", false)) bad("echo", "'echo' is not supported");
+  if (j.contains("logprobs") && !j["logprobs"].is_null() && j["logprobs"] != false) bad("logprobs", "'logprobs' is not supported");
+  if (integer(j, "best_of", 1, 1, 1) != 1) bad("best_of", "'best_of' is not supported");
+  if (number(j, "presence_penalty", 0, -2, 2) != 0) bad("presence_penalty", "'presence_penalty' is not supported");
+  if (number(j, "frequency_penalty", 0, -2, 2) != 0) bad("frequency_penalty", "'frequency_penalty' is not supported");
+  if (j.contains("tools") && !j["tools"].is_null() && !j["tools"].empty()) bad("tools", "'tools' is not supported");
+  SamplingParams & p = job.params;
+  p.temperature = number(j, "temperature", 1.0, 0, 2);
+  p.top_p = number(j, "top_p", 1.0, 0, 1);
+  if (p.top_p == 0) bad("top_p", "'top_p' must be greater than 0");
+  p.top_k = integer(j, "top_k", 0, -1, 1 << 20);
+  if (p.top_k < 0) p.top_k = 0;
+  p.repetition_penalty = number(j, "repetition_penalty", 1.0, 1e-6, 100);
+  if (j.contains("seed") && !j["seed"].is_null()) {
+    if (!j["seed"].is_number_integer()) bad("seed", "'seed' must be an integer");
+    p.has_seed = true;
+    p.seed = static_cast<uint64_t>(j["seed"].get<int64_t>());
+  }
+  if (j.contains("stop") && !j["stop"].is_null()) {
+    const auto & s = j["stop"];
+    if (s.is_string()) {
+      p.stop.push_back(s.get<std::string>());
+    } else if (s.is_array() && s.size() <= 4) {
+      for (const auto & x : s) {
+        if (!x.is_string()) bad("stop", "'stop' must be a string or a list of up to 4 strings");
+        p.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      bad("stop", "'stop' must be a string or a list of up to 4 strings");
+    }
+  }
+  // the prompt(s)
+  if (chat) {
+    if (!tpl) bad("messages", "this model has no chat template (tokenizer_config.json's chat_template)");
+    if (!j.contains("messages") || !j["messages"].is_array() || j["messages"].empty()) {
+      bad("messages", "'messages' must be a non-empty list of {\"role\", \"content\"}");
+    }
+    nlohmann::json msgs = nlohmann::json::array();
+    for (size_t i = 0; i < j["messages"].size(); ++i) {
+      const auto & m = j["messages"][i];
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) bad("messages", str("messages[", i, "] needs a 'role'"));
+      msgs.push_back({{"role", m["role"]}, {"content", content_text(m.value("content", nlohmann::json()), i)}});
+    }
+    std::string text;
+    try {
+      text = tpl->render(msgs, /*add_generation_prompt=*/true);
+    } catch (const std::exception & e) {
+      bad("messages", str("the chat template cannot render these messages: ", e.what()));
+    }
+    job.prompts.push_back(tok.encode(text, /*add_special=*/false));
+  } else {
+    if (!j.contains("prompt")) bad("prompt", "'prompt' is required");
+    const auto & pr = j["prompt"];
+    if (pr.is_string()) {
+      job.prompts.push_back(tok.encode(pr.get<std::string>(), /*add_special=*/true));
+    } else if (pr.is_array() && !pr.empty() && pr[0].is_number_integer()) {
+      job.prompts.push_back(token_array(pr, tok));
+    } else if (pr.is_array() && !pr.empty()) {
+      for (const auto & x : pr) {
+        if (x.is_string()) {
+          job.prompts.push_back(tok.encode(x.get<std::string>(), true));
+        } else if (x.is_array()) {
+          job.prompts.push_back(token_array(x, tok));
+        } else {
+          bad("prompt", "'prompt' must be a string, a list of strings, or token ids");
+        }
+      }
+    } else {
+      bad("prompt", "'prompt' must be a string, a list of strings, or token ids");
+    }
+    if (job.prompts.size() * job.n > 64) bad("prompt", "at most 64 completions per request");
+  }
+  const int64_t ctx = engine.max_context();
+  int64_t longest = 0;
+  for (const auto & pr : job.prompts) {
+    if (pr.empty()) bad(chat ? "messages" : "prompt", "the prompt is empty");
+    longest = std::max<int64_t>(longest, pr.size());
+  }
+  if (longest >= ctx) {
+    bad(chat ? "messages" : "prompt", str("This model's maximum context length is ", ctx, " tokens; the prompt has ", longest, " tokens"),
+        400, "context_length_exceeded");
+  }
+  const char * mt = chat && j.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  p.max_tokens = integer(j, mt, chat ? ctx - longest : 16, 1, 1 << 30);
+  if (longest + p.max_tokens > ctx) {
+    bad(mt, str("This model's maximum context length is ", ctx, " tokens; the prompt (", longest, " tokens) plus ", mt, " (",
+                p.max_tokens, ") exceeds it"),
+        400, "context_length_exceeded");
+  }
+  return job;
+}
+
+std::string completion_text(const Tokenizer & tok, const std::vector<int64_t> & ids, const std::vector<std::string> & stop) {
+  std::string text = tok.decode(ids);
+  size_t cut = std::string::npos;
+  for (const auto & s : stop) {
+    if (s.empty()) continue;
+    const size_t at = text.find(s);
+    if (at != std::string::npos) cut = std::min(cut, at);
+  }
+  return cut == std::string::npos ? text : text.substr(0, cut);
+}
+
+nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+nlohmann::json response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices) {
+  nlohmann::json cs = nlohmann::json::array();
+  int64_t prompt = 0, completion = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const Choice & c = choices[i];
+    if (job.chat) {
+      cs.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", c.text}}}, {"logprobs", nullptr},
+                    {"finish_reason", c.finish_reason}});
+    } else {
+      cs.push_back({{"index", i}, {"text", c.text}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}});
+    }
+    completion += c.completion_tokens;
+  }
+  // each prompt counted once (n choices of one prompt share it)
+  for (size_t i = 0; i < choices.size(); i += job.n) prompt += choices[i].prompt_tokens;
+  return {{"id", id},
+          {"object", job.chat ? "chat.completion" : "text_completion"},
+          {"created", created},
+          {"model", job.model},
+          {"choices", cs},
+          {"usage", usage_json(prompt, completion)}};
+}
+
+nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
+                          const std::optional<std::string> & finish_reason, bool first) {
+  nlohmann::json choice = {{"index", index}, {"logprobs", nullptr}};
+  choice["finish_reason"] = finish_reason ? nlohmann::json(*finish_reason) : nlohmann::json(nullptr);
+  if (job.chat) {
+    nlohmann::json d = nlohmann::json::object();
+    if (first) d["role"] = "assistant";
+    if (!delta.empty() || (first && !finish_reason)) d["content"] = delta;
+    choice["delta"] = d;
+  } else {
+    choice["text"] = delta;
+  }
+  return {{"id", id},
+          {"object", job.chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", created},
+          {"model", job.model},
+          {"choices", nlohmann::json::array({choice})}};
+}
+
+}  // namespace peft::serve

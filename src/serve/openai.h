@@ -1,0 +1,46 @@
+// OpenAI's request and response shapes for completions and chat completions: parsing a request body into
+// engine requests (validated, errors naming the field), and the JSON of responses and stream chunks.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "peft/data/chat-template.h"
+#include "peft/serve/engine.h"
+
+namespace peft::serve {
+
+/// A request the client got wrong: HTTP status, OpenAI error type, the field at fault.
+struct ApiError {
+  int status = 400;
+  std::string message, type = "invalid_request_error", param, code;
+};
+nlohmann::json error_json(const ApiError & e);
+
+struct Job {
+  bool chat = false, stream = false, include_usage = false;
+  std::string model;                      // as requested (the base's name or an adapter's)
+  std::string adapter;                    // "__base__" or the adapter
+  std::vector<std::vector<int64_t>> prompts;  // one per choice group (completions may send several prompts)
+  int64_t n = 1;
+  SamplingParams params;
+};
+
+/// Parse a /v1/completions or /v1/chat/completions body. Throws ApiError.
+Job parse_job(const std::string & body, bool chat, const std::string & base_name, const Engine & engine,
+              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl);
+
+/// The completion text of `ids` and why it ended, with a stop string (and what follows) cut off.
+std::string completion_text(const Tokenizer & tok, const std::vector<int64_t> & ids, const std::vector<std::string> & stop);
+
+struct Choice {
+  std::string text, finish_reason;
+  int64_t completion_tokens = 0, prompt_tokens = 0;
+};
+nlohmann::json response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices);
+nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
+                          const std::optional<std::string> & finish_reason, bool first);
+nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+
+}  // namespace peft::serve

@@ -1,0 +1,404 @@
+// The HTTP side of `peft serve` (see server.h): routes, authentication, streaming, adapter admin, metrics.
+#include "peft/serve/server.h"
+
+#include <httplib.h>
+#include <limits.h>
+#include <stdlib.h>
+
+#include <chrono>
+#include <map>
+#include <regex>
+
+#include "openai.h"
+#include "peft/error.h"
+
+namespace peft::serve {
+
+namespace {
+
+// One choice's progress, filled by the engine's callbacks, read by the HTTP thread.
+struct Progress {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int64_t> ids;
+  bool done = false;
+  std::string reason;
+  std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
+};
+
+int64_t unix_time() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// text that is safe to send: no trailing partial UTF-8 sequence or replacement character
+size_t stable_length(const std::string & s) {
+  size_t n = s.size();
+  const std::string repl = "\xEF\xBF\xBD";
+  while (n >= 3 && s.compare(n - 3, 3, repl) == 0) n -= 3;
+  // back off an incomplete multi-byte sequence at the end
+  size_t i = n;
+  int back = 0;
+  while (i > 0 && back < 4 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80) {
+    --i;
+    ++back;
+  }
+  if (i > 0) {
+    const unsigned char lead = static_cast<unsigned char>(s[i - 1]);
+    const int need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : lead >= 0xC0 ? 1 : 0;
+    if (need > back) n = i - 1;
+  }
+  return n;
+}
+
+}  // namespace
+
+struct Server::Impl {
+  std::shared_ptr<Engine> engine;
+  std::shared_ptr<Tokenizer> tok;
+  std::optional<ChatTemplate> chat;
+  ServerOptions opts;
+  httplib::Server http;
+  int bound_port = 0;
+  std::atomic<int64_t> next_id{0};
+  std::mutex stats_mu;
+  std::map<int, int64_t> responses;  // by status
+  int64_t max_loaded_adapters = 0;
+
+  void reply_error(httplib::Response & res, const ApiError & e) {
+    res.status = e.status;
+    res.set_content(error_json(e).dump(), "application/json");
+  }
+
+  std::vector<std::shared_ptr<Progress>> start(const Job & job) {
+    std::vector<std::shared_ptr<Progress>> out;
+    for (const auto & prompt : job.prompts) {
+      for (int64_t c = 0; c < job.n; ++c) {
+        auto p = std::make_shared<Progress>();
+        Request r;
+        r.adapter = job.adapter;
+        r.prompt = prompt;
+        r.params = job.params;
+        if (r.params.has_seed) r.params.seed += static_cast<uint64_t>(c);  // n choices of one seed differ
+        r.cancelled = p->cancelled;
+        r.callbacks.on_token = [p](int64_t id) {
+          std::lock_guard<std::mutex> g(p->mu);
+          p->ids.push_back(id);
+          p->cv.notify_all();
+        };
+        r.callbacks.on_done = [p](const std::string & reason) {
+          std::lock_guard<std::mutex> g(p->mu);
+          p->done = true;
+          p->reason = reason;
+          p->cv.notify_all();
+        };
+        out.push_back(p);
+        try {
+          engine->submit(std::move(r));
+        } catch (const std::exception & e) {
+          for (auto & q : out) *q->cancelled = true;
+          throw ApiError{400, e.what()};
+        }
+      }
+    }
+    return out;
+  }
+
+  void complete(const httplib::Request & req, httplib::Response & res, bool chat) {
+    Job job;
+    try {
+      job = parse_job(req.body, chat, opts.model_name, *engine, *tok, this->chat);
+    } catch (const ApiError & e) {
+      return reply_error(res, e);
+    }
+    std::vector<std::shared_ptr<Progress>> progress;
+    try {
+      progress = start(job);
+    } catch (const ApiError & e) {
+      return reply_error(res, e);
+    }
+    const std::string id = str(chat ? "chatcmpl-" : "cmpl-", std::hex, unix_time(), "-", next_id++);
+    const int64_t created = unix_time();
+    if (!job.stream) {
+      std::vector<Choice> choices;
+      for (size_t i = 0; i < progress.size(); ++i) {
+        auto & p = *progress[i];
+        std::unique_lock<std::mutex> lk(p.mu);
+        p.cv.wait(lk, [&] { return p.done; });
+        if (p.reason.rfind("error", 0) == 0 || p.reason == "cancelled") {
+          for (auto & q : progress) *q->cancelled = true;
+          return reply_error(res, ApiError{500, "generation failed: " + p.reason, "server_error"});
+        }
+        Choice c;
+        c.text = completion_text(*tok, p.ids, job.params.stop);
+        c.finish_reason = p.reason;
+        c.completion_tokens = static_cast<int64_t>(p.ids.size());
+        c.prompt_tokens = static_cast<int64_t>(job.prompts[i / job.n].size());
+        choices.push_back(c);
+      }
+      res.set_content(response_json(job, id, created, choices).dump(), "application/json");
+      return;
+    }
+    // server-sent events: one chunk per piece of new text, a last chunk with finish_reason, [DONE]
+    struct State {
+      std::vector<size_t> sent;
+      std::vector<bool> first, finished;
+    };
+    auto st = std::make_shared<State>();
+    st->sent.assign(progress.size(), 0);
+    st->first.assign(progress.size(), true);
+    st->finished.assign(progress.size(), false);
+    size_t hold = 0;
+    for (const auto & s : job.params.stop) hold = std::max(hold, s.empty() ? 0 : s.size() - 1);
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, job, id, created, progress, st, hold](size_t, httplib::DataSink & sink) {
+          auto send = [&](const nlohmann::json & j) {
+            const std::string line = "data: " + j.dump() + "\n\n";
+            return sink.write(line.data(), line.size());
+          };
+          auto cancel_all = [&] {
+            for (auto & q : progress) *q->cancelled = true;
+          };
+          while (true) {
+            bool all = true;
+            for (size_t i = 0; i < progress.size(); ++i) {
+              if (st->finished[i]) continue;
+              auto & p = *progress[i];
+              std::vector<int64_t> ids;
+              bool done;
+              std::string reason;
+              {
+                std::unique_lock<std::mutex> lk(p.mu);
+                p.cv.wait_for(lk, std::chrono::milliseconds(20), [&] { return p.done || p.ids.size() > 0; });
+                ids = p.ids;
+                done = p.done;
+                reason = p.reason;
+              }
+              std::string text;
+              if (done) {
+                text = completion_text(*tok, ids, job.params.stop);
+              } else {
+                text = tok->decode(ids);
+                text = text.substr(0, stable_length(text));
+                text = text.size() > hold ? text.substr(0, text.size() - hold) : "";
+              }
+              if (text.size() > st->sent[i] || (st->first[i] && job.chat)) {
+                const std::string delta = text.size() > st->sent[i] ? text.substr(st->sent[i]) : "";
+                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), delta, std::nullopt, st->first[i]))) {
+                  cancel_all();
+                  return false;
+                }
+                st->first[i] = false;
+                st->sent[i] = std::max(st->sent[i], text.size());
+              }
+              if (done) {
+                if (reason.rfind("error", 0) == 0 || reason == "cancelled") {
+                  send(error_json(ApiError{500, "generation failed: " + reason, "server_error"}));
+                  cancel_all();
+                  sink.done();
+                  return true;
+                }
+                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), "", reason, false))) {
+                  cancel_all();
+                  return false;
+                }
+                st->finished[i] = true;
+              } else {
+                all = false;
+              }
+            }
+            if (all) break;
+            if (!sink.is_writable()) {
+              cancel_all();
+              return false;
+            }
+          }
+          if (job.include_usage) {
+            int64_t prompt = 0, completion = 0;
+            for (size_t i = 0; i < progress.size(); ++i) {
+              completion += static_cast<int64_t>(progress[i]->ids.size());
+              if (i % job.n == 0) prompt += static_cast<int64_t>(job.prompts[i / job.n].size());
+            }
+            nlohmann::json u = {{"id", id},
+                                {"object", job.chat ? "chat.completion.chunk" : "text_completion"},
+                                {"created", created},
+                                {"model", job.model},
+                                {"choices", nlohmann::json::array()},
+                                {"usage", usage_json(prompt, completion)}};
+            send(u);
+          }
+          const std::string end = "data: [DONE]\n\n";
+          sink.write(end.data(), end.size());
+          sink.done();
+          return true;
+        },
+        [progress](bool success) {
+          if (!success) {
+            for (auto & q : progress) *q->cancelled = true;
+          }
+        });
+  }
+
+  void models(httplib::Response & res) {
+    const int64_t t = unix_time();
+    nlohmann::json data = nlohmann::json::array();
+    data.push_back({{"id", opts.model_name}, {"object", "model"}, {"created", t}, {"owned_by", "peft.cpp"}, {"root", opts.model_name},
+                    {"parent", nullptr}});
+    for (const auto & a : engine->adapters()) {
+      data.push_back({{"id", a}, {"object", "model"}, {"created", t}, {"owned_by", "peft.cpp"}, {"root", a}, {"parent", opts.model_name}});
+    }
+    res.set_content(nlohmann::json{{"object", "list"}, {"data", data}}.dump(), "application/json");
+  }
+
+  void load(const httplib::Request & req, httplib::Response & res) {
+    if (!opts.allow_adapter_loading) {
+      return reply_error(res, {403, "loading adapters is disabled (start the server with --allow-adapter-loading)",
+                               "permission_error"});
+    }
+    auto j = nlohmann::json::parse(req.body, nullptr, false);
+    if (!j.is_object() || !j.contains("lora_name") || !j["lora_name"].is_string() || !j.contains("lora_path") ||
+        !j["lora_path"].is_string()) {
+      return reply_error(res, {400, "expected {\"lora_name\": NAME, \"lora_path\": PATH}"});
+    }
+    const std::string name = j["lora_name"], path = j["lora_path"];
+    static const std::regex ok("[A-Za-z0-9][A-Za-z0-9._-]{0,127}");
+    if (!std::regex_match(name, ok) || name == opts.model_name) {
+      return reply_error(res, {400, "lora_name '" + name + "' must be letters, digits, '.', '_', '-' (and not the base's name)", "invalid_request_error", "lora_name"});
+    }
+    if (max_loaded_adapters > 0 && static_cast<int64_t>(engine->adapters().size()) >= max_loaded_adapters) {
+      return reply_error(res, {400, str("already ", max_loaded_adapters, " adapters loaded (--max-loaded-adapters); unload one first")});
+    }
+    // the folder must resolve to a place inside the adapter root (no "..", no symlinks out)
+    char root_buf[PATH_MAX], path_buf[PATH_MAX];
+    const std::string joined = !path.empty() && path[0] == '/' ? path : opts.adapter_root + "/" + path;
+    if (!::realpath(opts.adapter_root.c_str(), root_buf) || !::realpath(joined.c_str(), path_buf)) {
+      return reply_error(res, {400, "lora_path '" + path + "' does not exist", "invalid_request_error", "lora_path"});
+    }
+    const std::string root = root_buf, real = path_buf;
+    if (real.size() <= root.size() || real.compare(0, root.size(), root) != 0 || real[root.size()] != '/') {
+      return reply_error(res, {403, "lora_path '" + path + "' is outside the adapter root", "permission_error", "lora_path"});
+    }
+    try {
+      engine->load_adapter(real, name);
+    } catch (const std::exception & e) {
+      return reply_error(res, {400, str("cannot load the adapter: ", e.what()), "invalid_request_error", "lora_path"});
+    }
+    res.set_content("Success: LoRA adapter '" + name + "' added successfully.", "text/plain");
+  }
+
+  void unload(const httplib::Request & req, httplib::Response & res) {
+    if (!opts.allow_adapter_loading) {
+      return reply_error(res, {403, "unloading adapters is disabled (start the server with --allow-adapter-loading)",
+                               "permission_error"});
+    }
+    auto j = nlohmann::json::parse(req.body, nullptr, false);
+    if (!j.is_object() || !j.contains("lora_name") || !j["lora_name"].is_string()) {
+      return reply_error(res, {400, "expected {\"lora_name\": NAME}"});
+    }
+    const std::string name = j["lora_name"];
+    if (!engine->has_adapter(name) || name == "__base__") {
+      return reply_error(res, {404, "no adapter named '" + name + "' is loaded", "invalid_request_error", "lora_name", "model_not_found"});
+    }
+    try {
+      engine->unload_adapter(name);
+    } catch (const std::exception & e) {
+      return reply_error(res, {400, e.what()});
+    }
+    res.set_content("Success: LoRA adapter '" + name + "' removed successfully.", "text/plain");
+  }
+
+  void metrics(httplib::Response & res) {
+    const EngineStats s = engine->stats();
+    std::string out;
+    auto metric = [&](const char * name, const char * type, const char * help, double v) {
+      out += str("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", v, "\n");
+    };
+    metric("peft_requests_total", "counter", "Completed generation requests (choices).", double(s.requests_done));
+    metric("peft_prompt_tokens_total", "counter", "Prompt tokens of completed requests.", double(s.prompt_tokens));
+    metric("peft_generation_tokens_total", "counter", "Generated tokens of completed requests.", double(s.completion_tokens));
+    metric("peft_requests_running", "gauge", "Requests in the decode batch.", double(s.running));
+    metric("peft_requests_waiting", "gauge", "Requests queued for a batch row.", double(s.waiting));
+    metric("peft_decode_steps_total", "counter", "Batched decode steps.", double(s.decode_steps));
+    metric("peft_prefill_calls_total", "counter", "Prefill chunks run.", double(s.prefill_calls));
+    metric("peft_loaded_adapters", "gauge", "Adapters loaded.", double(s.adapters.size()));
+    out += "# HELP peft_time_to_first_token_seconds Time from a request's arrival to its first token.\n"
+           "# TYPE peft_time_to_first_token_seconds summary\n";
+    out += str("peft_time_to_first_token_seconds_sum ", s.ttft_sum_s, "\npeft_time_to_first_token_seconds_count ", s.ttft_count, "\n");
+    out += "# HELP peft_inter_token_latency_seconds Time between two tokens of a request.\n"
+           "# TYPE peft_inter_token_latency_seconds summary\n";
+    out += str("peft_inter_token_latency_seconds_sum ", s.itl_sum_s, "\npeft_inter_token_latency_seconds_count ", s.itl_count, "\n");
+    out += "# HELP peft_http_responses_total HTTP responses by status code.\n# TYPE peft_http_responses_total counter\n";
+    {
+      std::lock_guard<std::mutex> g(stats_mu);
+      for (const auto & kv : responses) out += str("peft_http_responses_total{code=\"", kv.first, "\"} ", kv.second, "\n");
+    }
+    res.set_content(out, "text/plain; version=0.0.4");
+  }
+};
+
+Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokenizer, std::optional<ChatTemplate> chat,
+               ServerOptions opts)
+    : impl_(std::make_unique<Impl>()) {
+  Impl & I = *impl_;
+  I.engine = std::move(engine);
+  I.tok = std::move(tokenizer);
+  I.chat = std::move(chat);
+  I.opts = std::move(opts);
+  I.max_loaded_adapters = I.opts.max_loaded_adapters;
+  auto & h = I.http;
+  const int threads = std::max(4, I.opts.threads);
+  h.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  h.set_payload_max_length(16 << 20);
+  h.set_pre_routing_handler([&I](const httplib::Request & req, httplib::Response & res) {
+    if (I.opts.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    if (req.get_header_value("Authorization") == "Bearer " + I.opts.api_key) return httplib::Server::HandlerResponse::Unhandled;
+    I.reply_error(res, {401, "Incorrect API key provided", "invalid_request_error", "", "invalid_api_key"});
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  h.set_logger([&I](const httplib::Request &, const httplib::Response & res) {
+    std::lock_guard<std::mutex> g(I.stats_mu);
+    ++I.responses[res.status];
+  });
+  h.set_exception_handler([&I](const httplib::Request &, httplib::Response & res, std::exception_ptr ep) {
+    std::string what = "internal error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception & e) {
+      what = e.what();
+    } catch (...) {
+    }
+    I.reply_error(res, {500, what, "server_error"});
+  });
+  h.Post("/v1/completions", [&I](const httplib::Request & q, httplib::Response & r) { I.complete(q, r, false); });
+  h.Post("/v1/chat/completions", [&I](const httplib::Request & q, httplib::Response & r) { I.complete(q, r, true); });
+  h.Get("/v1/models", [&I](const httplib::Request &, httplib::Response & r) { I.models(r); });
+  h.Post("/v1/load_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r) { I.load(q, r); });
+  h.Post("/v1/unload_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r) { I.unload(q, r); });
+  h.Get("/health", [](const httplib::Request &, httplib::Response & r) { r.set_content("{\"status\": \"ok\"}", "application/json"); });
+  h.Get("/metrics", [&I](const httplib::Request &, httplib::Response & r) { I.metrics(r); });
+}
+
+Server::~Server() { stop(); }
+
+void Server::bind() {
+  Impl & I = *impl_;
+  if (I.opts.port == 0) {
+    I.bound_port = I.http.bind_to_any_port(I.opts.host);
+    PEFT_CHECK(I.bound_port > 0, "serve: cannot bind to ", I.opts.host, " (any port)");
+  } else {
+    PEFT_CHECK(I.http.bind_to_port(I.opts.host, I.opts.port), "serve: cannot bind to ", I.opts.host, ":", I.opts.port,
+               " (in use, or not an address of this machine)");
+    I.bound_port = I.opts.port;
+  }
+}
+
+int Server::port() const { return impl_->bound_port; }
+
+void Server::run() { impl_->http.listen_after_bind(); }
+
+void Server::stop() {
+  if (impl_ && impl_->http.is_running()) impl_->http.stop();
+}
+
+}  // namespace peft::serve

@@ -1,0 +1,98 @@
+// peft serve: the OpenAI-compatible multi-adapter server (include/peft/serve/server.h) on 127.0.0.1 by
+// default; SIGINT / SIGTERM stop it cleanly (running requests end as cancelled).
+#include <csignal>
+#include <iostream>
+
+#include "commands.h"
+#include "common.h"
+#include "peft/serve/server.h"
+#include "quant-options.h"
+
+namespace peft::cli {
+
+namespace {
+serve::Server * g_server = nullptr;
+extern "C" void on_signal(int) {
+  if (g_server) g_server->stop();
+}
+}  // namespace
+
+Runner add_serve(CLI::App & app) {
+  struct Opts {
+    std::string model, name, dtype = "float32";
+    std::vector<std::string> adapters;
+    bool compile = false;
+    serve::EngineOptions engine;
+    serve::ServerOptions server;
+    CommonOptions common;
+    QuantFlags quant;
+  };
+  auto o = std::make_shared<Opts>();
+  auto * cmd = app.add_subcommand("serve", "serve the model and its adapters over OpenAI's HTTP API");
+  cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
+  cmd->add_option("--adapter", o->adapters, "PATH[=NAME] a PEFT adapter folder served as model NAME (repeatable)");
+  cmd->add_option("--served-model-name", o->server.model_name, "the base model's name in requests (default: the folder's name)");
+  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
+  cmd->add_flag("--compile", o->compile, "run decode and prefill as compiled graphs");
+  cmd->add_option("--host", o->server.host, "address to listen on (default 127.0.0.1)");
+  cmd->add_option("--port", o->server.port, "port (default 8000; 0 = any free port, printed)");
+  cmd->add_option("--max-batch", o->engine.max_batch, "rows decoded together (default 8)")->check(CLI::Range(1, 256));
+  cmd->add_option("--max-context", o->engine.max_context, "tokens per request, prompt + completion (default: the model's)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--prefill-chunk", o->engine.prefill_chunk, "prompt tokens per prefill step (default 32)")->check(CLI::Range(1, 4096));
+  cmd->add_option("--max-loaded-adapters", o->server.max_loaded_adapters, "refuse loading beyond N adapters (default: no limit)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--api-key", o->server.api_key, "require 'Authorization: Bearer KEY' on /v1 requests");
+  cmd->add_flag("--allow-adapter-loading", o->server.allow_adapter_loading, "enable /v1/load_lora_adapter and /v1/unload_lora_adapter");
+  cmd->add_option("--adapter-root", o->server.adapter_root, "folder that runtime-loaded adapters must be in (default: .)");
+  cmd->add_option("--http-threads", o->server.threads, "HTTP worker threads (default 64)")->check(CLI::Range(4, 1024));
+  add_common_options(*cmd, o->common);
+  add_quant_options(*cmd, o->quant);
+  return [o]() {
+    const at::ScalarType dtype = parse_dtype(o->dtype);
+    apply_common_options(o->common);
+    if (o->server.model_name.empty()) {
+      std::string m = o->model;
+      while (m.size() > 1 && m.back() == '/') m.pop_back();
+      o->server.model_name = m.substr(m.find_last_of('/') + 1);
+    }
+    auto base = load_model_with(o->model, dtype, o->quant);
+    auto pm = std::make_shared<PeftModel>(base);
+    for (const auto & a : o->adapters) {
+      const auto eq = a.find('=');
+      const std::string path = a.substr(0, eq), name = eq == std::string::npos ? "" : a.substr(eq + 1);
+      std::string n = name;
+      if (n.empty()) {
+        std::string p = path;
+        while (p.size() > 1 && p.back() == '/') p.pop_back();
+        n = p.substr(p.find_last_of('/') + 1);
+      }
+      PEFT_USAGE(n != o->server.model_name, "--adapter ", a, ": the name '", n, "' is the base model's");
+      pm->load_adapter(path, n);
+    }
+    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, base->config().vocab_size);
+    std::optional<ChatTemplate> chat;
+    try {
+      chat = ChatTemplate::from_model(o->model);
+    } catch (const Error &) {
+      // no chat template: /v1/chat/completions answers with an error naming it
+    }
+    o->engine.compile = o->compile;
+    auto engine = std::make_shared<serve::Engine>(pm, o->engine, tok);
+    serve::Server server(engine, tok, chat, o->server);
+    server.bind();
+    g_server = &server;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    std::cerr << "peft serve: " << o->server.model_name << " with " << o->adapters.size() << " adapter(s) on http://"
+              << o->server.host << ":" << server.port() << " (max batch " << o->engine.max_batch << ", context "
+              << engine->max_context() << (o->compile ? ", compiled" : "") << ")" << std::endl;
+    server.run();
+    g_server = nullptr;
+    engine->stop();
+    std::cerr << "peft serve: stopped\n";
+    return 0;
+  };
+}
+
+}  // namespace peft::cli
