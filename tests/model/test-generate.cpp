@@ -147,7 +147,24 @@ TEST(Cli, BenchQuickRunsAndWritesJson) {
     EXPECT_GT(row["eager_ms"].get<double>(), 0);
     EXPECT_GT(row["compiled_ms"].get<double>(), 0);
   }
-  for (const char * n : {"decode_b1_lora", "decode_b8_lora", "decode_b1_base"}) EXPECT_TRUE(names.count(n)) << n;
+  for (const char * n : {"decode_b1_lora", "decode_b8_lora", "decode_b1_base", "decode_b1_nf4_lora", "decode_b1_int8_lora",
+                         "prefill_b1_s16_nf4_lora", "train_step_b4_s16_nf4_lora"}) {
+    EXPECT_TRUE(names.count(n)) << n;
+  }
+  for (const auto & row : j) {
+    if (!row.contains("quant_format")) continue;
+    const double bpp = row["quantized_bytes_per_param"].get<double>();
+    if (row["quant_format"] == "nf4") EXPECT_LE(bpp, 0.57) << row.dump();
+    if (row["quant_format"] == "int8") EXPECT_LE(bpp, 1.1) << row.dump();
+    ASSERT_TRUE(row.contains("memory")) << row.dump();
+    EXPECT_GT(row["memory"]["process_peak_rss_kb"].get<double>(), 0) << row.dump();
+  }
+  auto m = nlohmann::json::parse(read_file(dir + "/b.json.machine.json"));
+  ASSERT_TRUE(m.contains("quantized")) << m.dump();
+  for (const char * k : {"decode_b1_nf4_lora_speedup_vs_float32_compiled", "decode_b1_int8_lora_speedup_vs_float32_compiled",
+                         "train_step_b4_s16_nf4_lora_time_over_float32_compiled"}) {
+    EXPECT_GT(m["quantized"][k].get<double>(), 0) << k;
+  }
 }
 
 }  // namespace

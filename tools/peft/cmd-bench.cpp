@@ -2,13 +2,19 @@
 // 8 layers, 8 heads, MLP 1376, vocab 32000) and LoRA r=16 on q,k,v,o. Beside each time, the fraction
 // of this machine's limit it reaches, measured in the same run: decode against memory bandwidth (weight
 // bytes read per step), prefill and training against the FLOP rate of a large float32 GEMM.
+// Quantized rows (QLoRA): the same random float weights quantized to NF4 / int8 (lm_head kept in float,
+// as transformers does, unless --quantize-lm-head) before the same LoRA is added; their peak RSS is
+// measured in a child process per configuration (this program re-run with --memory-probe ROW).
 #include <ATen/Parallel.h>
+#include <malloc.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "commands.h"
@@ -17,6 +23,7 @@
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/peft-model.h"
+#include "peft/quant/quantize.h"
 #include "peft/train/trainer.h"
 
 namespace peft::cli {
@@ -84,6 +91,56 @@ struct Row {
   double work;         // bytes (bandwidth) or FLOPs per call
 };
 
+// The bench models: float base weights from seed 1, optionally quantized, LoRA from seed 2 (the same
+// adapter weights whatever the base format).
+struct BenchModel {
+  std::shared_ptr<CausalLM> base;
+  std::shared_ptr<PeftModel> lora;
+  quant::WeightFootprint footprint;  // the base model's weights (before the adapter)
+  std::shared_ptr<CompiledModel> compiled;
+};
+
+std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::Format format, bool quantize_lm_head) {
+  auto m = std::make_shared<BenchModel>();
+  m->base = build_model(cfg);
+  init_random(*m->base, 1);
+  m->base->eval();
+  if (format != quant::Format::none) {
+    quant::QuantOptions q;
+    q.format = format;
+    if (quantize_lm_head) q.skip.clear();
+    quant::quantize_modules(m->base, q);
+  }
+  m->footprint = quant::weight_footprint(m->base);
+  at::manual_seed(2);
+  m->lora = std::make_shared<PeftModel>(
+      m->base, AdapterConfig::from_json({{"peft_type", "LORA"},
+                                         {"r", 16},
+                                         {"lora_alpha", 16},
+                                         {"init_lora_weights", false},
+                                         {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}},
+                                        "bench adapter"));
+  m->compiled = std::make_shared<CompiledModel>(compile(*m->lora));
+  return m;
+}
+
+// kB from /proc/self/status ("VmHWM", "VmRSS"); -1 if absent
+int64_t proc_status_kb(const std::string & key) {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
+}
+
+// Reset VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
 }  // namespace
 
 Runner add_bench(CLI::App & app) {
@@ -92,15 +149,22 @@ Runner add_bench(CLI::App & app) {
     int reps = 0;  // 0 = per-case defaults
     std::string only;  // run only cases whose name contains this
     bool quick = false;
+    bool quantize_lm_head = false;
+    bool no_memory = false;
+    std::string memory_probe;  // internal: build one row's model, run it, print peak RSS as JSON
     CommonOptions common;
   };
   auto o = std::make_shared<Opts>();
-  auto * cmd = app.add_subcommand("bench", "time eager vs compiled (decode, prefill, training step)");
+  auto * cmd = app.add_subcommand("bench", "time eager vs compiled (decode, prefill, training step; float and quantized bases)");
   cmd->add_option("--json", o->json, "also write the results as JSON");
   cmd->add_option("--reps", o->reps, "timed repetitions per case (default: 30 decode, 5 prefill/train)")
       ->check(CLI::Range(1, 100000));
   cmd->add_flag("--quick", o->quick, "a tiny model and few repetitions (smoke test)");
-  cmd->add_option("--only", o->only, "run only the cases whose name contains this text");
+  cmd->add_option("--only", o->only, "run only the cases whose name contains this text (e.g. nf4, int8, decode)");
+  cmd->add_flag("--quantize-lm-head", o->quantize_lm_head,
+                "quantized rows: quantize lm_head too (default: kept in float, as transformers does)");
+  cmd->add_flag("--no-memory", o->no_memory, "skip the peak-RSS child processes of the quantized rows");
+  cmd->add_option("--memory-probe", o->memory_probe, "internal: peak RSS of one row's configuration")->group("");
   add_common_options(*cmd, o->common);
   return [o]() {
     apply_common_options(o->common);
@@ -114,50 +178,15 @@ Runner add_bench(CLI::App & app) {
     const int dec_reps = o->reps ? o->reps : (o->quick ? 3 : 30);
     const int big_reps = o->reps ? o->reps : (o->quick ? 2 : 5);
     const int64_t S = o->quick ? 16 : 128, ctx = o->quick ? 8 : 64;
+    const std::string s_tag = "_s" + std::to_string(S);
+    const std::string prefill_nf4 = "prefill_b1" + s_tag + "_nf4_lora", train_nf4 = "train_step_b4" + s_tag + "_nf4_lora",
+                      train_f32 = "train_step_b4" + s_tag + "_lora";
+    auto format_of = [](const std::string & row) {
+      return row.find("_nf4_") != std::string::npos    ? quant::Format::nf4
+             : row.find("_int8_") != std::string::npos ? quant::Format::int8
+                                                       : quant::Format::none;
+    };
 
-    // ---- machine limits, measured now ----
-    at::Tensor src = at::rand({64 * 1024 * 1024}), dst = at::empty_like(src);  // 256 MB
-    double copy_ms = median_ms([&] { dst.copy_(src); }, 2, o->quick ? 3 : 10);
-    const double copy_gbs = 2.0 * src.numel() * 4 / (copy_ms * 1e6);  // read + write
-    const int64_t n = o->quick ? 512 : 2048;
-    at::Tensor ga = at::rand({n, n}), gb = at::rand({n, n});
-    double gemm_ms = median_ms([&] { at::mm(ga, gb); }, 2, o->quick ? 3 : 8);
-    const double gemm_gflops = 2.0 * n * n * n / (gemm_ms * 1e6);
-    src = dst = ga = gb = at::Tensor();
-
-    // ---- models: the same random base weights with and without LoRA ----
-    auto base = build_model(cfg);
-    init_random(*base, 1);
-    base->eval();
-    for (auto & p : base->parameters()) p.set_requires_grad(false);
-    auto lora_base = build_model(cfg);
-    init_random(*lora_base, 1);
-    lora_base->eval();
-    at::manual_seed(2);
-    auto lora = std::make_shared<PeftModel>(
-        lora_base, AdapterConfig::from_json({{"peft_type", "LORA"},
-                                             {"r", 16},
-                                             {"lora_alpha", 16},
-                                             {"init_lora_weights", false},
-                                             {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}},
-                                            "bench adapter"));
-    auto c_lora = compile(*lora);
-    auto c_base = compile(base);
-
-    int64_t weight_bytes = 0, linear_params = 0;  // what one decode step reads; FLOPs of one token
-    for (const auto & p : named_parameters(*base)) {
-      if (p.first == "model.embed_tokens.weight") continue;  // one row is read, not the table
-      weight_bytes += p.second.numel() * 4;
-      if (p.second.dim() == 2) linear_params += p.second.numel();
-    }
-    int64_t lora_bytes = weight_bytes;
-    for (const auto & l : lora->tuner_layers()) {
-      for (const auto & p : l.second->adapter_parameters("default")) lora_bytes += p.second.numel() * 4;
-    }
-    auto attn_flops = [&](int64_t q, int64_t k) { return 4.0 * q * k * cfg.hidden_size * cfg.num_layers; };
-
-    std::vector<Row> rows;
-    auto wanted = [&](const std::string & name) { return o->only.empty() || name.find(o->only) != std::string::npos; };
     // a decode step at position ctx of a KV cache filled by a prefill (static cache: every step alike)
     struct DecodeState {
       KVCache cache;
@@ -182,6 +211,90 @@ Runner add_bench(CLI::App & app) {
       s->step.cache = &s->cache;
       return s;
     };
+    TrainOptions topt;
+    topt.lr = 1e-4;
+    topt.steps = 1000;
+
+    // ---- child process: one row's configuration, for its peak RSS ----
+    if (!o->memory_probe.empty()) {
+      const std::string & row = o->memory_probe;
+      const int64_t start_kb = proc_status_kb("VmRSS");
+      auto m = make_bench_model(cfg, format_of(row), o->quantize_lm_head);
+      const int64_t build_peak_kb = proc_status_kb("VmHWM");
+      ::malloc_trim(0);  // the float weights replaced by quantized ones go back to the OS
+      const int64_t model_kb = proc_status_kb("VmRSS");
+      const bool reset = reset_peak_rss();
+      auto comp = [&](const ForwardInput & in) { return m->compiled->forward(in); };
+      if (row.rfind("decode_b1", 0) == 0) {
+        auto s = decode_state(1, comp);
+        at::NoGradGuard g;
+        for (int i = 0; i < 3; ++i) comp(s->step);
+      } else if (row.rfind("prefill_b1", 0) == 0) {
+        at::NoGradGuard g;
+        ForwardInput in;
+        in.input_ids = at::randint(cfg.vocab_size, {1, S}, at::kLong);
+        for (int i = 0; i < 2; ++i) comp(in);
+      } else {
+        PEFT_CHECK(row.rfind("train_step_b4", 0) == 0, "--memory-probe: unknown row ", row);
+        m->lora->train();
+        Trainer t(comp, m->lora->trainable_parameters(), topt);
+        at::Tensor ids = at::randint(cfg.vocab_size, {4, S}, at::kLong);
+        for (int i = 0; i < 2; ++i) t.step(ids);
+      }
+      const int64_t run_peak_kb = reset ? proc_status_kb("VmHWM") : -1;
+      std::printf("%s\n", nlohmann::json({{"row", row},
+                                          {"start_rss_kb", start_kb},
+                                          {"build_peak_rss_kb", build_peak_kb},
+                                          {"model_rss_kb", model_kb},
+                                          {"run_peak_rss_kb", run_peak_kb},
+                                          {"process_peak_rss_kb", proc_status_kb("VmHWM")},
+                                          {"peak_reset", reset}})
+                              .dump()
+                              .c_str());
+      return 0;
+    }
+
+    // ---- machine limits, measured now ----
+    at::Tensor src = at::rand({64 * 1024 * 1024}), dst = at::empty_like(src);  // 256 MB
+    double copy_ms = median_ms([&] { dst.copy_(src); }, 2, o->quick ? 3 : 10);
+    const double copy_gbs = 2.0 * src.numel() * 4 / (copy_ms * 1e6);  // read + write
+    const int64_t n = o->quick ? 512 : 2048;
+    at::Tensor ga = at::rand({n, n}), gb = at::rand({n, n});
+    double gemm_ms = median_ms([&] { at::mm(ga, gb); }, 2, o->quick ? 3 : 8);
+    const double gemm_gflops = 2.0 * n * n * n / (gemm_ms * 1e6);
+    src = dst = ga = gb = at::Tensor();
+
+    // ---- models: the same random base weights with and without LoRA ----
+    auto base = build_model(cfg);
+    init_random(*base, 1);
+    base->eval();
+    for (auto & p : base->parameters()) p.set_requires_grad(false);
+    auto fm = make_bench_model(cfg, quant::Format::none, false);
+    auto lora = fm->lora;
+    auto & c_lora = *fm->compiled;
+    auto c_base = compile(base);
+
+    int64_t weight_bytes = 0, linear_params = 0, embed_bytes = 0;  // what one decode step reads; FLOPs of one token
+    for (const auto & p : named_parameters(*base)) {
+      if (p.first == "model.embed_tokens.weight") {  // one row is read, not the table
+        embed_bytes = p.second.numel() * 4;
+        continue;
+      }
+      weight_bytes += p.second.numel() * 4;
+      if (p.second.dim() == 2) linear_params += p.second.numel();
+    }
+    int64_t adapter_bytes = 0;
+    for (const auto & l : lora->tuner_layers()) {
+      for (const auto & p : l.second->adapter_parameters("default")) adapter_bytes += p.second.numel() * 4;
+    }
+    const int64_t lora_bytes = weight_bytes + adapter_bytes;
+    auto attn_flops = [&](int64_t q, int64_t k) { return 4.0 * q * k * cfg.hidden_size * cfg.num_layers; };
+    const double prefill_flops = 2.0 * linear_params * S + attn_flops(S, S);
+    // forward + backward to the activations (frozen base weights need no weight gradient)
+    const double train_flops = 2.0 * (2.0 * linear_params * 4 * S + attn_flops(4 * S, S));
+
+    std::vector<Row> rows;
+    auto wanted = [&](const std::string & name) { return o->only.empty() || name.find(o->only) != std::string::npos; };
     auto decode = [&](const std::string & name, int64_t B, LogitsFn eager, LogitsFn compiled, int64_t bytes) {
       if (!wanted(name)) return;
       auto s = decode_state(B, eager);
@@ -189,76 +302,215 @@ Runner add_bench(CLI::App & app) {
       Paired t = paired_ms([&] { eager(s->step); }, [&] { compiled(s->step); }, 3, dec_reps);
       rows.push_back({name, t.a, t.b, "bandwidth", static_cast<double>(bytes)});
     };
-    auto eager_lora = [&](const ForwardInput & in) { return lora->forward(in); };
-    auto comp_lora = [&](const ForwardInput & in) { return c_lora.forward(in); };
-    decode("decode_b1_lora", 1, eager_lora, comp_lora, lora_bytes);
-    decode("decode_b8_lora", 8, eager_lora, comp_lora, lora_bytes);
-    decode("decode_b1_base", 1, [&](const ForwardInput & in) { return base->forward(in); },
-           [&](const ForwardInput & in) { return c_base.forward(in); }, weight_bytes);
-    if (wanted("prefill_b1_s" + std::to_string(S) + "_lora")) {
+    auto prefill = [&](const std::string & name, const std::shared_ptr<BenchModel> & m) {
+      if (!wanted(name)) return;
       at::NoGradGuard g;
       ForwardInput in;
       in.input_ids = at::randint(cfg.vocab_size, {1, S}, at::kLong);
-      double e = median_ms([&] { lora->forward(in); }, 1, big_reps);
-      double c = median_ms([&] { c_lora.forward(in); }, 1, big_reps);
-      rows.push_back({"prefill_b1_s" + std::to_string(S) + "_lora", e, c, "flops",
-                      2.0 * linear_params * S + attn_flops(S, S)});
-    }
-    if (wanted("train_step_b4_s" + std::to_string(S) + "_lora")) {
-      lora->train();
+      double e = median_ms([&] { m->lora->forward(in); }, 1, big_reps);
+      double c = median_ms([&] { m->compiled->forward(in); }, 1, big_reps);
+      rows.push_back({name, e, c, "flops", prefill_flops});
+    };
+    auto train = [&](const std::string & name, const std::shared_ptr<BenchModel> & m) {
+      if (!wanted(name)) return;
+      m->lora->train();
       at::Tensor ids = at::randint(cfg.vocab_size, {4, S}, at::kLong);
-      TrainOptions t;
-      t.lr = 1e-4;
-      t.steps = 1000;
-      Trainer te(eager_lora, lora->trainable_parameters(), t);
-      Trainer tc(comp_lora, lora->trainable_parameters(), t);
+      Trainer te([&](const ForwardInput & in) { return m->lora->forward(in); }, m->lora->trainable_parameters(), topt);
+      Trainer tc([&](const ForwardInput & in) { return m->compiled->forward(in); }, m->lora->trainable_parameters(), topt);
       double e = median_ms([&] { te.step(ids); }, 1, big_reps);
       double c = median_ms([&] { tc.step(ids); }, 1, big_reps);
-      lora->train(false);
-      // forward + backward to the activations (frozen base weights need no weight gradient)
-      rows.push_back({"train_step_b4_s" + std::to_string(S) + "_lora", e, c, "flops",
-                      2.0 * (2.0 * linear_params * 4 * S + attn_flops(4 * S, S))});
+      m->lora->train(false);
+      rows.push_back({name, e, c, "flops", train_flops});
+    };
+    auto eager_of = [](const std::shared_ptr<BenchModel> & m) -> LogitsFn {
+      return [m](const ForwardInput & in) { return m->lora->forward(in); };
+    };
+    auto comp_of = [](const std::shared_ptr<BenchModel> & m) -> LogitsFn {
+      return [m](const ForwardInput & in) { return m->compiled->forward(in); };
+    };
+    decode("decode_b1_lora", 1, eager_of(fm), comp_of(fm), lora_bytes);
+    decode("decode_b8_lora", 8, eager_of(fm), comp_of(fm), lora_bytes);
+    decode("decode_b1_base", 1, [&](const ForwardInput & in) { return base->forward(in); },
+           [&](const ForwardInput & in) { return c_base.forward(in); }, weight_bytes);
+    prefill("prefill_b1" + s_tag + "_lora", fm);
+    train(train_f32, fm);
+
+    // ---- quantized bases (QLoRA): built only when one of their rows is selected ----
+    struct QuantInfo {
+      std::string format;
+      std::shared_ptr<BenchModel> model;
+    };
+    std::vector<QuantInfo> quants;
+    std::shared_ptr<BenchModel> nf4, int8;
+    if (wanted("decode_b1_nf4_lora") || wanted(prefill_nf4) || wanted(train_nf4)) {
+      nf4 = make_bench_model(cfg, quant::Format::nf4, o->quantize_lm_head);
+      quants.push_back({"nf4", nf4});
+    }
+    if (wanted("decode_b1_int8_lora")) {
+      int8 = make_bench_model(cfg, quant::Format::int8, o->quantize_lm_head);
+      quants.push_back({"int8", int8});
+    }
+    // bytes one decode step reads: every weight but the embedding table, plus the adapters
+    auto decode_bytes = [&](const std::shared_ptr<BenchModel> & m) { return m->footprint.bytes - embed_bytes + adapter_bytes; };
+    if (nf4) decode("decode_b1_nf4_lora", 1, eager_of(nf4), comp_of(nf4), decode_bytes(nf4));
+    if (int8) decode("decode_b1_int8_lora", 1, eager_of(int8), comp_of(int8), decode_bytes(int8));
+    if (nf4) prefill(prefill_nf4, nf4);
+    if (nf4) train(train_nf4, nf4);
+
+    // ---- quantized vs float32, compiled, timed in turn (A B A B) ----
+    nlohmann::json ratios = nlohmann::json::object();
+    std::vector<std::string> ratio_lines;
+    auto decode_ratio = [&](const std::string & row, const std::shared_ptr<BenchModel> & m, double target) {
+      if (!m || !wanted(row)) return;
+      auto sf = decode_state(1, comp_of(fm));
+      auto sq = decode_state(1, comp_of(m));
+      at::NoGradGuard g;
+      // float time / quantized time: how many times faster the quantized base decodes
+      const double r = paired_ms([&] { fm->compiled->forward(sf->step); }, [&] { m->compiled->forward(sq->step); }, 3,
+                                 dec_reps * 2)
+                           .ratio;
+      ratios[row + "_speedup_vs_float32_compiled"] = r;
+      ratios[row + "_speedup_target"] = target;
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "compiled decode_b1_lora (float32) / compiled %s = %.2fx faster (target >= %.1fx; median of %d paired runs)",
+                    row.c_str(), r, target, dec_reps * 2);
+      ratio_lines.push_back(buf);
+    };
+    decode_ratio("decode_b1_nf4_lora", nf4, 3.0);
+    decode_ratio("decode_b1_int8_lora", int8, 1.8);
+    if (nf4 && wanted(train_nf4)) {
+      fm->lora->train();
+      nf4->lora->train();
+      at::Tensor ids = at::randint(cfg.vocab_size, {4, S}, at::kLong);
+      Trainer tf(comp_of(fm), fm->lora->trainable_parameters(), topt);
+      Trainer tq(comp_of(nf4), nf4->lora->trainable_parameters(), topt);
+      const double r = paired_ms([&] { tq.step(ids); }, [&] { tf.step(ids); }, 1, big_reps).ratio;
+      fm->lora->train(false);
+      nf4->lora->train(false);
+      ratios[train_nf4 + "_time_over_float32_compiled"] = r;
+      ratios[train_nf4 + "_time_target"] = 1.3;
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "compiled %s / compiled %s (float32) = %.2fx the time (target <= 1.3x; median of %d paired runs)",
+                    train_nf4.c_str(), train_f32.c_str(), r, big_reps);
+      ratio_lines.push_back(buf);
+    }
+
+    // ---- peak RSS of each quantized configuration (and its float32 counterpart), one child process each ----
+    std::map<std::string, nlohmann::json> memory;
+    if (!o->no_memory && !quants.empty()) {
+      char exe[4096];
+      const ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+      PEFT_CHECK(len > 0, "cannot find this program's path");
+      exe[len] = '\0';
+      std::vector<std::string> probe;
+      for (const std::string & r : {std::string("decode_b1_nf4_lora"), std::string("decode_b1_int8_lora"), prefill_nf4, train_nf4}) {
+        if (wanted(r) && ((format_of(r) == quant::Format::nf4 && nf4) || (format_of(r) == quant::Format::int8 && int8))) {
+          probe.push_back(r);
+        }
+      }
+      // their float32 counterparts, for comparison
+      if (std::any_of(probe.begin(), probe.end(), [](const std::string & r) { return r.rfind("decode_b1", 0) == 0; })) {
+        probe.push_back("decode_b1_lora");
+      }
+      if (nf4 && wanted(train_nf4)) probe.push_back(train_f32);
+      for (const auto & r : probe) {
+        std::string line = std::string(exe) + " bench --memory-probe " + r + (o->quick ? " --quick" : "") +
+                           (o->quantize_lm_head ? " --quantize-lm-head" : "") + " --threads " + std::to_string(blas_threads) +
+                           " --intra-op-threads " + std::to_string(o->common.intra_op_threads) + " 2>&1";
+        FILE * p = ::popen(line.c_str(), "r");
+        PEFT_CHECK(p, "cannot start ", line);
+        std::string text;
+        char buf[4096];
+        while (size_t k = std::fread(buf, 1, sizeof buf, p)) text.append(buf, k);
+        const int status = ::pclose(p);
+        const size_t at = text.rfind("{\"");
+        PEFT_CHECK(status == 0 && at != std::string::npos, "the memory probe of ", r, " failed: ", text);
+        memory[r] = nlohmann::json::parse(text.substr(at));
+      }
     }
 
     // ---- report ----
     std::printf("peft bench: %d BLAS threads, %d intra-op threads; copy bandwidth %.1f GB/s (read+write); float32 GEMM %lldx%lld: %.1f GFLOP/s\n",
                 blas_threads, threads, copy_gbs, static_cast<long long>(n), static_cast<long long>(n), gemm_gflops);
-    std::printf("%-26s %10s %12s %8s %16s %16s\n", "case", "eager ms", "compiled ms", "speedup", "eager of limit",
+    std::printf("%-28s %10s %12s %8s %16s %16s\n", "case", "eager ms", "compiled ms", "speedup", "eager of limit",
                 "compiled of limit");
     nlohmann::json out = nlohmann::json::array();
     for (const auto & r : rows) {
       auto frac = [&](double ms) {
         return r.limit == "bandwidth" ? (r.work / (ms * 1e6)) / copy_gbs : (r.work / (ms * 1e6)) / gemm_gflops;
       };
-      std::printf("%-26s %10.2f %12.2f %7.2fx %15.0f%% %15.0f%%\n", r.name.c_str(), r.eager_ms, r.compiled_ms,
+      std::printf("%-28s %10.2f %12.2f %7.2fx %15.0f%% %15.0f%%\n", r.name.c_str(), r.eager_ms, r.compiled_ms,
                   r.eager_ms / r.compiled_ms, 100 * frac(r.eager_ms), 100 * frac(r.compiled_ms));
-      out.push_back({{"name", r.name},
-                     {"eager_ms", r.eager_ms},
-                     {"compiled_ms", r.compiled_ms},
-                     {"speedup", r.eager_ms / r.compiled_ms},
-                     {"limit", r.limit == "bandwidth" ? "memory bandwidth" : "float32 GEMM FLOP rate"},
-                     {"eager_fraction_of_limit", frac(r.eager_ms)},
-                     {"compiled_fraction_of_limit", frac(r.compiled_ms)}});
+      nlohmann::json j = {{"name", r.name},
+                          {"eager_ms", r.eager_ms},
+                          {"compiled_ms", r.compiled_ms},
+                          {"speedup", r.eager_ms / r.compiled_ms},
+                          {"limit", r.limit == "bandwidth" ? "memory bandwidth" : "float32 GEMM FLOP rate"},
+                          {"eager_fraction_of_limit", frac(r.eager_ms)},
+                          {"compiled_fraction_of_limit", frac(r.compiled_ms)}};
+      const quant::Format f = format_of(r.name);
+      if (f != quant::Format::none) {
+        const auto & fp = (f == quant::Format::nf4 ? nf4 : int8)->footprint;
+        j["quant_format"] = quant::format_name(f);
+        j["quantized_bytes_per_param"] = static_cast<double>(fp.quantized_bytes) / fp.quantized_params;
+        j["model_bytes_per_param"] = static_cast<double>(fp.bytes) / fp.params;
+        j["lm_head_quantized"] = o->quantize_lm_head;
+        if (memory.count(r.name)) j["memory"] = memory[r.name];
+      }
+      out.push_back(j);
     }
     double lora_vs_base = 0;
     if (wanted("decode_b1_lora") && wanted("decode_b1_base")) {
       // the adapter's cost once compiled: compiled LoRA and compiled base decode steps in turn
-      auto sl = decode_state(1, comp_lora);
+      auto sl = decode_state(1, comp_of(fm));
       auto sb = decode_state(1, [&](const ForwardInput & in) { return c_base.forward(in); });
       at::NoGradGuard g;
       lora_vs_base = paired_ms([&] { c_lora.forward(sl->step); }, [&] { c_base.forward(sb->step); }, 3, dec_reps * 2).ratio;
       std::printf("compiled decode_b1_lora / compiled decode_b1_base = %.3f (median of %d paired runs)\n", lora_vs_base,
                   dec_reps * 2);
     }
+    for (const auto & l : ratio_lines) std::printf("%s\n", l.c_str());
+    if (!quants.empty()) {
+      std::printf("quantized bases (%s in float; weights in bytes per parameter):\n",
+                  o->quantize_lm_head ? "embeddings and norms" : "lm_head, embeddings and norms");
+      nlohmann::json qj = nlohmann::json::object();
+      for (const auto & q : quants) {
+        const auto & fp = q.model->footprint;
+        const double qb = static_cast<double>(fp.quantized_bytes) / fp.quantized_params,
+                     mb = static_cast<double>(fp.bytes) / fp.params;
+        std::printf("  %-5s quantized Linear layers %.4f (%lld params), whole model %.4f (%lld params)\n", q.format.c_str(),
+                    qb, static_cast<long long>(fp.quantized_params), mb, static_cast<long long>(fp.params));
+        qj[q.format] = {{"quantized_params", fp.quantized_params}, {"quantized_bytes", fp.quantized_bytes},
+                        {"quantized_bytes_per_param", qb},       {"params", fp.params},
+                        {"bytes", fp.bytes},                     {"model_bytes_per_param", mb}};
+      }
+      ratios["quantized_weights"] = qj;
+      ratios["lm_head_quantized"] = o->quantize_lm_head;
+    }
+    if (!memory.empty()) {
+      std::printf("peak RSS, one child process per row (MB; \"run\" = peak while running the compiled row, from the\n"
+                  "loaded model on; \"build\" = peak while building it: float weights first, then quantized; \"start\" = the\n"
+                  "process before any model: LibTorch and this program):\n");
+      std::printf("  %-28s %10s %10s %10s %10s\n", "row", "start", "model", "run", "build");
+      for (const auto & m : memory) {
+        std::printf("  %-28s %10.1f %10.1f %10.1f %10.1f\n", m.first.c_str(), m.second["start_rss_kb"].get<double>() / 1024,
+                    m.second["model_rss_kb"].get<double>() / 1024,
+                    m.second["run_peak_rss_kb"].get<double>() / 1024, m.second["build_peak_rss_kb"].get<double>() / 1024);
+      }
+      nlohmann::json mj = nlohmann::json::object();
+      for (const auto & m : memory) mj[m.first] = m.second;
+      ratios["peak_rss"] = mj;
+    }
     if (!o->json.empty()) {
       nlohmann::json doc = out;
       write_file_atomic(o->json, doc.dump(2) + "\n");
       // machine figures go to a sidecar so that the main file keeps the required list shape
-      write_file_atomic(o->json + ".machine.json", nlohmann::json({{"threads", threads},
-                                                                   {"copy_gbs", copy_gbs},
-                                                                   {"gemm_gflops", gemm_gflops},
-                                                                   {"compiled_lora_over_base_decode_b1", lora_vs_base}})
-                                                       .dump(2) + "\n");
+      nlohmann::json machine = {{"threads", threads},
+                                {"copy_gbs", copy_gbs},
+                                {"gemm_gflops", gemm_gflops},
+                                {"compiled_lora_over_base_decode_b1", lora_vs_base}};
+      if (!ratios.empty()) machine["quantized"] = ratios;
+      write_file_atomic(o->json + ".machine.json", machine.dump(2) + "\n");
     }
     return 0;
   };
