@@ -55,9 +55,17 @@ void CausalLM::validate(const ForwardInput & in) const {
   PEFT_CHECK(lo >= 0 && hi < cfg.vocab_size, "token id ", lo < 0 ? lo : hi, " is out of range [0, ", cfg.vocab_size,
              ")");
   const int64_t L = in.cache ? in.cache->capacity() : in.input_ids.size(1);
-  PEFT_CHECK(L <= cfg.max_position_embeddings, "a sequence of ", L, " positions",
-             in.cache ? " (KV cache capacity)" : "", " exceeds the model's ", cfg.max_position_embeddings,
-             " (max_position_embeddings in config.json)");
+  if (in.position_ids.defined()) {
+    // explicit positions (a serving engine's slots are not positions): the positions themselves are checked
+    PEFT_CHECK(in.position_ids.sizes() == in.input_ids.sizes(), "position_ids must be (batch, seq) like input_ids");
+    const int64_t p = in.position_ids.max().item<int64_t>();
+    PEFT_CHECK(in.position_ids.min().item<int64_t>() >= 0 && p < cfg.max_position_embeddings, "position ", p,
+               " exceeds the model's ", cfg.max_position_embeddings, " (max_position_embeddings in config.json)");
+  } else {
+    PEFT_CHECK(L <= cfg.max_position_embeddings, "a sequence of ", L, " positions",
+               in.cache ? " (KV cache capacity)" : "", " exceeds the model's ", cfg.max_position_embeddings,
+               " (max_position_embeddings in config.json)");
+  }
   if (in.attention_mask.defined()) {
     PEFT_CHECK(in.attention_mask.dim() == 2 && in.attention_mask.size(0) == in.input_ids.size(0) &&
                    in.attention_mask.size(1) == L,

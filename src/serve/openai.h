@@ -13,8 +13,11 @@ namespace peft::serve {
 
 /// A request the client got wrong: HTTP status, OpenAI error type, the field at fault.
 struct ApiError {
-  int status = 400;
-  std::string message, type = "invalid_request_error", param, code;
+  ApiError(int status_, std::string message_, std::string type_ = "invalid_request_error", std::string param_ = "",
+           std::string code_ = "")
+      : status(status_), message(std::move(message_)), type(std::move(type_)), param(std::move(param_)), code(std::move(code_)) {}
+  int status;
+  std::string message, type, param, code;
 };
 nlohmann::json error_json(const ApiError & e);
 
