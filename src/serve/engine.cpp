@@ -48,8 +48,8 @@ Engine::Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared
   for (int64_t i = 0; i < opts_.max_batch; ++i) rows_.push_back(std::make_unique<Row>());
   model_->train(false);
   if (opts_.compile) {
-    auto c = std::make_shared<CompiledModel>(compile(*model_));
-    decode_fn_ = [c](const ForwardInput & in) { return c->forward(in); };
+    compiled_ = std::make_shared<CompiledModel>(compile(*model_));
+    decode_fn_ = [c = compiled_](const ForwardInput & in) { return c->forward(in); };
   } else {
     decode_fn_ = [m = model_](const ForwardInput & in) { return m->forward(in); };
   }
@@ -407,6 +407,11 @@ void Engine::loop() {
       }
       prefill_one();
       decode_step();
+      if (compiled_) {
+        const int64_t graphs = static_cast<int64_t>(compiled_->stats().compiles);
+        std::lock_guard<std::mutex> g(mu_);
+        stats_.graphs_compiled = graphs;
+      }
     } catch (const std::exception & e) {
       // a failed step fails the requests in it, never the server
       for (auto & r : rows_) {

@@ -140,11 +140,12 @@ struct Server::Impl {
     }
     // server-sent events: one chunk per piece of new text, a last chunk with finish_reason, [DONE]
     struct State {
-      std::vector<size_t> sent;
+      std::vector<size_t> sent, seen;  // text bytes sent, tokens seen
       std::vector<bool> first, finished;
     };
     auto st = std::make_shared<State>();
     st->sent.assign(progress.size(), 0);
+    st->seen.assign(progress.size(), 0);
     st->first.assign(progress.size(), true);
     st->finished.assign(progress.size(), false);
     size_t hold = 0;
@@ -169,12 +170,14 @@ struct Server::Impl {
               bool done;
               std::string reason;
               {
+                // (only the first unfinished choice waits: the others are read as they are)
                 std::unique_lock<std::mutex> lk(p.mu);
-                p.cv.wait_for(lk, std::chrono::milliseconds(20), [&] { return p.done || p.ids.size() > 0; });
+                if (all) p.cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return p.done || p.ids.size() > st->seen[i]; });
                 ids = p.ids;
                 done = p.done;
                 reason = p.reason;
               }
+              st->seen[i] = ids.size();
               std::string text;
               if (done) {
                 text = completion_text(*tok, ids, job.params.stop);

@@ -18,6 +18,7 @@ Runner add_bench_dist(CLI::App & app);
 Runner add_chat_template(CLI::App & app);
 Runner add_quantize(CLI::App & app);
 Runner add_serve(CLI::App & app);
+Runner add_bench_serve(CLI::App & app);
 Runner add_export(CLI::App & app);
 
 }  // namespace peft::cli

@@ -28,6 +28,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_chat_template);
   add(peft::cli::add_quantize);
   add(peft::cli::add_serve);
+  add(peft::cli::add_bench_serve);
   add(peft::cli::add_export);
   try {
     app.parse(argc, argv);

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "peft/compile/compile.h"
 #include "peft/generate/generate.h"
 #include "peft/peft-model.h"
 #include "peft/tokenizer/tokenizer.h"
@@ -64,6 +65,7 @@ struct EngineStats {
   int64_t running = 0, waiting = 0;
   int64_t requests_done = 0, prompt_tokens = 0, completion_tokens = 0;
   int64_t decode_steps = 0, prefill_calls = 0;
+  int64_t graphs_compiled = 0;           // compiled engines: graphs captured so far
   double ttft_sum_s = 0, itl_sum_s = 0;  // time to first token, inter-token latency (sums)
   int64_t ttft_count = 0, itl_count = 0;
   std::vector<std::string> adapters;     // loaded adapters
@@ -111,6 +113,7 @@ class Engine {
   int64_t admissions_ = 0;
   int64_t max_context_ = 0, capacity_ = 0, clock_ = 0;
   LogitsFn decode_fn_;
+  std::shared_ptr<CompiledModel> compiled_;
   KVCache cache_, prefill_cache_;
   at::Tensor mask_;  // (max_batch, capacity) 1 = a slot of the row's sequence
   std::vector<std::unique_ptr<Row>> rows_;
