@@ -309,6 +309,7 @@ void Engine::prefill_one() {
   {
     std::lock_guard<std::mutex> g(mu_);
     ++stats_.prefill_calls;
+    if (compiled_) stats_.graphs_compiled = static_cast<int64_t>(compiled_->stats().compiles);
   }
   r->prefilled += n;
   if (r->prefilled < P) return;
@@ -378,6 +379,7 @@ void Engine::decode_step() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     ++stats_.decode_steps;
+    if (compiled_) stats_.graphs_compiled = static_cast<int64_t>(compiled_->stats().compiles);
   }
   for (int64_t b = 0; b < B; ++b) {
     Row & r = *rows_[b];
@@ -407,11 +409,6 @@ void Engine::loop() {
       }
       prefill_one();
       decode_step();
-      if (compiled_) {
-        const int64_t graphs = static_cast<int64_t>(compiled_->stats().compiles);
-        std::lock_guard<std::mutex> g(mu_);
-        stats_.graphs_compiled = graphs;
-      }
     } catch (const std::exception & e) {
       // a failed step fails the requests in it, never the server
       for (auto & r : rows_) {
