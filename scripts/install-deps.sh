@@ -7,6 +7,7 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config
       libgloo-dev                  # Gloo's headers for LibTorch's c10d process group (data-parallel training)
       gnuplot-nox                  # loss plots of training runs (peft train, peft plot)
       python3 fortunes-min fortunes   # the main job's fine-tuning data (scripts/pretrain/make-finetune-data.py)
+      curl                         # the server test drives peft serve with curl too
       libgtest-dev libbenchmark-dev
       clang-14 libfuzzer-14-dev)   # the fuzz test: libFuzzer harnesses built with clang
 missing=()
