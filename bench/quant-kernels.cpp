@@ -66,6 +66,7 @@ int main(int argc, char ** argv) {
   for (int threads : {1, 2}) {
     at::set_num_threads(threads);
     bench_shape(1376, 512, threads);
+    bench_shape(32000, 512, threads);
     bench_shape(4096, 4096, threads);
   }
 }
