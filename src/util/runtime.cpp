@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "peft/error.h"
+#include "util/worker-pool.h"
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
@@ -24,6 +25,7 @@ int configure_runtime(const RuntimeOptions & o) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(std::max(1, o.intra_op_threads));
   const int n = o.blas_threads > 0 ? o.blas_threads : cores;
+  set_matmul_threads(n);  // the hand-written matrix kernels use as many threads as BLAS
   // OpenBLAS is reached through the system BLAS; look its control function up at run time so that
   // other BLAS libraries (and CUDA builds) link too
   using SetFn = void (*)(int);

@@ -2,14 +2,13 @@
 // output rows of gemm_small over threads. No ISA flags here; the ISA files are only entered from here.
 #include "quant/kernels/kernels.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 
 #include "peft/error.h"
 #include "quant/kernels/isa-kernels.h"
+#include "util/worker-pool.h"
 
 namespace peft::quant::kernels {
 namespace {
@@ -59,7 +58,7 @@ template <class W, class F> void gemm_groups(const float * x, int64_t M, const W
     const int64_t m = std::min(kGroup, M - m0);
     const float * xg = x + m0 * w.I;
     float * yg = y + m0 * w.O;
-    at::parallel_for(0, w.O, grain(w.I), [&](int64_t o0, int64_t o1) { rows(xg, m, w, yg, o0, o1); });
+    parallel_rows(w.O, grain(w.I), [&](int64_t o0, int64_t o1) { rows(xg, m, w, yg, o0, o1); });
   }
 }
 
@@ -71,12 +70,12 @@ void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y) { gemm
 
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   const IsaKernels & k = active();
-  at::parallel_for(o0, o1, grain(w.I), [&](int64_t a, int64_t b) { k.dequant4(w, a, b, out + (a - o0) * w.I); });
+  parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.dequant4(w, o0 + a, o0 + b, out + a * w.I); });
 }
 
 void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
   const IsaKernels & k = active();
-  at::parallel_for(o0, o1, grain(w.I), [&](int64_t a, int64_t b) { k.dequant8(w, a, b, out + (a - o0) * w.I); });
+  parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.dequant8(w, o0 + a, o0 + b, out + a * w.I); });
 }
 
 const char * isa() { return active().name; }
