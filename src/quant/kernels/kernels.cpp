@@ -69,6 +69,8 @@ void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y) { gemm
 
 void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y) { gemm_groups(x, M, w, y, active().gemm8); }
 
+void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y) { gemm_groups(x, M, w, y, active().gemmf); }
+
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   const IsaKernels & k = active();
   at::parallel_for(o0, o1, grain(w.I), [&](int64_t a, int64_t b) { k.dequant4(w, a, b, out + (a - o0) * w.I); });
