@@ -1,5 +1,7 @@
 #include "peft/ops/adapter-math.h"
 
+#include <algorithm>
+
 namespace peft::math {
 
 at::Tensor lora_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & scale) {
@@ -45,6 +47,39 @@ at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q) {
 at::Tensor lora_add_rows(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                          const at::Tensor & bias, const at::Tensor & scale, const at::Tensor & mask) {
   return y + (lora_product(x, A, B, bias, scale) * mask).to(y.scalar_type());
+}
+
+at::Tensor lora_add_mixed(const at::Tensor & y, const at::Tensor & x, const std::vector<at::Tensor> & As,
+                          const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
+                          const std::vector<at::Tensor> & scales, const at::Tensor & routing) {
+  const auto dtype = As.front().scalar_type();
+  const int64_t n = static_cast<int64_t>(As.size()), batch = routing.size(1);
+  // (B, n): row b's weight for adapter a, scale included
+  const at::Tensor row_scale = (routing.to(dtype) * at::stack(scales).to(dtype).view({n, 1})).t();
+  // (B, sum r): each adapter's weight repeated over its rank columns (views and shapes only: no index
+  // tensor, which a traced graph would have to carry as data)
+  const int64_t r0 = As.front().size(0);
+  at::Tensor cols;
+  if (std::all_of(As.begin(), As.end(), [&](const at::Tensor & A) { return A.size(0) == r0; })) {
+    cols = row_scale.unsqueeze(-1).expand({batch, n, r0}).reshape({batch, n * r0});
+  } else {
+    std::vector<at::Tensor> parts;
+    for (int64_t a = 0; a < n; ++a) parts.push_back(row_scale.narrow(1, a, 1).expand({batch, As[a].size(0)}));
+    cols = at::cat(parts, 1);
+  }
+  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+  shape.front() = batch;
+  shape.back() = cols.size(1);
+  at::Tensor h = at::linear(x.to(dtype), at::cat(As, 0)) * cols.view(shape);
+  at::Tensor lora = at::linear(h, at::cat(Bs, 1));
+  if (std::any_of(biases.begin(), biases.end(), [](const at::Tensor & b) { return b.defined(); })) {
+    std::vector<at::Tensor> bs;
+    for (size_t a = 0; a < biases.size(); ++a)
+      bs.push_back(biases[a].defined() ? biases[a].to(dtype) : at::zeros({Bs[a].size(0)}, Bs[a].options()));
+    shape.back() = Bs.front().size(0);
+    lora = lora + at::matmul(row_scale, at::stack(bs)).view(shape);
+  }
+  return y + lora.to(y.scalar_type());
 }
 
 }  // namespace peft::math

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "peft/ops/adapter-math.h"
+#include "quant/kernels/kernels.h"
 
 namespace peft::ops {
 
@@ -93,6 +94,31 @@ at::Tensor linear_gemv_impl(const at::Tensor & x, const at::Tensor & W, const c1
   return out.view(shape);
 }
 
+// A few rows (batched decode): the float32 small-M kernel reads each weight once for all rows, where
+// BLAS's GEMM packs W first. No autograd through the kernel: where a gradient could be needed, and for
+// anything the kernel does not take (dtype, device, layout, more rows), at::linear.
+at::Tensor linear_small_impl(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b) {
+  const bool has_b = b.has_value() && b->defined();
+  const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || W.requires_grad() || (has_b && b->requires_grad()));
+  const auto cpu_float = [](const at::Tensor & t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
+  };
+  if (grad || !cpu_float(x) || !cpu_float(W) || W.dim() != 2 || !W.is_contiguous() || x.dim() < 1 ||
+      x.size(-1) != W.size(1) || (has_b && (!cpu_float(*b) || b->dim() != 1 || b->size(0) != W.size(0)))) {
+    return at::linear(x, W, b);
+  }
+  const int64_t I = W.size(1), O = W.size(0), M = I > 0 ? x.numel() / I : 0;
+  if (M < 1 || M > kSmallRows || I == 0) return at::linear(x, W, b);
+  const at::Tensor x2 = x.reshape({M, I}).contiguous();
+  at::Tensor y = at::empty({M, O}, x2.options());
+  quant::kernels::gemm_small(x2.data_ptr<float>(), M, quant::kernels::WeightF32{W.data_ptr<float>(), O, I},
+                             y.data_ptr<float>());
+  if (has_b) y.add_(*b);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = O;
+  return y.view(shape);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(peft, m) {
@@ -105,6 +131,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("lora_shrink(Tensor x, Tensor[] As) -> Tensor");
   m.def("lora_expand_add(Tensor y, Tensor xa, int offset, Tensor B, Tensor? bias, Tensor scale) -> Tensor");
   m.def("linear_gemv(Tensor x, Tensor W, Tensor? b) -> Tensor");
+  m.def("linear_small(Tensor x, Tensor W, Tensor? b) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
@@ -117,6 +144,7 @@ TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
   m.impl("lora_shrink", &lora_shrink_impl);
   m.impl("lora_expand_add", &lora_expand_add_impl);
   m.impl("linear_gemv", &linear_gemv_impl);
+  m.impl("linear_small", &linear_small_impl);
 }
 
 // ---- C++ entry points: through the dispatcher, so that a tracer records one node per call ----
@@ -170,6 +198,9 @@ at::Tensor lora_expand_add(const at::Tensor & y, const at::Tensor & xa, int64_t 
 }
 at::Tensor linear_gemv(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b) {
   return linear_gemv_impl(x, W, b);
+}
+at::Tensor linear_small(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b) {
+  return linear_small_impl(x, W, b);
 }
 
 }  // namespace peft::ops

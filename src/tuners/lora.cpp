@@ -1,6 +1,7 @@
 // LoRA on Linear and Embedding (PEFT §2.1), DoRA on Linear (§2.2), and the LORA method entry.
 #include "peft/tuners/lora.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <tuple>
@@ -229,17 +230,50 @@ at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
 }
 
 at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
-  // every adapter on the whole batch, kept per row by the routing mask: one shape for any assignment
+  // every adapter on the whole batch, kept per row by the routing: one shape for any assignment
   at::Tensor y = base_layer_->forward(x);
   const RowRouting & r = current_routing();
+  std::vector<std::string> names;
+  std::vector<int64_t> rows;
   for (const auto & kv : settings_) {
     // DoRA adapters: no row uses them (PeftModel::mixed_rows refuses such rows, as PEFT does)
     if (kv.second.use_dora) continue;
-    at::Tensor m = r.mask(kv.first, y.dim());
-    if (!m.defined()) continue;
-    y = math::lora_add_rows(y, x, lora_A(kv.first), lora_B(kv.first), lora_B_bias(kv.first), scaling(kv.first), m);
+    auto it = r.index->find(kv.first);
+    if (it == r.index->end()) continue;
+    names.push_back(kv.first);
+    rows.push_back(it->second);
   }
-  return y;
+  if (names.empty()) return y;
+  const auto dtype = lora_A(names.front()).scalar_type();
+  const bool one_dtype = std::all_of(names.begin(), names.end(), [&](const std::string & n) {
+    return lora_A(n).scalar_type() == dtype && lora_B(n).scalar_type() == dtype;
+  });
+  if (names.size() == 1 || !one_dtype) {
+    for (const auto & n : names)
+      y = math::lora_add_rows(y, x, lora_A(n), lora_B(n), lora_B_bias(n), scaling(n), r.mask(n, y.dim()));
+    return y;
+  }
+  // all adapters in two GEMMs (each adapter's weights read once), their rows of the routing selected
+  std::vector<at::Tensor> As, Bs, biases, scales;
+  for (const auto & n : names) {
+    As.push_back(lora_A(n));
+    Bs.push_back(lora_B(n));
+    biases.push_back(lora_B_bias(n));
+    scales.push_back(scaling(n));
+  }
+  // this layer's adapters' rows of the routing: one range in the common case (adapters are indexed in
+  // name order, as settings_ holds them), else one row each
+  bool range = true;
+  for (size_t i = 1; i < rows.size(); ++i) range = range && rows[i] == rows[0] + static_cast<int64_t>(i);
+  at::Tensor routing;
+  if (range) {
+    routing = r.rows->narrow(0, rows.front(), static_cast<int64_t>(rows.size()));
+  } else {
+    std::vector<at::Tensor> picked;
+    for (int64_t i : rows) picked.push_back(r.rows->select(0, i));
+    routing = at::stack(picked);
+  }
+  return math::lora_add_mixed(y, x, As, Bs, biases, scales, routing);
 }
 
 void LoraLinear::merge_one(const std::string & n, bool safe) {

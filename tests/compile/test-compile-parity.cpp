@@ -285,6 +285,21 @@ TEST(CompilePasses, GemvForSingleRows) {
   EXPECT_EQ(c.last_graph_ops()["peft::linear_gemv"], 15u);  // 7 per layer + lm_head
 }
 
+TEST(CompilePasses, SmallRowLinearForBatchedDecode) {
+  auto m = load_model(golden_model("tiny-llama"));
+  auto c = compile(m);
+  const at::Tensor ids = golden_ids("lora").narrow(1, 0, 1).repeat({8, 1}).narrow(0, 0, 8);  // (8, 1)
+  {
+    at::NoGradGuard g;
+    EXPECT_TRUE(all_close(c.forward({ids}), m->forward({ids}), 1e-5, 1e-5));
+    EXPECT_EQ(c.last_graph_ops().count("aten::linear"), 0u) << c.last_graph();
+    EXPECT_EQ(c.last_graph_ops()["peft::linear_small"], 15u);  // 7 per layer + lm_head
+  }
+  // with grad mode on, the graph may be differentiated: the linears stay
+  EXPECT_TRUE(all_close(c.forward({ids}), m->forward({ids}), 1e-5, 1e-5));
+  EXPECT_EQ(c.last_graph_ops().count("peft::linear_small"), 0u) << c.last_graph();
+}
+
 TEST(CompileGuards, TrainEvalAndGradModeAreKeys) {
   auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), golden_case("lora_rslora_dropout") + "/adapter",
                                       "default", true);

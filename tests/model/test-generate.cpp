@@ -147,7 +147,7 @@ TEST(Cli, BenchQuickRunsAndWritesJson) {
     EXPECT_GT(row["eager_ms"].get<double>(), 0);
     EXPECT_GT(row["compiled_ms"].get<double>(), 0);
   }
-  for (const char * n : {"decode_b1_lora", "decode_b8_lora", "decode_b1_base", "decode_b1_nf4_lora", "decode_b1_int8_lora",
+  for (const char * n : {"decode_b1_lora", "decode_b8_lora", "decode_b8_mixed8_lora", "decode_b1_base", "decode_b1_nf4_lora", "decode_b1_int8_lora",
                          "prefill_b1_s16_nf4_lora", "train_step_b4_s16_nf4_lora"}) {
     EXPECT_TRUE(names.count(n)) << n;
   }
@@ -164,6 +164,11 @@ TEST(Cli, BenchQuickRunsAndWritesJson) {
   for (const char * k : {"decode_b1_nf4_lora_speedup_vs_float32_compiled", "decode_b1_int8_lora_speedup_vs_float32_compiled",
                          "train_step_b4_s16_nf4_lora_time_over_float32_compiled"}) {
     EXPECT_GT(m["quantized"][k].get<double>(), 0) << k;
+  }
+  ASSERT_TRUE(m.contains("batched_decode")) << m.dump();
+  for (const char * k : {"decode_b8_over_b1_step_time", "decode_b8_over_b1_step_time_target",
+                         "decode_b8_mixed8_over_b8_throughput", "decode_b8_mixed8_over_b8_throughput_target"}) {
+    EXPECT_GT(m["batched_decode"][k].get<double>(), 0) << k;
   }
 }
 

@@ -3,6 +3,8 @@
 #include "quant/kernels/kernels.h"
 #include "quant/kernels/linear-quant.h"
 
+#include "peft/ops/adapter-ops.h"
+
 #include <cmath>
 
 #include "support.h"
@@ -186,6 +188,62 @@ TEST_F(IsaTest, BackwardInputIsGradTimesW) {
       EXPECT_TRUE(dot_close(linear_backward_input(g, q8.weight()), at::matmul(g, W8), at::matmul(g.abs(), W8.abs()), 200));
     }
   }
+}
+
+// ---- float32 weights (peft::linear_small) ----
+
+TEST_F(IsaTest, GemmF32EveryIsaShapeAndRowCount) {
+  for (const std::string & name : available_isas()) {
+    force_isa(name.c_str());
+    // odd O and I (tails of 16/8 columns, rows not a multiple of the rows-at-once), I > one x panel (1376)
+    for (auto [O, I] : std::vector<std::pair<int64_t, int64_t>>{{200, 1376}, {37, 33}, {21, 512}, {23, 200}, {5, 7}, {1, 1}}) {
+      const at::Tensor W = at::randn({O, I});
+      for (int64_t M = 1; M <= 17; ++M) {
+        SCOPED_TRACE(name + " O " + std::to_string(O) + " I " + std::to_string(I) + " M " + std::to_string(M));
+        const at::Tensor x = at::randn({M, I});
+        at::Tensor y = at::full({M, O}, NAN);
+        gemm_small(x.data_ptr<float>(), M, WeightF32{W.data_ptr<float>(), O, I}, y.data_ptr<float>());
+        EXPECT_TRUE(dot_close(y, at::linear(x, W), at::linear(x.abs(), W.abs()), I));
+      }
+    }
+  }
+}
+
+TEST_F(IsaTest, LinearSmallOpMatchesLinear) {
+  at::NoGradGuard g;
+  for (const std::string & name : available_isas()) {
+    force_isa(name.c_str());
+    const int64_t O = 45, I = 77;
+    const at::Tensor W = at::randn({O, I}), b = at::randn({O});
+    for (int64_t M : {2, 3, 8, 9, 16, 17}) {
+      for (bool bias : {false, true}) {
+        SCOPED_TRACE(name + " M " + std::to_string(M) + (bias ? " bias" : ""));
+        const at::Tensor x = at::randn({I, M, 1}).permute({1, 2, 0});  // (M, 1, I), not contiguous
+        ASSERT_FALSE(x.is_contiguous());
+        const c10::optional<at::Tensor> ob = bias ? c10::optional<at::Tensor>(b) : c10::nullopt;
+        const at::Tensor y = peft::ops::linear_small(x, W, ob);
+        EXPECT_EQ(y.sizes(), (std::vector<int64_t>{M, 1, O}));
+        const at::Tensor mag = at::linear(x.abs(), W.abs(), bias ? b.abs() : at::Tensor());
+        EXPECT_TRUE(dot_close(y, at::linear(x, W, ob), mag, I));
+      }
+    }
+  }
+}
+
+TEST_F(IsaTest, LinearSmallFallsBackWhereTheKernelDoesNotApply) {
+  const at::Tensor W = at::randn({6, 10}).requires_grad_();
+  const at::Tensor x = at::randn({4, 10});
+  {  // a gradient wanted: at::linear, differentiable
+    const at::Tensor y = peft::ops::linear_small(x, W, c10::nullopt);
+    ASSERT_TRUE(y.requires_grad());
+    y.sum().backward();
+    EXPECT_TRUE(at::allclose(W.grad(), x.sum(0).expand({6, 10})));
+  }
+  at::NoGradGuard g;
+  const at::Tensor Wd = W.detach().to(at::kDouble), xd = x.to(at::kDouble);  // other dtype
+  EXPECT_TRUE(at::allclose(peft::ops::linear_small(xd, Wd, c10::nullopt), at::linear(xd, Wd)));
+  const at::Tensor Wt = at::randn({10, 6}).t();  // a non-contiguous weight
+  EXPECT_TRUE(at::allclose(peft::ops::linear_small(x, Wt, c10::nullopt), at::linear(x, Wt), 1e-5, 1e-5));
 }
 
 // ---- the ATen wrapper ----

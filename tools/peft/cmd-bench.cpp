@@ -100,6 +100,15 @@ struct BenchModel {
   std::shared_ptr<CompiledModel> compiled;
 };
 
+AdapterConfig bench_lora_config() {
+  return AdapterConfig::from_json({{"peft_type", "LORA"},
+                                   {"r", 16},
+                                   {"lora_alpha", 16},
+                                   {"init_lora_weights", false},
+                                   {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}},
+                                  "bench adapter");
+}
+
 std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::Format format, bool quantize_lm_head) {
   auto m = std::make_shared<BenchModel>();
   m->base = build_model(cfg);
@@ -113,13 +122,7 @@ std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::For
   }
   m->footprint = quant::weight_footprint(m->base);
   at::manual_seed(2);
-  m->lora = std::make_shared<PeftModel>(
-      m->base, AdapterConfig::from_json({{"peft_type", "LORA"},
-                                         {"r", 16},
-                                         {"lora_alpha", 16},
-                                         {"init_lora_weights", false},
-                                         {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}},
-                                        "bench adapter"));
+  m->lora = std::make_shared<PeftModel>(m->base, bench_lora_config());
   m->compiled = std::make_shared<CompiledModel>(compile(*m->lora));
   return m;
 }
@@ -330,6 +333,30 @@ Runner add_bench(CLI::App & app) {
     };
     decode("decode_b1_lora", 1, eager_of(fm), comp_of(fm), lora_bytes);
     decode("decode_b8_lora", 8, eager_of(fm), comp_of(fm), lora_bytes);
+    // 8 rows, each with its own adapter (PEFT's adapter_names; Punica / S-LoRA's multi-adapter batch): 8 LoRA
+    // adapters of the bench config (seeds 2..9) on the same base, row b routed to adapter b
+    const std::string mixed_row = "decode_b8_mixed8_lora";
+    std::shared_ptr<BenchModel> mixed;
+    std::vector<std::string> mixed_names;
+    if (wanted(mixed_row) || wanted("decode_b8_lora")) {
+      mixed = make_bench_model(cfg, quant::Format::none, false);
+      for (int a = 1; a < 8; ++a) {
+        at::manual_seed(2 + a);
+        mixed->lora->add_adapter("adapter" + std::to_string(a), bench_lora_config());
+      }
+      mixed->compiled = std::make_shared<CompiledModel>(compile(*mixed->lora));  // with all 8 adapters
+      mixed_names.push_back("default");
+      for (int a = 1; a < 8; ++a) mixed_names.push_back("adapter" + std::to_string(a));
+    }
+    auto with_names = [&](const LogitsFn & f) -> LogitsFn {
+      return [f, &mixed_names](const ForwardInput & in) {
+        ForwardInput r = in;
+        r.adapter_names = mixed_names;
+        return f(r);
+      };
+    };
+    // (bytes: the base weights and all 8 adapters)
+    if (mixed) decode(mixed_row, 8, with_names(eager_of(mixed)), with_names(comp_of(mixed)), weight_bytes + 8 * adapter_bytes);
     decode("decode_b1_base", 1, [&](const ForwardInput & in) { return base->forward(in); },
            [&](const ForwardInput & in) { return c_base.forward(in); }, weight_bytes);
     prefill("prefill_b1" + s_tag + "_lora", fm);
@@ -358,7 +385,7 @@ Runner add_bench(CLI::App & app) {
     if (nf4) train(train_nf4, nf4);
 
     // ---- quantized vs float32, compiled, timed in turn (A B A B) ----
-    nlohmann::json ratios = nlohmann::json::object();
+    nlohmann::json ratios = nlohmann::json::object(), batched = nlohmann::json::object();
     std::vector<std::string> ratio_lines;
     auto decode_ratio = [&](const std::string & row, const std::shared_ptr<BenchModel> & m, double target) {
       if (!m || !wanted(row)) return;
@@ -376,6 +403,39 @@ Runner add_bench(CLI::App & app) {
                     row.c_str(), r, target, dec_reps * 2);
       ratio_lines.push_back(buf);
     };
+    // batched decode, compiled: b8 against b1 (one adapter), and 8 distinct adapters against one, each pair
+    // timed in turn (A B A B)
+    if (wanted("decode_b8_lora") && wanted("decode_b1_lora")) {
+      auto s1 = decode_state(1, comp_of(fm));
+      auto s8 = decode_state(8, comp_of(fm));
+      at::NoGradGuard g;
+      const double r = paired_ms([&] { fm->compiled->forward(s8->step); }, [&] { fm->compiled->forward(s1->step); }, 3,
+                                 dec_reps * 2)
+                           .ratio;
+      batched["decode_b8_over_b1_step_time"] = r;
+      batched["decode_b8_over_b1_step_time_target"] = 1.6;
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "compiled decode_b8_lora / compiled decode_b1_lora = %.2fx the step time (target <= 1.6x; median of %d paired runs)",
+                    r, dec_reps * 2);
+      ratio_lines.push_back(buf);
+    }
+    if (mixed && wanted(mixed_row) && wanted("decode_b8_lora")) {
+      auto s8 = decode_state(8, comp_of(fm));
+      auto sm = decode_state(8, with_names(comp_of(mixed)));
+      ForwardInput step_m = sm->step;
+      step_m.adapter_names = mixed_names;
+      at::NoGradGuard g;
+      // one adapter's time / 8 adapters' time = the throughput of the mixed batch relative to one adapter's
+      const double r = paired_ms([&] { fm->compiled->forward(s8->step); }, [&] { mixed->compiled->forward(step_m); }, 3,
+                                 dec_reps * 2)
+                           .ratio;
+      batched["decode_b8_mixed8_over_b8_throughput"] = r;
+      batched["decode_b8_mixed8_over_b8_throughput_target"] = 0.9;
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "throughput compiled decode_b8_mixed8_lora / compiled decode_b8_lora = %.2fx (target >= 0.9x; median of %d paired runs)",
+                    r, dec_reps * 2);
+      ratio_lines.push_back(buf);
+    }
     decode_ratio("decode_b1_nf4_lora", nf4, 3.0);
     decode_ratio("decode_b1_int8_lora", int8, 1.8);
     if (nf4 && wanted(train_nf4)) {
@@ -510,6 +570,7 @@ Runner add_bench(CLI::App & app) {
                                 {"gemm_gflops", gemm_gflops},
                                 {"compiled_lora_over_base_decode_b1", lora_vs_base}};
       if (!ratios.empty()) machine["quantized"] = ratios;
+      if (!batched.empty()) machine["batched_decode"] = batched;
       write_file_atomic(o->json + ".machine.json", machine.dump(2) + "\n");
     }
     return 0;

@@ -40,4 +40,13 @@ at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q);
 at::Tensor lora_add_rows(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                          const at::Tensor & bias, const at::Tensor & scale, const at::Tensor & mask);
 
+/// Mixed-adapter batch, n LoRA adapters of one dtype at once: y + for each row b, scale_a (x_b A_a^T B_a^T +
+/// bias_a) summed over the adapters a with routing[a, b] (0 or 1). Two GEMMs for all adapters, whatever
+/// the assignment: h = x [A_1; ..; A_n]^T, each adapter's r_a columns of h times routing[a, b] scale_a, then
+/// h [B_1 .. B_n]^T; each adapter's weights are read once. routing (n, B), x (B, .., I), y (B, .., O);
+/// biases: undefined or (O) each; scales: 0-dim each.
+at::Tensor lora_add_mixed(const at::Tensor & y, const at::Tensor & x, const std::vector<at::Tensor> & As,
+                          const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
+                          const std::vector<at::Tensor> & scales, const at::Tensor & routing);
+
 }  // namespace peft::math

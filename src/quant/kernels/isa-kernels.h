@@ -12,6 +12,7 @@ struct IsaKernels {
   // y[m*O + o] for m < M <= 16 and o in [o0, o1)
   void (*gemm4)(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1);
   void (*gemm8)(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1);
+  void (*gemmf)(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1);
   void (*dequant4)(const Weight4 & w, int64_t o0, int64_t o1, float * out);
   void (*dequant8)(const Weight8 & w, int64_t o0, int64_t o1, float * out);
 };

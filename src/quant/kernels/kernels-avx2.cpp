@@ -107,10 +107,53 @@ template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64
   for (int64_t o = o0; o < o1; ++o) row8<M>(x, w, o, y);
 }
 
+// Float32 weights: R output rows at a time (each x load feeds R FMAs), R * M accumulators in registers
+// (R * M + R + 1 <= 16 ymm). Tails of rows in scalar code.
+template <int M> constexpr int rows_at_once() { return M <= 3 ? 3 : M <= 6 ? 2 : 1; }
+
+template <int M, int R> void blockf(const float * x, const WeightF32 & w, int64_t o, float * y) {
+  const int64_t I = w.I;
+  __m256 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const float * wr = w.W + o * I;
+  int64_t k = 0;
+  for (; k + 8 <= I; k += 8) {
+    __m256 wv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(wr + r * I + k);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      const __m256 xv = _mm256_loadu_ps(x + m * I + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm256_fmadd_ps(wv[r], xv, acc[r][m]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      float sum = hsum(acc[r][m]);
+      for (int64_t t = k; t < I; ++t) sum += wr[r * I + t] * x[m * I + t];
+      y[m * w.O + o + r] = sum;
+    }
+}
+
+template <int M> void rowsf(const float * x, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+  constexpr int R = rows_at_once<M>();
+  int64_t o = o0;
+  for (; o + R <= o1; o += R) blockf<M, R>(x, w, o, y);
+  for (; o < o1; ++o) blockf<M, 1>(x, w, o, y);
+}
+
 using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
 using Rows8 = void (*)(const float *, const Weight8 &, float *, int64_t, int64_t);
 const Rows4 kRows4[kGroup] = {rows4<1>, rows4<2>, rows4<3>, rows4<4>, rows4<5>, rows4<6>, rows4<7>, rows4<8>};
 const Rows8 kRows8[kGroup] = {rows8<1>, rows8<2>, rows8<3>, rows8<4>, rows8<5>, rows8<6>, rows8<7>, rows8<8>};
+using RowsF = void (*)(const float *, const WeightF32 &, float *, int64_t, int64_t);
+const RowsF kRowsF[kGroup] = {rowsf<1>, rowsf<2>, rowsf<3>, rowsf<4>, rowsf<5>, rowsf<6>, rowsf<7>, rowsf<8>};
 
 void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   for (int64_t m0 = 0; m0 < M; m0 += kGroup)
@@ -120,6 +163,11 @@ void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0,
 void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
   for (int64_t m0 = 0; m0 < M; m0 += kGroup)
     kRows8[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * w.I, w, y + m0 * w.O, o0, o1);
+}
+
+void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+  for (int64_t m0 = 0; m0 < M; m0 += kGroup)
+    kRowsF[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * w.I, w, y + m0 * w.O, o0, o1);
 }
 
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
@@ -154,7 +202,7 @@ void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
 
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, dequant4, dequant8};
+const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, dequant4, dequant8};
 
 }  // namespace peft::quant::kernels
 #endif

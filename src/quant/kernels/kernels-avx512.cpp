@@ -149,12 +149,74 @@ template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64
   }
 }
 
+// Float32 weights: R output rows at a time, so that each load of x feeds R FMAs (and each weight load M),
+// with R * M accumulators in registers (R * M + R + 1 <= 32 zmm). The tail of a row is a masked step.
+template <int M> constexpr int rows_at_once() { return M <= 4 ? 4 : M <= 8 ? 3 : M <= 14 ? 2 : 1; }
+
+template <int M, int R>
+void blockf(const float * x, const WeightF32 & w, int64_t o, int64_t c0, int64_t c1, bool add, float * y) {
+  const int64_t I = w.I;
+  __m512 acc[R][M];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  const float * wr = w.W + o * I;
+  int64_t k = c0;
+  for (; k + 16 <= c1; k += 16) {
+    __m512 wv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr + r * I + k);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const __m512 xv = _mm512_loadu_ps(x + m * I + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+    }
+  }
+  if (k < c1) {
+    const __mmask16 mask = first(c1 - k);
+    __m512 wv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(mask, wr + r * I + k);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * I + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const float sum = hsum(acc[r][m]);
+      float & out = y[m * w.O + o + r];
+      out = add ? out + sum : sum;
+    }
+}
+
+// Columns in panels of M * panel <= 16 KB of x (as for int8), rows R at a time, the last few one at a time.
+template <int M> void rowsf(const float * x, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+  constexpr int R = rows_at_once<M>();
+  constexpr int64_t P = M == 1 ? INT64_MAX : (4096 / M) / 16 * 16;
+  for (int64_t c0 = 0; c0 < w.I; c0 += P) {
+    const int64_t c1 = w.I - c0 < P ? w.I : c0 + P;
+    int64_t o = o0;
+    for (; o + R <= o1; o += R) blockf<M, R>(x, w, o, c0, c1, c0 > 0, y);
+    for (; o < o1; ++o) blockf<M, 1>(x, w, o, c0, c1, c0 > 0, y);
+  }
+}
+
 using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
 using Rows8 = void (*)(const float *, const Weight8 &, float *, int64_t, int64_t);
 const Rows4 kRows4[16] = {rows4<1>, rows4<2>,  rows4<3>,  rows4<4>,  rows4<5>,  rows4<6>,  rows4<7>,  rows4<8>,
                           rows4<9>, rows4<10>, rows4<11>, rows4<12>, rows4<13>, rows4<14>, rows4<15>, rows4<16>};
 const Rows8 kRows8[16] = {rows8<1>, rows8<2>,  rows8<3>,  rows8<4>,  rows8<5>,  rows8<6>,  rows8<7>,  rows8<8>,
                           rows8<9>, rows8<10>, rows8<11>, rows8<12>, rows8<13>, rows8<14>, rows8<15>, rows8<16>};
+using RowsF = void (*)(const float *, const WeightF32 &, float *, int64_t, int64_t);
+const RowsF kRowsF[16] = {rowsf<1>, rowsf<2>,  rowsf<3>,  rowsf<4>,  rowsf<5>,  rowsf<6>,  rowsf<7>,  rowsf<8>,
+                          rowsf<9>, rowsf<10>, rowsf<11>, rowsf<12>, rowsf<13>, rowsf<14>, rowsf<15>, rowsf<16>};
 
 void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   kRows4[M - 1](x, w, y, o0, o1);
@@ -162,6 +224,10 @@ void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0,
 
 void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1) {
   kRows8[M - 1](x, w, y, o0, o1);
+}
+
+void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+  kRowsF[M - 1](x, w, y, o0, o1);
 }
 
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
@@ -201,7 +267,7 @@ void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
 
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, dequant4, dequant8};
+const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, dequant4, dequant8};
 
 }  // namespace peft::quant::kernels
 #endif

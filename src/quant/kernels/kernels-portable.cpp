@@ -38,6 +38,17 @@ void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0,
   }
 }
 
+void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+  const int64_t I = w.I;
+  for (int64_t o = o0; o < o1; ++o) {
+    float acc[kMaxM] = {};
+    const float * wr = w.W + o * I;
+    for (int64_t k = 0; k < I; ++k)
+      for (int64_t m = 0; m < M; ++m) acc[m] += wr[k] * x[m * I + k];
+    for (int64_t m = 0; m < M; ++m) y[m * w.O + o] = acc[m];
+  }
+}
+
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   for (int64_t o = o0; o < o1; ++o) {
     float * dst = out + (o - o0) * w.I;
@@ -58,6 +69,6 @@ void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
 
 }  // namespace
 
-const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, dequant4, dequant8};
+const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, gemmf, dequant4, dequant8};
 
 }  // namespace peft::quant::kernels

@@ -68,6 +68,8 @@ void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y) { gemm
 
 void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y) { gemm_groups(x, M, w, y, active().gemm8); }
 
+void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y) { gemm_groups(x, M, w, y, active().gemmf); }
+
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   const IsaKernels & k = active();
   parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.dequant4(w, o0 + a, o0 + b, out + a * w.I); });

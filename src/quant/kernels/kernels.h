@@ -1,6 +1,7 @@
 // Fused CPU kernels for linear layers whose weight is quantized in bitsandbytes' formats (4-bit NF4/FP4
 // blockwise, LLM.int8 vector-wise): y = x W^T for a few rows of x without materialising W, and W's
-// rows dequantized bit-exactly. Internal header; the ATen-level wrapper is linear-quant.h. The ISA
+// rows dequantized bit-exactly. The same small-M product for a plain float32 weight (peft::linear_small,
+// batched decode): each weight read once for all rows of x. Internal header; the ATen-level wrapper is linear-quant.h. The ISA
 // (AVX-512, AVX2+FMA, portable C++) is picked at run time.
 #pragma once
 #include <cstdint>
@@ -23,10 +24,17 @@ struct Weight8 {
   int64_t O, I;
 };
 
+/// Plain float32 weight W (O, I), row-major contiguous.
+struct WeightF32 {
+  const float * W;  // (O*I)
+  int64_t O, I;
+};
+
 /// y (M, O) = x (M, I) W^T, x and y row-major contiguous float32, y overwritten. Meant for small M
 /// (larger M is done in groups of 16 rows): each weight is decoded once per group and used for all its rows.
 void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y);
 void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y);
+void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y);
 
 /// Rows [o0, o1) of W dequantized into out ((o1 - o0) x I, row-major), bit-exact with the reference
 /// formulas (4-bit: code[q] * absmax[b]; int8: float(CB) * (SCB * (1/127)), as bitsandbytes' CPU path MatMul8bitFp).
