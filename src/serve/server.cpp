@@ -353,6 +353,10 @@ Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokeni
   const int threads = std::max(4, I.opts.threads);
   h.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   h.set_payload_max_length(16 << 20);
+  // clients keep their connections (cpp-httplib closes one after 5 requests by default, and a client that
+  // sends on a connection being closed sees no answer)
+  h.set_keep_alive_max_count(100000);
+  h.set_keep_alive_timeout(60);
   h.set_pre_routing_handler([&I](const httplib::Request & req, httplib::Response & res) {
     if (I.opts.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
     if (req.get_header_value("Authorization") == "Bearer " + I.opts.api_key) return httplib::Server::HandlerResponse::Unhandled;

