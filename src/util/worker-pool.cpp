@@ -21,7 +21,10 @@ namespace peft {
 
 namespace {
 
-constexpr auto kSpin = std::chrono::microseconds(100);  // how long an idle worker spins before it sleeps
+// How long an idle worker spins before it sleeps. 0: a spinning worker takes the core from the BLAS
+// threads of the ops between two kernels (measured: compiled 8-row decode 27 ms with 0, 31 ms with 20 us,
+// 40 ms with 100 us); a sleeping one costs a futex wake per kernel call.
+constexpr auto kSpin = std::chrono::microseconds(0);
 
 thread_local bool t_inside = false;
 
