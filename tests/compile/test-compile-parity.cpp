@@ -287,7 +287,9 @@ TEST(CompilePasses, GemvForSingleRows) {
 
 TEST(CompilePasses, SmallRowLinearForBatchedDecode) {
   auto m = load_model(golden_model("tiny-llama"));
-  auto c = compile(m);
+  CompileOptions o;
+  o.small_row_linear = true;
+  auto c = compile(m, o);
   const at::Tensor ids = golden_ids("lora").narrow(1, 0, 1).repeat({8, 1}).narrow(0, 0, 8);  // (8, 1)
   {
     at::NoGradGuard g;
@@ -298,6 +300,11 @@ TEST(CompilePasses, SmallRowLinearForBatchedDecode) {
   // with grad mode on, the graph may be differentiated: the linears stay
   EXPECT_TRUE(all_close(c.forward({ids}), m->forward({ids}), 1e-5, 1e-5));
   EXPECT_EQ(c.last_graph_ops().count("peft::linear_small"), 0u) << c.last_graph();
+  // off by default
+  auto d = compile(m);
+  at::NoGradGuard g;
+  d.forward({ids});
+  EXPECT_EQ(d.last_graph_ops().count("peft::linear_small"), 0u);
 }
 
 TEST(CompileGuards, TrainEvalAndGradModeAreKeys) {

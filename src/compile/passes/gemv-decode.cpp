@@ -1,13 +1,13 @@
 // A linear layer applied to one row (decode at batch 1) is a matrix-vector product; BLAS's GEMV reads
 // the weight at close to memory bandwidth where the GEMM path with M = 1 does not. With 2..16 rows
 // (batched decode) OpenBLAS's GEMM packs the weight before using it; peft::linear_small reads each
-// weight once for all rows (no-grad graphs only: its kernel has no backward).
+// weight once for all rows (no-grad graphs only: its kernel has no backward; CompileOptions::small_row_linear).
 #include "passes.h"
 #include "peft/ops/adapter-ops.h"
 
 namespace peft::compile_detail {
 
-size_t gemv_decode(Program & p, bool no_grad) {
+size_t gemv_decode(Program & p, bool small_rows) {
   static const auto linear = c10::Symbol::fromQualString("aten::linear");
   std::vector<std::pair<torch::jit::Node *, const char *>> nodes;
   for (torch::jit::Node * n : p.graph->nodes()) {
@@ -19,7 +19,7 @@ size_t gemv_decode(Program & p, bool no_grad) {
     int64_t rows = 1;
     for (size_t i = 0; i + 1 < sizes->size(); ++i) rows *= (*sizes)[i];
     if (rows == 1) nodes.emplace_back(n, "peft::linear_gemv");
-    else if (no_grad && rows >= 2 && rows <= ops::kSmallRows) nodes.emplace_back(n, "peft::linear_small");
+    else if (small_rows && rows >= 2 && rows <= ops::kSmallRows) nodes.emplace_back(n, "peft::linear_small");
   }
   for (auto & n : nodes) replace_node(*p.graph, n.first, n.second, {arg(n.first, "input"), arg(n.first, "weight"), arg(n.first, "bias")});
   return nodes.size();

@@ -24,7 +24,7 @@ size_t batch_sibling_lora(Program & p);
 size_t fuse_lora_gemm(Program & p);
 /// aten::linear on a single row -> peft::linear_gemv (matrix-vector product); no-grad graphs, 2..16 rows
 /// -> peft::linear_small (each weight read once for all rows).
-size_t gemv_decode(Program & p, bool no_grad);
+size_t gemv_decode(Program & p, bool small_rows);
 
 /// The pipeline, in order, honouring the options; `no_grad`: the graph runs without autograd.
 void run_passes(Program & p, const CompileOptions & o, bool no_grad);

@@ -41,7 +41,7 @@ void run_passes(Program & p, const CompileOptions & o, bool no_grad) {
   }
   if (o.batch_sibling_lora) count("batch_sibling_lora", batch_sibling_lora(p));
   if (o.fuse_lora_gemm) count("fuse_lora_gemm", fuse_lora_gemm(p));
-  if (o.gemv_decode) count("gemv_decode", gemv_decode(p, no_grad));
+  if (o.gemv_decode) count("gemv_decode", gemv_decode(p, no_grad && o.small_row_linear));
   if (o.constant_propagation) torch::jit::ConstantPropagation(p.graph);
   torch::jit::ConstantPooling(p.graph);
   torch::jit::EliminateDeadCode(p.graph);
