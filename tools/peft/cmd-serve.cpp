@@ -69,6 +69,7 @@ Runner add_serve(CLI::App & app) {
       }
       PEFT_USAGE(n != o->server.model_name, "--adapter ", a, ": the name '", n, "' is the base model's");
       pm->load_adapter(path, n);
+      pm->mixed_rows({n}, 1);  // servable in a mixed-adapter batch (PEFT refuses DoRA there): a named error now
     }
     std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, base->config().vocab_size);
     std::optional<ChatTemplate> chat;
