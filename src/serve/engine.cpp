@@ -18,6 +18,7 @@ namespace peft::serve {
 using Clock = std::chrono::steady_clock;
 
 struct Engine::Row {
+  int64_t index = 0;         // the row of the batch and of the KV cache
   bool active = false;
   bool decoding = false;     // false: prompt still being prefilled
   Request req;
@@ -45,7 +46,10 @@ Engine::Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared
   const int64_t prefill_cap = (max_context_ + opts_.prefill_chunk - 1) / opts_.prefill_chunk * opts_.prefill_chunk;
   prefill_cache_ = KVCache::allocate(cfg, 1, prefill_cap, wopts);
   mask_ = at::zeros({opts_.max_batch, capacity_}, at::kLong);
-  for (int64_t i = 0; i < opts_.max_batch; ++i) rows_.push_back(std::make_unique<Row>());
+  for (int64_t i = 0; i < opts_.max_batch; ++i) {
+    rows_.push_back(std::make_unique<Row>());
+    rows_.back()->index = i;
+  }
   model_->train(false);
   if (opts_.compile) {
     compiled_ = std::make_shared<CompiledModel>(compile(*model_));
@@ -200,7 +204,9 @@ void Engine::admit() {
       ++stats_.running;
     }
     Row & r = *row;
+    const int64_t index = r.index;
     r = Row();
+    r.index = index;
     r.active = true;
     r.req = std::move(req);
     const SamplingParams & p = r.req.params;
@@ -218,17 +224,15 @@ void Engine::admit() {
     r.submitted = Clock::time_point(Clock::duration(r.req.submitted_at));
     {
       at::NoGradGuard g;
-      mask_[&row - &rows_[0]].zero_();
+      mask_[r.index].zero_();
     }
   }
 }
 
 void Engine::finish(Row & r, const std::string & reason) {
-  for (int64_t i = 0; i < static_cast<int64_t>(rows_.size()); ++i) {
-    if (rows_[i].get() == &r) {
-      at::NoGradGuard g;
-      mask_[i].zero_();
-    }
+  {
+    at::NoGradGuard g;
+    mask_[r.index].zero_();
   }
   r.active = false;
   r.decoding = false;
@@ -287,7 +291,7 @@ void Engine::prefill_one() {
     if (row->active && !row->decoding && (!r || row->admitted < r->admitted)) r = row.get();
   }
   if (!r) return;
-  const int64_t row_index = std::find_if(rows_.begin(), rows_.end(), [&](const auto & p) { return p.get() == r; }) - rows_.begin();
+  const int64_t row_index = r->index;
   const int64_t P = static_cast<int64_t>(r->req.prompt.size()), C = opts_.prefill_chunk;
   const int64_t start = r->prefilled, n = std::min(C, P - start);
   at::Tensor ids = at::full({1, C}, std::max<int64_t>(0, model_->base_model().config().pad_token_id), at::kLong);
