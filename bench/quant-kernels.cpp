@@ -1,5 +1,6 @@
 // Timing of the quantized-linear CPU kernels (src/quant/kernels) against float32 at::mv / at::mm on the
 // same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
+// 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small).
 // 1 and 2 threads. Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,9 +10,12 @@
 #include <cstdio>
 #include <functional>
 
+#include "peft/util/runtime.h"
 #include "quant/kernels/kernels.h"
 
 using namespace peft::quant::kernels;
+using peft::configure_runtime;
+using peft::RuntimeOptions;
 
 namespace {
 
@@ -55,6 +59,11 @@ void bench_shape(int64_t O, int64_t I, int threads) {
     report("4-bit", O, I, M, threads, n / 2.0 + 4.0 * n / blocksize, t4, base);
     const double t8 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w8, y.data_ptr<float>()); });
     report("int8", O, I, M, threads, double(n) + 4.0 * O, t8, base);
+    if (M > 1) {
+      const WeightF32 wf{W.data_ptr<float>(), O, I};
+      const double tf = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, wf, y.data_ptr<float>()); });
+      report("f32small", O, I, M, threads, 4.0 * n, tf, base);
+    }
   }
 }
 
@@ -64,7 +73,9 @@ int main(int argc, char ** argv) {
   force_isa(argc > 1 ? argv[1] : nullptr);
   std::printf("quant kernels: %s\n", isa());
   for (int threads : {1, 2}) {
-    at::set_num_threads(threads);
+    RuntimeOptions o;  // the kernel pool and OpenBLAS both get `threads` (LibTorch's own pool stays at 1)
+    o.blas_threads = threads;
+    configure_runtime(o);
     bench_shape(1376, 512, threads);
     bench_shape(32000, 512, threads);
     bench_shape(4096, 4096, threads);

@@ -1,6 +1,7 @@
 #include <limits>
 
 #include "peft/model/blocks.h"
+#include "peft/ops/attention-ops.h"
 
 namespace peft::blocks {
 
@@ -36,15 +37,23 @@ at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tenso
                      double scale) {
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dh = q.size(3);
   const int64_t Hkv = k.size(1), L = k.size(2);
+  const double lowest = q.scalar_type() == at::kBFloat16 ? -3.38e38 : std::numeric_limits<float>::lowest();
+  at::Tensor probs;
+  if (S == 1) {
+    // a decode step (one query row): the products as B*H matrix-vector products on the cache in place,
+    // grouped heads read where they are (peft::one_row_*), not B*H GEMM calls
+    at::Tensor scores = ops::one_row_scores(q, k) * scale;  // (B, H, 1, L)
+    probs = at::softmax(scores.masked_fill(mask.logical_not(), lowest), -1, at::kFloat).to(q.scalar_type());
+    return ops::one_row_mix(probs, v).transpose(1, 2).reshape({B, S, H * Dh});
+  }
   at::Tensor kk = k, vv = v;
   if (Hkv != H) {  // grouped-query attention: repeat each key/value head H/Hkv times
     kk = k.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
     vv = v.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
   }
   at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) * scale;  // (B, H, S, L)
-  const double lowest = q.scalar_type() == at::kBFloat16 ? -3.38e38 : std::numeric_limits<float>::lowest();
   scores = scores.masked_fill(mask.logical_not(), lowest);
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   at::Tensor out = at::matmul(probs, vv);  // (B, H, S, Dh)
   return out.transpose(1, 2).reshape({B, S, H * Dh});
 }

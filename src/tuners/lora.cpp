@@ -273,6 +273,8 @@ at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
     for (int64_t i : rows) picked.push_back(r.rows->select(0, i));
     routing = at::stack(picked);
   }
+  if (std::none_of(biases.begin(), biases.end(), [](const at::Tensor & b) { return b.defined(); }))
+    return ops::lora_mixed_add(y, x.to(As.front().scalar_type()), As, Bs, scales, routing);
   return math::lora_add_mixed(y, x, As, Bs, biases, scales, routing);
 }
 

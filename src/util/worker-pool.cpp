@@ -21,10 +21,12 @@ namespace peft {
 
 namespace {
 
-// How long an idle worker spins before it sleeps. 0: a spinning worker takes the core from the BLAS
-// threads of the ops between two kernels (measured: compiled 8-row decode 27 ms with 0, 31 ms with 20 us,
-// 40 ms with 100 us); a sleeping one costs a futex wake per kernel call.
-constexpr auto kSpin = std::chrono::microseconds(0);
+// How long an idle worker keeps polling for the next task before it sleeps. A decode step calls the
+// kernels dozens of times, a few tens of microseconds apart; waking a sleeping worker costs ~30 us here
+// (futex + IPI on this VM), as long as the task itself. Polling yields the core (sched_yield) between
+// looks, so that a BLAS thread that wants the core gets it (a worker spinning on `pause` took the core
+// from OpenBLAS's threads between two kernels: 8-row decode 27 ms without spinning, 40 ms with 100 us).
+constexpr auto kPoll = std::chrono::microseconds(200);
 
 thread_local bool t_inside = false;
 
@@ -71,12 +73,13 @@ class Pool {
   void work(int id) {
     uint64_t seen = 0;  // (the generation at construction: a task posted before this thread ran is still seen)
     while (true) {
-      const auto until = std::chrono::steady_clock::now() + kSpin;
+      const auto until = std::chrono::steady_clock::now() + kPoll;
       uint64_t g = generation_.load(std::memory_order_acquire);
       for (int k = 0; g == seen; ++k) {
-        PEFT_PAUSE();
+        if (k < 64) PEFT_PAUSE();
+        else std::this_thread::yield();
         g = generation_.load(std::memory_order_acquire);
-        if (g == seen && (k & 63) == 0 && std::chrono::steady_clock::now() > until) {
+        if (g == seen && (k & 15) == 0 && std::chrono::steady_clock::now() > until) {
           std::unique_lock<std::mutex> lk(mu_);
           cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
           g = generation_.load(std::memory_order_acquire);

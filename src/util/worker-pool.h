@@ -1,7 +1,8 @@
 // Threads for the hand-written matrix-product kernels (quantized and small-M linears). LibTorch's own
 // intra-op pool is kept at one thread (see peft/util/runtime.h: its spinning workers starve BLAS), so these
-// kernels split their rows over a pool of their own, as many threads as BLAS gets. Workers spin briefly
-// after a task (back-to-back kernels of a decode step reuse them at once), then sleep.
+// kernels split their rows over a pool of their own, as many threads as BLAS gets. Workers keep polling
+// for ~200 us after a task, yielding the core between looks (back-to-back kernels of a decode step reuse
+// them at once, a BLAS thread that wants the core gets it), then sleep.
 #pragma once
 #include <cstdint>
 #include <functional>

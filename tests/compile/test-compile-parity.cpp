@@ -56,7 +56,7 @@ TEST_P(CompiledGolden, WithAutogradEveryState) {
 TEST_P(CompiledGolden, EveryPassOff) {
   CompileOptions none;
   none.remove_noop_casts = none.fold_adapters = none.fuse_lora_gemm = none.batch_sibling_lora = none.gemv_decode =
-      none.constant_propagation = false;
+      none.small_row_linear = none.constant_propagation = none.common_subexpressions = false;
   auto m = load();
   auto c = compile(*m, none);
   at::NoGradGuard g;
@@ -287,9 +287,7 @@ TEST(CompilePasses, GemvForSingleRows) {
 
 TEST(CompilePasses, SmallRowLinearForBatchedDecode) {
   auto m = load_model(golden_model("tiny-llama"));
-  CompileOptions o;
-  o.small_row_linear = true;
-  auto c = compile(m, o);
+  auto c = compile(m);
   const at::Tensor ids = golden_ids("lora").narrow(1, 0, 1).repeat({8, 1}).narrow(0, 0, 8);  // (8, 1)
   {
     at::NoGradGuard g;
@@ -300,11 +298,16 @@ TEST(CompilePasses, SmallRowLinearForBatchedDecode) {
   // with grad mode on, the graph may be differentiated: the linears stay
   EXPECT_TRUE(all_close(c.forward({ids}), m->forward({ids}), 1e-5, 1e-5));
   EXPECT_EQ(c.last_graph_ops().count("peft::linear_small"), 0u) << c.last_graph();
-  // off by default
-  auto d = compile(m);
+  // on by default; off by its option
+  CompileOptions off;
+  off.small_row_linear = false;
+  auto d = compile(m, off);
   at::NoGradGuard g;
-  d.forward({ids});
+  EXPECT_TRUE(all_close(d.forward({ids}), m->forward({ids}), 1e-5, 1e-5));
   EXPECT_EQ(d.last_graph_ops().count("peft::linear_small"), 0u);
+  auto e = compile(m);
+  e.forward({ids});
+  EXPECT_EQ(e.last_graph_ops()["peft::linear_small"], 15u);
 }
 
 TEST(CompileGuards, TrainEvalAndGradModeAreKeys) {

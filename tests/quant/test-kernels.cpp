@@ -91,9 +91,12 @@ struct Shape4 {
   int64_t O, I, blocksize;
 };
 // block boundaries mid-row (1376 = 21.5 * 64; 200 rows are more than one tile of linear_forward), a block over two rows (I 32 < 64), aligned rows, blocksize
-// 32, rows not a multiple of 16 long with a partial last block, a block larger than many rows, tiny rows
+// 32, rows not a multiple of 16 long with a partial last block, a block larger than many rows, tiny rows;
+// the AVX-512 128-column chunk path: blocksize 32 and 16 (several blocks per chunk), rows of whole chunks
+// (1024), a row not a multiple of 8 (130: the other path), chunks straddling rows and blocks (1376, 136)
 const std::vector<Shape4> kShapes4 = {{200, 1376, 64}, {37, 32, 64}, {64, 512, 128}, {19, 96, 32},
-                                      {23, 200, 256}, {9, 18, 4096}, {7, 2, 64}};
+                                      {23, 200, 256}, {9, 18, 4096}, {7, 2, 64}, {11, 384, 32},
+                                      {5, 130, 64},   {3, 1024, 1024}, {13, 136, 16}};
 const std::vector<int64_t> kRows = {1, 2, 3, 5, 8, 16, 17, 64, 200};
 
 // gemm_small against x W^T for every M (more than 16: in groups)

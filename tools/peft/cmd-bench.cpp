@@ -19,6 +19,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "op-profile.h"
 #include "peft/compile/compile.h"
 #include "peft/error.h"
 #include "peft/io/files.h"
@@ -154,6 +155,7 @@ Runner add_bench(CLI::App & app) {
     bool quick = false;
     bool quantize_lm_head = false;
     bool no_memory = false;
+    int profile = 0;  // ops listed per decode row (0: no profile)
     std::string memory_probe;  // internal: build one row's model, run it, print peak RSS as JSON
     CommonOptions common;
   };
@@ -167,6 +169,9 @@ Runner add_bench(CLI::App & app) {
   cmd->add_flag("--quantize-lm-head", o->quantize_lm_head,
                 "quantized rows: quantize lm_head too (default: kept in float, as transformers does)");
   cmd->add_flag("--no-memory", o->no_memory, "skip the peak-RSS child processes of the quantized rows");
+  cmd->add_option("--profile", o->profile,
+                 "after each decode row, time its compiled step op by op (self time) and list the top N ops")
+      ->check(CLI::Range(1, 1000));
   cmd->add_option("--memory-probe", o->memory_probe, "internal: peak RSS of one row's configuration")->group("");
   add_common_options(*cmd, o->common);
   return [o]() {
@@ -304,6 +309,11 @@ Runner add_bench(CLI::App & app) {
       at::NoGradGuard g;
       Paired t = paired_ms([&] { eager(s->step); }, [&] { compiled(s->step); }, 3, dec_reps);
       rows.push_back({name, t.a, t.b, "bandwidth", static_cast<double>(bytes)});
+      if (o->profile > 0) {
+        OpProfile prof;
+        for (int i = 0; i < dec_reps; ++i) compiled(s->step);
+        std::printf("%s, compiled step, %d steps:\n%s", name.c_str(), dec_reps, prof.report(o->profile, dec_reps).c_str());
+      }
     };
     auto prefill = [&](const std::string & name, const std::shared_ptr<BenchModel> & m) {
       if (!wanted(name)) return;

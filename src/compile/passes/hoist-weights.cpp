@@ -1,5 +1,5 @@
 // In graphs that run without autograd, every computation whose inputs are only weights (parameters,
-// buffers, derived inputs) and constants is hoisted out of the graph into a derived input: computed once,
+// buffers, derived inputs, lists of them) and constants is hoisted out of the graph into a derived input: computed once,
 // recomputed only when one of its sources changes in place. Adapter deltas built from small factors
 // (LoHa's Hadamard products, LoKr's Kronecker product, flattened IA3 vectors) become plain tensors that
 // the algebraic folds can then merge into the base weights.
@@ -17,34 +17,58 @@ size_t hoist_weight_computations(Program & p) {
     if (!n->output()->type()->cast<c10::TensorType>()) continue;
     const c10::FunctionSchema * schema = n->maybeSchema();
     if (!schema || schema->is_mutable() || n->isNondeterministic()) continue;
-    // inputs: constants or weights, at least one weight
-    std::vector<c10::optional<c10::IValue>> consts;
+    // inputs: constants, weights, or lists of weights (torch.cat of adapters' factors); at least one weight
+    struct Arg {
+      c10::optional<c10::IValue> constant;
+      std::vector<int> sources;  // indices into `from`: one for a weight, one per element for a list
+      bool list = false;
+    };
+    std::vector<Arg> args;
     std::vector<size_t> from;
-    std::vector<int> slot;  // per input: index into `from`, or -1 for a constant
     bool ok = true;
+    auto weight = [&](torch::jit::Value * v) {
+      const int64_t idx = p.value_index(v);
+      if (idx < 0) return -1;
+      from.push_back(static_cast<size_t>(idx));
+      return static_cast<int>(from.size()) - 1;
+    };
     for (torch::jit::Value * in : n->inputs()) {
-      int64_t idx = p.value_index(in);
-      if (idx >= 0) {
-        slot.push_back(static_cast<int>(from.size()));
-        from.push_back(static_cast<size_t>(idx));
-        consts.emplace_back();
-        continue;
-      }
-      auto c = constant_of(in);
-      if (!c) {
+      Arg a;
+      if (int w = weight(in); w >= 0) {
+        a.sources.push_back(w);
+      } else if (in->node()->kind() == c10::prim::ListConstruct && in->type()->isSubtypeOf(*c10::ListType::ofTensors()) &&
+                 in->node()->inputs().size() > 0) {
+        a.list = true;
+        for (torch::jit::Value * e : in->node()->inputs()) {
+          const int w2 = weight(e);
+          if (w2 < 0) {
+            ok = false;
+            break;
+          }
+          a.sources.push_back(w2);
+        }
+      } else if (auto c = constant_of(in)) {
+        a.constant = *c;
+      } else {
         ok = false;
-        break;
       }
-      slot.push_back(-1);
-      consts.push_back(*c);
+      if (!ok) break;
+      args.push_back(std::move(a));
     }
     if (!ok || from.empty()) continue;
     torch::jit::Operation op = n->getOperation();
-    auto compute = [op, consts, slot](const std::vector<at::Tensor> & t) mutable {
+    auto compute = [op, args](const std::vector<at::Tensor> & t) mutable {
       torch::jit::Stack stack;
-      for (size_t i = 0; i < slot.size(); ++i) {
-        if (slot[i] >= 0) stack.emplace_back(t[slot[i]]);
-        else stack.push_back(*consts[i]);
+      for (const Arg & a : args) {
+        if (a.constant) {
+          stack.push_back(*a.constant);
+        } else if (a.list) {
+          c10::List<at::Tensor> l;
+          for (int i : a.sources) l.push_back(t[static_cast<size_t>(i)]);
+          stack.emplace_back(l);
+        } else {
+          stack.emplace_back(t[static_cast<size_t>(a.sources.front())]);
+        }
       }
       op(stack);
       return stack.back().toTensor();

@@ -1,5 +1,6 @@
 // The pass pipeline and the helpers the passes share.
 #include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/common_subexpression_elimination.h>
 #include <torch/csrc/jit/passes/constant_pooling.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
@@ -44,6 +45,7 @@ void run_passes(Program & p, const CompileOptions & o, bool no_grad) {
   if (o.gemv_decode) count("gemv_decode", gemv_decode(p, no_grad && o.small_row_linear));
   if (o.constant_propagation) torch::jit::ConstantPropagation(p.graph);
   torch::jit::ConstantPooling(p.graph);
+  if (o.common_subexpressions) torch::jit::EliminateCommonSubexpression(p.graph);
   torch::jit::EliminateDeadCode(p.graph);
 }
 

@@ -1,4 +1,6 @@
-// AVX-512 (F+BW+VL+DQ) kernels. 4-bit: 16 packed bytes -> 32 nibbles in element order (shift, unpack),
+// AVX-512 (F+BW+VL+DQ) kernels. 4-bit, rows of whole 128-column chunks: one shuffle per 16 weights
+// (row4_chunks: x permuted to the nibbles' order once per call). Otherwise: 16 packed bytes -> 32 nibbles
+// in element order (shift, unpack),
 // zero-extended to int32 and looked up in the 16-entry code table held in one zmm (permutexvar), times the
 // block's absmax, FMA into one accumulator per row of x. Block pieces that are not a multiple of 16 use
 // masked loads. Compiled with -mavx512f/bw/vl/dq (src/CMakeLists.txt); only called after a CPU check.
@@ -8,7 +10,9 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "quant/kernels/isa-kernels.h"
 
@@ -134,8 +138,91 @@ template <int M> void row8(const float * x, const Weight8 & w, int64_t o, int64_
 // Columns in panels of M * panel <= 16 KB of x, so that x stays in L1 while the panel goes over all rows.
 constexpr int64_t panel_columns(int M) { return M == 1 ? INT64_MAX : (4096 / M) / 32 * 32; }
 
+// The fast 4-bit path, for rows whose columns come in whole chunks of 128 (I a multiple of 8, blocksize a
+// power of two >= 16). 64 bytes hold 16 dwords of 8 nibbles; permutexvar reads only bits 0..3 of each
+// index, so shifting the dwords right by 4j (j = 0..7) looks up nibble j of every dword: one shuffle per
+// 16 weights. Lane k of lookup j is element 8k + (j ^ 1) of the chunk (the low nibble of a byte is the odd
+// element), so x is permuted once per call into that order (xp) instead of the weights. The 8 weights of a
+// lane lie in one block, so the chunk's block scales are one vector: c = sum_j w_j * xp_j, acc += c * s.
+constexpr int64_t kChunk = 128;
+
+bool fast4(const Weight4 & w) {
+  const int64_t bs = w.blocksize;
+  return w.I % 8 == 0 && w.I >= kChunk && bs >= 16 && (bs & (bs - 1)) == 0;
+}
+
+// xp[((m * chunks + c) * 8 + j) * 16 + k] = x[m * I + c * 128 + 8k + (j ^ 1)] for the whole chunks of each row.
+void permute_x(const float * x, int64_t M, int64_t I, float * xp) {
+  const int64_t chunks = I / kChunk;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float * src = x + m * I + c * kChunk;
+      float * dst = xp + (m * chunks + c) * kChunk;
+      for (int j = 0; j < 8; ++j)
+        for (int k = 0; k < 16; ++k) dst[j * 16 + k] = src[8 * k + (j ^ 1)];
+    }
+}
+
+template <int M>
+void row4_chunks(const float * xp, int64_t chunks, const Weight4 & w, __m512 table, int64_t o, int64_t c0, int64_t c1,
+                 bool add, float * y) {
+  const int64_t bs = w.blocksize, blocks = (w.O * w.I + bs - 1) / bs;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(bs));
+  const __m512i lane8 = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
+  __m512 acc[M];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  const uint8_t * p = w.packed + o * w.I / 2;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t f = o * w.I + c * kChunk, b0 = f >> shift, off = f & (bs - 1);
+    __m512 s;
+    if (off + kChunk <= bs) {
+      s = _mm512_set1_ps(w.absmax[b0]);
+    } else {
+      const int64_t n = blocks - b0 < 16 ? blocks - b0 : 16;
+      const __m512 a = _mm512_maskz_loadu_ps(first(n), w.absmax + b0);
+      const __m512i idx = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(off)), lane8), shift);
+      s = _mm512_permutexvar_ps(idx, a);
+    }
+    __m512i v = _mm512_loadu_si512(p + c * (kChunk / 2));
+    __m512 part[M];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512 wj = _mm512_permutexvar_ps(v, table);
+      v = _mm512_srli_epi32(v, 4);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) {
+        const __m512 xj = _mm512_loadu_ps(xp + ((m * chunks + c) * 8 + j) * 16);
+        part[m] = j == 0 ? _mm512_mul_ps(wj, xj) : _mm512_fmadd_ps(wj, xj, part[m]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(part[m], s, acc[m]);
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    const float sum = hsum(acc[m]);
+    y[m * w.O + o] = add ? y[m * w.O + o] + sum : sum;
+  }
+}
+
 template <int M> void rows4(const float * x, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   const __m512 table = _mm512_loadu_ps(w.code);
+  if (fast4(w)) {
+    const int64_t chunks = w.I / kChunk;
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < static_cast<size_t>(M * chunks * kChunk)) buffer.resize(M * chunks * kChunk);
+    permute_x(x, M, w.I, buffer.data());
+    // panels of chunks so that M * panel columns of xp stay in L1 (as panel_columns)
+    const int64_t per = M == 1 ? chunks : std::max<int64_t>(1, (4096 / M) / kChunk);
+    for (int64_t c0 = 0; c0 < chunks; c0 += per) {
+      const int64_t c1 = chunks - c0 < per ? chunks : c0 + per;
+      for (int64_t o = o0; o < o1; ++o) row4_chunks<M>(buffer.data(), chunks, w, table, o, c0, c1, c0 > 0, y);
+    }
+    if (chunks * kChunk < w.I)
+      for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, table, o, chunks * kChunk, w.I, true, y);
+    return;
+  }
   for (int64_t c0 = 0; c0 < w.I; c0 += panel_columns(M)) {
     const int64_t c1 = w.I - c0 < panel_columns(M) ? w.I : c0 + panel_columns(M);
     for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, table, o, c0, c1, c0 > 0, y);
