@@ -49,13 +49,22 @@ at::Tensor lora_add_rows(const at::Tensor & y, const at::Tensor & x, const at::T
   return y + (lora_product(x, A, B, bias, scale) * mask).to(y.scalar_type());
 }
 
+at::Tensor mixed_row_scale(const std::vector<at::Tensor> & scales, const at::Tensor & routing, at::ScalarType dtype) {
+  const int64_t n = static_cast<int64_t>(scales.size());
+  return (routing.to(dtype) * at::stack(scales).to(dtype).view({n, 1})).t().contiguous();
+}
+
 at::Tensor lora_add_mixed(const at::Tensor & y, const at::Tensor & x, const std::vector<at::Tensor> & As,
                           const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
                           const std::vector<at::Tensor> & scales, const at::Tensor & routing) {
+  return lora_add_mixed_scaled(y, x, As, Bs, biases, mixed_row_scale(scales, routing, As.front().scalar_type()));
+}
+
+at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, const std::vector<at::Tensor> & As,
+                                 const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
+                                 const at::Tensor & row_scale) {
   const auto dtype = As.front().scalar_type();
-  const int64_t n = static_cast<int64_t>(As.size()), batch = routing.size(1);
-  // (B, n): row b's weight for adapter a, scale included
-  const at::Tensor row_scale = (routing.to(dtype) * at::stack(scales).to(dtype).view({n, 1})).t();
+  const int64_t n = static_cast<int64_t>(As.size()), batch = row_scale.size(0);
   // (B, sum r): each adapter's weight repeated over its rank columns (views and shapes only: no index
   // tensor, which a traced graph would have to carry as data)
   const int64_t r0 = As.front().size(0);

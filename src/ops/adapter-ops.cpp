@@ -120,34 +120,32 @@ at::Tensor linear_small_impl(const at::Tensor & x, const at::Tensor & W, const c
   return y.view(shape);
 }
 
-at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList Bs,
-                               at::TensorList scales, const at::Tensor & routing) {
+at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList BTs,
+                               const at::Tensor & row_scale) {
   const int64_t n = static_cast<int64_t>(As.size());
   const bool grad = at::GradMode::is_enabled();
   auto takes = [&](const at::Tensor & t) {
     return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && t.is_contiguous() &&
            !(grad && t.requires_grad());
   };
-  bool kernel = n > 0 && static_cast<int64_t>(Bs.size()) == n && static_cast<int64_t>(scales.size()) == n && takes(y) &&
-                takes(x) && x.dim() >= 1 && y.dim() == x.dim() && routing.dim() == 2 && routing.size(0) == n &&
-                routing.device().is_cpu() && !(grad && routing.requires_grad()) && y.size(0) == routing.size(1) &&
-                x.size(0) == routing.size(1);
+  bool kernel = n > 0 && static_cast<int64_t>(BTs.size()) == n && takes(y) && takes(x) && x.dim() >= 1 &&
+                y.dim() == x.dim() && row_scale.dim() == 2 && row_scale.size(1) == n && takes(row_scale) &&
+                y.size(0) == row_scale.size(0) && x.size(0) == row_scale.size(0);
   const int64_t I = kernel ? x.size(-1) : 0, O = kernel ? y.size(-1) : 0;
-  const int64_t batch = kernel ? routing.size(1) : 0, rows = kernel && I > 0 ? x.numel() / I : 0;
+  const int64_t batch = kernel ? row_scale.size(0) : 0, rows = kernel && I > 0 ? x.numel() / I : 0;
   kernel = kernel && I > 0 && O > 0 && rows >= 1 && rows <= kSmallRows && rows % batch == 0 && y.numel() == rows * O;
   for (int64_t a = 0; kernel && a < n; ++a) {
     const at::Tensor & A = As[a];
-    const at::Tensor & B = Bs[a];
-    kernel = takes(A) && takes(B) && A.dim() == 2 && B.dim() == 2 && A.size(1) == I && B.size(0) == O &&
-             B.size(1) == A.size(0) && scales[a].numel() == 1 && !(grad && scales[a].requires_grad());
+    const at::Tensor & BT = BTs[a];
+    kernel = takes(A) && takes(BT) && A.dim() == 2 && BT.dim() == 2 && A.size(1) == I && BT.size(1) == O &&
+             BT.size(0) == A.size(0);
   }
   if (!kernel) {
-    std::vector<at::Tensor> biases(As.size());
-    return math::lora_add_mixed(y, x, As.vec(), Bs.vec(), biases, scales.vec(), routing);
+    std::vector<at::Tensor> Bs;
+    for (const at::Tensor & BT : BTs) Bs.push_back(BT.t());
+    return math::lora_add_mixed_scaled(y, x, As.vec(), Bs, std::vector<at::Tensor>(As.size()), row_scale);
   }
-  // per row of the batch, each adapter's weight (routing times scale), read once
-  const at::Tensor w = (routing.to(at::kFloat).t() * at::stack(scales.vec()).to(at::kFloat).view({1, n})).contiguous();
-  const float * wp = w.data_ptr<float>();
+  const float * wp = row_scale.data_ptr<float>();
   at::Tensor out = y.clone();
   float * yp = out.data_ptr<float>();
   const float * xp = x.data_ptr<float>();
@@ -155,7 +153,7 @@ at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::T
   int64_t rmax = 0;
   for (const at::Tensor & A : As) rmax = std::max(rmax, A.size(0));
   parallel_rows(batch, 2, [&](int64_t b0, int64_t b1) {
-    std::vector<float> h(static_cast<size_t>(rmax * per_batch)), t(static_cast<size_t>(O * per_batch));
+    std::vector<float> h(static_cast<size_t>(rmax * per_batch));
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t a = 0; a < n; ++a) {
         const float s = wp[b * n + a];
@@ -163,10 +161,12 @@ at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::T
         const int64_t r = As[a].size(0);
         quant::kernels::gemm_small(xp + b * per_batch * I, per_batch,
                                    quant::kernels::WeightF32{As[a].data_ptr<float>(), r, I}, h.data());
-        for (int64_t k = 0; k < r * per_batch; ++k) h[static_cast<size_t>(k)] *= s;
-        quant::kernels::gemm_small(h.data(), per_batch, quant::kernels::WeightF32{Bs[a].data_ptr<float>(), O, r}, t.data());
-        float * yb = yp + b * per_batch * O;
-        for (int64_t k = 0; k < O * per_batch; ++k) yb[k] += t[static_cast<size_t>(k)];
+        const float * bt = BTs[a].data_ptr<float>();
+        for (int64_t t = 0; t < per_batch; ++t) {
+          float * yr = yp + (b * per_batch + t) * O;
+          for (int64_t j = 0; j < r; ++j)  // y_row += (s h_j) B^T[j, :]: contiguous rows of B^T
+            quant::kernels::axpy(O, s * h[static_cast<size_t>(t * r + j)], bt + j * O, yr);
+        }
       }
   });
   return out;
@@ -185,7 +185,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("lora_expand_add(Tensor y, Tensor xa, int offset, Tensor B, Tensor? bias, Tensor scale) -> Tensor");
   m.def("linear_gemv(Tensor x, Tensor W, Tensor? b) -> Tensor");
   m.def("linear_small(Tensor x, Tensor W, Tensor? b) -> Tensor");
-  m.def("lora_mixed_add(Tensor y, Tensor x, Tensor[] As, Tensor[] Bs, Tensor[] scales, Tensor routing) -> Tensor");
+  m.def("lora_mixed_add(Tensor y, Tensor x, Tensor[] As, Tensor[] BTs, Tensor row_scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
@@ -258,11 +258,10 @@ at::Tensor linear_small(const at::Tensor & x, const at::Tensor & W, const c10::o
   return linear_small_impl(x, W, b);
 }
 
-at::Tensor lora_mixed_add(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList Bs,
-                          at::TensorList scales, const at::Tensor & routing) {
-  PEFT_OP("lora_mixed_add", at::Tensor(const at::Tensor &, const at::Tensor &, at::TensorList, at::TensorList,
-                                       at::TensorList, const at::Tensor &));
-  return op.call(y, x, As, Bs, scales, routing);
+at::Tensor lora_mixed_add(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList BTs,
+                          const at::Tensor & row_scale) {
+  PEFT_OP("lora_mixed_add", at::Tensor(const at::Tensor &, const at::Tensor &, at::TensorList, at::TensorList, const at::Tensor &));
+  return op.call(y, x, As, BTs, row_scale);
 }
 
 }  // namespace peft::ops

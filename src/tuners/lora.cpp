@@ -273,8 +273,13 @@ at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
     for (int64_t i : rows) picked.push_back(r.rows->select(0, i));
     routing = at::stack(picked);
   }
-  if (std::none_of(biases.begin(), biases.end(), [](const at::Tensor & b) { return b.defined(); }))
-    return ops::lora_mixed_add(y, x.to(As.front().scalar_type()), As, Bs, scales, routing);
+  if (std::none_of(biases.begin(), biases.end(), [](const at::Tensor & b) { return b.defined(); })) {
+    // each row only its adapters' factors (B transposed: contiguous rows to accumulate; a compiled graph
+    // computes the transposes once)
+    std::vector<at::Tensor> BTs;
+    for (const at::Tensor & B : Bs) BTs.push_back(B.t().contiguous());
+    return ops::lora_mixed_add(y, x.to(dtype), As, BTs, math::mixed_row_scale(scales, routing, dtype));
+  }
   return math::lora_add_mixed(y, x, As, Bs, biases, scales, routing);
 }
 

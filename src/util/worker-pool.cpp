@@ -110,7 +110,9 @@ std::unique_ptr<Pool> g_pool;
 
 Pool & pool() {
   std::lock_guard<std::mutex> g(g_mu);
-  const int want = g_threads > 0 ? g_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // (hardware_concurrency reads a sysfs file each time: once is enough)
+  static const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int want = g_threads > 0 ? g_threads : cores;
   if (!g_pool || g_pool->threads() != want) g_pool = std::make_unique<Pool>(want);
   return *g_pool;
 }

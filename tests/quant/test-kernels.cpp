@@ -11,6 +11,7 @@
 
 using namespace peft::quant::kernels;
 using peft::test::error_of;
+using peft::test::all_close;
 
 namespace {
 
@@ -167,6 +168,19 @@ TEST_F(IsaTest, DequantizeRowsIsBitExact) {
 }
 
 // The layout by hand: byte 0x1F holds element 0 (high nibble, 1) and element 1 (low nibble, 15).
+TEST_F(IsaTest, AxpyEveryIsa) {
+  for (const std::string & name : available_isas()) {
+    force_isa(name.c_str());
+    for (int64_t n : {1, 15, 16, 17, 512, 1001}) {
+      const at::Tensor x = at::randn({n});
+      at::Tensor y = at::randn({n});
+      const at::Tensor want = y + 0.37f * x;
+      axpy(n, 0.37f, x.data_ptr<float>(), y.data_ptr<float>());
+      EXPECT_TRUE(all_close(y, want, 1e-6, 1e-6)) << name << " n " << n;
+    }
+  }
+}
+
 TEST_F(IsaTest, NibbleOrderByHand) {
   const at::Tensor code = at::arange(16, at::kFloat) + 1.0, absmax = at::tensor({2.0f}), packed = at::tensor({0x1F}, at::kByte);
   const Quant4 q{packed, absmax, code, 1, 2, 64};

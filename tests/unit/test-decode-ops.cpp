@@ -61,6 +61,11 @@ TEST(OneRowAttention, FallsBackWhereTheKernelDoesNotApply) {
 
 struct Mixed {
   std::vector<at::Tensor> As, Bs, scales;
+  std::vector<at::Tensor> BTs() const {
+    std::vector<at::Tensor> t;
+    for (const at::Tensor & B : Bs) t.push_back(B.t().contiguous());
+    return t;
+  }
 };
 
 Mixed adapters(int64_t I, int64_t O, std::vector<int64_t> ranks) {
@@ -86,12 +91,12 @@ TEST(MixedLora, KernelEqualsTheTwoGemmsForEveryRouting) {
       SCOPED_TRACE("tokens per row " + std::to_string(S));
       const at::Tensor x = at::randn({B, S, I}), y = at::randn({B, S, O});
       const at::Tensor want = math::lora_add_mixed(y, x, m.As, m.Bs, std::vector<at::Tensor>(3), m.scales, routing);
-      const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.Bs, m.scales, routing);
+      const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), math::mixed_row_scale(m.scales, routing, at::kFloat));
       EXPECT_TRUE(all_close(got, want, 1e-4, 1e-5));
     }
   // rows that use no adapter keep y exactly
   const at::Tensor x = at::randn({B, 1, I}), y = at::randn({B, 1, O});
-  const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.Bs, m.scales, one_hot);
+  const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), math::mixed_row_scale(m.scales, one_hot, at::kFloat));
   EXPECT_TRUE(at::equal(got[3], y[3]));
 }
 
@@ -103,13 +108,13 @@ TEST(MixedLora, ManyRowsAndAutogradTakeTheGemms) {
   const at::Tensor x = at::randn({B, 20, I}), y = at::randn({B, 20, O});  // 40 rows: more than the kernel takes
   {
     at::NoGradGuard g;
-    EXPECT_TRUE(all_close(ops::lora_mixed_add(y, x, m.As, m.Bs, m.scales, routing),
+    EXPECT_TRUE(all_close(ops::lora_mixed_add(y, x, m.As, m.BTs(), math::mixed_row_scale(m.scales, routing, at::kFloat)),
                           math::lora_add_mixed(y, x, m.As, m.Bs, std::vector<at::Tensor>(2), m.scales, routing), 1e-5, 1e-5));
   }
   // a trainable A: the result carries its gradient
   std::vector<at::Tensor> As = {m.As[0].clone().requires_grad_(true), m.As[1]};
   const at::Tensor x1 = x.narrow(1, 0, 1).contiguous(), y1 = y.narrow(1, 0, 1).contiguous();
-  ops::lora_mixed_add(y1, x1, As, m.Bs, m.scales, routing).sum().backward();
+  ops::lora_mixed_add(y1, x1, As, m.BTs(), math::mixed_row_scale(m.scales, routing, at::kFloat)).sum().backward();
   ASSERT_TRUE(As[0].grad().defined());
   EXPECT_GT(As[0].grad().abs().sum().item<double>(), 0.0);
 }

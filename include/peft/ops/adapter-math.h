@@ -48,5 +48,11 @@ at::Tensor lora_add_rows(const at::Tensor & y, const at::Tensor & x, const at::T
 at::Tensor lora_add_mixed(const at::Tensor & y, const at::Tensor & x, const std::vector<at::Tensor> & As,
                           const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
                           const std::vector<at::Tensor> & scales, const at::Tensor & routing);
+/// (B, n): row b's weight for adapter a, its scale included (routing^T times the scales).
+at::Tensor mixed_row_scale(const std::vector<at::Tensor> & scales, const at::Tensor & routing, at::ScalarType dtype);
+/// lora_add_mixed with the row weights already formed (mixed_row_scale).
+at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, const std::vector<at::Tensor> & As,
+                                 const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
+                                 const at::Tensor & row_scale);
 
 }  // namespace peft::math

@@ -15,6 +15,7 @@ struct IsaKernels {
   void (*gemmf)(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1);
   void (*dequant4)(const Weight4 & w, int64_t o0, int64_t o1, float * out);
   void (*dequant8)(const Weight8 & w, int64_t o0, int64_t o1, float * out);
+  void (*axpy)(int64_t n, float a, const float * x, float * y);  // y += a x
 };
 
 extern const IsaKernels kPortableKernels;

@@ -200,9 +200,14 @@ void dequant8(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
   }
 }
 
+// y += a x: a plain loop that this file's flags vectorize (restrict: no aliasing check)
+void add_scaled(int64_t n, float a, const float * __restrict x, float * __restrict y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, dequant4, dequant8};
+const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled};
 
 }  // namespace peft::quant::kernels
 #endif

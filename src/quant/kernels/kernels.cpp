@@ -80,6 +80,8 @@ void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
   parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.dequant8(w, o0 + a, o0 + b, out + a * w.I); });
 }
 
+void axpy(int64_t n, float a, const float * x, float * y) { active().axpy(n, a, x, y); }
+
 const char * isa() { return active().name; }
 
 void force_isa(const char * name) {

@@ -41,6 +41,9 @@ void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y);
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out);
 void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out);
 
+/// y[i] += a * x[i] for i < n (single-threaded; x and y must not overlap).
+void axpy(int64_t n, float a, const float * x, float * y);
+
 /// The instruction set in use: "avx512", "avx2" or "portable".
 const char * isa();
 /// Force an instruction set (nullptr: the best this CPU has). Throws peft::Error, and changes nothing,
