@@ -71,8 +71,7 @@ at::Tensor one_row_mix_impl(const at::Tensor & p, const at::Tensor & v) {
       for (int64_t l = 0; l < L; ++l) {
         const float w = pr[l * p.stride(3)];
         if (w == 0.0f) continue;  // a masked position (or a cache slot of another row): adds nothing
-        const float * vr = vb + l * v.stride(2);
-        for (int64_t d = 0; d < Dh; ++d) o[d] += w * vr[d];
+        quant::kernels::axpy(Dh, w, vb + l * v.stride(2), o);
       }
     }
   });

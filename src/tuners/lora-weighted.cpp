@@ -1,6 +1,9 @@
 // add_weighted_adapter for LoRA, with PEFT's merge operators (task arithmetic, magnitude pruning, TIES).
 #include "peft/tuners/lora-weighted.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "peft/error.h"
@@ -27,14 +30,31 @@ at::Tensor magnitude_prune_one(const at::Tensor & t, double density) {
   return t * mask.view(t.sizes());
 }
 
-at::Tensor merge(const std::vector<at::Tensor> & ts, const at::Tensor & w, const WeightedAdapterOptions & o) {
-  const std::string & type = o.combination_type;
-  if (type == "linear" || type == "svd") return weighted_sum(at::stack(ts), w);
+// dare: each entry kept with probability density, the kept ones divided by density (PEFT's random_pruning)
+at::Tensor random_prune_one(const at::Tensor & t, double density, at::Generator & gen) {
+  if (density >= 1) return t;
+  return t * at::bernoulli(at::full_like(t, density), gen) / density;
+}
+
+// The merge operator of a combination type: the svd variants use the operator before the suffix.
+std::string operator_of(const std::string & type) {
+  if (type == "svd") return "linear";
+  const std::string suffix = "_svd";
+  if (type.size() > suffix.size() && type.compare(type.size() - suffix.size(), suffix.size(), suffix) == 0)
+    return type.substr(0, type.size() - suffix.size());
+  return type;
+}
+
+at::Tensor merge(const std::vector<at::Tensor> & ts, const at::Tensor & w, const WeightedAdapterOptions & o,
+                 at::Generator & gen) {
+  const std::string op = operator_of(o.combination_type);
+  if (op == "linear") return weighted_sum(at::stack(ts), w);
+  const bool dare = op == "dare_linear" || op == "dare_ties";
   std::vector<at::Tensor> pruned;
-  for (const auto & t : ts) pruned.push_back(magnitude_prune_one(t, o.density));
+  for (const auto & t : ts) pruned.push_back(dare ? random_prune_one(t, o.density, gen) : magnitude_prune_one(t, o.density));
   at::Tensor stacked = at::stack(pruned);
-  if (type == "magnitude_prune") return weighted_sum(stacked, w);
-  // ties: majority sign per entry on the pruned, unweighted tensors, then the mean of the agreeing ones
+  if (op == "magnitude_prune" || op == "dare_linear") return weighted_sum(stacked, w);
+  // ties, dare_ties: majority sign per entry on the pruned, unweighted tensors, then the mean of the agreeing ones
   at::Tensor sign = stacked.sign();
   at::Tensor mag = o.majority_sign_method == "frequency" ? sign.sum(0) : stacked.sum(0);
   at::Tensor majority = at::where(mag >= 0, at::ones_like(mag), -at::ones_like(mag));
@@ -69,11 +89,22 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
   WeightedAdapterOptions o = opts_in;
   if (adapters.size() == 1) o.combination_type = "linear";  // as PEFT
   const std::string & type = o.combination_type;
-  PEFT_CHECK(type == "svd" || type == "cat" || type == "linear" || type == "ties" || type == "magnitude_prune",
-             "combination_type '", type, "' is not supported (svd, cat, linear, ties, magnitude_prune)");
-  if (type == "ties" || type == "magnitude_prune") {
+  static const std::vector<std::string> kTypes = {"svd",         "cat",      "linear",          "ties",
+                                                  "ties_svd",    "dare_linear", "dare_ties",     "dare_linear_svd",
+                                                  "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"};
+  if (std::find(kTypes.begin(), kTypes.end(), type) == kTypes.end()) {
+    std::string all;
+    for (const auto & t : kTypes) all += (all.empty() ? "" : ", ") + t;
+    fail(str("combination_type '", type, "' is not supported (", all, ")"));
+  }
+  const std::string op = operator_of(type);
+  if (op != "linear" && op != "cat") {
     PEFT_CHECK(o.density >= 0, "combination_type '", type, "' needs a density >= 0");
   }
+  PEFT_CHECK(o.majority_sign_method == "total" || o.majority_sign_method == "frequency",
+             "majority_sign_method '", o.majority_sign_method, "' is not total or frequency");
+  at::Generator gen = o.seed >= 0 ? at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(o.seed))
+                                  : at::detail::getDefaultCPUGenerator();
   std::vector<int64_t> ranks;
   for (const auto & a : adapters) {
     const AdapterConfig & c = model.adapter_config(a);
@@ -87,7 +118,7 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
   if (type == "cat") {
     new_rank = 0;
     for (auto r : ranks) new_rank += r;
-  } else if (type == "svd") {
+  } else if (type == "svd" || op != type) {  // svd and the *_svd variants
     new_rank = o.svd_rank > 0 ? o.svd_rank : *std::max_element(ranks.begin(), ranks.end());
   } else {
     for (auto r : ranks) PEFT_CHECK(r == ranks[0], "combination_type '", type, "' needs adapters of equal rank");
@@ -139,7 +170,7 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
         target.B.narrow(1, row, r).copy_(src[i].B);
         row += r;
       }
-    } else if (type == "svd") {
+    } else if (type == "svd" || op != type) {
       std::vector<at::Tensor> deltas;
       std::vector<double> c;
       for (size_t i = 0; i < src.size(); ++i) {
@@ -147,8 +178,8 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
         deltas.push_back(at::matmul(src[i].B, src[i].A) * s);  // (out, in) or (D, V): already transposed for embeddings
         c.push_back(w[i] * s);                                  // PEFT scales once more here
       }
-      at::Tensor delta = merge(deltas, at::tensor(c, at::kDouble).to(deltas[0].scalar_type()), o);
-      auto usv = at::linalg_svd(delta, /*full_matrices=*/true);
+      at::Tensor delta = merge(deltas, at::tensor(c, at::kDouble).to(deltas[0].scalar_type()), o, gen);
+      auto usv = at::linalg_svd(delta, o.svd_full_matrices);
       const int64_t r = std::min<int64_t>(new_rank, std::get<1>(usv).size(0));
       at::Tensor U = std::get<0>(usv).narrow(1, 0, r) * std::get<1>(usv).narrow(0, 0, r).unsqueeze(0);
       at::Tensor Vh = std::get<2>(usv).narrow(0, 0, r);
@@ -169,8 +200,8 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
         As.push_back(src[i].A);
         Bs.push_back(src[i].B);
       }
-      target.A.copy_(merge(As, at::tensor(wa, at::kDouble).to(As[0].scalar_type()), o));
-      target.B.copy_(merge(Bs, at::tensor(wb, at::kDouble).to(Bs[0].scalar_type()), o));
+      target.A.copy_(merge(As, at::tensor(wa, at::kDouble).to(As[0].scalar_type()), o, gen));
+      target.B.copy_(merge(Bs, at::tensor(wb, at::kDouble).to(Bs[0].scalar_type()), o, gen));
     }
   }
 }

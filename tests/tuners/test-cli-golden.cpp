@@ -78,7 +78,22 @@ TEST(CliGoldenMulti, AdaptersByNameAndActive) {
                want.at("logits_w_ties"));
   EXPECT_CLOSE(cli_forward("tiny-llama", "multi_adapter", all + " --weighted w=svd:alpha*0.7,beta*0.3,gamma*0.5 --compile"),
                want.at("logits_w_svd"));
+  // the other combination types with their options, against upstream (golden case weighted_more)
+  auto more = golden_expected("weighted_more");
+  EXPECT_CLOSE(cli_forward("tiny-llama", "weighted_more", all + " --weighted w=dare_ties:alpha*0.7,beta*0.3:density=0.6:seed=12"),
+               more.at("logits_w_dare_ties"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "weighted_more",
+                           all + " --weighted w=svd:alpha*0.6,gamma*0.9:svd_rank=3:svd_clamp=0.9:svd_full_matrices=false --compile"),
+               more.at("logits_w_svd_options"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "weighted_more",
+                           all + " --weighted w=dare_linear_svd:alpha*0.7,beta*0.3,gamma*0.5:density=0.5:seed=14 --compile"),
+               more.at("logits_w_dare_linear_svd"));
   std::string log;
+  EXPECT_NE(run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("multi_adapter") +
+                        "/input_ids.json --out /tmp/y.safetensors " + all + " --weighted w=dare_ties:alpha*1,beta*1:seed=x",
+                    &log),
+            0);
+  EXPECT_NE(log.find("seed"), std::string::npos) << log;
   EXPECT_NE(run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("multi_adapter") +
                         "/input_ids.json --out /tmp/y.safetensors " + all + " --weighted w=svd:alpha",
                     &log),

@@ -130,4 +130,58 @@ TEST_F(Multi, WeightedCombinationsMatchPeft) {
   EXPECT_THROW(add_weighted_adapter(*m, {"alpha", "gamma"}, {1.0, 1.0}, "bad", {"linear"}), peft::Error);  // ranks differ
 }
 
+// The other combination types (golden case weighted_more: DARE with seeded masks, the *_svd variants, svd's
+// options, a negative weight), eager and compiled, and upstream's refusals
+TEST_F(Multi, MoreCombinationTypesMatchPeft) {
+  const auto spec = nlohmann::json::parse(read_file(golden_case("weighted_more") + "/case.json"));
+  const auto expected = golden_expected("weighted_more");
+  const at::Tensor more_ids = golden_ids("weighted_more");
+  auto c = compile(*m);
+  for (auto it = spec["weighted"].begin(); it != spec["weighted"].end(); ++it) {
+    const auto & w = it.value();
+    WeightedAdapterOptions o;
+    o.combination_type = w["combination_type"].get<std::string>();
+    o.density = w.value("density", -1.0);
+    o.seed = w.value("seed", int64_t{-1});
+    o.svd_rank = w.value("svd_rank", int64_t{-1});
+    o.svd_clamp = w.value("svd_clamp", -1.0);
+    o.svd_full_matrices = w.value("svd_full_matrices", true);
+    o.majority_sign_method = w.value("majority_sign_method", std::string("total"));
+    add_weighted_adapter(*m, w["adapters"].get<std::vector<std::string>>(), w["weights"].get<std::vector<double>>(),
+                         it.key(), o);
+    m->set_adapter(it.key());
+    at::NoGradGuard g;
+    EXPECT_CLOSE(m->forward({more_ids}), expected.at("logits_" + it.key())) << it.key();
+    EXPECT_CLOSE(c.forward({more_ids}), expected.at("logits_" + it.key())) << it.key() << " compiled";
+  }
+  // the seed decides the masks: another seed gives another adapter
+  WeightedAdapterOptions other;
+  other.combination_type = "dare_linear";
+  other.density = 0.5;
+  other.seed = 12345;
+  add_weighted_adapter(*m, {"alpha", "beta"}, {0.7, 0.3}, "w_dare_other_seed", other);
+  m->set_adapter("w_dare_other_seed");
+  {
+    at::NoGradGuard g;
+    EXPECT_FALSE(all_close(m->forward({more_ids}), expected.at("logits_w_dare_linear")));
+  }
+  // what upstream refuses is refused here too
+  for (auto it = spec["refused"].begin(); it != spec["refused"].end(); ++it) {
+    ASSERT_FALSE(it.value()["accepted"].get<bool>()) << it.key();
+    WeightedAdapterOptions o;
+    o.combination_type = it.value()["combination_type"].get<std::string>();
+    o.density = it.value().value("density", -1.0);
+    const std::string e = error_of([&] {
+      add_weighted_adapter(*m, it.value()["adapters"].get<std::vector<std::string>>(),
+                           it.value()["weights"].get<std::vector<double>>(), it.key(), o);
+    });
+    EXPECT_FALSE(e.empty()) << it.key();
+  }
+  WeightedAdapterOptions no_density;
+  no_density.combination_type = "dare_ties";
+  EXPECT_NE(error_of([&] { add_weighted_adapter(*m, {"alpha", "beta"}, {1.0, 1.0}, "bad2", no_density); })
+                .find("density"),
+            std::string::npos);
+}
+
 }  // namespace

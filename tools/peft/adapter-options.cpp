@@ -15,13 +15,15 @@ void add_adapter_options(CLI::App & cmd, AdapterOptions & o) {
   cmd.add_flag("--unmerge", o.unmerge, "after --merge: unmerge again, then run");
   cmd.add_flag("--merge-and-unload", o.merge_and_unload, "merge, then run the plain model");
   cmd.add_option("--weighted", o.weighted,
-                 "NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]: add a weighted combination (svd, cat, linear, ties, "
-                 "magnitude_prune) and activate it (repeatable)");
+                 "NAME=TYPE:ADAPTER*WEIGHT,...[:KEY=VALUE...]: add a weighted combination (svd, cat, linear, ties, "
+                 "dare_linear, dare_ties, magnitude_prune, ties_svd, dare_linear_svd, dare_ties_svd, "
+                 "magnitude_prune_svd; options density, seed, svd_rank, svd_clamp, svd_full_matrices, "
+                 "majority_sign_method) and activate it (repeatable)");
 }
 
 static std::vector<std::string> split(const std::string & s);
 
-// NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]
+// NAME=TYPE:ADAPTER*WEIGHT,...[:KEY=VALUE...]
 static void apply_weighted(PeftModel & pm, const std::string & spec) {
   auto bad = [&](const std::string & why) { fail(str("--weighted '", spec, "': ", why)); };
   size_t eq = spec.find('='), c1 = spec.find(':');
@@ -32,13 +34,33 @@ static void apply_weighted(PeftModel & pm, const std::string & spec) {
   std::string rest = spec.substr(c1 + 1);
   size_t c2 = rest.find(':');
   if (c2 != std::string::npos) {
-    std::string opt = rest.substr(c2 + 1);
+    std::string opts = rest.substr(c2 + 1);
     rest = rest.substr(0, c2);
-    if (opt.rfind("density=", 0) != 0) bad("the option after the adapters must be density=D");
-    try {
-      o.density = std::stod(opt.substr(8));
-    } catch (const std::exception &) {
-      bad("density is not a number");
+    size_t start = 0;
+    while (start <= opts.size()) {
+      const size_t end = std::min(opts.find(':', start), opts.size());
+      const std::string opt = opts.substr(start, end - start);
+      start = end + 1;
+      const size_t q = opt.find('=');
+      if (q == std::string::npos) bad("options after the adapters are KEY=VALUE (density, seed, svd_rank, svd_clamp, svd_full_matrices, majority_sign_method)");
+      const std::string key = opt.substr(0, q), value = opt.substr(q + 1);
+      try {
+        if (key == "density") o.density = std::stod(value);
+        else if (key == "seed") o.seed = std::stoll(value);
+        else if (key == "svd_rank") o.svd_rank = std::stoll(value);
+        else if (key == "svd_clamp") o.svd_clamp = std::stod(value);
+        else if (key == "majority_sign_method") o.majority_sign_method = value;
+        else if (key == "svd_full_matrices") {
+          if (value != "true" && value != "false") bad("svd_full_matrices is true or false");
+          o.svd_full_matrices = value == "true";
+        } else {
+          bad("unknown option '" + key + "' (density, seed, svd_rank, svd_clamp, svd_full_matrices, majority_sign_method)");
+        }
+      } catch (const std::invalid_argument &) {
+        bad(key + " is not a number");
+      } catch (const std::out_of_range &) {
+        bad(key + " is out of range");
+      }
     }
   }
   std::vector<std::string> adapters;

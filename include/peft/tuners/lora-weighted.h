@@ -1,8 +1,12 @@
 // add_weighted_adapter for LoRA (PEFT §3.10): a new adapter combining existing ones.
 //   cat:     A = vstack(w_i s_i A_i), B = hstack(B_i)            (exactly sum_i w_i s_i B_i A_i)
-//   linear, ties, magnitude_prune: A and B merged separately with weights sign(c)sqrt|c| and sqrt|c|,
-//            c_i = w_i s_i (cross terms B_i A_j appear for several adapters, as in PEFT)
-//   svd:     dW = sum_i w_i s_i dW_i (dW_i already scaled: PEFT's double scaling), truncated SVD
+//   linear, ties, dare_linear, dare_ties, magnitude_prune: A and B merged separately with weights
+//            sign(c)sqrt|c| and sqrt|c|, c_i = w_i s_i (cross terms B_i A_j appear for several adapters, as in PEFT)
+//   svd, ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd: dW = the operator over w_i s_i dW_i
+//            (dW_i already scaled: PEFT's double scaling), truncated SVD
+// Operators (PEFT's merge_utils): magnitude_prune keeps the top density of |t|; dare_* keep each entry with
+// probability density (Bernoulli) and divide by density; ties/dare_ties then keep, per entry, the
+// tensors agreeing with the majority sign and average them.
 // The new adapter has r = lora_alpha = new rank (scale 1), is frozen and not active (set_adapter it).
 #pragma once
 #include <string>
@@ -13,11 +17,16 @@ namespace peft {
 class PeftModel;
 
 struct WeightedAdapterOptions {
-  std::string combination_type = "svd";  // svd | cat | linear | ties | magnitude_prune
+  std::string combination_type = "svd";  // svd | cat | linear | ties | dare_linear | dare_ties | magnitude_prune
+                                         // | ties_svd | dare_linear_svd | dare_ties_svd | magnitude_prune_svd
   int64_t svd_rank = -1;                 // -1: the largest source rank
   double svd_clamp = -1;                 // quantile to clamp U and Vh at; -1 = no clamp
-  double density = -1;                   // ties / magnitude_prune: fraction of entries kept
-  std::string majority_sign_method = "total";  // ties: total | frequency
+  bool svd_full_matrices = true;         // torch.linalg.svd's full_matrices
+  double density = -1;                   // ties / dare_* / magnitude_prune: fraction of entries kept
+  std::string majority_sign_method = "total";  // ties, dare_ties: total | frequency
+  int64_t seed = -1;  // dare_*: the masks come from a generator seeded with this at the first draw, drawn in
+                      // PEFT's order (layers in module order; A's then B's, adapters in order; or one per delta
+                      // for *_svd); -1: LibTorch's default generator
 };
 
 /// Combine `adapters` with `weights` into a new adapter `name` (a no-op if `name` exists, as in PEFT).

@@ -249,8 +249,16 @@ void blockf(const float * x, const WeightF32 & w, int64_t o, int64_t c0, int64_t
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
   const float * wr = w.W + o * I;
+  // the rows after the next group, a line per step: their loads overlap this group's multiply-adds
+  // (with several rows of x the kernel is bound by the FMAs, and the hardware prefetcher alone left
+  // the weights that come from memory waiting)
+  const float * ahead = o + 3 * R <= w.O ? wr + 2 * R * I : nullptr;
   int64_t k = c0;
   for (; k + 16 <= c1; k += 16) {
+    if (M > 1 && ahead) {
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char *>(ahead + r * I + k), _MM_HINT_T0);
+    }
     __m512 wv[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr + r * I + k);

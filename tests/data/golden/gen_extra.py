@@ -24,6 +24,11 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   lora_layer_filter     tiny-llama, LoRA with target_modules=["model.layers.0.self_attn.k_proj", "q_proj", "v_proj"]
                         and layers_to_transform=[1]
   config_checks         case.json only: which configurations upstream accepts, with its error messages
+  weighted_more         tiny-llama with multi_adapter's alpha/beta/gamma: add_weighted_adapter with dare_linear,
+                        dare_ties (total and frequency signs), ties_svd, dare_linear_svd, dare_ties_svd,
+                        magnitude_prune_svd, svd with svd_rank/svd_clamp/svd_full_matrices=False, a negative weight,
+                        and the refusals; the DARE masks come from torch.manual_seed(seed) applied at the merge's
+                        first random draw (PEFT draws them from the global generator after building the new adapter)
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -619,6 +624,90 @@ def main():
         return {name: sorted(exp)}
 
     # ---------------------------------------------------------------------------------------------------------------
+    # H2. add_weighted_adapter's other combination types, on multi_adapter's adapters
+    def case_weighted_more(seed=560):
+        from peft.utils import merge_utils
+
+        name = "weighted_more"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        srcs_dir = os.path.join(cases, "multi_adapter", "adapters")
+        pm = PeftModel.from_pretrained(base, os.path.join(srcs_dir, "alpha"), adapter_name="alpha")
+        for nm in ("beta", "gamma"):
+            pm.load_adapter(os.path.join(srcs_dir, nm), adapter_name=nm)
+        pm.eval()
+        combos = {
+            "w_dare_linear": dict(adapters=["alpha", "beta"], weights=[0.7, 0.3], combination_type="dare_linear",
+                                  density=0.5, seed=11),
+            "w_dare_linear_neg": dict(adapters=["alpha", "beta"], weights=[0.8, -0.4], combination_type="dare_linear",
+                                      density=0.5, seed=16),
+            "w_dare_ties": dict(adapters=["alpha", "beta"], weights=[0.7, 0.3], combination_type="dare_ties",
+                                density=0.6, seed=12),
+            "w_dare_ties_frequency": dict(adapters=["alpha", "beta"], weights=[0.7, 0.3], combination_type="dare_ties",
+                                          density=0.6, seed=13, majority_sign_method="frequency"),
+            "w_ties_svd": dict(adapters=["alpha", "beta", "gamma"], weights=[0.7, 0.3, 0.5],
+                               combination_type="ties_svd", density=0.5),
+            "w_dare_linear_svd": dict(adapters=["alpha", "beta", "gamma"], weights=[0.7, 0.3, 0.5],
+                                      combination_type="dare_linear_svd", density=0.5, seed=14),
+            "w_dare_ties_svd": dict(adapters=["alpha", "beta", "gamma"], weights=[0.7, 0.3, 0.5],
+                                    combination_type="dare_ties_svd", density=0.7, seed=15),
+            "w_magnitude_prune_svd": dict(adapters=["alpha", "beta", "gamma"], weights=[0.7, 0.3, 0.5],
+                                          combination_type="magnitude_prune_svd", density=0.5),
+            "w_svd_options": dict(adapters=["alpha", "gamma"], weights=[0.6, 0.9], combination_type="svd",
+                                  svd_rank=3, svd_clamp=0.9, svd_full_matrices=False),
+        }
+        refused = {
+            "bad_dare_unequal_ranks": dict(adapters=["alpha", "gamma"], weights=[1.0, 1.0],
+                                           combination_type="dare_linear", density=0.5),
+            "bad_unknown_type": dict(adapters=["alpha", "beta"], weights=[1.0, 1.0], combination_type="dare"),
+        }
+        original = merge_utils.random_pruning
+        exp, weighted, errors = {}, {}, {}
+        for k, (wname, spec) in enumerate(combos.items()):
+            torch.manual_seed(seed + 30 + k)  # the new adapter's layers are first built with a random init
+            state = {"seeded": False}
+
+            def seeded_random_pruning(tensor, density, rescale, _seed=spec.get("seed", 0), _state=state):
+                if not _state["seeded"]:  # the first DARE draw of this call: a known generator state
+                    torch.manual_seed(_seed)
+                    _state["seeded"] = True
+                return original(tensor, density, rescale=rescale)
+
+            merge_utils.random_pruning = seeded_random_pruning
+            try:
+                kw = {key: v for key, v in spec.items() if key not in ("adapters", "weights", "seed")}
+                pm.add_weighted_adapter(spec["adapters"], spec["weights"], wname, **kw)
+            finally:
+                merge_utils.random_pruning = original
+            assert state["seeded"] == ("seed" in spec), (wname, state)
+            pm.set_adapter(wname)
+            exp[f"logits_{wname}"] = logits_of(pm, ids)
+            weighted[wname] = spec
+        for wname, spec in refused.items():
+            try:
+                kw = {key: v for key, v in spec.items() if key not in ("adapters", "weights")}
+                pm.add_weighted_adapter(spec["adapters"], spec["weights"], wname, **kw)
+                errors[wname] = dict(spec, accepted=True)
+            except Exception as e:  # noqa: BLE001
+                errors[wname] = dict(spec, accepted=False, error=err(e))
+        case = {
+            "model": "models/tiny-llama",
+            "adapters": {nm: f"../multi_adapter/adapters/{nm}" for nm in ("alpha", "beta", "gamma")},
+            "weighted": weighted,
+            "refused": errors,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json; logits_<name> for the adapter "
+                    "add_weighted_adapter(adapters, weights, name, **options) made, active alone. For the dare types, "
+                    "torch.manual_seed(seed) was applied at the merge's first random draw (PEFT's random_pruning), "
+                    "so the masks are the draws of a fresh generator seeded with `seed`, in PEFT's order. `refused`: "
+                    "what upstream says to the listed calls",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    # ---------------------------------------------------------------------------------------------------------------
     # I. configurations upstream accepts or refuses (JSON only)
     def case_config_checks(seed=540):
         name = "config_checks"
@@ -947,6 +1036,7 @@ def main():
         "vera_bias_opt": case_vera_bias_opt,
         "lora_layer_filter": case_lora_layer_filter,
         "config_checks": case_config_checks,
+        "weighted_more": case_weighted_more,
         "adalora_allocator": case_adalora_allocator,
     }
     if a.check_adalora_folder:
