@@ -9,6 +9,7 @@
 #include "peft/error.h"
 #include "peft/peft-model.h"
 #include "peft/tuners/lora.h"
+#include "tuners/ia3-weighted.h"
 
 namespace peft {
 
@@ -86,6 +87,25 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
   }
   PEFT_CHECK(!adapters.empty() && adapters.size() == weights.size(), "add_weighted_adapter: ", adapters.size(),
              " adapters and ", weights.size(), " weights");
+  const std::vector<std::string> known = model.adapter_names();
+  for (const auto & a : adapters) {
+    PEFT_CHECK(std::find(known.begin(), known.end(), a) != known.end(), "add_weighted_adapter: no adapter '", a, "'");
+  }
+  if (model.adapter_config(adapters[0]).peft_type == "IA3") {
+    // IA3: PEFT's linear combination of the vectors (no other combination type, no options)
+    for (const auto & a : adapters) {
+      PEFT_CHECK(model.adapter_config(a).peft_type == "IA3", "add_weighted_adapter: '", a, "' is ",
+                 model.adapter_config(a).peft_type, ", '", adapters[0], "' is IA3: one method at a time");
+    }
+    const WeightedAdapterOptions defaults;
+    PEFT_CHECK(opts_in.combination_type == "linear" || opts_in.combination_type == defaults.combination_type,
+               "add_weighted_adapter: IA3 adapters combine linearly (combination_type linear), not '",
+               opts_in.combination_type, "'");
+    PEFT_CHECK(opts_in.density < 0 && opts_in.svd_rank < 0 && opts_in.svd_clamp < 0 && opts_in.seed < 0,
+               "add_weighted_adapter: IA3's linear combination takes no density, seed or svd options");
+    add_weighted_ia3(model, adapters, weights, name);
+    return;
+  }
   WeightedAdapterOptions o = opts_in;
   if (adapters.size() == 1) o.combination_type = "linear";  // as PEFT
   const std::string & type = o.combination_type;

@@ -8,6 +8,8 @@
 // probability density (Bernoulli) and divide by density; ties/dare_ties then keep, per entry, the
 // tensors agreeing with the majority sign and average them.
 // The new adapter has r = lora_alpha = new rank (scale 1), is frozen and not active (set_adapter it).
+// IA3 sources: PEFT's IA3 linear combination, l = sum_i w_i l_i, targets the union of the sources'
+// (combination_type linear or left at its default; no other option).
 #pragma once
 #include <string>
 #include <vector>

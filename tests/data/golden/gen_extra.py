@@ -29,6 +29,8 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         magnitude_prune_svd, svd with svd_rank/svd_clamp/svd_full_matrices=False, a negative weight,
                         and the refusals; the DARE masks come from torch.manual_seed(seed) applied at the merge's
                         first random draw (PEFT draws them from the global generator after building the new adapter)
+  weighted_ia3          tiny-llama, two IA3 adapters with different targets and feed-forward modules: IA3's
+                        add_weighted_adapter (the linear combination), and its refusal of list + string targets
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -708,6 +710,63 @@ def main():
         return {name: sorted(exp)}
 
     # ---------------------------------------------------------------------------------------------------------------
+    # H3. IA3's add_weighted_adapter (a linear combination of the vectors)
+    def case_weighted_ia3(seed=570):
+        from peft import IA3Config
+
+        name = "weighted_ia3"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        cfgs = {
+            "ia3_a": IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
+            "ia3_b": IA3Config(target_modules=["q_proj", "v_proj", "up_proj"], feedforward_modules=["up_proj"]),
+            "ia3_regex": IA3Config(target_modules=r".*\.o_proj", feedforward_modules=r"^$"),
+        }
+        pm = get_peft_model(base, cfgs["ia3_a"], adapter_name="ia3_a")
+        pm.add_adapter("ia3_b", cfgs["ia3_b"])
+        pm.add_adapter("ia3_regex", cfgs["ia3_regex"])
+        for i, nm in enumerate(cfgs):
+            pm.set_adapter(nm)
+            perturb_trainables(pm, seed + 10 + i)
+        pm.eval()
+        adapters_dir = os.path.join(folder, "adapters")
+        pm.save_pretrained(adapters_dir)
+        exp = {}
+        for nm in cfgs:
+            pm.set_adapter(nm)
+            exp[f"logits_{nm}"] = logits_of(pm, ids)
+        weighted = {"w_ia3": {"adapters": ["ia3_a", "ia3_b"], "weights": [0.6, 0.5]},
+                    "w_ia3_neg": {"adapters": ["ia3_b", "ia3_a"], "weights": [1.2, -0.3]}}
+        for wname, spec in weighted.items():
+            pm.add_weighted_adapter(spec["adapters"], spec["weights"], wname)
+            pm.set_adapter(wname)
+            exp[f"logits_{wname}"] = logits_of(pm, ids)
+            c = pm.peft_config[wname]
+            spec["target_modules"] = sorted(c.target_modules)
+            spec["feedforward_modules"] = sorted(c.feedforward_modules)
+        refused = {}
+        try:
+            pm.add_weighted_adapter(["ia3_a", "ia3_regex"], [1.0, 1.0], "bad_mixed_types")
+            refused["bad_mixed_types"] = {"adapters": ["ia3_a", "ia3_regex"], "accepted": True}
+        except Exception as e:  # noqa: BLE001
+            refused["bad_mixed_types"] = {"adapters": ["ia3_a", "ia3_regex"], "accepted": False, "error": err(e)}
+        case = {
+            "model": "models/tiny-llama",
+            "adapters": {nm: f"adapters/{nm}" for nm in cfgs},
+            "weighted": weighted,
+            "refused": refused,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json; logits_<adapter> with that IA3 "
+                    "adapter active; logits_<name> for the adapter IA3's add_weighted_adapter(adapters, weights, name) "
+                    "made (target_modules / feedforward_modules: what its config holds); refused: upstream's answer "
+                    "to combining list targets with a regex string",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    # ---------------------------------------------------------------------------------------------------------------
     # I. configurations upstream accepts or refuses (JSON only)
     def case_config_checks(seed=540):
         name = "config_checks"
@@ -1037,6 +1096,7 @@ def main():
         "lora_layer_filter": case_lora_layer_filter,
         "config_checks": case_config_checks,
         "weighted_more": case_weighted_more,
+        "weighted_ia3": case_weighted_ia3,
         "adalora_allocator": case_adalora_allocator,
     }
     if a.check_adalora_folder:
