@@ -91,4 +91,25 @@ at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, con
   return y + lora.to(y.scalar_type());
 }
 
+at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse) {
+  const int64_t in = u.size(0), r = u.size(1);
+  if (gram_schmidt) {
+    std::vector<at::Tensor> cols = {(u.select(1, 0) / u.select(1, 0).norm()).view({-1, 1})};
+    for (int64_t i = 1; i < r; ++i) {
+      at::Tensor ui = u.select(1, i).view({-1, 1});
+      for (int64_t j = 0; j < i; ++j) ui = ui - at::mm(cols[j].t(), ui) * cols[j];
+      cols.push_back((ui / ui.norm()).view({-1, 1}));
+    }
+    const at::Tensor U = at::cat(cols, 1);
+    return at::eye(in, u.options()) - 2 * at::mm(U, U.t());
+  }
+  const at::Tensor un = u / u.norm(2, {0});
+  at::Tensor H = at::eye(in, u.options());
+  for (int64_t k = 0; k < r; ++k) {
+    const at::Tensor ui = un.select(1, reverse ? r - 1 - k : k).view({-1, 1});
+    H = H - 2 * at::mm(at::mm(H, ui), ui.t());
+  }
+  return H;
+}
+
 }  // namespace peft::math

@@ -119,11 +119,12 @@ TEST_P(OnQuantizedBase, MergeQuantizesAgainAndUnmergeComesBack) {
   q->unmerge_adapter();
   // unmerging undoes the merge and quantizes again: an additive delta comes back within the two roundings
   // that were reported; a multiplicative one (IA3's scale, DoRA's rescale, OFT's rotation) carries the first
-  // rounding through its inverse, which can magnify it (by 1/|l| for IA3): a looser bound for those
+  // rounding through its inverse, which can magnify it (by 1/|l| for IA3; a rotation, OFT's or HRA's, moves
+  // a row's rounding into its other entries): a looser bound for those
   const auto unmerge_err = requantization_error(q->base_model().shared_from_this());
   const std::string n = gc().name;
   const bool additive = n.find("ia3") == std::string::npos && n.find("dora") == std::string::npos &&
-                        n.find("oft") == std::string::npos;
+                        n.find("oft") == std::string::npos && n.find("hra") == std::string::npos;
   const double bound = (merge_err.max_abs + unmerge_err.max_abs) * (additive ? 1.0 : 8.0) + 1e-6;
   // (IA3 divides by its scale: the golden adapters' small |l| magnify the rounding past any fixed factor,
   // so IA3 is only checked to come back finite)

@@ -26,6 +26,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       // by PEFT), VeRA with bias="vera_only" on OPT, full-name targets beside layers_to_transform
       {"oft_coft", "tiny-llama"},     {"oft_module_dropout", "tiny-llama"},  {"vera_bias_opt", "tiny-opt"},
       {"lora_layer_filter", "tiny-llama"},
+      // HRA (gen_extra.py): Householder reflections, and with Gram-Schmidt
+      {"hra", "tiny-llama"},          {"hra_gs", "tiny-llama"},
   };
   return cases;
 }

@@ -55,4 +55,9 @@ at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, con
                                  const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
                                  const at::Tensor & row_scale);
 
+/// HRA's rotation of the input space from u (in, r): the product of the reflections I - 2 u_i u_i^T / |u_i|^2
+/// in column order (reverse: in reverse order, the inverse); with Gram-Schmidt (apply_GS) the columns are
+/// orthonormalised first and the rotation is I - 2 U U^T. PEFT's HRALinear.get_delta_weight, op for op.
+at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse);
+
 }  // namespace peft::math

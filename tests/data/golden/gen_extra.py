@@ -31,6 +31,8 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         first random draw (PEFT draws them from the global generator after building the new adapter)
   weighted_ia3          tiny-llama, two IA3 adapters with different targets and feed-forward modules: IA3's
                         add_weighted_adapter (the linear combination), and its refusal of list + string targets
+  hra, hra_gs           tiny-llama, HRA (r=4) on q_proj/v_proj, and with apply_GS=True on q_proj/k_proj/down_proj:
+                        logits, disabled, merged, unmerged, merge_and_unload (the single-adapter case layout)
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -767,6 +769,42 @@ def main():
         return {name: sorted(exp)}
 
     # ---------------------------------------------------------------------------------------------------------------
+    # H4. HRA (Householder reflections), with and without Gram-Schmidt
+    def case_hra(name, targets, apply_gs, seed):
+        from peft import HRAConfig
+
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base_logits = logits_of(base, ids)
+        cfg = HRAConfig(target_modules=targets, r=4, apply_GS=apply_gs, init_weights=False)
+        pm = get_peft_model(base, cfg)
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        exp = {"logits": logits_of(pm, ids)}
+        with pm.disable_adapter():
+            exp["logits_disabled"] = logits_of(pm, ids)
+        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6)
+        pm.merge_adapter()
+        exp["logits_merged"] = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        exp["logits_unmerged"] = logits_of(pm, ids)
+        exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
+        case = {
+            "model": "models/tiny-llama",
+            "adapter": "adapter",
+            "method": name,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
+                    "logits_disabled, logits_merged (after merge_adapter), logits_unmerged (after unmerge_adapter), "
+                    "logits_merge_and_unload",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    # ---------------------------------------------------------------------------------------------------------------
     # I. configurations upstream accepts or refuses (JSON only)
     def case_config_checks(seed=540):
         name = "config_checks"
@@ -1097,6 +1135,8 @@ def main():
         "config_checks": case_config_checks,
         "weighted_more": case_weighted_more,
         "weighted_ia3": case_weighted_ia3,
+        "hra": lambda: case_hra("hra", ["q_proj", "v_proj"], False, 580),
+        "hra_gs": lambda: case_hra("hra_gs", ["q_proj", "k_proj", "down_proj"], True, 590),
         "adalora_allocator": case_adalora_allocator,
     }
     if a.check_adalora_folder:
