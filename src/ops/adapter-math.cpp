@@ -112,4 +112,31 @@ at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse) {
   return H;
 }
 
+at::Tensor miss_delta(const at::Tensor & B, int64_t in_features) {
+  const int64_t r = B.size(0), tiles = (in_features + r - 1) / r;
+  return B.t().repeat({1, tiles}).narrow(1, 0, in_features);
+}
+
+namespace {
+// W (out, in) as (in / r, out / r, r, r) blocks, PEFT's reshape and permute; and back
+at::Tensor miss_blocks(const at::Tensor & W, int64_t r) {
+  return W.reshape({W.size(0) / r, r, W.size(1) / r, r}).permute({2, 0, 1, 3});
+}
+at::Tensor miss_unblock(const at::Tensor & blocks, const at::IntArrayRef shape) {
+  return blocks.permute({1, 2, 0, 3}).reshape(shape);
+}
+}  // namespace
+
+at::Tensor miss_bat_delta(const at::Tensor & W, const at::Tensor & B) {
+  const at::Tensor Wb = miss_blocks(W.to(B.scalar_type()), B.size(-1));
+  return miss_unblock(at::matmul(Wb, B) + B, W.sizes());
+}
+
+at::Tensor miss_bat_unmerge(const at::Tensor & W, const at::Tensor & B) {
+  const int64_t r = B.size(-1);
+  const at::Tensor Wb = miss_blocks(W.to(B.scalar_type()), r);
+  const at::Tensor inv = at::inverse(at::eye(r, B.options().dtype(at::kFloat)) + B.to(at::kFloat)).to(B.scalar_type());
+  return miss_unblock(at::matmul(Wb - B, inv), W.sizes());
+}
+
 }  // namespace peft::math

@@ -28,6 +28,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"lora_layer_filter", "tiny-llama"},
       // HRA (gen_extra.py): Householder reflections, and with Gram-Schmidt
       {"hra", "tiny-llama"},          {"hra_gs", "tiny-llama"},
+      // MiSS (gen_extra.py) in its three modes: a partial last block (r=5), "bat", "mini"
+      {"miss", "tiny-llama"},         {"miss_bat", "tiny-llama"},            {"miss_mini", "tiny-llama"},
   };
   return cases;
 }

@@ -60,4 +60,12 @@ at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, con
 /// orthonormalised first and the rotation is I - 2 U U^T. PEFT's HRALinear.get_delta_weight, op for op.
 at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse);
 
+/// MiSS: the weight (out, in) whose product with x equals the sums of x's r-wide blocks times B (r, out):
+/// dW[o, k r + j] = B[j, o]; a last partial block takes B's first rows (x zero-padded, as PEFT).
+at::Tensor miss_delta(const at::Tensor & B, int64_t in_features);
+/// MiSS "bat": W_blocks B + B for W (out, in) cut into r x r blocks, B (out / r, r, r); (out, in).
+at::Tensor miss_bat_delta(const at::Tensor & W, const at::Tensor & B);
+/// MiSS "bat" unmerge: the weight (W_blocks - B)(I + B)^-1 (out, in).
+at::Tensor miss_bat_unmerge(const at::Tensor & W, const at::Tensor & B);
+
 }  // namespace peft::math

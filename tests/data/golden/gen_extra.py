@@ -33,6 +33,9 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         add_weighted_adapter (the linear combination), and its refusal of list + string targets
   hra, hra_gs           tiny-llama, HRA (r=4) on q_proj/v_proj, and with apply_GS=True on q_proj/k_proj/down_proj:
                         logits, disabled, merged, unmerged, merge_and_unload (the single-adapter case layout)
+  miss, miss_bat, miss_mini
+                        tiny-llama, MiSS in its three modes: r=5 on q_proj/down_proj (a partial last block),
+                        "bat" (r=4 blocks of q_proj/o_proj), "mini" (r=4, mini_r=8 on q_proj/v_proj); same layout
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -773,13 +776,21 @@ def main():
     def case_hra(name, targets, apply_gs, seed):
         from peft import HRAConfig
 
+        return case_single(name, HRAConfig(target_modules=targets, r=4, apply_GS=apply_gs, init_weights=False), seed)
+
+    def case_miss(name, kw, seed):
+        from peft import MissConfig
+
+        return case_single(name, MissConfig(**kw), seed)
+
+    def case_single(name, cfg, seed):
+        """One adapter made from `cfg` with perturbed tensors, in the single-adapter case layout."""
         folder = os.path.join(cases, name)
         shutil.rmtree(folder, ignore_errors=True)
         ids = input_ids(seed + 1)
         torch.manual_seed(seed)
         base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
         base_logits = logits_of(base, ids)
-        cfg = HRAConfig(target_modules=targets, r=4, apply_GS=apply_gs, init_weights=False)
         pm = get_peft_model(base, cfg)
         perturb_trainables(pm, seed + 10)
         pm.eval()
@@ -1137,6 +1148,10 @@ def main():
         "weighted_ia3": case_weighted_ia3,
         "hra": lambda: case_hra("hra", ["q_proj", "v_proj"], False, 580),
         "hra_gs": lambda: case_hra("hra_gs", ["q_proj", "k_proj", "down_proj"], True, 590),
+        "miss": lambda: case_miss("miss", dict(r=5, target_modules=["q_proj", "down_proj"], init_weights=False), 600),
+        "miss_bat": lambda: case_miss("miss_bat", dict(r=4, target_modules=["q_proj", "o_proj"], init_weights="bat"), 610),
+        "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
+                                                         init_weights="mini"), 620),
         "adalora_allocator": case_adalora_allocator,
     }
     if a.check_adalora_folder:
