@@ -79,6 +79,15 @@ std::pair<int64_t, double> RankPatterns::for_module(const std::string & path, in
   return {static_cast<int64_t>(rr), a};
 }
 
+ModulePattern ModulePattern::parse(const AdapterConfig & cfg, const char * key, const std::string & source) {
+  return {read_pattern(cfg, key, source)};
+}
+
+double ModulePattern::for_module(const std::string & path, double fallback) const {
+  pattern_value(values, path, &fallback);
+  return fallback;
+}
+
 bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const std::string & path) {
   for (const auto & m : modules_to_save) {
     if (Regex("(^|.*\\.)" + m + "($|\\..*)").full_match(path)) return true;

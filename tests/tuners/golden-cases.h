@@ -30,6 +30,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"hra", "tiny-llama"},          {"hra_gs", "tiny-llama"},
       // MiSS (gen_extra.py) in its three modes: a partial last block (r=5), "bat", "mini"
       {"miss", "tiny-llama"},         {"miss_bat", "tiny-llama"},            {"miss_mini", "tiny-llama"},
+      // FourierFT (gen_extra.py): seeded coefficient positions, n_frequency_pattern
+      {"fourierft", "tiny-llama"},
   };
   return cases;
 }

@@ -26,6 +26,15 @@ struct RankPatterns {
   std::pair<int64_t, double> for_module(const std::string & path, int64_t r, double alpha) const;
 };
 
+/// A per-module override of one number (FourierFT's n_frequency_pattern): key -> value.
+struct ModulePattern {
+  std::vector<std::pair<std::string, double>> values;
+  /// Read field `key` of `cfg` (an object of numbers; null = none).
+  static ModulePattern parse(const AdapterConfig & cfg, const char * key, const std::string & source);
+  /// The value of the first key k with (.*\.)?(k)$ matching `path` (PEFT's rule), else `fallback`.
+  double for_module(const std::string & path, double fallback) const;
+};
+
 /// The layer index of `path` per PEFT's layers_to_transform rule, or -1.
 int64_t layer_index(const std::string & path, const std::vector<std::string> & layers_pattern);
 

@@ -36,6 +36,8 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   miss, miss_bat, miss_mini
                         tiny-llama, MiSS in its three modes: r=5 on q_proj/down_proj (a partial last block),
                         "bat" (r=4 blocks of q_proj/o_proj), "mini" (r=4, mini_r=8 on q_proj/v_proj); same layout
+  fourierft             tiny-llama, FourierFT (n_frequency 40, v_proj 25 by n_frequency_pattern, scaling 20,
+                        random_loc_seed 123) on q_proj/v_proj; same layout
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -783,6 +785,13 @@ def main():
 
         return case_single(name, MissConfig(**kw), seed)
 
+    def case_fourierft(seed):
+        from peft import FourierFTConfig
+
+        cfg = FourierFTConfig(n_frequency=40, scaling=20.0, random_loc_seed=123, target_modules=["q_proj", "v_proj"],
+                              n_frequency_pattern={"v_proj": 25}, init_weights=False)
+        return case_single("fourierft", cfg, seed)
+
     def case_single(name, cfg, seed):
         """One adapter made from `cfg` with perturbed tensors, in the single-adapter case layout."""
         folder = os.path.join(cases, name)
@@ -1150,6 +1159,7 @@ def main():
         "hra_gs": lambda: case_hra("hra_gs", ["q_proj", "k_proj", "down_proj"], True, 590),
         "miss": lambda: case_miss("miss", dict(r=5, target_modules=["q_proj", "down_proj"], init_weights=False), 600),
         "miss_bat": lambda: case_miss("miss_bat", dict(r=4, target_modules=["q_proj", "o_proj"], init_weights="bat"), 610),
+        "fourierft": lambda: case_fourierft(630),
         "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
                                                          init_weights="mini"), 620),
         "adalora_allocator": case_adalora_allocator,
