@@ -91,6 +91,18 @@ at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, con
   return y + lora.to(y.scalar_type());
 }
 
+std::pair<at::Tensor, at::Tensor> pissa_factors(const at::Tensor & W, int64_t r, double scaling) {
+  auto [V, S, Uh] = at::linalg_svd(W, /*full_matrices=*/false);
+  const at::Tensor Sr = S.narrow(0, 0, r) / scaling;
+  const at::Tensor root = at::diag(at::sqrt(Sr));
+  return {at::mm(root, Uh.narrow(0, 0, r)), at::mm(V.narrow(1, 0, r), root)};
+}
+
+std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r) {
+  auto [Q, R] = at::linalg_qr(W);
+  return {R.narrow(0, 0, r).contiguous(), Q.narrow(1, 0, r).contiguous()};
+}
+
 at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse) {
   const int64_t in = u.size(0), r = u.size(1);
   if (gram_schmidt) {

@@ -73,7 +73,13 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
   o.use_rslora = f.boolean("use_rslora");
   o.use_dora = f.boolean("use_dora");
   o.lora_bias = f.boolean("lora_bias");
-  o.init = f.init("init_lora_weights", {"true", "false", "gaussian", "orthogonal"});
+  {
+    const auto & v = f.at("init_lora_weights");
+    PEFT_CHECK(!(v.is_string() && v.get<std::string>().rfind("pissa_niter_", 0) == 0), src,
+               ": init_lora_weights '", v.get<std::string>(),
+               "' (PiSSA by randomized SVD) is not supported yet; 'pissa' computes the exact SVD");
+  }
+  o.init = f.init("init_lora_weights", {"true", "false", "gaussian", "orthogonal", "pissa", "olora"});
   if (o.lora_bias) {
     PEFT_CHECK(!o.use_dora, src, ": 'lora_bias' cannot be combined with 'use_dora'");
     PEFT_CHECK(o.init == "true" || o.init == "false", src, ": 'lora_bias' requires init_lora_weights true or false");
@@ -170,6 +176,15 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
       at::Tensor q_odd = Q.slice(0, 0, s.r, 2), q_even = Q.slice(0, 1, s.r, 2);
       A = at::randn({in, s.r / 2}).mm(q_odd).t().contiguous() / 10.0;
       B = at::randn({s.r / 2, out}).t().mm(q_even).contiguous() / 10.0;
+    } else if (s.init == "pissa" || s.init == "olora") {
+      // PEFT's pissa_init / olora_init: A and B from the base weight's principal directions (exact SVD) or
+      // its QR factors, and the base keeps only the residual W - scaling * B A
+      PEFT_CHECK(s.init == "olora" || dynamic_cast<const Linear *>(&linear()) != nullptr,
+                 "init_lora_weights 'pissa' needs a float base weight (as PEFT: initialise PiSSA unquantized, "
+                 "then quantize the residual model)");
+      const at::Tensor W = linear().dense_weight().to(at::kFloat);
+      std::tie(A, B) = s.init == "pissa" ? math::pissa_factors(W, s.r, s.scaling) : math::olora_factors(W, s.r);
+      linear().store_weight(W - s.scaling * at::mm(B, A));
     } else {
       A = s.init == "gaussian" ? at::normal(0.0, 1.0 / s.r, {s.r, in}) : linear_default(s.r, in);
       B = at::zeros({out, s.r});

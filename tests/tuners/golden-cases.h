@@ -32,6 +32,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"miss", "tiny-llama"},         {"miss_bat", "tiny-llama"},            {"miss_mini", "tiny-llama"},
       // FourierFT (gen_extra.py): seeded coefficient positions, n_frequency_pattern
       {"fourierft", "tiny-llama"},
+      // LoRA initialised from the base weight (PiSSA's SVD, OLoRA's QR): the base keeps the residual
+      {"lora_pissa", "tiny-llama"},   {"lora_olora", "tiny-llama"},
   };
   return cases;
 }

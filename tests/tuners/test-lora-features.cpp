@@ -92,7 +92,13 @@ TEST(LoraInit, DefaultIsANoOpFalseIsNot) {
   EXPECT_NEAR(A.std().item<double>(), 1.0 / 16, 0.01);  // N(0, 1/r)
   PeftModel random(load_model(golden_model("tiny-llama")), cfg({{"target_modules", {"q_proj"}}, {"init_lora_weights", false}}));
   EXPECT_FALSE(all_close(random.forward({ids}), want, 1e-4, 1e-4));
-  EXPECT_THROW(cfg({{"init_lora_weights", "pissa"}}), peft::Error);
+  // implemented: pissa, olora (golden cases lora_pissa / lora_olora); not yet: refused by name
+  EXPECT_NO_THROW(cfg({{"init_lora_weights", "pissa"}}));
+  EXPECT_NO_THROW(cfg({{"init_lora_weights", "olora"}}));
+  for (const char * init : {"pissa_niter_4", "loftq", "corda", "eva"}) {
+    const std::string e = error_of([&] { cfg({{"init_lora_weights", init}}); });
+    EXPECT_NE(e.find(init), std::string::npos) << e;
+  }
 }
 
 TEST(LoraBias, MergeFoldsTheScaledBias) {

@@ -55,6 +55,12 @@ at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, con
                                  const std::vector<at::Tensor> & Bs, const std::vector<at::Tensor> & biases,
                                  const at::Tensor & row_scale);
 
+/// PiSSA's initial factors of W (out, in): A = diag(sqrt(S_r / scaling)) Uh_r, B = V_r diag(sqrt(S_r / scaling))
+/// from the exact SVD W = V S Uh (PEFT's pissa_init). Returns (A, B).
+std::pair<at::Tensor, at::Tensor> pissa_factors(const at::Tensor & W, int64_t r, double scaling);
+/// OLoRA's initial factors: W = Q R (reduced QR), A = R[:r], B = Q[:, :r] (PEFT's olora_init). Returns (A, B).
+std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r);
+
 /// HRA's rotation of the input space from u (in, r): the product of the reflections I - 2 u_i u_i^T / |u_i|^2
 /// in column order (reverse: in reverse order, the inverse); with Gram-Schmidt (apply_GS) the columns are
 /// orthonormalised first and the rotation is I - 2 U U^T. PEFT's HRALinear.get_delta_weight, op for op.

@@ -26,7 +26,7 @@ struct LoraSettings {
   double dropout = 0;
   bool use_dora = false;
   bool lora_bias = false;
-  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal"
+  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal" | "pissa" | "olora"
 };
 
 /// A LORA config's options, parsed once (PEFT's LoraConfig fields that are implemented; the others
@@ -36,7 +36,7 @@ struct LoraOptions : MethodOptions {
   double alpha = 8;
   double dropout = 0;
   bool use_rslora = false, use_dora = false, lora_bias = false;
-  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal"
+  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal" | "pissa" | "olora"
   RankPatterns patterns;
   /// The settings of module `path` (rank_pattern / alpha_pattern applied).
   LoraSettings for_module(const std::string & path) const;

@@ -36,6 +36,9 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   miss, miss_bat, miss_mini
                         tiny-llama, MiSS in its three modes: r=5 on q_proj/down_proj (a partial last block),
                         "bat" (r=4 blocks of q_proj/o_proj), "mini" (r=4, mini_r=8 on q_proj/v_proj); same layout
+  lora_pissa, lora_olora
+                        tiny-llama, LoRA (r=4) on q_proj/v_proj/down_proj with init_lora_weights "pissa" / "olora":
+                        the base keeps the residual, so logits_disabled is the residual model; same layout
   fourierft             tiny-llama, FourierFT (n_frequency 40, v_proj 25 by n_frequency_pattern, scaling 20,
                         random_loc_seed 123) on q_proj/v_proj; same layout
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
@@ -792,7 +795,13 @@ def main():
                               n_frequency_pattern={"v_proj": 25}, init_weights=False)
         return case_single("fourierft", cfg, seed)
 
-    def case_single(name, cfg, seed):
+    def case_lora_init(name, init, seed):
+        # PiSSA / OLoRA: the adapter starts from the base weight's SVD / QR factors and the base keeps only the
+        # residual, so "disabled" is the residual model (PEFT redoes this from the original base on load)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=init)
+        return case_single(name, cfg, seed, disabled_is_base=False)
+
+    def case_single(name, cfg, seed, disabled_is_base=True):
         """One adapter made from `cfg` with perturbed tensors, in the single-adapter case layout."""
         folder = os.path.join(cases, name)
         shutil.rmtree(folder, ignore_errors=True)
@@ -807,7 +816,7 @@ def main():
         exp = {"logits": logits_of(pm, ids)}
         with pm.disable_adapter():
             exp["logits_disabled"] = logits_of(pm, ids)
-        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6)
+        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6) == disabled_is_base
         pm.merge_adapter()
         exp["logits_merged"] = logits_of(pm, ids)
         pm.unmerge_adapter()
@@ -817,6 +826,7 @@ def main():
             "model": "models/tiny-llama",
             "adapter": "adapter",
             "method": name,
+            "disabled_is_base_model": disabled_is_base,
             "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
                     "logits_disabled, logits_merged (after merge_adapter), logits_unmerged (after unmerge_adapter), "
                     "logits_merge_and_unload",
@@ -1160,6 +1170,8 @@ def main():
         "miss": lambda: case_miss("miss", dict(r=5, target_modules=["q_proj", "down_proj"], init_weights=False), 600),
         "miss_bat": lambda: case_miss("miss_bat", dict(r=4, target_modules=["q_proj", "o_proj"], init_weights="bat"), 610),
         "fourierft": lambda: case_fourierft(630),
+        "lora_pissa": lambda: case_lora_init("lora_pissa", "pissa", 640),
+        "lora_olora": lambda: case_lora_init("lora_olora", "olora", 650),
         "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
                                                          init_weights="mini"), 620),
         "adalora_allocator": case_adalora_allocator,
