@@ -1,7 +1,7 @@
 // Timing of the quantized-linear CPU kernels (src/quant/kernels) against float32 at::mv / at::mm on the
 // same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
 // 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small).
-// 1 and 2 threads. Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
+// Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 

@@ -36,7 +36,6 @@ std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int
 at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
                      double scale) {
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dh = q.size(3);
-  const int64_t Hkv = k.size(1), L = k.size(2);
   const double lowest = q.scalar_type() == at::kBFloat16 ? -3.38e38 : std::numeric_limits<float>::lowest();
   at::Tensor probs;
   if (S == 1) {
@@ -46,11 +45,7 @@ at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tenso
     probs = at::softmax(scores.masked_fill(mask.logical_not(), lowest), -1, at::kFloat).to(q.scalar_type());
     return ops::one_row_mix(probs, v).transpose(1, 2).reshape({B, S, H * Dh});
   }
-  at::Tensor kk = k, vv = v;
-  if (Hkv != H) {  // grouped-query attention: repeat each key/value head H/Hkv times
-    kk = k.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
-    vv = v.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
-  }
+  const at::Tensor kk = ops::repeat_heads(k, H), vv = ops::repeat_heads(v, H);  // grouped-query attention
   at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) * scale;  // (B, H, S, L)
   scores = scores.masked_fill(mask.logical_not(), lowest);
   probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());

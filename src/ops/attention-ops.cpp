@@ -21,13 +21,6 @@ bool kernel_takes(std::initializer_list<const at::Tensor *> ts) {
   return true;
 }
 
-// grouped-query attention: each of the Hkv key/value heads serves H/Hkv query heads
-at::Tensor repeat_heads(const at::Tensor & t, int64_t H) {
-  const int64_t B = t.size(0), Hkv = t.size(1), L = t.size(2), Dh = t.size(3);
-  if (Hkv == H) return t;
-  return t.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
-}
-
 // (batch, head) pairs per thread task: about 32K multiply-adds, so that small steps stay on one thread
 int64_t grain(int64_t L, int64_t Dh) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, L * Dh)); }
 
@@ -79,6 +72,12 @@ at::Tensor one_row_mix_impl(const at::Tensor & p, const at::Tensor & v) {
 }
 
 }  // namespace
+
+at::Tensor repeat_heads(const at::Tensor & t, int64_t H) {
+  const int64_t B = t.size(0), Hkv = t.size(1), L = t.size(2), Dh = t.size(3);
+  if (Hkv == H) return t;
+  return t.unsqueeze(2).expand({B, Hkv, H / Hkv, L, Dh}).reshape({B, H, L, Dh});
+}
 
 TORCH_LIBRARY_FRAGMENT(peft, m) {
   m.def("one_row_scores(Tensor q, Tensor k) -> Tensor");

@@ -13,4 +13,8 @@ at::Tensor one_row_scores(const at::Tensor & q, const at::Tensor & k);
 /// p (B, H, 1, L), v (B, Hkv, L, Dh) -> (B, H, 1, Dh) = p v (heads grouped as for one_row_scores). Positions whose p is exactly 0 (masked) are skipped.
 at::Tensor one_row_mix(const at::Tensor & p, const at::Tensor & v);
 
+/// Grouped-query attention: t (B, Hkv, L, Dh) with each key/value head repeated H/Hkv times -> (B, H, L, Dh)
+/// (Hugging Face's repeat_kv; t itself when Hkv == H).
+at::Tensor repeat_heads(const at::Tensor & t, int64_t H);
+
 }  // namespace peft::ops
