@@ -33,7 +33,8 @@ struct CompiledModel::Impl {
   uint64_t last_version = 0;     // PeftModel::version() when last_key was taken
   bool have_last = false;
   std::shared_ptr<Program> last;
-  bool log = false;
+  bool log = false;         // PEFT_LOG=recompiles: each recompile and its reason on stderr
+  bool log_graphs = false;  // PEFT_LOG=graphs: each optimised graph on stderr
 
   CausalLM & model() { return peft ? peft->base_model() : *plain; }
 
@@ -54,6 +55,7 @@ struct CompiledModel::Impl {
     auto p = std::make_shared<Program>(compile_detail::capture(model(), in, layout, &index));
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
+    if (log_graphs) std::cerr << "[peft::compile] graph for " << k.summary() << ":\n" << *p->graph << "\n";
     p->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     p->key_summary = k.summary();
     return p;
@@ -175,6 +177,7 @@ static std::shared_ptr<CompiledModel::Impl> make_impl(const CompileOptions & o) 
   impl->opts = o;
   const char * env = std::getenv("PEFT_LOG");
   impl->log = env && std::string(env).find("recompiles") != std::string::npos;
+  impl->log_graphs = env && std::string(env).find("graphs") != std::string::npos;
   return impl;
 }
 

@@ -1,7 +1,6 @@
-#include <limits>
-
 #include "peft/model/blocks.h"
 #include "peft/ops/attention-ops.h"
+#include "peft/ops/decoder-ops.h"
 
 namespace peft::blocks {
 
@@ -17,10 +16,7 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, 
 }
 
 at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half);
-  at::Tensor x2 = x.narrow(-1, half, half);
-  return x * cos + at::cat({-x2, x1}, -1) * sin;
+  return ops::rotary(x, cos, sin);  // x * cos + cat(-x2, x1) * sin
 }
 
 std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,
@@ -36,19 +32,15 @@ std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int
 at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
                      double scale) {
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dh = q.size(3);
-  const double lowest = q.scalar_type() == at::kBFloat16 ? -3.38e38 : std::numeric_limits<float>::lowest();
-  at::Tensor probs;
   if (S == 1) {
     // a decode step (one query row): the products as B*H matrix-vector products on the cache in place,
     // grouped heads read where they are (peft::one_row_*), not B*H GEMM calls
-    at::Tensor scores = ops::one_row_scores(q, k) * scale;  // (B, H, 1, L)
-    probs = at::softmax(scores.masked_fill(mask.logical_not(), lowest), -1, at::kFloat).to(q.scalar_type());
+    const at::Tensor probs = ops::masked_softmax(ops::one_row_scores(q, k), mask, scale);  // (B, H, 1, L)
     return ops::one_row_mix(probs, v).transpose(1, 2).reshape({B, S, H * Dh});
   }
   const at::Tensor kk = ops::repeat_heads(k, H), vv = ops::repeat_heads(v, H);  // grouped-query attention
-  at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) * scale;  // (B, H, S, L)
-  scores = scores.masked_fill(mask.logical_not(), lowest);
-  probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  // softmax(where(mask, q k^T * scale, lowest)) in float32
+  const at::Tensor probs = ops::masked_softmax(at::matmul(q, kk.transpose(2, 3)), mask, scale);  // (B, H, S, L)
   at::Tensor out = at::matmul(probs, vv);  // (B, H, S, Dh)
   return out.transpose(1, 2).reshape({B, S, H * Dh});
 }

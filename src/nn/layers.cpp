@@ -1,5 +1,7 @@
 #include "peft/nn/layers.h"
 
+#include "peft/ops/decoder-ops.h"
+
 namespace peft {
 
 Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias) {
@@ -54,11 +56,7 @@ LayerPtr Embedding::clone_layer() const {
 
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", at::ones({dim})); }
 
-at::Tensor RMSNorm::forward(const at::Tensor & x) {
-  at::Tensor h = x.to(at::kFloat);
-  h = h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * h.to(x.scalar_type());
-}
+at::Tensor RMSNorm::forward(const at::Tensor & x) { return ops::rms_norm(x, weight, eps); }
 
 LayerPtr RMSNorm::clone_layer() const {
   auto l = std::make_shared<RMSNorm>(weight.size(0), eps);

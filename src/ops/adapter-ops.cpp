@@ -61,14 +61,50 @@ at::Tensor block_rotate_impl(const at::Tensor & x, const at::Tensor & Q) {
   return out.to(x.scalar_type());
 }
 
+// Decode-sized LoRA products (a few rows, float32, contiguous, nothing to differentiate) go to the small-M
+// kernel: at::linear / addmm cost a few microseconds of dispatch each for a product of a few thousand
+// multiply-adds (at decode on a quantized base, where LoRA cannot fold, ~15% of the step).
+bool small_lora(std::initializer_list<const at::Tensor *> ts, int64_t rows) {
+  if (rows < 1 || rows > kSmallRows) return false;
+  const bool grad = at::GradMode::is_enabled();
+  for (const at::Tensor * t : ts) {
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->layout() != at::kStrided || !t->is_contiguous() ||
+        (grad && t->requires_grad()))
+      return false;
+  }
+  return true;
+}
+
+quant::kernels::WeightF32 f32(const at::Tensor & W) { return {W.data_ptr<float>(), W.size(0), W.size(1)}; }
+
+// out (M, O) = y + s * (h B^T), h (M, r) contiguous: y's rounding as y + (h B^T * s)
+at::Tensor expand_add_small(const at::Tensor & y, const float * h, int64_t M, const at::Tensor & B, float s) {
+  const int64_t O = B.size(0);
+  at::Tensor out = at::empty_like(y, at::MemoryFormat::Contiguous);
+  float * o = out.data_ptr<float>();
+  const float * yp = y.data_ptr<float>();
+  quant::kernels::gemm_small(h, M, f32(B), o);
+  for (int64_t i = 0; i < M * O; ++i) o[i] = yp[i] + o[i] * s;
+  return out;
+}
+
+bool scalar_float(const at::Tensor & t) { return t.numel() == 1 && t.device().is_cpu() && t.scalar_type() == at::kFloat; }
+
 at::Tensor lora_add_fused_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                                const c10::optional<at::Tensor> & bias, const at::Tensor & scale, double p, bool train) {
   if (y.scalar_type() != A.scalar_type() || (bias.has_value() && bias->defined())) {
     return lora_add_impl(y, x, A, B, bias, scale, p, train);
   }
+  const int64_t O = B.size(0), r = A.size(0), I = A.size(1);
+  const int64_t M = I > 0 && y.dim() > 0 && x.dim() > 0 && x.size(-1) == I ? x.numel() / I : 0;
+  if (!(p > 0 && train) && scalar_float(scale) && B.dim() == 2 && B.size(1) == r && y.numel() == M * O &&
+      small_lora({&y, &x, &A, &B}, M)) {
+    std::vector<float> h(static_cast<size_t>(M * r));
+    quant::kernels::gemm_small(x.data_ptr<float>(), M, f32(A), h.data());
+    return expand_add_small(y, h.data(), M, B, scale.data_ptr<float>()[0]);
+  }
   at::Tensor xa = x.to(A.scalar_type());
   if (p > 0 && train) xa = at::dropout(xa, p, true);
-  const int64_t O = B.size(0);
   at::Tensor xr = at::linear(xa, A).reshape({-1, A.size(0)});
   // scale is a 0-dim tensor so that changing it needs no recompile; addmm wants a Scalar
   at::Tensor out = at::addmm(y.reshape({-1, O}), xr, B.t(), 1.0, scale.item<double>());
@@ -76,11 +112,44 @@ at::Tensor lora_add_fused_impl(const at::Tensor & y, const at::Tensor & x, const
 }
 
 at::Tensor lora_shrink_impl(const at::Tensor & x, at::TensorList As) {
-  return at::linear(x.to(As[0].scalar_type()), at::cat(As, 0));
+  const int64_t I = As.empty() || As[0].dim() != 2 ? 0 : As[0].size(1);
+  const int64_t M = I > 0 && x.dim() > 0 && x.size(-1) == I ? x.numel() / I : 0;
+  bool small = small_lora({&x}, M);
+  int64_t R = 0;
+  for (const at::Tensor & A : As) {
+    small = small && small_lora({&A}, 1) && A.dim() == 2 && A.size(1) == I;
+    R += A.dim() == 2 ? A.size(0) : 0;
+  }
+  if (!small) return at::linear(x.to(As[0].scalar_type()), at::cat(As, 0));
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = R;
+  at::Tensor out = at::empty(shape, x.options());
+  float * o = out.data_ptr<float>();
+  std::vector<float> h;
+  int64_t off = 0;
+  for (const at::Tensor & A : As) {  // x A_i^T into columns [off, off + r_i)
+    const int64_t r = A.size(0);
+    if (M == 1) {
+      quant::kernels::gemm_small(x.data_ptr<float>(), 1, f32(A), o + off);
+    } else {
+      h.resize(static_cast<size_t>(M * r));
+      quant::kernels::gemm_small(x.data_ptr<float>(), M, f32(A), h.data());
+      for (int64_t m = 0; m < M; ++m) std::copy_n(h.data() + m * r, r, o + m * R + off);
+    }
+    off += r;
+  }
+  return out;
 }
 
 at::Tensor lora_expand_add_impl(const at::Tensor & y, const at::Tensor & xa, int64_t offset, const at::Tensor & B,
                                 const c10::optional<at::Tensor> & bias, const at::Tensor & scale) {
+  const int64_t r = B.dim() == 2 ? B.size(1) : 0, R = xa.dim() > 0 ? xa.size(-1) : 0, M = R > 0 ? xa.numel() / R : 0;
+  if (!(bias.has_value() && bias->defined()) && scalar_float(scale) && r > 0 && offset >= 0 && offset + r <= R &&
+      y.numel() == M * B.size(0) && small_lora({&y, &xa, &B}, M)) {
+    std::vector<float> h(static_cast<size_t>(M * r));
+    for (int64_t m = 0; m < M; ++m) std::copy_n(xa.data_ptr<float>() + m * R + offset, r, h.data() + m * r);
+    return expand_add_small(y, h.data(), M, B, scale.data_ptr<float>()[0]);
+  }
   at::Tensor lora = at::linear(xa.narrow(-1, offset, B.size(1)), B);
   if (bias.has_value() && bias->defined()) lora = lora + *bias;
   return y + (lora * scale).to(y.scalar_type());

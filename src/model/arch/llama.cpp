@@ -3,6 +3,7 @@
 #include "peft/error.h"
 #include "peft/model/blocks.h"
 #include "peft/nn/layers.h"
+#include "peft/ops/decoder-ops.h"
 
 namespace peft {
 namespace {
@@ -50,7 +51,7 @@ class LlamaMLP : public Module {
     register_layer("down_proj", down_proj);
   }
   at::Tensor forward(const at::Tensor & x) {
-    return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+    return down_proj->forward(ops::silu_mul(gate_proj->forward(x), up_proj->forward(x)));
   }
   LayerPtr gate_proj, up_proj, down_proj;
 };
