@@ -39,6 +39,19 @@ at::Tensor vera_delta(const at::Tensor & A, const at::Tensor & B, const at::Tens
   return at::matmul(lambda_b.unsqueeze(1) * B, lambda_d.unsqueeze(1) * A);
 }
 
+std::pair<at::Tensor, at::Tensor> vblora_factors(const at::Tensor & logits_A, const at::Tensor & logits_B,
+                                                 const at::Tensor & bank, int64_t topk) {
+  const auto combine = [&](const at::Tensor & logits) {  // (..., N) -> (..., L)
+    auto top = logits.topk(topk, -1);
+    const at::Tensor w = at::softmax(std::get<0>(top), -1);
+    return (w.unsqueeze(-1) * at::embedding(bank, std::get<1>(top))).sum(-2);  // bank rows at the top-k
+  };
+  const int64_t r = logits_A.size(0);
+  at::Tensor A = combine(logits_A).reshape({r, -1});
+  at::Tensor B = combine(logits_B).transpose(1, 2).reshape({-1, logits_B.size(1)});
+  return {A, B};
+}
+
 at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q) {
   const int64_t O = W.size(0), R = Q.size(0), b = Q.size(1);
   return at::einsum("oib,icb->oic", {W.view({O, R, b}), Q}).reshape({O, R * b});

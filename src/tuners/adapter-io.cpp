@@ -26,6 +26,7 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
   cfg.set_field("inference_mode", !is_trainable);
   const std::string file = dir + "/adapter_model.safetensors";
   auto tensors = safetensors_load(file);  // read and validated before the model is touched
+  if (auto from_file = tuner_method(cfg.peft_type).from_file) from_file(cfg, file, tensors);
   auto wrapped = inject(name, cfg);
   try {
     // checkpoint key -> model tensor, for this adapter's tensors
@@ -35,6 +36,7 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
       for (const auto & p : l.second->adapter_parameters(name)) {
         want[checkpoint_key(l.first + "." + p.first, name)] = p.second;
       }
+      for (const auto & p : l.second->adapter_buffers(name)) want[checkpoint_key(l.first + "." + p.first, name)] = p.second;
     }
     const AdapterConfig & loaded = configs_.at(name);
     if (loaded.shared_persistent) {
@@ -77,6 +79,9 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
                missing.size() > 1 ? str(" (and ", missing.size() - 1, " more)") : "");
     at::NoGradGuard g;
     for (auto & c : copies) c.first.copy_(c.second);
+    for (const auto & l : layers_) {
+      if (l.second->has_adapter(name)) l.second->check_loaded(name, file);
+    }
   } catch (...) {
     // undo the injection completely: drop the adapter, unwrap the layers it wrapped
     delete_adapter(name);
@@ -112,6 +117,7 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
     for (const auto & p : l.second->adapter_parameters(adapter)) {
       out[checkpoint_key(l.first + "." + p.first, adapter)] = p.second;
     }
+    for (const auto & p : l.second->adapter_buffers(adapter)) out[checkpoint_key(l.first + "." + p.first, adapter)] = p.second;
   }
   if (cfg.shared_persistent) {
     for (const auto & kv : cfg.shared) out["base_model." + kv.first] = kv.second;

@@ -94,6 +94,7 @@ void AdapterConfig::set_field(const std::string & key, const nlohmann::json & va
   AdapterConfig c = parse(j, source, *method);
   c.shared = std::move(shared);
   c.shared_persistent = shared_persistent;
+  c.shared_trainable = shared_trainable;
   *this = std::move(c);
 }
 

@@ -106,9 +106,15 @@ void PeftModel::prepare_forward() {
 
 void PeftModel::refresh_trainable() {
   for (auto & p : model_->parameters(true)) p.set_requires_grad(false);
+  for (auto & c : configs_) {
+    for (auto & kv : c.second.shared) kv.second.set_requires_grad(false);
+  }
   for (const auto & a : state_->active()) {
-    const AdapterConfig & cfg = configs_.at(a);
+    AdapterConfig & cfg = configs_.at(a);
     if (cfg.inference_mode) continue;
+    if (cfg.shared_trainable) {
+      for (auto & kv : cfg.shared) kv.second.set_requires_grad(true);
+    }
     for (auto & l : layers_) {
       if (!l.second->has_adapter(a)) continue;
       for (auto & p : l.second->adapter_parameters(a)) p.second.set_requires_grad(true);
@@ -124,6 +130,13 @@ std::vector<at::Tensor> PeftModel::trainable_parameters() const {
   for (const auto & p : named_parameters(*model_)) {
     if (p.second.requires_grad()) out.push_back(p.second);
   }
+  // trainable shared tensors (VB-LoRA's vector bank) are buffers of the layers, listed once
+  for (const auto & c : configs_) {
+    if (!c.second.shared_trainable) continue;
+    for (const auto & kv : c.second.shared) {
+      if (kv.second.requires_grad()) out.push_back(kv.second);
+    }
+  }
   return out;
 }
 
@@ -132,6 +145,13 @@ std::string PeftModel::trainable_summary() const {
   for (const auto & p : named_parameters(*model_)) {
     all += p.second.numel();
     if (p.second.requires_grad()) trainable += p.second.numel();
+  }
+  for (const auto & c : configs_) {  // trainable shared tensors are parameters in PEFT (VB-LoRA's bank)
+    if (!c.second.shared_trainable) continue;
+    for (const auto & kv : c.second.shared) {
+      all += kv.second.numel();
+      if (kv.second.requires_grad()) trainable += kv.second.numel();
+    }
   }
   char pct[32];
   std::snprintf(pct, sizeof(pct), "%.4f", all ? 100.0 * trainable / all : 0.0);

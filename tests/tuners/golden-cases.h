@@ -32,6 +32,10 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"miss", "tiny-llama"},         {"miss_bat", "tiny-llama"},            {"miss_mini", "tiny-llama"},
       // FourierFT (gen_extra.py): seeded coefficient positions, n_frequency_pattern
       {"fourierft", "tiny-llama"},
+      // VB-LoRA (gen_extra.py): a shared vector bank, top-2; top-3 saved with save_only_topk_weights
+      {"vblora", "tiny-llama"},       {"vblora_topk", "tiny-llama"},
+      // SHiRA (gen_extra.py): seeded and unseeded masks; the indices are in the file
+      {"shira", "tiny-llama"},        {"shira_noseed", "tiny-llama"},
       // LoRA initialised from the base weight (PiSSA's SVD, OLoRA's QR): the base keeps the residual
       {"lora_pissa", "tiny-llama"},   {"lora_olora", "tiny-llama"},
   };

@@ -130,6 +130,48 @@ TEST(BadInput, MissingAdapterTensor) {
   EXPECT_NE(e.find("q_proj.lora_B"), std::string::npos) << e;
 }
 
+TEST(BadInput, ShiraIndicesOutsideTheWeightLeaveTheModelUnchanged) {
+  std::string dir = copy_adapter("shira");
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  const std::string key = "base_model.model.model.layers.1.self_attn.v_proj.shira_indices";
+  t[key] = t.at(key).clone();
+  t[key][1][5] = 16;  // v_proj is 16 x 32: column 16 exists, row 16 does not
+  t[key][0][7] = 16;
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto base = load_model(golden_model("tiny-llama"));
+  auto before = snapshot(*base);
+  auto e = error_of([&] { PeftModel::from_pretrained(base, dir); });
+  EXPECT_NE(e.find("shira_indices"), std::string::npos) << e;
+  EXPECT_NE(e.find("outside the 16x32 weight"), std::string::npos) << e;
+  expect_same(*base, before);
+  for (const auto & mod : named_modules(base)) EXPECT_EQ(std::dynamic_pointer_cast<TunerLayer>(mod.second), nullptr) << mod.first;
+}
+
+TEST(BadInput, VBLoRATopKFileWithoutItsWeights) {
+  std::string dir = copy_adapter("vblora_topk");
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  t.erase("base_model.model.model.layers.0.self_attn.q_proj.vblora_logits_B_topk_weights");
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto e = error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); });
+  EXPECT_NE(e.find("q_proj.vblora_logits_B_topk_weights"), std::string::npos) << e;
+  // indices beyond num_vectors (16)
+  dir = copy_adapter("vblora_topk");
+  t = safetensors_load(dir + "/adapter_model.safetensors");
+  const std::string key = "base_model.model.model.layers.0.mlp.down_proj.vblora_logits_A_topk_indices";
+  t[key] = t.at(key).clone();
+  t[key][0][0][0] = 200;
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  e = error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); });
+  EXPECT_NE(e.find("outside [0, num_vectors=16)"), std::string::npos) << e;
+  // VB-LoRA's own checks on a layer the bank's vector length does not divide
+  auto cfg = AdapterConfig::from_json({{"peft_type", "VBLORA"}, {"r", 2}, {"num_vectors", 8}, {"vector_length", 5},
+                                       {"target_modules", {"q_proj"}}}, "config");
+  e = error_of([&] { PeftModel m(load_model(golden_model("tiny-llama")), cfg); });
+  EXPECT_NE(e.find("must be divisible by `vector_length` 5"), std::string::npos) << e;
+  e = error_of([] { AdapterConfig::from_json({{"peft_type", "SHIRA"}, {"mask_type", "magic"}}, "config"); });
+  EXPECT_NE(e.find("'mask_type'"), std::string::npos) << e;
+}
+
 TEST(BadInput, TruncatedAdapterFile) {
   std::string dir = copy_adapter("lora");
   std::string bytes = read_file(dir + "/adapter_model.safetensors");

@@ -1,7 +1,9 @@
 // Training through the C++ API reproduces upstream PEFT's 8-step AdamW run (train_lora_adamw), and
 // gradients reach only the trainable tensors.
+#include <algorithm>
 #include <fstream>
 
+#include "peft/compile/compile.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
@@ -30,6 +32,36 @@ TEST(Train, GoldenAdamW) {
   m->train(false);
   at::NoGradGuard g;
   EXPECT_CLOSE(m->forward({ids}), want.at("logits_final"));
+}
+
+// VB-LoRA: every layer's logits and the one vector bank they share (a buffer of each layer, listed once
+// among the trainable tensors) follow upstream's 8 AdamW steps, eager and compiled
+TEST(Train, VBLoRAGoldenAdamWEagerAndCompiled) {
+  const std::string c = golden_case("train_vblora_adamw");
+  auto want = golden_expected("train_vblora_adamw");
+  at::Tensor ids = golden_ids("train_vblora_adamw");
+  for (bool compiled : {false, true}) {
+    SCOPED_TRACE(compiled ? "compiled" : "eager");
+    auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), c + "/adapter_init", "default", true);
+    m->train();
+    const auto params = m->trainable_parameters();
+    ASSERT_EQ(params.size(), 2u * 3u * 2u + 1u);  // logits A and B of 3 modules in 2 layers, and the bank
+    const at::Tensor bank = m->adapter_state_dict("default").at("base_model.vblora_vector_bank");
+    EXPECT_EQ(std::count_if(params.begin(), params.end(), [&](const at::Tensor & p) { return p.is_same(bank); }), 1);
+    auto cm = compile(*m);
+    Trainer t([&](const ForwardInput & in) { return compiled ? cm.forward(in) : m->forward(in); }, params,
+              golden_train_options());
+    for (int64_t s = 0; s < 8; ++s) {
+      const double w = want.at("losses")[s].item<double>();
+      EXPECT_NEAR(t.step(ids).loss, w, 1e-4 + 1e-3 * std::abs(w)) << "step " << s + 1;
+    }
+    m->train(false);
+    at::NoGradGuard g;
+    EXPECT_CLOSE(m->forward({ids}), want.at("logits_final"));
+    // the bank moved as upstream's did
+    const auto final_up = safetensors_load(c + "/adapter_final/adapter_model.safetensors");
+    EXPECT_TRUE(all_close(bank, final_up.at("base_model.vblora_vector_bank"), 1e-4, 1e-4));
+  }
 }
 
 TEST(Train, GradientsReachOnlyTrainableTensors) {

@@ -32,6 +32,11 @@ at::Tensor dora_weight(const at::Tensor & W, const at::Tensor & A, const at::Ten
 /// VeRA's weight change: (lambda_b B) (lambda_d A), (O, I). A (R, I), B (O, R), lambda_d (R), lambda_b (O).
 at::Tensor vera_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & lambda_d, const at::Tensor & lambda_b);
 
+/// VB-LoRA's factors from the shared vector bank (N, L): each sub-vector is the softmax-weighted sum of
+/// the bank vectors with the top-k logits. logits_A (r, I/L, N) -> A (r, I); logits_B (O/L, r, N) -> B (O, r).
+std::pair<at::Tensor, at::Tensor> vblora_factors(const at::Tensor & logits_A, const at::Tensor & logits_B,
+                                                 const at::Tensor & bank, int64_t topk);
+
 /// OFT/BOFT merged into a weight: W BD(Q)^T (each row's block i times Q_i^T), (O, R*b). Q (R, b, b).
 at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q);
 

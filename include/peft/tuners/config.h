@@ -81,6 +81,7 @@ struct AdapterConfig {
   /// "base_model." (e.g. "vera_A").
   std::map<std::string, at::Tensor> shared;
   bool shared_persistent = true;  // saved in adapter_model.safetensors
+  bool shared_trainable = false;  // trained with the adapter (VB-LoRA's vector bank; VeRA's are frozen)
 
  private:
   [[noreturn]] void throw_wrong_options(const char * type) const;

@@ -38,6 +38,9 @@ struct TunerMethod {
   /// Turn the adapter's tensors (checkpoint keys) into what its file stores, before save_pretrained
   /// writes them (AdaLoRA drops the rows its rank_pattern masks); may be null.
   void (*to_file)(const AdapterConfig & cfg, std::map<std::string, at::Tensor> & tensors) = nullptr;
+  /// The inverse, on a file's tensors before load_adapter matches them to the model (VB-LoRA's top-k
+  /// form back to logits); errors name `file`. May be null.
+  void (*from_file)(const AdapterConfig & cfg, const std::string & file, std::map<std::string, at::Tensor> & tensors) = nullptr;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

@@ -101,6 +101,12 @@ class TunerLayer : public Layer {
   at::Tensor scaling(const std::string & name) const { return scales_->get(name); }
   /// Parameters that belong to adapter `name` (paths relative to this layer).
   std::vector<std::pair<std::string, at::Tensor>> adapter_parameters(const std::string & name) const;
+  /// Tensors of adapter `name` that its file holds but training does not change (SHiRA's indices): saved
+  /// and loaded with the parameters, never trainable. Paths relative to this layer.
+  virtual std::vector<std::pair<std::string, at::Tensor>> adapter_buffers(const std::string & name) const { return {}; }
+  /// After load_adapter copied a file's tensors in: refuse values the method cannot use (indices out of
+  /// range), naming `file`; load_adapter then undoes the load.
+  virtual void check_loaded(const std::string & name, const std::string & file) const {}
   /// This layer's part of the compile key.
   LayerStateKey state_key(const std::string & path) const;
 

@@ -41,6 +41,14 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         the base keeps the residual, so logits_disabled is the residual model; same layout
   fourierft             tiny-llama, FourierFT (n_frequency 40, v_proj 25 by n_frequency_pattern, scaling 20,
                         random_loc_seed 123) on q_proj/v_proj; same layout
+  vblora, vblora_topk   tiny-llama, VB-LoRA (r 4, a bank of 16 vectors of length 8) on q_proj/v_proj/down_proj with
+                        topk 2, and topk 3 saved with save_only_topk_weights (the file holds the top-k indices and
+                        the first k-1 softmax weights instead of the logits); same layout
+  shira, shira_noseed   tiny-llama, SHiRA on q_proj/v_proj/down_proj: r 2 with random_seed 42, and r 1 with no seed
+                        (PEFT's mask generator then starts from torch's default seed); the file holds shira_indices
+                        (int32, (2, n)); same layout
+  train_vblora_adamw    tiny-llama, VB-LoRA trained 8 AdamW steps (logits and the shared bank; train_lora_adamw's
+                        optimizer and loss): losses, logits_final, adapter_init/ and adapter_final/
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -795,6 +803,63 @@ def main():
                               n_frequency_pattern={"v_proj": 25}, init_weights=False)
         return case_single("fourierft", cfg, seed)
 
+    def case_vblora(name, topk, save_only_topk, seed):
+        # VB-LoRA: every A/B sub-vector a softmax-weighted sum of the top-k of a shared vector bank
+        from peft import VBLoRAConfig
+
+        cfg = VBLoRAConfig(r=4, num_vectors=16, vector_length=8, topk=topk, target_modules=["q_proj", "v_proj", "down_proj"],
+                           save_only_topk_weights=save_only_topk)
+        return case_single(name, cfg, seed)
+
+    def case_shira(name, r, random_seed, seed):
+        # SHiRA: trainable values at r*(in+out) positions of each weight, chosen by PEFT's random mask (a fresh
+        # torch.Generator, seeded with random_seed when given: unseeded it starts from the default seed)
+        from peft import ShiraConfig
+        import peft.tuners.shira.layer as shira_layer
+
+        # its once-only warning about hooks reads nn.Module._backward_pre_hooks, which Debian's torch 1.13 lacks
+        shira_layer._warn_once_about_module_hooks = lambda layer: None
+        cfg = ShiraConfig(r=r, target_modules=["q_proj", "v_proj", "down_proj"], random_seed=random_seed,
+                          init_weights=False)
+        return case_single(name, cfg, seed)
+
+    def case_train_vblora(seed=680):
+        # 8 AdamW steps on VB-LoRA: the logits of every layer and the one shared bank (a parameter PEFT's
+        # pm.parameters() yields once) are trained
+        from peft import VBLoRAConfig
+
+        name = "train_vblora_adamw"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        cfg = VBLoRAConfig(r=4, num_vectors=16, vector_length=8, topk=2, target_modules=["q_proj", "v_proj", "down_proj"],
+                           init_vector_bank_bound=0.1)
+        pm = get_peft_model(base, cfg)
+        pm.save_pretrained(os.path.join(folder, "adapter_init"))
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.999),
+                                eps=1e-8, weight_decay=0.01)
+        losses = []
+        pm.train()
+        for _ in range(8):
+            logits = pm(ids)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        pm.save_pretrained(os.path.join(folder, "adapter_final"))
+        pm.eval()
+        case = {"model": "models/tiny-llama", "adapter_init": "adapter_init", "adapter_final": "adapter_final",
+                "optimizer": {"type": "adamw", "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
+                "steps": 8,
+                "loss": "mean cross-entropy of logits[:, :-1] against input_ids[:, 1:], whole batch each step",
+                "what": "VB-LoRA trained from adapter_init (logits and the shared vector bank): losses at each step "
+                        "before the update; logits_final: eval logits after training"}
+        write_case(folder, case, {"losses": torch.tensor(losses), "logits_final": logits_of(pm, ids)}, ids)
+        return {name: ["losses", "logits_final"]}
+
     def case_lora_init(name, init, seed):
         # PiSSA / OLoRA: the adapter starts from the base weight's SVD / QR factors and the base keeps only the
         # residual, so "disabled" is the residual model (PEFT redoes this from the original base on load)
@@ -1170,6 +1235,11 @@ def main():
         "miss": lambda: case_miss("miss", dict(r=5, target_modules=["q_proj", "down_proj"], init_weights=False), 600),
         "miss_bat": lambda: case_miss("miss_bat", dict(r=4, target_modules=["q_proj", "o_proj"], init_weights="bat"), 610),
         "fourierft": lambda: case_fourierft(630),
+        "vblora": lambda: case_vblora("vblora", 2, False, 660),
+        "vblora_topk": lambda: case_vblora("vblora_topk", 3, True, 670),
+        "train_vblora_adamw": case_train_vblora,
+        "shira": lambda: case_shira("shira", 2, 42, 690),
+        "shira_noseed": lambda: case_shira("shira_noseed", 1, None, 700),
         "lora_pissa": lambda: case_lora_init("lora_pissa", "pissa", 640),
         "lora_olora": lambda: case_lora_init("lora_olora", "olora", 650),
         "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
