@@ -19,6 +19,18 @@ const DefaultTargets kLlamaTargets = {
     /*ln_tuning=*/{"input_layernorm", "post_attention_layernorm", "norm"},
 };
 
+// PEFT's rows for qwen2 / qwen3 differ from Llama's for IA3 and LN tuning
+const DefaultTargets kQwenTargets = {
+    /*lora=*/{"q_proj", "v_proj"},
+    /*ia3=*/{"q_proj", "v_proj", "down_proj"},
+    /*ia3_feedforward=*/{"down_proj"},
+    /*adalora=*/{"q_proj", "v_proj"},
+    /*ln_tuning=*/{"post_attention_layernorm"},
+};
+
+// PEFT has no default targets for phi3 (target_modules must be given)
+const DefaultTargets kNoTargets = {{}, {}, {}, {}, {}};
+
 const DefaultTargets kOptTargets = {
     /*lora=*/{"q_proj", "v_proj"},
     /*ia3=*/{"q_proj", "k_proj", "fc2"},
@@ -33,7 +45,9 @@ const std::vector<Architecture> & architectures() {
   static const std::vector<Architecture> table = {
       {"llama", "LlamaForCausalLM", &read_llama_config, &build_llama, kLlamaTargets},
       {"mistral", "MistralForCausalLM", &read_llama_config, &build_llama, kLlamaTargets},
-      {"qwen2", "Qwen2ForCausalLM", &read_llama_config, &build_llama, kLlamaTargets},
+      {"qwen2", "Qwen2ForCausalLM", &read_llama_config, &build_llama, kQwenTargets},
+      {"qwen3", "Qwen3ForCausalLM", &read_llama_config, &build_llama, kQwenTargets},
+      {"phi3", "Phi3ForCausalLM", &read_llama_config, &build_llama, kNoTargets},
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},
   };
   return table;

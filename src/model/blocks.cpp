@@ -4,17 +4,6 @@
 
 namespace peft::blocks {
 
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, int64_t head_dim, double theta,
-                                               at::ScalarType dtype) {
-  // inv_freq as Hugging Face computes it: 1 / theta^(arange(0, d, 2) / d) in float32
-  at::Tensor idx = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong).device(position_ids.device()))
-                       .to(at::kFloat);
-  at::Tensor inv_freq = 1.0 / at::pow(theta, idx / static_cast<double>(head_dim));
-  at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv_freq;  // (B, S, Dh/2)
-  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);                // (B, 1, S, Dh)
-  return {emb.cos().to(dtype), emb.sin().to(dtype)};
-}
-
 at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin) {
   return ops::rotary(x, cos, sin);  // x * cos + cat(-x2, x1) * sin
 }

@@ -56,12 +56,17 @@ void CausalLM::validate(const ForwardInput & in) const {
              ")");
   const int64_t L = in.cache ? in.cache->capacity() : in.input_ids.size(1);
   if (in.position_ids.defined()) {
-    // explicit positions (a serving engine's slots are not positions): the positions themselves are checked
     PEFT_CHECK(in.position_ids.sizes() == in.input_ids.sizes(), "position_ids must be (batch, seq) like input_ids");
+    PEFT_CHECK(in.position_ids.min().item<int64_t>() >= 0, "position_ids must not be negative");
+  }
+  // a learned position table (OPT) has max_position_embeddings rows; rotary positions go on past it, as in
+  // transformers (rope_scaling is what makes them meaningful there)
+  if (cfg.learned_positions && in.position_ids.defined()) {
+    // explicit positions (a serving engine's slots are not positions): the positions themselves are checked
     const int64_t p = in.position_ids.max().item<int64_t>();
-    PEFT_CHECK(in.position_ids.min().item<int64_t>() >= 0 && p < cfg.max_position_embeddings, "position ", p,
-               " exceeds the model's ", cfg.max_position_embeddings, " (max_position_embeddings in config.json)");
-  } else {
+    PEFT_CHECK(p < cfg.max_position_embeddings, "position ", p, " exceeds the model's ", cfg.max_position_embeddings,
+               " (max_position_embeddings in config.json)");
+  } else if (cfg.learned_positions) {
     PEFT_CHECK(L <= cfg.max_position_embeddings, "a sequence of ", L, " positions",
                in.cache ? " (KV cache capacity)" : "", " exceeds the model's ", cfg.max_position_embeddings,
                " (max_position_embeddings in config.json)");
@@ -98,6 +103,9 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   ctx.cache_position = in.cache_position.defined() ? in.cache_position : at::arange(S, lopts);
   at::Tensor key_pos = at::arange(L, lopts);
   at::Tensor allowed = key_pos.unsqueeze(0) <= ctx.cache_position.unsqueeze(1);  // (S, L) causal
+  if (config_.sliding_window > 0) {  // and less than sliding_window slots back (Mistral)
+    allowed = allowed.logical_and(key_pos.unsqueeze(0) > ctx.cache_position.unsqueeze(1) - config_.sliding_window);
+  }
   if (in.attention_mask.defined()) {
     at::Tensor am = in.attention_mask.to(at::kBool);
     ctx.mask = allowed.unsqueeze(0).logical_and(am.unsqueeze(1)).unsqueeze(1);  // (B, 1, S, L)

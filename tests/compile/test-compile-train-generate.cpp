@@ -1,5 +1,6 @@
 // Training and generation through the compiled model: gradients and losses equal eager/PEFT's, an
 // optimizer step is seen without recompiling, greedy tokens are identical, decode never recompiles.
+#include <algorithm>
 #include <fstream>
 
 #include "peft/compile/compile.h"
@@ -87,7 +88,10 @@ TEST_P(CompiledGenerate, GreedyTokensIdenticalAndDecodeNeverRecompiles) {
   EXPECT_EQ(c.stats().cache_hits, 18u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CompiledGenerate, ::testing::Values("tiny-llama", "tiny-opt"));
+// Qwen3 (q/k norms), Mistral (a window of 4 slots over the 25-slot cache) and yarn (cos/sin scaled) too
+INSTANTIATE_TEST_SUITE_P(Models, CompiledGenerate,
+                         ::testing::Values("tiny-llama", "tiny-opt", "tiny-qwen3", "tiny-mistral", "tiny-rope-llama3"),
+                         [](const auto & i) { std::string s = i.param; std::replace(s.begin(), s.end(), '-', '_'); return s; });
 
 TEST(CompiledGenerate, CliMatchesEager) {
   std::string a, b;

@@ -26,7 +26,10 @@ objs=()
 for s in "${parsers[@]}" $(for h in "${harnesses[@]}"; do echo "tests/fuzz/fuzz-$h.cpp"; done); do
   objs+=("$src/$s")
 done
-printf '%s\n' "${objs[@]}" | xargs -P 2 -I{} bash -c 'set -e; read -ra f <<< "$cflags_str"; o="$out/obj/$(echo "{}" | tr "/" "_").o"; if [ ! -f "$o" ] || [ "{}" -nt "$o" ]; then $ccache $cxx "${f[@]}" -c "{}" -o "$o"; fi'
+# an object is rebuilt when its source or any header is newer (a header's struct layout must match libpeft.a's)
+newest_header=$(find "$src/include" "$src/src" "$src/tools/peft" -name '*.h' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+touch -r "$newest_header" "$out/obj/headers.stamp"
+printf '%s\n' "${objs[@]}" | xargs -P 2 -I{} bash -c 'set -e; read -ra f <<< "$cflags_str"; o="$out/obj/$(echo "{}" | tr "/" "_").o"; if [ ! -f "$o" ] || [ "{}" -nt "$o" ] || [ "$out/obj/headers.stamp" -nt "$o" ]; then $ccache $cxx "${f[@]}" -c "{}" -o "$o"; fi'
 pobjs=()
 for s in "${parsers[@]}"; do pobjs+=("$out/obj/$(echo "$src/$s" | tr '/' '_').o"); done
 libs=(-Wl,--start-group "$build/src/libpeft.a" -Wl,--end-group -L/usr/lib/x86_64-linux-gnu -ltorch -ltorch_cpu -lc10

@@ -39,7 +39,7 @@ Runner add_forward(CLI::App & app) {
     for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
     check_output_file("--out", o->out, inputs);
     const auto rows = read_ragged_ids_json(o->ids);
-    check_ids(o->ids, rows, ModelConfig::load(o->model));
+    check_ids(o->ids, rows, ModelConfig::load(o->model), 0, /*positions_only_if_learned=*/true);
     at::Tensor ids = ids_tensor(rows, o->ids);
     apply_common_options(o->common);
     auto model = load_model_with(o->model, dtype, o->quant);

@@ -103,10 +103,11 @@ void check_output_file(const std::string & flag, const std::string & out, const 
 }
 
 void check_ids(const std::string & path, const std::vector<std::vector<int64_t>> & rows, const ModelConfig & cfg,
-               int64_t extra) {
+               int64_t extra, bool positions_only_if_learned) {
+  const bool limit = cfg.learned_positions || !positions_only_if_learned;
   for (size_t i = 0; i < rows.size(); ++i) {
     const int64_t len = static_cast<int64_t>(rows[i].size());
-    PEFT_CHECK(len + extra <= cfg.max_position_embeddings, path, ": row ", i, " has ", len, " tokens",
+    PEFT_CHECK(!limit || len + extra <= cfg.max_position_embeddings, path, ": row ", i, " has ", len, " tokens",
                extra ? str(" (+", extra, ")") : "", ", more than the model's ", cfg.max_position_embeddings,
                " positions (max_position_embeddings)");
     for (size_t k = 0; k < rows[i].size(); ++k) {

@@ -55,9 +55,11 @@ void check_output_folder(const std::string & flag, const std::string & out, cons
 /// An output file: as above, and not an existing folder.
 void check_output_file(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs);
 /// Token-id rows of `path` against the model: ids in [0, vocab_size), lengths (plus `extra` positions)
-/// within max_position_embeddings. Errors name the file, the row and the position.
+/// within max_position_embeddings (with `positions_only_if_learned`, only for a learned position table:
+/// a forward pass of a rotary model goes on past it, as in transformers). Errors name the file, the row
+/// and the position.
 void check_ids(const std::string & path, const std::vector<std::vector<int64_t>> & rows, const ModelConfig & cfg,
-               int64_t extra = 0);
+               int64_t extra = 0, bool positions_only_if_learned = false);
 /// The flags of `cmd` among `flags` that were given (for "does not apply" errors).
 std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::string> & flags);
 

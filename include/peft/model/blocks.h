@@ -7,9 +7,11 @@
 
 namespace peft::blocks {
 
-/// cos, sin of shape (B, 1, S, Dh) for rotary embeddings at `position_ids` (B, S).
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, int64_t head_dim, double theta,
-                                               at::ScalarType dtype);
+/// cos, sin of shape (B, 1, S, Dh) for rotary embeddings at `position_ids` (B, S): rope_theta, head_dim and
+/// rope_scaling of `c` (src/model/rope.cpp).
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, const ModelConfig & c, at::ScalarType dtype);
+/// Read config.json's rope_scaling into c.rope_scaling (an error names any field or type not supported).
+void read_rope_scaling(const ConfigReader & r, ModelConfig & c);
 /// x * cos + rotate_half(x) * sin, x: (B, H, S, Dh).
 at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin);
 

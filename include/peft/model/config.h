@@ -28,8 +28,18 @@ class ConfigReader {
   const std::string & src_;
 };
 
+/// config.json's rope_scaling (transformers' modeling_rope_utils): how the rotary frequencies are scaled.
+struct RopeScaling {
+  std::string type = "default";  // default, linear, dynamic, yarn, llama3
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int64_t original_max_position_embeddings = 0;          // llama3
+  double beta_fast = 32.0, beta_slow = 1.0;              // yarn
+  double attention_factor = 1.0;  // cos and sin are multiplied by it (yarn: 0.1 ln(factor) + 1 unless given)
+};
+
 struct ModelConfig {
-  std::string model_type;     // "llama", "mistral", "qwen2", "opt"
+  std::string model_type;     // "llama", "mistral", "qwen2", "qwen3", "phi3", "opt"
   std::string architecture;   // "LlamaForCausalLM", ...
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -39,9 +49,14 @@ struct ModelConfig {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t max_position_embeddings = 2048;
+  bool learned_positions = false;  // OPT: a position table, so no position past max_position_embeddings
   double rms_norm_eps = 1e-6;
   double layer_norm_eps = 1e-5;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  int64_t sliding_window = 0;  // Mistral, Phi-3: a query sees the keys less than this many slots back (0: all)
+  bool qk_norm = false;        // Qwen3: RMSNorm over each head of q and k before the rotary embedding
+  bool fused_projections = false;  // Phi-3: qkv_proj and gate_up_proj instead of q/k/v_proj and gate/up_proj
   std::string hidden_act = "silu";
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // bias on q/k/v (Qwen2: true)

@@ -1,5 +1,7 @@
-// Llama family (LlamaForCausalLM; Mistral and Qwen2 checkpoints use the same layout): RMSNorm, rotary
-// embeddings, grouped-query attention, SiLU-gated MLP, optional tied embeddings, optional q/k/v bias.
+// Llama family (LlamaForCausalLM; Mistral, Qwen2, Qwen3 and Phi-3 checkpoints use the same layout): RMSNorm, rotary
+// embeddings (rope_scaling: src/model/rope.cpp), grouped-query attention, SiLU-gated MLP, optional tied
+// embeddings, optional q/k/v bias; Qwen3's RMSNorm of each q/k head (q_norm, k_norm); Phi-3's fused qkv_proj
+// and gate_up_proj; Mistral's and Phi-3's sliding window (the attention mask, src/model/causal-lm.cpp).
 #include "peft/error.h"
 #include "peft/model/blocks.h"
 #include "peft/nn/layers.h"
@@ -12,22 +14,48 @@ class LlamaAttention : public Module {
  public:
   LlamaAttention(const ModelConfig & c, int64_t layer) : cfg(c), layer_idx(layer) {
     const int64_t D = c.hidden_size, Dh = c.head_dim;
-    q_proj = std::make_shared<Linear>(D, c.num_heads * Dh, c.attention_bias);
-    k_proj = std::make_shared<Linear>(D, c.num_kv_heads * Dh, c.attention_bias);
-    v_proj = std::make_shared<Linear>(D, c.num_kv_heads * Dh, c.attention_bias);
+    if (c.fused_projections) {  // Phi-3: q | k | v in one projection
+      qkv_proj = std::make_shared<Linear>(D, (c.num_heads + 2 * c.num_kv_heads) * Dh, c.attention_bias);
+      register_layer("qkv_proj", qkv_proj);
+    } else {
+      q_proj = std::make_shared<Linear>(D, c.num_heads * Dh, c.attention_bias);
+      k_proj = std::make_shared<Linear>(D, c.num_kv_heads * Dh, c.attention_bias);
+      v_proj = std::make_shared<Linear>(D, c.num_kv_heads * Dh, c.attention_bias);
+      register_layer("q_proj", q_proj);
+      register_layer("k_proj", k_proj);
+      register_layer("v_proj", v_proj);
+    }
     o_proj = std::make_shared<Linear>(c.num_heads * Dh, D, c.o_proj_bias);
-    register_layer("q_proj", q_proj);
-    register_layer("k_proj", k_proj);
-    register_layer("v_proj", v_proj);
     register_layer("o_proj", o_proj);
+    if (c.qk_norm) {
+      q_norm = std::make_shared<RMSNorm>(Dh, c.rms_norm_eps);
+      k_norm = std::make_shared<RMSNorm>(Dh, c.rms_norm_eps);
+      register_layer("q_norm", q_norm);
+      register_layer("k_norm", k_norm);
+    }
   }
 
   at::Tensor forward(const at::Tensor & x, const AttentionContext & ctx, const at::Tensor & cos,
                      const at::Tensor & sin) {
-    const int64_t B = x.size(0), S = x.size(1), Dh = cfg.head_dim;
-    at::Tensor q = q_proj->forward(x).view({B, S, cfg.num_heads, Dh}).transpose(1, 2);
-    at::Tensor k = k_proj->forward(x).view({B, S, cfg.num_kv_heads, Dh}).transpose(1, 2);
-    at::Tensor v = v_proj->forward(x).view({B, S, cfg.num_kv_heads, Dh}).transpose(1, 2);
+    const int64_t B = x.size(0), S = x.size(1), Dh = cfg.head_dim, H = cfg.num_heads, Hkv = cfg.num_kv_heads;
+    at::Tensor q, k, v;
+    if (qkv_proj) {
+      const at::Tensor qkv = qkv_proj->forward(x);
+      q = qkv.narrow(-1, 0, H * Dh).view({B, S, H, Dh});
+      k = qkv.narrow(-1, H * Dh, Hkv * Dh).view({B, S, Hkv, Dh});
+      v = qkv.narrow(-1, (H + Hkv) * Dh, Hkv * Dh).view({B, S, Hkv, Dh});
+    } else {
+      q = q_proj->forward(x).view({B, S, H, Dh});
+      k = k_proj->forward(x).view({B, S, Hkv, Dh});
+      v = v_proj->forward(x).view({B, S, Hkv, Dh});
+    }
+    if (q_norm) {  // Qwen3: over each head, before the rotary embedding
+      q = q_norm->forward(q);
+      k = k_norm->forward(k);
+    }
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
+    v = v.transpose(1, 2);
     q = blocks::apply_rope(q, cos, sin);
     k = blocks::apply_rope(k, cos, sin);
     auto kv = blocks::update_cache(ctx, layer_idx, k, v);
@@ -38,22 +66,35 @@ class LlamaAttention : public Module {
   const ModelConfig & cfg;
   int64_t layer_idx;
   LayerPtr q_proj, k_proj, v_proj, o_proj;
+  LayerPtr qkv_proj;        // Phi-3 only (instead of q/k/v_proj)
+  LayerPtr q_norm, k_norm;  // Qwen3 only
 };
 
 class LlamaMLP : public Module {
  public:
-  explicit LlamaMLP(const ModelConfig & c) {
-    gate_proj = std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias);
-    up_proj = std::make_shared<Linear>(c.hidden_size, c.intermediate_size, c.mlp_bias);
-    down_proj = std::make_shared<Linear>(c.intermediate_size, c.hidden_size, c.mlp_bias);
-    register_layer("gate_proj", gate_proj);
-    register_layer("up_proj", up_proj);
+  explicit LlamaMLP(const ModelConfig & c) : I(c.intermediate_size) {
+    if (c.fused_projections) {  // Phi-3: gate | up in one projection
+      gate_up_proj = std::make_shared<Linear>(c.hidden_size, 2 * I, c.mlp_bias);
+      register_layer("gate_up_proj", gate_up_proj);
+    } else {
+      gate_proj = std::make_shared<Linear>(c.hidden_size, I, c.mlp_bias);
+      up_proj = std::make_shared<Linear>(c.hidden_size, I, c.mlp_bias);
+      register_layer("gate_proj", gate_proj);
+      register_layer("up_proj", up_proj);
+    }
+    down_proj = std::make_shared<Linear>(I, c.hidden_size, c.mlp_bias);
     register_layer("down_proj", down_proj);
   }
   at::Tensor forward(const at::Tensor & x) {
+    if (gate_up_proj) {
+      const at::Tensor gu = gate_up_proj->forward(x);
+      return down_proj->forward(ops::silu_mul(gu.narrow(-1, 0, I), gu.narrow(-1, I, I)));
+    }
     return down_proj->forward(ops::silu_mul(gate_proj->forward(x), up_proj->forward(x)));
   }
+  int64_t I;
   LayerPtr gate_proj, up_proj, down_proj;
+  LayerPtr gate_up_proj;  // Phi-3 only (instead of gate/up_proj)
 };
 
 class LlamaDecoderLayer : public Module {
@@ -104,7 +145,7 @@ class LlamaForCausalLM : public CausalLM {
  protected:
   at::Tensor forward_impl(const at::Tensor & ids, const AttentionContext & ctx) override {
     at::Tensor h = model->embed_tokens->forward(ids);
-    auto cs = blocks::rope_cos_sin(ctx.position_ids, config_.head_dim, config_.rope_theta, h.scalar_type());
+    auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
     for (size_t i = 0; i < model->layers->size(); ++i) {
       h = model->layers->at<LlamaDecoderLayer>(i)->forward(h, ctx, cs.first, cs.second);
     }
@@ -130,13 +171,25 @@ void read_llama_config(const ConfigReader & r, ModelConfig & c) {
   c.hidden_act = r.string("hidden_act", "silu");
   PEFT_CHECK(c.hidden_act == "silu", src, ": hidden_act '", c.hidden_act, "' is not supported (only silu)");
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
+  const bool qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
   c.attention_bias = r.boolean("attention_bias", c.model_type == "qwen2");  // Qwen2: q/k/v bias, none on o_proj
-  c.o_proj_bias = c.model_type == "qwen2" ? false : c.attention_bias;
+  c.o_proj_bias = c.model_type == "qwen2" ? false : c.attention_bias;  // Qwen3 and the rest: as q/k/v
+  c.qk_norm = c.model_type == "qwen3";
+  c.fused_projections = c.model_type == "phi3";
+  PEFT_CHECK(!r.has("partial_rotary_factor") || r.number("partial_rotary_factor", 1.0) == 1.0, src,
+             ": field 'partial_rotary_factor' other than 1 is not supported yet");
+  if ((c.model_type == "mistral" || c.model_type == "phi3") && r.has("sliding_window") &&
+      !r.json()["sliding_window"].is_null()) {
+    c.sliding_window = r.integer("sliding_window", 0, false);
+  }
+  // Qwen2/3 configs carry a sliding_window that only use_sliding_window turns on (for some layers)
+  PEFT_CHECK(!(qwen && r.boolean("use_sliding_window", false)), src,
+             ": field 'use_sliding_window' (sliding-window layers of Qwen2/Qwen3) is not supported yet");
   c.mlp_bias = r.boolean("mlp_bias", false);
   PEFT_CHECK(c.num_heads % c.num_kv_heads == 0, src, ": num_attention_heads ", c.num_heads,
              " is not a multiple of num_key_value_heads ", c.num_kv_heads);
   PEFT_CHECK(c.head_dim % 2 == 0, src, ": head_dim ", c.head_dim, " must be even for rotary embeddings");
-  PEFT_CHECK(!r.has("rope_scaling"), src, ": field 'rope_scaling' is not supported yet");
+  blocks::read_rope_scaling(r, c);
 }
 
 }  // namespace peft

@@ -130,6 +130,7 @@ std::shared_ptr<CausalLM> build_opt(const ModelConfig & cfg) { return std::make_
 
 void read_opt_config(const ConfigReader & r, ModelConfig & c) {
   c.intermediate_size = r.integer("ffn_dim", 0, true);
+  c.learned_positions = true;
   c.num_kv_heads = c.num_heads;
   c.head_dim = c.hidden_size / c.num_heads;
   c.word_embed_proj_dim = r.integer("word_embed_proj_dim", c.hidden_size, false);

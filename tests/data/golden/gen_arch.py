@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Golden data for the Llama-family variants: Qwen3 (per-head q/k RMSNorm, head_dim apart from hidden/heads),
+Mistral (sliding-window attention), Phi-3 (fused qkv_proj / gate_up_proj, sliding window) and the rope_scaling types (linear, dynamic, yarn, llama3), each as a tiny random
+checkpoint in Hugging Face's layout with a LoRA adapter from upstream PEFT on top.
+
+usage: python3 tests/data/golden/gen_arch.py --oracle /tmp/oracle [--only CASE[,CASE]]
+
+The reference below is written from transformers' modeling code (LlamaForCausalLM with Qwen3Attention's q_norm/k_norm,
+MistralAttention's sliding-window mask, and modeling_rope_utils' _compute_*_parameters for the rotary frequencies),
+eager attention in float32. --oracle is a prepared copy of shared/oracle (its setup.sh run first; use
+/usr/bin/python3): PEFT comes from there. Writes models/tiny-<name> and cases/arch_<name>/ (case.json, input_ids.json,
+expected.safetensors with logits (the base model) and logits_lora (the adapter in adapter/ active), adapter/).
+Everything is seeded and single-threaded, so two runs write the same files.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+BASE = {
+    "vocab_size": 96, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+    "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
+}
+
+CASES = {
+    # Qwen3: head_dim 16 (hidden 32 / 4 heads would be 8), q/k norms, attention_bias on q/k/v/o
+    "qwen3": dict(BASE, architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=16, attention_bias=True,
+                  use_sliding_window=False, sliding_window=None, max_window_layers=2),
+    # Mistral: a window of 4 over 9 tokens
+    "mistral": dict(BASE, architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=4),
+    # Phi-3: fused qkv_proj and gate_up_proj (PEFT targets them by those names), a sliding window of 5
+    "phi3": dict(BASE, architectures=["Phi3ForCausalLM"], model_type="phi3", sliding_window=5, partial_rotary_factor=1.0,
+                 original_max_position_embeddings=64, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+                 pad_token_id=0),
+    "rope_linear": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama",
+                        rope_scaling={"type": "linear", "factor": 2.5}),
+    # dynamic NTK: positions past max_position_embeddings (6) change the base
+    "rope_dynamic": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", max_position_embeddings=6,
+                         rope_scaling={"rope_type": "dynamic", "factor": 3.0}),
+    "rope_yarn": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", rope_theta=500.0,
+                      max_position_embeddings=16,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 8.0, "beta_slow": 0.5}),
+    "rope_llama3": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", rope_theta=500.0,
+                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+}
+
+
+def build_reference(torch):
+    from torch import nn
+    import torch.nn.functional as F
+
+    class AttrDict(dict):
+        def __getattr__(self, k):
+            try:
+                return self[k]
+            except KeyError:
+                raise AttributeError(k) from None
+
+        def to_dict(self):
+            return dict(self)
+
+    class RMSNorm(nn.Module):
+        def __init__(self, d, eps):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+            self.eps = eps
+
+        def forward(self, x):
+            dt = x.dtype
+            x = x.float()
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self.weight * x.to(dt)
+
+    def head_dim_of(c):
+        return c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+
+    def default_inv_freq(c):
+        dim = head_dim_of(c)
+        return 1.0 / (c["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+    def rope_parameters(c, seq_len):
+        """inv_freq and attention factor as modeling_rope_utils computes them (seq_len: max position + 1, a tensor)."""
+        rs = c.get("rope_scaling") or {}
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        dim = head_dim_of(c)
+        if kind == "default":
+            return default_inv_freq(c), 1.0
+        factor = rs["factor"]
+        if kind == "linear":
+            return default_inv_freq(c) / factor, 1.0
+        if kind == "dynamic":
+            maxp = c["max_position_embeddings"]
+            if not bool(seq_len > maxp):  # LlamaRotaryEmbedding keeps the original frequencies up to maxp
+                return default_inv_freq(c), 1.0
+            base = c["rope_theta"] * ((factor * seq_len / maxp) - (factor - 1)) ** (dim / (dim - 2))
+            return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), 1.0
+        if kind == "llama3":
+            inv = default_inv_freq(c)
+            low, high, old = rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"]
+            low_wavelen, high_wavelen = old / low, old / high
+            wavelen = 2 * math.pi / inv
+            inv_l = torch.where(wavelen > low_wavelen, inv / factor, inv)
+            smooth = (old / wavelen - low) / (high - low)
+            smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
+            medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+            return torch.where(medium, smoothed, inv_l), 1.0
+        if kind == "yarn":
+            base, maxp = c["rope_theta"], c["max_position_embeddings"]
+            att = rs.get("attention_factor")
+            if att is None:
+                att = 0.1 * math.log(factor) + 1.0
+            beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+            def corr_dim(rot):
+                return (dim * math.log(maxp / (rot * 2 * math.pi))) / (2 * math.log(base))
+
+            lo = max(math.floor(corr_dim(beta_fast)), 0)
+            hi = min(math.ceil(corr_dim(beta_slow)), dim - 1)
+            if lo == hi:
+                hi += 0.001
+            ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1)
+            pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+            extra, inter = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+            ef = 1 - ramp
+            return inter * (1 - ef) + extra * ef, att
+        raise ValueError(kind)
+
+    def rotate_half(x):
+        h = x.shape[-1] // 2
+        return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+    class Attention(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+            self.h, self.kvh, self.hd = c["num_attention_heads"], c["num_key_value_heads"], head_dim_of(c)
+            d, bias = c["hidden_size"], c.get("attention_bias", False)
+            if c["model_type"] == "phi3":  # Phi3Attention: one projection, split as q | k | v
+                self.qkv_proj = nn.Linear(d, (self.h + 2 * self.kvh) * self.hd, bias=False)
+            else:
+                self.q_proj = nn.Linear(d, self.h * self.hd, bias=bias)
+                self.k_proj = nn.Linear(d, self.kvh * self.hd, bias=bias)
+                self.v_proj = nn.Linear(d, self.kvh * self.hd, bias=bias)
+            self.o_proj = nn.Linear(self.h * self.hd, d, bias=bias)
+            if c["model_type"] == "qwen3":
+                self.q_norm = RMSNorm(self.hd, c["rms_norm_eps"])
+                self.k_norm = RMSNorm(self.hd, c["rms_norm_eps"])
+
+        def forward(self, x, cos, sin):
+            B, T, _ = x.shape
+            if self.c["model_type"] == "phi3":
+                qkv = self.qkv_proj(x)
+                qp, kp = self.h * self.hd, self.kvh * self.hd
+                q, k, v = qkv[..., :qp], qkv[..., qp:qp + kp], qkv[..., qp + kp:]
+                q, k = q.reshape(B, T, self.h, self.hd), k.reshape(B, T, self.kvh, self.hd)
+                v = v.reshape(B, T, self.kvh, self.hd).transpose(1, 2)
+            else:
+                q = self.q_proj(x).view(B, T, self.h, self.hd)
+                k = self.k_proj(x).view(B, T, self.kvh, self.hd)
+                v = self.v_proj(x).view(B, T, self.kvh, self.hd).transpose(1, 2)
+            if self.c["model_type"] == "qwen3":
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            rep = self.h // self.kvh
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            s = q @ k.transpose(2, 3) / math.sqrt(self.hd)
+            qi, ki = torch.arange(T)[:, None], torch.arange(T)[None, :]
+            allowed = ki <= qi
+            if self.c["model_type"] in ("mistral", "phi3") and self.c.get("sliding_window"):
+                allowed = allowed & (ki > qi - self.c["sliding_window"])
+            s = s.masked_fill(~allowed, torch.finfo(s.dtype).min)
+            p = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+            return self.o_proj((p @ v).transpose(1, 2).reshape(B, T, -1))
+
+    class MLP(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            d, i = c["hidden_size"], c["intermediate_size"]
+            self.fused = c["model_type"] == "phi3"
+            if self.fused:  # Phi3MLP: gate | up in one projection
+                self.gate_up_proj = nn.Linear(d, 2 * i, bias=False)
+            else:
+                self.gate_proj = nn.Linear(d, i, bias=False)
+                self.up_proj = nn.Linear(d, i, bias=False)
+            self.down_proj = nn.Linear(i, d, bias=False)
+
+        def forward(self, x):
+            if self.fused:
+                gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+                return self.down_proj(up * F.silu(gate))
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    class Layer(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.self_attn = Attention(c)
+            self.mlp = MLP(c)
+            self.input_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+            self.post_attention_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+
+        def forward(self, x, cos, sin):
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+            return x + self.mlp(self.post_attention_layernorm(x))
+
+    class Model(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+            self.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
+            self.layers = nn.ModuleList([Layer(c) for _ in range(c["num_hidden_layers"])])
+            self.norm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+
+        def forward(self, ids):
+            pos = torch.arange(ids.shape[1])[None, :]
+            inv, att = rope_parameters(self.c, torch.max(pos) + 1)
+            freqs = (inv[None, :, None].float() @ pos[:, None, :].float()).transpose(1, 2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = (emb.cos() * att)[:, None], (emb.sin() * att)[:, None]
+            x = self.embed_tokens(ids)
+            for layer in self.layers:
+                x = layer(x, cos, sin)
+            return self.norm(x)
+
+    class ForCausalLM(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.config = AttrDict(c)
+            self.model = Model(c)
+            self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            return self.lm_head(self.model(input_ids))
+
+        def prepare_inputs_for_generation(self, input_ids, **kwargs):
+            return {"input_ids": input_ids}
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+        def get_input_embeddings(self):
+            return self.model.embed_tokens
+
+    return ForCausalLM
+
+
+def main():
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # PEFT writes target_modules (a set) in hash order: fix the hash seed so adapter_config.json is the same each run
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--oracle", required=True, help="prepared copy of shared/oracle")
+    ap.add_argument("--golden", default=HERE, help="golden folder holding models/ and cases/ (default: this folder)")
+    ap.add_argument("--only", default="", metavar="CASE[,CASE]")
+    a = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(a.oracle))
+    import oracle_env  # noqa: F401  (must come before peft)
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    ForCausalLM = build_reference(torch)
+    only = [x for x in a.only.split(",") if x]
+    for i, (name, config) in enumerate(CASES.items()):
+        if only and name not in only:
+            continue
+        seed = 900 + 10 * i
+        torch.manual_seed(seed)
+        model = ForCausalLM(config)
+        with torch.no_grad():  # visible, non-trivial norm weights and biases
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                elif n.endswith(".bias"):
+                    p.copy_(0.02 * torch.randn_like(p))
+                elif p.dim() == 2:
+                    p.copy_(0.08 * torch.randn_like(p))
+        mdir = os.path.join(a.golden, "models", f"tiny-{name.replace('_', '-')}")
+        os.makedirs(mdir, exist_ok=True)
+        sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(sd, os.path.join(mdir, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(mdir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+        ids = torch.randint(3, 96, (3, 9), generator=torch.Generator().manual_seed(seed + 1))
+        model.eval()
+        with torch.no_grad():
+            exp = {"logits": model(ids).detach().clone()}
+        targets = (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] if config["model_type"] == "phi3"
+                   else ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
+        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+        g = torch.Generator().manual_seed(seed + 2)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if p.requires_grad:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+        pm.eval()
+        folder = os.path.join(a.golden, "cases", f"arch_{name}")
+        shutil.rmtree(folder, ignore_errors=True)
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        with torch.no_grad():
+            exp["logits_lora"] = pm(ids).detach().clone()
+        with open(os.path.join(folder, "case.json"), "w") as f:
+            json.dump({"model": os.path.relpath(mdir, a.golden), "adapter": "adapter",
+                       "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (the base "
+                               "model), logits_lora (the LoRA adapter in adapter/ active)"}, f, indent=2)
+            f.write("\n")
+        with open(os.path.join(folder, "input_ids.json"), "w") as f:
+            json.dump(ids.tolist(), f)
+        save_file({k: v.contiguous() for k, v in exp.items()}, os.path.join(folder, "expected.safetensors"))
+        print(name, "->", os.path.relpath(mdir, a.golden), os.path.relpath(folder, a.golden))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+// The Llama-family variants against a reference written from transformers' modeling code
+// (tests/data/golden/gen_arch.py): Qwen3's per-head q/k norms, Mistral's sliding window, Phi-3's fused
+// projections, and the rotary
+// scalings (linear, dynamic, yarn, llama3), each without and with a LoRA adapter from upstream PEFT, eager,
+// compiled and through the CLI; and a KV-cache decode equal to the full forward under the sliding window.
+#include <set>
+
+#include "peft/compile/compile.h"
+#include "peft/error.h"
+#include "peft/io/safetensors.h"
+#include "peft/model/causal-lm.h"
+#include "peft/peft-model.h"
+#include "support.h"
+
+using namespace peft;
+using namespace peft::test;
+
+namespace {
+
+struct ArchCase {
+  const char * name;   // cases/arch_<name>
+  const char * model;  // models/<model>
+};
+
+class Arch : public ::testing::TestWithParam<ArchCase> {
+ protected:
+  std::string case_dir() const { return golden_case(std::string("arch_") + GetParam().name); }
+  at::Tensor ids() const { return golden_ids(std::string("arch_") + GetParam().name); }
+  std::map<std::string, at::Tensor> want() const { return golden_expected(std::string("arch_") + GetParam().name); }
+};
+
+TEST_P(Arch, BaseAndLoraMatchTheReferenceEagerAndCompiled) {
+  auto base = load_model(golden_model(GetParam().model));
+  at::NoGradGuard g;
+  EXPECT_CLOSE(base->forward({ids()}), want().at("logits"));
+  EXPECT_CLOSE(compile(base).forward({ids()}), want().at("logits"));
+  auto m = PeftModel::from_pretrained(base, case_dir() + "/adapter");
+  EXPECT_CLOSE(m->forward({ids()}), want().at("logits_lora"));
+  EXPECT_CLOSE(compile(*m).forward({ids()}), want().at("logits_lora"));
+  m->merge_adapter();
+  EXPECT_CLOSE(m->forward({ids()}), want().at("logits_lora"));
+}
+
+TEST_P(Arch, CliForwardWithTheAdapter) {
+  const std::string out = temp_dir("arch") + "/logits.safetensors";
+  std::string log;
+  ASSERT_EQ(run_cli("forward --compile --model " + golden_model(GetParam().model) + " --adapter " + case_dir() +
+                        "/adapter --input-ids " + case_dir() + "/input_ids.json --out " + out,
+                    &log),
+            0)
+      << log;
+  EXPECT_CLOSE(safetensors_load(out).at("logits"), want().at("logits_lora"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, Arch,
+                         ::testing::Values(ArchCase{"qwen3", "tiny-qwen3"}, ArchCase{"mistral", "tiny-mistral"},
+                                           ArchCase{"phi3", "tiny-phi3"},
+                                           ArchCase{"rope_linear", "tiny-rope-linear"},
+                                           ArchCase{"rope_dynamic", "tiny-rope-dynamic"},
+                                           ArchCase{"rope_yarn", "tiny-rope-yarn"},
+                                           ArchCase{"rope_llama3", "tiny-rope-llama3"}),
+                         [](const auto & i) { return std::string(i.param.name); });
+
+// One token at a time through the KV cache gives the full forward's logits: the window slides over cache
+// slots as it does over the sequence
+TEST(ArchCache, SlidingWindowDecodeEqualsTheFullForward) {
+  auto m = load_model(golden_model("tiny-mistral"));
+  at::NoGradGuard g;
+  const at::Tensor ids = golden_ids("arch_mistral").narrow(0, 0, 1);
+  const int64_t T = ids.size(1);
+  const at::Tensor full = m->forward({ids});
+  KVCache cache = KVCache::allocate(m->config(), 1, T, at::TensorOptions().dtype(at::kFloat));
+  for (int64_t t = 0; t < T; ++t) {
+    ForwardInput in;
+    in.input_ids = ids.narrow(1, t, 1);
+    in.cache = &cache;
+    in.cache_position = at::tensor({t});
+    EXPECT_TRUE(all_close(m->forward(in).select(1, 0), full.select(1, t))) << "token " << t;
+  }
+}
+
+// PEFT's default target modules are per model type: Qwen's IA3 and LN-tuning rows are not Llama's
+TEST(ArchConfig, QwenDefaultTargetsArePeftsRow) {
+  auto wrapped = [](const char * peft_type) {
+    auto m = std::make_shared<PeftModel>(load_model(golden_model("tiny-qwen3")),
+                                         AdapterConfig::from_json({{"peft_type", peft_type}}, "config"));
+    std::set<std::string> kinds;
+    for (const auto & mod : named_modules(m->model_ptr())) {
+      if (std::dynamic_pointer_cast<TunerLayer>(mod.second)) kinds.insert(mod.first.substr(mod.first.rfind('.') + 1));
+    }
+    return kinds;
+  };
+  EXPECT_EQ(wrapped("IA3"), (std::set<std::string>{"q_proj", "v_proj", "down_proj"}));
+  EXPECT_EQ(wrapped("LN_TUNING"), (std::set<std::string>{"post_attention_layernorm"}));
+  EXPECT_EQ(wrapped("LORA"), (std::set<std::string>{"q_proj", "v_proj"}));
+}
+
+TEST(ArchConfig, UnsupportedRopeScalingAndSlidingLayersAreNamed) {
+  const nlohmann::json base = {{"model_type", "llama"}, {"vocab_size", 8}, {"hidden_size", 8}, {"intermediate_size", 8},
+                               {"num_hidden_layers", 1}, {"num_attention_heads", 2}};
+  auto err = [&](nlohmann::json extra) {
+    nlohmann::json j = base;
+    j.update(extra);
+    return error_of([&] { ModelConfig::from_json(j, "cfg.json"); });
+  };
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "longrope"}, {"short_factor", {1}}}}}).find("'longrope'"), std::string::npos);
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}, {"mscale", 0.7}}}}).find("'mscale'"),
+            std::string::npos);
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}}).find("low_freq_factor"), std::string::npos);
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "linear"}}}}).find("'factor'"), std::string::npos);
+  EXPECT_NE(err({{"model_type", "qwen3"}, {"use_sliding_window", true}}).find("use_sliding_window"), std::string::npos);
+}
+
+}  // namespace
