@@ -52,6 +52,17 @@ std::pair<at::Tensor, at::Tensor> vblora_factors(const at::Tensor & logits_A, co
   return {A, B};
 }
 
+std::pair<at::Tensor, at::Tensor> randlora_factors(const at::Tensor & A, const at::Tensor & B, const at::Tensor & lambda,
+                                                   const at::Tensor & gamma, int64_t in, int64_t out) {
+  const int64_t lo = std::min(in, out), hi = std::max(in, out), bases = lambda.size(1);
+  const at::Tensor sA = A.narrow(1, 0, std::min(bases, A.size(1))).narrow(2, 0, lo);  // (r, 1 or bases, lo)
+  const at::Tensor sB = B.narrow(0, 0, hi).narrow(1, 0, bases);                        // (hi, bases, r)
+  const at::Tensor U = (lambda.unsqueeze(2) * sA * gamma.unsqueeze(0)).flatten(0, 1);  // (r*bases, lo)
+  const at::Tensor V = sB.flatten(1);                                                  // (hi, bases*r)
+  if (lo == in) return {U, V};
+  return {V.t(), U.t()};
+}
+
 at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q) {
   const int64_t O = W.size(0), R = Q.size(0), b = Q.size(1);
   return at::einsum("oib,icb->oic", {W.view({O, R, b}), Q}).reshape({O, R * b});

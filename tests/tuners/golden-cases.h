@@ -36,6 +36,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"vblora", "tiny-llama"},       {"vblora_topk", "tiny-llama"},
       // SHiRA (gen_extra.py): seeded and unseeded masks; the indices are in the file
       {"shira", "tiny-llama"},        {"shira_noseed", "tiny-llama"},
+      // RandLoRA (gen_extra.py): dense and sparse bases, in the file; a partial last basis
+      {"randlora", "tiny-llama"},     {"randlora_sparse", "tiny-llama"},
       // LoRA initialised from the base weight (PiSSA's SVD, OLoRA's QR): the base keeps the residual
       {"lora_pissa", "tiny-llama"},   {"lora_olora", "tiny-llama"},
   };

@@ -37,6 +37,12 @@ at::Tensor vera_delta(const at::Tensor & A, const at::Tensor & B, const at::Tens
 std::pair<at::Tensor, at::Tensor> vblora_factors(const at::Tensor & logits_A, const at::Tensor & logits_B,
                                                  const at::Tensor & bank, int64_t topk);
 
+/// RandLoRA's factors for an (out, in) layer from the shared bases A (r, 1 or more, >= min) and B (>= max,
+/// >= bases, r) and the layer's lambda (r, bases), gamma (bases, min): P (k, in), Q (out, k), so that
+/// dW = Q P * scale (PEFT's get_scaled_bases, its flattening orders included).
+std::pair<at::Tensor, at::Tensor> randlora_factors(const at::Tensor & A, const at::Tensor & B, const at::Tensor & lambda,
+                                                   const at::Tensor & gamma, int64_t in, int64_t out);
+
 /// OFT/BOFT merged into a weight: W BD(Q)^T (each row's block i times Q_i^T), (O, R*b). Q (R, b, b).
 at::Tensor rotate_weight(const at::Tensor & W, const at::Tensor & Q);
 

@@ -47,6 +47,10 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   shira, shira_noseed   tiny-llama, SHiRA on q_proj/v_proj/down_proj: r 2 with random_seed 42, and r 1 with no seed
                         (PEFT's mask generator then starts from torch's default seed); the file holds shira_indices
                         (int32, (2, n)); same layout
+  randlora, randlora_sparse
+                        tiny-llama, RandLoRA on q_proj/v_proj/down_proj: r 4 with dense bases (prng key 7), and r 5
+                        with sparse bases (5 does not divide 16 or 32: a partial last basis); the bases are in the file
+                        (save_projection); same layout
   train_vblora_adamw    tiny-llama, VB-LoRA trained 8 AdamW steps (logits and the shared bank; train_lora_adamw's
                         optimizer and loss): losses, logits_final, adapter_init/ and adapter_final/
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
@@ -823,6 +827,22 @@ def main():
                           init_weights=False)
         return case_single(name, cfg, seed)
 
+    def case_randlora(name, kw, seed):
+        # RandLoRA: shared random bases (saved in the file), trainable lambda (r, bases) and gamma (bases, min_dim)
+        from peft import RandLoraConfig
+        import math
+        import peft.tuners.randlora.model as randlora_model
+
+        def kaiming_uniform_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
+            # torch >= 2.1's signature (a generator argument), which PEFT uses and Debian's torch 1.13 lacks
+            fan = torch.nn.init._calculate_correct_fan(tensor, mode)
+            bound = math.sqrt(3.0) * torch.nn.init.calculate_gain(nonlinearity, a) / math.sqrt(fan)
+            with torch.no_grad():
+                return tensor.uniform_(-bound, bound, generator=generator)
+
+        randlora_model.torch.nn.init.kaiming_uniform_ = kaiming_uniform_
+        return case_single(name, RandLoraConfig(target_modules=["q_proj", "v_proj", "down_proj"], **kw), seed)
+
     def case_train_vblora(seed=680):
         # 8 AdamW steps on VB-LoRA: the logits of every layer and the one shared bank (a parameter PEFT's
         # pm.parameters() yields once) are trained
@@ -1240,6 +1260,8 @@ def main():
         "train_vblora_adamw": case_train_vblora,
         "shira": lambda: case_shira("shira", 2, 42, 690),
         "shira_noseed": lambda: case_shira("shira_noseed", 1, None, 700),
+        "randlora": lambda: case_randlora("randlora", dict(r=4, randlora_alpha=8, projection_prng_key=7), 710),
+        "randlora_sparse": lambda: case_randlora("randlora_sparse", dict(r=5, randlora_alpha=20, sparse=True), 720),
         "lora_pissa": lambda: case_lora_init("lora_pissa", "pissa", 640),
         "lora_olora": lambda: case_lora_init("lora_olora", "olora", 650),
         "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
