@@ -32,19 +32,20 @@ void ShiraLinear::add_adapter(const std::string & name, const ShiraOptions & o) 
   }
   values_->add_param(name, values);
   indices_->register_module(name, std::make_shared<torch::nn::Module>())->register_buffer("indices", idx);
+  index_[name] = idx;  // the same tensor: a load writes into it in place
   set_scaling(name, 1.0);
   track_adapter(name);
 }
 
 void ShiraLinear::forget(const std::string & name) {
-  if (indices_->named_children().contains(name)) indices_->unregister_module(name);
+  if (index_.erase(name)) indices_->unregister_module(name);
 }
 
 std::string ShiraLinear::adapter_signature(const std::string & n) const {
   return str("n", values_->get(n).size(0));
 }
 
-at::Tensor ShiraLinear::indices(const std::string & n) const { return indices_->named_children()[n]->named_buffers(false)["indices"]; }
+at::Tensor ShiraLinear::indices(const std::string & n) const { return index_.at(n); }
 
 std::vector<std::pair<std::string, at::Tensor>> ShiraLinear::adapter_buffers(const std::string & n) const {
   return {{"shira_indices." + n, indices(n)}};  // PEFT's key: <module>.shira_indices

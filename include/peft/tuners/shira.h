@@ -42,6 +42,7 @@ class ShiraLinear : public TunerLayer {
  private:
   at::Tensor indices(const std::string & name) const;  // (2, n) int32: rows, columns
   AdapterDict * values_;                               // "shira_weight"
+  std::map<std::string, at::Tensor> index_;            // per adapter, as registered below
   std::shared_ptr<torch::nn::Module> indices_;         // "shira_indices.<adapter>.indices" buffers
 };
 
