@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <string>
 
 #include "peft/util/runtime.h"
 #include "quant/kernels/kernels.h"
@@ -69,9 +70,30 @@ void bench_shape(int64_t O, int64_t I, int threads) {
 
 }  // namespace
 
+// 4-bit M = 1 from memory: a weight of 128 MB packed, beyond any cache (a decode step's case: each weight
+// is read once per token, long after it was last in cache)
+void bench_cold4(int threads) {
+  const int64_t O = 1 << 19, I = 512, blocksize = 64, n = O * I;
+  const at::Tensor packed = at::randint(0, 256, {n / 2}, at::kByte), absmax = at::rand({n / blocksize});
+  const at::Tensor code = at::randn({16}), x = at::randn({1, I});
+  at::Tensor y = at::empty({1, O});
+  const Weight4 w4{packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), code.data_ptr<float>(), O, I, blocksize};
+  const double t4 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), 1, w4, y.data_ptr<float>()); });
+  report("4-bit", O, I, 1, threads, n / 2.0 + 4.0 * n / blocksize, t4, t4);
+}
+
 int main(int argc, char ** argv) {
   force_isa(argc > 1 ? argv[1] : nullptr);
   std::printf("quant kernels: %s\n", isa());
+  if (argc > 2 && std::string(argv[2]) == "cold") {
+    for (int threads : {1, 2}) {
+      RuntimeOptions o;
+      o.blas_threads = threads;
+      configure_runtime(o);
+      bench_cold4(threads);
+    }
+    return 0;
+  }
   for (int threads : {1, 2}) {
     RuntimeOptions o;  // the kernel pool and OpenBLAS both get `threads` (LibTorch's own pool stays at 1)
     o.blas_threads = threads;

@@ -4,6 +4,7 @@
 
 #include <torch/library.h>
 
+#include "peft/error.h"
 #include "peft/ops/adapter-math.h"
 #include "quant/kernels/kernels.h"
 #include "util/worker-pool.h"
@@ -190,19 +191,24 @@ at::Tensor linear_small_impl(const at::Tensor & x, const at::Tensor & W, const c
 }
 
 at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList BTs,
-                               const at::Tensor & row_scale) {
+                               const at::Tensor & routing, at::IntArrayRef rows, const at::Tensor & scales_in) {
   const int64_t n = static_cast<int64_t>(As.size());
+  PEFT_CHECK(static_cast<int64_t>(BTs.size()) == n && static_cast<int64_t>(rows.size()) == n &&
+                 scales_in.numel() == n && routing.dim() == 2,
+             "lora_mixed_add: ", n, " adapters with ", BTs.size(), " B factors, ", rows.size(), " routing rows, scales ",
+             scales_in.sizes(), ", routing ", routing.sizes());
+  for (int64_t r : rows) PEFT_CHECK(r >= 0 && r < routing.size(0), "lora_mixed_add: routing row ", r, " of ", routing.size(0));
+  const at::Tensor scales = scales_in.reshape({n});  // one per adapter (stacked 0-dim or (1) tensors)
   const bool grad = at::GradMode::is_enabled();
   auto takes = [&](const at::Tensor & t) {
     return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided && t.is_contiguous() &&
            !(grad && t.requires_grad());
   };
-  bool kernel = n > 0 && static_cast<int64_t>(BTs.size()) == n && takes(y) && takes(x) && x.dim() >= 1 &&
-                y.dim() == x.dim() && row_scale.dim() == 2 && row_scale.size(1) == n && takes(row_scale) &&
-                y.size(0) == row_scale.size(0) && x.size(0) == row_scale.size(0);
+  bool kernel = n > 0 && takes(y) && takes(x) && x.dim() >= 1 && y.dim() == x.dim() && takes(routing) &&
+                takes(scales) && y.size(0) == routing.size(1) && x.size(0) == routing.size(1);
   const int64_t I = kernel ? x.size(-1) : 0, O = kernel ? y.size(-1) : 0;
-  const int64_t batch = kernel ? row_scale.size(0) : 0, rows = kernel && I > 0 ? x.numel() / I : 0;
-  kernel = kernel && I > 0 && O > 0 && rows >= 1 && rows <= kSmallRows && rows % batch == 0 && y.numel() == rows * O;
+  const int64_t batch = kernel ? routing.size(1) : 0, nrows = kernel && I > 0 ? x.numel() / I : 0;
+  kernel = kernel && I > 0 && O > 0 && nrows >= 1 && nrows <= kSmallRows && nrows % batch == 0 && y.numel() == nrows * O;
   for (int64_t a = 0; kernel && a < n; ++a) {
     const at::Tensor & A = As[a];
     const at::Tensor & BT = BTs[a];
@@ -210,22 +216,25 @@ at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::T
              BT.size(0) == A.size(0);
   }
   if (!kernel) {
-    std::vector<at::Tensor> Bs;
+    std::vector<at::Tensor> Bs, scale;
     for (const at::Tensor & BT : BTs) Bs.push_back(BT.t());
-    return math::lora_add_mixed_scaled(y, x, As.vec(), Bs, std::vector<at::Tensor>(As.size()), row_scale);
+    for (int64_t a = 0; a < n; ++a) scale.push_back(scales[a]);
+    const at::Tensor picked = routing.index_select(0, at::tensor(rows.vec(), at::kLong).to(routing.device()));
+    return math::lora_add_mixed(y, x, As.vec(), Bs, std::vector<at::Tensor>(As.size()), scale, picked);
   }
-  const float * wp = row_scale.data_ptr<float>();
+  const float * route = routing.data_ptr<float>();
+  const float * sp = scales.data_ptr<float>();
   at::Tensor out = y.clone();
   float * yp = out.data_ptr<float>();
   const float * xp = x.data_ptr<float>();
-  const int64_t per_batch = rows / batch;
+  const int64_t per_batch = nrows / batch;
   int64_t rmax = 0;
   for (const at::Tensor & A : As) rmax = std::max(rmax, A.size(0));
   parallel_rows(batch, 2, [&](int64_t b0, int64_t b1) {
     std::vector<float> h(static_cast<size_t>(rmax * per_batch));
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t a = 0; a < n; ++a) {
-        const float s = wp[b * n + a];
+        const float s = route[rows[a] * batch + b] * sp[a];
         if (s == 0.0f) continue;  // a row that does not use this adapter
         const int64_t r = As[a].size(0);
         quant::kernels::gemm_small(xp + b * per_batch * I, per_batch,
@@ -254,7 +263,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("lora_expand_add(Tensor y, Tensor xa, int offset, Tensor B, Tensor? bias, Tensor scale) -> Tensor");
   m.def("linear_gemv(Tensor x, Tensor W, Tensor? b) -> Tensor");
   m.def("linear_small(Tensor x, Tensor W, Tensor? b) -> Tensor");
-  m.def("lora_mixed_add(Tensor y, Tensor x, Tensor[] As, Tensor[] BTs, Tensor row_scale) -> Tensor");
+  m.def("lora_mixed_add(Tensor y, Tensor x, Tensor[] As, Tensor[] BTs, Tensor routing, int[] rows, Tensor scales) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
@@ -328,9 +337,10 @@ at::Tensor linear_small(const at::Tensor & x, const at::Tensor & W, const c10::o
 }
 
 at::Tensor lora_mixed_add(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList BTs,
-                          const at::Tensor & row_scale) {
-  PEFT_OP("lora_mixed_add", at::Tensor(const at::Tensor &, const at::Tensor &, at::TensorList, at::TensorList, const at::Tensor &));
-  return op.call(y, x, As, BTs, row_scale);
+                          const at::Tensor & routing, at::IntArrayRef rows, const at::Tensor & scales) {
+  PEFT_OP("lora_mixed_add", at::Tensor(const at::Tensor &, const at::Tensor &, at::TensorList, at::TensorList,
+                                       const at::Tensor &, at::IntArrayRef, const at::Tensor &));
+  return op.call(y, x, As, BTs, routing, rows, scales);
 }
 
 }  // namespace peft::ops

@@ -276,25 +276,17 @@ at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
     biases.push_back(lora_B_bias(n));
     scales.push_back(scaling(n));
   }
-  // this layer's adapters' rows of the routing: one range in the common case (adapters are indexed in
-  // name order, as settings_ holds them), else one row each
-  bool range = true;
-  for (size_t i = 1; i < rows.size(); ++i) range = range && rows[i] == rows[0] + static_cast<int64_t>(i);
-  at::Tensor routing;
-  if (range) {
-    routing = r.rows->narrow(0, rows.front(), static_cast<int64_t>(rows.size()));
-  } else {
-    std::vector<at::Tensor> picked;
-    for (int64_t i : rows) picked.push_back(r.rows->select(0, i));
-    routing = at::stack(picked);
-  }
   if (std::none_of(biases.begin(), biases.end(), [](const at::Tensor & b) { return b.defined(); })) {
-    // each row only its adapters' factors (B transposed: contiguous rows to accumulate; a compiled graph
-    // computes the transposes once)
+    // each row only its adapters' factors (B transposed: contiguous rows to accumulate), routed by the
+    // model's routing tensor itself: a compiled graph computes the transposes and the stacked scalings once
+    // and adds no op per layer
     std::vector<at::Tensor> BTs;
     for (const at::Tensor & B : Bs) BTs.push_back(B.t().contiguous());
-    return ops::lora_mixed_add(y, x.to(dtype), As, BTs, math::mixed_row_scale(scales, routing, dtype));
+    return ops::lora_mixed_add(y, x.to(dtype), As, BTs, r.rows->to(dtype), rows, at::stack(scales).to(dtype));
   }
+  std::vector<at::Tensor> picked;
+  for (int64_t i : rows) picked.push_back(r.rows->select(0, i));
+  const at::Tensor routing = at::stack(picked);
   return math::lora_add_mixed(y, x, As, Bs, biases, scales, routing);
 }
 

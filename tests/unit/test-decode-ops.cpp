@@ -93,13 +93,35 @@ TEST(MixedLora, KernelEqualsTheTwoGemmsForEveryRouting) {
       SCOPED_TRACE("tokens per row " + std::to_string(S));
       const at::Tensor x = at::randn({B, S, I}), y = at::randn({B, S, O});
       const at::Tensor want = math::lora_add_mixed(y, x, m.As, m.Bs, std::vector<at::Tensor>(3), m.scales, routing);
-      const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), math::mixed_row_scale(m.scales, routing, at::kFloat));
+      const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), routing, {0, 1, 2}, at::stack(m.scales).to(at::kFloat));
       EXPECT_TRUE(all_close(got, want, 1e-4, 1e-5));
     }
   // rows that use no adapter keep y exactly
   const at::Tensor x = at::randn({B, 1, I}), y = at::randn({B, 1, O});
-  const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), math::mixed_row_scale(m.scales, one_hot, at::kFloat));
+  const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), one_hot, {0, 1, 2}, at::stack(m.scales).to(at::kFloat));
   EXPECT_TRUE(at::equal(got[3], y[3]));
+}
+
+TEST(MixedLora, TheLayersAdaptersAreAnyRowsOfTheModelsRouting) {
+  // the model's routing has a row per adapter of the model; a layer holds some of them, in any order
+  at::manual_seed(8);
+  at::NoGradGuard g;
+  const int64_t I = 32, O = 16, B = 4;
+  const Mixed m = adapters(I, O, {4, 2, 6});
+  const at::Tensor routing = at::tensor({0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0}, at::kFloat).view({5, B});
+  const std::vector<int64_t> rows = {3, 0, 2};
+  const at::Tensor picked = routing.index_select(0, at::tensor(rows, at::kLong));
+  for (int64_t S : {1, 40}) {  // the kernel, and the GEMMs (more rows than the kernel takes)
+    const at::Tensor x = at::randn({B, S, I}), y = at::randn({B, S, O});
+    const at::Tensor want = math::lora_add_mixed(y, x, m.As, m.Bs, std::vector<at::Tensor>(3), m.scales, picked);
+    const at::Tensor got = ops::lora_mixed_add(y, x, m.As, m.BTs(), routing, rows, at::stack(m.scales).to(at::kFloat));
+    EXPECT_TRUE(all_close(got, want, 1e-4, 1e-5)) << S;
+    // row 0 uses only adapter 1 of the model, which this layer does not hold: y unchanged
+    EXPECT_TRUE(at::equal(got[0], y[0]));
+  }
+  // a routing row outside the routing tensor is refused
+  const at::Tensor x = at::randn({B, 1, I}), y = at::randn({B, 1, O});
+  EXPECT_THROW(ops::lora_mixed_add(y, x, m.As, m.BTs(), routing, {3, 0, 5}, at::stack(m.scales).to(at::kFloat)), std::exception);
 }
 
 TEST(MixedLora, ManyRowsAndAutogradTakeTheGemms) {
@@ -110,13 +132,13 @@ TEST(MixedLora, ManyRowsAndAutogradTakeTheGemms) {
   const at::Tensor x = at::randn({B, 20, I}), y = at::randn({B, 20, O});  // 40 rows: more than the kernel takes
   {
     at::NoGradGuard g;
-    EXPECT_TRUE(all_close(ops::lora_mixed_add(y, x, m.As, m.BTs(), math::mixed_row_scale(m.scales, routing, at::kFloat)),
+    EXPECT_TRUE(all_close(ops::lora_mixed_add(y, x, m.As, m.BTs(), routing, {0, 1}, at::stack(m.scales).to(at::kFloat)),
                           math::lora_add_mixed(y, x, m.As, m.Bs, std::vector<at::Tensor>(2), m.scales, routing), 1e-5, 1e-5));
   }
   // a trainable A: the result carries its gradient
   std::vector<at::Tensor> As = {m.As[0].clone().requires_grad_(true), m.As[1]};
   const at::Tensor x1 = x.narrow(1, 0, 1).contiguous(), y1 = y.narrow(1, 0, 1).contiguous();
-  ops::lora_mixed_add(y1, x1, As, m.BTs(), math::mixed_row_scale(m.scales, routing, at::kFloat)).sum().backward();
+  ops::lora_mixed_add(y1, x1, As, m.BTs(), routing, {0, 1}, at::stack(m.scales).to(at::kFloat)).sum().backward();
   ASSERT_TRUE(As[0].grad().defined());
   EXPECT_GT(As[0].grad().abs().sum().item<double>(), 0.0);
 }

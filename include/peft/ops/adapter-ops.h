@@ -27,12 +27,13 @@ at::Tensor vera_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor
                     const at::Tensor & lambda_d, const at::Tensor & lambda_b, double dropout, bool train);
 
 /// Mixed-adapter batch of LoRA adapters without biases: y + for each row b, sum over adapters a of
-/// row_scale[b, a] x_b A_a^T B_a^T, with BTs[a] = B_a^T (R_a, O) contiguous and row_scale (B, n) from
-/// math::mixed_row_scale. For a few rows (decode: B * tokens <= kSmallRows) of float32 on the CPU, each
-/// row multiplies only by the adapters it uses (Punica's BGMV; a zero weight skips the adapter); otherwise,
-/// and where autograd may need the result, math::lora_add_mixed_scaled's two GEMMs over all adapters.
+/// routing[rows[a], b] * scales[a] * x_b A_a^T B_a^T, with BTs[a] = B_a^T (R_a, O) contiguous, routing the
+/// model's (adapters, B) routing tensor (RowRouting::rows) and scales (n) the adapters' scalings. For a few
+/// rows (decode: B * tokens <= kSmallRows) of float32 on the CPU, each row multiplies only by the adapters
+/// it uses (Punica's BGMV; a zero weight skips the adapter); otherwise, and where autograd may need the
+/// result, math::lora_add_mixed's two GEMMs over all adapters.
 at::Tensor lora_mixed_add(const at::Tensor & y, const at::Tensor & x, at::TensorList As, at::TensorList BTs,
-                          const at::Tensor & row_scale);
+                          const at::Tensor & routing, at::IntArrayRef rows, const at::Tensor & scales);
 
 /// Block-diagonal rotation of the input (OFT, BOFT): x (.., R*b) viewed as (.., R, b), block i times Q[i].
 /// Q (R, b, b).
