@@ -60,7 +60,7 @@ void OrthoLinear::forget(const std::string & name) { settings_.erase(name); }
 
 std::string OrthoLinear::adapter_signature(const std::string & n) const {
   const auto & s = settings(n);
-  return str("b", s.block_size, s.neumann ? ",neumann" : ",exact", s.neumann_terms, ",p", s.dropout);
+  return str("b", s.block_size, s.neumann ? ",neumann" : ",exact", s.neumann_terms, ",p", s.dropout, ",f", s.factors);
 }
 
 at::Tensor OrthoLinear::forward_active(const at::Tensor & x) {
@@ -68,16 +68,7 @@ at::Tensor OrthoLinear::forward_active(const at::Tensor & x) {
   at::Tensor xr = x;
   at::Tensor s;
   for (const auto & n : active_here()) {
-    at::Tensor Q = blocks(n);
-    const OrthoSettings & st = settings(n);
-    if (is_training() && st.dropout > 0 && !st.block_share) {  // (PEFT skips a shared block)
-      // BOFT multiplicative dropout: floor(p * R) random blocks become the identity
-      const int64_t drop = static_cast<int64_t>(std::floor(st.dropout * Q.size(0)));
-      at::Tensor mask = at::zeros({Q.size(0)}, Q.options());
-      mask.index_fill_(0, at::randperm(Q.size(0)).narrow(0, 0, drop), 1.0);
-      mask = mask.view({-1, 1, 1});
-      Q = Q * (1 - mask) + eye_like(Q) * mask;
-    }
+    at::Tensor Q = is_training() ? training_blocks(n) : blocks(n);
     xr = ops::block_rotate(xr, Q);
     at::Tensor sc = scale(n);
     if (sc.defined()) s = s.defined() ? s * sc.flatten() : sc.flatten();
@@ -87,6 +78,22 @@ at::Tensor OrthoLinear::forward_active(const at::Tensor & x) {
   at::Tensor bias = linear().bias_tensor();
   if (bias.defined()) y = y + bias;
   return y;
+}
+
+at::Tensor OrthoLinear::training_blocks(const std::string & n) const {
+  at::Tensor Q = blocks(n);
+  const OrthoSettings & st = settings(n);
+  if (st.dropout > 0 && !st.block_share) Q = drop_blocks(Q, st.dropout);  // (PEFT skips a shared block)
+  return Q;
+}
+
+at::Tensor OrthoLinear::drop_blocks(const at::Tensor & Q, double p) {
+  // BOFT multiplicative dropout: floor(p * R) random blocks of Q (R, b, b) become the identity
+  const int64_t drop = static_cast<int64_t>(std::floor(p * Q.size(0)));
+  at::Tensor mask = at::zeros({Q.size(0)}, Q.options());
+  mask.index_fill_(0, at::randperm(Q.size(0)).narrow(0, 0, drop), 1.0);
+  mask = mask.view({-1, 1, 1});
+  return Q * (1 - mask) + eye_like(Q) * mask;
 }
 
 void OrthoLinear::merge_one(const std::string & n, bool safe) {
@@ -155,18 +162,66 @@ BOFTLinear::BOFTLinear(LayerPtr base) : OrthoLinear(std::move(base)) {
 }
 
 void BOFTLinear::add_adapter(const std::string & name, const OrthoSettings & s, bool init_zero) {
-  const int64_t b = s.block_size, out = linear().out_features();
+  const int64_t b = s.block_size, out = linear().out_features(), N = s.factors;
   at::NoGradGuard g;
-  R_->add_param(name, init_zero ? at::zeros({1, s.blocks, b, b}) : at::normal(0.0, 0.1, {1, s.blocks, b, b}));
+  R_->add_param(name, init_zero ? at::zeros({N, s.blocks, b, b}) : at::normal(0.0, 0.1, {N, s.blocks, b, b}));
   s_->add_param(name, init_zero ? at::ones({out, 1}) : at::normal(1.0, 0.1, {out, 1}));
   settings_[name] = s;
   track_adapter(name);
 }
 
-at::Tensor BOFTLinear::blocks(const std::string & n) const {
-  at::Tensor R = R_->get(n)[0];  // one butterfly factor: (R, b, b)
+at::Tensor BOFTLinear::factor_blocks(const std::string & n) const {
+  at::Tensor R = R_->get(n);  // (N, D, b, b)
   // the Cayley transform runs in float32 (PEFT notes it must)
-  return cayley(0.5 * (R - R.transpose(1, 2)).to(at::kFloat));
+  const at::Tensor S = 0.5 * (R - R.transpose(2, 3)).to(at::kFloat);
+  return cayley(S.flatten(0, 1)).view(S.sizes());
+}
+
+namespace {
+
+// x @ P_i and x @ P_i^T for butterfly factor i (PEFT's block_butterfly_perm): within each of the D / 2^i
+// groups of 2^(i+1) chunks of b/2 features, P_i^T takes the even chunks first, then the odd ones; both are
+// reshapes and transposes, so no index tensor enters a graph. Factor 0 is the identity.
+at::Tensor butterfly(const at::Tensor & x, int64_t i, int64_t D, int64_t b, bool inverse) {
+  if (i == 0) return x;
+  const int64_t half = int64_t(1) << i, groups = D >> i, r = b / 2;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  std::vector<int64_t> v = shape;
+  v.insert(v.end(), {groups, inverse ? 2 : half, inverse ? half : 2, r});
+  return x.reshape(v).transpose(-3, -2).reshape(x.sizes());
+}
+
+}  // namespace
+
+at::Tensor BOFTLinear::chain(const at::Tensor & Qs) const {
+  // PEFT's rotation M = M_{N-1} ... M_0 with M_i = P_i BD(Q_i) P_i^T, used as x @ M: formed as the rows of
+  // I @ M, one (1, n, n) block, so that the forward, merging and the compiled fold treat it as OFT's blocks
+  const int64_t N = Qs.size(0), D = Qs.size(1), b = Qs.size(2), n = D * b;
+  at::Tensor X = at::eye(n, Qs.options());
+  for (int64_t i = N - 1; i >= 0; --i) {
+    X = butterfly(X, i, D, b, /*inverse=*/true);   // X @ P_i
+    X = ops::block_rotate(X, Qs[i]);               // @ BD(Q_i)
+    X = butterfly(X, i, D, b, /*inverse=*/false);  // @ P_i^T
+  }
+  return X.unsqueeze(0);
+}
+
+at::Tensor BOFTLinear::blocks(const std::string & n) const {
+  at::Tensor Qs = factor_blocks(n);
+  return Qs.size(0) == 1 ? Qs[0] : chain(Qs);
+}
+
+at::Tensor BOFTLinear::training_blocks(const std::string & n) const {
+  const OrthoSettings & st = settings(n);
+  at::Tensor Qs = factor_blocks(n);
+  if (st.dropout > 0) {
+    // PEFT's MultiplicativeDropoutLayer: blocks of one random factor become the identity
+    const int64_t f = Qs.size(0) == 1 ? 0 : at::randint(Qs.size(0), {1}, at::kLong).item<int64_t>();
+    std::vector<at::Tensor> parts = Qs.unbind(0);
+    parts[f] = drop_blocks(parts[f], st.dropout);
+    Qs = at::stack(parts);
+  }
+  return Qs.size(0) == 1 ? Qs[0] : chain(Qs);
 }
 
 at::Tensor BOFTLinear::scale(const std::string & n) const { return s_->get(n); }
@@ -255,8 +310,7 @@ std::shared_ptr<const MethodOptions> boft_parse(const AdapterConfig & c, const s
   o->block_num = f.integer("boft_block_num", 0);
   PEFT_CHECK((o->block_size == 0) != (o->block_num == 0), src,
              ": exactly one of 'boft_block_size' and 'boft_block_num' must be non-zero");
-  PEFT_CHECK(f.integer("boft_n_butterfly_factor", 1) == 1, src,
-             ": 'boft_n_butterfly_factor' > 1 is not supported yet (as upstream without its CUDA extension)");
+  o->factors = f.integer("boft_n_butterfly_factor", 1);  // (at least 1; what fits is checked per layer)
   o->dropout = f.fraction("boft_dropout");
   PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
   o->init_zero = f.init("init_weights", {"true", "false"}) == "true";
@@ -269,12 +323,25 @@ std::shared_ptr<TunerLayer> boft_inject(const AdapterConfig & cfg, const std::st
   if (!layer) layer = std::make_shared<BOFTLinear>(target);
   const auto & o = cfg.opts<BOFTOptions>();
   const int64_t n = layer->linear().in_features();
-  const int64_t b = o.block_size, nb = o.block_num;
+  const int64_t b = o.block_size, nb = o.block_num, extra = o.factors - 1;  // PEFT's checks, in its order
+  PEFT_CHECK(extra >= 0, "BOFT: boft_n_butterfly_factor ", o.factors, " must be a positive integer");
+  if (b == 0 && extra > 0) {
+    PEFT_CHECK(extra <= static_cast<int64_t>(std::floor(std::log2(static_cast<double>(nb)))) && nb % (int64_t(1) << extra) == 0,
+               "BOFT at '", path, "': boft_n_butterfly_factor ", o.factors, " does not fit boft_block_num ", nb,
+               " (it must be a multiple of 2^", extra, ")");
+  }
+  if (b > 0 && extra > 0) {
+    PEFT_CHECK(n % (b << extra) == 0, "BOFT at '", path, "': in_features ", n, " is not a multiple of boft_block_size ",
+               b, " x 2^", extra, " (boft_n_butterfly_factor ", o.factors, ")");
+  }
   PEFT_CHECK(b > 0 ? n % b == 0 : n % nb == 0, "BOFT at '", path, "': in_features ", n, " is not divisible by the block ",
              b > 0 ? "size " : "count ", b > 0 ? b : nb);
   OrthoSettings s;
   s.block_size = b > 0 ? b : n / nb;
   s.blocks = n / s.block_size;
+  s.factors = o.factors;
+  PEFT_CHECK(extra == 0 || (s.blocks % 2 == 0 && s.block_size % 2 == 0), "BOFT at '", path, "': with ", o.factors,
+             " butterfly factors the block count (", s.blocks, ") and size (", s.block_size, ") must be even");
   s.neumann = false;
   s.dropout = o.dropout;
   layer->add_adapter(adapter, s, o.init_zero);

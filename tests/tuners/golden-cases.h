@@ -40,6 +40,9 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"randlora", "tiny-llama"},     {"randlora_sparse", "tiny-llama"},
       // LoRA initialised from the base weight (PiSSA's SVD, OLoRA's QR): the base keeps the residual
       {"lora_pissa", "tiny-llama"},   {"lora_olora", "tiny-llama"},
+      // BOFT with 2 and 3 butterfly factors (gen_extra.py: upstream with its CUDA extension's block-diagonal
+      // builder, which its CPU fallback would replace by one factor)
+      {"boft_butterfly2", "tiny-llama"}, {"boft_butterfly3", "tiny-llama"},
   };
   return cases;
 }

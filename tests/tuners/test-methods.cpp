@@ -78,7 +78,19 @@ TEST(Methods, InvalidHyperparametersNameTheField) {
   EXPECT_NE(error_of([] { cfg("LOHA", {{"r", 0}}); }).find("'r'"), std::string::npos);
   EXPECT_NE(error_of([] { cfg("LOKR", {{"module_dropout", 1.5}}); }).find("module_dropout"), std::string::npos);
   EXPECT_NE(error_of([] { cfg("OFT", {{"r", 4}, {"oft_block_size", 4}}); }).find("exactly one"), std::string::npos);
-  EXPECT_NE(error_of([] { cfg("BOFT", {{"boft_n_butterfly_factor", 2}}); }).find("boft_n_butterfly_factor"),
+  EXPECT_NE(error_of([] { cfg("BOFT", {{"boft_n_butterfly_factor", 0}}); }).find("boft_n_butterfly_factor"),
+            std::string::npos);
+  // butterfly factors that do not fit a layer (q_proj: 32 inputs; 5 factors of blocks of 4 need 64)
+  EXPECT_NE(error_of([] {
+              PeftModel m(load_model(golden_model("tiny-llama")),
+                          cfg("BOFT", {{"target_modules", {"q_proj"}}, {"boft_n_butterfly_factor", 5}}));
+            }).find("boft_n_butterfly_factor 5"),
+            std::string::npos);
+  EXPECT_NE(error_of([] {
+              PeftModel m(load_model(golden_model("tiny-llama")),
+                          cfg("BOFT", {{"target_modules", {"q_proj"}}, {"boft_block_size", 0}, {"boft_block_num", 4},
+                                       {"boft_n_butterfly_factor", 4}}));
+            }).find("boft_block_num 4"),
             std::string::npos);
   EXPECT_NE(error_of([] { cfg("ADALORA", {{"init_r", 4}}); }).find("total_step"), std::string::npos);
   EXPECT_NE(error_of([] { cfg("ADALORA", {{"total_step", 10}, {"tinit", 10}}); }).find("tinit"), std::string::npos);

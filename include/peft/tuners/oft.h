@@ -1,7 +1,10 @@
 // The orthogonal methods on Linear layers: the input is rotated block-wise before the base layer.
 //   OFT (PEFT §2.9):  y = W BD(Q)^T x + b,  Q_i = Cayley(S_i), S_i = U_i - U_i^T from a packed upper
 //                     triangle (exact Cayley, or its truncated Neumann series: PEFT's default)
-//   BOFT (§2.4, one butterfly factor): y = s * (W BD(Q)^T x) + b, Q_i = Cayley(1/2 (R_i - R_i^T))
+//   BOFT (§2.4): y = s * (W M^T x) + b, M = M_{N-1} ... M_0, M_i = P_i BD(Q_i) P_i^T over N butterfly factors
+//                (P_0 = I, P_i PEFT's block butterfly permutation), Q = Cayley(1/2 (R - R^T)); with one factor
+//                M = BD(Q). Several factors compute what upstream's CUDA extension computes (its CPU fallback
+//                silently uses one factor)
 // R = number of blocks, b = block size, R * b = in features.
 #pragma once
 #include <map>
@@ -19,6 +22,7 @@ struct OrthoSettings {
   double dropout = 0;       // BOFT's multiplicative dropout (training)
   bool coft = false;        // OFT: constrained variant (blocks kept near the identity)
   double eps = 6e-5;        // its radius
+  int64_t factors = 1;      // BOFT's butterfly factors
 };
 
 /// An OFT config's options, parsed once.
@@ -36,6 +40,7 @@ struct OFTOptions : MethodOptions {
 /// A BOFT config's options, parsed once.
 struct BOFTOptions : MethodOptions {
   int64_t block_size = 4, block_num = 0;  // exactly one non-zero
+  int64_t factors = 1;                     // boft_n_butterfly_factor
   double dropout = 0;
   bool init_zero = true;
 };
@@ -46,8 +51,10 @@ class OrthoLinear : public TunerLayer {
   explicit OrthoLinear(LayerPtr base);
   std::string adapter_signature(const std::string & name) const override;
 
-  /// The rotation blocks of adapter `name`, (R, b, b).
+  /// The rotation blocks of adapter `name`, (R, b, b) (x is rotated as x @ BD(blocks)).
   virtual at::Tensor blocks(const std::string & name) const = 0;
+  /// The blocks a training forward uses: with the method's multiplicative dropout.
+  virtual at::Tensor training_blocks(const std::string & name) const;
   /// The output scale (O) or undefined (OFT).
   virtual at::Tensor scale(const std::string & name) const { return {}; }
   LinearBase & linear() const { return static_cast<LinearBase &>(*base_layer_); }
@@ -58,6 +65,8 @@ class OrthoLinear : public TunerLayer {
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
   void forget(const std::string & name) override;
+  /// BOFT's multiplicative dropout: floor(p * R) random blocks of Q (R, b, b) become the identity.
+  static at::Tensor drop_blocks(const at::Tensor & Q, double p);
   std::map<std::string, OrthoSettings> settings_;
   at::Tensor forward_active(const at::Tensor & x) override;
 };
@@ -76,11 +85,15 @@ class BOFTLinear : public OrthoLinear {
  public:
   explicit BOFTLinear(LayerPtr base);
   void add_adapter(const std::string & name, const OrthoSettings & s, bool init_zero);
+  /// One factor: its (R, b, b) blocks; several: the whole rotation M as one (1, n, n) block.
   at::Tensor blocks(const std::string & name) const override;
+  at::Tensor training_blocks(const std::string & name) const override;
   at::Tensor scale(const std::string & name) const override;
 
  private:
-  AdapterDict *R_, *s_;  // boft_R.<name> (1, R, b, b), boft_s.<name> (O, 1)
+  at::Tensor factor_blocks(const std::string & name) const;  // (N, R, b, b)
+  at::Tensor chain(const at::Tensor & factors) const;         // (1, n, n)
+  AdapterDict *R_, *s_;  // boft_R.<name> (N, R, b, b), boft_s.<name> (O, 1)
 };
 
 }  // namespace peft

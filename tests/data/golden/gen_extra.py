@@ -53,6 +53,11 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         (save_projection); same layout
   train_vblora_adamw    tiny-llama, VB-LoRA trained 8 AdamW steps (logits and the shared bank; train_lora_adamw's
                         optimizer and loss): losses, logits_final, adapter_init/ and adapter_final/
+  boft_butterfly2, boft_butterfly3
+                        tiny-llama, BOFT with 2 butterfly factors (block size 4 on q_proj/v_proj/down_proj) and 3
+                        (8 blocks on q_proj/down_proj: block sizes 4 and 6), computed as upstream's CUDA extension
+                        does (its block-diagonal builder replaced by torch.block_diag: upstream on CPU silently uses
+                        one factor); same layout
   adalora_allocator     tiny-llama, AdaLoRA (init_r 6 -> target_r 2 on v_proj/o_proj/up_proj) trained 14 AdamW steps
                         through RankAllocator's phases (warmup, cubic budget with masking every deltaT, final mask,
                         fixed mask): per-step losses, E, scores, thresholds; the saved folder with rank_pattern
@@ -880,6 +885,33 @@ def main():
         write_case(folder, case, {"losses": torch.tensor(losses), "logits_final": logits_of(pm, ids)}, ids)
         return {name: ["losses", "logits_final"]}
 
+    def case_boft_butterfly(name, kw, seed):
+        # BOFT with several butterfly factors. Upstream builds each factor's block-diagonal matrix with its CUDA
+        # extension (fbd_cuda) and, when that does not build (any CPU machine), silently falls back to one factor.
+        # The extension's forward is torch.block_diag per factor (fbd_cuda_kernel.cu copies block d of factor n to
+        # rows/columns d*H..(d+1)*H of output n); that stands in for it here, so upstream computes what the
+        # extension computes.
+        from peft import BOFTConfig
+        import peft.tuners.boft.layer as boft_layer
+
+        class BlockDiag:
+            @staticmethod
+            def forward(x):
+                return [torch.stack([torch.block_diag(*torch.unbind(f)) for f in torch.unbind(x)])]
+
+            @staticmethod
+            def backward(grad, x):
+                n, d, h, _ = x.shape
+                return [torch.stack([torch.stack([grad[i, j * h:(j + 1) * h, j * h:(j + 1) * h] for j in range(d)])
+                                     for i in range(n)])]
+
+        saved = boft_layer._FBD_CUDA
+        boft_layer._FBD_CUDA = BlockDiag()
+        try:
+            return case_single(name, BOFTConfig(init_weights=False, **kw), seed)
+        finally:
+            boft_layer._FBD_CUDA = saved
+
     def case_lora_init(name, init, seed):
         # PiSSA / OLoRA: the adapter starts from the base weight's SVD / QR factors and the base keeps only the
         # residual, so "disabled" is the residual model (PEFT redoes this from the original base on load)
@@ -1267,6 +1299,10 @@ def main():
         "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
                                                          init_weights="mini"), 620),
         "adalora_allocator": case_adalora_allocator,
+        "boft_butterfly2": lambda: case_boft_butterfly("boft_butterfly2", dict(
+            boft_block_size=4, boft_n_butterfly_factor=2, target_modules=["q_proj", "v_proj", "down_proj"]), 730),
+        "boft_butterfly3": lambda: case_boft_butterfly("boft_butterfly3", dict(
+            boft_block_size=0, boft_block_num=8, boft_n_butterfly_factor=3, target_modules=["q_proj", "down_proj"]), 740),
     }
     if a.check_adalora_folder:
         check_adalora_folder(os.path.abspath(a.check_adalora_folder))
