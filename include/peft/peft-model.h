@@ -136,6 +136,7 @@ class PeftModel {
  private:
   /// Returns the layers it wrapped (path, original) so a failed load can unwrap them again.
   std::vector<std::pair<std::string, LayerPtr>> inject(const std::string & name, const AdapterConfig & cfg);
+  std::string path_of(const LayerPtr & layer) const;
   void refresh_layers();
   /// Put each adapter layer's replacement in its place, forget every adapter; the model is plain again.
   std::shared_ptr<CausalLM> release();

@@ -35,6 +35,7 @@ AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string &
   const MethodSchema * method = &schema;
   c.fields = common_defaults();
   c.fields.update(method->defaults());
+  for (const auto & k : method->absent_fields) c.fields.erase(k);
   for (auto it = j.begin(); it != j.end(); ++it) c.fields[it.key()] = it.value();
   c.fields.erase("runtime_config");
 

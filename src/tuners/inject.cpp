@@ -22,6 +22,14 @@ bool ends_with(const std::string & s, const std::string & e) {
 
 }  // namespace
 
+// The path of `layer` in the model.
+std::string PeftModel::path_of(const LayerPtr & layer) const {
+  for (const auto & m : named_modules(model_)) {
+    if (std::dynamic_pointer_cast<Layer>(m.second) == layer) return m.first;
+  }
+  fail("internal: a layer of the model has no path");
+}
+
 std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::string & name, const AdapterConfig & cfg_in) {
   AdapterConfig cfg = cfg_in;
   const Architecture * arch = find_architecture(model_->config().model_type);
@@ -98,6 +106,22 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
       } else {
         replace_submodule(model_, t.first, out);
         replaced.emplace_back(t.first, t.second);
+      }
+    }
+    // an output layer tied to an adapted input embedding follows the embedding's adapter
+    if (method.tied && model_->config().tie_word_embeddings) {
+      auto emb = std::dynamic_pointer_cast<TunerLayer>(model_->input_embedding());
+      if (emb && emb->has_adapter(name)) {
+        const LayerPtr head = model_->output_layer();
+        const std::string path = path_of(head);
+        auto existing = std::dynamic_pointer_cast<TunerLayer>(head);
+        auto out = method.tied(name, head, emb);
+        if (out == existing) {
+          extended.push_back(existing);
+        } else {
+          replace_submodule(model_, path, out);
+          replaced.emplace_back(path, head);
+        }
       }
     }
     for (const auto & t : save_targets) {

@@ -20,13 +20,15 @@ TunerMethod fourierft_method();
 TunerMethod vblora_method();
 TunerMethod shira_method();
 TunerMethod randlora_method();
+TunerMethod trainable_tokens_method();
 
 const std::vector<TunerMethod> & tuner_methods() {
   static const std::vector<TunerMethod> methods = {lora_method(),      ia3_method(),      loha_method(),
                                                    lokr_method(),      ln_tuning_method(), adalora_method(),
                                                    oft_method(),       boft_method(),      vera_method(),
                                                    hra_method(),       miss_method(),      fourierft_method(),
-                                                   vblora_method(),    shira_method(),     randlora_method()};
+                                                   vblora_method(),    shira_method(),     randlora_method(),
+                                                   trainable_tokens_method()};
   return methods;
 }
 

@@ -43,6 +43,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       // BOFT with 2 and 3 butterfly factors (gen_extra.py: upstream with its CUDA extension's block-diagonal
       // builder, which its CPU fallback would replace by one factor)
       {"boft_butterfly2", "tiny-llama"}, {"boft_butterfly3", "tiny-llama"},
+      // trainable tokens (gen_extra.py): rows of tiny-llama's embedding; tiny-opt's, lm_head tied to it
+      {"trainable_tokens", "tiny-llama"}, {"trainable_tokens_tied", "tiny-opt"},
   };
   return cases;
 }

@@ -172,6 +172,38 @@ TEST(BadInput, VBLoRATopKFileWithoutItsWeights) {
   EXPECT_NE(e.find("'mask_type'"), std::string::npos) << e;
 }
 
+TEST(BadInput, TrainableTokensRowsAndOverlaps) {
+  auto tokens = [](nlohmann::json extra) {
+    nlohmann::json j = {{"peft_type", "TRAINABLE_TOKENS"}, {"token_indices", {4, 13}}};
+    j.update(extra);
+    return AdapterConfig::from_json(j, "config");
+  };
+  // a row the embedding (96 tokens) does not have, a row twice: named, the model as it was
+  auto base = load_model(golden_model("tiny-llama"));
+  auto before = snapshot(*base);
+  auto e = error_of([&] { PeftModel m(base, tokens({{"token_indices", {4, 96}}})); });
+  EXPECT_NE(e.find("token index 96 is outside the 96 rows"), std::string::npos) << e;
+  e = error_of([&] { PeftModel m(base, tokens({{"token_indices", {4, 13, 4}}})); });
+  EXPECT_NE(e.find("token index 4 is listed twice"), std::string::npos) << e;
+  expect_same(*base, before);
+  for (const auto & mod : named_modules(base)) EXPECT_EQ(std::dynamic_pointer_cast<TunerLayer>(mod.second), nullptr) << mod.first;
+  e = error_of([&] { tokens({{"token_indices", nlohmann::json::array()}}); });
+  EXPECT_NE(e.find("'token_indices'"), std::string::npos) << e;
+  e = error_of([&] { tokens({{"modules_to_save", {"lm_head"}}}); });
+  EXPECT_NE(e.find("modules_to_save"), std::string::npos) << e;
+  // a tied lm_head targeted beside its embedding (it follows the embedding)
+  e = error_of([&] { PeftModel m(load_model(golden_model("tiny-opt")), tokens({{"target_modules", {"embed_tokens", "lm_head"}}})); });
+  EXPECT_NE(e.find("tied"), std::string::npos) << e;
+  // two active adapters on overlapping rows: PEFT's error at forward and at merge
+  PeftModel m(load_model(golden_model("tiny-llama")), tokens(nlohmann::json::object()));
+  m.add_adapter("other", tokens({{"token_indices", {13, 20}}}));
+  m.set_adapter(std::vector<std::string>{"default", "other"});
+  e = error_of([&] { m.forward({golden_ids("trainable_tokens")}); });
+  EXPECT_NE(e.find("Only disjunct token indices"), std::string::npos) << e;
+  e = error_of([&] { m.merge_adapter(); });
+  EXPECT_NE(e.find("Only disjunct token indices"), std::string::npos) << e;
+}
+
 TEST(BadInput, TruncatedAdapterFile) {
   std::string dir = copy_adapter("lora");
   std::string bytes = read_file(dir + "/adapter_model.safetensors");

@@ -33,6 +33,8 @@ struct MethodSchema {
   std::shared_ptr<const MethodOptions> (*parse)(const AdapterConfig & cfg, const std::string & source);
   /// The bias mode that trains only the adapted layers' biases ("" = prefix + "only"; VeRA: "vera_only").
   std::string bias_only = "";
+  /// Fields shared by other methods that this method's PEFT config does not have (absent unless given).
+  std::vector<std::string> absent_fields = {};
   std::string bias_only_name() const { return bias_only.empty() ? prefix + "only" : bias_only; }
 };
 

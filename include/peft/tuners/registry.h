@@ -41,6 +41,11 @@ struct TunerMethod {
   /// The inverse, on a file's tensors before load_adapter matches them to the model (VB-LoRA's top-k
   /// form back to logits); errors name `file`. May be null.
   void (*from_file)(const AdapterConfig & cfg, const std::string & file, std::map<std::string, at::Tensor> & tensors) = nullptr;
+  /// When the model ties its output layer to the input embedding and the adapter adapts the embedding:
+  /// the layer to put at the output layer (`target`: the plain layer or this method's TunerLayer) so
+  /// that it follows `embedding`'s adapter `adapter` (trainable tokens: the same rows). Null: nothing to do.
+  std::shared_ptr<TunerLayer> (*tied)(const std::string & adapter, const LayerPtr & target,
+                                      const std::shared_ptr<TunerLayer> & embedding) = nullptr;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

@@ -53,6 +53,10 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         (save_projection); same layout
   train_vblora_adamw    tiny-llama, VB-LoRA trained 8 AdamW steps (logits and the shared bank; train_lora_adamw's
                         optimizer and loss): losses, logits_final, adapter_init/ and adapter_final/
+  trainable_tokens, trainable_tokens_tied
+                        trainable tokens (PEFT's TRAINABLE_TOKENS): rows [4, 13, 59, 95] of tiny-llama's embed_tokens,
+                        and rows [1, 4, 60] of tiny-opt's (lm_head tied to it: the same rows there), initialised
+                        randomly (init_weights=False); same layout
   boft_butterfly2, boft_butterfly3
                         tiny-llama, BOFT with 2 butterfly factors (block size 4 on q_proj/v_proj/down_proj) and 3
                         (8 blocks on q_proj/down_proj: block sizes 4 and 6), computed as upstream's CUDA extension
@@ -912,19 +916,26 @@ def main():
         finally:
             boft_layer._FBD_CUDA = saved
 
+    def case_trainable_tokens(name, model, kw, seed):
+        # trainable tokens: rows token_indices of the embedding replaced by a trained delta; a model that ties
+        # lm_head to the embedding gets the same rows in lm_head (PEFT's tied TrainableTokensLayer)
+        from peft import TrainableTokensConfig
+
+        return case_single(name, TrainableTokensConfig(**kw), seed, model=model)
+
     def case_lora_init(name, init, seed):
         # PiSSA / OLoRA: the adapter starts from the base weight's SVD / QR factors and the base keeps only the
         # residual, so "disabled" is the residual model (PEFT redoes this from the original base on load)
         cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=init)
         return case_single(name, cfg, seed, disabled_is_base=False)
 
-    def case_single(name, cfg, seed, disabled_is_base=True):
+    def case_single(name, cfg, seed, disabled_is_base=True, model="tiny-llama"):
         """One adapter made from `cfg` with perturbed tensors, in the single-adapter case layout."""
         folder = os.path.join(cases, name)
         shutil.rmtree(folder, ignore_errors=True)
         ids = input_ids(seed + 1)
         torch.manual_seed(seed)
-        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base = tinyref.load_hf(os.path.join(models, model))
         base_logits = logits_of(base, ids)
         pm = get_peft_model(base, cfg)
         perturb_trainables(pm, seed + 10)
@@ -940,7 +951,7 @@ def main():
         exp["logits_unmerged"] = logits_of(pm, ids)
         exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
         case = {
-            "model": "models/tiny-llama",
+            "model": "models/" + model,
             "adapter": "adapter",
             "method": name,
             "disabled_is_base_model": disabled_is_base,
@@ -1299,6 +1310,10 @@ def main():
         "miss_mini": lambda: case_miss("miss_mini", dict(r=4, mini_r=8, target_modules=["q_proj", "v_proj"],
                                                          init_weights="mini"), 620),
         "adalora_allocator": case_adalora_allocator,
+        "trainable_tokens": lambda: case_trainable_tokens(
+            "trainable_tokens", "tiny-llama", dict(token_indices=[4, 13, 59, 95]), 750),
+        "trainable_tokens_tied": lambda: case_trainable_tokens(
+            "trainable_tokens_tied", "tiny-opt", dict(token_indices=[1, 4, 60], init_weights=False), 760),
         "boft_butterfly2": lambda: case_boft_butterfly("boft_butterfly2", dict(
             boft_block_size=4, boft_n_butterfly_factor=2, target_modules=["q_proj", "v_proj", "down_proj"]), 730),
         "boft_butterfly3": lambda: case_boft_butterfly("boft_butterfly3", dict(
