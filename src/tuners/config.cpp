@@ -68,6 +68,25 @@ AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string &
   else if (!lp.is_null()) c.layers_pattern = string_list(lp, "layers_pattern", src);
   const auto & ms = field("modules_to_save");
   if (!ms.is_null()) c.modules_to_save = string_list(ms, "modules_to_save", src);
+  // trainable_token_indices: a list (the input embedding's rows) or {module: rows}
+  const auto & tt = field("trainable_token_indices");
+  auto rows_of = [&](const nlohmann::json & v, const std::string & where) {
+    std::vector<int64_t> rows;
+    PEFT_CHECK(v.is_array() && !v.empty(), src, ": field 'trainable_token_indices", where, "' must be a non-empty list of token ids");
+    for (const auto & i : v) {
+      PEFT_CHECK(i.is_number_integer() && i.get<int64_t>() >= 0, src, ": field 'trainable_token_indices", where,
+                 "' must hold token ids (integers >= 0)");
+      rows.push_back(i.get<int64_t>());
+    }
+    return rows;
+  };
+  if (tt.is_array()) {
+    c.trainable_tokens.emplace_back("", rows_of(tt, ""));
+  } else if (tt.is_object()) {
+    for (auto it = tt.begin(); it != tt.end(); ++it) c.trainable_tokens.emplace_back(it.key(), rows_of(it.value(), "." + it.key()));
+  } else {
+    PEFT_CHECK(tt.is_null(), src, ": field 'trainable_token_indices' must be a list of token ids or {module: list}");
+  }
   const auto & bias = f.contains("bias") ? f.at("bias") : nlohmann::json("none");
   PEFT_CHECK(bias.is_string(), src, ": field 'bias' must be a string");
   c.bias = bias.get<std::string>();

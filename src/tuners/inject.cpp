@@ -9,6 +9,7 @@
 #include "peft/tuners/modules-to-save.h"
 #include "peft/tuners/registry.h"
 #include "peft/tuners/targeting.h"
+#include "peft/tuners/trainable-tokens.h"
 
 namespace peft {
 
@@ -55,6 +56,9 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
   std::vector<std::pair<std::string, LayerPtr>> targets;
   std::vector<std::pair<std::string, LayerPtr>> save_targets;
   std::vector<std::string> wrapper_prefixes;
+  // trainable_token_indices: module path -> rows (suffix match, as PEFT; the list form: the input embedding)
+  std::vector<std::pair<std::string, std::vector<int64_t>>> token_targets;
+  std::vector<bool> token_found(cfg.trainable_tokens.size(), false);
   for (const auto & m : named_modules(model_)) {
     const std::string & path = m.first;
     if (path.empty()) continue;
@@ -65,6 +69,14 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
     if (!layer) continue;
     auto tuner = std::dynamic_pointer_cast<TunerLayer>(layer);
     if (tuner) wrapper_prefixes.push_back(path);
+    for (size_t i = 0; i < cfg.trainable_tokens.size(); ++i) {
+      const auto & tt = cfg.trainable_tokens[i];
+      const bool hit = tt.first.empty() ? layer == model_->input_embedding()
+                                        : path == tt.first || ends_with(path, "." + tt.first);
+      if (!hit) continue;
+      token_targets.emplace_back(path, tt.second);
+      token_found[i] = true;
+    }
     auto mts = std::dynamic_pointer_cast<ModulesToSaveWrapper>(layer);
     // modules_to_save: plain suffix match, as PEFT does
     bool save = false;
@@ -88,6 +100,11 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
              "); check target_modules, exclude_modules and layers_to_transform"));
   }
 
+  for (size_t i = 0; i < cfg.trainable_tokens.size(); ++i) {
+    PEFT_CHECK(token_found[i], "trainable_token_indices: module '", cfg.trainable_tokens[i].first,
+               "' not found in the base model");
+  }
+
   if (method.shared) {
     std::vector<LayerPtr> plain;
     for (const auto & t : targets) plain.push_back(t.second->base());
@@ -108,14 +125,27 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
         replaced.emplace_back(t.first, t.second);
       }
     }
-    // an output layer tied to an adapted input embedding follows the embedding's adapter
-    if (method.tied && model_->config().tie_word_embeddings) {
+    for (const auto & t : token_targets) {
+      const LayerPtr now = std::dynamic_pointer_cast<Layer>(get_submodule(model_, t.first));
+      auto existing = std::dynamic_pointer_cast<TunerLayer>(now);
+      auto out = add_trainable_tokens(now, name, t.second);
+      if (out == existing) {
+        extended.push_back(existing);
+      } else {
+        replace_submodule(model_, t.first, out);
+        replaced.emplace_back(t.first, now);
+      }
+    }
+    // an output layer tied to an adapted input embedding follows the embedding's adapter (the method's
+    // own rule, or trainable tokens of trainable_token_indices)
+    const auto tied = method.tied ? method.tied : cfg.trainable_tokens.empty() ? nullptr : &follow_trainable_tokens;
+    if (tied && model_->config().tie_word_embeddings) {
       auto emb = std::dynamic_pointer_cast<TunerLayer>(model_->input_embedding());
       if (emb && emb->has_adapter(name)) {
         const LayerPtr head = model_->output_layer();
         const std::string path = path_of(head);
         auto existing = std::dynamic_pointer_cast<TunerLayer>(head);
-        auto out = method.tied(name, head, emb);
+        auto out = tied(name, head, emb);
         if (out == existing) {
           extended.push_back(existing);
         } else {

@@ -97,7 +97,6 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
   f.unsupported("use_qalora", "QA-LoRA", false);
   f.unsupported("layer_replication", "layer replication");
   f.unsupported("target_parameters", "LoRA on parameters");
-  f.unsupported("trainable_token_indices", "trainable tokens");
   f.unsupported("ensure_weight_tying", "tied adapter weights", false);
   f.unsupported("megatron_config", "Megatron parallel layers");
   return o;

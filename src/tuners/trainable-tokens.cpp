@@ -5,16 +5,22 @@
 
 #include "peft/error.h"
 #include "peft/tuners/registry.h"
+#include "peft/tuners/routing.h"
 
 namespace peft {
 
-TrainableTokensLayer::TrainableTokensLayer(LayerPtr base) : TunerLayer(std::move(base)) {
+TrainableTokensLayer::TrainableTokensLayer(LayerPtr base, bool wrapped) : TunerLayer(std::move(base)), wrapped_(wrapped) {
   const auto lin = std::dynamic_pointer_cast<LinearBase>(base_layer_);
   PEFT_CHECK(std::dynamic_pointer_cast<Embedding>(base_layer_) || lin,
              "trainable tokens need an Embedding or a Linear layer, got ", base_layer_->name());
   PEFT_CHECK(!lin || !lin->bias_tensor().defined(), "trainable tokens on a Linear layer with a bias (PEFT applies "
                                                       "F.linear without it)");
-  delta_ = &dict("trainable_tokens_delta");
+  if (wrapped_) {
+    auto holder = register_module("token_adapter", std::make_shared<torch::nn::Module>());
+    delta_ = holder->register_module("trainable_tokens_delta", std::make_shared<AdapterDict>()).get();
+  } else {
+    delta_ = &dict("trainable_tokens_delta");
+  }
   holder_ = register_module("token_indices", std::make_shared<torch::nn::Module>());
 }
 
@@ -74,7 +80,7 @@ at::Tensor TrainableTokensLayer::delta(const std::string & name) const {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> TrainableTokensLayer::adapter_buffers(const std::string & name) const {
-  if (!source_.count(name)) return {};
+  if (!source_.count(name) || wrapped_) return {};
   return {{"trainable_tokens_delta." + name, delta(name)}};  // the embedding's tensor: a load writes it there
 }
 
@@ -101,12 +107,27 @@ at::Tensor TrainableTokensLayer::weight_with(const std::vector<std::string> & ad
   return W;
 }
 
+at::Tensor TrainableTokensLayer::apply(const at::Tensor & W, const at::Tensor & x) const {
+  if (auto e = std::dynamic_pointer_cast<Embedding>(base_layer_)) return at::embedding(W, x, e->padding_idx);
+  return at::linear(x.to(W.scalar_type()), W);
+}
+
 at::Tensor TrainableTokensLayer::forward_active(const at::Tensor & x) {
   const auto here = active_here();
   check_disjoint(here);
-  const at::Tensor W = weight_with(here);
-  if (auto e = std::dynamic_pointer_cast<Embedding>(base_layer_)) return at::embedding(W, x, e->padding_idx);
-  return at::linear(x.to(W.scalar_type()), W);
+  return apply(weight_with(here), x);
+}
+
+at::Tensor TrainableTokensLayer::forward_mixed(const at::Tensor & x) {
+  // each row with its adapter's rows swapped in (rows of other adapters, and __base__, the base weight)
+  at::Tensor y = base_layer_->forward(x);
+  const RowRouting & r = current_routing();
+  for (const auto & a : adapter_names()) {
+    at::Tensor m = r.mask(a, y.dim());
+    if (!m.defined()) continue;
+    y = y + (apply(weight_with({a}), x) - y) * m;
+  }
+  return y;
 }
 
 void TrainableTokensLayer::merge_one(const std::string & name, bool safe) {
@@ -125,6 +146,28 @@ void TrainableTokensLayer::unmerge_one(const std::string & name) {
   if (source_.count(name)) return;
   at::NoGradGuard g;
   base_weight().index_copy_(0, indices(name), original_.at(name).to(base_weight().scalar_type()));
+}
+
+std::shared_ptr<TunerLayer> add_trainable_tokens(const LayerPtr & target, const std::string & adapter,
+                                                 const std::vector<int64_t> & rows) {
+  auto layer = std::dynamic_pointer_cast<TrainableTokensLayer>(target);
+  PEFT_CHECK(layer || !std::dynamic_pointer_cast<TunerLayer>(target), "trainable_token_indices: module ",
+             target->name(), " is adapted by the method itself; trainable tokens need a module it does not target");
+  if (!layer) layer = std::make_shared<TrainableTokensLayer>(target, /*wrapped=*/true);
+  layer->add_adapter(adapter, rows, /*init_from_weight=*/true);  // (PEFT's wrapper: init_weights true)
+  return layer;
+}
+
+std::shared_ptr<TunerLayer> follow_trainable_tokens(const std::string & adapter, const LayerPtr & target,
+                                                    const std::shared_ptr<TunerLayer> & embedding) {
+  auto source = std::dynamic_pointer_cast<TrainableTokensLayer>(embedding);
+  PEFT_CHECK(source, "trainable tokens: the tied embedding holds no trainable tokens");
+  auto layer = std::dynamic_pointer_cast<TrainableTokensLayer>(target);
+  PEFT_CHECK(layer || !std::dynamic_pointer_cast<TunerLayer>(target), "trainable_token_indices: the output layer tied "
+             "to the embedding is adapted by the method itself");
+  if (!layer) layer = std::make_shared<TrainableTokensLayer>(target, /*wrapped=*/true);
+  layer->follow(adapter, source);
+  return layer;
 }
 
 // ---- the method ----

@@ -45,6 +45,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"boft_butterfly2", "tiny-llama"}, {"boft_butterfly3", "tiny-llama"},
       // trainable tokens (gen_extra.py): rows of tiny-llama's embedding; tiny-opt's, lm_head tied to it
       {"trainable_tokens", "tiny-llama"}, {"trainable_tokens_tied", "tiny-opt"},
+      // LoRA with trainable_token_indices (gen_extra.py): the list form; {module: rows} on a tied model
+      {"lora_tokens", "tiny-llama"},      {"lora_tokens_tied", "tiny-opt"},
   };
   return cases;
 }

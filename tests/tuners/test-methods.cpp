@@ -3,6 +3,7 @@
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/compile/compile.h"
 #include "peft/peft-model.h"
 #include "peft/tuners/lycoris.h"
 #include "peft/tuners/vera.h"
@@ -121,6 +122,31 @@ TEST(Methods, IA3SeveralActiveMultiply) {
   m->merge_adapter();
   EXPECT_TRUE(all_close(m->forward({golden_ids("ia3")}), both, 1e-5, 1e-4));
   EXPECT_FALSE(all_close(both, golden_expected("ia3").at("logits"), 1e-4, 1e-4));  // l * l, not l
+}
+
+
+TEST(Methods, TrainableTokensInAMixedBatchEqualEachRowAlone) {
+  // LoRA with trainable tokens on the tied OPT model: rows of the adapter and of the base in one batch
+  // (PEFT's adapter_names), eager and compiled, equal to the adapter's and the base's own logits
+  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-opt")), golden_case("lora_tokens_tied") + "/adapter");
+  at::NoGradGuard g;
+  const at::Tensor ids = golden_ids("lora_tokens_tied");
+  const at::Tensor on = m->forward({ids});
+  at::Tensor off;
+  {
+    auto d = m->disable_adapter();
+    off = m->forward({ids});
+  }
+  ForwardInput in;
+  in.input_ids = ids;
+  in.adapter_names = {"default", "__base__", "default"};
+  auto c = compile(*m);
+  for (const at::Tensor & got : {m->forward(in), c.forward(in)}) {
+    EXPECT_TRUE(all_close(got[0], on[0], 1e-5, 1e-5));
+    EXPECT_TRUE(all_close(got[1], off[1], 1e-5, 1e-5));
+    EXPECT_TRUE(all_close(got[2], on[2], 1e-5, 1e-5));
+  }
+  EXPECT_GT((on[1] - off[1]).abs().max().item<double>(), 1e-2);  // the rows differ: the routing is seen
 }
 
 }  // namespace

@@ -20,12 +20,15 @@ struct TrainableTokensOptions : MethodOptions {
 
 class TrainableTokensLayer : public TunerLayer {
  public:
-  explicit TrainableTokensLayer(LayerPtr base);
+  /// `wrapped`: PEFT's TrainableTokensWrapper layout (trainable_token_indices of another method): the
+  /// tensors under "token_adapter.", and a tied layer's file holds nothing.
+  explicit TrainableTokensLayer(LayerPtr base, bool wrapped = false);
   void add_adapter(const std::string & name, const std::vector<int64_t> & indices, bool init_from_weight);
   /// Follow `source`'s adapter `name` (this layer's weight is source's weight).
   void follow(const std::string & name, std::shared_ptr<TrainableTokensLayer> source);
 
   std::string adapter_signature(const std::string & name) const override;
+  bool mixed_batch_supported(const std::string &) const override { return true; }
   /// A tied layer's file entry: PEFT saves the shared delta under the tied layer's name too.
   std::vector<std::pair<std::string, at::Tensor>> adapter_buffers(const std::string & name) const override;
   /// The rows of adapter `name` (int64) and their trained values (n, D).
@@ -36,17 +39,28 @@ class TrainableTokensLayer : public TunerLayer {
 
  protected:
   at::Tensor forward_active(const at::Tensor & x) override;
+  at::Tensor forward_mixed(const at::Tensor & x) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
   void forget(const std::string & name) override;
 
  private:
   at::Tensor base_weight() const;
+  at::Tensor apply(const at::Tensor & W, const at::Tensor & x) const;  // the base layer's math with weight W
+  bool wrapped_;
   void check_disjoint(const std::vector<std::string> & adapters) const;
   AdapterDict * delta_;                            // trainable_tokens_delta.<adapter>
   std::shared_ptr<torch::nn::Module> holder_;      // token_indices.<adapter>: the rows, trainable_tokens_original
   std::map<std::string, at::Tensor> rows_, original_;
   std::map<std::string, std::shared_ptr<TrainableTokensLayer>> source_;  // followed adapters
 };
+
+/// Trainable tokens for a config's trainable_token_indices: adapter `adapter` on `target` (a plain layer or
+/// a TrainableTokensLayer of the wrapped layout); returns the layer to put in its place.
+std::shared_ptr<TunerLayer> add_trainable_tokens(const LayerPtr & target, const std::string & adapter,
+                                                 const std::vector<int64_t> & rows);
+/// The same for a layer tied to `embedding`'s weight: it follows `embedding`'s adapter.
+std::shared_ptr<TunerLayer> follow_trainable_tokens(const std::string & adapter, const LayerPtr & target,
+                                                    const std::shared_ptr<TunerLayer> & embedding);
 
 }  // namespace peft

@@ -57,6 +57,9 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         trainable tokens (PEFT's TRAINABLE_TOKENS): rows [4, 13, 59, 95] of tiny-llama's embed_tokens,
                         and rows [1, 4, 60] of tiny-opt's (lm_head tied to it: the same rows there), initialised
                         randomly (init_weights=False); same layout
+  lora_tokens, lora_tokens_tied
+                        LoRA (r 4 on q_proj/v_proj) with trainable_token_indices: [6, 44, 81] on tiny-llama, and
+                        {"embed_tokens": [1, 4, 60]} on tiny-opt (lm_head tied: it follows); same layout
   boft_butterfly2, boft_butterfly3
                         tiny-llama, BOFT with 2 butterfly factors (block size 4 on q_proj/v_proj/down_proj) and 3
                         (8 blocks on q_proj/down_proj: block sizes 4 and 6), computed as upstream's CUDA extension
@@ -923,6 +926,12 @@ def main():
 
         return case_single(name, TrainableTokensConfig(**kw), seed, model=model)
 
+    def case_lora_tokens(name, model, tokens, seed):
+        # LoRA with trainable_token_indices: the embedding's rows trained beside the LoRA adapter
+        # (TrainableTokensWrapper: <embedding>.token_adapter.trainable_tokens_delta; a tied lm_head follows)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], trainable_token_indices=tokens)
+        return case_single(name, cfg, seed, model=model)
+
     def case_lora_init(name, init, seed):
         # PiSSA / OLoRA: the adapter starts from the base weight's SVD / QR factors and the base keeps only the
         # residual, so "disabled" is the residual model (PEFT redoes this from the original base on load)
@@ -1314,6 +1323,8 @@ def main():
             "trainable_tokens", "tiny-llama", dict(token_indices=[4, 13, 59, 95]), 750),
         "trainable_tokens_tied": lambda: case_trainable_tokens(
             "trainable_tokens_tied", "tiny-opt", dict(token_indices=[1, 4, 60], init_weights=False), 760),
+        "lora_tokens": lambda: case_lora_tokens("lora_tokens", "tiny-llama", [6, 44, 81], 770),
+        "lora_tokens_tied": lambda: case_lora_tokens("lora_tokens_tied", "tiny-opt", {"embed_tokens": [1, 4, 60]}, 780),
         "boft_butterfly2": lambda: case_boft_butterfly("boft_butterfly2", dict(
             boft_block_size=4, boft_n_butterfly_factor=2, target_modules=["q_proj", "v_proj", "down_proj"]), 730),
         "boft_butterfly3": lambda: case_boft_butterfly("boft_butterfly3", dict(
