@@ -8,6 +8,11 @@ void read_llama_config(const ConfigReader & r, ModelConfig & c);
 std::shared_ptr<CausalLM> build_llama(const ModelConfig & c);
 void read_opt_config(const ConfigReader & r, ModelConfig & c);
 std::shared_ptr<CausalLM> build_opt(const ModelConfig & c);
+void read_gpt2_config(const ConfigReader & r, ModelConfig & c);
+std::shared_ptr<CausalLM> build_gpt2(const ModelConfig & c);
+void rename_gpt2_config(nlohmann::json & j);
+void read_gpt_neox_config(const ConfigReader & r, ModelConfig & c);
+std::shared_ptr<CausalLM> build_gpt_neox(const ModelConfig & c);
 
 namespace {
 
@@ -39,6 +44,23 @@ const DefaultTargets kOptTargets = {
     /*ln_tuning=*/{},  // PEFT has none for OPT
 };
 
+// PEFT's rows for gpt2 (Conv1D layers: c_attn is q | k | v in one)
+const DefaultTargets kGpt2Targets = {
+    /*lora=*/{"c_attn"},
+    /*ia3=*/{"c_attn", "mlp.c_proj"},
+    /*ia3_feedforward=*/{"mlp.c_proj"},
+    /*adalora=*/{"c_attn"},
+    /*ln_tuning=*/{"ln_1", "ln_2", "ln_f"},
+};
+
+const DefaultTargets kGptNeoXTargets = {
+    /*lora=*/{"query_key_value"},
+    /*ia3=*/{"query_key_value", "dense_4h_to_h"},
+    /*ia3_feedforward=*/{"dense_4h_to_h"},
+    /*adalora=*/{"query_key_value"},
+    /*ln_tuning=*/{},  // PEFT has none for gpt_neox
+};
+
 }  // namespace
 
 const std::vector<Architecture> & architectures() {
@@ -49,6 +71,8 @@ const std::vector<Architecture> & architectures() {
       {"qwen3", "Qwen3ForCausalLM", &read_llama_config, &build_llama, kQwenTargets},
       {"phi3", "Phi3ForCausalLM", &read_llama_config, &build_llama, kNoTargets},
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},
+      {"gpt2", "GPT2LMHeadModel", &read_gpt2_config, &build_gpt2, kGpt2Targets, &rename_gpt2_config},
+      {"gpt_neox", "GPTNeoXForCausalLM", &read_gpt_neox_config, &build_gpt_neox, kGptNeoXTargets},
   };
   return table;
 }

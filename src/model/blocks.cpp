@@ -5,7 +5,10 @@
 namespace peft::blocks {
 
 at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin) {
-  return ops::rotary(x, cos, sin);  // x * cos + cat(-x2, x1) * sin
+  const int64_t R = cos.size(-1), Dh = x.size(-1);
+  if (R == Dh) return ops::rotary(x, cos, sin);  // x * cos + cat(-x2, x1) * sin
+  // a partial rotary embedding: the first R features of each head rotate, the rest pass
+  return at::cat({ops::rotary(x.narrow(-1, 0, R), cos, sin), x.narrow(-1, R, Dh - R)}, -1);
 }
 
 std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,

@@ -152,6 +152,8 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
     auto it = tensors.find(name);
     // original OPT checkpoints name keys without the leading "model."
     if (it == tensors.end() && name.rfind("model.", 0) == 0) it = tensors.find(name.substr(6));
+    // and GPT-2's (saved from GPT2Model) without "transformer."
+    if (it == tensors.end() && name.rfind("transformer.", 0) == 0) it = tensors.find(name.substr(12));
     if (it == tensors.end()) {
       missing.push_back(name);
       continue;
@@ -165,6 +167,11 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
   for (const auto & kv : tensors) {
     if (used.count(kv.first) || tied.count(kv.first)) continue;
     if (kv.first.find("rotary_emb.inv_freq") != std::string::npos) continue;  // old HF buffers
+    // GPT-2's and GPT-NeoX's causal-mask buffers in older checkpoints
+    const auto ends = [&](const std::string & e) {
+      return kv.first.size() >= e.size() && kv.first.compare(kv.first.size() - e.size(), e.size(), e) == 0;
+    };
+    if (ends(".attn.bias") || ends(".attn.masked_bias") || ends(".attention.bias") || ends(".attention.masked_bias")) continue;
     unexpected.push_back(kv.first);
   }
   auto join = [](const std::vector<std::string> & v) {

@@ -39,8 +39,15 @@ std::string ConfigReader::string(const char * k, const std::string & def) const 
   return j_[k].get<std::string>();
 }
 
-ModelConfig ModelConfig::from_json(const nlohmann::json & j, const std::string & src) {
-  PEFT_CHECK(j.is_object(), src, ": not a JSON object");
+ModelConfig ModelConfig::from_json(const nlohmann::json & given, const std::string & src) {
+  PEFT_CHECK(given.is_object(), src, ": not a JSON object");
+  nlohmann::json j = given;
+  {
+    const Architecture * a = j.contains("model_type") && j["model_type"].is_string()
+                                 ? find_architecture(j["model_type"].get<std::string>())
+                                 : nullptr;
+    if (a && a->rename) a->rename(j);
+  }
   ConfigReader r(j, src);
   ModelConfig c;
   c.model_type = r.string("model_type", "");

@@ -19,7 +19,7 @@ at::Tensor exponents(int64_t dim, const at::Device & d) {
 
 at::Tensor inv_freq(const at::Tensor & position_ids, const ModelConfig & c) {
   const RopeScaling & r = c.rope_scaling;
-  const int64_t dim = c.head_dim;
+  const int64_t dim = c.rotary_dim();
   const at::Device dev = position_ids.device();
   at::Tensor def = 1.0 / at::pow(c.rope_theta, exponents(dim, dev));
   if (r.type == "default") return def;
@@ -62,8 +62,8 @@ at::Tensor inv_freq(const at::Tensor & position_ids, const ModelConfig & c) {
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, const ModelConfig & c, at::ScalarType dtype) {
-  const at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv_freq(position_ids, c);  // (B, S, Dh/2)
-  const at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);                                  // (B, 1, S, Dh)
+  const at::Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv_freq(position_ids, c);  // (B, S, R/2)
+  const at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);  // (B, 1, S, R), R = rotary_dim() <= Dh
   const double a = c.rope_scaling.attention_factor;
   if (a == 1.0) return {emb.cos().to(dtype), emb.sin().to(dtype)};
   return {(emb.cos() * a).to(dtype), (emb.sin() * a).to(dtype)};

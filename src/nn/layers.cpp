@@ -38,6 +38,36 @@ void Linear::tie_weight(const at::Tensor & w) {
   weight = w;
 }
 
+Conv1D::Conv1D(int64_t in_features, int64_t out_features, bool has_bias) {
+  weight = register_parameter("weight", at::empty({in_features, out_features}));
+  if (has_bias) bias = register_parameter("bias", at::zeros({out_features}));
+}
+
+// as at::linear with the transposed view (the graph then holds aten::linear, which the compile passes fold)
+at::Tensor Conv1D::forward(const at::Tensor & x) { return at::linear(x, weight.t(), bias); }
+
+LayerPtr Conv1D::clone_layer() const {
+  auto l = std::make_shared<Conv1D>(in_features(), out_features(), bias.defined());
+  {
+    at::NoGradGuard g;
+    l->weight.copy_(weight);
+    if (bias.defined()) l->bias.copy_(bias);
+  }
+  l->weight.set_requires_grad(weight.requires_grad());
+  if (bias.defined()) l->bias.set_requires_grad(bias.requires_grad());
+  return l;
+}
+
+void Conv1D::store_weight(const at::Tensor & w) {
+  at::NoGradGuard g;
+  weight.copy_(w.t());
+}
+
+void Conv1D::store_bias(const at::Tensor & b) {
+  at::NoGradGuard g;
+  bias.copy_(b);
+}
+
 Embedding::Embedding(int64_t num_embeddings, int64_t dim, int64_t padding_idx_) : padding_idx(padding_idx_) {
   weight = register_parameter("weight", at::empty({num_embeddings, dim}));
 }

@@ -19,10 +19,13 @@ bool skipped(const std::string & path, const std::vector<std::string> & skip) {
 
 namespace {
 
-std::vector<std::pair<std::string, std::shared_ptr<Linear>>> float_linears(const ModulePtr & root) {
+// (quantizing: a Conv1D layer, which would stay float, is refused by name)
+std::vector<std::pair<std::string, std::shared_ptr<Linear>>> float_linears(const ModulePtr & root, bool quantizing) {
   std::vector<std::pair<std::string, std::shared_ptr<Linear>>> out;
   for (const auto & m : named_modules(root)) {
     if (auto l = std::dynamic_pointer_cast<Linear>(m.second)) out.emplace_back(m.first, l);
+    PEFT_CHECK(!quantizing || !std::dynamic_pointer_cast<Conv1D>(m.second), "quantization of Conv1D layers (GPT-2's '", m.first,
+               "') is not supported yet");
   }
   return out;
 }
@@ -134,7 +137,7 @@ Quant8 read_int8(const std::map<std::string, at::Tensor> & t, const std::string 
 int64_t load_quantized(const ModulePtr & root, std::map<std::string, at::Tensor> & tensors, const QuantOptions & opts,
                        const std::string & source) {
   int64_t n = 0;
-  for (const auto & [path, lin] : float_linears(root)) {
+  for (const auto & [path, lin] : float_linears(root, opts.enabled())) {
     const std::string w = key_of(tensors, path + ".weight");
     if (w.empty()) continue;  // a tied weight, reported (or not) by the caller
     const std::string prefix = w.substr(0, w.size() - 6);  // "...q_proj."
@@ -171,7 +174,7 @@ int64_t load_quantized(const ModulePtr & root, std::map<std::string, at::Tensor>
 int64_t quantize_modules(const ModulePtr & root, const QuantOptions & opts) {
   PEFT_CHECK(opts.enabled(), "quantize_modules: no quantization format given");
   int64_t n = 0;
-  for (const auto & [path, lin] : float_linears(root)) {
+  for (const auto & [path, lin] : float_linears(root, true)) {
     if (skipped(path, opts.skip)) continue;
     replace_submodule(root, path, quantize_layer(lin->weight, lin->bias, opts));
     ++n;

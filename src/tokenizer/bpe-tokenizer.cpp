@@ -448,8 +448,12 @@ class BpeTokenizer : public Tokenizer {
           std::vector<std::string> next;
           std::string bytes;
           for (const auto & t : toks) {
-            if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>') {
-              bytes.push_back(static_cast<char>(std::stoi(t.substr(3, 2), nullptr, 16)));
+            // "<0xHH>" with two hex digits is a byte; anything else ("<0xZZ>" in a vocabulary) is a token
+            const auto hex = [](char c) {
+              return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            };
+            if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && hex(t[3]) >= 0 && hex(t[4]) >= 0) {
+              bytes.push_back(static_cast<char>(hex(t[3]) * 16 + hex(t[4])));
               continue;
             }
             if (!bytes.empty()) next.push_back(bytes), bytes.clear();

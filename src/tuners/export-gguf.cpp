@@ -108,6 +108,7 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
     Target t;
     std::smatch sm;
     if (std::regex_match(m, sm, layer_re)) {
+      PEFT_CHECK(sm[1].str().size() <= 9, file, ": module '", m, "': the model has ", mc.num_layers, " layers");
       t.layer = std::stoll(sm[1].str());
       PEFT_CHECK(t.layer < mc.num_layers, file, ": module '", m, "': the model has ", mc.num_layers, " layers");
       const std::string kind = sm[3].matched ? sm[3].str() : sm[4].str() + "_mlp";

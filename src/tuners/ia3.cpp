@@ -89,7 +89,9 @@ std::shared_ptr<const MethodOptions> ia3_parse(const AdapterConfig & c, const st
   FieldReader f(c, src);
   auto o = std::make_shared<IA3Options>();
   o->init_ones = f.boolean("init_ia3_weights");
-  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  // fan_in_fan_out: PEFT sets it per layer (true on a Conv1D, false on a Linear, with a warning), so it
+  // changes nothing; the Conv1D layer itself shows adapters the Linear layout
+  (void)f.boolean("fan_in_fan_out");
   const auto & ff = f.at("feedforward_modules");
   if (ff.is_string()) {
     o->feedforward_regex = ff.get<std::string>();
@@ -140,8 +142,10 @@ void ia3_complete(AdapterConfig & cfg, const DefaultTargets * defaults) {
 }  // namespace
 
 TunerMethod ia3_method() {
-  return TunerMethod{{"IA3", "ia3_", &ia3_defaults, &ia3_parse}, &ia3_supports, &ia3_inject, &DefaultTargets::ia3,
-                     &ia3_complete};
+  TunerMethod m{{"IA3", "ia3_", &ia3_defaults, &ia3_parse}, &ia3_supports, &ia3_inject, &DefaultTargets::ia3,
+                &ia3_complete};
+  m.conv1d = true;
+  return m;
 }
 
 }  // namespace peft

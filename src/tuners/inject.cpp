@@ -91,6 +91,8 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
     const bool is_linear = std::dynamic_pointer_cast<LinearBase>(plain) != nullptr;
     if (!is_target(cfg, path, is_linear, path == "lm_head", defaults)) continue;
     PEFT_CHECK(method.supports(*plain), cfg.peft_type, " cannot adapt module '", path, "' (", plain->name(), ")");
+    PEFT_CHECK(method.conv1d || !std::dynamic_pointer_cast<Conv1D>(plain), cfg.peft_type, " on module '", path,
+               "', a Conv1D layer (GPT-2), is not supported yet (LoRA and IA3 are)");
     targets.emplace_back(path, layer);
   }
   if (targets.empty()) {

@@ -85,7 +85,9 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
     PEFT_CHECK(o.init == "true" || o.init == "false", src, ": 'lora_bias' requires init_lora_weights true or false");
   }
   o.patterns = RankPatterns::parse(c, src);
-  PEFT_CHECK(!f.boolean("fan_in_fan_out"), src, ": 'fan_in_fan_out' (Conv1D weights) is not supported yet");
+  // fan_in_fan_out: PEFT sets it per layer (true on a Conv1D, false on a Linear, with a warning), so it
+  // changes nothing; the Conv1D layer itself shows adapters the Linear layout
+  (void)f.boolean("fan_in_fan_out");
   // PEFT options that change what it computes and that are not implemented here: refused by name
   f.unsupported("alora_invocation_tokens", "activated LoRA");
   f.unsupported("arrow_config", "Arrow routing");
@@ -463,7 +465,9 @@ std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::st
 }  // namespace
 
 TunerMethod lora_method() {
-  return TunerMethod{{"LORA", "lora_", &lora_defaults, &lora_parse}, &lora_supports, &lora_inject, &DefaultTargets::lora};
+  TunerMethod m{{"LORA", "lora_", &lora_defaults, &lora_parse}, &lora_supports, &lora_inject, &DefaultTargets::lora};
+  m.conv1d = true;
+  return m;
 }
 
 }  // namespace peft

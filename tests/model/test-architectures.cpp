@@ -1,6 +1,7 @@
-// The Llama-family variants against a reference written from transformers' modeling code
+// The Llama-family variants, GPT-2 and GPT-NeoX against a reference written from transformers' modeling code
 // (tests/data/golden/gen_arch.py): Qwen3's per-head q/k norms, Mistral's sliding window, Phi-3's fused
-// projections, and the rotary
+// projections and partial rotary embedding, GPT-2's Conv1D layers (LoRA and IA3 with fan_in_fan_out),
+// GPT-NeoX (per-head fused query_key_value, rotary_pct, parallel / sequential residual), and the rotary
 // scalings (linear, dynamic, yarn, llama3), each without and with a LoRA adapter from upstream PEFT, eager,
 // compiled and through the CLI; and a KV-cache decode equal to the full forward under the sliding window.
 #include <set>
@@ -58,7 +59,11 @@ INSTANTIATE_TEST_SUITE_P(Golden, Arch,
                                            ArchCase{"rope_linear", "tiny-rope-linear"},
                                            ArchCase{"rope_dynamic", "tiny-rope-dynamic"},
                                            ArchCase{"rope_yarn", "tiny-rope-yarn"},
-                                           ArchCase{"rope_llama3", "tiny-rope-llama3"}),
+                                           ArchCase{"rope_llama3", "tiny-rope-llama3"},
+                                           ArchCase{"gpt2", "tiny-gpt2"}, ArchCase{"gpt2_ia3", "tiny-gpt2-ia3"},
+                                           ArchCase{"phi3_partial", "tiny-phi3-partial"},
+                                           ArchCase{"gpt_neox", "tiny-gpt-neox"},
+                                           ArchCase{"gpt_neox_seq", "tiny-gpt-neox-seq"}),
                          [](const auto & i) { return std::string(i.param.name); });
 
 // One token at a time through the KV cache gives the full forward's logits: the window slides over cache
@@ -109,6 +114,71 @@ TEST(ArchConfig, UnsupportedRopeScalingAndSlidingLayersAreNamed) {
   EXPECT_NE(err({{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}}).find("low_freq_factor"), std::string::npos);
   EXPECT_NE(err({{"rope_scaling", {{"rope_type", "linear"}}}}).find("'factor'"), std::string::npos);
   EXPECT_NE(err({{"model_type", "qwen3"}, {"use_sliding_window", true}}).find("use_sliding_window"), std::string::npos);
+  // a partial rotary embedding: Phi-3's and GPT-NeoX's, not Llama's
+  EXPECT_NE(err({{"partial_rotary_factor", 0.5}}).find("partial_rotary_factor"), std::string::npos);
+  EXPECT_NE(err({{"model_type", "phi3"}, {"partial_rotary_factor", 0.1}}).find("rotated features"), std::string::npos);
+}
+
+
+// GPT-2 (learned positions), GPT-NeoX and Phi-3 (partial rotary embeddings): one token at a time through
+// the KV cache, compiled, with the adapter, gives the full forward's logits
+TEST(ArchCache, DecodeEqualsTheFullForward) {
+  for (const auto & [name, model] : std::vector<std::pair<std::string, std::string>>{
+           {"gpt2", "tiny-gpt2"}, {"gpt_neox", "tiny-gpt-neox"}, {"phi3_partial", "tiny-phi3-partial"}}) {
+    SCOPED_TRACE(name);
+    auto m = PeftModel::from_pretrained(load_model(golden_model(model)), golden_case("arch_" + name) + "/adapter");
+    at::NoGradGuard g;
+    const at::Tensor ids = golden_ids("arch_" + name).narrow(0, 0, 1);
+    const int64_t T = ids.size(1);
+    const at::Tensor full = m->forward({ids});
+    auto c = compile(*m);
+    KVCache cache = KVCache::allocate(m->base_model().config(), 1, T, at::TensorOptions().dtype(at::kFloat));
+    for (int64_t t = 0; t < T; ++t) {
+      ForwardInput in;
+      in.input_ids = ids.narrow(1, t, 1);
+      in.cache = &cache;
+      in.cache_position = at::tensor({t});
+      EXPECT_TRUE(all_close(c.forward(in).select(1, 0), full.select(1, t))) << "token " << t;
+    }
+  }
+}
+
+// GPT-2: PEFT's default targets (Conv1D layers), a checkpoint as the hub's gpt2 holds it (no "transformer."
+// prefix, the old causal-mask buffers), and what is not supported on Conv1D layers yet, by name
+TEST(ArchConfig, Gpt2TargetsHubLayoutAndRefusals) {
+  auto kinds = [](const char * peft_type) {
+    auto m = std::make_shared<PeftModel>(load_model(golden_model("tiny-gpt2")),
+                                         AdapterConfig::from_json({{"peft_type", peft_type}}, "config"));
+    std::set<std::string> k;
+    for (const auto & mod : named_modules(m->model_ptr())) {
+      if (std::dynamic_pointer_cast<TunerLayer>(mod.second)) k.insert(mod.first.substr(mod.first.find(".h.") + 5));
+    }
+    return k;
+  };
+  EXPECT_EQ(kinds("LORA"), (std::set<std::string>{"attn.c_attn"}));
+  EXPECT_EQ(kinds("IA3"), (std::set<std::string>{"attn.c_attn", "mlp.c_proj"}));
+
+  const std::string dir = temp_dir("gpt2-hub");
+  std::system(("cp " + golden_model("tiny-gpt2") + "/config.json " + dir).c_str());
+  auto t = safetensors_load(golden_model("tiny-gpt2") + "/model.safetensors");
+  std::map<std::string, at::Tensor> hub;
+  for (const auto & kv : t) hub[kv.first.substr(std::string("transformer.").size())] = kv.second;
+  hub["h.0.attn.bias"] = at::ones({1, 1, 64, 64});
+  hub["h.1.attn.masked_bias"] = at::tensor(-1e4);
+  safetensors_save(dir + "/model.safetensors", hub);
+  at::NoGradGuard g;
+  EXPECT_TRUE(at::equal(load_model(dir)->forward({golden_ids("arch_gpt2")}),
+                        load_model(golden_model("tiny-gpt2"))->forward({golden_ids("arch_gpt2")})));
+
+  auto e = error_of([] {
+    PeftModel m(load_model(golden_model("tiny-gpt2")),
+                AdapterConfig::from_json({{"peft_type", "LOHA"}, {"target_modules", {"c_attn"}}}, "config"));
+  });
+  EXPECT_NE(e.find("Conv1D"), std::string::npos) << e;
+  LoadOptions o;
+  o.quantize.format = quant::Format::nf4;
+  e = error_of([&] { load_model(golden_model("tiny-gpt2"), o); });
+  EXPECT_NE(e.find("Conv1D layers (GPT-2's 'transformer.h.0.attn.c_attn')"), std::string::npos) << e;
 }
 
 }  // namespace

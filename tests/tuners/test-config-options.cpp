@@ -64,7 +64,6 @@ TEST(Options, UnimplementedPeftOptionsAreRefusedByName) {
       {"arrow_config", nlohmann::json::object()},
       {"use_bdlora", true},
       {"use_qalora", true},
-      {"trainable_token_indices", {1, 2}},
       {"layer_replication", {{0, 1}}},
       {"target_parameters", {"w"}},
   };

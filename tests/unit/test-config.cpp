@@ -50,8 +50,10 @@ TEST(Config, WrongTypeIsRejected) {
 
 TEST(Config, UnknownModelType) {
   auto j = llama();
-  j["model_type"] = "gpt_neox";
-  EXPECT_NE(error_of(j).find("gpt_neox"), std::string::npos);
+  j["model_type"] = "falcon";
+  const std::string e = error_of(j);
+  EXPECT_NE(e.find("'falcon' is not supported"), std::string::npos) << e;
+  EXPECT_NE(e.find("gpt_neox"), std::string::npos) << e;  // the list of those that are
 }
 
 TEST(Config, Qwen2HasQkvBias) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "peft/model/config.h"
 
 namespace peft {
@@ -32,6 +34,9 @@ struct Architecture {
   void (*read_config)(const ConfigReader & r, ModelConfig & c);
   std::shared_ptr<CausalLM> (*build)(const ModelConfig & c);
   DefaultTargets targets;
+  /// Rename the architecture's own config.json names to the common ones before anything is read
+  /// (GPT-2's n_embd -> hidden_size, ...); may be null.
+  void (*rename)(nlohmann::json & config) = nullptr;
 };
 
 const std::vector<Architecture> & architectures();

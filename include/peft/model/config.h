@@ -39,7 +39,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;     // "llama", "mistral", "qwen2", "qwen3", "phi3", "opt"
+  std::string model_type;     // "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gpt2", "gpt_neox"
   std::string architecture;   // "LlamaForCausalLM", ...
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -54,6 +54,10 @@ struct ModelConfig {
   double layer_norm_eps = 1e-5;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
+  double partial_rotary_factor = 1.0;  // Phi-3, GPT-NeoX (rotary_pct): the first fraction of each head rotates
+  /// The rotated features of a head (transformers: int(head_dim * partial_rotary_factor)).
+  int64_t rotary_dim() const { return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor); }
+  bool parallel_residual = false;      // GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
   int64_t sliding_window = 0;  // Mistral, Phi-3: a query sees the keys less than this many slots back (0: all)
   bool qk_norm = false;        // Qwen3: RMSNorm over each head of q and k before the rotary embedding
   bool fused_projections = false;  // Phi-3: qkv_proj and gate_up_proj instead of q/k/v_proj and gate/up_proj

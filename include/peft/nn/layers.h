@@ -47,6 +47,25 @@ class Linear : public LinearBase {
   at::Tensor bias;    // (O) or undefined
 };
 
+/// transformers' Conv1D (GPT-2): y = x W + b with W stored (in, out), the transpose of Linear's layout
+/// (checkpoints hold it so). As a LinearBase it shows W^T (O, I): adapters see a Linear, and merging
+/// writes back through the transpose (PEFT's fan_in_fan_out).
+class Conv1D : public LinearBase {
+ public:
+  Conv1D(int64_t in_features, int64_t out_features, bool bias);
+  at::Tensor forward(const at::Tensor & x) override;  // (.., I) -> (.., O)
+  LayerPtr clone_layer() const override;
+  int64_t in_features() const override { return weight.size(0); }
+  int64_t out_features() const override { return weight.size(1); }
+  at::Tensor apply_weight(const at::Tensor & x) override { return at::linear(x, weight.t()); }
+  at::Tensor dense_weight() const override { return weight.t(); }
+  at::Tensor bias_tensor() const override { return bias; }
+  void store_weight(const at::Tensor & w) override;
+  void store_bias(const at::Tensor & b) override;
+  at::Tensor weight;  // (I, O)
+  at::Tensor bias;    // (O) or undefined
+};
+
 class Embedding : public Layer {
  public:
   Embedding(int64_t num_embeddings, int64_t dim, int64_t padding_idx = -1);

@@ -46,6 +46,8 @@ struct TunerMethod {
   /// that it follows `embedding`'s adapter `adapter` (trainable tokens: the same rows). Null: nothing to do.
   std::shared_ptr<TunerLayer> (*tied)(const std::string & adapter, const LayerPtr & target,
                                       const std::shared_ptr<TunerLayer> & embedding) = nullptr;
+  /// Can it adapt transformers' Conv1D layers (GPT-2) as PEFT does (fan_in_fan_out)?
+  bool conv1d = false;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

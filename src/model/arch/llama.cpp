@@ -176,8 +176,14 @@ void read_llama_config(const ConfigReader & r, ModelConfig & c) {
   c.o_proj_bias = c.model_type == "qwen2" ? false : c.attention_bias;  // Qwen3 and the rest: as q/k/v
   c.qk_norm = c.model_type == "qwen3";
   c.fused_projections = c.model_type == "phi3";
-  PEFT_CHECK(!r.has("partial_rotary_factor") || r.number("partial_rotary_factor", 1.0) == 1.0, src,
-             ": field 'partial_rotary_factor' other than 1 is not supported yet");
+  // Phi-3 rotates the first partial_rotary_factor of each head (Phi3's apply_rotary_pos_emb); Llama's own
+  // code has no partial rotation
+  c.partial_rotary_factor = r.number("partial_rotary_factor", 1.0);
+  PEFT_CHECK(c.partial_rotary_factor == 1.0 || c.model_type == "phi3", src, ": field 'partial_rotary_factor' other than 1 ",
+             "is not supported for model_type '", c.model_type, "' (transformers' ", c.model_type, " has no partial rotation)");
+  PEFT_CHECK(c.partial_rotary_factor <= 1.0 && c.rotary_dim() % 2 == 0 && c.rotary_dim() > 0, src,
+             ": partial_rotary_factor ", c.partial_rotary_factor, " leaves ", c.rotary_dim(), " rotated features of ", c.head_dim,
+             " (it must be a positive even number)");
   if ((c.model_type == "mistral" || c.model_type == "phi3") && r.has("sliding_window") &&
       !r.json()["sliding_window"].is_null()) {
     c.sliding_window = r.integer("sliding_window", 0, false);

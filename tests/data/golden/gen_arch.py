@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Golden data for the Llama-family variants: Qwen3 (per-head q/k RMSNorm, head_dim apart from hidden/heads),
-Mistral (sliding-window attention), Phi-3 (fused qkv_proj / gate_up_proj, sliding window) and the rope_scaling types (linear, dynamic, yarn, llama3), each as a tiny random
-checkpoint in Hugging Face's layout with a LoRA adapter from upstream PEFT on top.
+Mistral (sliding-window attention), Phi-3 (fused qkv_proj / gate_up_proj, sliding window) and the rope_scaling types (linear, dynamic, yarn, llama3), and for
+GPT-2 (transformers' Conv1D layers, fused c_attn, learned positions, gelu_new, tied lm_head), Phi-3 with a partial rotary
+embedding, and GPT-NeoX (query_key_value laid out per head, rotary_pct, parallel and sequential residuals), each as a tiny random
+checkpoint in Hugging Face's layout with a LoRA adapter from upstream PEFT on top (GPT-2 also an IA3 one: gpt2_ia3).
 
 usage: python3 tests/data/golden/gen_arch.py --oracle /tmp/oracle [--only CASE[,CASE]]
 
 The reference below is written from transformers' modeling code (LlamaForCausalLM with Qwen3Attention's q_norm/k_norm,
-MistralAttention's sliding-window mask, and modeling_rope_utils' _compute_*_parameters for the rotary frequencies),
-eager attention in float32. --oracle is a prepared copy of shared/oracle (its setup.sh run first; use
+MistralAttention's sliding-window mask, and modeling_rope_utils' _compute_*_parameters for the rotary frequencies;
+GPT2LMHeadModel with pytorch_utils.Conv1D, which stands in for the stubbed transformers class before PEFT is imported,
+so that PEFT sees Conv1D layers and sets fan_in_fan_out), eager attention in float32. --oracle is a prepared copy of shared/oracle (its setup.sh run first; use
 /usr/bin/python3): PEFT comes from there. Writes models/tiny-<name> and cases/arch_<name>/ (case.json, input_ids.json,
 expected.safetensors with logits (the base model) and logits_lora (the adapter in adapter/ active), adapter/).
 Everything is seeded and single-threaded, so two runs write the same files.
@@ -25,6 +28,21 @@ BASE = {
     "vocab_size": 96, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
     "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
+}
+
+GPT2 = {
+    "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 96, "n_embd": 32, "n_layer": 2, "n_head": 4,
+    "n_positions": 64, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True, "tie_word_embeddings": True,
+    "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
+}
+
+NEOX = {
+    "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": 96, "hidden_size": 32,
+    "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "rotary_pct": 0.25,
+    "rotary_emb_base": 10000, "max_position_embeddings": 64, "layer_norm_eps": 1e-5, "use_parallel_residual": True,
+    "hidden_act": "gelu", "attention_bias": True, "tie_word_embeddings": False, "torch_dtype": "float32",
+    "bos_token_id": 1, "eos_token_id": 2,
 }
 
 CASES = {
@@ -48,10 +66,31 @@ CASES = {
     "rope_llama3": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", rope_theta=500.0,
                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    # GPT-2: GPT2Config's own names (n_embd, ...), n_inner null (4 * n_embd), lm_head tied to wte
+    "gpt2": GPT2,
+    "gpt2_ia3": GPT2,
+    # Phi-3 rotating half of each head (partial_rotary_factor 0.5)
+    "phi3_partial": dict(BASE, architectures=["Phi3ForCausalLM"], model_type="phi3", partial_rotary_factor=0.5,
+                         original_max_position_embeddings=64, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+                         pad_token_id=0),
+    # GPT-NeoX: a quarter of each head rotates (rotary_pct 0.25 of 8: 2), the parallel residual; and half with the
+    # sequential residual
+    "gpt_neox": dict(NEOX),
+    "gpt_neox_seq": dict(NEOX, rotary_pct=0.5, use_parallel_residual=False, rotary_emb_base=500.0),
+}
+
+# the adapter of each case (LoRA on the attention and MLP projections unless listed)
+ADAPTERS = {
+    "phi3": ("lora", ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+    "gpt2": ("lora", ["c_attn", "c_proj", "c_fc"]),
+    "gpt2_ia3": ("ia3", ["c_attn", "mlp.c_proj", "c_fc"]),
+    "phi3_partial": ("lora", ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+    "gpt_neox": ("lora", ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
+    "gpt_neox_seq": ("lora", ["query_key_value", "dense_4h_to_h"]),
 }
 
 
-def build_reference(torch):
+def build_reference(torch, Conv1D):
     from torch import nn
     import torch.nn.functional as F
 
@@ -80,15 +119,21 @@ def build_reference(torch):
     def head_dim_of(c):
         return c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
 
+    def rot_dim(c):
+        """The rotated features of a head: int(head_dim * partial_rotary_factor) (GPT-NeoX: rotary_pct)."""
+        if c["model_type"] == "gpt_neox":
+            return int(head_dim_of(c) * c["rotary_pct"])
+        return int(head_dim_of(c) * c.get("partial_rotary_factor", 1.0))
+
     def default_inv_freq(c):
-        dim = head_dim_of(c)
+        dim = rot_dim(c)
         return 1.0 / (c["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
 
     def rope_parameters(c, seq_len):
         """inv_freq and attention factor as modeling_rope_utils computes them (seq_len: max position + 1, a tensor)."""
         rs = c.get("rope_scaling") or {}
         kind = rs.get("rope_type", rs.get("type", "default"))
-        dim = head_dim_of(c)
+        dim = rot_dim(c)
         if kind == "default":
             return default_inv_freq(c), 1.0
         factor = rs["factor"]
@@ -135,6 +180,12 @@ def build_reference(torch):
         h = x.shape[-1] // 2
         return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
+    def rope(x, cos, sin):
+        """Phi3's / GPTNeoX's apply_rotary_pos_emb: the first cos.shape[-1] features rotate, the rest pass."""
+        r = cos.shape[-1]
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)
+
     class Attention(nn.Module):
         def __init__(self, c):
             super().__init__()
@@ -167,8 +218,7 @@ def build_reference(torch):
             if self.c["model_type"] == "qwen3":
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
             rep = self.h // self.kvh
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             s = q @ k.transpose(2, 3) / math.sqrt(self.hd)
@@ -248,7 +298,191 @@ def build_reference(torch):
         def get_input_embeddings(self):
             return self.model.embed_tokens
 
-    return ForCausalLM
+    class NeoXAttention(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            d = c["hidden_size"]
+            self.h, self.hd = c["num_attention_heads"], d // c["num_attention_heads"]
+            self.query_key_value = nn.Linear(d, 3 * d, bias=c.get("attention_bias", True))
+            self.dense = nn.Linear(d, d, bias=c.get("attention_bias", True))
+
+        def forward(self, x, cos, sin):
+            B, T, _ = x.shape
+            qkv = self.query_key_value(x).view(B, T, -1, 3 * self.hd).transpose(1, 2)
+            q, k, v = qkv.chunk(3, dim=-1)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            s = (q @ k.transpose(2, 3)) * self.hd ** -0.5
+            causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+            s = s.masked_fill(~causal, torch.finfo(s.dtype).min)
+            p = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+            return self.dense((p @ v).transpose(1, 2).reshape(B, T, -1))
+
+    class NeoXMLP(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.dense_h_to_4h = nn.Linear(c["hidden_size"], c["intermediate_size"])
+            self.dense_4h_to_h = nn.Linear(c["intermediate_size"], c["hidden_size"])
+
+        def forward(self, x):
+            return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))
+
+    class NeoXLayer(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.parallel = c["use_parallel_residual"]
+            self.input_layernorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+            self.post_attention_layernorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+            self.attention = NeoXAttention(c)
+            self.mlp = NeoXMLP(c)
+
+        def forward(self, x, cos, sin):
+            a = self.attention(self.input_layernorm(x), cos, sin)
+            if self.parallel:
+                return self.mlp(self.post_attention_layernorm(x)) + a + x
+            a = a + x
+            return self.mlp(self.post_attention_layernorm(a)) + a
+
+    class NeoXModel(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+            self.embed_in = nn.Embedding(c["vocab_size"], c["hidden_size"])
+            self.layers = nn.ModuleList([NeoXLayer(c) for _ in range(c["num_hidden_layers"])])
+            self.final_layer_norm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+
+        def forward(self, ids):
+            pos = torch.arange(ids.shape[1])[None, :]
+            dim = rot_dim(self.c)
+            inv = 1.0 / (self.c["rotary_emb_base"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+            freqs = (inv[None, :, None].float() @ pos[:, None, :].float()).transpose(1, 2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+            x = self.embed_in(ids)
+            for layer in self.layers:
+                x = layer(x, cos, sin)
+            return self.final_layer_norm(x)
+
+    class NeoXForCausalLM(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.config = AttrDict(c)
+            self.gpt_neox = NeoXModel(c)
+            self.embed_out = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            return self.embed_out(self.gpt_neox(input_ids))
+
+        def prepare_inputs_for_generation(self, input_ids, **kwargs):
+            return {"input_ids": input_ids}
+
+        def get_output_embeddings(self):
+            return self.embed_out
+
+        def get_input_embeddings(self):
+            return self.gpt_neox.embed_in
+
+    def gelu_new(x):
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    class GPT2Attention(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            d = c["n_embd"]
+            self.h = c["n_head"]
+            self.c_attn = Conv1D(3 * d, d)
+            self.c_proj = Conv1D(d, d)
+
+        def forward(self, x):
+            B, T, D = x.shape
+            q, k, v = self.c_attn(x).split(D, dim=2)
+            q, k, v = [t.view(B, T, self.h, D // self.h).transpose(1, 2) for t in (q, k, v)]
+            w = q @ k.transpose(-1, -2) / torch.full([], v.size(-1) ** 0.5, dtype=q.dtype)
+            causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+            w = torch.where(causal, w, torch.full([], torch.finfo(w.dtype).min, dtype=w.dtype))
+            p = F.softmax(w, dim=-1)
+            return self.c_proj((p @ v).transpose(1, 2).reshape(B, T, D))
+
+    class GPT2MLP(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            d = c["n_embd"]
+            inner = c["n_inner"] or 4 * d
+            self.c_fc = Conv1D(inner, d)
+            self.c_proj = Conv1D(d, inner)
+
+        def forward(self, x):
+            return self.c_proj(gelu_new(self.c_fc(x)))
+
+    class GPT2Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            d, eps = c["n_embd"], c["layer_norm_epsilon"]
+            self.ln_1 = nn.LayerNorm(d, eps=eps)
+            self.attn = GPT2Attention(c)
+            self.ln_2 = nn.LayerNorm(d, eps=eps)
+            self.mlp = GPT2MLP(c)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT2Model(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            d = c["n_embd"]
+            self.wte = nn.Embedding(c["vocab_size"], d)
+            self.wpe = nn.Embedding(c["n_positions"], d)
+            self.h = nn.ModuleList([GPT2Block(c) for _ in range(c["n_layer"])])
+            self.ln_f = nn.LayerNorm(d, eps=c["layer_norm_epsilon"])
+
+        def forward(self, ids):
+            pos = torch.arange(ids.shape[1])[None, :]
+            x = self.wte(ids) + self.wpe(pos)
+            for block in self.h:
+                x = block(x)
+            return self.ln_f(x)
+
+    class GPT2LMHeadModel(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.config = AttrDict(c)
+            self.transformer = GPT2Model(c)
+            self.lm_head = nn.Linear(c["n_embd"], c["vocab_size"], bias=False)
+            self.lm_head.weight = self.transformer.wte.weight  # tied
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            return self.lm_head(self.transformer(input_ids))
+
+        def prepare_inputs_for_generation(self, input_ids, **kwargs):
+            return {"input_ids": input_ids}
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+        def get_input_embeddings(self):
+            return self.transformer.wte
+
+    return lambda c: {"gpt2": GPT2LMHeadModel, "gpt_neox": NeoXForCausalLM}.get(c["model_type"], ForCausalLM)(c)
+
+
+def make_conv1d(torch):
+    """transformers.pytorch_utils.Conv1D: y = x W + b, W (in, out)."""
+    from torch import nn
+
+    class Conv1D(nn.Module):
+        def __init__(self, nf, nx):
+            super().__init__()
+            self.nf = nf
+            self.weight = nn.Parameter(torch.empty(nx, nf))
+            self.bias = nn.Parameter(torch.zeros(nf))
+            nn.init.normal_(self.weight, std=0.02)
+
+        def forward(self, x):
+            size_out = x.size()[:-1] + (self.nf,)
+            x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+            return x.view(size_out)
+
+    return Conv1D
 
 
 def main():
@@ -263,11 +497,17 @@ def main():
     sys.path.insert(0, os.path.abspath(a.oracle))
     import oracle_env  # noqa: F401  (must come before peft)
     import torch
-    from peft import LoraConfig, get_peft_model
+    import transformers.pytorch_utils as pytorch_utils  # a stub module: give it the real Conv1D before PEFT imports it
+    Conv1D = make_conv1d(torch)
+    pytorch_utils.Conv1D = Conv1D
+    from peft import IA3Config, LoraConfig, get_peft_model
+    for mod in list(sys.modules.values()):  # modules that bound the stub's Conv1D before (oracle_env imports PEFT)
+        if getattr(mod, "__name__", "").startswith("peft") and getattr(mod, "Conv1D", None) is not None:
+            mod.Conv1D = Conv1D
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
-    ForCausalLM = build_reference(torch)
+    ForCausalLM = build_reference(torch, Conv1D)
     only = [x for x in a.only.split(",") if x]
     for i, (name, config) in enumerate(CASES.items()):
         if only and name not in only:
@@ -277,7 +517,7 @@ def main():
         model = ForCausalLM(config)
         with torch.no_grad():  # visible, non-trivial norm weights and biases
             for n, p in model.named_parameters():
-                if n.endswith("norm.weight"):
+                if n.endswith("norm.weight") or (".ln_" in n and n.endswith(".weight")):
                     p.copy_(1.0 + 0.1 * torch.randn_like(p))
                 elif n.endswith(".bias"):
                     p.copy_(0.02 * torch.randn_like(p))
@@ -286,6 +526,8 @@ def main():
         mdir = os.path.join(a.golden, "models", f"tiny-{name.replace('_', '-')}")
         os.makedirs(mdir, exist_ok=True)
         sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        if config.get("tie_word_embeddings"):
+            sd.pop("lm_head.weight", None)  # tied: not in the checkpoint (as transformers saves it)
         save_file(sd, os.path.join(mdir, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(mdir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -294,9 +536,12 @@ def main():
         model.eval()
         with torch.no_grad():
             exp = {"logits": model(ids).detach().clone()}
-        targets = (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"] if config["model_type"] == "phi3"
-                   else ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
-        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+        kind, targets = ADAPTERS.get(name, ("lora", ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]))
+        if kind == "ia3":
+            pm = get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=["mlp.c_proj"],
+                                                 init_ia3_weights=False))
+        else:
+            pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
         g = torch.Generator().manual_seed(seed + 2)
         with torch.no_grad():
             for n, p in pm.named_parameters():
