@@ -11,6 +11,16 @@ at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Te
   return at::cat({ops::rotary(x.narrow(-1, 0, R), cos, sin), x.narrow(-1, R, Dh - R)}, -1);
 }
 
+at::Tensor activation(const std::string & name, const at::Tensor & x) {
+  if (name == "relu") return at::relu(x);
+  if (name == "gelu") return at::gelu(x);
+  return at::gelu(x, "tanh");  // gelu_new, gelu_pytorch_tanh
+}
+
+bool activation_supported(const std::string & name) {
+  return name == "relu" || name == "gelu" || name == "gelu_new" || name == "gelu_pytorch_tanh";
+}
+
 std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,
                                                const at::Tensor & v) {
   if (ctx.cache == nullptr) return {k, v};

@@ -4,6 +4,21 @@
 
 namespace peft {
 
+namespace {
+// clone_layer of a layer with `weight` and `bias` (maybe undefined): `to` (the same shape) gets copies of
+// their values and their requires_grad
+template <class L> LayerPtr copy_weight_and_bias(const L & from, std::shared_ptr<L> to) {
+  {
+    at::NoGradGuard g;
+    to->weight.copy_(from.weight);
+    if (from.bias.defined()) to->bias.copy_(from.bias);
+  }
+  to->weight.set_requires_grad(from.weight.requires_grad());
+  if (from.bias.defined()) to->bias.set_requires_grad(from.bias.requires_grad());
+  return to;
+}
+}  // namespace
+
 Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias) {
   weight = register_parameter("weight", at::empty({out_features, in_features}));
   if (has_bias) bias = register_parameter("bias", at::zeros({out_features}));
@@ -12,15 +27,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias) {
 at::Tensor Linear::forward(const at::Tensor & x) { return at::linear(x, weight, bias); }
 
 LayerPtr Linear::clone_layer() const {
-  auto l = std::make_shared<Linear>(in_features(), out_features(), bias.defined());
-  {
-    at::NoGradGuard g;
-    l->weight.copy_(weight);
-    if (bias.defined()) l->bias.copy_(bias);
-  }
-  l->weight.set_requires_grad(weight.requires_grad());
-  if (bias.defined()) l->bias.set_requires_grad(bias.requires_grad());
-  return l;
+  return copy_weight_and_bias(*this, std::make_shared<Linear>(in_features(), out_features(), bias.defined()));
 }
 
 void Linear::store_weight(const at::Tensor & w) {
@@ -47,15 +54,7 @@ Conv1D::Conv1D(int64_t in_features, int64_t out_features, bool has_bias) {
 at::Tensor Conv1D::forward(const at::Tensor & x) { return at::linear(x, weight.t(), bias); }
 
 LayerPtr Conv1D::clone_layer() const {
-  auto l = std::make_shared<Conv1D>(in_features(), out_features(), bias.defined());
-  {
-    at::NoGradGuard g;
-    l->weight.copy_(weight);
-    if (bias.defined()) l->bias.copy_(bias);
-  }
-  l->weight.set_requires_grad(weight.requires_grad());
-  if (bias.defined()) l->bias.set_requires_grad(bias.requires_grad());
-  return l;
+  return copy_weight_and_bias(*this, std::make_shared<Conv1D>(in_features(), out_features(), bias.defined()));
 }
 
 void Conv1D::store_weight(const at::Tensor & w) {

@@ -12,8 +12,14 @@ namespace peft::blocks {
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor & position_ids, const ModelConfig & c, at::ScalarType dtype);
 /// Read config.json's rope_scaling into c.rope_scaling (an error names any field or type not supported).
 void read_rope_scaling(const ConfigReader & r, ModelConfig & c);
-/// x * cos + rotate_half(x) * sin, x: (B, H, S, Dh).
+/// x * cos + rotate_half(x) * sin, x: (B, H, S, Dh); with cos narrower than Dh (a partial rotary embedding)
+/// only the first cos.size(-1) features of each head rotate.
 at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Tensor & sin);
+
+/// An MLP's activation by its config.json name: relu, gelu (exact), gelu_new / gelu_pytorch_tanh (the
+/// tanh form). Config readers check the name with activation_supported().
+at::Tensor activation(const std::string & name, const at::Tensor & x);
+bool activation_supported(const std::string & name);
 
 /// Write k, v (B, Hkv, S, Dh) into the cache of layer `layer` (if any) and return the full keys/values.
 std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,

@@ -41,9 +41,7 @@ class GPTNeoXMLP : public Module {
   }
   at::Tensor forward(const at::Tensor & x) {
     at::Tensor h = dense_h_to_4h->forward(x);
-    if (cfg.hidden_act == "relu") h = at::relu(h);
-    else if (cfg.hidden_act == "gelu") h = at::gelu(h);
-    else h = at::gelu(h, "tanh");  // gelu_new, gelu_pytorch_tanh
+    h = blocks::activation(cfg.hidden_act, h);
     return dense_4h_to_h->forward(h);
   }
   const ModelConfig & cfg;
@@ -130,9 +128,8 @@ void read_gpt_neox_config(const ConfigReader & r, ModelConfig & c) {
   c.parallel_residual = r.boolean("use_parallel_residual", true);
   c.attention_bias = r.boolean("attention_bias", true);
   c.hidden_act = r.string("hidden_act", "gelu");
-  PEFT_CHECK(c.hidden_act == "gelu" || c.hidden_act == "gelu_new" || c.hidden_act == "gelu_pytorch_tanh" ||
-                 c.hidden_act == "relu",
-             src, ": hidden_act '", c.hidden_act, "' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)");
+  PEFT_CHECK(blocks::activation_supported(c.hidden_act), src, ": hidden_act '", c.hidden_act,
+             "' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)");
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   blocks::read_rope_scaling(r, c);
 }

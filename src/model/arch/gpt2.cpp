@@ -41,9 +41,7 @@ class GPT2MLP : public Module {
   }
   at::Tensor forward(const at::Tensor & x) {
     at::Tensor h = c_fc->forward(x);
-    if (cfg.hidden_act == "relu") h = at::relu(h);
-    else if (cfg.hidden_act == "gelu") h = at::gelu(h);
-    else h = at::gelu(h, "tanh");  // gelu_new, gelu_pytorch_tanh
+    h = blocks::activation(cfg.hidden_act, h);
     return c_proj->forward(h);
   }
   const ModelConfig & cfg;
@@ -129,9 +127,8 @@ void read_gpt2_config(const ConfigReader & r, ModelConfig & c) {
   c.intermediate_size = r.integer("n_inner", 4 * c.hidden_size, false, 1);
   c.layer_norm_eps = r.number("layer_norm_epsilon", 1e-5);
   c.hidden_act = r.string("activation_function", "gelu_new");
-  PEFT_CHECK(c.hidden_act == "gelu_new" || c.hidden_act == "gelu_pytorch_tanh" || c.hidden_act == "gelu" ||
-                 c.hidden_act == "relu",
-             r.source(), ": activation_function '", c.hidden_act, "' is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu)");
+  PEFT_CHECK(blocks::activation_supported(c.hidden_act), r.source(), ": activation_function '", c.hidden_act,
+             "' is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu)");
   PEFT_CHECK(r.boolean("scale_attn_weights", true), r.source(), ": scale_attn_weights false is not supported");
   PEFT_CHECK(!r.boolean("scale_attn_by_inverse_layer_idx", false), r.source(),
              ": scale_attn_by_inverse_layer_idx is not supported");

@@ -56,7 +56,7 @@ class OPTDecoderLayer : public Module {
     if (!pre) x = self_attn_layer_norm->forward(x);
     at::Tensor y = pre ? final_layer_norm->forward(x) : x;
     y = fc1->forward(y);
-    y = cfg.hidden_act == "relu" ? at::relu(y) : at::gelu(y);
+    y = blocks::activation(cfg.hidden_act, y);
     y = x + fc2->forward(y);
     return pre ? y : final_layer_norm->forward(y);
   }
