@@ -61,6 +61,7 @@ void TrainableTokensLayer::follow(const std::string & name, std::shared_ptr<Trai
 
 void TrainableTokensLayer::forget(const std::string & name) {
   if (source_.erase(name)) return;
+  if (delta_->contains(name)) delta_->remove(name);  // (the wrapped layout's dict is not a direct child)
   if (rows_.erase(name)) {
     original_.erase(name);
     holder_->unregister_module(name);

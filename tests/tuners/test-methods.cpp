@@ -149,4 +149,18 @@ TEST(Methods, TrainableTokensInAMixedBatchEqualEachRowAlone) {
   EXPECT_GT((on[1] - off[1]).abs().max().item<double>(), 1e-2);  // the rows differ: the routing is seen
 }
 
+
+TEST(Methods, TrainableTokensAdaptersAreDeletedWhole) {
+  // LoRA + trainable_token_indices on the tied OPT model: deleting the adapter leaves no tensor of it
+  // (the token_adapter layout's dict too), and the adapter loads again
+  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-opt")), golden_case("lora_tokens_tied") + "/adapter");
+  m->load_adapter(golden_case("lora_tokens_tied") + "/adapter", "other");
+  m->delete_adapter("default");
+  for (const auto & p : m->model_ptr()->named_parameters(true)) EXPECT_EQ(p.key().find(".default"), std::string::npos) << p.key();
+  m->load_adapter(golden_case("lora_tokens_tied") + "/adapter", "default");
+  m->set_adapter("default");
+  at::NoGradGuard g;
+  EXPECT_CLOSE(m->forward({golden_ids("lora_tokens_tied")}), golden_expected("lora_tokens_tied").at("logits"));
+}
+
 }  // namespace
