@@ -113,8 +113,7 @@ class BpeTokenizer : public Tokenizer {
     PEFT_CHECK(model.value("type", "BPE") == "BPE", path, ": model type '", model.value("type", ""),
                "' is not supported (BPE only)");
     for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
-      int64_t id = it.value().get<int64_t>();
-      check_id(id, "vocab['" + it.key() + "']");
+      const int64_t id = id_value(it.value(), "vocab['" + it.key() + "']");
       vocab_[it.key()] = id;
       max_id_ = std::max(max_id_, id);
     }
@@ -138,8 +137,8 @@ class BpeTokenizer : public Tokenizer {
     if (model.contains("unk_token") && model["unk_token"].is_string()) unk_ = id_of(model["unk_token"].get<std::string>());
     if (j.contains("added_tokens")) {
       for (const auto & t : j["added_tokens"]) {
-        added_.push_back({t.at("content").get<std::string>(), t.at("id").get<int64_t>(), t.value("special", false)});
-        check_id(added_.back().id, "added token '" + added_.back().content + "'");
+        const std::string content = t.at("content").get<std::string>();
+        added_.push_back({content, id_value(t.at("id"), "added token '" + content + "'"), t.value("special", false)});
         vocab_[added_.back().content] = added_.back().id;
         max_id_ = std::max(max_id_, added_.back().id);
       }
@@ -154,6 +153,14 @@ class BpeTokenizer : public Tokenizer {
   }
 
   // token ids index a table: negative or absurdly large ones are errors, not memory corruption
+  // a token id: an integer (a number like 1e100 or 99999999999999999999 is not), in range
+  int64_t id_value(const json & v, const std::string & what) const {
+    PEFT_CHECK(v.is_number_integer(), path_, ": the id of ", what, " must be an integer, got ", v.dump());
+    const int64_t id = v.get<int64_t>();
+    check_id(id, what);
+    return id;
+  }
+
   void check_id(int64_t id, const std::string & what) const {
     PEFT_CHECK(id >= 0 && id < (int64_t(1) << 24), path_, ": ", what, " has id ", id, ", outside [0, 2^24)");
   }
@@ -314,6 +321,12 @@ class BpeTokenizer : public Tokenizer {
     } else if (type == "Strip") {
       s.kind = DecodeStep::kStrip;
       s.a = d.at("content").get<std::string>();
+      // counts of characters: integers in a sane range (a float such as 1e100 would not convert)
+      for (const char * k : {"start", "stop"}) {
+        const json & v = d.value(k, json(0));
+        PEFT_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < (int64_t(1) << 20), path_,
+                   ": decoder Strip's '", k, "' must be a small non-negative integer, got ", v.dump());
+      }
       s.start = d.value("start", 0);
       s.stop = d.value("stop", 0);
     } else if (type == "Metaspace") {
