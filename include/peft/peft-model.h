@@ -22,6 +22,8 @@
 namespace peft {
 
 class FolderWriter;
+class PromptEncoder;
+struct TunerMethod;
 
 class PeftModel {
  public:
@@ -105,8 +107,28 @@ class PeftModel {
 
   // ---- running and training ----
   /// Logits; with in.adapter_names set, a mixed-adapter batch (row b uses adapter_names[b],
-  /// "__base__" = no adapter; eval mode, nothing merged, LoRA / modules_to_save).
+  /// "__base__" = no adapter; eval mode, nothing merged, LoRA / modules_to_save). With an active
+  /// prompt-learning adapter (prompt tuning, P-tuning) the logits cover its virtual tokens first
+  /// (B, num_virtual_tokens() + S, V), as PEFT's; with a KV cache, only the tokens given.
   at::Tensor forward(const ForwardInput & in);
+  /// The model's input checks and prompt learning's (forward() runs them).
+  void validate(const ForwardInput & in) const;
+  /// forward() without the checks: what the compile layer captures (prompt learning's virtual tokens
+  /// included).
+  at::Tensor forward_unchecked(const ForwardInput & in);
+
+  // ---- prompt learning (prompt-learning.h) ----
+  /// The active prompt-learning adapter's num_virtual_tokens (0 when none is active or adapters are disabled).
+  int64_t num_virtual_tokens() const;
+  /// Positions the logits have before the input's: num_virtual_tokens() for prompt tuning and P-tuning
+  /// (the virtual tokens are inputs), 0 for prefix tuning (only keys and values).
+  int64_t virtual_token_logits() const;
+  /// Write the active prompt-learning adapter's virtual tokens into slots 0..num_virtual_tokens()-1 of a
+  /// new KV cache (every row); forwards with that cache then give the tokens' slots after them and an
+  /// attention_mask with ones for them. generate() does this (GenerationConfig::fill_virtual_tokens).
+  void fill_virtual_tokens(KVCache & cache);
+  /// Adapter `name`'s prompt encoder (its parameters have PEFT's names).
+  std::shared_ptr<PromptEncoder> prompt_encoder(const std::string & name) const;
   /// The routing of a mixed batch: (A, B) float, A = every adapter in adapter_index() order. Refuses
   /// a row whose adapter cannot run in a mixed batch (a DoRA adapter, as PEFT).
   at::Tensor mixed_rows(const std::vector<std::string> & names, int64_t batch) const;
@@ -142,12 +164,18 @@ class PeftModel {
   std::shared_ptr<CausalLM> release();
   void refresh_trainable();
   std::string checkpoint_key(const std::string & path, const std::string & adapter) const;
+  void add_prompt_encoder(const std::string & name, AdapterConfig cfg, const TunerMethod & method);
+  void remove_prompt_encoder(const std::string & name);
+  std::shared_ptr<PromptEncoder> active_prompt_encoder() const;
 
   std::shared_ptr<CausalLM> model_;
   std::map<std::string, AdapterConfig> configs_;
   std::map<std::string, uint64_t> adapter_ids_;  // unique per injection: a reload is a new computation
   std::shared_ptr<AdapterState> state_ = std::make_shared<AdapterState>();  // read by every adapter layer
   std::vector<std::pair<std::string, std::shared_ptr<TunerLayer>>> layers_;
+  // prompt-learning adapters: their encoders, children of prompt_holder_ ("prompt_encoder" in the model)
+  std::map<std::string, std::shared_ptr<PromptEncoder>> encoders_;
+  std::shared_ptr<torch::nn::Module> prompt_holder_;
   mutable uint64_t key_version_ = 0;
   mutable AdapterStateKey key_;
 };

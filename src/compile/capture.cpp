@@ -13,6 +13,7 @@ namespace peft::compile_detail {
 
 InputLayout InputLayout::of(const ForwardInput & in) {
   InputLayout l;
+  l.embeds = !in.input_ids.defined();
   l.mask = in.attention_mask.defined();
   l.position_ids = in.position_ids.defined();
   l.segments = in.segment_ids.defined();
@@ -24,7 +25,7 @@ InputLayout InputLayout::of(const ForwardInput & in) {
 
 std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
   std::vector<c10::IValue> s;
-  s.emplace_back(in.input_ids);
+  s.emplace_back(embeds ? in.inputs_embeds : in.input_ids);
   if (mask) s.emplace_back(in.attention_mask);
   if (position_ids) s.emplace_back(in.position_ids);
   if (segments) s.emplace_back(in.segment_ids);
@@ -39,7 +40,7 @@ std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
   return s;
 }
 
-Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout,
+Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout,
                 const std::map<std::string, int64_t> * routing_index) {
   Program p;
   std::vector<c10::IValue> inputs = layout.pack(in);
@@ -64,7 +65,7 @@ Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & l
   auto fn = [&](torch::jit::Stack stack) -> torch::jit::Stack {
     size_t i = 0;
     ForwardInput f;
-    f.input_ids = stack[i++].toTensor();
+    (layout.embeds ? f.inputs_embeds : f.input_ids) = stack[i++].toTensor();
     if (layout.mask) f.attention_mask = stack[i++].toTensor();
     if (layout.position_ids) f.position_ids = stack[i++].toTensor();
     if (layout.segments) f.segment_ids = stack[i++].toTensor();
@@ -81,9 +82,9 @@ Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & l
       // the routing tensor is a graph input: layers read it through the scope, the tracer sees the input
       f.adapter_rows = stack[i++].toTensor();
       RoutingScope scope(f.adapter_rows, *routing_index);
-      return {model.forward_unchecked(f)};
+      return {body(f)};
     }
-    return {model.forward_unchecked(f)};
+    return {body(f)};
   };
   auto lookup = [&](const at::Tensor & t) -> std::string {
     auto it = names.find(t.unsafeGetTensorImpl());

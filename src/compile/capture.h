@@ -8,17 +8,19 @@ namespace peft::compile_detail {
 
 /// Which optional runtime inputs a call has; part of the cache key.
 struct InputLayout {
+  bool embeds = false;  // inputs_embeds instead of input_ids
   bool mask = false, position_ids = false, segments = false, cache = false, routing = false;
   size_t cache_layers = 0;
   static InputLayout of(const ForwardInput & in);
-  /// The runtime inputs in graph order: ids, [mask], [position_ids], [segment_ids], [cache_position, k0, v0, k1, ...].
+  /// The runtime inputs in graph order: ids (or inputs_embeds), [mask], [position_ids], [segment_ids], [cache_position, k0, v0, k1, ...].
   std::vector<c10::IValue> pack(const ForwardInput & in) const;
 };
 
-/// Trace model.forward_unchecked(in). The default RNG state is restored afterwards, so capturing does
-/// not shift random streams (dropout) relative to eager runs.
+/// Trace body(in) (model.forward_unchecked, or a PeftModel's: prompt learning's virtual tokens happen
+/// before the model's forward); every parameter and buffer of `model` is a graph input. The default RNG
+/// state is restored afterwards, so capturing does not shift random streams (dropout) relative to eager runs.
 /// `routing_index`: adapter name -> row of in.adapter_rows, for mixed-adapter batches (else null).
-Program capture(CausalLM & model, const ForwardInput & in, const InputLayout & layout,
+Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout,
                 const std::map<std::string, int64_t> * routing_index = nullptr);
 
 }  // namespace peft::compile_detail

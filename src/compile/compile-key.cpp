@@ -36,6 +36,7 @@ CompileKey call_key(const CausalLM & model, const ForwardInput & in) {
   k.grad = at::GradMode::is_enabled();
   k.dtype = model.options().dtype().toScalarType();
   add(k.inputs, "ids", in.input_ids);
+  add(k.inputs, "embeds", in.inputs_embeds);
   add(k.inputs, "mask", in.attention_mask);
   add(k.inputs, "pos", in.position_ids);
   add(k.inputs, "segments", in.segment_ids);

@@ -52,7 +52,10 @@ struct CompiledModel::Impl {
     InputLayout layout = InputLayout::of(in);
     std::map<std::string, int64_t> index;
     if (peft) index = peft->adapter_index();
-    auto p = std::make_shared<Program>(compile_detail::capture(model(), in, layout, &index));
+    CausalLM & m = model();
+    LogitsFn body = peft ? LogitsFn([this](const ForwardInput & f) { return peft->forward_unchecked(f); })
+                         : LogitsFn([&m](const ForwardInput & f) { return m.forward_unchecked(f); });
+    auto p = std::make_shared<Program>(compile_detail::capture(m, body, in, layout, &index));
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
     if (log_graphs) std::cerr << "[peft::compile] graph for " << k.summary() << ":\n" << *p->graph << "\n";
@@ -72,11 +75,12 @@ struct CompiledModel::Impl {
   at::Tensor forward(const ForwardInput & in_) {
     if (peft) peft->prepare_forward();
     CausalLM & m = model();
-    m.validate(in_);
+    if (peft) peft->validate(in_);
+    else m.validate(in_);
     ForwardInput in = in_;
     if (!in.adapter_names.empty()) {
       PEFT_CHECK(peft != nullptr, "adapter_names given to a compiled model without adapters");
-      in.adapter_rows = peft->mixed_rows(in.adapter_names, in.input_ids.size(0));  // data, not structure
+      in.adapter_rows = peft->mixed_rows(in.adapter_names, batch_size(in));  // data, not structure
     }
     CompileKey k = compile_detail::call_key(m, in);
     const uint64_t version = peft ? peft->version() : 0;

@@ -26,9 +26,14 @@ std::vector<std::vector<int64_t>> generate(const LogitsFn & forward, const Model
     P = std::max<int64_t>(P, p.size());
   }
   // positions beyond the model's are out of range for learned embeddings and untrained for rotary ones
-  PEFT_CHECK(gen.max_new_tokens <= cfg.max_position_embeddings && P + gen.max_new_tokens <= cfg.max_position_embeddings,
-             "generate: a prompt of ", P, " tokens plus max_new_tokens ", gen.max_new_tokens, " exceeds the model's ",
-             cfg.max_position_embeddings, " positions (max_position_embeddings in config.json)");
+  const int64_t vt = gen.virtual_tokens;
+  PEFT_CHECK(vt >= 0 && (vt == 0 || !gen.use_cache || gen.fill_virtual_tokens), "generate: virtual_tokens ", vt,
+             " needs fill_virtual_tokens for the cache");
+  PEFT_CHECK(gen.max_new_tokens <= cfg.max_position_embeddings &&
+                 vt + P + gen.max_new_tokens <= cfg.max_position_embeddings,
+             "generate: a prompt of ", P, " tokens", vt ? str(" after ", vt, " virtual tokens") : "", " plus max_new_tokens ",
+             gen.max_new_tokens, " exceeds the model's ", cfg.max_position_embeddings,
+             " positions (max_position_embeddings in config.json)");
   const int64_t cap = P + gen.max_new_tokens;
   auto lopt = at::TensorOptions().dtype(at::kLong).device(cache_opts.device());
   // left padding: row b's prompt occupies the last len_b slots of the first P
@@ -44,8 +49,12 @@ std::vector<std::vector<int64_t>> generate(const LogitsFn & forward, const Model
   std::vector<std::vector<int64_t>> history(prompts), out(B);
   std::vector<bool> done(B, false);
   at::Generator rng = at::detail::createCPUGenerator(gen.seed);
+  // with the cache, the virtual tokens take its first vt slots: the mask over the cache has them in front
   KVCache cache;
-  if (gen.use_cache) cache = KVCache::allocate(cfg, B, cap, cache_opts);
+  if (gen.use_cache) {
+    cache = KVCache::allocate(cfg, B, vt + cap, cache_opts);
+    if (vt) gen.fill_virtual_tokens(cache);
+  }
 
   int64_t len = P;  // tokens in seq so far
   for (int64_t t = 0; t < gen.max_new_tokens; ++t) {
@@ -53,8 +62,8 @@ std::vector<std::vector<int64_t>> generate(const LogitsFn & forward, const Model
     if (gen.use_cache) {
       const int64_t start = t == 0 ? 0 : len - 1;
       in.input_ids = seq.narrow(1, start, len - start);
-      in.cache_position = at::arange(start, len, lopt);
-      in.attention_mask = mask;
+      in.cache_position = at::arange(vt + start, vt + len, lopt);
+      in.attention_mask = vt ? at::cat({at::ones({B, vt}, mask.options()), mask}, 1) : mask;
       in.cache = &cache;
     } else {
       in.input_ids = seq.narrow(1, 0, len);

@@ -61,15 +61,25 @@ at::TensorOptions CausalLM::options() const {
 
 void CausalLM::validate(const ForwardInput & in) const {
   const ModelConfig & cfg = config_;
-  PEFT_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, "input_ids must be a (batch, seq) tensor");
-  PEFT_CHECK(in.input_ids.scalar_type() == at::kLong, "input_ids must be int64");
-  PEFT_CHECK(in.input_ids.size(1) > 0, "input_ids is empty");
-  const int64_t lo = in.input_ids.min().item<int64_t>(), hi = in.input_ids.max().item<int64_t>();
-  PEFT_CHECK(lo >= 0 && hi < cfg.vocab_size, "token id ", lo < 0 ? lo : hi, " is out of range [0, ", cfg.vocab_size,
-             ")");
-  const int64_t L = in.cache ? in.cache->capacity() : in.input_ids.size(1);
+  PEFT_CHECK(in.input_ids.defined() != in.inputs_embeds.defined(), "give input_ids or inputs_embeds (one of them)");
+  if (in.inputs_embeds.defined()) {
+    PEFT_CHECK(in.inputs_embeds.dim() == 3 && in.inputs_embeds.size(1) > 0, "inputs_embeds must be (batch, seq, dim)");
+    auto emb = std::dynamic_pointer_cast<Embedding>(input_embedding()->base());
+    const int64_t D = emb ? emb->weight.size(1) : in.inputs_embeds.size(2);
+    PEFT_CHECK(in.inputs_embeds.size(2) == D, "inputs_embeds has ", in.inputs_embeds.size(2), " features, the input embedding ", D);
+    PEFT_CHECK(at::isFloatingType(in.inputs_embeds.scalar_type()), "inputs_embeds must be floating point");
+  } else {
+    PEFT_CHECK(in.input_ids.dim() == 2, "input_ids must be a (batch, seq) tensor");
+    PEFT_CHECK(in.input_ids.scalar_type() == at::kLong, "input_ids must be int64");
+    PEFT_CHECK(in.input_ids.size(1) > 0, "input_ids is empty");
+    const int64_t lo = in.input_ids.min().item<int64_t>(), hi = in.input_ids.max().item<int64_t>();
+    PEFT_CHECK(lo >= 0 && hi < cfg.vocab_size, "token id ", lo < 0 ? lo : hi, " is out of range [0, ", cfg.vocab_size,
+               ")");
+  }
+  const auto shape = in.input_ids.defined() ? in.input_ids.sizes() : in.inputs_embeds.sizes().slice(0, 2);
+  const int64_t L = in.cache ? in.cache->capacity() : shape[1];
   if (in.position_ids.defined()) {
-    PEFT_CHECK(in.position_ids.sizes() == in.input_ids.sizes(), "position_ids must be (batch, seq) like input_ids");
+    PEFT_CHECK(in.position_ids.sizes() == shape, "position_ids must be (batch, seq) like input_ids");
     PEFT_CHECK(in.position_ids.min().item<int64_t>() >= 0, "position_ids must not be negative");
   }
   // a learned position table (OPT) has max_position_embeddings rows; rotary positions go on past it, as in
@@ -85,18 +95,18 @@ void CausalLM::validate(const ForwardInput & in) const {
                " (max_position_embeddings in config.json)");
   }
   if (in.attention_mask.defined()) {
-    PEFT_CHECK(in.attention_mask.dim() == 2 && in.attention_mask.size(0) == in.input_ids.size(0) &&
+    PEFT_CHECK(in.attention_mask.dim() == 2 && in.attention_mask.size(0) == shape[0] &&
                    in.attention_mask.size(1) == L,
                "attention_mask must be (batch, ", L, "), got ", in.attention_mask.sizes());
   }
   if (in.segment_ids.defined()) {
-    PEFT_CHECK(!in.cache && in.segment_ids.sizes() == in.input_ids.sizes(),
+    PEFT_CHECK(!in.cache && in.segment_ids.sizes() == shape,
                "segment_ids must be (batch, seq) like input_ids, without a KV cache");
   }
   if (in.cache) {
     PEFT_CHECK(in.cache->k.size() == static_cast<size_t>(cfg.num_layers), "KV cache has ", in.cache->k.size(),
                " layers, model has ", cfg.num_layers);
-    PEFT_CHECK(in.cache_position.defined() && in.cache_position.numel() == in.input_ids.size(1),
+    PEFT_CHECK(in.cache_position.defined() && in.cache_position.numel() == shape[1],
                "cache_position must hold one slot per new token");
     PEFT_CHECK(in.cache_position.max().item<int64_t>() < L, "cache_position beyond the cache capacity ", L);
   }
@@ -108,9 +118,10 @@ at::Tensor CausalLM::forward(const ForwardInput & in) {
 }
 
 at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
-  const int64_t B = in.input_ids.size(0), S = in.input_ids.size(1);
+  const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : input_embedding()->forward(in.input_ids);
+  const int64_t B = embeds.size(0), S = embeds.size(1);
   const int64_t L = in.cache ? in.cache->capacity() : S;
-  auto lopts = at::TensorOptions().dtype(at::kLong).device(in.input_ids.device());
+  auto lopts = at::TensorOptions().dtype(at::kLong).device(embeds.device());
   AttentionContext ctx;
   ctx.cache = in.cache;
   ctx.cache_position = in.cache_position.defined() ? in.cache_position : at::arange(S, lopts);
@@ -137,7 +148,7 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   } else {
     ctx.position_ids = ctx.cache_position.unsqueeze(0).expand({B, S});
   }
-  return forward_impl(in.input_ids, ctx);
+  return forward_impl(embeds, ctx);
 }
 
 void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> & tensors, const std::string & source) {

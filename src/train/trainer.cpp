@@ -15,23 +15,30 @@
 
 namespace peft {
 
-at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, const at::Tensor & attention_mask) {
-  const int64_t V = logits.size(-1), S = logits.size(1);
+namespace {
+
+// Predictions (B, T, V) and the T targets they predict: logits[:, :-1] for ids[:, 1:], or with n virtual
+// tokens in front (logits (B, n + S, V)) logits[:, n-1 : n+S-1] for all S ids.
+std::pair<at::Tensor, at::Tensor> aligned(const at::Tensor & logits, const at::Tensor & targets) {
+  const int64_t V = logits.size(-1), S = targets.size(1), extra = logits.size(1) - S;
+  PEFT_CHECK(extra >= 0, "logits cover ", logits.size(1), " positions, the labels ", S);
+  if (extra > 0) return {logits.narrow(1, extra - 1, S).reshape({-1, V}).to(at::kFloat), targets.reshape({-1})};
   PEFT_CHECK(S >= 2, "the loss needs sequences of at least 2 tokens");
-  at::Tensor pred = logits.narrow(1, 0, S - 1).reshape({-1, V}).to(at::kFloat);
-  at::Tensor target = ids.narrow(1, 1, S - 1).reshape({-1});
-  if (attention_mask.defined()) {
-    at::Tensor keep = attention_mask.narrow(1, 1, S - 1).reshape({-1}).to(at::kBool);
-    target = target.masked_fill(keep.logical_not(), -100);
-  }
-  return at::cross_entropy_loss(pred, target, {}, at::Reduction::Mean, -100);
+  return {logits.narrow(1, 0, S - 1).reshape({-1, V}).to(at::kFloat), targets.narrow(1, 1, S - 1).reshape({-1})};
+}
+
+}  // namespace
+
+at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, const at::Tensor & attention_mask) {
+  at::Tensor target = ids;
+  if (attention_mask.defined()) target = ids.masked_fill(attention_mask.to(at::kBool).logical_not(), -100);
+  auto pt = aligned(logits, target);
+  return at::cross_entropy_loss(pt.first, pt.second, {}, at::Reduction::Mean, -100);
 }
 
 at::Tensor causal_lm_loss_sum(const at::Tensor & logits, const at::Tensor & labels) {
-  const int64_t V = logits.size(-1), S = logits.size(1);
-  PEFT_CHECK(S >= 2, "the loss needs sequences of at least 2 tokens");
-  at::Tensor pred = logits.narrow(1, 0, S - 1).reshape({-1, V}).to(at::kFloat);
-  return at::cross_entropy_loss(pred, labels.narrow(1, 1, S - 1).reshape({-1}), {}, at::Reduction::Sum, -100);
+  auto pt = aligned(logits, labels);
+  return at::cross_entropy_loss(pt.first, pt.second, {}, at::Reduction::Sum, -100);
 }
 
 namespace {
@@ -174,6 +181,8 @@ StepLog Trainer::step(const std::vector<Batch> & micro) {
   int64_t tokens = 0;
   for (const Batch & b : micro) {
     counted += b.loss_tokens;
+    // virtual tokens in front: each row's first token is predicted too
+    if (I.opts.virtual_tokens) counted += (b.labels.select(1, 0) != -100).sum().item<int64_t>();
     tokens += b.tokens;
   }
   if (I.cb.sum_across_ranks) {
@@ -238,6 +247,7 @@ EvalLog Trainer::evaluate(const SequenceSet & data) {
       const Batch b = data.batch(seqs);
       sum += causal_lm_loss_sum(I.forward(input_of(b)), b.labels).item<double>();
       counted += b.loss_tokens;
+      if (I.opts.virtual_tokens) counted += (b.labels.select(1, 0) != -100).sum().item<int64_t>();
     }
   }
   if (I.cb.sum_across_ranks) {

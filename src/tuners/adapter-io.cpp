@@ -6,6 +6,7 @@
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
+#include "peft/tuners/prompt-learning.h"
 #include "peft/tuners/registry.h"
 
 namespace peft {
@@ -28,6 +29,29 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
   auto tensors = safetensors_load(file);  // read and validated before the model is touched
   if (auto from_file = tuner_method(cfg.peft_type).from_file) from_file(cfg, file, tensors);
   auto wrapped = inject(name, cfg);
+  if (encoders_.count(name)) {  // prompt learning: the file holds the encoder's output, "prompt_embeddings"
+    try {
+      auto enc = encoders_.at(name);
+      PEFT_CHECK(enc->table_only(), dir, ": a ", cfg.peft_type, " adapter whose encoder is more than its table ",
+                 "cannot be loaded trainable: the file holds the encoder's output (PEFT would run it through a new ",
+                 "random encoder); load it for inference");
+      auto it = tensors.find("prompt_embeddings");
+      PEFT_CHECK(it != tensors.end(), file, ": missing tensor 'prompt_embeddings'");
+      PEFT_CHECK(tensors.size() == 1, file, ": unexpected tensor '",
+                 (tensors.begin()->first == "prompt_embeddings" ? std::next(tensors.begin()) : tensors.begin())->first,
+                 "' in a ", cfg.peft_type, " adapter (it holds 'prompt_embeddings' only)");
+      PEFT_CHECK(it->second.sizes() == enc->table.sizes(), file, ": tensor 'prompt_embeddings' has shape ",
+                 it->second.sizes(), ", the model expects ", enc->table.sizes(), " (an adapter for another model?)");
+      at::NoGradGuard g;
+      enc->table.copy_(it->second);
+    } catch (...) {
+      delete_adapter(name);
+      state_->touch();
+      throw;
+    }
+    refresh_trainable();
+    return;
+  }
   try {
     // checkpoint key -> model tensor, for this adapter's tensors
     std::map<std::string, at::Tensor> want;
@@ -112,6 +136,12 @@ std::string PeftModel::checkpoint_key(const std::string & path, const std::strin
 std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::string & adapter) const {
   const AdapterConfig & cfg = adapter_config(adapter);
   std::map<std::string, at::Tensor> out;
+  if (auto e = encoders_.find(adapter); e != encoders_.end()) {
+    // PEFT: the encoder's output (the table itself when that is all the encoder is)
+    at::NoGradGuard g;
+    out["prompt_embeddings"] = e->second->table_only() ? e->second->table : e->second->prompts().contiguous();
+    return out;
+  }
   for (const auto & l : layers_) {
     if (!l.second->has_adapter(adapter)) continue;
     for (const auto & p : l.second->adapter_parameters(adapter)) {

@@ -3,6 +3,7 @@
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
+#include "peft/tuners/prompt-learning.h"
 
 namespace peft {
 
@@ -14,6 +15,8 @@ void PeftModel::hotswap_adapter(const std::string & dir, const std::string & nam
   for (const auto & l : layers_) {
     PEFT_CHECK(!l.second->is_merged(name), "adapter '", name, "' is merged; unmerge before hot-swapping");
   }
+  PEFT_CHECK(!encoders_.count(name) || encoders_.at(name)->table_only(), "adapter '", name, "' (", old.peft_type,
+             ") computes its prompts with an encoder: hot-swap needs it loaded for inference (a table)");
   const std::string file = dir + "/adapter_model.safetensors";
   auto tensors = safetensors_load(file);
   std::map<std::string, at::Tensor> want = adapter_state_dict(name);

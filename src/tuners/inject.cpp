@@ -43,6 +43,12 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
     PEFT_CHECK(cfg.bias == "none" || kv.second.bias == "none", "only one adapter may train biases (bias != \"none\")");
   }
   const TunerMethod & method = tuner_method(cfg.peft_type);
+  if (method.prompt_encoder) {  // prompt learning: an encoder, no layer is touched
+    add_prompt_encoder(name, cfg, method);
+    adapter_ids_[name] = g_next_adapter_id++;
+    state_->touch();
+    return {};
+  }
   const auto defaults = default_targets(method, model_->config().model_type);
   PEFT_CHECK(cfg.all_linear || cfg.target_regex || !cfg.target_list.empty() || !defaults.empty() ||
                  !cfg.modules_to_save.empty(),

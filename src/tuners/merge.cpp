@@ -9,7 +9,11 @@ namespace peft {
 
 void PeftModel::merge_adapter(const std::vector<std::string> & names, bool safe_merge) {
   std::vector<std::string> which = names.empty() ? active_adapters() : names;
-  for (const auto & n : which) PEFT_CHECK(configs_.count(n), "no adapter named '", n, "'");
+  for (const auto & n : which) {
+    PEFT_CHECK(configs_.count(n), "no adapter named '", n, "'");
+    PEFT_CHECK(!encoders_.count(n), "adapter '", n, "' (", configs_.at(n).peft_type,
+               ") is prompt learning: its virtual tokens cannot be merged into weights (nor in PEFT); unload() drops it");
+  }
   // keep exact copies of what merging overwrites, so a refused (safe) merge restores bit-for-bit
   std::vector<std::pair<at::Tensor, at::Tensor>> saved;
   std::vector<std::pair<std::shared_ptr<TunerLayer>, std::vector<std::string>>> merged_before;
@@ -61,6 +65,7 @@ std::shared_ptr<CausalLM> PeftModel::release() {
     replace_submodule(model_, l.first, keep);
   }
   layers_.clear();
+  while (!encoders_.empty()) remove_prompt_encoder(encoders_.begin()->first);
   configs_.clear();
   adapter_ids_.clear();
   state_->set_active({});

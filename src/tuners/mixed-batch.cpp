@@ -8,9 +8,12 @@ namespace peft {
 
 at::Tensor PeftModel::forward(const ForwardInput & in) {
   prepare_forward();
-  if (in.adapter_names.empty()) return model_->forward(in);
+  if (in.adapter_names.empty()) {
+    validate(in);
+    return forward_unchecked(in);
+  }
   ForwardInput mixed = in;
-  mixed.adapter_rows = mixed_rows(in.adapter_names, in.input_ids.size(0));
+  mixed.adapter_rows = mixed_rows(in.adapter_names, batch_size(in));
   const auto index = adapter_index();
   RoutingScope scope(mixed.adapter_rows, index);
   return model_->forward(mixed);
@@ -27,6 +30,8 @@ at::Tensor PeftModel::mixed_rows(const std::vector<std::string> & names, int64_t
   PEFT_CHECK(static_cast<int64_t>(names.size()) == batch, "adapter_names has ", names.size(), " entries for a batch of ",
              batch);
   PEFT_CHECK(!merged(), "mixed-adapter batches are not possible while adapters are merged");
+  PEFT_CHECK(encoders_.empty(), "mixed-adapter batches cannot hold prompt-learning adapters (",
+             configs_.begin()->second.peft_type, ")");
   const auto index = adapter_index();
   at::Tensor rows = at::zeros({static_cast<int64_t>(index.size()), batch});
   for (int64_t b = 0; b < batch; ++b) {

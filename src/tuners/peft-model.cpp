@@ -2,6 +2,7 @@
 // delete_adapter) and which parameters train. Injection, files, merging, hot-swap, mixed batches and the
 // compile key live in their own files beside this one.
 #include "peft/peft-model.h"
+#include "peft/tuners/prompt-learning.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -51,6 +52,8 @@ void PeftModel::refresh_layers() {
 void PeftModel::set_adapter(const std::vector<std::string> & names) {
   PEFT_CHECK(!names.empty(), "set_adapter needs at least one adapter name");
   for (const auto & n : names) PEFT_CHECK(configs_.count(n), "no adapter named '", n, "'");
+  PEFT_CHECK(encoders_.empty() || names.size() == 1, "prompt-learning adapters run one at a time (",
+             configs_.at(names[0]).peft_type, ")");
   if (merged()) unmerge_adapter();  // PEFT unmerges (with a warning) before switching
   state_->set_active(names);
   refresh_trainable();
@@ -82,6 +85,7 @@ void PeftModel::delete_adapter(const std::string & name) {
   for (auto & l : layers_) {
     if (l.second->has_adapter(name)) l.second->delete_adapter(name);
   }
+  remove_prompt_encoder(name);
   configs_.erase(name);
   adapter_ids_.erase(name);
   std::vector<std::string> active = state_->active();
@@ -114,6 +118,9 @@ void PeftModel::refresh_trainable() {
     if (cfg.inference_mode) continue;
     if (cfg.shared_trainable) {
       for (auto & kv : cfg.shared) kv.second.set_requires_grad(true);
+    }
+    if (auto e = encoders_.find(a); e != encoders_.end()) {
+      for (auto & p : e->second->parameters()) p.set_requires_grad(true);
     }
     for (auto & l : layers_) {
       if (!l.second->has_adapter(a)) continue;

@@ -21,6 +21,9 @@ TunerMethod vblora_method();
 TunerMethod shira_method();
 TunerMethod randlora_method();
 TunerMethod trainable_tokens_method();
+TunerMethod prompt_tuning_method();
+TunerMethod p_tuning_method();
+TunerMethod prefix_tuning_method();
 
 const std::vector<TunerMethod> & tuner_methods() {
   static const std::vector<TunerMethod> methods = {lora_method(),      ia3_method(),      loha_method(),
@@ -28,7 +31,8 @@ const std::vector<TunerMethod> & tuner_methods() {
                                                    oft_method(),       boft_method(),      vera_method(),
                                                    hra_method(),       miss_method(),      fourierft_method(),
                                                    vblora_method(),    shira_method(),     randlora_method(),
-                                                   trainable_tokens_method()};
+                                                   trainable_tokens_method(), prompt_tuning_method(),
+                                                   p_tuning_method(),  prefix_tuning_method()};
   return methods;
 }
 

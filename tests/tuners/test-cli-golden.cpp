@@ -65,6 +65,25 @@ TEST(CliMerge, MergedCheckpointGivesMergeAndUnloadLogits) {
   }
 }
 
+// prompt learning through the CLI: upstream's folders, eager and compiled, and disabled
+TEST(CliGolden, PromptLearningFolders) {
+  for (const auto & c : std::vector<GoldenCase>{{"prompt_tuning", "tiny-llama"},   {"prefix_tuning_proj", "tiny-llama"},
+                                                {"p_tuning_lstm", "tiny-llama"},   {"prefix_tuning_opt", "tiny-opt"},
+                                                {"prompt_tuning_opt", "tiny-opt"}}) {
+    auto want = golden_expected(c.name);
+    const std::string a = "--adapter " + golden_case(c.name) + "/adapter";
+    EXPECT_CLOSE(cli_forward(c.model, c.name, a), want.at("logits_loaded")) << c.name;
+    EXPECT_CLOSE(cli_forward(c.model, c.name, a + " --compile"), want.at("logits_loaded")) << c.name;
+    EXPECT_CLOSE(cli_forward(c.model, c.name, a + " --disable-adapters --compile"), want.at("logits_disabled")) << c.name;
+  }
+  std::string log;
+  EXPECT_NE(run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("prompt_tuning") +
+                        "/input_ids.json --out /tmp/y.safetensors --adapter " + golden_case("prompt_tuning") + "/adapter --merge",
+                    &log),
+            0);
+  EXPECT_NE(log.find("cannot be merged"), std::string::npos) << log;
+}
+
 TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   auto want = golden_expected("multi_adapter");
   const std::string a = golden_case("multi_adapter") + "/adapters/";

@@ -177,7 +177,8 @@ namespace {
 TEST(TrainCli, AnyMethodFromAnAdapterConfig) {
   const std::string c = golden_case("train_lora_adamw");
   for (const char * method : {"ia3", "loha", "lokr", "oft", "vera", "vblora", "shira", "randlora", "boft_butterfly2",
-                              "trainable_tokens", "lora_tokens"}) {
+                              "trainable_tokens", "lora_tokens", "prompt_tuning", "prefix_tuning_proj",
+                              "p_tuning_lstm"}) {
     const std::string dir = temp_dir("train-any");
     std::string out;
     ASSERT_EQ(run_cli(std::string("train --compile --model ") + golden_model("tiny-llama") + " --adapter-config " +

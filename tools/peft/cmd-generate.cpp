@@ -54,6 +54,8 @@ Runner add_generate(CLI::App & app) {
     gen.use_cache = !o->no_cache;
     gen.eos_token_ids = base->config().eos_token_ids;
     gen.pad_token_id = std::max<int64_t>(0, base->config().pad_token_id);
+    gen.virtual_tokens = pm->num_virtual_tokens();  // a prompt-learning adapter's, in the cache's first slots
+    gen.fill_virtual_tokens = [pm](KVCache & c) { pm->fill_virtual_tokens(c); };
     std::vector<std::vector<int64_t>> prompts;
     for (const auto & p : o->prompts) prompts.push_back(tok->encode(p, /*add_special=*/true));
     const bool stream = prompts.size() == 1;

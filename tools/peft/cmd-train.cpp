@@ -347,6 +347,7 @@ Runner add_train(CLI::App & app) {
       cb.extra_loss = [&] { return allocator->orthogonal_regularization(); };
       cb.after_update = [&](int64_t step) { allocator->update_and_allocate(step - 1); };  // upstream counts from 0
     }
+    t.virtual_tokens = m->virtual_token_logits() > 0;  // prompt learning: each row's first token is predicted too
     Trainer trainer(make_logits_fn(*m, o->compile), m->trainable_parameters(), t, cb);
     if (allocator) {
       const int64_t total_step = acfg.opts<AdaLoraOptions>().total_step, steps = trainer.total_steps(train_set);

@@ -25,6 +25,11 @@ struct GenerationConfig {
   uint64_t seed = 0;
   bool use_cache = true;
   int64_t pad_token_id = 0;
+  /// A prompt-learning adapter's virtual tokens (PeftModel::num_virtual_tokens()): the forward puts them
+  /// before every prompt; with the cache they take its first slots, written once by fill_virtual_tokens
+  /// (PeftModel::fill_virtual_tokens) before the prompts run.
+  int64_t virtual_tokens = 0;
+  std::function<void(KVCache &)> fill_virtual_tokens;
 };
 
 /// New tokens for each prompt. on_token(row, id) is called as tokens are chosen (streaming);

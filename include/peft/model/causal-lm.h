@@ -21,12 +21,17 @@ namespace peft {
 /// replays one graph for every token.
 struct KVCache {
   std::vector<at::Tensor> k, v;
+  /// Leading slots that hold a prompt-learning adapter's virtual tokens (PeftModel::fill_virtual_tokens
+  /// writes them and sets this); the tokens of a ForwardInput then go in the slots after them.
+  int64_t virtual_tokens = 0;
   int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
   static KVCache allocate(const ModelConfig & cfg, int64_t batch, int64_t capacity, at::TensorOptions opts);
 };
 
 struct ForwardInput {
   at::Tensor input_ids;       // (B, S) int64
+  at::Tensor inputs_embeds;   // (B, S, D) instead of input_ids: the token embeddings themselves (transformers'
+                              // inputs_embeds; prompt learning puts its virtual tokens in front this way)
   at::Tensor attention_mask;  // (B, L) 1 = real token, 0 = padding/empty slot; undefined = all ones
   at::Tensor position_ids;    // (B, S) int64; undefined = derived from attention_mask and cache_position
   at::Tensor cache_position;  // (S) int64 slots written in the cache; undefined = 0..S-1
@@ -37,6 +42,11 @@ struct ForwardInput {
   std::vector<std::string> adapter_names;  // one adapter per row, "__base__" = none; empty = off
   at::Tensor adapter_rows;                 // (A, B) float routing built from adapter_names
 };
+
+/// Rows of a batch (input_ids or inputs_embeds).
+inline int64_t batch_size(const ForwardInput & in) {
+  return in.input_ids.defined() ? in.input_ids.size(0) : in.inputs_embeds.size(0);
+}
 
 /// A forward as a value: the eager model, a PeftModel or a compiled graph; generation and training
 /// take one, so each works with all of them.
@@ -74,7 +84,8 @@ class CausalLM : public Module {
   virtual LayerPtr output_layer() const = 0;
 
  protected:
-  virtual at::Tensor forward_impl(const at::Tensor & input_ids, const AttentionContext & ctx) = 0;
+  /// `embeds`: the input embedding's output for the ids (or ForwardInput::inputs_embeds), (B, S, D).
+  virtual at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) = 0;
   ModelConfig config_;
 };
 

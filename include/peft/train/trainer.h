@@ -19,14 +19,19 @@ namespace peft {
 class FolderWriter;
 
 /// Mean token cross-entropy of logits[:, :-1] (B, S, V) against ids[:, 1:]; positions whose target is
-/// padding (attention_mask 0) are ignored when a mask is given.
+/// padding (attention_mask 0) are ignored when a mask is given. Logits longer than ids (B, n + S, V) cover
+/// n virtual tokens first (prompt learning): the last of those predicts ids[:, 0], as PEFT's -100 labels
+/// for the virtual tokens leave it, so all S tokens are targets.
 at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, const at::Tensor & attention_mask = {});
 
-/// Summed token cross-entropy of logits[:, :-1] against labels[:, 1:] (-100 = ignored), float32.
+/// Summed token cross-entropy of logits[:, :-1] against labels[:, 1:] (-100 = ignored), float32; longer
+/// logits as in causal_lm_loss.
 at::Tensor causal_lm_loss_sum(const at::Tensor & logits, const at::Tensor & labels);
 
 struct TrainOptions {
   int64_t batch_size = 8;                   // sequences per micro-batch
+  bool virtual_tokens = false;  // the forward puts virtual tokens first (PeftModel::virtual_token_logits() > 0):
+                                // each row's first token is a target too (causal_lm_loss)
   int64_t gradient_accumulation_steps = 1;  // micro-batches per optimizer step
   int64_t steps = 100;                      // optimizer steps; 0 = from `epochs` (train())
   double epochs = 0;

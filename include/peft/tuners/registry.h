@@ -17,6 +17,9 @@
 
 namespace peft {
 
+class CausalLM;
+class PromptEncoder;
+
 struct TunerMethod {
   /// Its PEFT name, parameter prefix, config defaults and the parser of its typed options.
   MethodSchema schema;
@@ -48,6 +51,9 @@ struct TunerMethod {
                                       const std::shared_ptr<TunerLayer> & embedding) = nullptr;
   /// Can it adapt transformers' Conv1D layers (GPT-2) as PEFT does (fan_in_fan_out)?
   bool conv1d = false;
+  /// Prompt learning (prompt-learning.h): no layer is adapted (supports/inject are null); the adapter is
+  /// this prompt encoder, made for `model` from the completed config.
+  std::shared_ptr<PromptEncoder> (*prompt_encoder)(const AdapterConfig & cfg, const CausalLM & model) = nullptr;
 };
 
 /// The method for a peft_type; throws peft::Error listing the known ones.

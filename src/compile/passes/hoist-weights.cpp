@@ -4,6 +4,9 @@
 // (LoHa's Hadamard products, LoKr's Kronecker product, flattened IA3 vectors) become plain tensors that
 // the algebraic folds can then merge into the base weights.
 #include <ATen/core/stack.h>
+#include <torch/csrc/jit/ir/alias_analysis.h>
+
+#include <set>
 
 #include "passes.h"
 
@@ -11,6 +14,15 @@ namespace peft::compile_detail {
 
 size_t hoist_weight_computations(Program & p) {
   std::vector<torch::jit::Node *> nodes(p.graph->nodes().begin(), p.graph->nodes().end());
+  std::set<const torch::jit::Node *> written;
+  {
+    torch::jit::AliasDb db(p.graph);
+    for (torch::jit::Node * n : nodes) {
+      for (torch::jit::Value * o : n->outputs()) {
+        if (db.hasWriters(o)) written.insert(n);
+      }
+    }
+  }
   size_t hoisted = 0;
   for (torch::jit::Node * n : nodes) {
     if (!n->blocks().empty() || n->outputs().empty() || n->kind() == c10::prim::Constant) continue;
@@ -19,6 +31,9 @@ size_t hoist_weight_computations(Program & p) {
     if (!tensors) continue;
     const c10::FunctionSchema * schema = n->maybeSchema();
     if (!schema || schema->is_mutable() || n->isNondeterministic()) continue;
+    // a value the graph then changes in place, itself or through a view (LibTorch's functional linear
+    // adds a bias with add_), would change the derived input, again on every call: it stays in the graph
+    if (written.count(n)) continue;
     // inputs: constants, weights, or lists of weights (torch.cat of adapters' factors); at least one weight
     struct Arg {
       c10::optional<c10::IValue> constant;

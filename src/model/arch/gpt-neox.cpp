@@ -96,9 +96,9 @@ class GPTNeoXForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return embed_out; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & ids, const AttentionContext & ctx) override {
+  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
     auto & m = *gpt_neox;
-    at::Tensor h = m.embed_in->forward(ids);
+    at::Tensor h = embeds;
     const auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
     for (size_t i = 0; i < m.layers->size(); ++i) h = m.layers->at<GPTNeoXLayer>(i)->forward(h, ctx, cs.first, cs.second);
     return embed_out->forward(m.final_layer_norm->forward(h));

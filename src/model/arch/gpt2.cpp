@@ -95,9 +95,9 @@ class GPT2LMHeadModel : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & ids, const AttentionContext & ctx) override {
+  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
     auto & t = *transformer;
-    at::Tensor x = t.wte->forward(ids) + t.wpe->forward(ctx.position_ids);
+    at::Tensor x = embeds + t.wpe->forward(ctx.position_ids);
     for (size_t i = 0; i < t.h->size(); ++i) x = t.h->at<GPT2Block>(i)->forward(x, ctx);
     return lm_head->forward(t.ln_f->forward(x));
   }

@@ -143,8 +143,8 @@ class LlamaForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & ids, const AttentionContext & ctx) override {
-    at::Tensor h = model->embed_tokens->forward(ids);
+  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
+    at::Tensor h = embeds;
     auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
     for (size_t i = 0; i < model->layers->size(); ++i) {
       h = model->layers->at<LlamaDecoderLayer>(i)->forward(h, ctx, cs.first, cs.second);

@@ -108,9 +108,9 @@ class OPTForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & ids, const AttentionContext & ctx) override {
+  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
     auto & d = *model->decoder;
-    at::Tensor h = d.embed_tokens->forward(ids);
+    at::Tensor h = embeds;
     if (d.project_in) h = d.project_in->forward(h);
     h = h + d.embed_positions->forward(ctx.position_ids + kPositionOffset);
     for (size_t i = 0; i < d.layers->size(); ++i) h = d.layers->at<OPTDecoderLayer>(i)->forward(h, ctx);
