@@ -13,6 +13,8 @@ std::shared_ptr<CausalLM> build_gpt2(const ModelConfig & c);
 void rename_gpt2_config(nlohmann::json & j);
 void read_gpt_neox_config(const ConfigReader & r, ModelConfig & c);
 std::shared_ptr<CausalLM> build_gpt_neox(const ModelConfig & c);
+void read_gemma_config(const ConfigReader & r, ModelConfig & c);
+std::shared_ptr<CausalLM> build_gemma(const ModelConfig & c);
 
 namespace {
 
@@ -61,6 +63,16 @@ const DefaultTargets kGptNeoXTargets = {
     /*ln_tuning=*/{},  // PEFT has none for gpt_neox
 };
 
+// PEFT's rows for gemma2 and gemma3_text
+const DefaultTargets kGemmaTargets = {
+    /*lora=*/{"q_proj", "v_proj"},
+    /*ia3=*/{"q_proj", "v_proj", "down_proj"},
+    /*ia3_feedforward=*/{"down_proj"},
+    /*adalora=*/{"q_proj", "v_proj"},
+    /*ln_tuning=*/{"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+                   "norm"},
+};
+
 }  // namespace
 
 const std::vector<Architecture> & architectures() {
@@ -73,6 +85,8 @@ const std::vector<Architecture> & architectures() {
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},
       {"gpt2", "GPT2LMHeadModel", &read_gpt2_config, &build_gpt2, kGpt2Targets, &rename_gpt2_config},
       {"gpt_neox", "GPTNeoXForCausalLM", &read_gpt_neox_config, &build_gpt_neox, kGptNeoXTargets},
+      {"gemma2", "Gemma2ForCausalLM", &read_gemma_config, &build_gemma, kGemmaTargets},
+      {"gemma3_text", "Gemma3ForCausalLM", &read_gemma_config, &build_gemma, kGemmaTargets},
   };
   return table;
 }

@@ -1,4 +1,6 @@
 #include "peft/model/blocks.h"
+
+#include "peft/error.h"
 #include "peft/ops/attention-ops.h"
 #include "peft/ops/decoder-ops.h"
 
@@ -17,6 +19,19 @@ at::Tensor activation(const std::string & name, const at::Tensor & x) {
   return at::gelu(x, "tanh");  // gelu_new, gelu_pytorch_tanh
 }
 
+void read_layer_types(const ConfigReader & r, ModelConfig & c) {
+  if (!r.has("layer_types") || r.json()["layer_types"].is_null()) return;
+  const auto & t = r.json()["layer_types"];
+  PEFT_CHECK(t.is_array() && static_cast<int64_t>(t.size()) == c.num_layers, r.source(),
+             ": field 'layer_types' must list one type per layer (", c.num_layers, ")");
+  c.sliding_layers.clear();
+  for (const auto & x : t) {
+    PEFT_CHECK(x == "sliding_attention" || x == "full_attention", r.source(), ": field 'layer_types' holds ", x.dump(),
+               " (sliding_attention or full_attention)");
+    c.sliding_layers.push_back(x == "sliding_attention");
+  }
+}
+
 bool activation_supported(const std::string & name) {
   return name == "relu" || name == "gelu" || name == "gelu_new" || name == "gelu_pytorch_tanh";
 }
@@ -31,18 +46,30 @@ std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int
   return {kc, vc};
 }
 
+namespace {
+// Gemma 2: scores * scale, then tanh(scores / cap) * cap (before the mask); the softmax's scale is then 1
+at::Tensor softcapped(const at::Tensor & scores, double & scale, double cap) {
+  if (cap <= 0) return scores;
+  const at::Tensor s = scores * scale;
+  scale = 1.0;
+  return at::tanh(s / cap) * cap;
+}
+}  // namespace
+
 at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
-                     double scale) {
+                     double scale, double softcap) {
   const int64_t B = q.size(0), H = q.size(1), S = q.size(2), Dh = q.size(3);
   if (S == 1) {
     // a decode step (one query row): the products as B*H matrix-vector products on the cache in place,
     // grouped heads read where they are (peft::one_row_*), not B*H GEMM calls
-    const at::Tensor probs = ops::masked_softmax(ops::one_row_scores(q, k), mask, scale);  // (B, H, 1, L)
+    const at::Tensor scores = softcapped(ops::one_row_scores(q, k), scale, softcap);
+    const at::Tensor probs = ops::masked_softmax(scores, mask, scale);  // (B, H, 1, L)
     return ops::one_row_mix(probs, v).transpose(1, 2).reshape({B, S, H * Dh});
   }
   const at::Tensor kk = ops::repeat_heads(k, H), vv = ops::repeat_heads(v, H);  // grouped-query attention
   // softmax(where(mask, q k^T * scale, lowest)) in float32
-  const at::Tensor probs = ops::masked_softmax(at::matmul(q, kk.transpose(2, 3)), mask, scale);  // (B, H, S, L)
+  const at::Tensor scores = softcapped(at::matmul(q, kk.transpose(2, 3)), scale, softcap);
+  const at::Tensor probs = ops::masked_softmax(scores, mask, scale);  // (B, H, S, L)
   at::Tensor out = at::matmul(probs, vv);  // (B, H, S, Dh)
   return out.transpose(1, 2).reshape({B, S, H * Dh});
 }

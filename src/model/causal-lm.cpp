@@ -117,8 +117,15 @@ at::Tensor CausalLM::forward(const ForwardInput & in) {
   return forward_unchecked(in);
 }
 
+at::Tensor CausalLM::embed(const at::Tensor & input_ids) {
+  const at::Tensor e = input_embedding()->forward(input_ids);
+  if (!config_.multiplier_in_lookup) return e;
+  // Gemma 3's scaled embedding: the multiplier in the weights' dtype
+  return e * at::scalar_tensor(config_.embedding_multiplier, e.options().dtype(e.scalar_type()));
+}
+
 at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
-  const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : input_embedding()->forward(in.input_ids);
+  const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : embed(in.input_ids);
   const int64_t B = embeds.size(0), S = embeds.size(1);
   const int64_t L = in.cache ? in.cache->capacity() : S;
   auto lopts = at::TensorOptions().dtype(at::kLong).device(embeds.device());
@@ -127,19 +134,23 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   ctx.cache_position = in.cache_position.defined() ? in.cache_position : at::arange(S, lopts);
   at::Tensor key_pos = at::arange(L, lopts);
   at::Tensor allowed = key_pos.unsqueeze(0) <= ctx.cache_position.unsqueeze(1);  // (S, L) causal
-  if (config_.sliding_window > 0) {  // and less than sliding_window slots back (Mistral)
-    allowed = allowed.logical_and(key_pos.unsqueeze(0) > ctx.cache_position.unsqueeze(1) - config_.sliding_window);
+  at::Tensor windowed;  // and less than sliding_window slots back (Mistral: every layer; Gemma: some)
+  if (config_.sliding_window > 0) {
+    windowed = allowed.logical_and(key_pos.unsqueeze(0) > ctx.cache_position.unsqueeze(1) - config_.sliding_window);
+    if (config_.sliding_layers.empty()) std::swap(allowed, windowed), windowed = at::Tensor();
   }
-  if (in.attention_mask.defined()) {
-    at::Tensor am = in.attention_mask.to(at::kBool);
-    ctx.mask = allowed.unsqueeze(0).logical_and(am.unsqueeze(1)).unsqueeze(1);  // (B, 1, S, L)
-  } else {
-    ctx.mask = allowed.unsqueeze(0).unsqueeze(0).expand({B, 1, S, L});
-  }
-  if (in.segment_ids.defined()) {  // packed documents: attention stays within a segment
-    at::Tensor same = in.segment_ids.unsqueeze(2) == in.segment_ids.unsqueeze(1);  // (B, S, S)
-    ctx.mask = ctx.mask.logical_and(same.unsqueeze(1));
-  }
+  auto batch_mask = [&](const at::Tensor & a) {  // (S, L) -> (B, 1, S, L) with padding and segments
+    at::Tensor m = in.attention_mask.defined()
+                       ? a.unsqueeze(0).logical_and(in.attention_mask.to(at::kBool).unsqueeze(1)).unsqueeze(1)
+                       : a.unsqueeze(0).unsqueeze(0).expand({B, 1, S, L});
+    if (in.segment_ids.defined()) {  // packed documents: attention stays within a segment
+      at::Tensor same = in.segment_ids.unsqueeze(2) == in.segment_ids.unsqueeze(1);  // (B, S, S)
+      m = m.logical_and(same.unsqueeze(1));
+    }
+    return m;
+  };
+  ctx.mask = batch_mask(allowed);
+  if (windowed.defined()) ctx.window_mask = batch_mask(windowed);
   if (in.position_ids.defined()) {
     ctx.position_ids = in.position_ids;
   } else if (in.attention_mask.defined()) {

@@ -83,12 +83,18 @@ LayerPtr Embedding::clone_layer() const {
   return l;
 }
 
-RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", at::ones({dim})); }
+RMSNorm::RMSNorm(int64_t dim, double eps_, bool unit_offset_) : eps(eps_), unit_offset(unit_offset_) {
+  weight = register_parameter("weight", unit_offset ? at::zeros({dim}) : at::ones({dim}));
+}
 
-at::Tensor RMSNorm::forward(const at::Tensor & x) { return ops::rms_norm(x, weight, eps); }
+at::Tensor RMSNorm::forward(const at::Tensor & x) {
+  if (!unit_offset) return ops::rms_norm(x, weight, eps);
+  const at::Tensor xf = x.to(at::kFloat);
+  return (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps) * (weight.to(at::kFloat) + 1.0)).to(x.scalar_type());
+}
 
 LayerPtr RMSNorm::clone_layer() const {
-  auto l = std::make_shared<RMSNorm>(weight.size(0), eps);
+  auto l = std::make_shared<RMSNorm>(weight.size(0), eps, unit_offset);
   {
     at::NoGradGuard g;
     l->weight.copy_(weight);

@@ -190,7 +190,7 @@ at::Tensor PeftModel::forward_unchecked(const ForwardInput & in) {
   }
   if (!enc->key_values()) {
     // prompt tuning / P-tuning: [virtual tokens, input] as embeddings
-    const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model_->input_embedding()->forward(in.input_ids);
+    const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model_->embed(in.input_ids);
     const at::Tensor prompts = enc->prompts().to(embeds.scalar_type()).unsqueeze(0).expand({B, -1, -1});
     f.input_ids = at::Tensor();
     f.inputs_embeds = at::cat({prompts, embeds}, 1);

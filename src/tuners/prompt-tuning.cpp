@@ -81,7 +81,9 @@ std::shared_ptr<const MethodOptions> prompt_tuning_parse(const AdapterConfig & c
 std::shared_ptr<PromptEncoder> prompt_tuning_encoder(const AdapterConfig & c, const CausalLM & model) {
   auto words = std::dynamic_pointer_cast<Embedding>(model.input_embedding()->base());
   PEFT_CHECK(words != nullptr, "PROMPT_TUNING: the model's input embedding is not an embedding table");
-  return std::make_shared<PromptEmbedding>(c.opts<PromptTuningOptions>(), words->weight, c.inference_mode,
+  at::Tensor rows = words->weight;  // what the model's embedding gives for a token (Gemma 3 scales it)
+  if (model.config().multiplier_in_lookup) rows = rows * model.config().embedding_multiplier;
+  return std::make_shared<PromptEmbedding>(c.opts<PromptTuningOptions>(), rows, c.inference_mode,
                                            "PROMPT_TUNING config");
 }
 

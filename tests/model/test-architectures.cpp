@@ -63,7 +63,9 @@ INSTANTIATE_TEST_SUITE_P(Golden, Arch,
                                            ArchCase{"gpt2", "tiny-gpt2"}, ArchCase{"gpt2_ia3", "tiny-gpt2-ia3"},
                                            ArchCase{"phi3_partial", "tiny-phi3-partial"},
                                            ArchCase{"gpt_neox", "tiny-gpt-neox"},
-                                           ArchCase{"gpt_neox_seq", "tiny-gpt-neox-seq"}),
+                                           ArchCase{"gpt_neox_seq", "tiny-gpt-neox-seq"},
+                                           ArchCase{"gemma2", "tiny-gemma2"}, ArchCase{"gemma3", "tiny-gemma3"},
+                                           ArchCase{"qwen3_sliding", "tiny-qwen3-sliding"}),
                          [](const auto & i) { return std::string(i.param.name); });
 
 // One token at a time through the KV cache gives the full forward's logits: the window slides over cache
@@ -113,7 +115,9 @@ TEST(ArchConfig, UnsupportedRopeScalingAndSlidingLayersAreNamed) {
             std::string::npos);
   EXPECT_NE(err({{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}}).find("low_freq_factor"), std::string::npos);
   EXPECT_NE(err({{"rope_scaling", {{"rope_type", "linear"}}}}).find("'factor'"), std::string::npos);
-  EXPECT_NE(err({{"model_type", "qwen3"}, {"use_sliding_window", true}}).find("use_sliding_window"), std::string::npos);
+  EXPECT_NE(err({{"model_type", "qwen3"}, {"use_sliding_window", true}}).find("sliding_window"), std::string::npos);
+  EXPECT_NE(err({{"model_type", "gemma2"}, {"layer_types", {"sliding_attention"}}, {"num_hidden_layers", 2}}).find("layer_types"),
+            std::string::npos);
   // a partial rotary embedding: Phi-3's and GPT-NeoX's, not Llama's
   EXPECT_NE(err({{"partial_rotary_factor", 0.5}}).find("partial_rotary_factor"), std::string::npos);
   EXPECT_NE(err({{"model_type", "phi3"}, {"partial_rotary_factor", 0.1}}).find("rotated features"), std::string::npos);
@@ -124,7 +128,8 @@ TEST(ArchConfig, UnsupportedRopeScalingAndSlidingLayersAreNamed) {
 // the KV cache, compiled, with the adapter, gives the full forward's logits
 TEST(ArchCache, DecodeEqualsTheFullForward) {
   for (const auto & [name, model] : std::vector<std::pair<std::string, std::string>>{
-           {"gpt2", "tiny-gpt2"}, {"gpt_neox", "tiny-gpt-neox"}, {"phi3_partial", "tiny-phi3-partial"}}) {
+           {"gpt2", "tiny-gpt2"}, {"gpt_neox", "tiny-gpt-neox"}, {"phi3_partial", "tiny-phi3-partial"},
+           {"gemma2", "tiny-gemma2"}, {"gemma3", "tiny-gemma3"}, {"qwen3_sliding", "tiny-qwen3-sliding"}}) {
     SCOPED_TRACE(name);
     auto m = PeftModel::from_pretrained(load_model(golden_model(model)), golden_case("arch_" + name) + "/adapter");
     at::NoGradGuard g;

@@ -21,13 +21,17 @@ at::Tensor apply_rope(const at::Tensor & x, const at::Tensor & cos, const at::Te
 at::Tensor activation(const std::string & name, const at::Tensor & x);
 bool activation_supported(const std::string & name);
 
+/// config.json's layer_types (sliding_attention / full_attention per layer) into c.sliding_layers, when given.
+void read_layer_types(const ConfigReader & r, ModelConfig & c);
+
 /// Write k, v (B, Hkv, S, Dh) into the cache of layer `layer` (if any) and return the full keys/values.
 std::pair<at::Tensor, at::Tensor> update_cache(const AttentionContext & ctx, int64_t layer, const at::Tensor & k,
                                                const at::Tensor & v);
 
 /// softmax(q k^T * scale + mask) v with grouped-query heads; q (B, H, S, Dh), k/v (B, Hkv, L, Dh).
+/// softcap > 0 (Gemma 2): the scaled scores become tanh(scores / softcap) * softcap before the mask.
 /// Returns (B, S, H*Dh).
 at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
-                     double scale);
+                     double scale, double softcap = 0);
 
 }  // namespace peft::blocks

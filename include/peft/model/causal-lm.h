@@ -55,6 +55,8 @@ using LogitsFn = std::function<at::Tensor(const ForwardInput &)>;
 /// What an architecture's forward is handed after the shared preprocessing.
 struct AttentionContext {
   at::Tensor mask;            // (B, 1, S, L) bool: true = may attend
+  at::Tensor window_mask;     // the same within the sliding window, when only some layers slide (else undefined)
+  const at::Tensor & mask_for(bool sliding_layer) const { return sliding_layer && window_mask.defined() ? window_mask : mask; }
   at::Tensor position_ids;    // (B, S)
   at::Tensor cache_position;  // (S)
   KVCache * cache = nullptr;
@@ -79,6 +81,8 @@ class CausalLM : public Module {
   void tie_weights();
   /// Stop tying: the output layer keeps its own weight (config.json's tie_word_embeddings becomes false).
   void untie_weights() { config_.tie_word_embeddings = false; }
+  /// The input's token embeddings as the model takes them (input_embedding()'s output; Gemma 3's scaled).
+  at::Tensor embed(const at::Tensor & input_ids);
   /// The token embedding and the output layer (as they stand now: possibly adapter wrappers).
   virtual LayerPtr input_embedding() const = 0;
   virtual LayerPtr output_layer() const = 0;

@@ -39,7 +39,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;     // "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gpt2", "gpt_neox"
+  std::string model_type;     // "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gpt2", "gpt_neox", "gemma2", "gemma3_text"
   std::string architecture;   // "LlamaForCausalLM", ...
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -59,6 +59,19 @@ struct ModelConfig {
   int64_t rotary_dim() const { return static_cast<int64_t>(static_cast<double>(head_dim) * partial_rotary_factor); }
   bool parallel_residual = false;      // GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
   int64_t sliding_window = 0;  // Mistral, Phi-3: a query sees the keys less than this many slots back (0: all)
+  /// Which layers have the sliding window (Gemma 2/3, Qwen2/3 with use_sliding_window: transformers'
+  /// layer_types); empty: every layer, when sliding_window > 0.
+  std::vector<bool> sliding_layers;
+  bool layer_slides(int64_t layer) const {
+    return sliding_window > 0 && (sliding_layers.empty() || sliding_layers[static_cast<size_t>(layer)]);
+  }
+  // Gemma 2/3
+  double embedding_multiplier = 1.0;  // token embeddings times sqrt(hidden_size)
+  bool multiplier_in_lookup = false;  // Gemma 3: the embedding module multiplies (inputs_embeds are taken as they are)
+  double attention_scale = 0;         // query_pre_attn_scalar^-0.5 (0: 1/sqrt(head_dim))
+  double attn_logit_softcapping = 0;  // scores -> tanh(scores / cap) * cap before the mask (0: none)
+  double final_logit_softcapping = 0; // the same on the logits
+  double rope_local_base_freq = 0;    // Gemma 3's sliding layers: rope with this theta and no scaling (0: as the others)
   bool qk_norm = false;        // Qwen3: RMSNorm over each head of q and k before the rotary embedding
   bool fused_projections = false;  // Phi-3: qkv_proj and gate_up_proj instead of q/k/v_proj and gate/up_proj
   std::string hidden_act = "silu";

@@ -78,11 +78,14 @@ class Embedding : public Layer {
 /// Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight, computed in float32.
 class RMSNorm : public Layer {
  public:
-  RMSNorm(int64_t dim, double eps);
+  /// unit_offset (Gemma): the weight is stored as w - 1 and applied as (1 + w) in float32 before the cast
+  /// back (transformers' GemmaRMSNorm; Llama's casts first, then multiplies).
+  RMSNorm(int64_t dim, double eps, bool unit_offset = false);
   at::Tensor forward(const at::Tensor & x) override;
   LayerPtr clone_layer() const override;
   at::Tensor weight;
   double eps;
+  bool unit_offset;
 };
 
 class LayerNorm : public Layer {

@@ -59,7 +59,8 @@ class LlamaAttention : public Module {
     q = blocks::apply_rope(q, cos, sin);
     k = blocks::apply_rope(k, cos, sin);
     auto kv = blocks::update_cache(ctx, layer_idx, k, v);
-    at::Tensor out = blocks::attention(q, kv.first, kv.second, ctx.mask, 1.0 / std::sqrt(static_cast<double>(Dh)));
+    at::Tensor out = blocks::attention(q, kv.first, kv.second, ctx.mask_for(cfg.layer_slides(layer_idx)),
+                                       1.0 / std::sqrt(static_cast<double>(Dh)));
     return o_proj->forward(out);
   }
 
@@ -188,9 +189,14 @@ void read_llama_config(const ConfigReader & r, ModelConfig & c) {
       !r.json()["sliding_window"].is_null()) {
     c.sliding_window = r.integer("sliding_window", 0, false);
   }
-  // Qwen2/3 configs carry a sliding_window that only use_sliding_window turns on (for some layers)
-  PEFT_CHECK(!(qwen && r.boolean("use_sliding_window", false)), src,
-             ": field 'use_sliding_window' (sliding-window layers of Qwen2/Qwen3) is not supported yet");
+  // Qwen2/3 configs carry a sliding_window that only use_sliding_window turns on, for the layers from
+  // max_window_layers on (transformers' layer_types, which a config may also give itself)
+  if (qwen && r.boolean("use_sliding_window", false)) {
+    c.sliding_window = r.integer("sliding_window", 0, true);
+    const int64_t from = r.integer("max_window_layers", c.num_layers, false, 0);
+    for (int64_t i = 0; i < c.num_layers; ++i) c.sliding_layers.push_back(i >= from);
+    blocks::read_layer_types(r, c);
+  }
   c.mlp_bias = r.boolean("mlp_bias", false);
   PEFT_CHECK(c.num_heads % c.num_kv_heads == 0, src, ": num_attention_heads ", c.num_heads,
              " is not a multiple of num_key_value_heads ", c.num_kv_heads);

@@ -2,7 +2,9 @@
 """Golden data for the Llama-family variants: Qwen3 (per-head q/k RMSNorm, head_dim apart from hidden/heads),
 Mistral (sliding-window attention), Phi-3 (fused qkv_proj / gate_up_proj, sliding window) and the rope_scaling types (linear, dynamic, yarn, llama3), and for
 GPT-2 (transformers' Conv1D layers, fused c_attn, learned positions, gelu_new, tied lm_head), Phi-3 with a partial rotary
-embedding, and GPT-NeoX (query_key_value laid out per head, rotary_pct, parallel and sequential residuals), each as a tiny random
+embedding, GPT-NeoX (query_key_value laid out per head, rotary_pct, parallel and sequential residuals), Gemma 2 and Gemma 3
+text (scaled embeddings, (1 + w) RMSNorm, four norms per layer, soft-capping, sliding-window layers, Gemma 3's q/k norms and local
+rope) and Qwen3 with use_sliding_window (layers from max_window_layers on), each as a tiny random
 checkpoint in Hugging Face's layout with a LoRA adapter from upstream PEFT on top (GPT-2 also an IA3 one: gpt2_ia3).
 
 usage: python3 tests/data/golden/gen_arch.py --oracle /tmp/oracle [--only CASE[,CASE]]
@@ -77,6 +79,21 @@ CASES = {
     # sequential residual
     "gpt_neox": dict(NEOX),
     "gpt_neox_seq": dict(NEOX, rotary_pct=0.5, use_parallel_residual=False, rotary_emb_base=500.0),
+    # Gemma 2: head_dim 16 apart from hidden/heads, query_pre_attn_scalar 24, both soft-caps small enough to act, layer 0
+    # sliding (window 4 over 9 tokens), layer 1 global, tied lm_head
+    "gemma2": dict(BASE, architectures=["Gemma2ForCausalLM"], model_type="gemma2", head_dim=16, hidden_act=None,
+                   hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=3.0, sliding_window=4, tie_word_embeddings=True, attention_bias=False),
+    # Gemma 3 (text): q/k norms, 3 layers with sliding_window_pattern 3 (layers 0 and 1 slide, with rope theta 10000 and
+    # no scaling; layer 2 global: theta 1e6 with linear scaling 2), no soft-caps
+    "gemma3": dict(BASE, architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", num_hidden_layers=3, head_dim=16,
+                   hidden_act=None, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=16,
+                   attn_logit_softcapping=None, final_logit_softcapping=None, sliding_window=4, sliding_window_pattern=3,
+                   rope_theta=1000000.0, rope_local_base_freq=10000.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+                   tie_word_embeddings=True, attention_bias=False),
+    # Qwen3 with use_sliding_window: layers from max_window_layers (1) on slide (window 4)
+    "qwen3_sliding": dict(BASE, architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=16, attention_bias=True,
+                          use_sliding_window=True, sliding_window=4, max_window_layers=1),
 }
 
 # the adapter of each case (LoRA on the attention and MLP projections unless listed)
@@ -115,6 +132,36 @@ def build_reference(torch, Conv1D):
             x = x.float()
             x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
             return self.weight * x.to(dt)
+
+    class GemmaRMSNorm(nn.Module):
+        """Gemma's: (1 + w), multiplied in float32 before the cast back."""
+
+        def __init__(self, d, eps):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(d))
+            self.eps = eps
+
+        def forward(self, x):
+            out = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+            return (out * (1.0 + self.weight.float())).type_as(x)
+
+    def is_gemma(c):
+        return c["model_type"] in ("gemma2", "gemma3_text")
+
+    def norm_of(c, d):
+        return GemmaRMSNorm(d, c["rms_norm_eps"]) if is_gemma(c) else RMSNorm(d, c["rms_norm_eps"])
+
+    def slides(c, i):
+        """transformers' layer_types: whether layer i has the sliding window."""
+        if not c.get("sliding_window"):
+            return False
+        if c["model_type"] == "gemma2":
+            return (i + 1) % 2 != 0
+        if c["model_type"] == "gemma3_text":
+            return (i + 1) % c["sliding_window_pattern"] != 0
+        if c["model_type"] in ("qwen2", "qwen3"):
+            return bool(c.get("use_sliding_window")) and i >= c["max_window_layers"]
+        return c["model_type"] in ("mistral", "phi3")
 
     def head_dim_of(c):
         return c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
@@ -187,9 +234,9 @@ def build_reference(torch, Conv1D):
         return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)
 
     class Attention(nn.Module):
-        def __init__(self, c):
+        def __init__(self, c, i):
             super().__init__()
-            self.c = c
+            self.c, self.i = c, i
             self.h, self.kvh, self.hd = c["num_attention_heads"], c["num_key_value_heads"], head_dim_of(c)
             d, bias = c["hidden_size"], c.get("attention_bias", False)
             if c["model_type"] == "phi3":  # Phi3Attention: one projection, split as q | k | v
@@ -199,9 +246,9 @@ def build_reference(torch, Conv1D):
                 self.k_proj = nn.Linear(d, self.kvh * self.hd, bias=bias)
                 self.v_proj = nn.Linear(d, self.kvh * self.hd, bias=bias)
             self.o_proj = nn.Linear(self.h * self.hd, d, bias=bias)
-            if c["model_type"] == "qwen3":
-                self.q_norm = RMSNorm(self.hd, c["rms_norm_eps"])
-                self.k_norm = RMSNorm(self.hd, c["rms_norm_eps"])
+            if c["model_type"] in ("qwen3", "gemma3_text"):
+                self.q_norm = norm_of(c, self.hd)
+                self.k_norm = norm_of(c, self.hd)
 
         def forward(self, x, cos, sin):
             B, T, _ = x.shape
@@ -215,16 +262,22 @@ def build_reference(torch, Conv1D):
                 q = self.q_proj(x).view(B, T, self.h, self.hd)
                 k = self.k_proj(x).view(B, T, self.kvh, self.hd)
                 v = self.v_proj(x).view(B, T, self.kvh, self.hd).transpose(1, 2)
-            if self.c["model_type"] == "qwen3":
+            if self.c["model_type"] in ("qwen3", "gemma3_text"):
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
             rep = self.h // self.kvh
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            s = q @ k.transpose(2, 3) / math.sqrt(self.hd)
+            if is_gemma(self.c):  # query_pre_attn_scalar, then the soft-cap before the mask
+                s = (q @ k.transpose(2, 3)) * self.c["query_pre_attn_scalar"] ** -0.5
+                if self.c.get("attn_logit_softcapping"):
+                    cap = self.c["attn_logit_softcapping"]
+                    s = torch.tanh(s / cap) * cap
+            else:
+                s = q @ k.transpose(2, 3) / math.sqrt(self.hd)
             qi, ki = torch.arange(T)[:, None], torch.arange(T)[None, :]
             allowed = ki <= qi
-            if self.c["model_type"] in ("mistral", "phi3") and self.c.get("sliding_window"):
+            if slides(self.c, self.i):
                 allowed = allowed & (ki > qi - self.c["sliding_window"])
             s = s.masked_fill(~allowed, torch.finfo(s.dtype).min)
             p = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -235,6 +288,7 @@ def build_reference(torch, Conv1D):
             super().__init__()
             d, i = c["hidden_size"], c["intermediate_size"]
             self.fused = c["model_type"] == "phi3"
+            self.gemma = is_gemma(c)
             if self.fused:  # Phi3MLP: gate | up in one projection
                 self.gate_up_proj = nn.Linear(d, 2 * i, bias=False)
             else:
@@ -246,17 +300,26 @@ def build_reference(torch, Conv1D):
             if self.fused:
                 gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
                 return self.down_proj(up * F.silu(gate))
+            if self.gemma:  # gelu_pytorch_tanh
+                return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
     class Layer(nn.Module):
-        def __init__(self, c):
+        def __init__(self, c, i):
             super().__init__()
-            self.self_attn = Attention(c)
+            self.gemma = is_gemma(c)
+            self.self_attn = Attention(c, i)
             self.mlp = MLP(c)
-            self.input_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
-            self.post_attention_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+            self.input_layernorm = norm_of(c, c["hidden_size"])
+            self.post_attention_layernorm = norm_of(c, c["hidden_size"])
+            if self.gemma:
+                self.pre_feedforward_layernorm = norm_of(c, c["hidden_size"])
+                self.post_feedforward_layernorm = norm_of(c, c["hidden_size"])
 
         def forward(self, x, cos, sin):
+            if self.gemma:  # a norm before and after attention and MLP each
+                x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin))
+                return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
             x = x + self.self_attn(self.input_layernorm(x), cos, sin)
             return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -265,18 +328,27 @@ def build_reference(torch, Conv1D):
             super().__init__()
             self.c = c
             self.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
-            self.layers = nn.ModuleList([Layer(c) for _ in range(c["num_hidden_layers"])])
-            self.norm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+            self.layers = nn.ModuleList([Layer(c, i) for i in range(c["num_hidden_layers"])])
+            self.norm = norm_of(c, c["hidden_size"])
 
         def forward(self, ids):
             pos = torch.arange(ids.shape[1])[None, :]
-            inv, att = rope_parameters(self.c, torch.max(pos) + 1)
-            freqs = (inv[None, :, None].float() @ pos[:, None, :].float()).transpose(1, 2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos, sin = (emb.cos() * att)[:, None], (emb.sin() * att)[:, None]
+
+            def cos_sin(c):
+                inv, att = rope_parameters(c, torch.max(pos) + 1)
+                freqs = (inv[None, :, None].float() @ pos[:, None, :].float()).transpose(1, 2)
+                emb = torch.cat((freqs, freqs), dim=-1)
+                return (emb.cos() * att)[:, None], (emb.sin() * att)[:, None]
+
+            cs = cos_sin(self.c)
+            # Gemma 3's sliding layers: rope_local_base_freq, no scaling
+            local = cos_sin(dict(self.c, rope_theta=self.c["rope_local_base_freq"], rope_scaling=None)) \
+                if self.c.get("rope_local_base_freq") else cs
             x = self.embed_tokens(ids)
-            for layer in self.layers:
-                x = layer(x, cos, sin)
+            if is_gemma(self.c):  # times sqrt(hidden_size), in the embeddings' dtype
+                x = x * torch.tensor(self.c["hidden_size"] ** 0.5, dtype=x.dtype)
+            for i, layer in enumerate(self.layers):
+                x = layer(x, *(local if slides(self.c, i) else cs))
             return self.norm(x)
 
     class ForCausalLM(nn.Module):
@@ -285,9 +357,15 @@ def build_reference(torch, Conv1D):
             self.config = AttrDict(c)
             self.model = Model(c)
             self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+            if is_gemma(c) and c.get("tie_word_embeddings"):
+                self.lm_head.weight = self.model.embed_tokens.weight
 
         def forward(self, input_ids, attention_mask=None, **kwargs):
-            return self.lm_head(self.model(input_ids))
+            logits = self.lm_head(self.model(input_ids))
+            if self.config.get("final_logit_softcapping"):
+                cap = self.config["final_logit_softcapping"]
+                logits = torch.tanh(logits / cap) * cap
+            return logits
 
         def prepare_inputs_for_generation(self, input_ids, **kwargs):
             return {"input_ids": input_ids}
