@@ -34,6 +34,23 @@ at::Tensor inv_freq(const at::Tensor & position_ids, const ModelConfig & c) {
                                                    static_cast<double>(dim) / static_cast<double>(dim - 2));
     return 1.0 / at::pow(base, exponents(dim, dev));
   }
+  if (r.type == "longrope") {
+    // LongRoPE (Phi-3 long context): the frequencies divided per dimension by short_factor, or by long_factor
+    // once the call's positions pass original_max_position_embeddings (a tensor choice: a compiled graph
+    // makes it at each call, as transformers' rotary embedding updates itself)
+    // the factors as float32 constants made by ops (a tensor filled from data outside the dispatcher would
+    // be captured by the tracer as an uninitialised one)
+    const auto factors = [&](const std::vector<double> & f) {
+      std::vector<at::Tensor> parts;
+      for (double v : f) parts.push_back(at::full({1}, v, at::TensorOptions().dtype(at::kFloat).device(dev)));
+      return at::cat(parts);
+    };
+    const at::Tensor shape = exponents(dim, dev);
+    const at::Tensor short_inv = 1.0 / (factors(r.short_factor) * at::pow(c.rope_theta, shape));
+    const at::Tensor long_inv = 1.0 / (factors(r.long_factor) * at::pow(c.rope_theta, shape));
+    const at::Tensor seq = position_ids.max() + 1;
+    return at::where(seq > r.original_max_position_embeddings, long_inv, short_inv);
+  }
   if (r.type == "llama3") {
     const double old_len = static_cast<double>(r.original_max_position_embeddings);
     const double low_wavelen = old_len / r.low_freq_factor, high_wavelen = old_len / r.high_freq_factor;
@@ -78,8 +95,9 @@ void read_rope_scaling(const ConfigReader & r, ModelConfig & c) {
   const char * type_key = j.contains("rope_type") ? "rope_type" : "type";  // "type": the older name
   PEFT_CHECK(j.contains(type_key) && j[type_key].is_string(), src, ": rope_scaling needs a string 'rope_type'");
   s.type = j[type_key].get<std::string>();
-  PEFT_CHECK(s.type == "default" || s.type == "linear" || s.type == "dynamic" || s.type == "yarn" || s.type == "llama3",
-             src, ": rope_scaling type '", s.type, "' is not supported (default, linear, dynamic, yarn, llama3)");
+  PEFT_CHECK(s.type == "default" || s.type == "linear" || s.type == "dynamic" || s.type == "yarn" || s.type == "llama3" ||
+                 s.type == "longrope",
+             src, ": rope_scaling type '", s.type, "' is not supported (default, linear, dynamic, yarn, llama3, longrope)");
   const auto number = [&](const char * k, double def, bool required) {
     if (!j.contains(k) || j[k].is_null()) {
       PEFT_CHECK(!required, src, ": rope_scaling of type '", s.type, "' needs '", k, "'");
@@ -89,7 +107,31 @@ void read_rope_scaling(const ConfigReader & r, ModelConfig & c) {
     return j[k].get<double>();
   };
   std::vector<std::string> known = {"rope_type", "type"};
-  if (s.type != "default") {
+  if (s.type == "longrope") {
+    // transformers' _compute_longrope_parameters: the original length is config.json's own
+    // original_max_position_embeddings (Phi-3), and then factor = max_position_embeddings / it
+    const int64_t half = c.rotary_dim() / 2;
+    for (auto [key, out] : {std::pair<const char *, std::vector<double> *>{"short_factor", &s.short_factor},
+                            std::pair<const char *, std::vector<double> *>{"long_factor", &s.long_factor}}) {
+      PEFT_CHECK(j.contains(key) && j[key].is_array() && static_cast<int64_t>(j[key].size()) == half, src,
+                 ": rope_scaling (longrope) needs '", key, "', a list of ", half, " numbers (rotary dimensions / 2)");
+      for (const auto & x : j[key]) {
+        PEFT_CHECK(x.is_number() && x.get<double>() > 0, src, ": rope_scaling field '", key, "' must hold positive numbers");
+        out->push_back(x.get<double>());
+      }
+    }
+    if (r.has("original_max_position_embeddings")) {
+      s.original_max_position_embeddings = r.integer("original_max_position_embeddings", 0, true);
+      s.factor = static_cast<double>(c.max_position_embeddings) / static_cast<double>(s.original_max_position_embeddings);
+    } else {
+      s.original_max_position_embeddings = c.max_position_embeddings;
+      s.factor = number("factor", 1.0, false);
+    }
+    const double orig = static_cast<double>(s.original_max_position_embeddings);
+    s.attention_factor = number("attention_factor",
+                                s.factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(s.factor) / std::log(orig)), false);
+    known.insert(known.end(), {"short_factor", "long_factor", "factor", "attention_factor"});
+  } else if (s.type != "default") {
     s.factor = number("factor", 1.0, true);
     PEFT_CHECK(s.factor > 0, src, ": rope_scaling field 'factor' must be positive");
     known.push_back("factor");

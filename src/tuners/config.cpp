@@ -66,6 +66,8 @@ AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string &
   const auto & lp = field("layers_pattern");
   if (lp.is_string()) c.layers_pattern = {lp.get<std::string>()};
   else if (!lp.is_null()) c.layers_pattern = string_list(lp, "layers_pattern", src);
+  const auto & tp = field("target_parameters");
+  if (!tp.is_null()) c.target_parameters = string_list(tp, "target_parameters", src);
   const auto & ms = field("modules_to_save");
   if (!ms.is_null()) c.modules_to_save = string_list(ms, "modules_to_save", src);
   // trainable_token_indices: a list (the input embedding's rows) or {module: rows}

@@ -51,10 +51,10 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
   }
   const auto defaults = default_targets(method, model_->config().model_type);
   PEFT_CHECK(cfg.all_linear || cfg.target_regex || !cfg.target_list.empty() || !defaults.empty() ||
-                 !cfg.modules_to_save.empty(),
+                 !cfg.modules_to_save.empty() || !cfg.target_parameters.empty(),
              "no target_modules given and ", cfg.peft_type, " has no default for model_type '",
              model_->config().model_type, "'");
-  if (!cfg.all_linear && !cfg.target_regex && cfg.target_list.empty() && !defaults.empty()) {
+  if (!cfg.all_linear && !cfg.target_regex && cfg.target_list.empty() && !defaults.empty() && cfg.target_parameters.empty()) {
     cfg.set_field("target_modules", defaults);  // as PEFT, the defaults are written into the adapter's config
   }
 
@@ -103,7 +103,10 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
   }
   if (targets.empty()) {
     std::string want = cfg.all_linear ? "all-linear" : cfg.target_regex ? *cfg.target_regex : "";
-    for (const auto & t : cfg.target_list.empty() ? defaults : cfg.target_list) want += (want.empty() ? "" : ", ") + t;
+    for (const auto & t : cfg.target_list.empty() && cfg.target_parameters.empty() ? defaults : cfg.target_list) {
+      want += (want.empty() ? "" : ", ") + t;
+    }
+    for (const auto & t : cfg.target_parameters) want += (want.empty() ? "" : ", ") + t;
     fail(str("target modules [", want, "] not found in the base model (", model_->config().arch_name(),
              "); check target_modules, exclude_modules and layers_to_transform"));
   }

@@ -87,7 +87,19 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
   o.patterns = RankPatterns::parse(c, src);
   // fan_in_fan_out: PEFT sets it per layer (true on a Conv1D, false on a Linear, with a warning), so it
   // changes nothing; the Conv1D layer itself shows adapters the Linear layout
-  (void)f.boolean("fan_in_fan_out");
+  const bool fan_in_fan_out = f.boolean("fan_in_fan_out");
+  if (!c.target_parameters.empty()) {
+    // PEFT's ParamWrapper refuses what cannot be factored out of the parameter (its messages)
+    PEFT_CHECK(o.dropout == 0, src, ": lora.ParamWrapper does not work with lora_dropout != 0 (target_parameters)");
+    PEFT_CHECK(!fan_in_fan_out, src, ": lora.ParamWrapper does not work with fan_in_fan_out (target_parameters)");
+    PEFT_CHECK(!o.lora_bias, src, ": lora.ParamWrapper does not work with lora_bias=True (target_parameters)");
+    PEFT_CHECK(!o.use_dora, src, ": lora.ParamWrapper does not work with use_dora=True (target_parameters)");
+    for (const auto & t : c.target_parameters) {
+      const bool weight = t == "weight" || (t.size() > 7 && t.compare(t.size() - 7, 7, ".weight") == 0);
+      PEFT_CHECK(weight, src, ": target_parameters '", t, "': only the weights of Linear layers are supported here ",
+                 "('<module>.weight'; mixture-of-experts parameters and others are not yet)");
+    }
+  }
   // PEFT options that change what it computes and that are not implemented here: refused by name
   f.unsupported("alora_invocation_tokens", "activated LoRA");
   f.unsupported("arrow_config", "Arrow routing");
@@ -98,7 +110,6 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
   f.unsupported("use_bdlora", "BD-LoRA");
   f.unsupported("use_qalora", "QA-LoRA", false);
   f.unsupported("layer_replication", "layer replication");
-  f.unsupported("target_parameters", "LoRA on parameters");
   f.unsupported("ensure_weight_tying", "tied adapter weights", false);
   f.unsupported("megatron_config", "Megatron parallel layers");
   return o;

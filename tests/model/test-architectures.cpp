@@ -65,7 +65,9 @@ INSTANTIATE_TEST_SUITE_P(Golden, Arch,
                                            ArchCase{"gpt_neox", "tiny-gpt-neox"},
                                            ArchCase{"gpt_neox_seq", "tiny-gpt-neox-seq"},
                                            ArchCase{"gemma2", "tiny-gemma2"}, ArchCase{"gemma3", "tiny-gemma3"},
-                                           ArchCase{"qwen3_sliding", "tiny-qwen3-sliding"}),
+                                           ArchCase{"qwen3_sliding", "tiny-qwen3-sliding"},
+                                           ArchCase{"rope_longrope", "tiny-rope-longrope"},
+                                           ArchCase{"rope_longrope_short", "tiny-rope-longrope-short"}),
                          [](const auto & i) { return std::string(i.param.name); });
 
 // One token at a time through the KV cache gives the full forward's logits: the window slides over cache
@@ -110,7 +112,10 @@ TEST(ArchConfig, UnsupportedRopeScalingAndSlidingLayersAreNamed) {
     j.update(extra);
     return error_of([&] { ModelConfig::from_json(j, "cfg.json"); });
   };
-  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "longrope"}, {"short_factor", {1}}}}}).find("'longrope'"), std::string::npos);
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "longrope"}, {"short_factor", {1, 1}}}}}).find("long_factor"), std::string::npos);
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "longrope"}, {"short_factor", {1}}, {"long_factor", {1, 2}}}}}).find("short_factor"),
+            std::string::npos);
+  EXPECT_NE(err({{"rope_scaling", {{"rope_type", "su"}}}}).find("'su'"), std::string::npos);
   EXPECT_NE(err({{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}, {"mscale", 0.7}}}}).find("'mscale'"),
             std::string::npos);
   EXPECT_NE(err({{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}}).find("low_freq_factor"), std::string::npos);

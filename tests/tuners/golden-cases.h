@@ -47,6 +47,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"trainable_tokens", "tiny-llama"}, {"trainable_tokens_tied", "tiny-opt"},
       // LoRA with trainable_token_indices (gen_extra.py): the list form; {module: rows} on a tied model
       {"lora_tokens", "tiny-llama"},      {"lora_tokens_tied", "tiny-opt"},
+      // LoRA on parameters (gen_extra.py): q_proj/down_proj weights by target_parameters, v_proj by target_modules
+      {"lora_target_parameters", "tiny-llama"},
   };
   return cases;
 }

@@ -65,7 +65,6 @@ TEST(Options, UnimplementedPeftOptionsAreRefusedByName) {
       {"use_bdlora", true},
       {"use_qalora", true},
       {"layer_replication", {{0, 1}}},
-      {"target_parameters", {"w"}},
   };
   for (const auto & kv : cases) {
     const std::string e = config_error({{kv.first, kv.second}});

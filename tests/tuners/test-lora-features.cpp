@@ -1,6 +1,9 @@
 // LoRA features beyond the golden cases: PEFT's target matching rules, init options, lora_bias merge,
 // bias modes, unload, rank/alpha patterns, trainability.
+#include <set>
+
 #include "peft/error.h"
+#include "peft/io/files.h"
 #include "peft/peft-model.h"
 #include "peft/tuners/lora.h"
 #include "peft/tuners/targeting.h"
@@ -150,3 +153,36 @@ TEST(Inference, LoadedAdaptersAreFrozenUnlessTrainable) {
 }
 
 }  // namespace
+
+// target_parameters (PEFT's ParamWrapper): the Linear layers whose weight is named are adapted with LoRA's
+// file keys (the golden case checks the outputs); upstream's refusals; a parameter of no Linear is refused
+TEST(LoraTargetParameters, AdaptsTheNamedWeightsAndRefusesAsUpstream) {
+  auto facts = nlohmann::json::parse(peft::read_file(golden_case("lora_target_parameters") + "/case.json"));
+  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), golden_case("lora_target_parameters") + "/adapter");
+  std::set<std::string> adapted;
+  for (const auto & l : m->tuner_layers()) adapted.insert("base_model.model." + l.first);
+  for (const auto & w : facts["param_wrappers"]) EXPECT_TRUE(adapted.count(w.get<std::string>())) << w;
+  const nlohmann::json base = {{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"v_proj"}},
+                               {"target_parameters", {"q_proj.weight", "mlp.down_proj.weight"}}};
+  for (const auto & [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{{"lora_dropout", 0.1}, {"use_dora", true}}) {
+    nlohmann::json j = base;
+    j[field] = value;
+    const std::string err = error_of([&] { AdapterConfig::from_json(j, "cfg.json"); });
+    const std::string upstream = facts["refused"][field].get<std::string>();
+    EXPECT_NE(err.find(upstream.substr(0, upstream.size() - 1)), std::string::npos) << err << " vs " << upstream;
+  }
+  nlohmann::json j = base;
+  j["target_parameters"] = {"input_layernorm.weight"};
+  j["target_modules"] = nullptr;
+  EXPECT_NE(error_of([&] { PeftModel(load_model(golden_model("tiny-llama")), AdapterConfig::from_json(j, "cfg.json")); })
+                .find("not found"),
+            std::string::npos);
+  j["target_parameters"] = {"q_proj.bias"};
+  EXPECT_NE(error_of([&] { AdapterConfig::from_json(j, "cfg.json"); }).find("only the weights"), std::string::npos);
+  j["target_parameters"] = {"v_proj.weight"};
+  j["target_modules"] = {"v_proj"};
+  EXPECT_NE(error_of([&] { PeftModel(load_model(golden_model("tiny-llama")), AdapterConfig::from_json(j, "cfg.json")); })
+                .find("matched by target_modules and by target_parameters"),
+            std::string::npos);
+}
+

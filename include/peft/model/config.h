@@ -30,10 +30,11 @@ class ConfigReader {
 
 /// config.json's rope_scaling (transformers' modeling_rope_utils): how the rotary frequencies are scaled.
 struct RopeScaling {
-  std::string type = "default";  // default, linear, dynamic, yarn, llama3
+  std::string type = "default";  // default, linear, dynamic, yarn, llama3, longrope
   double factor = 1.0;
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
-  int64_t original_max_position_embeddings = 0;          // llama3
+  int64_t original_max_position_embeddings = 0;          // llama3; longrope (config.json's own field when given)
+  std::vector<double> short_factor, long_factor;         // longrope: per frequency, up to / past the original length
   double beta_fast = 32.0, beta_slow = 1.0;              // yarn
   double attention_factor = 1.0;  // cos and sin are multiplied by it (yarn: 0.1 ln(factor) + 1 unless given)
 };

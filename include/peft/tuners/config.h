@@ -50,6 +50,9 @@ struct AdapterConfig {
   std::vector<int64_t> layers_to_transform;
   std::vector<std::string> layers_pattern;
   std::vector<std::string> modules_to_save;
+  /// LoRA's target_parameters (PEFT's ParamWrapper): parameters by name ("q_proj.weight": exact or a dotted
+  /// suffix of "<module>.<parameter>"); here the weights of Linear layers, adapted as LoRA on the layer.
+  std::vector<std::string> target_parameters;
   /// trainable_token_indices (LoRA): module suffix -> rows of its weight trained as trainable tokens
   /// ("" = the input embedding: the list form).
   std::vector<std::pair<std::string, std::vector<int64_t>>> trainable_tokens;

@@ -10,7 +10,8 @@
 namespace peft {
 
 /// Does `cfg` target the module at `path`? `is_linear` / `is_output_layer` feed "all-linear".
-/// `default_targets` stands in for target_modules when the config has none.
+/// `default_targets` stands in for target_modules when the config has none (and no target_parameters).
+/// LoRA's target_parameters add the Linear layers whose weight they name.
 bool is_target(const AdapterConfig & cfg, const std::string & path, bool is_linear, bool is_output_layer,
                const std::vector<std::string> & default_targets);
 

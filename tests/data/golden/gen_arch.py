@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Golden data for the Llama-family variants: Qwen3 (per-head q/k RMSNorm, head_dim apart from hidden/heads),
-Mistral (sliding-window attention), Phi-3 (fused qkv_proj / gate_up_proj, sliding window) and the rope_scaling types (linear, dynamic, yarn, llama3), and for
+Mistral (sliding-window attention), Phi-3 (fused qkv_proj / gate_up_proj, sliding window) and the rope_scaling types (linear, dynamic, yarn, llama3,
+longrope), and for
 GPT-2 (transformers' Conv1D layers, fused c_attn, learned positions, gelu_new, tied lm_head), Phi-3 with a partial rotary
 embedding, GPT-NeoX (query_key_value laid out per head, rotary_pct, parallel and sequential residuals), Gemma 2 and Gemma 3
 text (scaled embeddings, (1 + w) RMSNorm, four norms per layer, soft-capping, sliding-window layers, Gemma 3's q/k norms and local
@@ -94,6 +95,16 @@ CASES = {
     # Qwen3 with use_sliding_window: layers from max_window_layers (1) on slide (window 4)
     "qwen3_sliding": dict(BASE, architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=16, attention_bias=True,
                           use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    # LongRoPE: 9 tokens past original_max_position_embeddings 8 use long_factor; with 16 they use short_factor (both:
+    # attention factor from max_position_embeddings / original)
+    "rope_longrope": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", max_position_embeddings=32,
+                          original_max_position_embeddings=8,
+                          rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 2.1, 3.0],
+                                        "long_factor": [1.5, 2.8, 4.4, 7.9]}),
+    "rope_longrope_short": dict(BASE, architectures=["LlamaForCausalLM"], model_type="llama", max_position_embeddings=32,
+                                original_max_position_embeddings=16,
+                                rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 2.1, 3.0],
+                                              "long_factor": [1.5, 2.8, 4.4, 7.9]}),
 }
 
 # the adapter of each case (LoRA on the attention and MLP projections unless listed)
@@ -183,6 +194,18 @@ def build_reference(torch, Conv1D):
         dim = rot_dim(c)
         if kind == "default":
             return default_inv_freq(c), 1.0
+        if kind == "longrope":  # _compute_longrope_parameters, with the dynamic update's choice of factors
+            if "original_max_position_embeddings" in c:
+                orig = c["original_max_position_embeddings"]
+                fac = c["max_position_embeddings"] / orig
+            else:
+                orig, fac = c["max_position_embeddings"], rs.get("factor")
+            att = rs.get("attention_factor")
+            if att is None:
+                att = 1.0 if fac <= 1.0 else math.sqrt(1 + math.log(fac) / math.log(orig))
+            ext = torch.tensor(rs["long_factor"] if bool(seq_len > orig) else rs["short_factor"], dtype=torch.float32)
+            shape = torch.arange(0, dim, 2, dtype=torch.int64, device=None).float() / dim
+            return 1.0 / (ext * c["rope_theta"] ** shape), att
         factor = rs["factor"]
         if kind == "linear":
             return default_inv_freq(c) / factor, 1.0

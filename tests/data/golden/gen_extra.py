@@ -21,6 +21,9 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         the unprojected oft_R, saved before any forward)
   oft_module_dropout    tiny-llama, OFT with module_dropout=0.3
   vera_bias_opt         tiny-opt, VeRA with bias="vera_only" (biases of the adapted layers trained and saved)
+  lora_target_parameters
+                        tiny-llama, LoRA on q_proj's and down_proj's weights by target_parameters (PEFT's ParamWrapper)
+                        and on v_proj by target_modules; upstream's errors for lora_dropout / use_dora with them
   lora_layer_filter     tiny-llama, LoRA with target_modules=["model.layers.0.self_attn.k_proj", "q_proj", "v_proj"]
                         and layers_to_transform=[1]
   config_checks         case.json only: which configurations upstream accepts, with its error messages
@@ -617,6 +620,57 @@ def main():
     # H. layers_to_transform with a full module name among the targets
     def lora_modules(pm):
         return [n for n, m in pm.base_model.model.named_modules() if isinstance(m, LoraLayer)]
+
+    def case_lora_target_parameters(seed=1530):
+        """LoRA on parameters (PEFT's ParamWrapper): the weights of q_proj and down_proj by target_parameters, with v_proj
+        by target_modules; the file's keys are LoRA's."""
+        name = "lora_target_parameters"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base_logits = logits_of(base, ids)
+        params = ["q_proj.weight", "mlp.down_proj.weight"]
+        cfg = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["v_proj"], target_parameters=params)
+        pm = get_peft_model(base, cfg)
+        wrappers = sorted(n for n, m in pm.named_modules() if type(m).__name__ == "ParamWrapper")
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        adapter_keys = sorted(load_file(os.path.join(folder, "adapter", "adapter_model.safetensors")))
+        exp = {"logits": logits_of(pm, ids)}
+        with pm.disable_adapter():
+            exp["logits_disabled"] = logits_of(pm, ids)
+        assert torch.allclose(exp["logits_disabled"], base_logits, atol=1e-6)
+        pm.merge_adapter()
+        exp["logits_merged"] = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        exp["logits_unmerged"] = logits_of(pm, ids)
+        exp["logits_merge_and_unload"] = logits_of(pm.merge_and_unload(), ids)
+        refused = {}
+        for what, kw in [("lora_dropout", {"lora_dropout": 0.1}), ("use_dora", {"use_dora": True})]:
+            try:
+                get_peft_model(tinyref.load_hf(os.path.join(models, "tiny-llama")),
+                               LoraConfig(r=4, target_modules=["v_proj"], target_parameters=params, **kw))
+                refused[what] = None
+            except ValueError as e:
+                refused[what] = str(e)
+        case = {
+            "model": "models/tiny-llama",
+            "adapter": "adapter",
+            "method": "lora_target_parameters",
+            "target_parameters": params,
+            "param_wrappers": wrappers,
+            "adapter_keys": adapter_keys,
+            "refused": refused,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
+                    "logits_disabled, logits_merged, logits_unmerged, logits_merge_and_unload. param_wrappers: the "
+                    "modules whose weight PEFT's ParamWrapper adapts; refused: upstream's errors for options that "
+                    "cannot go with target_parameters",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
 
     def case_lora_layer_filter(seed=530):
         name = "lora_layer_filter"
@@ -1299,6 +1353,7 @@ def main():
         "oft_module_dropout": case_oft_module_dropout,
         "vera_bias_opt": case_vera_bias_opt,
         "lora_layer_filter": case_lora_layer_filter,
+        "lora_target_parameters": case_lora_target_parameters,
         "config_checks": case_config_checks,
         "weighted_more": case_weighted_more,
         "weighted_ia3": case_weighted_ia3,
