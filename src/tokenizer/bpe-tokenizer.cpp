@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -86,7 +87,18 @@ struct PreTok {
   std::string replacement = "\xE2\x96\x81";  // ▁
   std::string prepend_scheme = "always";
   bool split = true;
+  std::string behavior = "Isolated";  // Split: what becomes of a match (HF's SplitDelimiterBehavior)
 };
+
+// A literal as a regular expression (a Split pattern given as {"String": ...}).
+std::string regex_escape(const std::string & s) {
+  std::string out;
+  for (char c : s) {
+    if (std::strchr("\\^$.|?*+()[]{}", c) != nullptr) out += '\\';
+    out += c;
+  }
+  return out;
+}
 
 struct Normalizer {
   enum Kind { kPrepend, kReplace } kind;
@@ -197,27 +209,17 @@ class BpeTokenizer : public Tokenizer {
   }
 
   std::string decode(const std::vector<int64_t> & ids, bool skip_special) const override {
-    // added tokens are emitted as they are; runs of model tokens go through the decoder chain
-    std::string out;
-    std::vector<std::string> run;
-    auto flush = [&]() {
-      out += decode_run(run);
-      run.clear();
-    };
+    // every token, added ones too (special ones unless skipped), goes through the decoder chain, as in HF
+    // tokenizers and transformers.js (Gemma's added whitespace tokens "▁▁" decode to spaces)
+    std::vector<std::string> toks;
     for (int64_t id : ids) {
       PEFT_CHECK(id >= 0 && id <= max_id_, "token id ", id, " is out of range for ", path_);
-      const std::string & tok = id_to_token_[id];
       const AddedToken * added = nullptr;
       for (const auto & t : added_) added = (t.id == id) ? &t : added;
-      if (added) {
-        flush();
-        if (!(skip_special && added->special)) out += tok;
-      } else {
-        run.push_back(tok);
-      }
+      if (added && skip_special && added->special) continue;
+      toks.push_back(id_to_token_[id]);
     }
-    flush();
-    return out;
+    return decode_run(std::move(toks));
   }
 
   int64_t vocab_size() const override { return max_id_ + 1; }
@@ -255,11 +257,14 @@ class BpeTokenizer : public Tokenizer {
       return;
     } else if (type == "Split") {
       PEFT_CHECK(!p.value("invert", false), path_, ": inverted Split pre-tokenizer is not supported");
-      PEFT_CHECK(p.value("behavior", "Isolated") == "Isolated", path_, ": Split behavior '", p.value("behavior", ""),
-                 "' is not supported (Isolated)");
+      t.behavior = p.value("behavior", "Isolated");
+      PEFT_CHECK(t.behavior == "Isolated" || t.behavior == "Removed" || t.behavior == "MergedWithPrevious" ||
+                     t.behavior == "MergedWithNext" || t.behavior == "Contiguous",
+                 path_, ": Split behavior '", t.behavior, "' is not supported");
       const json & pat = p.at("pattern");
       t.kind = PreTok::kSplit;
-      t.regex = std::make_shared<Regex>(pat.contains("Regex") ? pat["Regex"].get<std::string>() : pat["String"].get<std::string>());
+      t.regex = std::make_shared<Regex>(pat.contains("Regex") ? pat["Regex"].get<std::string>()
+                                                             : regex_escape(pat["String"].get<std::string>()));
     } else if (type == "ByteLevel") {
       t.kind = PreTok::kByteLevel;
       t.add_prefix_space = p.value("add_prefix_space", false);
@@ -355,7 +360,9 @@ class BpeTokenizer : public Tokenizer {
   }
 
   void apply_pre(const PreTok & p, std::string piece, size_t section, std::vector<std::string> & out) const {
-    if (p.kind == PreTok::kSplit || p.kind == PreTok::kDigits) {
+    if (p.kind == PreTok::kSplit) {
+      split_by(*p.regex, p.behavior, piece, out);
+    } else if (p.kind == PreTok::kDigits) {
       split_isolated(*p.regex, piece, out);
     } else if (p.kind == PreTok::kByteLevel) {
       if (p.add_prefix_space && !piece.empty() && piece[0] != ' ') piece = " " + piece;
@@ -382,6 +389,42 @@ class BpeTokenizer : public Tokenizer {
       }
       out.push_back(piece.substr(start));
     }
+  }
+
+  // HF tokenizers' Split behaviours: a match is its own piece (Isolated), dropped (Removed), joined to the
+  // piece before it (MergedWithPrevious) or after it (MergedWithNext); Contiguous: adjacent matches are one piece
+  static void split_by(const Regex & re, const std::string & behavior, const std::string & s, std::vector<std::string> & out) {
+    if (behavior == "Isolated") return split_isolated(re, s, out);
+    std::vector<std::pair<std::string, bool>> parts;  // (text, is a match)
+    size_t pos = 0;
+    for (const auto & m : re.find_all(s)) {
+      if (m.empty()) continue;
+      const size_t at = s.find(m, pos);
+      if (at > pos) parts.emplace_back(s.substr(pos, at - pos), false);
+      parts.emplace_back(m, true);
+      pos = at + m.size();
+    }
+    if (pos < s.size()) parts.emplace_back(s.substr(pos), false);
+    std::vector<std::string> pieces;
+    bool pending_next = false;  // MergedWithNext: the last piece waits for the text after it
+    bool last_match = false;
+    for (const auto & [text, match] : parts) {
+      if (behavior == "Removed") {
+        if (!match) pieces.push_back(text);
+      } else if (behavior == "MergedWithPrevious") {
+        if (match && !pieces.empty()) pieces.back() += text;
+        else pieces.push_back(text);
+      } else if (behavior == "MergedWithNext") {
+        if (pending_next) pieces.back() += text;
+        else pieces.push_back(text);
+        pending_next = match;
+      } else {  // Contiguous
+        if (match && last_match) pieces.back() += text;
+        else pieces.push_back(text);
+      }
+      last_match = match;
+    }
+    out.insert(out.end(), pieces.begin(), pieces.end());
   }
 
   static void split_isolated(const Regex & re, const std::string & s, std::vector<std::string> & out) {
