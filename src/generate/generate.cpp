@@ -38,18 +38,23 @@ std::vector<std::vector<int64_t>> generate(const LogitsFn & forward, const Model
   auto lopt = at::TensorOptions().dtype(at::kLong).device(cache_opts.device());
   // left padding: row b's prompt occupies the last len_b slots of the first P
   at::Tensor seq = at::full({B, cap}, gen.pad_token_id, at::kLong);
-  at::Tensor mask = at::zeros({B, cap}, at::kLong);
+  // the mask over the cache's slots: the vt virtual tokens first (always attended), then the tokens'; `mask`
+  // is the tokens' part of it (a view: what is written there is in `slots` too)
+  at::Tensor slots = at::zeros({B, vt + cap}, at::kLong);
+  slots.narrow(1, 0, vt).fill_(1);
+  at::Tensor mask = slots.narrow(1, vt, cap);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t off = P - static_cast<int64_t>(prompts[b].size());
     for (size_t k = 0; k < prompts[b].size(); ++k) seq[b][off + k] = prompts[b][k];
     mask.narrow(1, 0, P)[b].narrow(0, off, P - off).fill_(1);
   }
   seq = seq.to(cache_opts.device());
-  mask = mask.to(cache_opts.device());
+  slots = slots.to(cache_opts.device());
+  mask = slots.narrow(1, vt, cap);
   std::vector<std::vector<int64_t>> history(prompts), out(B);
   std::vector<bool> done(B, false);
   at::Generator rng = at::detail::createCPUGenerator(gen.seed);
-  // with the cache, the virtual tokens take its first vt slots: the mask over the cache has them in front
+  // with the cache, the virtual tokens take its first vt slots
   KVCache cache;
   if (gen.use_cache) {
     cache = KVCache::allocate(cfg, B, vt + cap, cache_opts);
@@ -63,7 +68,7 @@ std::vector<std::vector<int64_t>> generate(const LogitsFn & forward, const Model
       const int64_t start = t == 0 ? 0 : len - 1;
       in.input_ids = seq.narrow(1, start, len - start);
       in.cache_position = at::arange(vt + start, vt + len, lopt);
-      in.attention_mask = vt ? at::cat({at::ones({B, vt}, mask.options()), mask}, 1) : mask;
+      in.attention_mask = slots;
       in.cache = &cache;
     } else {
       in.input_ids = seq.narrow(1, 0, len);

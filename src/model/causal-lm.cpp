@@ -137,7 +137,10 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   at::Tensor windowed;  // and less than sliding_window slots back (Mistral: every layer; Gemma: some)
   if (config_.sliding_window > 0) {
     windowed = allowed.logical_and(key_pos.unsqueeze(0) > ctx.cache_position.unsqueeze(1) - config_.sliding_window);
-    if (config_.sliding_layers.empty()) std::swap(allowed, windowed), windowed = at::Tensor();
+    if (config_.sliding_layers.empty()) {  // every layer slides: one mask
+      allowed = windowed;
+      windowed = at::Tensor();
+    }
   }
   auto batch_mask = [&](const at::Tensor & a) {  // (S, L) -> (B, 1, S, L) with padding and segments
     at::Tensor m = in.attention_mask.defined()

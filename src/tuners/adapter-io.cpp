@@ -37,9 +37,10 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
                  "random encoder); load it for inference");
       auto it = tensors.find("prompt_embeddings");
       PEFT_CHECK(it != tensors.end(), file, ": missing tensor 'prompt_embeddings'");
-      PEFT_CHECK(tensors.size() == 1, file, ": unexpected tensor '",
-                 (tensors.begin()->first == "prompt_embeddings" ? std::next(tensors.begin()) : tensors.begin())->first,
-                 "' in a ", cfg.peft_type, " adapter (it holds 'prompt_embeddings' only)");
+      for (const auto & kv : tensors) {
+        PEFT_CHECK(kv.first == "prompt_embeddings", file, ": unexpected tensor '", kv.first, "' in a ", cfg.peft_type,
+                   " adapter (it holds 'prompt_embeddings' only)");
+      }
       PEFT_CHECK(it->second.sizes() == enc->table.sizes(), file, ": tensor 'prompt_embeddings' has shape ",
                  it->second.sizes(), ", the model expects ", enc->table.sizes(), " (an adapter for another model?)");
       at::NoGradGuard g;

@@ -95,27 +95,21 @@ bool in_modules_to_save(const std::vector<std::string> & modules_to_save, const 
   return false;
 }
 
+namespace {
+
+// PEFT's target_parameters: "<module>.weight" equal to a target or ending with "." + it (Linear weights only)
 bool is_parameter_target(const AdapterConfig & cfg, const std::string & path, bool is_linear) {
   if (!is_linear) return false;
-  const std::string key = path + ".weight";  // PEFT: "<module>.<parameter>", equal or a dotted suffix
+  const std::string key = path + ".weight";
   for (const auto & t : cfg.target_parameters) {
     if (key == t || (key.size() > t.size() && key.compare(key.size() - t.size() - 1, t.size() + 1, "." + t) == 0)) return true;
   }
   return false;
 }
 
-bool is_target(const AdapterConfig & cfg, const std::string & path, bool is_linear, bool is_output_layer,
-               const std::vector<std::string> & default_targets) {
-  if (!cfg.target_parameters.empty()) {
-    // a module matched both ways would hold two LoRAs under one file key (PEFT nests them): refused
-    const bool by_param = is_parameter_target(cfg, path, is_linear);
-    AdapterConfig modules_only = cfg;
-    modules_only.target_parameters.clear();
-    const bool by_module = (cfg.all_linear || cfg.target_regex || !cfg.target_list.empty()) &&
-                           is_target(modules_only, path, is_linear, is_output_layer, {});
-    PEFT_CHECK(!(by_param && by_module), "module '", path, "' is matched by target_modules and by target_parameters");
-    return by_param || by_module;
-  }
+// target_modules (or the defaults standing in for it), after exclude_modules and modules_to_save
+bool is_module_target(const AdapterConfig & cfg, const std::string & path, bool is_linear, bool is_output_layer,
+                      const std::vector<std::string> & default_targets) {
   if (cfg.exclude_regex && Regex(*cfg.exclude_regex).full_match(path)) return false;
   if (list_match(cfg.exclude_list, path) != ListMatch::none) return false;
   if (in_modules_to_save(cfg.modules_to_save, path)) return false;
@@ -127,6 +121,20 @@ bool is_target(const AdapterConfig & cfg, const std::string & path, bool is_line
   int64_t idx = layer_index(path, cfg.layers_pattern);
   return idx >= 0 && std::find(cfg.layers_to_transform.begin(), cfg.layers_to_transform.end(), idx) !=
                          cfg.layers_to_transform.end();
+}
+
+}  // namespace
+
+bool is_target(const AdapterConfig & cfg, const std::string & path, bool is_linear, bool is_output_layer,
+               const std::vector<std::string> & default_targets) {
+  if (cfg.target_parameters.empty()) return is_module_target(cfg, path, is_linear, is_output_layer, default_targets);
+  // with target_parameters, only target_modules given explicitly count (no defaults); a module matched both
+  // ways would hold two LoRAs under one file key (PEFT nests them): refused
+  const bool by_param = is_parameter_target(cfg, path, is_linear);
+  const bool by_module = (cfg.all_linear || cfg.target_regex || !cfg.target_list.empty()) &&
+                         is_module_target(cfg, path, is_linear, is_output_layer, {});
+  PEFT_CHECK(!(by_param && by_module), "module '", path, "' is matched by target_modules and by target_parameters");
+  return by_param || by_module;
 }
 
 }  // namespace peft
