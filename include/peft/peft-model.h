@@ -86,6 +86,7 @@ class PeftModel {
   void merge_adapter(const std::vector<std::string> & names = {}, bool safe_merge = true);
   void unmerge_adapter();
   bool merged() const;
+  /// Refused when the layers are replicated (layer_replication): the copies share one base weight.
   /// Merge, then replace every adapter layer by its base layer; returns the plain model.
   /// This PeftModel holds no adapters afterwards.
   std::shared_ptr<CausalLM> merge_and_unload(bool safe_merge = true, const std::vector<std::string> & names = {});
@@ -148,6 +149,8 @@ class PeftModel {
   /// Normalise state before a forward: a disabled model with merged adapters unmerges (as PEFT does).
   void prepare_forward();
 
+  /// The model the adapters are in: the one given, or (after an adapter with layer_replication) a new
+  /// one whose replicated layer stack shares every weight with it.
   CausalLM & base_model() { return *model_; }
   std::shared_ptr<CausalLM> model_ptr() { return model_; }
   /// Adapter layers by module path. Their public mutators move version() too.
@@ -158,6 +161,8 @@ class PeftModel {
  private:
   /// Returns the layers it wrapped (path, original) so a failed load can unwrap them again.
   std::vector<std::pair<std::string, LayerPtr>> inject(const std::string & name, const AdapterConfig & cfg);
+  std::vector<std::pair<std::string, LayerPtr>> inject_into_layers(const std::string & name, AdapterConfig cfg,
+                                                                   const TunerMethod & method);
   std::string path_of(const LayerPtr & layer) const;
   void refresh_layers();
   /// Put each adapter layer's replacement in its place, forget every adapter; the model is plain again.
@@ -168,7 +173,14 @@ class PeftModel {
   void remove_prompt_encoder(const std::string & name);
   std::shared_ptr<PromptEncoder> active_prompt_encoder() const;
 
+  /// layer_replication: put the model as it was given back (a failed first injection of `name`).
+  void undo_replication(const std::string & name);
+
   std::shared_ptr<CausalLM> model_;
+  // layer_replication (LoRA): the model as it was given, before adapter replicated_by_'s config replaced
+  // its layer stack (replicate.h); null when the stack is the original one
+  std::shared_ptr<CausalLM> unreplicated_;
+  std::string replicated_by_;
   std::map<std::string, AdapterConfig> configs_;
   std::map<std::string, uint64_t> adapter_ids_;  // unique per injection: a reload is a new computation
   std::shared_ptr<AdapterState> state_ = std::make_shared<AdapterState>();  // read by every adapter layer

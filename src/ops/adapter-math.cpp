@@ -1,5 +1,7 @@
 #include "peft/ops/adapter-math.h"
 
+#include "peft/quant/formats.h"
+
 #include <algorithm>
 
 namespace peft::math {
@@ -120,6 +122,58 @@ std::pair<at::Tensor, at::Tensor> pissa_factors(const at::Tensor & W, int64_t r,
   const at::Tensor Sr = S.narrow(0, 0, r) / scaling;
   const at::Tensor root = at::diag(at::sqrt(Sr));
   return {at::mm(root, Uh.narrow(0, 0, r)), at::mm(V.narrow(1, 0, r), root)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_lowrank(const at::Tensor & A, int64_t q, int64_t niter) {
+  // torch/_lowrank.py (_svd_lowrank, get_approximate_basis) op for op, M = None, real tensors
+  auto basis = [&](const at::Tensor & X) {
+    const at::Tensor R = at::randn({X.size(-1), q}, X.options());
+    const at::Tensor XH = X.transpose(-2, -1);
+    at::Tensor Q = std::get<0>(at::linalg_qr(at::matmul(X, R)));
+    for (int64_t i = 0; i < niter; ++i) {
+      Q = std::get<0>(at::linalg_qr(at::matmul(XH, Q)));
+      Q = std::get<0>(at::linalg_qr(at::matmul(X, Q)));
+    }
+    return Q;
+  };
+  const int64_t m = A.size(-2), n = A.size(-1);
+  const at::Tensor At = A.transpose(-2, -1);
+  if (m < n || n > q) {
+    const at::Tensor Q = basis(At);
+    auto [U, S, Vh] = at::linalg_svd(at::matmul(A, Q), /*full_matrices=*/false);
+    return {U, S, Q.matmul(Vh.transpose(-2, -1))};
+  }
+  const at::Tensor Q = basis(A);
+  auto [U, S, Vh] = at::linalg_svd(at::matmul(At, Q).transpose(-2, -1), /*full_matrices=*/false);
+  return {Q.matmul(U), S, Vh.transpose(-2, -1)};
+}
+
+std::pair<at::Tensor, at::Tensor> pissa_lowrank_factors(const at::Tensor & W, int64_t r, int64_t niter, double scaling) {
+  auto [V, S, U] = svd_lowrank(W, r, niter);
+  const at::Tensor root = at::diag(at::sqrt(S / scaling));
+  return {at::mm(root, U.t()), at::mm(V, root)};
+}
+
+LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_t iters) {
+  const at::Tensor w = W.to(at::kFloat);
+  at::Tensor res = w.clone(), deq, L, R;
+  for (int64_t i = 0; i < iters; ++i) {
+    if (bits == 4) {
+      deq = quant::dequantize_4bit(quant::quantize_4bit(res, quant::Format::nf4, 64, /*double_quant=*/false));
+    } else {
+      const quant::Quant8 q = quant::quantize_int8(res);  // bitsandbytes' int8_vectorwise_dequant
+      deq = q.CB * q.SCB.view({-1, 1}) * 7.874015718698502e-3;
+    }
+    res = w - deq;
+    // loftq_utils' _low_rank_decomposition
+    auto [U, S, Vh] = at::linalg_svd(res, /*full_matrices=*/false);
+    const at::Tensor D = at::diag(S);
+    L = at::matmul(U, at::sqrt(D.slice(1, 0, r)));
+    R = at::matmul(at::sqrt(D.slice(0, 0, r)), Vh);
+    if (i + 1 == iters) break;
+    res = w - at::mm(L, R);
+  }
+  return {R, L, deq};
 }
 
 std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r) {

@@ -86,6 +86,7 @@ std::shared_ptr<const MethodOptions> adalora_parse(const AdapterConfig & c, cons
     o->lora = LoraOptions::read(as_lora, src);
   }
   FieldReader f(c, src);
+  f.unsupported("layer_replication", "layer replication (implemented for LORA adapters)");
   PEFT_CHECK(!o->lora.use_dora, src, ": AdaLoRA does not support 'use_dora'");
   o->init_r = f.integer("init_r", 1);
   o->target_r = f.integer("target_r", 1);

@@ -113,6 +113,7 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
     for (auto it = wrapped.rbegin(); it != wrapped.rend(); ++it) replace_submodule(model_, it->first, it->second);
     model_->tie_weights();
     refresh_layers();
+    undo_replication(name);
     state_->touch();
     throw;
   }

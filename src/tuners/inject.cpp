@@ -43,6 +43,37 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject(const std::strin
     PEFT_CHECK(cfg.bias == "none" || kv.second.bias == "none", "only one adapter may train biases (bias != \"none\")");
   }
   const TunerMethod & method = tuner_method(cfg.peft_type);
+  // layer_replication (PEFT's _prepare_model): the layer stack is replicated before the first adapter
+  // goes in; undone if this injection fails
+  const LayerMap layer_map = method.layer_map ? method.layer_map(cfg) : LayerMap{};
+  if (!layer_map.empty()) {
+    PEFT_CHECK(!unreplicated_, "adapter '", name, "': layer_replication, but the layers were replicated already (by adapter '",
+               replicated_by_, "'); replicating the replicated stack again is refused");
+    PEFT_CHECK(configs_.empty(), "adapter '", name, "': layer_replication rebuilds the layer stack, so it must come with ",
+               "the model's first adapter (", configs_.begin()->first, " exists)");
+    auto replicated = replicate_layers(model_, layer_map);
+    unreplicated_ = model_;
+    model_ = replicated;
+    replicated_by_ = name;
+  }
+  try {
+    return inject_into_layers(name, cfg, method);
+  } catch (...) {
+    undo_replication(name);
+    throw;
+  }
+}
+
+void PeftModel::undo_replication(const std::string & name) {
+  if (!unreplicated_ || replicated_by_ != name) return;
+  model_ = unreplicated_;
+  unreplicated_.reset();
+  replicated_by_.clear();
+  refresh_layers();
+}
+
+std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(const std::string & name, AdapterConfig cfg,
+                                                                             const TunerMethod & method) {
   if (method.prompt_encoder) {  // prompt learning: an encoder, no layer is touched
     add_prompt_encoder(name, cfg, method);
     adapter_ids_[name] = g_next_adapter_id++;

@@ -74,12 +74,33 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
   o.use_dora = f.boolean("use_dora");
   o.lora_bias = f.boolean("lora_bias");
   {
+    // "pissa_niter_N": PiSSA by randomized SVD with N power iterations (PEFT reads N after "_niter_")
     const auto & v = f.at("init_lora_weights");
-    PEFT_CHECK(!(v.is_string() && v.get<std::string>().rfind("pissa_niter_", 0) == 0), src,
-               ": init_lora_weights '", v.get<std::string>(),
-               "' (PiSSA by randomized SVD) is not supported yet; 'pissa' computes the exact SVD");
+    const std::string prefix = "pissa_niter_";
+    if (v.is_string() && v.get<std::string>().rfind(prefix, 0) == 0) {
+      const std::string n = v.get<std::string>().substr(prefix.size());
+      PEFT_CHECK(!n.empty() && n.size() < 6 && n.find_first_not_of("0123456789") == std::string::npos, src,
+                 ": init_lora_weights '", v.get<std::string>(), "': expected 'pissa_niter_' and a number of iterations");
+      o.init = "pissa_niter";
+      o.niter = std::stoll(n);
+    } else {
+      o.init = f.init("init_lora_weights", {"true", "false", "gaussian", "orthogonal", "pissa", "pissa_niter_N", "olora", "loftq"});
+      PEFT_CHECK(o.init != "pissa_niter_N", src, ": init_lora_weights 'pissa_niter_N': N is the number of iterations (e.g. pissa_niter_4)");
+    }
   }
-  o.init = f.init("init_lora_weights", {"true", "false", "gaussian", "orthogonal", "pissa", "olora"});
+  if (o.init == "loftq") {
+    // PEFT's LoraConfig: loftq_config must be given; loftq_init: 4 or 8 bits, at least one iteration
+    const auto & q = f.at("loftq_config");
+    PEFT_CHECK(q.is_object() && !q.empty(), src, ": `loftq_config` must be specified when `init_lora_weights` is 'loftq'");
+    for (const char * k : {"loftq_bits", "loftq_iter"}) {
+      PEFT_CHECK(q.contains(k) && q[k].is_number_integer(), src, ": loftq_config needs an integer '", k, "'");
+    }
+    o.loftq_bits = q["loftq_bits"].get<int64_t>();
+    o.loftq_iter = q["loftq_iter"].get<int64_t>();
+    PEFT_CHECK(o.loftq_bits == 4 || o.loftq_bits == 8, src, ": loftq_config.loftq_bits ", o.loftq_bits,
+               ": only nf4 (4) and int8 (8) quantization is supported (as PEFT)");
+    PEFT_CHECK(o.loftq_iter > 0, src, ": loftq_config.loftq_iter must be greater than 0");
+  }
   if (o.lora_bias) {
     PEFT_CHECK(!o.use_dora, src, ": 'lora_bias' cannot be combined with 'use_dora'");
     PEFT_CHECK(o.init == "true" || o.init == "false", src, ": 'lora_bias' requires init_lora_weights true or false");
@@ -109,7 +130,15 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
   f.unsupported("velora_config", "VeLoRA");
   f.unsupported("use_bdlora", "BD-LoRA");
   f.unsupported("use_qalora", "QA-LoRA", false);
-  f.unsupported("layer_replication", "layer replication");
+  if (!f.at("layer_replication").is_null()) {
+    const auto & v = f.at("layer_replication");
+    PEFT_CHECK(v.is_array(), src, ": field 'layer_replication' must be a list of [start, end] pairs, got ", v.dump());
+    for (const auto & r : v) {
+      PEFT_CHECK(r.is_array() && r.size() == 2 && r[0].is_number_integer() && r[1].is_number_integer(), src,
+                 ": field 'layer_replication' must be a list of [start, end] pairs of layer indices, got ", r.dump());
+      o.layer_replication.emplace_back(r[0].get<int64_t>(), r[1].get<int64_t>());
+    }
+  }
   f.unsupported("ensure_weight_tying", "tied adapter weights", false);
   f.unsupported("megatron_config", "Megatron parallel layers");
   return o;
@@ -123,6 +152,9 @@ LoraSettings LoraOptions::for_module(const std::string & path) const {
   s.use_dora = use_dora;
   s.lora_bias = lora_bias;
   s.init = init;
+  s.niter = niter;
+  s.loftq_bits = loftq_bits;
+  s.loftq_iter = loftq_iter;
   return s;
 }
 
@@ -188,6 +220,30 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
       at::Tensor q_odd = Q.slice(0, 0, s.r, 2), q_even = Q.slice(0, 1, s.r, 2);
       A = at::randn({in, s.r / 2}).mm(q_odd).t().contiguous() / 10.0;
       B = at::randn({s.r / 2, out}).t().mm(q_even).contiguous() / 10.0;
+    } else if (s.init == "pissa_niter") {
+      // PEFT creates lora_A and lora_B as nn.Linear (each drawing its default init from the global generator)
+      // before pissa_init draws svd_lowrank's Gaussian: the same draws here, so a seeded generator gives
+      // upstream's factors (the first two are then overwritten, as there)
+      PEFT_CHECK(dynamic_cast<const Linear *>(&linear()) != nullptr,
+                 "init_lora_weights 'pissa_niter_", s.niter, "' needs a float base weight (as PEFT: initialise PiSSA ",
+                 "unquantized, then quantize the residual model)");
+      linear_default(s.r, in);
+      linear_default(out, s.r);
+      const at::Tensor W = linear().dense_weight().to(at::kFloat);
+      std::tie(A, B) = math::pissa_lowrank_factors(W, s.r, s.niter, s.scaling);
+      linear().store_weight(W - s.scaling * at::mm(B, A));
+    } else if (s.init == "loftq") {
+      // PEFT's loftq_init: the base keeps the quantized-then-dequantized weight, A and B factor what
+      // quantization lost (bitsandbytes' formats: include/peft/quant/formats.h)
+      PEFT_CHECK(dynamic_cast<const Linear *>(&linear()) != nullptr,
+                 "init_lora_weights 'loftq' needs a float base weight: LoftQ quantizes it itself (the base keeps the ",
+                 "dequantized weight, which quantizes back exactly). To put a LoftQ adapter on a quantized base, set ",
+                 "init_lora_weights to true in its adapter_config.json, as PEFT's LoftQ example does before saving");
+      const at::Tensor W = linear().dense_weight();
+      auto f = math::loftq_factors(W, s.r, s.loftq_bits, s.loftq_iter);
+      A = f.A;
+      B = f.B;
+      linear().store_weight(f.base.to(W.scalar_type()));
     } else if (s.init == "pissa" || s.init == "olora") {
       // PEFT's pissa_init / olora_init: A and B from the base weight's principal directions (exact SVD) or
       // its QR factors, and the base keeps only the residual W - scaling * B A
@@ -380,6 +436,8 @@ Embedding & LoraEmbedding::embedding() const { return static_cast<Embedding &>(*
 void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s) {
   PEFT_CHECK(!s.use_dora, "DoRA on embedding layers is not supported yet");
   PEFT_CHECK(!s.lora_bias, "lora_bias is not supported on embedding layers");
+  PEFT_CHECK(s.init != "loftq", "init_lora_weights 'loftq' on an embedding layer is not supported (PEFT's Embedding ",
+             "calls loftq_init without its config and fails); leave embeddings out of target_modules");
   const int64_t V = embedding().weight.size(0), D = embedding().weight.size(1);
   check_memory_for(static_cast<uint64_t>(s.r) * static_cast<uint64_t>(V + D) * 4,
                    str("LoRA adapter '", name, "' (r=", s.r, ", ", V, "x", D, " embedding)"));
@@ -478,6 +536,7 @@ std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::st
 TunerMethod lora_method() {
   TunerMethod m{{"LORA", "lora_", &lora_defaults, &lora_parse}, &lora_supports, &lora_inject, &DefaultTargets::lora};
   m.conv1d = true;
+  m.layer_map = [](const AdapterConfig & cfg) { return cfg.opts<LoraOptions>().layer_replication; };
   return m;
 }
 

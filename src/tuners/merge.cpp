@@ -9,6 +9,10 @@ namespace peft {
 
 void PeftModel::merge_adapter(const std::vector<std::string> & names, bool safe_merge) {
   std::vector<std::string> which = names.empty() ? active_adapters() : names;
+  // PEFT means to refuse this too (its check looks the option up among the adapter names, so it merges)
+  PEFT_CHECK(!unreplicated_, "cannot merge: the model's layers are replicated (layer_replication of adapter '", replicated_by_,
+             "'), and the copies of a layer share its base weight, so every copy's update would be added to all of ",
+             "them; run the adapters unmerged (or unload() them)");
   for (const auto & n : which) {
     PEFT_CHECK(configs_.count(n), "no adapter named '", n, "'");
     PEFT_CHECK(!encoders_.count(n), "adapter '", n, "' (", configs_.at(n).peft_type,

@@ -16,7 +16,7 @@ namespace {
 class CompiledGolden : public ::testing::TestWithParam<GoldenCase> {
  protected:
   std::shared_ptr<PeftModel> load() {
-    return PeftModel::from_pretrained(load_model(golden_model(GetParam().model)), golden_case(GetParam().name) + "/adapter");
+    return load_golden(GetParam(), load_model(golden_model(GetParam().model)));
   }
   at::Tensor ids = golden_ids(GetParam().name);
   std::map<std::string, at::Tensor> want = golden_expected(GetParam().name);

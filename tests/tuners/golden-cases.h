@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "peft/io/files.h"
+#include "peft/peft-model.h"
 #include "peft/train/trainer.h"
 #include "support.h"
 
@@ -13,7 +14,21 @@ namespace peft::test {
 struct GoldenCase {
   std::string name;   // folder under golden/cases
   std::string model;  // folder under golden/models
+  // case.json's init_seed: upstream seeded the global generator with it right before creating the adapter,
+  // whose initialisation draws from it again when the folder is loaded (PiSSA by randomized SVD); -1: none
+  int64_t init_seed = -1;
 };
+
+/// PeftModel::from_pretrained of the case's adapter (or `dir`) as upstream made it: the generator seeded
+/// first when the case has an init_seed.
+inline std::shared_ptr<PeftModel> load_golden(const GoldenCase & c, std::shared_ptr<CausalLM> base, const std::string & dir = "") {
+  if (c.init_seed >= 0) at::manual_seed(static_cast<uint64_t>(c.init_seed));
+  return PeftModel::from_pretrained(std::move(base), dir.empty() ? golden_case(c.name) + "/adapter" : dir);
+}
+/// The CLI flag doing the same (" --init-seed N" or "").
+inline std::string cli_init_seed(const GoldenCase & c) {
+  return c.init_seed >= 0 ? " --init-seed " + std::to_string(c.init_seed) : "";
+}
 
 inline const std::vector<GoldenCase> & single_adapter_cases() {
   static const std::vector<GoldenCase> cases = {
@@ -40,6 +55,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"randlora", "tiny-llama"},     {"randlora_sparse", "tiny-llama"},
       // LoRA initialised from the base weight (PiSSA's SVD, OLoRA's QR): the base keeps the residual
       {"lora_pissa", "tiny-llama"},   {"lora_olora", "tiny-llama"},
+      // PiSSA by randomized SVD (init_lora_weights pissa_niter_2): upstream's draws, seeded as it was
+      {"lora_pissa_niter", "tiny-llama", 805},
       // BOFT with 2 and 3 butterfly factors (gen_extra.py: upstream with its CUDA extension's block-diagonal
       // builder, which its CPU fallback would replace by one factor)
       {"boft_butterfly2", "tiny-llama"}, {"boft_butterfly3", "tiny-llama"},

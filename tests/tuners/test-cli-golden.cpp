@@ -42,7 +42,8 @@ TEST_P(CliGolden, EveryExpectedTensor) {
   const std::string compile = std::get<1>(GetParam()) ? " --compile" : "";
   auto want = golden_expected(c.name);
   for (const auto & f : kFlags) {
-    at::Tensor got = cli_forward(c.model, c.name, "--adapter " + golden_case(c.name) + "/adapter " + f.flags + compile);
+    at::Tensor got = cli_forward(c.model, c.name,
+                                 "--adapter " + golden_case(c.name) + "/adapter " + f.flags + compile + cli_init_seed(c));
     if (got.defined()) EXPECT_CLOSE(got, want.at(f.expected)) << f.flags << compile;
   }
 }
@@ -56,7 +57,8 @@ TEST(CliMerge, MergedCheckpointGivesMergeAndUnloadLogits) {
   for (const auto & c : single_adapter_cases()) {
     const std::string dir = temp_dir("merge") + "/merged";
     std::string log;
-    ASSERT_EQ(run_cli("merge --model " + golden_model(c.model) + " --adapter " + golden_case(c.name) + "/adapter --out " + dir,
+    ASSERT_EQ(run_cli("merge --model " + golden_model(c.model) + " --adapter " + golden_case(c.name) + "/adapter --out " + dir +
+                          cli_init_seed(c),
                       &log),
               0)
         << c.name << ": " << log;

@@ -64,7 +64,6 @@ TEST(Options, UnimplementedPeftOptionsAreRefusedByName) {
       {"arrow_config", nlohmann::json::object()},
       {"use_bdlora", true},
       {"use_qalora", true},
-      {"layer_replication", {{0, 1}}},
   };
   for (const auto & kv : cases) {
     const std::string e = config_error({{kv.first, kv.second}});

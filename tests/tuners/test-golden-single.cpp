@@ -14,8 +14,7 @@ namespace {
 class GoldenSingle : public ::testing::TestWithParam<GoldenCase> {
  protected:
   std::shared_ptr<PeftModel> load() {
-    auto base = load_model(golden_model(GetParam().model));
-    return PeftModel::from_pretrained(base, golden_case(GetParam().name) + "/adapter");
+    return load_golden(GetParam(), load_model(golden_model(GetParam().model)));
   }
   at::Tensor run(PeftModel & m) {
     at::NoGradGuard g;
@@ -83,7 +82,7 @@ TEST_P(GoldenSingle, SavedFolderMatchesUpstreamAndReloads) {
     EXPECT_EQ(cfg_ours[it.key()], it.value()) << it.key();
   }
   for (auto it = cfg_ours.begin(); it != cfg_ours.end(); ++it) EXPECT_TRUE(cfg_up.contains(it.key())) << "extra field " << it.key();
-  auto again = PeftModel::from_pretrained(load_model(golden_model(GetParam().model)), dir);
+  auto again = load_golden(GetParam(), load_model(golden_model(GetParam().model)), dir);
   EXPECT_CLOSE(run(*again), want.at("logits"));
 }
 

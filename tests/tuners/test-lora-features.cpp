@@ -95,10 +95,14 @@ TEST(LoraInit, DefaultIsANoOpFalseIsNot) {
   EXPECT_NEAR(A.std().item<double>(), 1.0 / 16, 0.01);  // N(0, 1/r)
   PeftModel random(load_model(golden_model("tiny-llama")), cfg({{"target_modules", {"q_proj"}}, {"init_lora_weights", false}}));
   EXPECT_FALSE(all_close(random.forward({ids}), want, 1e-4, 1e-4));
-  // implemented: pissa, olora (golden cases lora_pissa / lora_olora); not yet: refused by name
+  // implemented: pissa, pissa_niter_N, olora, loftq (golden cases lora_pissa / lora_pissa_niter / lora_olora,
+  // tests/data/quant/loftq); not yet: refused by name
   EXPECT_NO_THROW(cfg({{"init_lora_weights", "pissa"}}));
+  EXPECT_NO_THROW(cfg({{"init_lora_weights", "pissa_niter_4"}}));
   EXPECT_NO_THROW(cfg({{"init_lora_weights", "olora"}}));
-  for (const char * init : {"pissa_niter_4", "loftq", "corda", "eva"}) {
+  EXPECT_NO_THROW(cfg({{"init_lora_weights", "loftq"}, {"loftq_config", {{"loftq_bits", 4}, {"loftq_iter", 1}}}}));
+  EXPECT_NE(error_of([&] { cfg({{"init_lora_weights", "pissa_niter_x"}}); }).find("number of iterations"), std::string::npos);
+  for (const char * init : {"corda", "eva"}) {
     const std::string e = error_of([&] { cfg({{"init_lora_weights", init}}); });
     EXPECT_NE(e.find(init), std::string::npos) << e;
   }

@@ -11,6 +11,11 @@ void add_adapter_options(CLI::App & cmd, AdapterOptions & o) {
   cmd.add_flag("--disable-adapters", o.disable, "run with adapters disabled");
   cmd.add_flag("--allow-base-weights", o.allow_base_weights,
                "load adapter files that also overwrite base-model weights (refused by default)");
+  cmd.add_option("--init-seed", o.init_seed,
+                 "seed the global generator before the adapters load: an adapter whose config draws random numbers "
+                 "when it is created (init_lora_weights pissa_niter_N) then gets what upstream PEFT gets after "
+                 "torch.manual_seed(N)")
+      ->check(CLI::NonNegativeNumber);
   cmd.add_flag("--merge", o.merge, "merge the active adapters into the base weights");
   cmd.add_flag("--unmerge", o.unmerge, "after --merge: unmerge again, then run");
   cmd.add_flag("--merge-and-unload", o.merge_and_unload, "merge, then run the plain model");
@@ -101,6 +106,7 @@ Prepared apply_adapter_options(std::shared_ptr<CausalLM> model, const AdapterOpt
     return p;
   }
   PEFT_CHECK(!o.unmerge || o.merge, "--unmerge needs --merge");
+  if (o.init_seed >= 0) at::manual_seed(static_cast<uint64_t>(o.init_seed));
   auto pm = std::make_shared<PeftModel>(model);
   std::string first;
   for (size_t i = 0; i < o.adapters.size(); ++i) {

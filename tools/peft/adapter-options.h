@@ -19,6 +19,7 @@ struct AdapterOptions {
   std::vector<std::string> weighted;  // NAME=TYPE:ADAPTER*WEIGHT,...[:density=D]
   std::string active;
   bool disable = false, merge = false, unmerge = false, merge_and_unload = false, allow_base_weights = false;
+  int64_t init_seed = -1;  // seed of the global generator before the adapters load (-1: left as it is)
 };
 
 void add_adapter_options(CLI::App & cmd, AdapterOptions & o);

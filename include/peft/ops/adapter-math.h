@@ -4,6 +4,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <tuple>
+#include <utility>
+
 namespace peft::math {
 
 /// LoRA's weight change: scale * B A, (O, I), in A's dtype. A (R, I), B (O, R).
@@ -69,6 +72,21 @@ at::Tensor lora_add_mixed_scaled(const at::Tensor & y, const at::Tensor & x, con
 /// PiSSA's initial factors of W (out, in): A = diag(sqrt(S_r / scaling)) Uh_r, B = V_r diag(sqrt(S_r / scaling))
 /// from the exact SVD W = V S Uh (PEFT's pissa_init). Returns (A, B).
 std::pair<at::Tensor, at::Tensor> pissa_factors(const at::Tensor & W, int64_t r, double scaling);
+/// torch.svd_lowrank(A, q, niter) as PyTorch computes it (Halko et al.'s randomized SVD: one draw of a
+/// (n, q) Gaussian from the global generator, then niter power iterations of QR steps): U (m, q), S (q),
+/// V (n, q) with A ~ U diag(S) V^T. The same generator state gives upstream's factors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_lowrank(const at::Tensor & A, int64_t q, int64_t niter);
+/// PiSSA from the randomized SVD (init_lora_weights "pissa_niter_N", PEFT's pissa_init): pissa_factors'
+/// formulas on svd_lowrank(W, r, niter). Returns (A, B).
+std::pair<at::Tensor, at::Tensor> pissa_lowrank_factors(const at::Tensor & W, int64_t r, int64_t niter, double scaling);
+/// LoftQ (init_lora_weights "loftq", PEFT's loftq_init as it runs with bitsandbytes): `iters` rounds of
+/// quantizing W - B A (bits 4: bitsandbytes' NF4 in blocks of 64, absmax in float32; bits 8: LLM.int8 rows)
+/// and taking the rank-r SVD of what quantization lost, B = U sqrt(S), A = sqrt(S) Vh (no scaling).
+/// Returns A (r, in), B (out, r) and the dequantized weight the base keeps.
+struct LoftqFactors {
+  at::Tensor A, B, base;
+};
+LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_t iters);
 /// OLoRA's initial factors: W = Q R (reduced QR), A = R[:r], B = Q[:, :r] (PEFT's olora_init). Returns (A, B).
 std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r);
 

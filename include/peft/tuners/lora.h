@@ -8,6 +8,7 @@
 #pragma once
 #include <map>
 
+#include "peft/model/replicate.h"
 #include "peft/nn/layers.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/targeting.h"
@@ -26,7 +27,10 @@ struct LoraSettings {
   double dropout = 0;
   bool use_dora = false;
   bool lora_bias = false;
-  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal" | "pissa" | "olora"
+  // "true" | "false" | "gaussian" | "orthogonal" | "pissa" | "pissa_niter" | "olora" | "loftq"
+  std::string init = "true";
+  int64_t niter = 0;                       // pissa_niter_N: N
+  int64_t loftq_bits = 4, loftq_iter = 1;  // loftq_config
 };
 
 /// A LORA config's options, parsed once (PEFT's LoraConfig fields that are implemented; the others
@@ -36,8 +40,10 @@ struct LoraOptions : MethodOptions {
   double alpha = 8;
   double dropout = 0;
   bool use_rslora = false, use_dora = false, lora_bias = false;
-  std::string init = "true";  // "true" | "false" | "gaussian" | "orthogonal" | "pissa" | "olora"
+  std::string init = "true";  // as LoraSettings::init
+  int64_t niter = 0, loftq_bits = 4, loftq_iter = 1;
   RankPatterns patterns;
+  LayerMap layer_replication;  // [start, end) ranges of the replicated layer stack; empty = none
   /// The settings of module `path` (rank_pattern / alpha_pattern applied).
   LoraSettings for_module(const std::string & path) const;
   /// Parse and check the LoRA fields of `cfg` (also AdaLoRA's, which shares them).

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "peft/model/architectures.h"
+#include "peft/model/replicate.h"
 #include "peft/nn/module.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/tuner-layer.h"
@@ -49,6 +50,10 @@ struct TunerMethod {
   /// that it follows `embedding`'s adapter `adapter` (trainable tokens: the same rows). Null: nothing to do.
   std::shared_ptr<TunerLayer> (*tied)(const std::string & adapter, const LayerPtr & target,
                                       const std::shared_ptr<TunerLayer> & embedding) = nullptr;
+  /// The layer map of the adapter's layer_replication (PEFT's _prepare_model): before the adapter is
+  /// injected, the model's layer stack is replaced by one replicated by it (replicate.h). Empty: none.
+  /// May be null.
+  LayerMap (*layer_map)(const AdapterConfig & cfg) = nullptr;
   /// Can it adapt transformers' Conv1D layers (GPT-2) as PEFT does (fan_in_fan_out)?
   bool conv1d = false;
   /// Prompt learning (prompt-learning.h): no layer is adapted (supports/inject are null); the adapter is

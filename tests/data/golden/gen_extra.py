@@ -42,6 +42,13 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   lora_pissa, lora_olora
                         tiny-llama, LoRA (r=4) on q_proj/v_proj/down_proj with init_lora_weights "pissa" / "olora":
                         the base keeps the residual, so logits_disabled is the residual model; same layout
+  lora_pissa_niter      the same with "pissa_niter_2" (randomized SVD): the global generator is seeded with case.json's
+                        init_seed right before the adapter is created (and must be before it is loaded: upstream
+                        draws again on load); same layout
+  lora_layer_replication
+                        tiny-llama, LoRA on the stack replicated by layer_replication [[0, 2], [1, 2]] (layers 0 1 1):
+                        logits, logits_disabled; upstream's (wrong) merge is measured, not recorded; upstream's
+                        error on tiny-opt
   fourierft             tiny-llama, FourierFT (n_frequency 40, v_proj 25 by n_frequency_pattern, scaling 20,
                         random_loc_seed 123) on q_proj/v_proj; same layout
   vblora, vblora_topk   tiny-llama, VB-LoRA (r 4, a bank of 16 vectors of length 8) on q_proj/v_proj/down_proj with
@@ -992,14 +999,107 @@ def main():
         cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=init)
         return case_single(name, cfg, seed, disabled_is_base=False)
 
-    def case_single(name, cfg, seed, disabled_is_base=True, model="tiny-llama"):
-        """One adapter made from `cfg` with perturbed tensors, in the single-adapter case layout."""
+    def case_lora_pissa_niter(name, niter, seed):
+        # PiSSA by randomized SVD: svd_lowrank draws a Gaussian from the global generator when the adapter is
+        # created, and again when it is loaded (the residual base is recomputed), so the case records the seed set
+        # right before both (after loading the base, whose construction draws too)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                         init_lora_weights=f"pissa_niter_{niter}")
+        made = case_single(name, cfg, seed, disabled_is_base=False, init_seed=seed + 5)
+        folder = os.path.join(cases, name)
+        ids = input_ids(seed + 1)
+        want = load_file(os.path.join(folder, "expected.safetensors"))["logits"]
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        torch.manual_seed(seed + 5)
+        again = PeftModel.from_pretrained(base, os.path.join(folder, "adapter"))
+        assert torch.allclose(logits_of(again, ids), want, atol=1e-6), "reload with the same seed differs"
+        other = PeftModel.from_pretrained(tinyref.load_hf(os.path.join(models, "tiny-llama")), os.path.join(folder, "adapter"))
+        assert not torch.allclose(logits_of(other, ids), want, atol=1e-4), "the generator state should matter"
+        exact = case_lora_init_factors("pissa")
+        approx = case_lora_init_factors(f"pissa_niter_{niter}", seed + 5)
+        assert (exact - approx).abs().max() > 1e-4, "randomized SVD equal to the exact one: a weak case"
+        return made
+
+    def case_lora_init_factors(init, init_seed=None):
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=init))
+        q = pm.base_model.model.model.layers[0].self_attn.q_proj
+        return (q.lora_B["default"].weight @ q.lora_A["default"].weight).detach()
+
+    def case_lora_replication(seed=790):
+        # layer_replication [[0, 2], [1, 2]] on tiny-llama's two layers: the stack 0 1 1, the copies sharing their
+        # base weights, each position with its own LoRA
+        name = "lora_layer_replication"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base.model.config = base.config  # transformers' LlamaModel has the config too (replicate_layers reads it)
+        base_logits = logits_of(base, ids)
+        layer_map = [[0, 2], [1, 2]]
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], layer_replication=layer_map)
+        pm = get_peft_model(base, cfg)
+        layers = pm.base_model.model.model.layers
+        assert len(layers) == 3
+        assert layers[2].self_attn.q_proj.base_layer.weight is layers[1].self_attn.q_proj.base_layer.weight
+        assert layers[2].self_attn.q_proj.lora_A["default"].weight is not layers[1].self_attn.q_proj.lora_A["default"].weight
+        perturb_trainables(pm, seed + 10)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapter"))
+        exp = {"logits": logits_of(pm, ids)}
+        with pm.disable_adapter():
+            exp["logits_disabled"] = logits_of(pm, ids)
+        assert not torch.allclose(exp["logits_disabled"], base_logits, atol=1e-4), "the replicated stack is another model"
+        # upstream merges although the copies share one base weight (LoraModel._check_merge_allowed looks the option
+        # up among the adapter names, so its refusal never fires): each shared weight gets every copy's update
+        pm.merge_adapter()
+        merged = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        merge_error = (merged - exp["logits"]).abs().max().item()
+        assert merge_error > 1e-3
+        assert torch.allclose(logits_of(pm, ids), exp["logits"], atol=1e-5)
+        # the folder loads back onto a fresh base (from_pretrained replicates it again)
+        fresh = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        fresh.model.config = fresh.config
+        again = PeftModel.from_pretrained(fresh, os.path.join(folder, "adapter"))
+        assert torch.allclose(logits_of(again, ids), exp["logits"], atol=1e-6)
+        # OPT: its layers are at model.decoder.layers, where replicate_layers does not look
+        try:
+            get_peft_model(tinyref.load_hf(os.path.join(models, "tiny-opt")),
+                           LoraConfig(r=4, target_modules=["q_proj"], layer_replication=[[0, 2]]))
+            opt_error = None
+        except Exception as e:
+            opt_error = err(e)
+        assert opt_error and "layers" in opt_error
+        case = {
+            "model": "models/tiny-llama",
+            "adapter": "adapter",
+            "method": name,
+            "layer_replication": layer_map,
+            "upstream_merge_max_abs_diff": merge_error,
+            "opt_error": opt_error,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active on the "
+                    "replicated stack of layers 0 1 1), logits_disabled (the replicated base). upstream merges into the "
+                    "shared base weights, which changes the logits by upstream_merge_max_abs_diff (so no merged "
+                    "logits are recorded); opt_error: upstream's error for layer_replication on tiny-opt",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
+    def case_single(name, cfg, seed, disabled_is_base=True, model="tiny-llama", init_seed=None):
+        """One adapter made from `cfg` with perturbed tensors, in the single-adapter case layout. `init_seed`: the
+        global generator is seeded with it right before the adapter is created (recorded in case.json)."""
         folder = os.path.join(cases, name)
         shutil.rmtree(folder, ignore_errors=True)
         ids = input_ids(seed + 1)
         torch.manual_seed(seed)
         base = tinyref.load_hf(os.path.join(models, model))
         base_logits = logits_of(base, ids)
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
         pm = get_peft_model(base, cfg)
         perturb_trainables(pm, seed + 10)
         pm.eval()
@@ -1018,6 +1118,7 @@ def main():
             "adapter": "adapter",
             "method": name,
             "disabled_is_base_model": disabled_is_base,
+            **({"init_seed": init_seed} if init_seed is not None else {}),
             "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits (adapter active), "
                     "logits_disabled, logits_merged (after merge_adapter), logits_unmerged (after unmerge_adapter), "
                     "logits_merge_and_unload",
@@ -1382,6 +1483,8 @@ def main():
         "lora_tokens_tied": lambda: case_lora_tokens("lora_tokens_tied", "tiny-opt", {"embed_tokens": [1, 4, 60]}, 780),
         "boft_butterfly2": lambda: case_boft_butterfly("boft_butterfly2", dict(
             boft_block_size=4, boft_n_butterfly_factor=2, target_modules=["q_proj", "v_proj", "down_proj"]), 730),
+        "lora_pissa_niter": lambda: case_lora_pissa_niter("lora_pissa_niter", 2, 800),
+        "lora_layer_replication": case_lora_replication,
         "boft_butterfly3": lambda: case_boft_butterfly("boft_butterfly3", dict(
             boft_block_size=0, boft_block_num=8, boft_n_butterfly_factor=3, target_modules=["q_proj", "down_proj"]), 740),
     }

@@ -401,11 +401,18 @@ def main():
     ap.add_argument("--bnb", required=True, help="bitsandbytes git directory or source tree")
     ap.add_argument("--oracle", required=True, help="writable copy of the PEFT oracle after setup.sh")
     ap.add_argument("--out", default=HERE)
+    ap.add_argument("--only-loftq", action="store_true", help="write the loftq/ cases only")
     a = ap.parse_args()
     out = os.path.abspath(a.out)
     torch.set_num_threads(1)
 
     bnb, commit, reg = load_bnb(a.bnb)
+    if a.only_loftq:
+        sys.path.insert(0, a.oracle)
+        import oracle_env  # noqa: F401
+        import tinyref
+        loftq_cases(tinyref, os.path.join(GOLDEN, "models", "tiny-llama"), os.path.join(out, "loftq"), commit)
+        return
     F = bnb.functional
     meta_common = {"bitsandbytes_commit": commit, "torch": torch.__version__, "format": "pt"}
 
@@ -507,7 +514,76 @@ def main():
 
     # 4. QLoRA: the train_lora_adamw case of tests/data/golden on the NF4 (b64, no double quant) base
     qlora_train(tinyref, base_dir, dq_nf4, os.path.join(out, "qlora_train"))
+    # 5. LoftQ initialisation
+    loftq_cases(tinyref, base_dir, os.path.join(out, "loftq"), commit)
     print("wrote", out, "bitsandbytes", commit)
+
+
+def loftq_cases(tinyref, base_dir, folder, commit):
+    """init_lora_weights="loftq" by upstream PEFT's loftq_init, which quantizes with bitsandbytes (here: its source,
+    the default backend) on a CUDA/XPU device: PEFT's availability checks answer True and tensors sent to "cuda"
+    stay on the CPU. PEFT's LoraConfig still asks for scipy when init_lora_weights is "loftq" (loftq_init no longer
+    uses it): that check is answered too."""
+    import importlib.util
+    from peft import LoftQConfig, LoraConfig, get_peft_model
+    import peft.utils.loftq_utils as loftq_utils
+    loftq_utils.is_bnb_available = lambda: True
+    loftq_utils.is_bnb_4bit_available = lambda: True
+    loftq_utils.is_xpu_available = lambda: False
+    find_spec, tensor_to = importlib.util.find_spec, torch.Tensor.to
+
+    def on_cpu(d):
+        return "cpu" if str(d).startswith(("cuda", "xpu")) else d
+
+    def to_cpu(self, *args, **kwargs):
+        if "device" in kwargs:
+            kwargs["device"] = on_cpu(kwargs["device"])
+        return tensor_to(self, *[on_cpu(x) if isinstance(x, (str, torch.device)) else x for x in args], **kwargs)
+
+    importlib.util.find_spec = lambda n, *a, **k: types.SimpleNamespace(name=n) if n == "scipy" else find_spec(n, *a, **k)
+    torch.Tensor.to = to_cpu
+    with open(os.path.join(GOLDEN, "cases", "lora", "input_ids.json")) as f:
+        ids = torch.tensor(json.load(f))
+    shutil.rmtree(folder, ignore_errors=True)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    try:
+        for name, bits, iters, alpha in (("nf4", 4, 2, 4), ("int8", 8, 1, 8)):
+            d = os.path.join(folder, name)
+            torch.manual_seed(41)
+            base = tinyref.load_hf(base_dir)
+            original = {n: m.weight.detach().clone() for n, m in base.named_modules() if n.split(".")[-1] in targets}
+            cfg = LoraConfig(r=4, lora_alpha=alpha, target_modules=targets, init_lora_weights="loftq",
+                             loftq_config=LoftQConfig(loftq_bits=bits, loftq_iter=iters))
+            pm = get_peft_model(base, cfg)
+            pm.eval()
+            pm.save_pretrained(os.path.join(d, "adapter"))
+            exp = {}
+            with torch.no_grad():
+                exp["logits"] = pm(ids).detach().clone()
+                with pm.disable_adapter():
+                    exp["logits_disabled"] = pm(ids).detach().clone()
+            for n, w in original.items():
+                layer = pm.base_model.model.get_submodule(n)
+                q = layer.base_layer.weight.detach().clone()
+                exp[f"base/{n}.weight"] = q
+                # what LoftQ promises: B A gives back part of what quantization lost (at scaling 1: LoftQ's factors
+                # ignore lora_alpha / r, which the int8 case sets to 2 to show that upstream does not rescale them)
+                delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+                assert (w - q - delta.detach()).norm() < (w - q).norm(), n
+                assert not torch.equal(q, w), n
+            save_safetensors(exp, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+            with open(os.path.join(d, "input_ids.json"), "w") as f:
+                json.dump(ids.tolist(), f)
+            dump_json({"model": "models/tiny-llama", "model_note": "relative to tests/data/golden",
+                       "adapter": "adapter", "bitsandbytes_commit": commit,
+                       "loftq_config": {"loftq_bits": bits, "loftq_iter": iters}, "r": 4, "lora_alpha": alpha,
+                       "target_modules": targets,
+                       "what": "get_peft_model on the float tiny Llama with init_lora_weights='loftq' (no perturbation): "
+                               "logits, logits_disabled (the base with LoftQ's dequantized weights), base/<module>.weight "
+                               "(those weights); adapter/ is what save_pretrained wrote"},
+                      os.path.join(d, "case.json"))
+    finally:
+        importlib.util.find_spec, torch.Tensor.to = find_spec, tensor_to
 
 
 def qlora_train(tinyref, base_dir, wdq, folder):
