@@ -199,4 +199,34 @@ void safetensors_save(const std::string & path, const std::map<std::string, at::
   write_file_atomic(path, bytes);
 }
 
+std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source) {
+  std::map<std::string, at::Tensor> tensors;
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  struct stat st;
+  if (::stat(single.c_str(), &st) == 0) {
+    if (source) *source = single;
+    return safetensors_load(single);
+  }
+  PEFT_CHECK(::stat(index.c_str(), &st) == 0, dir, ": no model.safetensors or model.safetensors.index.json");
+  if (source) *source = index;
+  nlohmann::json j = read_json_file(index);
+  PEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index, ": missing 'weight_map'");
+  std::map<std::string, std::vector<std::string>> by_file;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    PEFT_CHECK(it.value().is_string(), index, ": weight_map entry '", it.key(), "' is not a file name");
+    const std::string f = it.value().get<std::string>();
+    PEFT_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index, ": shard name '", f,
+               "' must be a plain file name");
+    by_file[f].push_back(it.key());
+  }
+  for (const auto & kv : by_file) {
+    SafeTensorsFile shard(dir + "/" + kv.first);
+    for (const auto & key : kv.second) {
+      PEFT_CHECK(shard.contains(key), index, ": key '", key, "' is mapped to '", kv.first, "' which lacks it");
+      tensors[key] = shard.get(key);
+    }
+  }
+  return tensors;
+}
+
 }  // namespace peft

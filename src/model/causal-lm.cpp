@@ -210,11 +210,6 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
   model.tie_weights();
 }
 
-static bool file_exists(const std::string & p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype) {
   LoadOptions o;
   o.dtype = dtype;
@@ -253,34 +248,8 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions 
     if (::stat((dir + "/model.safetensors").c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_size);
     check_memory_for(bytes, str("loading the model '", dir, "' (", model->parameters(true).size(), " tensors)"));
   }
-  std::map<std::string, at::Tensor> tensors;
   std::string source;
-  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
-  if (file_exists(single)) {
-    tensors = safetensors_load(single);
-    source = single;
-  } else if (file_exists(index)) {
-    source = index;
-    nlohmann::json j = read_json_file(index);
-    PEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index, ": missing 'weight_map'");
-    std::map<std::string, std::vector<std::string>> by_file;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      PEFT_CHECK(it.value().is_string(), index, ": weight_map entry '", it.key(), "' is not a file name");
-      const std::string f = it.value().get<std::string>();
-      PEFT_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index, ": shard name '", f,
-                 "' must be a plain file name");
-      by_file[f].push_back(it.key());
-    }
-    for (const auto & kv : by_file) {
-      SafeTensorsFile shard(dir + "/" + kv.first);
-      for (const auto & key : kv.second) {
-        PEFT_CHECK(shard.contains(key), index, ": key '", key, "' is mapped to '", kv.first, "' which lacks it");
-        tensors[key] = shard.get(key);
-      }
-    }
-  } else {
-    fail(str(dir, ": no model.safetensors or model.safetensors.index.json"));
-  }
+  std::map<std::string, at::Tensor> tensors = checkpoint_load(dir, &source);
   model->to(dtype);
   quant::load_quantized(model, tensors, qopts, source);
   load_parameters(*model, tensors, source);

@@ -154,6 +154,12 @@ std::pair<at::Tensor, at::Tensor> pissa_lowrank_factors(const at::Tensor & W, in
   return {at::mm(root, U.t()), at::mm(V, root)};
 }
 
+std::pair<at::Tensor, at::Tensor> loftq_low_rank(const at::Tensor & residual, int64_t r) {
+  auto [U, S, Vh] = at::linalg_svd(residual, /*full_matrices=*/false);
+  const at::Tensor D = at::diag(S);
+  return {at::matmul(at::sqrt(D.slice(0, 0, r)), Vh), at::matmul(U, at::sqrt(D.slice(1, 0, r)))};
+}
+
 LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_t iters) {
   const at::Tensor w = W.to(at::kFloat);
   at::Tensor res = w.clone(), deq, L, R;
@@ -165,11 +171,7 @@ LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_
       deq = q.CB * q.SCB.view({-1, 1}) * 7.874015718698502e-3;
     }
     res = w - deq;
-    // loftq_utils' _low_rank_decomposition
-    auto [U, S, Vh] = at::linalg_svd(res, /*full_matrices=*/false);
-    const at::Tensor D = at::diag(S);
-    L = at::matmul(U, at::sqrt(D.slice(1, 0, r)));
-    R = at::matmul(at::sqrt(D.slice(0, 0, r)), Vh);
+    std::tie(R, L) = loftq_low_rank(res, r);
     if (i + 1 == iters) break;
     res = w - at::mm(L, R);
   }

@@ -238,7 +238,8 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
       PEFT_CHECK(dynamic_cast<const Linear *>(&linear()) != nullptr,
                  "init_lora_weights 'loftq' needs a float base weight: LoftQ quantizes it itself (the base keeps the ",
                  "dequantized weight, which quantizes back exactly). To put a LoftQ adapter on a quantized base, set ",
-                 "init_lora_weights to true in its adapter_config.json, as PEFT's LoftQ example does before saving");
+                 "init_lora_weights to true in its adapter_config.json, as PEFT's LoftQ example does before saving; to start ",
+                 "a new adapter on a quantized base from LoftQ's factors, use replace_lora_weights_loftq (peft train --loftq-from)");
       const at::Tensor W = linear().dense_weight();
       auto f = math::loftq_factors(W, s.r, s.loftq_bits, s.loftq_iter);
       A = f.A;

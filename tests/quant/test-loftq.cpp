@@ -8,6 +8,8 @@
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "peft/quant/quantize.h"
+#include "peft/tuners/lora-loftq.h"
+#include "peft/tuners/lora.h"
 #include "support.h"
 
 using namespace peft;
@@ -136,6 +138,83 @@ TEST(LoftqNf4, Refusals) {
   EXPECT_NE(with("loftq_config", {{"loftq_bits", 4}, {"loftq_iter", 0}}).find("loftq_iter must be greater than 0"),
             std::string::npos);
   EXPECT_NE(with("target_modules", {"embed_tokens"}).find("embedding"), std::string::npos);
+}
+
+// ---- replace_lora_weights_loftq: LoftQ's factors for a LoRA adapter on an already 4-bit model ----
+
+std::shared_ptr<PeftModel> lora_on_nf4(const std::string & targets_json = R"(["q_proj", "v_proj", "down_proj"])") {
+  LoadOptions o;
+  o.quantize.format = quant::Format::nf4;  // blocksize 64, no double quant, lm_head float: tiny-llama-nf4
+  auto cfg = AdapterConfig::from_json({{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8},
+                                       {"target_modules", nlohmann::json::parse(targets_json)}},
+                                      "cfg");
+  return std::make_shared<PeftModel>(load_model(golden_model("tiny-llama"), o), cfg);
+}
+
+TEST(LoftqReplace, FactorsAndLogitsAsUpstream) {
+  const std::string dir = loftq_case("replace");
+  auto want = safetensors_load(dir + "/expected.safetensors");
+  const at::Tensor ids = case_ids("replace");
+  auto m = lora_on_nf4();
+  auto c = compile(*m);
+  {
+    at::NoGradGuard g;
+    EXPECT_CLOSE(c.forward({ids}), want.at("logits_disabled"));  // B = 0 at the default init
+  }
+  EXPECT_EQ(replace_lora_weights_loftq(*m, golden_model("tiny-llama")), 6);
+  int checked = 0;
+  for (const auto & l : m->tuner_layers()) {
+    auto lora = std::dynamic_pointer_cast<LoraLinear>(l.second);
+    const at::Tensor BA = at::mm(want.at("lora_B/" + l.first), want.at("lora_A/" + l.first));
+    EXPECT_TRUE(all_close(at::mm(lora->lora_B("default"), lora->lora_A("default")), BA, 1e-6, 1e-5)) << l.first;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 6);
+  at::NoGradGuard g;
+  EXPECT_CLOSE(m->forward({ids}), want.at("logits"));
+  EXPECT_CLOSE(c.forward({ids}), want.at("logits"));  // written in place: the compiled model sees them
+  EXPECT_EQ(c.stats().compiles, 1u);
+}
+
+TEST(LoftqReplace, CallbackRollsBackAndRefusals) {
+  auto m = lora_on_nf4();
+  std::map<std::string, at::Tensor> before;
+  for (const auto & l : m->tuner_layers()) before[l.first] = std::dynamic_pointer_cast<LoraLinear>(l.second)->lora_A("default").clone();
+  const int64_t kept = replace_lora_weights_loftq(*m, golden_model("tiny-llama"), "default",
+                                                  [](PeftModel &, const std::string & path) { return path.find("v_proj") == std::string::npos; });
+  EXPECT_EQ(kept, 4);
+  for (const auto & l : m->tuner_layers()) {
+    const bool same = at::equal(std::dynamic_pointer_cast<LoraLinear>(l.second)->lora_A("default"), before.at(l.first));
+    EXPECT_EQ(same, l.first.find("v_proj") != std::string::npos) << l.first;
+  }
+  // a float base: nothing to do (PEFT: "No bnb LoRA module found")
+  auto cfg = AdapterConfig::from_json({{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"q_proj"}}}, "cfg");
+  PeftModel plain(load_model(golden_model("tiny-llama")), cfg);
+  EXPECT_NE(error_of([&] { replace_lora_weights_loftq(plain, golden_model("tiny-llama")); }).find("4-bit"), std::string::npos);
+  // a checkpoint without the weights
+  auto other = lora_on_nf4();
+  EXPECT_NE(error_of([&] { replace_lora_weights_loftq(*other, golden_model("tiny-opt")); }).find("no tensor"), std::string::npos);
+}
+
+TEST(LoftqReplace, TrainCli) {
+  // peft train --quantize nf4 --loftq-from: the saved adapter (one SGD step at lr 1e-12) holds upstream's factors
+  const std::string dir = loftq_case("replace");
+  auto want = safetensors_load(dir + "/expected.safetensors");
+  const std::string out = temp_dir("loftq-train") + "/adapter";
+  std::string log;
+  ASSERT_EQ(run_cli("train --model " + golden_model("tiny-llama") + " --quantize nf4 --method lora --r 4 --lora-alpha 8 "
+                    "--target-modules q_proj,v_proj,down_proj --loftq-from " + golden_model("tiny-llama") +
+                    " --data " + dir + "/input_ids.json --steps 1 --optimizer sgd --lr 1e-12 --weight-decay 0 --batch-size 3 --no-plot "
+                    "--no-progress --log-file " + out + ".jsonl --out " + out,
+                    &log),
+            0)
+      << log;
+  EXPECT_NE(log.find("LoftQ: 6 LoRA layers"), std::string::npos) << log;
+  auto saved = safetensors_load(out + "/adapter_model.safetensors");
+  const std::string p = "base_model.model.model.layers.1.mlp.down_proj";
+  EXPECT_TRUE(all_close(at::mm(saved.at(p + ".lora_B.weight"), saved.at(p + ".lora_A.weight")),
+                        at::mm(want.at("lora_B/model.layers.1.mlp.down_proj"), want.at("lora_A/model.layers.1.mlp.down_proj")),
+                        1e-6, 1e-5));
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/peft-model.h"
+#include "peft/tuners/lora-loftq.h"
 #include "peft/train/plot.h"
 #include "peft/train/progress.h"
 #include "peft/train/trainer.h"
@@ -65,7 +66,7 @@ std::shared_ptr<TokenDataset> load_data(const std::string & path, const std::str
 Runner add_train(CLI::App & app) {
   struct Opts {
     std::string model, adapter_init, adapter_config, method, target_modules, data, data_format = "auto", eval_data,
-        optimizer = "adamw", log_file, out, betas, checkpoint_dir, resume, plot;
+        optimizer = "adamw", log_file, out, betas, checkpoint_dir, resume, plot, loftq_from;
     int64_t r = 8, max_length = 0;
     double lora_alpha = 8, lora_dropout = 0, eval_split = 0;
     bool use_dora = false, use_rslora = false, no_shuffle = false, compile = false, allow_nonfinite = false,
@@ -92,6 +93,10 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--target-modules", o->target_modules, "comma-separated module names, or all-linear");
   cmd->add_flag("--use-dora", o->use_dora, "DoRA");
   cmd->add_flag("--use-rslora", o->use_rslora, "rsLoRA scaling alpha / sqrt(r)");
+  cmd->add_option("--loftq-from", o->loftq_from,
+                  "a new LoRA adapter on a 4-bit base (--quantize nf4/fp4 or a 4-bit checkpoint): start from LoftQ's "
+                  "factors, computed from the float weights of this checkpoint folder (PEFT's replace_lora_weights_loftq; "
+                  "with --quantize, usually the --model folder itself)");
   // data
   cmd->add_option("--data", o->data,
                   "training data: .txt (plain text), .jsonl (text, prompt/completion or messages records), "
@@ -303,6 +308,12 @@ Runner add_train(CLI::App & app) {
         j["target_modules"] = tm;
       }
       m = std::make_shared<PeftModel>(base, AdapterConfig::from_json(j, "command line"));
+    }
+    if (!o->loftq_from.empty()) {
+      PEFT_USAGE(o->resume.empty() && o->adapter_init.empty(), "--loftq-from initialises a new adapter (not with ",
+                 "--adapter-init or --resume-from-checkpoint)");
+      const int64_t n = replace_lora_weights_loftq(*m, o->loftq_from);
+      if (main_rank) std::cerr << "LoftQ: " << n << " LoRA layers initialised from " << o->loftq_from << "\n";
     }
     if (main_rank) std::cerr << m->trainable_summary() << "\n";
     m->train();

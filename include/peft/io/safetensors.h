@@ -48,6 +48,10 @@ class SafeTensorsFile {
 /// Read every tensor of a file.
 std::map<std::string, at::Tensor> safetensors_load(const std::string & path);
 
+/// Every tensor of a Hugging Face checkpoint folder: model.safetensors, or the shards its
+/// model.safetensors.index.json maps (shard names and keys checked). `source` gets the file read (for errors).
+std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source = nullptr);
+
 /// Write tensors (made contiguous, moved to CPU) atomically: temp file + fsync + rename.
 void safetensors_save(const std::string & path, const std::map<std::string, at::Tensor> & tensors,
                       const std::map<std::string, std::string> & metadata = {{"format", "pt"}});

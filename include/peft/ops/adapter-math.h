@@ -87,6 +87,9 @@ struct LoftqFactors {
   at::Tensor A, B, base;
 };
 LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_t iters);
+/// LoftQ's rank-r split of a residual (loftq_utils' _low_rank_decomposition): SVD res = U S Vh,
+/// B = U sqrt(S)[:, :r], A = sqrt(S)[:r] Vh. Returns (A, B).
+std::pair<at::Tensor, at::Tensor> loftq_low_rank(const at::Tensor & residual, int64_t r);
 /// OLoRA's initial factors: W = Q R (reduced QR), A = R[:r], B = Q[:, :r] (PEFT's olora_init). Returns (A, B).
 std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r);
 

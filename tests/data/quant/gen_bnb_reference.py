@@ -411,7 +411,7 @@ def main():
         sys.path.insert(0, a.oracle)
         import oracle_env  # noqa: F401
         import tinyref
-        loftq_cases(tinyref, os.path.join(GOLDEN, "models", "tiny-llama"), os.path.join(out, "loftq"), commit)
+        loftq_cases(bnb, tinyref, os.path.join(GOLDEN, "models", "tiny-llama"), os.path.join(out, "loftq"), commit)
         return
     F = bnb.functional
     meta_common = {"bitsandbytes_commit": commit, "torch": torch.__version__, "format": "pt"}
@@ -515,11 +515,11 @@ def main():
     # 4. QLoRA: the train_lora_adamw case of tests/data/golden on the NF4 (b64, no double quant) base
     qlora_train(tinyref, base_dir, dq_nf4, os.path.join(out, "qlora_train"))
     # 5. LoftQ initialisation
-    loftq_cases(tinyref, base_dir, os.path.join(out, "loftq"), commit)
+    loftq_cases(bnb, tinyref, base_dir, os.path.join(out, "loftq"), commit)
     print("wrote", out, "bitsandbytes", commit)
 
 
-def loftq_cases(tinyref, base_dir, folder, commit):
+def loftq_cases(bnb, tinyref, base_dir, folder, commit):
     """init_lora_weights="loftq" by upstream PEFT's loftq_init, which quantizes with bitsandbytes (here: its source,
     the default backend) on a CUDA/XPU device: PEFT's availability checks answer True and tensors sent to "cuda"
     stay on the CPU. PEFT's LoraConfig still asks for scipy when init_lora_weights is "loftq" (loftq_init no longer
@@ -582,6 +582,48 @@ def loftq_cases(tinyref, base_dir, folder, commit):
                                "logits, logits_disabled (the base with LoftQ's dequantized weights), base/<module>.weight "
                                "(those weights); adapter/ is what save_pretrained wrote"},
                       os.path.join(d, "case.json"))
+        # replace_lora_weights_loftq on the NF4 model (every decoder Linear quantized by bitsandbytes' Linear4bit, as
+        # tiny-llama-nf4): each adapted module's factors from upstream's _loftq_init_new(module.weight, the float
+        # weight), which replace_lora_weights_loftq applies to each Linear4bit LoRA layer
+        d = os.path.join(folder, "replace")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(base_dir, "config.json")) as f:
+            cfg_json = json.load(f)
+        sd = load_safetensors(os.path.join(base_dir, "model.safetensors"))
+        _, mods = quantize_checkpoint(bnb, sd, cfg_json, "nf4")
+        wdq = dequantized_weights(mods, "nf4")
+        base = tinyref.load_hf(base_dir)
+        with torch.no_grad():
+            for n, w in wdq.items():
+                base.get_submodule(n).weight.copy_(w)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets)
+        pm = get_peft_model(base, cfg)
+        exp = {}
+        for n, lin in mods.items():
+            if n.split(".")[-1] not in targets:
+                continue
+            A, B = loftq_utils._loftq_init_new(lin.weight, sd[n + ".weight"], num_bits=4, reduced_rank=4)
+            layer = pm.base_model.model.get_submodule(n)
+            with torch.no_grad():
+                layer.lora_A["default"].weight.copy_(A)
+                layer.lora_B["default"].weight.copy_(B)
+            exp[f"lora_A/{n}"] = A.detach().clone()
+            exp[f"lora_B/{n}"] = B.detach().clone()
+        pm.eval()
+        with torch.no_grad():
+            exp["logits"] = pm(ids).detach().clone()
+            with pm.disable_adapter():
+                exp["logits_disabled"] = pm(ids).detach().clone()
+        save_safetensors(exp, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(d, "input_ids.json"), "w") as f:
+            json.dump(ids.tolist(), f)
+        dump_json({"model": "models/tiny-llama", "model_note": "relative to tests/data/golden; quantized NF4 (blocksize "
+                   "64, no double quant, lm_head float) as tiny-llama-nf4", "bitsandbytes_commit": commit,
+                   "r": 4, "lora_alpha": 8, "target_modules": targets,
+                   "what": "replace_lora_weights_loftq: lora_A/<module>, lora_B/<module> from upstream's "
+                           "_loftq_init_new(Linear4bit weight, float weight); logits of the NF4 model with them "
+                           "(base = bitsandbytes' dequantized weights), logits_disabled"},
+                  os.path.join(d, "case.json"))
     finally:
         importlib.util.find_spec, torch.Tensor.to = find_spec, tensor_to
 

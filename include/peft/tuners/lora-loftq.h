@@ -1,0 +1,22 @@
+// LoftQ for a model that is already quantized (PEFT's replace_lora_weights_loftq): the LoRA factors of an
+// adapter on 4-bit layers recomputed from the float checkpoint, so that base + B A comes closest to the
+// weight before quantization. (init_lora_weights "loftq" is the other way: quantizing a float base itself.)
+#pragma once
+#include <functional>
+#include <string>
+
+namespace peft {
+
+class PeftModel;
+
+/// For every LoRA layer of adapter `adapter` whose base is a 4-bit layer (NF4/FP4): read the float weight of
+/// that module from the checkpoint folder `model_dir` (model.safetensors or a sharded index), take the rank-r
+/// SVD of (float - dequantized) as LoftQ's factors (A = sqrt(S) Vh, B = U sqrt(S)), and write them into the
+/// adapter's tensors in place (a compiled model sees them without recompiling). `callback(model, module)`,
+/// when given, is asked after each module; false puts that module's previous factors back (PEFT's greedy
+/// check). Throws peft::Error when no LoRA layer sits on a 4-bit base, on a missing or mis-shaped checkpoint
+/// tensor, or for a DoRA adapter (its magnitude was computed from the old factors). Returns the modules replaced.
+int64_t replace_lora_weights_loftq(PeftModel & model, const std::string & model_dir, const std::string & adapter = "default",
+                                   const std::function<bool(PeftModel &, const std::string &)> & callback = {});
+
+}  // namespace peft
