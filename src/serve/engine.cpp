@@ -116,8 +116,17 @@ void Engine::run_on_engine(std::function<bool()> op) {
   fut.get();  // rethrows the op's error
 }
 
+void Engine::check_servable(const std::string & path) {
+  const AdapterConfig cfg = AdapterConfig::load(path);
+  auto it = cfg.fields.find("layer_replication");
+  PEFT_CHECK(it == cfg.fields.end() || it->is_null(), path, ": adapter_config.json has layer_replication: it rebuilds ",
+             "the base model's layer stack, which the other adapters and \"__base__\" requests would run on; peft serve ",
+             "does not hold it (run it with peft generate)");
+}
+
 void Engine::load_adapter(const std::string & path, const std::string & name) {
   PEFT_CHECK(name != "__base__" && !name.empty(), "adapter name '", name, "' is reserved");
+  check_servable(path);
   run_on_engine([this, path, name] {
     PEFT_CHECK(!has_adapter(name), "an adapter named '", name, "' is already loaded");
     at::NoGradGuard no_grad;

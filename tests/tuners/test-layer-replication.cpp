@@ -9,6 +9,7 @@
 #include "peft/model/replicate.h"
 #include "peft/nn/layers.h"
 #include "peft/peft-model.h"
+#include "peft/serve/engine.h"
 #include "support.h"
 
 using namespace peft;
@@ -223,6 +224,30 @@ TEST(LayerReplication, Cli) {
                     &log),
             0);
   EXPECT_NE(log.find("replicated"), std::string::npos) << log;
+}
+
+TEST(LayerReplication, GenerateCliAndServe) {
+  // the bundled kjv-llama (4 layers) replicated to 6: peft generate's KV cache follows the replicated model
+  // (compiled with the cache = without it); peft serve refuses the folder (it would change every row's base)
+  const std::string kjv = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
+  auto cfg = AdapterConfig::from_json({{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"q_proj", "v_proj"}},
+                                       {"init_lora_weights", false}, {"layer_replication", {{0, 3}, {1, 4}}}},
+                                      "cfg");
+  const std::string dir = temp_dir("rep-kjv") + "/adapter";
+  PeftModel(load_model(kjv), cfg).save_pretrained(dir);
+  std::string texts[2];
+  const char * flags[2] = {" --compile", " --no-cache"};
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(run_cli("generate --model " + kjv + " --prompt 'And God said' --prompt 'In the' --max-new-tokens 10 --adapter " +
+                          dir + flags[i],
+                      &texts[i]),
+              0)
+        << texts[i];
+  }
+  EXPECT_EQ(texts[0], texts[1]);
+  const std::string e = error_of([&] { serve::Engine::check_servable(dir); });
+  EXPECT_NE(e.find("layer_replication"), std::string::npos) << e;
+  EXPECT_EQ(error_of([&] { serve::Engine::check_servable(golden_case("lora") + "/adapter"); }), "");
 }
 
 }  // namespace

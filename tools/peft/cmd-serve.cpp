@@ -68,6 +68,7 @@ Runner add_serve(CLI::App & app) {
         n = p.substr(p.find_last_of('/') + 1);
       }
       PEFT_USAGE(n != o->server.model_name, "--adapter ", a, ": the name '", n, "' is the base model's");
+      serve::Engine::check_servable(path);
       pm->load_adapter(path, n);
       pm->mixed_rows({n}, 1);  // servable in a mixed-adapter batch (PEFT refuses DoRA there): a named error now
     }

@@ -83,6 +83,10 @@ class Engine {
   void load_adapter(const std::string & path, const std::string & name);
   void unload_adapter(const std::string & name);
   bool has_adapter(const std::string & name) const;
+  /// Refuse (peft::Error) an adapter folder a server cannot hold beside others: one whose config replaces
+  /// the base model's layer stack (LoRA's layer_replication), which every other adapter and "__base__"
+  /// row would then run on. Called before loading (at start and by load_adapter).
+  static void check_servable(const std::string & path);
   std::vector<std::string> adapters() const;
   EngineStats stats() const;
   int64_t max_context() const { return max_context_; }
