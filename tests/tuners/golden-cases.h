@@ -1,6 +1,7 @@
 // The table of upstream-PEFT golden cases with one adapter (tests/data/golden/cases/<name>), shared by
 // the eager tests and the compiled-parity matrix. A method joins by adding a row.
 #pragma once
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct GoldenCase {
   // whose initialisation draws from it again when the folder is loaded (PiSSA by randomized SVD); -1: none
   int64_t init_seed = -1;
 };
+
+/// GoogleTest prints a case by its name.
+inline void PrintTo(const GoldenCase & c, std::ostream * os) { *os << c.name; }
 
 /// PeftModel::from_pretrained of the case's adapter (or `dir`) as upstream made it: the generator seeded
 /// first when the case has an init_seed.
