@@ -199,13 +199,18 @@ void safetensors_save(const std::string & path, const std::map<std::string, at::
   write_file_atomic(path, bytes);
 }
 
-std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source) {
+std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source,
+                                                  const std::function<bool(const std::string &)> & wanted) {
   std::map<std::string, at::Tensor> tensors;
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   struct stat st;
   if (::stat(single.c_str(), &st) == 0) {
     if (source) *source = single;
-    return safetensors_load(single);
+    SafeTensorsFile f(single);
+    for (const auto & k : f.keys()) {
+      if (!wanted || wanted(k)) tensors[k] = f.get(k);
+    }
+    return tensors;
   }
   PEFT_CHECK(::stat(index.c_str(), &st) == 0, dir, ": no model.safetensors or model.safetensors.index.json");
   if (source) *source = index;
@@ -217,7 +222,7 @@ std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::
     const std::string f = it.value().get<std::string>();
     PEFT_CHECK(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index, ": shard name '", f,
                "' must be a plain file name");
-    by_file[f].push_back(it.key());
+    if (!wanted || wanted(it.key())) by_file[f].push_back(it.key());
   }
   for (const auto & kv : by_file) {
     SafeTensorsFile shard(dir + "/" + kv.first);

@@ -11,24 +11,17 @@ namespace peft {
 
 namespace {
 
-ModulePtr child(const ModulePtr & m, const std::string & name) {
-  for (const auto & c : m->named_children()) {
-    if (c.key() == name) return c.value();
-  }
-  return nullptr;
-}
-
 // The path of the layer list as PEFT's replicate_layers finds it: down `.model` while there is one,
 // then `layers` (Llama's naming) or `h` (Falcon's).
 std::string layer_list_path(const std::shared_ptr<CausalLM> & model) {
   ModulePtr cur = model;
   std::string path;
-  while (ModulePtr next = child(cur, "model")) {
+  while (ModulePtr next = find_submodule(cur, "model")) {
     cur = next;
     path += path.empty() ? "model" : ".model";
   }
   for (const char * name : {"layers", "h"}) {
-    if (ModulePtr list = child(cur, name)) {
+    if (ModulePtr list = find_submodule(cur, name)) {
       if (!std::dynamic_pointer_cast<ModuleList>(list)) break;
       return path.empty() ? name : path + "." + name;
     }
@@ -70,10 +63,11 @@ std::shared_ptr<CausalLM> replicate_layers(const std::shared_ptr<CausalLM> & mod
   // every slot (Linear, Embedding, norm, quantized linear: what holds weights) takes the original object
   std::vector<std::string> slots;
   for (const auto & m : named_modules(out)) {
-    const size_t dot = m.first.rfind('.');
-    if (m.first.empty()) continue;
-    auto parent = std::dynamic_pointer_cast<Module>(get_submodule(out, dot == std::string::npos ? "" : m.first.substr(0, dot)));
-    if (parent && parent->has_slot(dot == std::string::npos ? m.first : m.first.substr(dot + 1))) slots.push_back(m.first);
+    auto parent = std::dynamic_pointer_cast<Module>(m.second);
+    if (!parent) continue;
+    for (const auto & c : parent->named_children()) {
+      if (parent->has_slot(c.key())) slots.push_back(m.first.empty() ? c.key() : m.first + "." + c.key());
+    }
   }
   for (const auto & path : slots) {
     auto layer = std::dynamic_pointer_cast<Layer>(get_submodule(model, original_path(path)));

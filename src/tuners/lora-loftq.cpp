@@ -2,6 +2,8 @@
 // (PEFT's loftq_utils: replace_lora_weights_loftq + _loftq_init_new).
 #include "peft/tuners/lora-loftq.h"
 
+#include <set>
+
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/ops/adapter-math.h"
@@ -26,7 +28,9 @@ int64_t replace_lora_weights_loftq(PeftModel & model, const std::string & model_
              "' on a 4-bit (NF4/FP4) base layer (load the model with 4-bit quantization first)");
   int64_t kept = 0;
   std::string source;
-  const auto tensors = checkpoint_load(model_dir, &source);
+  std::set<std::string> keys;  // only the adapted layers' weights are read (as PEFT's lazy safetensors loader)
+  for (const auto & t : targets) keys.insert(t.first + ".weight");
+  const auto tensors = checkpoint_load(model_dir, &source, [&](const std::string & k) { return keys.count(k) != 0; });
   for (const auto & t : targets) {
     const std::string key = t.first + ".weight";
     auto it = tensors.find(key);

@@ -220,18 +220,6 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
       at::Tensor q_odd = Q.slice(0, 0, s.r, 2), q_even = Q.slice(0, 1, s.r, 2);
       A = at::randn({in, s.r / 2}).mm(q_odd).t().contiguous() / 10.0;
       B = at::randn({s.r / 2, out}).t().mm(q_even).contiguous() / 10.0;
-    } else if (s.init == "pissa_niter") {
-      // PEFT creates lora_A and lora_B as nn.Linear (each drawing its default init from the global generator)
-      // before pissa_init draws svd_lowrank's Gaussian: the same draws here, so a seeded generator gives
-      // upstream's factors (the first two are then overwritten, as there)
-      PEFT_CHECK(dynamic_cast<const Linear *>(&linear()) != nullptr,
-                 "init_lora_weights 'pissa_niter_", s.niter, "' needs a float base weight (as PEFT: initialise PiSSA ",
-                 "unquantized, then quantize the residual model)");
-      linear_default(s.r, in);
-      linear_default(out, s.r);
-      const at::Tensor W = linear().dense_weight().to(at::kFloat);
-      std::tie(A, B) = math::pissa_lowrank_factors(W, s.r, s.niter, s.scaling);
-      linear().store_weight(W - s.scaling * at::mm(B, A));
     } else if (s.init == "loftq") {
       // PEFT's loftq_init: the base keeps the quantized-then-dequantized weight, A and B factor what
       // quantization lost (bitsandbytes' formats: include/peft/quant/formats.h)
@@ -245,14 +233,23 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
       A = f.A;
       B = f.B;
       linear().store_weight(f.base.to(W.scalar_type()));
-    } else if (s.init == "pissa" || s.init == "olora") {
-      // PEFT's pissa_init / olora_init: A and B from the base weight's principal directions (exact SVD) or
-      // its QR factors, and the base keeps only the residual W - scaling * B A
-      PEFT_CHECK(s.init == "olora" || dynamic_cast<const Linear *>(&linear()) != nullptr,
-                 "init_lora_weights 'pissa' needs a float base weight (as PEFT: initialise PiSSA unquantized, "
-                 "then quantize the residual model)");
+    } else if (s.init == "pissa" || s.init == "pissa_niter" || s.init == "olora") {
+      // PEFT's pissa_init / olora_init: A and B from the base weight's principal directions (exact or
+      // randomized SVD) or its QR factors, and the base keeps only the residual W - scaling * B A
+      PEFT_CHECK(s.init == "olora" || dynamic_cast<const Linear *>(&linear()) != nullptr, "init_lora_weights '",
+                 s.init == "pissa_niter" ? str("pissa_niter_", s.niter) : s.init,
+                 "' needs a float base weight (as PEFT: initialise PiSSA unquantized, then quantize the residual model)");
+      if (s.init == "pissa_niter") {
+        // PEFT creates lora_A and lora_B as nn.Linear (each drawing its default init from the global generator)
+        // before pissa_init draws svd_lowrank's Gaussian: the same draws here, so a seeded generator gives
+        // upstream's factors (the first two are then overwritten, as there)
+        linear_default(s.r, in);
+        linear_default(out, s.r);
+      }
       const at::Tensor W = linear().dense_weight().to(at::kFloat);
-      std::tie(A, B) = s.init == "pissa" ? math::pissa_factors(W, s.r, s.scaling) : math::olora_factors(W, s.r);
+      std::tie(A, B) = s.init == "pissa"       ? math::pissa_factors(W, s.r, s.scaling)
+                       : s.init == "olora"     ? math::olora_factors(W, s.r)
+                                               : math::pissa_lowrank_factors(W, s.r, s.niter, s.scaling);
       linear().store_weight(W - s.scaling * at::mm(B, A));
     } else {
       A = s.init == "gaussian" ? at::normal(0.0, 1.0 / s.r, {s.r, in}) : linear_default(s.r, in);

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -48,9 +49,11 @@ class SafeTensorsFile {
 /// Read every tensor of a file.
 std::map<std::string, at::Tensor> safetensors_load(const std::string & path);
 
-/// Every tensor of a Hugging Face checkpoint folder: model.safetensors, or the shards its
+/// The tensors of a Hugging Face checkpoint folder: model.safetensors, or the shards its
 /// model.safetensors.index.json maps (shard names and keys checked). `source` gets the file read (for errors).
-std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source = nullptr);
+/// With `wanted`, only the keys it accepts are read (the others are never copied out of the files).
+std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source = nullptr,
+                                                  const std::function<bool(const std::string &)> & wanted = {});
 
 /// Write tensors (made contiguous, moved to CPU) atomically: temp file + fsync + rename.
 void safetensors_save(const std::string & path, const std::map<std::string, at::Tensor> & tensors,
