@@ -1,6 +1,7 @@
 // peft::Error and PEFT_CHECK: every error the library raises names the file, field, key or module at fault
 // and, where one helps, a hint. Only the CLI catches; library code throws.
 #pragma once
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,10 @@ template <class... A> std::string str(const A &... a) {
 }
 
 [[noreturn]] void fail(const std::string & what);
+
+/// What an error says, fit for a client or a log line: c10's backtrace (library paths and load
+/// addresses) left out, the first line only, at most `max_bytes`, valid UTF-8.
+std::string error_message(const std::exception & e, size_t max_bytes = 1000);
 
 }  // namespace peft
 

@@ -155,7 +155,11 @@ nlohmann::json parse_json(const char * begin, const char * end, const std::strin
   try {
     return nlohmann::json::parse(begin, end, cb);
   } catch (const nlohmann::json::exception & e) {
-    fail(str(source, ": not valid JSON (", e.what(), ")"));
+    // nlohmann's message ends with the bytes it last read: left out (an error never echoes a file's bytes)
+    std::string what = e.what();
+    const size_t cut = what.find("; last read");
+    if (cut != std::string::npos) what.resize(cut);
+    fail(str(source, ": not valid JSON (", what, ")"));
   }
 }
 

@@ -65,8 +65,10 @@ SafeTensorsFile::SafeTensorsFile(const std::string & path) : path_(path) {
     const auto * bytes = static_cast<const unsigned char *>(map_);
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
-    PEFT_CHECK(n <= kMaxHeader, path, ": header length ", n, " is implausibly large");
-    PEFT_CHECK(n <= size_ - 8, path, ": header length ", n, " runs past the end of the file (", size_, " bytes)");
+    // (the value is not shown: an error never echoes a file's bytes, which may not be a safetensors file's)
+    PEFT_CHECK(n <= kMaxHeader, path, ": not a safetensors file (its header length is implausibly large)");
+    PEFT_CHECK(n <= size_ - 8, path, ": not a safetensors file, or truncated (its header length runs past the end of the file, ",
+               size_, " bytes)");
     data_start_ = 8 + static_cast<size_t>(n);
     const size_t data_size = size_ - data_start_;
     // (parse_json: depth limit, and a tensor named twice is an error, not "the last one wins")

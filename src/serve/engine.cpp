@@ -29,9 +29,53 @@ struct Engine::Row {
   int64_t last = 0;          // the token fed at the next decode step
   std::vector<std::vector<int64_t>> history;  // prompt + generated (repetition penalty)
   std::vector<int64_t> generated;
+  std::unique_ptr<DecodeStream> stream;  // the completion's text, token by token (null without a tokenizer)
+  std::string text;          // decoded so far (cut at a stop string)
+  size_t sent = 0;           // bytes of text given to on_token
   int64_t admitted = 0;      // admission order (prefill is first come, first served)
   Clock::time_point submitted, last_token;
 };
+
+const char * finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "error";
+}
+
+namespace {
+
+// The longest end of `text` that is the start (not the whole) of a stop string: held back from the
+// client until the next tokens decide it. Both are valid UTF-8, so the cut is between characters.
+size_t stop_prefix_held(const std::string & text, const std::vector<std::string> & stops) {
+  size_t held = 0;
+  for (const auto & s : stops) {
+    for (size_t k = std::min(text.size(), s.size() - (s.empty() ? 0 : 1)); k > held; --k) {
+      if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+        held = k;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+// The earliest stop string in `text` that ends after byte `from` (npos: none).
+size_t find_stop(const std::string & text, size_t from, const std::vector<std::string> & stops) {
+  size_t cut = std::string::npos;
+  for (const auto & s : stops) {
+    if (s.empty()) continue;
+    const size_t start = from >= s.size() - 1 ? from - (s.size() - 1) : 0;
+    const size_t at = text.find(s, start);
+    if (at != std::string::npos) cut = std::min(cut, at);
+  }
+  return cut;
+}
+
+}  // namespace
 
 Engine::Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared_ptr<Tokenizer> tokenizer)
     : model_(std::move(model)), opts_(opts), tokenizer_(std::move(tokenizer)) {
@@ -228,7 +272,9 @@ void Engine::admit() {
     uint64_t seed = p.seed;
     if (!p.has_seed) seed = std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32);
     r.rng = at::detail::createCPUGenerator(seed);
+    if (p.temperature > 0 && p.temperature < kGreedyBelow) r.gen.do_sample = false;  // (vLLM's rule)
     r.history = {r.req.prompt};
+    if (tokenizer_) r.stream = std::make_unique<DecodeStream>(*tokenizer_);
     r.admitted = ++admissions_;
     r.submitted = Clock::time_point(Clock::duration(r.req.submitted_at));
     {
@@ -238,7 +284,7 @@ void Engine::admit() {
   }
 }
 
-void Engine::finish(Row & r, const std::string & reason) {
+void Engine::finish(Row & r, FinishReason reason, const std::string & error) {
   {
     at::NoGradGuard g;
     mask_[r.index].zero_();
@@ -252,8 +298,14 @@ void Engine::finish(Row & r, const std::string & reason) {
     stats_.prompt_tokens += static_cast<int64_t>(r.req.prompt.size());
     stats_.completion_tokens += static_cast<int64_t>(r.generated.size());
   }
-  if (r.req.callbacks.on_done) r.req.callbacks.on_done(reason);
+  Finish f;
+  f.reason = reason;
+  f.error = error;
+  if (reason == FinishReason::kStop || reason == FinishReason::kLength) f.text = r.text.substr(std::min(r.sent, r.text.size()));
+  if (r.req.callbacks.on_done) r.req.callbacks.on_done(f);
   r.req = Request();
+  r.stream.reset();
+  r.text.clear();
 }
 
 bool Engine::emit(Row & r, int64_t id) {
@@ -271,23 +323,38 @@ bool Engine::emit(Row & r, int64_t id) {
   r.last_token = now;
   r.history[0].push_back(id);
   const auto & eos = r.gen.eos_token_ids;
+  const auto & stops = r.req.params.stop;
   if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
-    finish(r, "stop");
+    if (r.stream) r.text += r.stream->flush();
+    finish(r, FinishReason::kStop);
     return true;
   }
   r.generated.push_back(id);
-  if (r.req.callbacks.on_token) r.req.callbacks.on_token(id);
-  if (!r.req.params.stop.empty() && tokenizer_) {
-    const std::string text = tokenizer_->decode(r.generated);
-    for (const auto & s : r.req.params.stop) {
-      if (!s.empty() && text.find(s) != std::string::npos) {
-        finish(r, "stop");
-        return true;
-      }
+  const bool last = static_cast<int64_t>(r.generated.size()) >= r.req.params.max_tokens;
+  size_t stop_at = std::string::npos;
+  if (r.stream) {
+    // each token decoded once; stop strings looked for only where the new text could complete one
+    const size_t before = r.text.size();
+    r.text += r.stream->step(id);
+    if (last) r.text += r.stream->flush();
+    stop_at = find_stop(r.text, before, stops);
+    if (stop_at != std::string::npos) r.text.resize(std::max(stop_at, r.sent));
+  }
+  std::string piece;
+  if (stop_at == std::string::npos && !last) {
+    const size_t ready = r.text.size() - stop_prefix_held(r.text, stops);
+    if (ready > r.sent) {
+      piece = r.text.substr(r.sent, ready - r.sent);
+      r.sent = ready;
     }
   }
-  if (static_cast<int64_t>(r.generated.size()) >= r.req.params.max_tokens) {
-    finish(r, "length");
+  if (r.req.callbacks.on_token) r.req.callbacks.on_token(id, piece);
+  if (stop_at != std::string::npos) {
+    finish(r, FinishReason::kStop);
+    return true;
+  }
+  if (last) {
+    finish(r, FinishReason::kLength);
     return true;
   }
   r.last = id;
@@ -340,9 +407,19 @@ void Engine::prefill_one() {
   }
   r->pos = P;
   r->decoding = true;
-  at::Tensor last = logits.select(1, n - 1).to(at::kCPU);
-  at::Tensor next = sample_next(last, r->history, r->gen, r->rng);
-  emit(*r, next[0].item<int64_t>());
+  sample_and_emit(*r, logits.select(1, n - 1).to(at::kCPU));
+}
+
+void Engine::sample_and_emit(Row & r, const at::Tensor & logits) {
+  // a row's sampling (its own parameters, its own logits) fails that row alone
+  int64_t id = 0;
+  try {
+    id = sample_next(logits, r.history, r.gen, r.rng)[0].item<int64_t>();
+  } catch (const std::exception & e) {
+    finish(r, FinishReason::kError, "sampling failed: " + error_message(e));
+    return;
+  }
+  emit(r, id);
 }
 
 void Engine::compact() {
@@ -398,8 +475,7 @@ void Engine::decode_step() {
     Row & r = *rows_[b];
     if (!r.active || !r.decoding) continue;
     ++r.pos;
-    at::Tensor next = sample_next(logits.narrow(0, b, 1), r.history, r.gen, r.rng);
-    emit(r, next[0].item<int64_t>());
+    sample_and_emit(r, logits.narrow(0, b, 1));
   }
 }
 
@@ -418,14 +494,15 @@ void Engine::loop() {
       run_admin();
       admit();
       for (auto & r : rows_) {
-        if (r->active && r->req.cancelled && *r->req.cancelled) finish(*r, "cancelled");
+        if (r->active && r->req.cancelled && *r->req.cancelled) finish(*r, FinishReason::kCancelled);
       }
       prefill_one();
       decode_step();
     } catch (const std::exception & e) {
       // a failed step fails the requests in it, never the server
+      const std::string why = error_message(e);
       for (auto & r : rows_) {
-        if (r->active) finish(*r, std::string("error: ") + e.what());
+        if (r->active) finish(*r, FinishReason::kError, why);
       }
     }
     bool idle_admin = false;
@@ -437,7 +514,7 @@ void Engine::loop() {
   }
   // shutting down: everyone still here is cancelled
   for (auto & r : rows_) {
-    if (r->active) finish(*r, "cancelled");
+    if (r->active) finish(*r, FinishReason::kCancelled);
   }
   std::deque<Request> left;
   std::deque<Admin> ops;
@@ -447,7 +524,9 @@ void Engine::loop() {
     ops.swap(admin_);
   }
   for (auto & q : left) {
-    if (q.callbacks.on_done) q.callbacks.on_done("cancelled");
+    Finish f;
+    f.reason = FinishReason::kCancelled;
+    if (q.callbacks.on_done) q.callbacks.on_done(f);
   }
   for (auto & op : ops) op.done->set_exception(std::make_exception_ptr(Error("the server is shutting down")));
 }

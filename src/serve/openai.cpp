@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "peft/error.h"
+#include "peft/io/files.h"
 
 namespace peft::serve {
 
@@ -72,10 +73,25 @@ std::string content_text(const nlohmann::json & c, size_t i) {
 }  // namespace
 
 Job parse_job(const std::string & body, bool chat, const std::string & base_name, const Engine & engine,
-              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl) {
-  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) bad("", "the request body is not valid JSON");
+              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl, size_t max_prompt_bytes) {
+  nlohmann::json j;
+  try {
+    j = parse_json(body, "the request body");  // (nesting bounded: a deep body would overflow the stack)
+  } catch (const std::exception & e) {
+    bad("", error_message(e));
+  }
   if (!j.is_object()) bad("", "the request body must be a JSON object");
+  // text that cannot fit the context is refused before it is tokenized (tokenizing is linear, but a
+  // 16 MiB prompt would still hold a worker for seconds)
+  size_t text_bytes = 0;
+  auto count = [&](size_t n, const char * field) {
+    text_bytes += n;
+    if (text_bytes > max_prompt_bytes) {
+      bad(field, str("This model's maximum context length is ", engine.max_context(), " tokens; the prompt's ", text_bytes,
+                     "+ bytes cannot fit it"),
+          400, "context_length_exceeded");
+    }
+  };
   Job job;
   job.chat = chat;
   if (!j.contains("model") || !j["model"].is_string()) bad("model", "'model' must be a string (see GET /v1/models)");
@@ -129,7 +145,9 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
     for (size_t i = 0; i < j["messages"].size(); ++i) {
       const auto & m = j["messages"][i];
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) bad("messages", str("messages[", i, "] needs a 'role'"));
-      msgs.push_back({{"role", m["role"]}, {"content", content_text(m.value("content", nlohmann::json()), i)}});
+      std::string content = content_text(m.contains("content") ? m["content"] : nlohmann::json(), i);
+      count(content.size(), "messages");
+      msgs.push_back({{"role", m["role"]}, {"content", std::move(content)}});
     }
     std::string text;
     try {
@@ -142,12 +160,15 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
     if (!j.contains("prompt")) bad("prompt", "'prompt' is required");
     const auto & pr = j["prompt"];
     if (pr.is_string()) {
+      count(pr.get_ref<const std::string &>().size(), "prompt");  // (each prompt on its own)
       job.prompts.push_back(tok.encode(pr.get<std::string>(), /*add_special=*/true));
     } else if (pr.is_array() && !pr.empty() && pr[0].is_number_integer()) {
       job.prompts.push_back(token_array(pr, tok));
     } else if (pr.is_array() && !pr.empty()) {
       for (const auto & x : pr) {
         if (x.is_string()) {
+          text_bytes = 0;
+          count(x.get_ref<const std::string &>().size(), "prompt");
           job.prompts.push_back(tok.encode(x.get<std::string>(), true));
         } else if (x.is_array()) {
           job.prompts.push_back(token_array(x, tok));
@@ -178,17 +199,6 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
         400, "context_length_exceeded");
   }
   return job;
-}
-
-std::string completion_text(const Tokenizer & tok, const std::vector<int64_t> & ids, const std::vector<std::string> & stop) {
-  std::string text = tok.decode(ids);
-  size_t cut = std::string::npos;
-  for (const auto & s : stop) {
-    if (s.empty()) continue;
-    const size_t at = text.find(s);
-    if (at != std::string::npos) cut = std::min(cut, at);
-  }
-  return cut == std::string::npos ? text : text.substr(0, cut);
 }
 
 nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {

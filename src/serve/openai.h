@@ -30,12 +30,10 @@ struct Job {
   SamplingParams params;
 };
 
-/// Parse a /v1/completions or /v1/chat/completions body. Throws ApiError.
+/// Parse a /v1/completions or /v1/chat/completions body (JSON nested at most kMaxJsonDepth levels; prompt
+/// and message text at most max_prompt_bytes in all, checked before tokenizing). Throws ApiError.
 Job parse_job(const std::string & body, bool chat, const std::string & base_name, const Engine & engine,
-              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl);
-
-/// The completion text of `ids` and why it ended, with a stop string (and what follows) cut off.
-std::string completion_text(const Tokenizer & tok, const std::vector<int64_t> & ids, const std::vector<std::string> & stop);
+              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl, size_t max_prompt_bytes);
 
 struct Choice {
   std::string text, finish_reason;

@@ -2,15 +2,17 @@
 #include "peft/serve/server.h"
 
 #include <httplib.h>
-#include <limits.h>
-#include <stdlib.h>
+#include <dirent.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <map>
 #include <regex>
 
+#include "connections.h"
 #include "openai.h"
 #include "peft/error.h"
+#include "peft/io/files.h"
 
 namespace peft::serve {
 
@@ -20,9 +22,10 @@ namespace {
 struct Progress {
   std::mutex mu;
   std::condition_variable cv;
-  std::vector<int64_t> ids;
+  std::string text;          // the completion text so far: valid UTF-8, append-only
+  int64_t tokens = 0;
   bool done = false;
-  std::string reason;
+  Finish finish;
   std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
 };
 
@@ -30,25 +33,18 @@ int64_t unix_time() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// text that is safe to send: no trailing partial UTF-8 sequence or replacement character
-size_t stable_length(const std::string & s) {
-  size_t n = s.size();
-  const std::string repl = "\xEF\xBF\xBD";
-  while (n >= 3 && s.compare(n - 3, 3, repl) == 0) n -= 3;
-  // back off an incomplete multi-byte sequence at the end
-  size_t i = n;
-  int back = 0;
-  while (i > 0 && back < 4 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80) {
-    --i;
-    ++back;
-  }
-  if (i > 0) {
-    const unsigned char lead = static_cast<unsigned char>(s[i - 1]);
-    const int need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : lead >= 0xC0 ? 1 : 0;
-    if (need > back) n = i - 1;
-  }
-  return n;
+// Every JSON text the server sends: strings are valid UTF-8 by construction; a byte that is not becomes
+// U+FFFD instead of an exception (nlohmann's dump throws on invalid UTF-8).
+std::string dump(const nlohmann::json & j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+bool failed(const Finish & f) { return f.reason == FinishReason::kError || f.reason == FinishReason::kCancelled; }
+
+std::string failure_message(const Finish & f) {
+  return f.reason == FinishReason::kCancelled ? "generation failed: cancelled" : "generation failed: " + f.error;
 }
+
+// How often a waiting request looks at its client's socket.
+constexpr auto kClientCheck = std::chrono::milliseconds(100);
 
 }  // namespace
 
@@ -58,15 +54,42 @@ struct Server::Impl {
   std::optional<ChatTemplate> chat;
   ServerOptions opts;
   httplib::Server http;
+  ConnectionWorkers * workers = nullptr;  // owned by http
   int bound_port = 0;
   std::atomic<int64_t> next_id{0};
   std::mutex stats_mu;
   std::map<int, int64_t> responses;  // by status
   int64_t max_loaded_adapters = 0;
+  size_t max_prompt_bytes = 0;
 
   void reply_error(httplib::Response & res, const ApiError & e) {
     res.status = e.status;
-    res.set_content(error_json(e).dump(), "application/json");
+    res.set_content(dump(error_json(e)), "application/json");
+  }
+
+  // The request body, read here so that its size is bounded however it is sent (cpp-httplib checks
+  // Content-Length only; a chunked body would be read whole). False: too large (the 413 is set).
+  bool read_body(const httplib::Request & req, httplib::Response & res, const httplib::ContentReader & reader, std::string & body) {
+    bool too_large = false;
+    const bool ok = reader([&](const char * data, size_t n) {
+      if (body.size() + n > kMaxRequestBytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_large || res.status == 413) {
+      reply_error(res, {413, str("the request body is larger than ", kMaxRequestBytes >> 20, " MiB")});
+      res.set_header("Connection", "close");
+      return false;
+    }
+    if (!ok) {
+      reply_error(res, {400, "the request body could not be read"});
+      res.set_header("Connection", "close");
+      return false;
+    }
+    return true;
   }
 
   std::vector<std::shared_ptr<Progress>> start(const Job & job) {
@@ -80,15 +103,17 @@ struct Server::Impl {
         r.params = job.params;
         if (r.params.has_seed) r.params.seed += static_cast<uint64_t>(c);  // n choices of one seed differ
         r.cancelled = p->cancelled;
-        r.callbacks.on_token = [p](int64_t id) {
+        r.callbacks.on_token = [p](int64_t, const std::string & text) {
           std::lock_guard<std::mutex> g(p->mu);
-          p->ids.push_back(id);
+          ++p->tokens;
+          p->text += text;
           p->cv.notify_all();
         };
-        r.callbacks.on_done = [p](const std::string & reason) {
+        r.callbacks.on_done = [p](const Finish & f) {
           std::lock_guard<std::mutex> g(p->mu);
           p->done = true;
-          p->reason = reason;
+          p->text += f.text;
+          p->finish = f;
           p->cv.notify_all();
         };
         out.push_back(p);
@@ -96,17 +121,19 @@ struct Server::Impl {
           engine->submit(std::move(r));
         } catch (const std::exception & e) {
           for (auto & q : out) *q->cancelled = true;
-          throw ApiError{400, e.what()};
+          throw ApiError{400, error_message(e)};
         }
       }
     }
     return out;
   }
 
-  void complete(const httplib::Request & req, httplib::Response & res, bool chat) {
+  void complete(const httplib::Request & req, httplib::Response & res, const httplib::ContentReader & reader, bool chat) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
     Job job;
     try {
-      job = parse_job(req.body, chat, opts.model_name, *engine, *tok, this->chat);
+      job = parse_job(body, chat, opts.model_name, *engine, *tok, this->chat, max_prompt_bytes);
     } catch (const ApiError & e) {
       return reply_error(res, e);
     }
@@ -118,44 +145,49 @@ struct Server::Impl {
     }
     const std::string id = str(chat ? "chatcmpl-" : "cmpl-", std::hex, unix_time(), "-", next_id++);
     const int64_t created = unix_time();
+    // the client's socket: a client that leaves cancels its rows at once, streaming or not
+    const int sock = find_request_socket(req);
     if (!job.stream) {
       std::vector<Choice> choices;
       for (size_t i = 0; i < progress.size(); ++i) {
         auto & p = *progress[i];
         std::unique_lock<std::mutex> lk(p.mu);
-        p.cv.wait(lk, [&] { return p.done; });
-        if (p.reason.rfind("error", 0) == 0 || p.reason == "cancelled") {
+        while (!p.cv.wait_for(lk, kClientCheck, [&] { return p.done; })) {
+          if (peer_closed(sock)) {
+            for (auto & q : progress) *q->cancelled = true;
+            res.set_header("Connection", "close");
+            return reply_error(res, ApiError{499, "the client closed the connection", "server_error"});
+          }
+        }
+        if (failed(p.finish)) {
           for (auto & q : progress) *q->cancelled = true;
-          return reply_error(res, ApiError{500, "generation failed: " + p.reason, "server_error"});
+          return reply_error(res, ApiError{500, failure_message(p.finish), "server_error"});
         }
         Choice c;
-        c.text = completion_text(*tok, p.ids, job.params.stop);
-        c.finish_reason = p.reason;
-        c.completion_tokens = static_cast<int64_t>(p.ids.size());
+        c.text = p.text;
+        c.finish_reason = finish_reason_name(p.finish.reason);
+        c.completion_tokens = p.tokens;
         c.prompt_tokens = static_cast<int64_t>(job.prompts[i / job.n].size());
         choices.push_back(c);
       }
-      res.set_content(response_json(job, id, created, choices).dump(), "application/json");
+      res.set_content(dump(response_json(job, id, created, choices)), "application/json");
       return;
     }
     // server-sent events: one chunk per piece of new text, a last chunk with finish_reason, [DONE]
     struct State {
-      std::vector<size_t> sent, seen;  // text bytes sent, tokens seen
+      std::vector<size_t> sent;  // text bytes sent
       std::vector<bool> first, finished;
     };
     auto st = std::make_shared<State>();
     st->sent.assign(progress.size(), 0);
-    st->seen.assign(progress.size(), 0);
     st->first.assign(progress.size(), true);
     st->finished.assign(progress.size(), false);
-    size_t hold = 0;
-    for (const auto & s : job.params.stop) hold = std::max(hold, s.empty() ? 0 : s.size() - 1);
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, job, id, created, progress, st, hold](size_t, httplib::DataSink & sink) {
+        [this, job, id, created, progress, st, sock](size_t, httplib::DataSink & sink) {
           auto send = [&](const nlohmann::json & j) {
-            const std::string line = "data: " + j.dump() + "\n\n";
+            const std::string line = "data: " + dump(j) + "\n\n";
             return sink.write(line.data(), line.size());
           };
           auto cancel_all = [&] {
@@ -166,43 +198,33 @@ struct Server::Impl {
             for (size_t i = 0; i < progress.size(); ++i) {
               if (st->finished[i]) continue;
               auto & p = *progress[i];
-              std::vector<int64_t> ids;
+              std::string delta;
               bool done;
-              std::string reason;
+              Finish finish;
               {
                 // (only the first unfinished choice waits: the others are read as they are)
                 std::unique_lock<std::mutex> lk(p.mu);
-                if (all) p.cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return p.done || p.ids.size() > st->seen[i]; });
-                ids = p.ids;
+                if (all) p.cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return p.done || p.text.size() > st->sent[i]; });
+                delta = p.text.substr(st->sent[i]);
                 done = p.done;
-                reason = p.reason;
+                finish = p.finish;
               }
-              st->seen[i] = ids.size();
-              std::string text;
-              if (done) {
-                text = completion_text(*tok, ids, job.params.stop);
-              } else {
-                text = tok->decode(ids);
-                text = text.substr(0, stable_length(text));
-                text = text.size() > hold ? text.substr(0, text.size() - hold) : "";
+              if (done && failed(finish)) {
+                send(error_json(ApiError{500, failure_message(finish), "server_error"}));
+                cancel_all();
+                sink.done();
+                return true;
               }
-              if (text.size() > st->sent[i] || (st->first[i] && job.chat)) {
-                const std::string delta = text.size() > st->sent[i] ? text.substr(st->sent[i]) : "";
+              if (!delta.empty() || (st->first[i] && job.chat)) {
                 if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), delta, std::nullopt, st->first[i]))) {
                   cancel_all();
                   return false;
                 }
                 st->first[i] = false;
-                st->sent[i] = std::max(st->sent[i], text.size());
+                st->sent[i] += delta.size();
               }
               if (done) {
-                if (reason.rfind("error", 0) == 0 || reason == "cancelled") {
-                  send(error_json(ApiError{500, "generation failed: " + reason, "server_error"}));
-                  cancel_all();
-                  sink.done();
-                  return true;
-                }
-                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), "", reason, false))) {
+                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), "", std::string(finish_reason_name(finish.reason)), false))) {
                   cancel_all();
                   return false;
                 }
@@ -212,7 +234,7 @@ struct Server::Impl {
               }
             }
             if (all) break;
-            if (!sink.is_writable()) {
+            if (!sink.is_writable() || peer_closed(sock)) {
               cancel_all();
               return false;
             }
@@ -220,7 +242,10 @@ struct Server::Impl {
           if (job.include_usage) {
             int64_t prompt = 0, completion = 0;
             for (size_t i = 0; i < progress.size(); ++i) {
-              completion += static_cast<int64_t>(progress[i]->ids.size());
+              {
+                std::lock_guard<std::mutex> g(progress[i]->mu);
+                completion += progress[i]->tokens;
+              }
               if (i % job.n == 0) prompt += static_cast<int64_t>(job.prompts[i / job.n].size());
             }
             nlohmann::json u = {{"id", id},
@@ -251,15 +276,29 @@ struct Server::Impl {
     for (const auto & a : engine->adapters()) {
       data.push_back({{"id", a}, {"object", "model"}, {"created", t}, {"owned_by", "peft.cpp"}, {"root", a}, {"parent", opts.model_name}});
     }
-    res.set_content(nlohmann::json{{"object", "list"}, {"data", data}}.dump(), "application/json");
+    res.set_content(dump(nlohmann::json{{"object", "list"}, {"data", data}}), "application/json");
   }
 
-  void load(const httplib::Request & req, httplib::Response & res) {
+  // A small JSON object body (the admin routes); false: the error is set.
+  bool json_body(const httplib::Request & req, httplib::Response & res, const httplib::ContentReader & reader, nlohmann::json & j) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return false;
+    try {
+      j = parse_json(body, "the request body");
+    } catch (const std::exception & e) {
+      reply_error(res, {400, error_message(e)});
+      return false;
+    }
+    return true;
+  }
+
+  void load(const httplib::Request & req, httplib::Response & res, const httplib::ContentReader & reader) {
     if (!opts.allow_adapter_loading) {
       return reply_error(res, {403, "loading adapters is disabled (start the server with --allow-adapter-loading)",
                                "permission_error"});
     }
-    auto j = nlohmann::json::parse(req.body, nullptr, false);
+    nlohmann::json j;
+    if (!json_body(req, res, reader, j)) return;
     if (!j.is_object() || !j.contains("lora_name") || !j["lora_name"].is_string() || !j.contains("lora_path") ||
         !j["lora_path"].is_string()) {
       return reply_error(res, {400, "expected {\"lora_name\": NAME, \"lora_path\": PATH}"});
@@ -272,30 +311,70 @@ struct Server::Impl {
     if (max_loaded_adapters > 0 && static_cast<int64_t>(engine->adapters().size()) >= max_loaded_adapters) {
       return reply_error(res, {400, str("already ", max_loaded_adapters, " adapters loaded (--max-loaded-adapters); unload one first")});
     }
-    // the folder must resolve to a place inside the adapter root (no "..", no symlinks out)
-    char root_buf[PATH_MAX], path_buf[PATH_MAX];
-    const std::string joined = !path.empty() && path[0] == '/' ? path : opts.adapter_root + "/" + path;
-    if (!::realpath(opts.adapter_root.c_str(), root_buf) || !::realpath(joined.c_str(), path_buf)) {
-      return reply_error(res, {400, "lora_path '" + path + "' does not exist", "invalid_request_error", "lora_path"});
-    }
-    const std::string root = root_buf, real = path_buf;
-    if (real.size() <= root.size() || real.compare(0, root.size(), root) != 0 || real[root.size()] != '/') {
-      return reply_error(res, {403, "lora_path '" + path + "' is outside the adapter root", "permission_error", "lora_path"});
+    // the folder and every file in it must resolve to places inside the adapter root (no "..", no
+    // symlinks out); one answer whether a path outside does not exist or is not allowed (no oracle)
+    const std::string real = confined_folder(path);
+    if (real.empty()) {
+      return reply_error(res, {400, "lora_path '" + path + "' is not an adapter folder inside the adapter root",
+                               "invalid_request_error", "lora_path"});
     }
     try {
       engine->load_adapter(real, name);
     } catch (const std::exception & e) {
-      return reply_error(res, {400, str("cannot load the adapter: ", e.what()), "invalid_request_error", "lora_path"});
+      return reply_error(res, {400, str("cannot load the adapter: ", error_message(e)), "invalid_request_error", "lora_path"});
     }
     res.set_content("Success: LoRA adapter '" + name + "' added successfully.", "text/plain");
   }
 
-  void unload(const httplib::Request & req, httplib::Response & res) {
+  // The real path of `path` (relative to the adapter root, or absolute) if it is a folder inside the
+  // root and every entry below it resolves inside the root too; "" otherwise.
+  std::string confined_folder(const std::string & path) const {
+    const std::string root = real_path(opts.adapter_root);
+    const std::string joined = !path.empty() && path[0] == '/' ? path : opts.adapter_root + "/" + path;
+    const std::string real = real_path(joined);
+    auto inside = [&](const std::string & p) {
+      return !root.empty() && p.size() > root.size() && p.compare(0, root.size(), root) == 0 && (p[root.size()] == '/' || root == "/");
+    };
+    struct stat st;
+    if (real.empty() || !inside(real) || ::stat(real.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return "";
+    // every entry, a few levels down (an adapter folder is flat; saved multi-adapter folders nest one)
+    std::vector<std::pair<std::string, int>> todo = {{real, 0}};
+    size_t seen = 0;
+    while (!todo.empty()) {
+      auto [dir, depth] = todo.back();
+      todo.pop_back();
+      DIR * d = ::opendir(dir.c_str());
+      if (!d) return "";
+      bool ok = true;
+      while (dirent * e = ::readdir(d)) {
+        const std::string n = e->d_name;
+        if (n == "." || n == "..") continue;
+        const std::string r = real_path(dir + "/" + n);
+        if (r.empty() || !inside(r) || ++seen > 10000) {
+          ok = false;
+          break;
+        }
+        if (::stat(r.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+          if (depth >= 3) {
+            ok = false;
+            break;
+          }
+          todo.emplace_back(r, depth + 1);
+        }
+      }
+      ::closedir(d);
+      if (!ok) return "";
+    }
+    return real;
+  }
+
+  void unload(const httplib::Request & req, httplib::Response & res, const httplib::ContentReader & reader) {
     if (!opts.allow_adapter_loading) {
       return reply_error(res, {403, "unloading adapters is disabled (start the server with --allow-adapter-loading)",
                                "permission_error"});
     }
-    auto j = nlohmann::json::parse(req.body, nullptr, false);
+    nlohmann::json j;
+    if (!json_body(req, res, reader, j)) return;
     if (!j.is_object() || !j.contains("lora_name") || !j["lora_name"].is_string()) {
       return reply_error(res, {400, "expected {\"lora_name\": NAME}"});
     }
@@ -306,7 +385,7 @@ struct Server::Impl {
     try {
       engine->unload_adapter(name);
     } catch (const std::exception & e) {
-      return reply_error(res, {400, e.what()});
+      return reply_error(res, {400, error_message(e)});
     }
     res.set_content("Success: LoRA adapter '" + name + "' removed successfully.", "text/plain");
   }
@@ -350,13 +429,31 @@ Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokeni
   I.opts = std::move(opts);
   I.max_loaded_adapters = I.opts.max_loaded_adapters;
   auto & h = I.http;
-  const int threads = std::max(4, I.opts.threads);
-  h.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  h.set_payload_max_length(16 << 20);
+  // a worker per connection, started when needed up to the cap: idle or slow connections hold their own
+  // worker, never the others' (cpp-httplib's fixed pool queued /health behind 64 idle sockets)
+  const size_t threads = static_cast<size_t>(std::max(4, I.opts.threads));
+  h.new_task_queue = [&I, threads] {
+    I.workers = new ConnectionWorkers(threads);
+    return I.workers;
+  };
+  h.set_payload_max_length(kMaxRequestBytes);
   // clients keep their connections (cpp-httplib closes one after 5 requests by default, and a client that
-  // sends on a connection being closed sees no answer)
+  // sends on a connection being closed sees no answer); a silent one is closed after the read timeout
   h.set_keep_alive_max_count(100000);
-  h.set_keep_alive_timeout(60);
+  h.set_keep_alive_timeout(30);
+  h.set_read_timeout(10, 0);
+  h.set_write_timeout(30, 0);
+  // the longest prompt that can fit the context: no token decodes to more than max_token bytes (x4 for
+  // normalizers that drop characters); a longer prompt is refused before it is tokenized
+  size_t max_token = 1;
+  for (int64_t t = 0; t < I.tok->vocab_size(); ++t) {
+    try {
+      max_token = std::max(max_token, I.tok->decode({t}, false).size());
+    } catch (const std::exception &) {
+      // (ids missing from a sparse vocabulary)
+    }
+  }
+  I.max_prompt_bytes = static_cast<size_t>(I.engine->max_context()) * max_token * 4 + 4096;
   h.set_pre_routing_handler([&I](const httplib::Request & req, httplib::Response & res) {
     if (I.opts.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
     if (req.get_header_value("Authorization") == "Bearer " + I.opts.api_key) return httplib::Server::HandlerResponse::Unhandled;
@@ -372,16 +469,17 @@ Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokeni
     try {
       std::rethrow_exception(ep);
     } catch (const std::exception & e) {
-      what = e.what();
+      what = error_message(e);
     } catch (...) {
     }
     I.reply_error(res, {500, what, "server_error"});
   });
-  h.Post("/v1/completions", [&I](const httplib::Request & q, httplib::Response & r) { I.complete(q, r, false); });
-  h.Post("/v1/chat/completions", [&I](const httplib::Request & q, httplib::Response & r) { I.complete(q, r, true); });
+  using Reader = httplib::ContentReader;
+  h.Post("/v1/completions", [&I](const httplib::Request & q, httplib::Response & r, const Reader & b) { I.complete(q, r, b, false); });
+  h.Post("/v1/chat/completions", [&I](const httplib::Request & q, httplib::Response & r, const Reader & b) { I.complete(q, r, b, true); });
   h.Get("/v1/models", [&I](const httplib::Request &, httplib::Response & r) { I.models(r); });
-  h.Post("/v1/load_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r) { I.load(q, r); });
-  h.Post("/v1/unload_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r) { I.unload(q, r); });
+  h.Post("/v1/load_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r, const Reader & b) { I.load(q, r, b); });
+  h.Post("/v1/unload_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r, const Reader & b) { I.unload(q, r, b); });
   h.Get("/health", [](const httplib::Request &, httplib::Response & r) { r.set_content("{\"status\": \"ok\"}", "application/json"); });
   h.Get("/metrics", [&I](const httplib::Request &, httplib::Response & r) { I.metrics(r); });
 }
@@ -398,6 +496,7 @@ void Server::bind() {
                " (in use, or not an address of this machine)");
     I.bound_port = I.opts.port;
   }
+  widen_listen_backlog(I.bound_port);
 }
 
 int Server::port() const { return impl_->bound_port; }

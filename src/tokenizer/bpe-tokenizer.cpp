@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <queue>
 #include <unordered_map>
 
 #include "peft/error.h"
@@ -53,9 +54,21 @@ std::vector<std::string> utf8_chars(const std::string & s) {
   return out;
 }
 
+// (builds a new string: replacing in place shifts the tail at every hit, quadratic on a long text)
 void replace_all(std::string & s, const std::string & from, const std::string & to) {
   if (from.empty()) return;
-  for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
+  size_t pos = s.find(from);
+  if (pos == std::string::npos) return;
+  std::string out;
+  out.reserve(s.size());
+  size_t last = 0;
+  for (; pos != std::string::npos; pos = s.find(from, last)) {
+    out.append(s, last, pos - last);
+    out += to;
+    last = pos + from.size();
+  }
+  out.append(s, last, std::string::npos);
+  s.swap(out);
 }
 
 // GPT-2's reversible byte -> printable unicode character mapping.
@@ -155,6 +168,9 @@ class BpeTokenizer : public Tokenizer {
         max_id_ = std::max(max_id_, added_.back().id);
       }
       std::sort(added_.begin(), added_.end(), [](const auto & x, const auto & y) { return x.content.size() > y.content.size(); });
+      for (const auto & t : added_) {
+        if (!t.content.empty()) added_first_[static_cast<unsigned char>(t.content[0])] = true;
+      }
     }
     id_to_token_.assign(max_id_ + 1, "");
     for (const auto & kv : vocab_) id_to_token_[kv.second] = kv.first;
@@ -189,10 +205,12 @@ class BpeTokenizer : public Tokenizer {
     };
     while (start < text.size()) {
       const AddedToken * hit = nullptr;
-      for (const auto & t : added_) {
-        if (!t.content.empty() && text.compare(start, t.content.size(), t.content) == 0) {
-          hit = &t;
-          break;
+      if (added_first_[static_cast<unsigned char>(text[start])]) {  // (most bytes start no added token)
+        for (const auto & t : added_) {
+          if (!t.content.empty() && text.compare(start, t.content.size(), t.content) == 0) {
+            hit = &t;
+            break;
+          }
         }
       }
       if (hit) {
@@ -397,12 +415,10 @@ class BpeTokenizer : public Tokenizer {
     if (behavior == "Isolated") return split_isolated(re, s, out);
     std::vector<std::pair<std::string, bool>> parts;  // (text, is a match)
     size_t pos = 0;
-    for (const auto & m : re.find_all(s)) {
-      if (m.empty()) continue;
-      const size_t at = s.find(m, pos);
+    for (const auto & [at, len] : re.find_spans(s)) {
       if (at > pos) parts.emplace_back(s.substr(pos, at - pos), false);
-      parts.emplace_back(m, true);
-      pos = at + m.size();
+      parts.emplace_back(s.substr(at, len), true);
+      pos = at + len;
     }
     if (pos < s.size()) parts.emplace_back(s.substr(pos), false);
     std::vector<std::string> pieces;
@@ -430,13 +446,69 @@ class BpeTokenizer : public Tokenizer {
   static void split_isolated(const Regex & re, const std::string & s, std::vector<std::string> & out) {
     // matches become pieces; text between matches too
     size_t pos = 0;
-    for (const auto & m : re.find_all(s)) {
-      size_t at = s.find(m, pos);
+    for (const auto & [at, len] : re.find_spans(s)) {
       if (at > pos) out.push_back(s.substr(pos, at - pos));
-      out.push_back(m);
-      pos = at + m.size();
+      out.push_back(s.substr(at, len));
+      pos = at + len;
     }
     if (pos < s.size()) out.push_back(s.substr(pos));
+  }
+
+  // BPE merges of one word: repeatedly the pair of lowest rank, the leftmost of equal ones (HF tokenizers'
+  // order). Symbols are a linked list over the word and candidate pairs a heap whose stale entries are
+  // skipped, so a long word costs O(n log n), not O(n^2).
+  std::vector<std::string> merge(const std::string & word) const {
+    struct Sym {
+      size_t at, len;
+      int64_t prev, next;  // -1: none
+    };
+    std::vector<Sym> sym;
+    for (size_t i = 0; i < word.size();) {
+      const unsigned char c = static_cast<unsigned char>(word[i]);
+      size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+      n = std::min(n, word.size() - i);
+      const int64_t k = static_cast<int64_t>(sym.size());
+      sym.push_back({i, n, k - 1, -1});
+      if (k > 0) sym[k - 1].next = k;
+      i += n;
+    }
+    struct Cand {
+      int64_t rank;
+      size_t at;            // the left symbol's byte offset (its position in the word)
+      int64_t left;
+      size_t left_len, right_len;
+      bool operator>(const Cand & o) const { return rank != o.rank ? rank > o.rank : at > o.at; }
+    };
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    std::string key;
+    auto push = [&](int64_t l) {
+      if (l < 0 || sym[l].next < 0) return;
+      const Sym & a = sym[l];
+      const Sym & b = sym[a.next];
+      key.assign(word, a.at, a.len);
+      key += '\x01';
+      key.append(word, b.at, b.len);
+      auto it = ranks_.find(key);
+      if (it != ranks_.end()) heap.push({it->second, a.at, l, a.len, b.len});
+    };
+    for (int64_t i = 0; i + 1 < static_cast<int64_t>(sym.size()); ++i) push(i);
+    while (!heap.empty()) {
+      const Cand c = heap.top();
+      heap.pop();
+      Sym & a = sym[c.left];
+      // stale: the left symbol was merged away or grew, or its right neighbour changed
+      if (a.len != c.left_len || a.next < 0 || sym[a.next].len != c.right_len) continue;
+      const int64_t r = a.next;
+      a.len += sym[r].len;
+      a.next = sym[r].next;
+      if (a.next >= 0) sym[a.next].prev = c.left;
+      sym[r].len = 0;  // gone (a zero length never matches a candidate)
+      push(a.prev);
+      push(c.left);
+    }
+    std::vector<std::string> out;
+    for (int64_t i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) out.push_back(word.substr(sym[i].at, sym[i].len));
+    return out;
   }
 
   void bpe(const std::string & word, std::vector<int64_t> & ids) const {
@@ -448,22 +520,7 @@ class BpeTokenizer : public Tokenizer {
         return;
       }
     }
-    std::vector<std::string> sym = utf8_chars(word);
-    while (sym.size() > 1) {
-      int64_t best = LLONG_MAX;
-      size_t at = 0;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = ranks_.find(sym[i] + '\x01' + sym[i + 1]);
-        if (it != ranks_.end() && it->second < best) {
-          best = it->second;
-          at = i;
-        }
-      }
-      if (best == LLONG_MAX) break;
-      sym[at] += sym[at + 1];
-      sym.erase(sym.begin() + at + 1);
-    }
-    for (const auto & s : sym) {
+    for (const auto & s : merge(word)) {
       int64_t id = id_of(s);
       if (id >= 0) {
         ids.push_back(id);
@@ -554,6 +611,7 @@ class BpeTokenizer : public Tokenizer {
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int64_t> ranks_;
   std::vector<AddedToken> added_;
+  bool added_first_[256] = {};  // first bytes of the added tokens
   std::vector<Normalizer> normalizers_;
   std::vector<PreTok> pre_;
   std::vector<DecodeStep> decoders_;

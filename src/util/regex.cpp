@@ -60,24 +60,35 @@ bool Regex::search_group(const std::string & s, int group, std::string * out) co
   return ok;
 }
 
-std::vector<std::string> Regex::find_all(const std::string & s) const {
+std::vector<std::pair<size_t, size_t>> Regex::find_spans(const std::string & s) const {
   auto * code = static_cast<pcre2_code *>(code_);
   pcre2_match_data * md = pcre2_match_data_create_from_pattern(code, nullptr);
-  std::vector<std::string> out;
+  std::vector<std::pair<size_t, size_t>> out;
   PCRE2_SIZE start = 0;
+  // PCRE2 checks the subject's UTF-8 from the start offset to the end on every call: quadratic over a
+  // long text. The first call checks it all (an invalid subject fails there, as it would on any call);
+  // later calls skip the check.
+  uint32_t options = 0;
   while (start <= s.size()) {
-    int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.c_str()), s.size(), start, 0, md, nullptr);
+    int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(s.c_str()), s.size(), start, options, md, nullptr);
     if (rc < 0) break;
+    options = PCRE2_NO_UTF_CHECK;
     PCRE2_SIZE * ov = pcre2_get_ovector_pointer(md);
     if (ov[1] == ov[0]) {  // empty match: step one UTF-8 character
       start = ov[1] + 1;
       while (start < s.size() && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) ++start;
       continue;
     }
-    out.push_back(s.substr(ov[0], ov[1] - ov[0]));
+    out.emplace_back(ov[0], ov[1] - ov[0]);
     start = ov[1];
   }
   pcre2_match_data_free(md);
+  return out;
+}
+
+std::vector<std::string> Regex::find_all(const std::string & s) const {
+  std::vector<std::string> out;
+  for (const auto & [at, len] : find_spans(s)) out.push_back(s.substr(at, len));
   return out;
 }
 

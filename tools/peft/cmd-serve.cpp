@@ -45,7 +45,8 @@ Runner add_serve(CLI::App & app) {
   cmd->add_option("--api-key", o->server.api_key, "require 'Authorization: Bearer KEY' on /v1 requests");
   cmd->add_flag("--allow-adapter-loading", o->server.allow_adapter_loading, "enable /v1/load_lora_adapter and /v1/unload_lora_adapter");
   cmd->add_option("--adapter-root", o->server.adapter_root, "folder that runtime-loaded adapters must be in (default: .)");
-  cmd->add_option("--http-threads", o->server.threads, "HTTP worker threads (default 64)")->check(CLI::Range(4, 1024));
+  cmd->add_option("--http-threads", o->server.threads, "the most HTTP connections served at once, a worker thread each, started when needed (default 512)")
+      ->check(CLI::Range(4, 4096));
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   return [o]() {
@@ -58,6 +59,16 @@ Runner add_serve(CLI::App & app) {
     }
     auto base = load_model_with(o->model, dtype, o->quant);
     auto pm = std::make_shared<PeftModel>(base);
+    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, base->config().vocab_size);
+    std::optional<ChatTemplate> chat;
+    try {
+      chat = ChatTemplate::from_model(o->model);
+    } catch (const Error &) {
+      // no chat template: /v1/chat/completions answers with an error naming it
+    }
+    o->engine.compile = o->compile;
+    auto engine = std::make_shared<serve::Engine>(pm, o->engine, tok);
+    // the adapters given at start load as /v1/load_lora_adapter loads them: the engine owns them
     for (const auto & a : o->adapters) {
       const auto eq = a.find('=');
       const std::string path = a.substr(0, eq), name = eq == std::string::npos ? "" : a.substr(eq + 1);
@@ -68,19 +79,8 @@ Runner add_serve(CLI::App & app) {
         n = p.substr(p.find_last_of('/') + 1);
       }
       PEFT_USAGE(n != o->server.model_name, "--adapter ", a, ": the name '", n, "' is the base model's");
-      serve::Engine::check_servable(path);
-      pm->load_adapter(path, n);
-      pm->mixed_rows({n}, 1);  // servable in a mixed-adapter batch (PEFT refuses DoRA there): a named error now
+      engine->load_adapter(path, n);  // (refuses what a mixed-adapter batch cannot hold, by name)
     }
-    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, base->config().vocab_size);
-    std::optional<ChatTemplate> chat;
-    try {
-      chat = ChatTemplate::from_model(o->model);
-    } catch (const Error &) {
-      // no chat template: /v1/chat/completions answers with an error naming it
-    }
-    o->engine.compile = o->compile;
-    auto engine = std::make_shared<serve::Engine>(pm, o->engine, tok);
     serve::Server server(engine, tok, chat, o->server);
     server.bind();
     g_server = &server;

@@ -23,6 +23,7 @@
 #include "peft/compile/compile.h"
 #include "peft/generate/generate.h"
 #include "peft/peft-model.h"
+#include "peft/tokenizer/decode-stream.h"
 #include "peft/tokenizer/tokenizer.h"
 
 namespace peft::serve {
@@ -33,6 +34,9 @@ struct EngineOptions {
   int64_t prefill_chunk = 32;   // prompt tokens per prefill call
   bool compile = false;         // run decode and prefill through compiled graphs
 };
+
+/// A temperature below this samples greedily (vLLM's rule: dividing logits by a tinier one overflows).
+constexpr double kGreedyBelow = 1e-5;
 
 struct SamplingParams {
   int64_t max_tokens = 16;
@@ -45,11 +49,28 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
-/// What a request reports back; called on the engine thread (keep them short).
+/// Why a request ended.
+enum class FinishReason {
+  kStop,       // eos or a stop string
+  kLength,     // max_tokens
+  kCancelled,  // the client left, or the server stops
+  kError,      // this request failed (its own error; other rows go on)
+};
+/// OpenAI's finish_reason word: "stop", "length"; "cancelled", "error" for the others.
+const char * finish_reason_name(FinishReason r);
+
+struct Finish {
+  FinishReason reason = FinishReason::kStop;
+  std::string text;   // the completion text not yet given to on_token (cut at a stop string)
+  std::string error;  // kError: what failed (one line, no backtrace)
+};
+
+/// What a request reports back; called on the engine thread (keep them short). Text is the completion's,
+/// valid UTF-8, decoded once per token (DecodeStream); a character split across tokens and text that may be
+/// the start of a stop string are held back until they are decided. Without a tokenizer no text comes.
 struct RequestCallbacks {
-  std::function<void(int64_t id)> on_token;
-  /// finish_reason: "stop" (eos or a stop string), "length", "cancelled", or "error: ..."
-  std::function<void(const std::string & finish_reason)> on_done;
+  std::function<void(int64_t id, const std::string & text)> on_token;
+  std::function<void(const Finish & f)> on_done;
 };
 
 struct Request {
@@ -73,7 +94,8 @@ struct EngineStats {
 
 class Engine {
  public:
-  /// `tokenizer` decodes completions for stop strings (may be null: stop strings then never match).
+  /// `tokenizer` decodes completions into text and for stop strings (may be null: no text, stop strings
+  /// then never match).
   Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared_ptr<Tokenizer> tokenizer);
   ~Engine();
   /// Queue a request (thread-safe). Errors (unknown adapter, prompt too long) throw peft::Error here.
@@ -105,7 +127,8 @@ class Engine {
   void admit();
   void prefill_one();
   void decode_step();
-  void finish(Row & r, const std::string & reason);
+  void finish(Row & r, FinishReason reason, const std::string & error = "");
+  void sample_and_emit(Row & r, const at::Tensor & logits);
   void compact();
   bool emit(Row & r, int64_t id);
   void run_admin();

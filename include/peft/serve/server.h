@@ -15,6 +15,9 @@
 
 namespace peft::serve {
 
+/// The largest request body read (however it is sent: Content-Length or chunked).
+constexpr size_t kMaxRequestBytes = size_t(16) << 20;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                  // 0 = any free port (see Server::port())
@@ -22,7 +25,8 @@ struct ServerOptions {
   std::string api_key;              // empty = no authentication
   bool allow_adapter_loading = false;
   std::string adapter_root = ".";   // adapters load only from below this folder
-  int threads = 64;                 // HTTP worker threads (each streaming client holds one)
+  int threads = 512;                // the most HTTP connections served at once (a worker thread each, started when
+                                    // needed; each open connection holds one, so this is also the cap on them)
   int64_t max_loaded_adapters = 0;  // 0 = no limit
 };
 

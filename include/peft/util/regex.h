@@ -3,6 +3,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace peft {
@@ -22,6 +23,8 @@ class Regex {
   bool search_group(const std::string & subject, int group, std::string * out) const;
   /// Every non-overlapping match, left to right (Python's re.findall of group 0).
   std::vector<std::string> find_all(const std::string & subject) const;
+  /// The same matches as (byte offset, length); linear in the subject's length.
+  std::vector<std::pair<size_t, size_t>> find_spans(const std::string & subject) const;
   const std::string & pattern() const { return pattern_; }
 
  private:

@@ -97,9 +97,17 @@ class Lexer {
   // lstrip_blocks: the spaces and tabs between the start of the line and a block tag go, if nothing else
   // is there. The line start is judged on the source, so a newline trim_blocks removed still counts.
   void lstrip_block(std::string & text, size_t text_start, size_t tag) const {
-    const size_t nl = src_.rfind('\n', tag == 0 ? 0 : tag - 1);
+    // (the newline is looked for in this text only: a search back to the start of the source would make
+    // a template of many tags on one line quadratic)
+    size_t nl = std::string::npos;
+    for (size_t i = tag; i > text_start; --i) {
+      if (src_[i - 1] == '\n') {
+        nl = i - 1;
+        break;
+      }
+    }
     size_t line_start;
-    if (nl != std::string::npos && nl >= text_start && nl < tag) {
+    if (nl != std::string::npos) {
       line_start = nl + 1;
     } else if (text_start == 0) {
       line_start = 0;
