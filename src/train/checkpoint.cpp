@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <sstream>
 
 #include "peft/error.h"
 #include "peft/io/files.h"
@@ -85,12 +86,18 @@ std::string Trainer::save_checkpoint(const SequenceSet & data) {
   if (::mkdir(I.opts.checkpoint_dir.c_str(), 0755) != 0 && errno != EEXIST) {
     fail(str("cannot create the checkpoint folder '", I.opts.checkpoint_dir, "': ", std::strerror(errno)));
   }
-  {
+  try {
     FolderWriter w(dir);
     I.cb.save_model(w);
-    torch::serialize::OutputArchive archive;
-    I.optim->save(archive);
-    archive.save_to(w.file("optimizer.pt"));
+    // the optimizer's archive is built in memory and written like every other file: LibTorch's
+    // file writer aborts the process (an exception from a destructor) when a write fails
+    std::ostringstream optimizer_bytes;
+    {
+      torch::serialize::OutputArchive archive;
+      I.optim->save(archive);
+      archive.save_to(optimizer_bytes);
+    }
+    write_file_atomic(w.file("optimizer.pt"), optimizer_bytes.str());
     at::Tensor rng;
     {
       auto gen = at::detail::getDefaultCPUGenerator();
@@ -101,7 +108,14 @@ std::string Trainer::save_checkpoint(const SequenceSet & data) {
     nlohmann::json state = {{"global_step", I.step}, {"total_steps", I.total}, {"run", I.fingerprint(data)}};
     write_file_atomic(w.file(kState), state.dump(2) + "\n");
     w.commit();
+  } catch (const c10::Error & e) {
+    // (the temp folder is gone with the FolderWriter; the previous checkpoints are untouched)
+    fail(str("cannot write the checkpoint '", dir, "': ", e.what_without_backtrace()));
+  } catch (const std::exception & e) {
+    fail(str("cannot write the checkpoint '", dir, "': ", e.what()));
   }
+  I.checkpoint = dir;
+  I.checkpoint_step = I.step;
   if (I.cb.on_save) I.cb.on_save(dir, I.step);
   if (I.opts.save_total_limit > 0) {
     auto all = checkpoints(I.opts.checkpoint_dir);
@@ -136,6 +150,8 @@ void Trainer::resume(const std::string & checkpoint, const SequenceSet & data) {
   }
   I.step = state["global_step"].get<int64_t>();
   I.total = total_steps(data);
+  I.checkpoint = checkpoint;
+  I.checkpoint_step = I.step;
 }
 
 }  // namespace peft

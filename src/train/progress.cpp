@@ -1,9 +1,13 @@
 #include "peft/train/progress.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <sstream>
 #include <vector>
 
@@ -30,22 +34,37 @@ TrainLog::TrainLog(const std::string & path, int64_t resume_step) : path_(path) 
     }
   }
   write_file_atomic(path, kept);
-  out_.open(path, std::ios::app);
-  PEFT_CHECK(out_.good(), "cannot write the log file '", path, "'");
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  PEFT_CHECK(fd_ >= 0, "cannot write the log file '", path, "': ", std::strerror(errno));
+}
+
+TrainLog::~TrainLog() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void TrainLog::write_line(const std::string & line) {
+  // one write per line, checked: a full disk or a file size limit is an error, not a log cut short
+  const std::string text = line + "\n";
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd_, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    PEFT_CHECK(n > 0, "cannot write the log file '", path_, "': ", n < 0 ? std::strerror(errno) : "nothing written",
+               " (", done, " of ", text.size(), " bytes of a line written)");
+    done += static_cast<size_t>(n);
+  }
 }
 
 void TrainLog::step(const StepLog & s, const nlohmann::json & extra) {
   nlohmann::json j = {{"step", s.step},        {"epoch", s.epoch},         {"loss", s.loss},
                       {"lr", s.lr},            {"grad_norm", s.grad_norm}, {"tokens_per_second", s.tokens_per_second()}};
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
-  out_ << j.dump() << "\n";
-  out_.flush();
+  write_line(j.dump());
 }
 
 void TrainLog::eval(const EvalLog & e) {
   nlohmann::json j = {{"step", e.step}, {"eval_loss", e.loss}, {"eval_perplexity", e.perplexity}};
-  out_ << j.dump() << "\n";
-  out_.flush();
+  write_line(j.dump());
 }
 
 // ---- the console ----

@@ -17,6 +17,9 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::Optimizer> optim;
   int64_t step = 0;          // optimizer steps done
   int64_t total = 0;         // steps of the whole run (lr schedule); opts.steps until train() knows the data
+  bool stopped = false;      // the last train() was stopped by should_stop
+  std::string checkpoint;    // the newest checkpoint written or resumed from, at step checkpoint_step
+  int64_t checkpoint_step = -1;
   // the sampler: micro-batch m of the run is batch (m % per_epoch) of epoch (m / per_epoch)
   int64_t cached_epoch = -1;
   std::vector<size_t> order;

@@ -13,19 +13,25 @@
 namespace peft {
 
 /// The run's log: {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_second"} per step and
-/// {"step", "eval_loss", "eval_perplexity"} per evaluation, flushed line by line.
+/// {"step", "eval_loss", "eval_perplexity"} per evaluation, written line by line. A line that cannot be
+/// written whole (a full disk, a file size limit) throws an Error naming the file: a log is never cut
+/// silently.
 class TrainLog {
  public:
   /// resume_step < 0: a new log (the file is replaced). Otherwise the existing log keeps its lines up
   /// to that step and continues after them (a resumed run).
   explicit TrainLog(const std::string & path, int64_t resume_step = -1);
+  ~TrainLog();
+  TrainLog(const TrainLog &) = delete;
+  TrainLog & operator=(const TrainLog &) = delete;
   /// `extra`: more fields for this step's line (the all-reduce wait of a data-parallel run).
   void step(const StepLog & s, const nlohmann::json & extra = nlohmann::json::object());
   void eval(const EvalLog & e);
 
  private:
+  void write_line(const std::string & line);
   std::string path_;
-  std::ofstream out_;
+  int fd_ = -1;
 };
 
 /// The console: on a terminal `[#####.....] 120/300 00:42<01:03 loss 2.31 lr 1.2e-04 5120 tok/s`
