@@ -148,10 +148,29 @@ int64_t Trainer::global_step() const { return impl_->step; }
 
 int64_t Trainer::total_steps(const SequenceSet & data) const {
   const auto & o = impl_->opts;
-  if (o.steps > 0) return o.steps;
-  const double micro = o.epochs * impl_->batches_per_epoch(data);
-  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(micro / o.gradient_accumulation_steps - 1e-9)));
+  PEFT_CHECK(data.size() > 0, "no training data");
+  const int64_t per_epoch = impl_->batches_per_epoch(data), accum = o.gradient_accumulation_steps;
+  // every micro-batch of a step is built before its forward: more than an epoch's would take the same
+  // sequences twice in one step (and a huge value would exhaust memory before the first step)
+  PEFT_CHECK(accum <= per_epoch, "--gradient-accumulation-steps ", accum, " is more than the ", per_epoch,
+             " micro-batch(es) of an epoch (", data.size(), " sequences in batches of --batch-size ", o.batch_size,
+             o.world_size > 1 ? str(" x ", o.world_size, " ranks") : std::string(),
+             "): one optimizer step cannot take more than the whole training set");
+  constexpr double kMaxMicro = 9007199254740992.0;  // 2^53: micro-batches are counted exactly
+  if (o.steps > 0) {
+    PEFT_CHECK(static_cast<double>(o.steps) * accum <= kMaxMicro, "--steps ", o.steps,
+               " x --gradient-accumulation-steps ", accum, " micro-batches are more than this trainer can count (2^53)");
+    return o.steps;
+  }
+  const double micro = o.epochs * per_epoch;
+  PEFT_CHECK(std::isfinite(micro) && micro <= kMaxMicro, "--epochs ", o.epochs, " is too large: ", micro,
+             " micro-batches of ", per_epoch, " per epoch are more than this trainer can count (2^53)");
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(micro / accum - 1e-9)));
 }
+
+bool Trainer::stopped() const { return impl_->stopped; }
+const std::string & Trainer::last_checkpoint() const { return impl_->checkpoint; }
+int64_t Trainer::last_checkpoint_step() const { return impl_->checkpoint_step; }
 
 double Trainer::lr_at(int64_t step) const {
   const auto & o = impl_->opts;
@@ -275,7 +294,18 @@ void Trainer::train(const SequenceSet & data, const SequenceSet * eval) {
     if (I.cb.on_evaluate) I.cb.on_evaluate(e);
   };
   if (I.opts.eval_on_start && I.step == 0) run_eval();
+  I.stopped = false;
   while (I.step < I.total) {
+    if (I.cb.should_stop && I.cb.should_stop()) {
+      // asked to stop (a signal): the steps since the last checkpoint are saved as one, so that
+      // --resume-from-checkpoint continues exactly from here
+      I.stopped = true;
+      if (I.step > 0 && I.checkpoint_step != I.step && !I.opts.checkpoint_dir.empty() && I.cb.save_model &&
+          I.opts.rank == 0) {
+        save_checkpoint(data);
+      }
+      return;
+    }
     std::vector<Batch> micro;
     for (int64_t k = 0; k < accum; ++k) micro.push_back(data.batch(I.micro_batch(data, I.step * accum + k)));
     StepLog log = step(micro);

@@ -1,8 +1,16 @@
 // peft train: fine-tune an adapter on a user's data (.txt, .jsonl records or chats, token ids): epochs or
 // steps, accumulation, AdamW or SGD, evaluation, checkpoints with exact resume, a JSONL log, a progress
 // bar and a loss plot.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <numeric>
@@ -60,6 +68,73 @@ std::shared_ptr<TokenDataset> load_data(const std::string & path, const std::str
              "model's vocabulary [0, ", cfg.vocab_size, ")");
   return ds;
 }
+
+// One trainer per output: a lock beside the folder (".<name>.train.lock", not FolderWriter's own lock,
+// which each save takes), held for the whole run. A second `peft train` into the same --out or
+// --checkpoint-dir stops at start, not at its first save.
+class RunLock {
+ public:
+  RunLock(const std::string & flag, const std::string & target) {
+    const std::string path = parent_of(target) + "/." + base_of(target) + ".train.lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    PEFT_CHECK(fd_ >= 0, flag, " '", target, "': cannot create the lock file '", path, "': ", std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      fd_ = -1;
+      fail(str(flag, " '", target, "' is being trained into by another process (lock '", path,
+               "'); wait for that run to end, or give another ", flag));
+    }
+  }
+  ~RunLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock (the file stays: removing it would race)
+  }
+  RunLock(const RunLock &) = delete;
+  RunLock & operator=(const RunLock &) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// SIGINT / SIGTERM during training: the first sets the flag (the loop finishes its step, saves a
+// checkpoint and the adapter, and the command exits 128 + the signal); a second exits at once.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {
+    static const char msg[] = "\nsecond signal: stopping now, nothing more is saved\n";
+    [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof msg - 1);
+    ::_exit(128 + sig);
+  }
+  g_stop_signal = sig;
+  static const char msg[] =
+      "\nstopping after this step: a checkpoint and the adapter will be saved (signal again to stop at once)\n";
+  [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof msg - 1);
+}
+
+// The handlers for SIGINT and SIGTERM while it lives; the previous ones after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals &) = delete;
+  StopSignals & operator=(const StopSignals &) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+const char * signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 
 }  // namespace
 
@@ -131,7 +206,7 @@ Runner add_train(CLI::App & app) {
   cmd->add_flag("--eval-on-start", o->train.eval_on_start, "evaluate before the first step too");
   cmd->add_option("--save-steps", o->train.save_steps, "write a checkpoint every N steps");
   cmd->add_option("--save-total-limit", o->train.save_total_limit, "keep only the newest K checkpoints");
-  cmd->add_option("--checkpoint-dir", o->checkpoint_dir, "where checkpoint-<step>/ folders go (default: OUT-checkpoints)");
+  cmd->add_option("--checkpoint-dir", o->checkpoint_dir, "where checkpoint-<step>/ folders go, with --save-steps and when SIGINT/SIGTERM stops the run (default: OUT-checkpoints)");
   cmd->add_option("--resume-from-checkpoint", o->resume,
                   "continue the same run from CHECKPOINT_DIR/checkpoint-<step>, or 'latest'");
   cmd->add_option("--log-file", o->log_file, "JSON lines: one object per step and per evaluation")->required();
@@ -211,15 +286,20 @@ Runner add_train(CLI::App & app) {
     t.checkpoint_dir = o->checkpoint_dir.empty() ? o->out + "-checkpoints" : o->checkpoint_dir;
     if (o->resume == "latest") {
       o->resume = latest_checkpoint(t.checkpoint_dir);
-      PEFT_CHECK(!o->resume.empty(), "--resume-from-checkpoint latest: no complete checkpoint in '", t.checkpoint_dir, "'");
+      // as transformers' Trainer: nothing to resume is a new run (the same command works the first time too)
+      if (o->resume.empty() && main_rank) {
+        std::cerr << "--resume-from-checkpoint latest: no complete checkpoint in '" << t.checkpoint_dir
+                  << "'; starting a new run\n";
+      }
     }
     const std::vector<std::string> inputs = {o->model, o->data, o->eval_data, o->adapter_init, o->adapter_config,
                                              o->resume};
     check_output_folder("--out", o->out, inputs);
     std::vector<std::string> more = inputs;
     more.push_back(o->out);
-    if (t.save_steps > 0) {
-      // (the checkpoint resumed from may lie in it: it is read before anything is written there)
+    {
+      // (checkpoints are written with --save-steps and when a signal stops the run; the checkpoint
+      // resumed from may lie in it: it is read before anything is written there)
       std::vector<std::string> others(more);
       others.erase(std::find(others.begin(), others.end(), o->resume));
       check_output_folder("--checkpoint-dir", t.checkpoint_dir, others);
@@ -233,6 +313,13 @@ Runner add_train(CLI::App & app) {
     if (!o->no_plot) {
       more.push_back(o->log_file);
       check_output_file("--plot", o->plot, more);
+    }
+    // one trainer per output, found at start (rank 0 writes; the locks are held until the command ends;
+    // the default checkpoint folder is --out's own)
+    std::unique_ptr<RunLock> out_lock, checkpoint_lock;
+    if (main_rank) {
+      out_lock = std::make_unique<RunLock>("--out", o->out);
+      if (!o->checkpoint_dir.empty()) checkpoint_lock = std::make_unique<RunLock>("--checkpoint-dir", t.checkpoint_dir);
     }
     const ModelConfig mcfg = ModelConfig::load(o->model);
     if (o->max_length == 0) o->max_length = std::min<int64_t>(mcfg.max_position_embeddings, 1024);
@@ -348,6 +435,11 @@ Runner add_train(CLI::App & app) {
       cb.before_backward = [&](bool last) { sync->prepare(last); };
       cb.after_backward = [&] { sync->finish(); };
     }
+    cb.should_stop = [pg] {
+      double requested = g_stop_signal != 0 ? 1 : 0;
+      if (pg) requested = pg->sum(requested);
+      return requested > 0;
+    };
     // AdaLoRA trains with its rank allocator: the orthogonal term in the loss, the budget after each update
     std::unique_ptr<AdaLoraAllocator> allocator;
     const AdapterConfig & acfg = m->adapter_config("default");
@@ -355,6 +447,7 @@ Runner add_train(CLI::App & app) {
       PEFT_USAGE(t.save_steps == 0 && o->resume.empty(), "--save-steps / --resume-from-checkpoint: checkpoints of ",
                  "AdaLoRA runs are not supported yet (the rank allocator's state is not saved)");
       allocator = std::make_unique<AdaLoraAllocator>(*m, "default");
+      t.checkpoint_dir.clear();  // (a signal saves the adapter only)
       cb.extra_loss = [&] { return allocator->orthogonal_regularization(); };
       cb.after_update = [&](int64_t step) { allocator->update_and_allocate(step - 1); };  // upstream counts from 0
     }
@@ -376,6 +469,9 @@ Runner add_train(CLI::App & app) {
     }
     progress = std::make_unique<ProgressReport>(trainer.total_steps(train_set), trainer.global_step(), std::cerr,
                                                 stderr_is_terminal() && !o->no_progress);
+    // SIGINT / SIGTERM from here on stop the run gracefully (see on_stop_signal); every rank stops at
+    // the same step (the flag is summed across ranks before each step)
+    StopSignals signals;
     // (a non-finite loss or gradient norm stops the run before its step is logged: every value is a number)
     try {
       trainer.train(train_set, eval_set.get());
@@ -393,6 +489,25 @@ Runner add_train(CLI::App & app) {
       fail(str(e.what(), main_rank ? "; nothing was saved" : ""));
     }
     m->train(false);
+    if (trainer.stopped()) {
+      const int sig = g_stop_signal != 0 ? g_stop_signal : SIGTERM;  // (another rank's signal)
+      const int64_t step = trainer.global_step();
+      if (main_rank && step > 0) m->save_pretrained(o->out, {}, o->allow_nonfinite);
+      if (pg) pg->barrier();  // the other ranks wait until rank 0 has saved
+      if (!main_rank) return 128 + sig;
+      if (step == 0) {
+        std::cerr << "stopped by " << signal_name(sig) << " before the first step: nothing was saved\n";
+      } else if (trainer.last_checkpoint().empty()) {
+        std::cerr << "stopped by " << signal_name(sig) << " after step " << step << " of "
+                  << trainer.total_steps(train_set) << ": saved the adapter to " << o->out
+                  << " (no checkpoint: AdaLoRA runs cannot be resumed yet)\n";
+      } else {
+        std::cerr << "stopped by " << signal_name(sig) << " after step " << step << " of "
+                  << trainer.total_steps(train_set) << ": saved the checkpoint " << trainer.last_checkpoint()
+                  << " (continue with --resume-from-checkpoint latest) and the adapter to " << o->out << "\n";
+      }
+      return 128 + sig;
+    }
     if (!main_rank) return 0;
     m->save_pretrained(o->out, {}, o->allow_nonfinite);
     std::cerr << "saved adapter to " << o->out << "\n";

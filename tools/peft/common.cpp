@@ -15,9 +15,10 @@
 namespace peft::cli {
 
 void add_common_options(CLI::App & cmd, CommonOptions & o) {
-  cmd.add_option("--threads", o.threads, "BLAS threads for matrix products (0 = all cores)")->check(CLI::NonNegativeNumber);
-  cmd.add_option("--intra-op-threads", o.intra_op_threads, "LibTorch threads for element-wise ops (default 1)")
-      ->check(CLI::PositiveNumber);
+  cmd.add_option("--threads", o.threads, "BLAS threads for matrix products (0 = all cores, at most 1024)")
+      ->check(CLI::Range(0, 1024));
+  cmd.add_option("--intra-op-threads", o.intra_op_threads, "LibTorch threads for element-wise ops (default 1, at most 1024)")
+      ->check(CLI::Range(1, 1024));  // (100000 threads hang the process)
 }
 
 void apply_common_options(const CommonOptions & o) {

@@ -96,6 +96,10 @@ struct TrainCallbacks {
   std::function<double(double)> sum_across_ranks;
   std::function<void(bool sync)> before_backward;
   std::function<void()> after_backward;
+  // asked before each step of train(): true stops the run there (a signal, a time limit). With a
+  // checkpoint folder, rank 0 first saves the steps done since the last checkpoint (checkpoint-<step>/),
+  // so the run can be resumed. With several ranks it must answer the same on every rank.
+  std::function<bool()> should_stop;
 };
 
 class Trainer {
@@ -111,9 +115,17 @@ class Trainer {
   EvalLog evaluate(const SequenceSet & data);
   /// Train to the configured number of steps (or epochs) from the current step: evaluations,
   /// checkpoints and callbacks as configured. Call resume() first to continue from a checkpoint.
+  /// Returns early (stopped() true, no final evaluation) when the should_stop callback says so.
   void train(const SequenceSet & data, const SequenceSet * eval = nullptr);
+  /// The last train() ended early because should_stop answered true.
+  bool stopped() const;
+  /// The newest checkpoint folder this trainer wrote or resumed from ("" if none), and its step.
+  const std::string & last_checkpoint() const;
+  int64_t last_checkpoint_step() const;
 
-  /// Optimizer steps of the whole run on `data` (opts.steps, or from opts.epochs).
+  /// Optimizer steps of the whole run on `data` (opts.steps, or from opts.epochs). Throws an Error
+  /// naming the flag for a schedule that cannot run: more steps than an int64 counts exactly (a huge
+  /// --epochs), or more micro-batches per step than an epoch has (--gradient-accumulation-steps).
   int64_t total_steps(const SequenceSet & data) const;
   int64_t global_step() const;
   double lr_at(int64_t step) const;  // 1-based step
