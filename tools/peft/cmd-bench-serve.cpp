@@ -53,6 +53,9 @@ Runner add_bench_serve(CLI::App & app) {
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   return [o]() {
+    std::vector<std::string> inputs = {o->model};
+    for (const auto & a : o->adapters) inputs.push_back(a.substr(0, a.find('=')));
+    if (!o->json_out.empty()) check_output_file("--json", o->json_out, inputs);
     apply_common_options(o->common);
     const std::vector<std::string> prompts = {"In the beginning", "And the LORD said unto Moses,", "Blessed are the",
                                               "The grace of our Lord", "Then came the", "He that hath an ear"};

@@ -23,10 +23,8 @@ Runner add_export(CLI::App & app) {
   cmd->add_option("--dtype", o->dtype, "f32 (default) or f16: the type of the stored tensors")->check(CLI::IsMember({"f32", "f16"}));
   add_common_options(*cmd, o->common);
   return [o]() {
-    // never over the base model, the adapter folder, or a file read from either
-    check_output_file("--out", o->out,
-                      {o->model, o->adapter, o->model + "/config.json", o->adapter + "/adapter_config.json",
-                       o->adapter + "/adapter_model.safetensors", o->adapter + "/adapter_model.bin"});
+    // never over the base model, the adapter folder, or a file in either (the model's weights included)
+    check_output_file("--out", o->out, {o->model, o->adapter});
     apply_common_options(o->common);
     const auto r = export_lora_gguf(o->model, o->adapter, o->out, o->dtype == "f16" ? GgmlType::F16 : GgmlType::F32);
     std::cerr << "wrote " << o->out << ": llama.cpp LoRA adapter for architecture '" << r.architecture << "', "

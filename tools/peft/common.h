@@ -49,11 +49,17 @@ std::string dtype_name(at::ScalarType t);
 // ---- checks made before any work (no model loaded, no step taken) ----
 
 /// An output folder (`flag` names it in errors): not empty, not "/", its parent an existing writable
-/// folder, not a file, and neither one of `inputs` (files or folders the command reads) nor a folder
-/// that contains one of them.
+/// folder, not a file, and check_output_not_input.
 void check_output_folder(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs);
 /// An output file: as above, and not an existing folder.
 void check_output_file(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs);
+/// The one rule for every output flag of every command: an output is never an input. `inputs` are the
+/// files and folders the command reads (the --model folder, adapters, data); every file directly inside
+/// an input model folder (one holding config.json: weights, config, tokenizer) counts as an input too,
+/// and so do an adapter folder's adapter_config.json and adapter_model.safetensors. `out` may not be one
+/// of them, nor a folder containing one, by any name: paths are compared after resolving symlinks (the
+/// output's own link and its target), and a hard link to an input is the input.
+void check_output_not_input(const std::string & flag, const std::string & out, const std::vector<std::string> & inputs);
 /// Token-id rows of `path` against the model: ids in [0, vocab_size), lengths (plus `extra` positions)
 /// within max_position_embeddings (with `positions_only_if_learned`, only for a learned position table:
 /// a forward pass of a rotary model goes on past it, as in transformers). Errors name the file, the row

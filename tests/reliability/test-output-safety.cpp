@@ -1,0 +1,136 @@
+// What a hostile-user review (issue 28) found about inputs and outputs, reproduced: no output flag of any
+// command overwrites a file of the base model (by its name, a symlink or a hard link); adapters holding
+// NaN/Inf are refused at load (as at save) by the API and the CLI; an adapter whose whole size cannot fit
+// is refused before anything is allocated; special token ids outside the vocabulary are refused when
+// config.json is read; a one-machine distributed run listens on 127.0.0.1 only.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "peft/error.h"
+#include "peft/io/files.h"
+#include "peft/io/safetensors.h"
+#include "peft/model/causal-lm.h"
+#include "peft/model/config.h"
+#include "peft/peft-model.h"
+#include "peft/util/runtime.h"
+#include "support.h"
+
+using namespace peft;
+using namespace peft::test;
+
+namespace {
+
+std::string kjv() { return std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama"; }
+const std::string kIds = golden_case("train_lora_adamw") + "/input_ids.json";
+
+bool has(const std::string & text, const std::string & part) { return text.find(part) != std::string::npos; }
+
+// A copy of tiny-llama whose files the commands below must leave alone.
+std::string copy_model(const std::string & dir) {
+  const std::string model = dir + "/model";
+  EXPECT_EQ(run_command("cp -r " + golden_model("tiny-llama") + " " + model), 0);
+  return model;
+}
+
+std::string train_cmd(const std::string & model, const std::string & dir, const std::string & extra) {
+  return "train --model " + model + " --method lora --r 4 --target-modules q_proj,v_proj --data " + kIds +
+         " --batch-size 3 --steps 2 --lr 1e-2 --out " + dir + "/adapter " + extra;
+}
+
+// ---- item 6: every file inside --model is an input of every output flag ----
+
+TEST(OutputSafety, NoOutputFlagOverwritesTheModelsWeights) {
+  const std::string dir = temp_dir("out-model");
+  const std::string model = copy_model(dir), weights = model + "/model.safetensors";
+  const std::string before = read_file(weights), config_before = read_file(model + "/config.json");
+  const std::string adapter = golden_case("lora") + "/adapter";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train --log-file", train_cmd(model, dir, "--log-file " + weights)},
+      {"train --plot", train_cmd(model, dir, "--log-file " + dir + "/log.jsonl --plot " + weights)},
+      {"forward --out", "forward --model " + model + " --input-ids " + kIds + " --out " + weights},
+      {"export --out", "export --model " + model + " --adapter " + adapter + " --format gguf --out " + weights},
+      {"export --out config.json", "export --model " + model + " --adapter " + adapter + " --format gguf --out " +
+                                       model + "/config.json"},
+  };
+  for (const auto & c : cases) {
+    std::string out;
+    EXPECT_EQ(run_cli(c.second, &out), 1) << c.first << ": " << out;
+    EXPECT_TRUE(has(out, "is an input of this command")) << c.first << ": " << out;
+    EXPECT_TRUE(has(out, "in '" + model + "'")) << c.first << ": the message names the model folder: " << out;
+  }
+  EXPECT_EQ(read_file(weights), before) << "the model's weights changed";
+  EXPECT_EQ(read_file(model + "/config.json"), config_before);
+  EXPECT_FALSE(exists(dir + "/log.jsonl")) << "training started before the checks";
+  EXPECT_FALSE(exists(dir + "/adapter"));
+  // the same commands with outputs beside the model run (the check refuses inputs only)
+  std::string out;
+  EXPECT_EQ(run_cli("forward --model " + model + " --input-ids " + kIds + " --out " + dir + "/logits.safetensors", &out), 0)
+      << out;
+  EXPECT_EQ(run_cli("export --model " + model + " --adapter " + adapter + " --format gguf --out " + dir + "/a.gguf", &out), 0)
+      << out;
+}
+
+TEST(OutputSafety, SymlinksAndHardLinksToTheModelAreInputsToo) {
+  const std::string dir = temp_dir("out-links");
+  // a Hugging Face cache layout: the snapshot's files are symlinks to blobs
+  ASSERT_EQ(::mkdir((dir + "/blobs").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((dir + "/snapshot").c_str(), 0755), 0);
+  for (const char * f : {"config.json", "model.safetensors"}) {
+    write_file_atomic(dir + "/blobs/" + f + ".blob", read_file(golden_model("tiny-llama") + "/" + f));
+    ASSERT_EQ(::symlink((dir + "/blobs/" + f + ".blob").c_str(), (dir + "/snapshot/" + f).c_str()), 0);
+  }
+  const std::string blob = dir + "/blobs/model.safetensors.blob", before = read_file(blob);
+  ASSERT_EQ(::symlink((dir + "/snapshot").c_str(), (dir + "/model-link").c_str()), 0);  // a linked model folder
+  ASSERT_EQ(::link(blob.c_str(), (dir + "/hard.safetensors").c_str()), 0);               // a hard link to the weights
+  const std::string fwd = "forward --input-ids " + kIds;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"the symlink in the model folder", fwd + " --model " + dir + "/snapshot --out " + dir + "/snapshot/model.safetensors"},
+      {"the blob it points to", fwd + " --model " + dir + "/snapshot --out " + blob},
+      {"through a linked model folder", fwd + " --model " + dir + "/model-link --out " + dir + "/snapshot/model.safetensors"},
+      {"a hard link", fwd + " --model " + dir + "/snapshot --out " + dir + "/hard.safetensors"},
+      {"train --log-file at the blob", train_cmd(dir + "/model-link", dir, "--log-file " + blob)},
+  };
+  for (const auto & c : cases) {
+    std::string out;
+    EXPECT_EQ(run_cli(c.second, &out), 1) << c.first << ": " << out;
+    EXPECT_TRUE(has(out, "is an input of this command")) << c.first << ": " << out;
+  }
+  EXPECT_EQ(read_file(blob), before);
+  EXPECT_EQ(read_file(dir + "/hard.safetensors"), before);
+  // a folder output that would contain the blob the model's weights resolve to
+  std::string out;
+  EXPECT_EQ(run_cli("merge --model " + dir + "/snapshot --adapter " + golden_case("lora") + "/adapter --out " + dir + "/blobs",
+                    &out),
+            1)
+      << out;
+  EXPECT_TRUE(has(out, "contains an input of this command")) << out;
+  EXPECT_EQ(read_file(blob), before);
+}
+
+TEST(OutputSafety, FolderOutputsInsideTheModelAreRefusedWhenTheyAreItsFiles) {
+  const std::string dir = temp_dir("out-folders");
+  const std::string model = copy_model(dir), before = read_file(model + "/model.safetensors");
+  std::string out;
+  EXPECT_EQ(run_cli("quantize --model " + model + " --method nf4 --out " + model + "/model.safetensors", &out), 1) << out;
+  EXPECT_EQ(run_cli("merge --model " + model + " --adapter " + golden_case("lora") + "/adapter --out " + model +
+                        "/config.json",
+                    &out),
+            1)
+      << out;
+  EXPECT_EQ(read_file(model + "/model.safetensors"), before);
+}
+
+}  // namespace
