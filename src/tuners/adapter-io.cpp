@@ -6,6 +6,7 @@
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
+#include "peft/tuners/adapter-file.h"
 #include "peft/tuners/prompt-learning.h"
 #include "peft/tuners/registry.h"
 
@@ -21,12 +22,28 @@ bool ends_with(const std::string & s, const std::string & e) {
 
 }  // namespace
 
+void check_finite_file(const std::string & file, const std::map<std::string, at::Tensor> & tensors) {
+  for (const auto & kv : tensors) {
+    const at::Tensor & t = kv.second;
+    if (!at::isFloatingType(t.scalar_type())) continue;
+    const at::Tensor bad = at::logical_not(at::isfinite(t)).reshape({-1});
+    if (!bad.any().item<bool>()) continue;
+    const int64_t nan = at::isnan(t).sum().item<int64_t>(), inf = bad.sum().item<int64_t>() - nan;
+    std::vector<int64_t> index(static_cast<size_t>(t.dim()));  // the first non-finite value's index
+    int64_t rest = bad.nonzero()[0][0].item<int64_t>();
+    for (int64_t d = t.dim() - 1; d >= 0; --d) index[d] = rest % t.size(d), rest /= t.size(d);
+    fail(peft::str(file, ": tensor '", kv.first, "' holds non-finite values (", nan, " NaN, ", inf, " Inf; the first at ",
+             at::IntArrayRef(index), "); refusing to load it, as saving refuses it"));
+  }
+}
+
 void PeftModel::load_adapter(const std::string & dir, const std::string & name, bool is_trainable,
                              bool allow_base_weights) {
   AdapterConfig cfg = AdapterConfig::load(dir);
   cfg.set_field("inference_mode", !is_trainable);
   const std::string file = dir + "/adapter_model.safetensors";
   auto tensors = safetensors_load(file);  // read and validated before the model is touched
+  check_finite_file(file, tensors);       // as save_pretrained refuses them
   if (auto from_file = tuner_method(cfg.peft_type).from_file) from_file(cfg, file, tensors);
   auto wrapped = inject(name, cfg);
   if (encoders_.count(name)) {  // prompt learning: the file holds the encoder's output, "prompt_embeddings"

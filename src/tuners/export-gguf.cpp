@@ -24,6 +24,7 @@
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/tuners/adapter-file.h"
 #include "peft/model/config.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/lora.h"
@@ -81,6 +82,7 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
 
   const std::string file = adapter_dir + "/adapter_model.safetensors";
   const auto tensors = safetensors_load(file);
+  check_finite_file(file, tensors);
   const std::string prefix = "base_model.model.";
   std::map<std::string, Pair> pairs;  // module path -> its pair
   for (const auto & kv : tensors) {

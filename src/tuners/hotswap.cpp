@@ -2,6 +2,7 @@
 // keep their identity and scales are live tensors, so compiled graphs stay valid.
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
+#include "peft/tuners/adapter-file.h"
 #include "peft/peft-model.h"
 #include "peft/tuners/prompt-learning.h"
 
@@ -19,6 +20,7 @@ void PeftModel::hotswap_adapter(const std::string & dir, const std::string & nam
              ") computes its prompts with an encoder: hot-swap needs it loaded for inference (a table)");
   const std::string file = dir + "/adapter_model.safetensors";
   auto tensors = safetensors_load(file);
+  check_finite_file(file, tensors);
   std::map<std::string, at::Tensor> want = adapter_state_dict(name);
   PEFT_CHECK(tensors.size() == want.size(), file, ": hot-swap needs the same tensors as adapter '", name, "' (",
              want.size(), "), the file has ", tensors.size());

@@ -133,4 +133,63 @@ TEST(OutputSafety, FolderOutputsInsideTheModelAreRefusedWhenTheyAreItsFiles) {
   EXPECT_EQ(read_file(model + "/model.safetensors"), before);
 }
 
+// ---- item 5: non-finite adapters are refused at load ----
+
+// A LoRA adapter of kjv-llama saved as usual.
+std::string saved_adapter(const std::string & dir) {
+  auto cfg = AdapterConfig::from_json({{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"q_proj", "v_proj"}},
+                                       {"init_lora_weights", false}},
+                                      "cfg");
+  PeftModel pm(load_model(kjv()), cfg);
+  pm.save_pretrained(dir);
+  return dir;
+}
+
+// A copy of `good` with one value of one tensor set to `v` in its file; the tensor's name in *tensor.
+std::string poisoned_copy(const std::string & good, const std::string & dir, float v, std::string * tensor) {
+  EXPECT_EQ(run_command("cp -r " + good + " " + dir), 0);
+  const std::string file = dir + "/adapter_model.safetensors";
+  auto tensors = safetensors_load(file);
+  auto it = std::next(tensors.begin(), 3);
+  at::Tensor t = it->second.clone();
+  t.view({-1})[5] = v;
+  it->second = t;
+  *tensor = it->first;
+  safetensors_save(file, tensors);
+  return dir;
+}
+
+TEST(NonFiniteAdapters, LoadIsRefusedByTheApiNamingTheFileAndTensor) {
+  const std::string root = temp_dir("nonfinite-api"), good = saved_adapter(root + "/good");
+  for (float v : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+    std::string tensor;
+    const std::string bad = poisoned_copy(good, root + (std::isnan(v) ? "/nan" : "/inf"), v, &tensor);
+    PeftModel pm(load_model(kjv()));
+    const std::string e = error_of([&] { pm.load_adapter(bad, "bad"); });
+    EXPECT_TRUE(has(e, bad + "/adapter_model.safetensors: tensor '" + tensor + "' holds non-finite values")) << e;
+    EXPECT_TRUE(has(e, std::isnan(v) ? "1 NaN, 0 Inf" : "0 NaN, 1 Inf")) << e;
+    EXPECT_TRUE(pm.adapter_names().empty()) << "the model was touched";
+    // hot-swapping it over a loaded adapter is refused the same way, and the loaded one still works
+    pm.load_adapter(good, "good");
+    const std::string h = error_of([&] { pm.hotswap_adapter(bad, "good"); });
+    EXPECT_TRUE(has(h, "tensor '" + tensor + "' holds non-finite values")) << h;
+    for (const auto & kv : pm.adapter_state_dict("good")) EXPECT_TRUE(at::isfinite(kv.second).all().item<bool>()) << kv.first;
+  }
+}
+
+TEST(NonFiniteAdapters, GenerateAndExportRefuseThemWithANonZeroExit) {
+  const std::string root = temp_dir("nonfinite-cli"), good = saved_adapter(root + "/good");
+  std::string tensor, out;
+  const std::string bad = poisoned_copy(good, root + "/inf", std::numeric_limits<float>::infinity(), &tensor);
+  const std::string gen = "generate --model " + kjv() + " --prompt 'In the beginning' --max-new-tokens 4 --adapter ";
+  ASSERT_EQ(run_cli(gen + good, &out), 0) << out;
+  EXPECT_EQ(run_cli(gen + bad, &out), 1) << out;
+  EXPECT_TRUE(has(out, "tensor '" + tensor + "' holds non-finite values")) << out;
+  EXPECT_TRUE(has(out, bad + "/adapter_model.safetensors")) << out;
+  EXPECT_EQ(run_cli("export --model " + kjv() + " --adapter " + bad + " --format gguf --out " + root + "/a.gguf", &out), 1)
+      << out;
+  EXPECT_TRUE(has(out, "tensor '" + tensor + "' holds non-finite values")) << out;
+  EXPECT_FALSE(exists(root + "/a.gguf"));
+}
+
 }  // namespace
