@@ -159,12 +159,24 @@ void adalora_to_file(const AdapterConfig & cfg, std::map<std::string, at::Tensor
   }
 }
 
+// float32 A (r, in), E (r, 1), B (out, r) at the rank the module starts with
+double adalora_bytes(const AdapterConfig & cfg, const std::string & path, const Layer & plain) {
+  const auto * l = dynamic_cast<const LinearBase *>(&plain);
+  if (!l) return 0;
+  const auto & o = cfg.opts<AdaLoraOptions>();
+  auto kept = o.kept_rank.find(path + ".lora_E");
+  const double r = static_cast<double>(kept == o.kept_rank.end() ? o.init_r : kept->second);
+  return 4 * r * static_cast<double>(l->in_features() + l->out_features() + 1);
+}
+
 }  // namespace
 
 TunerMethod adalora_method() {
   TunerMethod m{{"ADALORA", "lora_", &adalora_defaults, &adalora_parse}, &adalora_supports, &adalora_inject,
                 &DefaultTargets::adalora};
   m.to_file = &adalora_to_file;
+  m.bytes = &adalora_bytes;
+  m.size_fields = {"init_r", "rank_pattern"};
   return m;
 }
 

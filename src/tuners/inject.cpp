@@ -147,6 +147,14 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
                "' not found in the base model");
   }
 
+  // the whole adapter's memory, summed over its targets before anything is allocated (a check per layer
+  // let r = 1000000 on every linear layer grow until the kernel killed the process)
+  {
+    std::vector<std::pair<std::string, const Layer *>> sized;
+    for (const auto & t : targets) sized.emplace_back(t.first, t.second->base().get());
+    check_adapter_memory(method, cfg, name, sized);
+  }
+
   if (method.shared) {
     std::vector<LayerPtr> plain;
     for (const auto & t : targets) plain.push_back(t.second->base());

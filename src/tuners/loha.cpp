@@ -46,10 +46,21 @@ std::shared_ptr<TunerLayer> loha_inject(const AdapterConfig & cfg, const std::st
   return layer;
 }
 
+// float32 w1_a, w2_a (out, r) and w1_b, w2_b (r, in)
+double loha_bytes(const AdapterConfig & cfg, const std::string & path, const Layer & plain) {
+  const auto * l = dynamic_cast<const LinearBase *>(&plain);
+  if (!l) return 0;
+  const double r = static_cast<double>(cfg.opts<LycorisOptions>().for_module(path).r);
+  return 4 * 2 * r * static_cast<double>(l->in_features() + l->out_features());
+}
+
 }  // namespace
 
 TunerMethod loha_method() {
-  return TunerMethod{{"LOHA", "hada_", &lycoris_defaults, &loha_parse}, &lycoris_supports, &loha_inject};
+  TunerMethod m{{"LOHA", "hada_", &lycoris_defaults, &loha_parse}, &lycoris_supports, &loha_inject};
+  m.bytes = &loha_bytes;
+  m.size_fields = {"r", "rank_pattern"};
+  return m;
 }
 
 }  // namespace peft

@@ -529,12 +529,28 @@ std::shared_ptr<TunerLayer> lora_inject(const AdapterConfig & cfg, const std::st
   fail(str("LoRA cannot adapt module '", path, "' (supported: Linear, Embedding)"));
 }
 
+// float32 A (r, in) and B (out, r), DoRA's magnitude and lora_bias (out); on embeddings (r, V) and (D, r)
+double lora_bytes(const AdapterConfig & cfg, const std::string & path, const Layer & plain) {
+  const LoraSettings s = cfg.opts<LoraOptions>().for_module(path);
+  const double r = static_cast<double>(s.r);
+  if (const auto * l = dynamic_cast<const LinearBase *>(&plain)) {
+    const double in = static_cast<double>(l->in_features()), out = static_cast<double>(l->out_features());
+    return 4 * (r * (in + out) + (s.use_dora ? out : 0) + (s.lora_bias ? out : 0));
+  }
+  if (const auto * e = dynamic_cast<const Embedding *>(&plain)) {
+    return 4 * r * static_cast<double>(e->weight.size(0) + e->weight.size(1));
+  }
+  return 0;
+}
+
 }  // namespace
 
 TunerMethod lora_method() {
   TunerMethod m{{"LORA", "lora_", &lora_defaults, &lora_parse}, &lora_supports, &lora_inject, &DefaultTargets::lora};
   m.conv1d = true;
   m.layer_map = [](const AdapterConfig & cfg) { return cfg.opts<LoraOptions>().layer_replication; };
+  m.bytes = &lora_bytes;
+  m.size_fields = {"r", "rank_pattern"};
   return m;
 }
 

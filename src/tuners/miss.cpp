@@ -133,7 +133,15 @@ std::shared_ptr<TunerLayer> miss_inject(const AdapterConfig & cfg, const std::st
 }  // namespace
 
 TunerMethod miss_method() {
-  return TunerMethod{{"MISS", "miss_", &miss_defaults, &miss_parse}, &miss_supports, &miss_inject, &DefaultTargets::lora};
+  TunerMethod m{{"MISS", "miss_", &miss_defaults, &miss_parse}, &miss_supports, &miss_inject, &DefaultTargets::lora};
+  m.bytes = [](const AdapterConfig & cfg, const std::string &, const Layer & plain) -> double {
+    const auto * l = dynamic_cast<const LinearBase *>(&plain);  // float32 (r, out), (out / r, r, r) or (r, mini_r)
+    if (!l) return 0.0;
+    const auto & o = cfg.opts<MissOptions>();
+    return 4.0 * static_cast<double>(o.r) * static_cast<double>(o.mode == "mini" ? o.mini_r : l->out_features());
+  };
+  m.size_fields = {"r", "mini_r"};
+  return m;
 }
 
 }  // namespace peft

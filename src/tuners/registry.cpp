@@ -1,6 +1,9 @@
 #include "peft/tuners/registry.h"
 
+#include <cmath>
+
 #include "peft/error.h"
+#include "peft/util/runtime.h"
 
 namespace peft {
 
@@ -52,6 +55,33 @@ std::vector<std::string> default_targets(const TunerMethod & method, const std::
   const Architecture * a = find_architecture(model_type);
   if (!a || !method.default_targets) return {};
   return a->targets.*method.default_targets;
+}
+
+void check_adapter_memory(const TunerMethod & method, const AdapterConfig & cfg, const std::string & adapter,
+                          const std::vector<std::pair<std::string, const Layer *>> & targets) {
+  if (!method.bytes) return;
+  double total = 0, largest = 0;
+  std::string largest_at;
+  for (const auto & t : targets) {
+    const double b = method.bytes(cfg, t.first, *t.second);
+    total += b;
+    if (b > largest) largest = b, largest_at = t.first;
+  }
+  const double avail = static_cast<double>(available_memory_bytes());
+  if (avail <= 0 || total <= avail) return;
+  std::string fields;
+  for (const auto & f : method.size_fields) {
+    const auto & v = cfg.field(f);
+    if (v.is_null() || (v.is_object() && v.empty())) continue;
+    std::string d = v.dump();
+    if (d.size() > 60) d = d.substr(0, 57) + "...";
+    fields += str(fields.empty() ? "" : ", ", "'", f, "': ", d);
+  }
+  auto gb = [](double b) { return str(std::round(b / (1ull << 30) * 100) / 100, " GB"); };
+  fail(str(cfg.peft_type, " adapter '", adapter, "' (", fields, ") needs ", gb(total), " for its ", targets.size(),
+           " adapted module(s) together (the largest: ", gb(largest), " at '", largest_at, "'), ", gb(avail),
+           " available; nothing was allocated (lower ", method.size_fields.empty() ? "its size" : method.size_fields.front(),
+           " or target fewer modules)"));
 }
 
 const TunerMethod & tuner_method(const std::string & peft_type) {

@@ -1,6 +1,9 @@
 // VB-LoRA on Linear layers (PEFT's tuners/vblora) and the VBLORA method entry.
 #include "peft/tuners/vblora.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "peft/error.h"
 #include "peft/ops/adapter-math.h"
 #include "peft/ops/adapter-ops.h"
@@ -193,6 +196,15 @@ TunerMethod vblora_method() {
                 &DefaultTargets::lora, nullptr, &vblora_shared};
   m.to_file = &vblora_to_file;
   m.from_file = &vblora_from_file;
+  m.bytes = [](const AdapterConfig & cfg, const std::string &, const Layer & plain) -> double {
+    const auto * l = dynamic_cast<const LinearBase *>(&plain);  // float32 logits (r, in / L, N) and (out / L, r, N)
+    if (!l) return 0.0;
+    const auto & o = cfg.opts<VBLoRAOptions>();
+    const double L = static_cast<double>(std::max<int64_t>(o.vector_length, 1));
+    return 4.0 * static_cast<double>(o.r) * static_cast<double>(o.num_vectors) *
+           std::floor(static_cast<double>(l->in_features() + l->out_features()) / L);
+  };
+  m.size_fields = {"r", "num_vectors", "vector_length"};
   return m;
 }
 

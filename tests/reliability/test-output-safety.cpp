@@ -192,4 +192,67 @@ TEST(NonFiniteAdapters, GenerateAndExportRefuseThemWithANonZeroExit) {
   EXPECT_FALSE(exists(root + "/a.gguf"));
 }
 
+// ---- item 8: the whole adapter's memory is checked before anything is allocated ----
+
+// Runs the CLI with `args` (no shell) under a 6 GB address-space limit (were the check gone, it fails
+// allocating instead of taking the machine's memory); its exit code, output, peak RSS (kB), wall seconds.
+int run_measured(const std::string & args, std::string * out, long * max_rss_kb, double * seconds) {
+  const std::string log = temp_dir("measured") + "/out.txt";
+  std::vector<std::string> argv_s = {PEFT_CLI};
+  std::istringstream ss(args);
+  for (std::string a; ss >> a;) argv_s.push_back(a);
+  const auto t0 = std::chrono::steady_clock::now();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    const rlimit as{6ull << 30, 6ull << 30};
+    ::setrlimit(RLIMIT_AS, &as);
+    std::vector<char *> argv;
+    for (auto & a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  rusage ru{};
+  ::wait4(pid, &status, 0, &ru);
+  *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  *max_rss_kb = ru.ru_maxrss;
+  *out = read_file(log);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TEST(AdapterMemory, AHugeRankOnEveryLinearLayerIsRefusedQuicklyAndSmall) {
+  const std::string dir = temp_dir("huge-rank");
+  // r = 1000000 on all-linear (more if this machine could hold that: the sum must exceed what is available)
+  const ModelConfig c = ModelConfig::load(kjv());
+  const double per_rank = 4.0 * c.num_layers *
+                          (2.0 * (c.hidden_size + c.hidden_size) + 2.0 * (c.hidden_size + 128) +
+                           3.0 * (c.hidden_size + 704));  // q, o; k, v (2 kv heads x 64); gate, up, down
+  const int64_t r = std::max<int64_t>(1000000, static_cast<int64_t>(2.0 * available_memory_bytes() / per_rank) + 1);
+  write_file_atomic(dir + "/adapter_config.json",
+                    nlohmann::json({{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 16}, {"target_modules", "all-linear"}})
+                        .dump());
+  safetensors_save(dir + "/adapter_model.safetensors", {{"base_model.model.x", at::zeros({1})}});
+  std::string out;
+  long rss_kb = 0;
+  double seconds = 0;
+  const int rc = run_measured("generate --model " + kjv() + " --prompt In --max-new-tokens 2 --adapter " + dir, &out,
+                              &rss_kb, &seconds);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_TRUE(has(out, "'r': " + std::to_string(r))) << out;
+  EXPECT_TRUE(has(out, "28 adapted module(s) together")) << out;
+  EXPECT_TRUE(has(out, "GB available; nothing was allocated")) << out;
+  EXPECT_LT(seconds, 20) << out;
+  EXPECT_LT(rss_kb, 1024 * 1024) << "peak RSS " << rss_kb << " kB";
+  std::cerr << "refused in " << seconds << " s, peak RSS " << rss_kb / 1024 << " MB: " << out;
+  // the library refuses it before any layer is touched
+  PeftModel pm(load_model(kjv()));
+  const std::string e = error_of([&] { pm.load_adapter(dir, "huge"); });
+  EXPECT_TRUE(has(e, "LORA adapter 'huge' ('r': " + std::to_string(r) + ") needs ")) << e;
+  EXPECT_TRUE(pm.adapter_names().empty());
+}
+
 }  // namespace

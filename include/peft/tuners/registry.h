@@ -54,6 +54,12 @@ struct TunerMethod {
   /// injected, the model's layer stack is replaced by one replicated by it (replicate.h). Empty: none.
   /// May be null.
   LayerMap (*layer_map)(const AdapterConfig & cfg) = nullptr;
+  /// The bytes of the tensors `inject` would create at module `path` (`plain`: its base layer), from the
+  /// config alone: injection sums them over every target and refuses an adapter that cannot fit in the
+  /// available memory before anything is allocated. Null: no estimate (sizes bounded by the layer's).
+  double (*bytes)(const AdapterConfig & cfg, const std::string & path, const Layer & plain) = nullptr;
+  /// The config fields that set those sizes (named in that error), e.g. {"r"}.
+  std::vector<std::string> size_fields;
   /// Can it adapt transformers' Conv1D layers (GPT-2) as PEFT does (fan_in_fan_out)?
   bool conv1d = false;
   /// Prompt learning (prompt-learning.h): no layer is adapted (supports/inject are null); the adapter is
@@ -64,6 +70,11 @@ struct TunerMethod {
 /// The method for a peft_type; throws peft::Error listing the known ones.
 const TunerMethod & tuner_method(const std::string & peft_type);
 const std::vector<TunerMethod> & tuner_methods();
+/// Refuse adapter `adapter` of method `method` on `targets` (path, base layer) when the bytes of all its
+/// layers' tensors together (method.bytes, summed) exceed the available memory; the error names the
+/// total, the available memory and the config fields that size it. Nothing is allocated.
+void check_adapter_memory(const TunerMethod & method, const AdapterConfig & cfg, const std::string & adapter,
+                          const std::vector<std::pair<std::string, const Layer *>> & targets);
 /// The default target modules of `method` for `model_type` (empty when there are none).
 std::vector<std::string> default_targets(const TunerMethod & method, const std::string & model_type);
 
