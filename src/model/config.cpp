@@ -62,17 +62,24 @@ ModelConfig ModelConfig::from_json(const nlohmann::json & given, const std::stri
   c.num_heads = r.integer("num_attention_heads", 0, true);
   c.max_position_embeddings = r.integer("max_position_embeddings", 2048, false);
   c.torch_dtype = r.string("torch_dtype", "float32");
-  c.bos_token_id = r.integer("bos_token_id", -1, false, 0);
-  c.pad_token_id = r.integer("pad_token_id", -1, false, 0);
+  // special token ids: a token of the vocabulary, or none (null, absent, or -1 as some checkpoints write
+  // it); one outside the vocabulary would fail every request that pads or stops on it
+  auto token_id = [&](const char * field, int64_t v) {
+    PEFT_CHECK(v == -1 || (v >= 0 && v < c.vocab_size), src, ": field '", field, "' is ", v,
+               ", outside the vocabulary [0, ", c.vocab_size, ") (vocab_size); use null for none");
+    return v;
+  };
+  c.bos_token_id = token_id("bos_token_id", r.integer("bos_token_id", -1, false, -1));
+  c.pad_token_id = token_id("pad_token_id", r.integer("pad_token_id", -1, false, -1));
   if (r.has("eos_token_id")) {
     const auto & e = j["eos_token_id"];
     if (e.is_array()) {
       for (const auto & x : e) {
         PEFT_CHECK(x.is_number_integer(), src, ": field 'eos_token_id' must hold integers");
-        c.eos_token_ids.push_back(x.get<int64_t>());
+        if (token_id("eos_token_id", x.get<int64_t>()) >= 0) c.eos_token_ids.push_back(x.get<int64_t>());
       }
-    } else {
-      c.eos_token_ids.push_back(r.integer("eos_token_id", -1, false, 0));
+    } else if (token_id("eos_token_id", r.integer("eos_token_id", -1, false, -1)) >= 0) {
+      c.eos_token_ids.push_back(e.get<int64_t>());
     }
   }
   PEFT_CHECK(c.hidden_size % c.num_heads == 0, src, ": hidden_size ", c.hidden_size,

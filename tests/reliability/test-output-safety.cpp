@@ -255,4 +255,37 @@ TEST(AdapterMemory, AHugeRankOnEveryLinearLayerIsRefusedQuicklyAndSmall) {
   EXPECT_TRUE(pm.adapter_names().empty());
 }
 
+// ---- low: special token ids in config.json ----
+
+TEST(ModelConfigIds, SpecialTokenIdsOutsideTheVocabularyAreRefused) {
+  const std::string dir = temp_dir("token-ids");
+  const std::string model = dir + "/model";
+  ASSERT_EQ(run_command("cp -r " + kjv() + " " + model), 0);
+  const nlohmann::json base = read_json_file(kjv() + "/config.json");
+  auto with = [&](const std::string & k, const nlohmann::json & v) {
+    nlohmann::json j = base;
+    j[k] = v;
+    write_file_atomic(model + "/config.json", j.dump());
+  };
+  for (const auto & [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"pad_token_id", 1000000}, {"bos_token_id", 4096}, {"eos_token_id", nlohmann::json::array({2, 99999})},
+           {"eos_token_id", -7}}) {
+    with(field, value);
+    const std::string e = error_of([&] { ModelConfig::load(model); });
+    EXPECT_TRUE(has(e, model + "/config.json: field '" + field + "'")) << e;
+    if (value != -7) EXPECT_TRUE(has(e, "outside the vocabulary [0, 4096)")) << e;
+  }
+  with("pad_token_id", 1000000);
+  std::string out;
+  EXPECT_EQ(run_cli("generate --model " + model + " --prompt In --max-new-tokens 2", &out), 1) << out;
+  EXPECT_TRUE(has(out, "field 'pad_token_id' is 1000000, outside the vocabulary")) << out;
+  // null and -1 mean none
+  with("pad_token_id", nullptr);
+  EXPECT_EQ(ModelConfig::load(model).pad_token_id, -1);
+  with("pad_token_id", -1);
+  EXPECT_EQ(ModelConfig::load(model).pad_token_id, -1);
+  with("eos_token_id", 2);
+  EXPECT_EQ(ModelConfig::load(model).eos_token_ids, std::vector<int64_t>{2});
+}
+
 }  // namespace
