@@ -1,3 +1,4 @@
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -30,6 +31,7 @@ DistEnv DistEnv::from_env() {
   e.local_rank = env_int("LOCAL_RANK", 0, 0, 1 << 20);
   if (const char * a = std::getenv("MASTER_ADDR"); a != nullptr && *a != '\0') e.master_addr = a;
   e.master_port = env_int("MASTER_PORT", 29500, 1, 65535);
+  if (const char * f = std::getenv("PEFT_RENDEZVOUS_FILE"); f != nullptr && *f != '\0') e.store_file = f;
   return e;
 }
 
@@ -44,10 +46,11 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv & env, std::chr
   auto & I = *(out->impl_ = std::make_unique<Impl>());
   I.rank = env.rank;
   I.size = env.world_size;
-  const std::string where = str(env.master_addr, ":", env.master_port);
   // under torchrun's agent the store is served already: every rank is a client, under the agent's prefix
   const char * agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
   const bool agent_store = agent != nullptr && std::string(agent) == "True";
+  const bool file_store = !env.store_file.empty() && !agent_store;
+  const std::string where = file_store ? env.store_file : str(env.master_addr, ":", env.master_port);
   c10d::TCPStoreOptions o;
   o.port = static_cast<uint16_t>(env.master_port);
   o.isServer = env.rank == 0 && !agent_store;
@@ -55,12 +58,18 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv & env, std::chr
   o.waitWorkers = false;
   o.timeout = timeout;
   try {
-    I.store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
+    if (file_store) {
+      I.store = c10::make_intrusive<c10d::FileStore>(env.store_file, env.world_size);
+      I.store->setTimeout(timeout);
+    } else {
+      I.store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
+    }
     if (agent_store) {
       const char * restart = std::getenv("TORCHELASTIC_RESTART_COUNT");
       I.store = c10::make_intrusive<c10d::PrefixStore>(str("/worker/attempt_", restart ? restart : "0"), I.store);
     }
   } catch (const std::exception & e) {
+    if (file_store) fail(str("rank ", env.rank, " cannot open the rendezvous file ", where, ": ", e.what()));
     fail(env.rank == 0 ? str("rank 0 cannot serve the rendezvous at ", where, " (MASTER_PORT in use?): ", e.what())
                        : str("rank ", env.rank, " cannot reach the master at ", where, " within ", timeout.count() / 1000.0,
                              " s: ", e.what()));
@@ -98,7 +107,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv & env, std::chr
   }
   auto opts = c10d::ProcessGroupGloo::Options::create();
   // on one machine every rank talks over loopback; across machines Gloo picks this host's interface
-  const bool local = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
+  const bool local = file_store || env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
   opts->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                 : c10d::ProcessGroupGloo::createDefaultDevice());
   opts->timeout = timeout;

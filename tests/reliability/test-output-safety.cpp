@@ -288,4 +288,103 @@ TEST(ModelConfigIds, SpecialTokenIdsOutsideTheVocabularyAreRefused) {
   EXPECT_EQ(ModelConfig::load(model).eos_token_ids, std::vector<int64_t>{2});
 }
 
+// ---- item 13: a one-machine distributed run listens on loopback only ----
+
+// The inodes of the sockets process `pid` holds.
+std::set<std::string> socket_inodes(int pid) {
+  std::set<std::string> out;
+  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR * d = ::opendir(fd_dir.c_str());
+  if (!d) return out;
+  while (dirent * e = ::readdir(d)) {
+    char buf[256];
+    const ssize_t n = ::readlink((fd_dir + "/" + e->d_name).c_str(), buf, sizeof buf - 1);
+    if (n <= 0) continue;
+    const std::string target(buf, static_cast<size_t>(n));
+    if (target.rfind("socket:[", 0) == 0) out.insert(target.substr(8, target.size() - 9));
+  }
+  ::closedir(d);
+  return out;
+}
+
+// `pid` and its descendants.
+std::vector<int> process_tree(int pid) {
+  std::vector<int> all = {pid};
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::ifstream f("/proc/" + std::to_string(all[i]) + "/task/" + std::to_string(all[i]) + "/children");
+    for (int c; f >> c;) all.push_back(c);
+  }
+  return all;
+}
+
+// Local addresses ("hex-ip:hex-port") of the listening TCP sockets among `inodes`.
+std::vector<std::string> listening(const std::set<std::string> & inodes) {
+  std::vector<std::string> out;
+  for (const char * table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream f(table);
+    std::string line;
+    std::getline(f, line);
+    while (std::getline(f, line)) {
+      std::istringstream ss(line);
+      std::string sl, local, remote, st, queues, timer, retr, uid, timeout, inode;
+      ss >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> inode;
+      if (st == "0A" && inodes.count(inode)) out.push_back(local);
+    }
+  }
+  return out;
+}
+
+bool loopback(const std::string & local) {
+  const std::string ip = local.substr(0, local.find(':'));
+  return ip == "0100007F" || ip == "00000000000000000000000001000000" || ip == "0000000000000000FFFF00000100007F";
+}
+
+TEST(DistBinding, AOneMachineRunListensOnLoopbackOnly) {
+  const std::string dir = temp_dir("dist-bind");
+  std::string cmd = std::string(PEFT_CLI) + " " +
+                    train_cmd(golden_model("tiny-llama"), dir, "--log-file " + dir + "/log.jsonl --no-plot --nproc-per-node 2");
+  cmd.replace(cmd.find("--steps 2"), 9, "--steps 40");
+  cmd.replace(cmd.find("--batch-size 3"), 14, "--batch-size 1");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open((dir + "/out.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char *>(nullptr));
+    ::_exit(127);
+  }
+  std::set<std::string> seen, wide;
+  int status = 0, samples = 0, with_workers = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(120)) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      FAIL() << "the run did not end";
+    }
+    const auto tree = process_tree(pid);
+    std::set<std::string> inodes;
+    for (int p : tree) {
+      const auto s = socket_inodes(p);
+      inodes.insert(s.begin(), s.end());
+    }
+    for (const auto & l : listening(inodes)) (loopback(l) ? seen : wide).insert(l);
+    ++samples;
+    if (tree.size() >= 3) ++with_workers;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const std::string out = read_file(dir + "/out.txt");
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_GT(with_workers, 5) << "too few samples while the workers ran (" << samples << ")";
+  std::string w;
+  for (const auto & l : wide) w += l + " ";
+  EXPECT_TRUE(wide.empty()) << "listening beyond loopback: " << w;
+  std::cerr << samples << " samples (" << with_workers << " with both workers), loopback listeners seen: " << seen.size()
+            << "\n";
+  EXPECT_TRUE(has(out, "rendezvous /")) << out;
+  // the rendezvous folder is removed at the end
+  const std::string rv = out.substr(out.find("rendezvous /") + 11);
+  EXPECT_FALSE(exists(rv.substr(0, rv.find("/store)")))) << rv;
+}
+
 }  // namespace

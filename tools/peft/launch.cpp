@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "peft/error.h"
+#include "peft/io/files.h"
 
 namespace peft::cli {
 
@@ -54,6 +56,25 @@ std::string status_text(int status) {
 int launch_workers(const LaunchOptions & o) {
   const int port = o.master_port > 0 ? o.master_port : (o.nnodes == 1 ? free_port() : 29500);
   const int world = o.nproc_per_node * o.nnodes;
+  // one machine: the ranks meet through a file in a folder only this user can open (no listening socket
+  // for the store at all: LibTorch 1.13's TCPStore server always binds every interface), and Gloo's
+  // connections listen on 127.0.0.1
+  const bool one_machine = o.nnodes == 1;
+  std::string store_dir;
+  if (one_machine) {
+    const char * tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/peft-rendezvous-XXXXXX";
+    PEFT_CHECK(::mkdtemp(tmpl.data()) != nullptr, "cannot create a rendezvous folder '", tmpl, "': ",
+               std::strerror(errno));
+    store_dir = tmpl;
+  }
+  struct RemoveAtEnd {  // the folder goes when the launcher returns or throws
+    std::string dir;
+    ~RemoveAtEnd() {
+      if (!dir.empty()) remove_tree(dir);
+    }
+  } remove_at_end{store_dir};
+  const std::string master_addr = one_machine ? "127.0.0.1" : o.master_addr;
   const std::vector<std::string> args = own_arguments();
   std::map<pid_t, int> ranks;
   for (int local = 0; local < o.nproc_per_node; ++local) {
@@ -66,8 +87,10 @@ int launch_workers(const LaunchOptions & o) {
       ::setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node).c_str(), 1);
-      ::setenv("MASTER_ADDR", o.master_addr.c_str(), 1);
+      ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      if (one_machine) ::setenv("PEFT_RENDEZVOUS_FILE", (store_dir + "/store").c_str(), 1);
+      else ::unsetenv("PEFT_RENDEZVOUS_FILE");
       std::vector<char *> argv;
       for (const auto & a : args) argv.push_back(const_cast<char *>(a.c_str()));
       argv.push_back(nullptr);
@@ -77,8 +100,8 @@ int launch_workers(const LaunchOptions & o) {
     ranks[pid] = rank;
   }
   std::cerr << "launched " << o.nproc_per_node << " workers (ranks " << o.node_rank * o.nproc_per_node << "-"
-            << (o.node_rank + 1) * o.nproc_per_node - 1 << " of " << world << ", rendezvous " << o.master_addr << ":"
-            << port << ")\n";
+            << (o.node_rank + 1) * o.nproc_per_node - 1 << " of " << world << ", rendezvous "
+            << (one_machine ? store_dir + "/store" : str(master_addr, ":", port)) << ")\n";
   int result = 0;
   while (!ranks.empty()) {
     int status = 0;

@@ -1,4 +1,5 @@
-// Data-parallel training across processes on LibTorch's c10d: rendezvous through a TCPStore, collectives
+// Data-parallel training across processes on LibTorch's c10d: rendezvous through a TCPStore (a FileStore
+// on one machine, when `peft train --nproc-per-node` starts the ranks), collectives
 // through Gloo (CPU; a CUDA build would take NCCL here, see docs/design/distributed.md), and the
 // gradients of the trainable tensors summed across ranks in buckets that are all-reduced while the
 // backward pass is still running. Environment as torchrun sets it: RANK, WORLD_SIZE, LOCAL_RANK,
@@ -18,6 +19,12 @@ struct DistEnv {
   int rank = 0, world_size = 1, local_rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
+  /// PEFT_RENDEZVOUS_FILE (set by `peft train --nproc-per-node` on one machine): the ranks meet through
+  /// this file (c10d's FileStore, in a folder only this user can open) instead of a TCPStore, so nothing
+  /// listens beyond Gloo's connections on 127.0.0.1. LibTorch 1.13's TCPStore server binds every
+  /// interface (its Socket::listen takes a port, no address): ranks started by hand or across machines
+  /// serve the store that way, unless every rank is given the same fresh PEFT_RENDEZVOUS_FILE.
+  std::string store_file;
   /// torchrun's variables (all absent: one process). Malformed values are errors naming the variable.
   static DistEnv from_env();
   bool distributed() const { return world_size > 1; }
@@ -26,7 +33,8 @@ struct DistEnv {
 /// A process group of `world_size` ranks (Gloo).
 class ProcessGroup {
  public:
-  /// Rendezvous: rank 0 serves the TCPStore at master_addr:master_port, every rank connects; a peer
+  /// Rendezvous: rank 0 serves the TCPStore at master_addr:master_port, every rank connects (with
+  /// store_file: every rank opens that FileStore, and Gloo listens on 127.0.0.1); a peer
   /// that does not arrive within `timeout`, a port in use, an unreachable master or ranks that disagree
   /// on the world size are errors naming them. Collectives time out after `timeout` too.
   static std::shared_ptr<ProcessGroup> create(const DistEnv & env, std::chrono::milliseconds timeout);
