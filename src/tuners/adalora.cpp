@@ -174,6 +174,7 @@ double adalora_bytes(const AdapterConfig & cfg, const std::string & path, const 
 TunerMethod adalora_method() {
   TunerMethod m{{"ADALORA", "lora_", &adalora_defaults, &adalora_parse}, &adalora_supports, &adalora_inject,
                 &DefaultTargets::adalora};
+  m.schema.string_targets_refuse_layer_filter = true;  // (PEFT's AdaLoraConfig, a LoraConfig)
   m.to_file = &adalora_to_file;
   m.bytes = &adalora_bytes;
   m.size_fields = {"init_r", "rank_pattern"};

@@ -64,7 +64,9 @@ AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string &
     }
   } else PEFT_CHECK(l.is_null(), src, ": field 'layers_to_transform' must be an integer or a list");
   const auto & lp = field("layers_pattern");
-  if (lp.is_string()) c.layers_pattern = {lp.get<std::string>()};
+  if (lp.is_string()) {
+    if (!lp.get<std::string>().empty()) c.layers_pattern = {lp.get<std::string>()};  // PEFT: "" = no pattern
+  }
   else if (!lp.is_null()) c.layers_pattern = string_list(lp, "layers_pattern", src);
   const auto & tp = field("target_parameters");
   if (!tp.is_null()) c.target_parameters = string_list(tp, "target_parameters", src);
@@ -98,13 +100,16 @@ AdapterConfig AdapterConfig::parse(const nlohmann::json & j, const std::string &
              method->bias_only_name(), "\", got \"", c.bias, "\"");
   PEFT_CHECK(field("inference_mode").is_boolean(), src, ": field 'inference_mode' must be true or false");
   c.inference_mode = field("inference_mode").get<bool>();
-  // PEFT: a string target_modules (a regex or "all-linear") takes no layer filter
-  PEFT_CHECK(!((c.target_regex || c.all_linear) && !field("layers_to_transform").is_null()), src,
-             ": 'layers_to_transform' cannot be used when 'target_modules' is a string (a regex or \"all-linear\")");
-  PEFT_CHECK(!((c.target_regex || c.all_linear) && !field("layers_pattern").is_null()), src,
-             ": 'layers_pattern' cannot be used when 'target_modules' is a string (a regex or \"all-linear\")");
-  PEFT_CHECK(c.layers_pattern.empty() || !c.layers_to_transform.empty(), src,
-             ": 'layers_pattern' requires 'layers_to_transform'");
+  // PEFT: some methods' configs refuse a layer filter beside a string target_modules (a regex or "all-linear");
+  // the others take it and it filters nothing (is_target)
+  if (method->string_targets_refuse_layer_filter) {
+    PEFT_CHECK(!((c.target_regex || c.all_linear) && !field("layers_to_transform").is_null()), src,
+               ": 'layers_to_transform' cannot be used when 'target_modules' is a string (a regex or \"all-linear\")");
+    PEFT_CHECK(!((c.target_regex || c.all_linear) && !field("layers_pattern").is_null()), src,
+               ": 'layers_pattern' cannot be used when 'target_modules' is a string (a regex or \"all-linear\")");
+  }
+  PEFT_CHECK(!method->layers_pattern_needs_layers || c.layers_pattern.empty() || !field("layers_to_transform").is_null(),
+             src, ": 'layers_pattern' requires 'layers_to_transform'");
   c.options = method->parse(c, src);
   return c;
 }

@@ -96,8 +96,10 @@ std::shared_ptr<TunerLayer> fourierft_inject(const AdapterConfig & cfg, const st
 }  // namespace
 
 TunerMethod fourierft_method() {
-  return TunerMethod{{"FOURIERFT", "fourierft_", &fourierft_defaults, &fourierft_parse}, &fourierft_supports,
-                     &fourierft_inject, &DefaultTargets::lora};
+  TunerMethod m{{"FOURIERFT", "fourierft_", &fourierft_defaults, &fourierft_parse}, &fourierft_supports,
+                &fourierft_inject, &DefaultTargets::lora};
+  m.schema.string_targets_refuse_layer_filter = true;
+  return m;
 }
 
 }  // namespace peft

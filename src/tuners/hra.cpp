@@ -96,6 +96,7 @@ std::shared_ptr<TunerLayer> hra_inject(const AdapterConfig & cfg, const std::str
 
 TunerMethod hra_method() {
   TunerMethod m{{"HRA", "hra_", &hra_defaults, &hra_parse}, &hra_supports, &hra_inject, &DefaultTargets::lora};
+  m.schema.string_targets_refuse_layer_filter = true;
   m.bytes = [](const AdapterConfig & cfg, const std::string &, const Layer & plain) -> double {
     const auto * l = dynamic_cast<const LinearBase *>(&plain);  // float32 u (in, r)
     return l ? 4.0 * static_cast<double>(cfg.opts<HRAOptions>().r) * static_cast<double>(l->in_features()) : 0.0;

@@ -547,6 +547,7 @@ double lora_bytes(const AdapterConfig & cfg, const std::string & path, const Lay
 
 TunerMethod lora_method() {
   TunerMethod m{{"LORA", "lora_", &lora_defaults, &lora_parse}, &lora_supports, &lora_inject, &DefaultTargets::lora};
+  m.schema.string_targets_refuse_layer_filter = true;  // (PEFT's LoraConfig)
   m.conv1d = true;
   m.layer_map = [](const AdapterConfig & cfg) { return cfg.opts<LoraOptions>().layer_replication; };
   m.bytes = &lora_bytes;

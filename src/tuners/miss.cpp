@@ -134,6 +134,8 @@ std::shared_ptr<TunerLayer> miss_inject(const AdapterConfig & cfg, const std::st
 
 TunerMethod miss_method() {
   TunerMethod m{{"MISS", "miss_", &miss_defaults, &miss_parse}, &miss_supports, &miss_inject, &DefaultTargets::lora};
+  m.schema.string_targets_refuse_layer_filter = true;
+  m.schema.layers_pattern_needs_layers = false;  // (PEFT's MissConfig lacks that check)
   m.bytes = [](const AdapterConfig & cfg, const std::string &, const Layer & plain) -> double {
     const auto * l = dynamic_cast<const LinearBase *>(&plain);  // float32 (r, out), (out / r, r, r) or (r, mini_r)
     if (!l) return 0.0;

@@ -168,8 +168,10 @@ std::shared_ptr<TunerLayer> randlora_inject(const AdapterConfig & cfg, const std
 }  // namespace
 
 TunerMethod randlora_method() {
-  return TunerMethod{{"RANDLORA", "randlora_", &randlora_defaults, &randlora_parse}, &randlora_supports,
-                     &randlora_inject, &DefaultTargets::lora, nullptr, &randlora_shared};
+  TunerMethod m{{"RANDLORA", "randlora_", &randlora_defaults, &randlora_parse}, &randlora_supports, &randlora_inject,
+                &DefaultTargets::lora, nullptr, &randlora_shared};
+  m.schema.layers_pattern_needs_layers = false;  // (PEFT's RandLoraConfig has no checks of its layer filter)
+  return m;
 }
 
 }  // namespace peft

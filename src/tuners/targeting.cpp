@@ -113,7 +113,9 @@ bool is_module_target(const AdapterConfig & cfg, const std::string & path, bool 
   if (cfg.exclude_regex && Regex(*cfg.exclude_regex).full_match(path)) return false;
   if (list_match(cfg.exclude_list, path) != ListMatch::none) return false;
   if (in_modules_to_save(cfg.modules_to_save, path)) return false;
-  if (cfg.all_linear) return is_linear && !is_output_layer;  // (no layer filter: PEFT refuses one with a string)
+  // no layer filter with a string: PEFT's "all-linear" becomes the layers' full names, which it never filters, and a
+  // regex is matched as it is (the methods whose configs take layers_to_transform beside them; config.cpp)
+  if (cfg.all_linear) return is_linear && !is_output_layer;
   if (cfg.target_regex) return Regex(*cfg.target_regex).full_match(path);
   const ListMatch m = list_match(cfg.target_list.empty() ? default_targets : cfg.target_list, path);
   // PEFT filters by layer only the suffix matches: a full name is taken as it is

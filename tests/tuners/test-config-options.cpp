@@ -84,6 +84,43 @@ TEST(Targeting, StringTargetModulesTakeNoLayerFilter) {
   EXPECT_NE(config_error({{"target_modules", {"q_proj"}}, {"layers_pattern", "layers"}})
                 .find("'layers_pattern' requires 'layers_to_transform'"),
             std::string::npos);
+  // a rule of LoRA's config (and AdaLoRA's, HRA's, MiSS's, FourierFT's), not of every method's: OFT's takes the
+  // filter, which then filters nothing ("all-linear" becomes full names, a regex is matched as it is)
+  EXPECT_EQ(config_error({{"target_modules", "all-linear"}, {"layers_to_transform", {0}}, {"r", 0}, {"oft_block_size", 4}},
+                         "OFT"),
+            "");
+  EXPECT_EQ(config_error({{"target_modules", ".*q_proj"}, {"layers_to_transform", {0}}, {"layers_pattern", "layers"}}, "LOHA"),
+            "");
+  EXPECT_NE(config_error({{"target_modules", ".*q_proj"}, {"layers_to_transform", {0}}}, "HRA").find("cannot be used"),
+            std::string::npos);
+  // PEFT's MiSS and RandLoRA configs do not check layers_pattern without layers_to_transform (it filters nothing)
+  EXPECT_EQ(config_error({{"target_modules", {"q_proj"}}, {"layers_pattern", "layers"}}, "MISS"), "");
+  EXPECT_NE(config_error({{"target_modules", {"q_proj"}}, {"layers_pattern", "layers"}}, "VERA").find("requires"),
+            std::string::npos);
+}
+
+// golden case config_rules: the layer filter beside a string target_modules (and layers_pattern alone) for every
+// method that has one, accepted or refused as upstream's config does, and adapting the modules upstream adapted
+TEST(Targeting, LayerFilterRulesPerMethodAsUpstream) {
+  const auto checks = nlohmann::json::parse(read_file(golden_case("config_rules") + "/case.json"))["checks"];
+  ASSERT_GE(checks.size(), 40u);
+  for (auto it = checks.begin(); it != checks.end(); ++it) {
+    const auto & c = it.value();
+    nlohmann::json j = c["fields"];
+    j["peft_type"] = c["peft_type"];
+    std::vector<std::string> got;
+    const std::string e = error_of([&] {
+      PeftModel m(load_model(golden_case("config_rules") + "/../../" + c["applied_to"].get<std::string>()),
+                  AdapterConfig::from_json(j, "cfg.json"));
+      got = adapted(m);
+    });
+    EXPECT_EQ(e.empty(), c["accepted"].get<bool>())
+        << it.key() << ": upstream " << (c["accepted"].get<bool>() ? "accepts" : "refuses: ") << c.value("error", "")
+        << "; here: " << (e.empty() ? "accepted" : e);
+    if (e.empty() && c["accepted"].get<bool>()) {
+      EXPECT_EQ(got, c["adapted_modules"].get<std::vector<std::string>>()) << it.key();
+    }
+  }
 }
 
 TEST(Targeting, LayerFilterAppliesToSuffixMatchesOnly) {

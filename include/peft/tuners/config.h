@@ -35,6 +35,14 @@ struct MethodSchema {
   std::string bias_only = "";
   /// Fields shared by other methods that this method's PEFT config does not have (absent unless given).
   std::vector<std::string> absent_fields = {};
+  /// PEFT's config refuses layers_to_transform / layers_pattern beside a string target_modules (a regex or
+  /// "all-linear"): LoRA, AdaLoRA, HRA, MiSS, FourierFT. The other methods' configs accept them, and the
+  /// filter then changes nothing: a regex is matched as it is, and "all-linear" becomes the layers' full
+  /// names, which PEFT never filters by layer.
+  bool string_targets_refuse_layer_filter = false;
+  /// PEFT's config refuses layers_pattern without layers_to_transform (every method but MiSS and RandLoRA,
+  /// whose configs lack the check; the pattern alone then filters nothing).
+  bool layers_pattern_needs_layers = true;
   std::string bias_only_name() const { return bias_only.empty() ? prefix + "only" : bias_only; }
 };
 
