@@ -212,6 +212,9 @@ std::shared_ptr<TunerLayer> tokens_tied(const std::string & adapter, const Layer
   PEFT_CHECK(source, "trainable tokens: the tied embedding holds no trainable tokens");
   auto layer = std::dynamic_pointer_cast<TrainableTokensLayer>(target);
   if (!layer) layer = std::make_shared<TrainableTokensLayer>(target);
+  // target_modules naming the tied layer too gave it rows of its own: PEFT replaces them by the embedding's
+  // (the same adapter as with the embedding alone)
+  if (layer->has_adapter(adapter)) layer->delete_adapter(adapter);
   layer->follow(adapter, source);
   return layer;
 }
