@@ -169,6 +169,8 @@ class PeftModel {
   std::shared_ptr<CausalLM> release();
   void refresh_trainable();
   std::string checkpoint_key(const std::string & path, const std::string & adapter) const;
+  /// A prompt-learning adapter's modules_to_save copies under PEFT's file keys ("base_model.<module>.<tensor>").
+  std::map<std::string, at::Tensor> prompt_copies(const std::string & adapter) const;
   void add_prompt_encoder(const std::string & name, AdapterConfig cfg, const TunerMethod & method);
   void remove_prompt_encoder(const std::string & name);
   std::shared_ptr<PromptEncoder> active_prompt_encoder() const;

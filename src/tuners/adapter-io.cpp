@@ -54,16 +54,30 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
                  "random encoder); load it for inference");
       auto it = tensors.find("prompt_embeddings");
       PEFT_CHECK(it != tensors.end(), file, ": missing tensor 'prompt_embeddings'");
-      for (const auto & kv : tensors) {
-        PEFT_CHECK(kv.first == "prompt_embeddings", file, ": unexpected tensor '", kv.first, "' in a ", cfg.peft_type,
-                   " adapter (it holds 'prompt_embeddings' only)");
-      }
       PEFT_CHECK(it->second.sizes() == enc->table.sizes(), file, ": tensor 'prompt_embeddings' has shape ",
                  it->second.sizes(), ", the model expects ", enc->table.sizes(), " (an adapter for another model?)");
+      // modules_to_save: the copies under "base_model.<module>.<tensor>" (PEFT's keys for prompt learning)
+      std::map<std::string, at::Tensor> want = prompt_copies(name);
+      std::vector<std::pair<at::Tensor, at::Tensor>> copies = {{enc->table, it->second}};
+      for (const auto & kv : tensors) {
+        if (kv.first == "prompt_embeddings") continue;
+        auto w = want.find(kv.first);
+        PEFT_CHECK(w != want.end(), file, ": unexpected tensor '", kv.first, "' in a ", cfg.peft_type, " adapter (it holds ",
+                   "'prompt_embeddings' and the copies of its modules_to_save only)");
+        PEFT_CHECK(kv.second.sizes() == w->second.sizes(), file, ": tensor '", kv.first, "' has shape ", kv.second.sizes(),
+                   ", the model expects ", w->second.sizes(), " (an adapter for another model?)");
+        copies.emplace_back(w->second, kv.second);
+        want.erase(w);
+      }
+      PEFT_CHECK(want.empty(), file, ": missing tensor '", want.empty() ? "" : want.begin()->first,
+                 "' (a copy of a module in modules_to_save)");
       at::NoGradGuard g;
-      enc->table.copy_(it->second);
+      for (auto & c : copies) c.first.copy_(c.second);
     } catch (...) {
       delete_adapter(name);
+      for (auto it = wrapped.rbegin(); it != wrapped.rend(); ++it) replace_submodule(model_, it->first, it->second);
+      model_->tie_weights();
+      refresh_layers();
       state_->touch();
       throw;
     }
@@ -152,12 +166,25 @@ std::string PeftModel::checkpoint_key(const std::string & path, const std::strin
   return kPrefix + p;
 }
 
+std::map<std::string, at::Tensor> PeftModel::prompt_copies(const std::string & adapter) const {
+  // PEFT's keys for a prompt-learning model hold "base_model." and the module's path in the model
+  std::map<std::string, at::Tensor> out;
+  for (const auto & l : layers_) {
+    if (!l.second->has_adapter(adapter)) continue;
+    for (const auto & p : l.second->adapter_parameters(adapter)) {
+      out["base_model." + checkpoint_key(l.first + "." + p.first, adapter).substr(kPrefix.size())] = p.second;
+    }
+  }
+  return out;
+}
+
 std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::string & adapter) const {
   const AdapterConfig & cfg = adapter_config(adapter);
   std::map<std::string, at::Tensor> out;
   if (auto e = encoders_.find(adapter); e != encoders_.end()) {
-    // PEFT: the encoder's output (the table itself when that is all the encoder is)
+    // PEFT: the encoder's output (the table itself when that is all the encoder is), and modules_to_save's copies
     at::NoGradGuard g;
+    out = prompt_copies(adapter);
     out["prompt_embeddings"] = e->second->table_only() ? e->second->table : e->second->prompts().contiguous();
     return out;
   }

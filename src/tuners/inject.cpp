@@ -21,6 +21,26 @@ bool ends_with(const std::string & s, const std::string & e) {
   return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
 }
 
+// modules_to_save: wrap each of `save_targets` (or give its wrapper a copy for `name`); `kept_when_disabled`: the
+// copies stay in place in the disable scope (prompt learning). What it did goes into replaced / extended.
+void wrap_save_targets(const std::shared_ptr<CausalLM> & model, const std::vector<std::pair<std::string, LayerPtr>> & save_targets,
+                       const std::string & name, bool kept_when_disabled,
+                       std::vector<std::pair<std::string, LayerPtr>> & replaced,
+                       std::vector<std::shared_ptr<TunerLayer>> & extended) {
+  for (const auto & t : save_targets) {
+    auto w = std::dynamic_pointer_cast<ModulesToSaveWrapper>(t.second);
+    if (!w) {
+      w = std::make_shared<ModulesToSaveWrapper>(t.second);
+      w->add_copy(name, kept_when_disabled);
+      replace_submodule(model, t.first, w);
+      replaced.emplace_back(t.first, t.second);
+    } else {
+      w->add_copy(name, kept_when_disabled);
+      extended.push_back(w);
+    }
+  }
+}
+
 }  // namespace
 
 // The path of `layer` in the model.
@@ -74,11 +94,43 @@ void PeftModel::undo_replication(const std::string & name) {
 
 std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(const std::string & name, AdapterConfig cfg,
                                                                              const TunerMethod & method) {
-  if (method.prompt_encoder) {  // prompt learning: an encoder, no layer is touched
+  if (method.prompt_encoder) {  // prompt learning: an encoder, and no layer is adapted
     add_prompt_encoder(name, cfg, method);
+    // modules_to_save (PEFT's set_additional_trainable_modules): copies trained beside the encoder, by suffix;
+    // PEFT's disable scope for prompt learning only swaps the model's forward, so they stay in place there
+    std::vector<std::pair<std::string, LayerPtr>> save_targets, replaced;
+    std::vector<std::shared_ptr<TunerLayer>> extended;
+    std::vector<std::string> wrappers;
+    for (const auto & m : named_modules(model_)) {
+      bool inside = false;
+      for (const auto & p : wrappers) inside = inside || m.first.rfind(p + ".", 0) == 0;
+      auto layer = std::dynamic_pointer_cast<Layer>(m.second);
+      if (m.first.empty() || inside || !layer) continue;
+      auto tuner = std::dynamic_pointer_cast<TunerLayer>(layer);
+      if (tuner) wrappers.push_back(m.first);
+      bool save = false;
+      for (const auto & s : cfg.modules_to_save) save = save || ends_with(m.first, s);
+      if (save) save_targets.emplace_back(m.first, layer);
+    }
+    try {
+      wrap_save_targets(model_, save_targets, name, true, replaced, extended);
+    } catch (...) {
+      for (auto & e : extended) {
+        if (e->has_adapter(name)) e->delete_adapter(name);
+      }
+      for (auto it = replaced.rbegin(); it != replaced.rend(); ++it) replace_submodule(model_, it->first, it->second);
+      model_->tie_weights();
+      refresh_layers();
+      remove_prompt_encoder(name);
+      configs_.erase(name);
+      throw;
+    }
+    for (auto & r : replaced) get_submodule(model_, r.first)->train(model_->is_training());
     adapter_ids_[name] = g_next_adapter_id++;
+    model_->tie_weights();
+    refresh_layers();
     state_->touch();
-    return {};
+    return replaced;
   }
   const auto defaults = default_targets(method, model_->config().model_type);
   PEFT_CHECK(cfg.all_linear || cfg.target_regex || !cfg.target_list.empty() || !defaults.empty() ||
@@ -204,18 +256,7 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
         }
       }
     }
-    for (const auto & t : save_targets) {
-      auto w = std::dynamic_pointer_cast<ModulesToSaveWrapper>(t.second);
-      if (!w) {
-        w = std::make_shared<ModulesToSaveWrapper>(t.second);
-        w->add_copy(name);
-        replace_submodule(model_, t.first, w);
-        replaced.emplace_back(t.first, t.second);
-      } else {
-        w->add_copy(name);
-        extended.push_back(w);
-      }
-    }
+    wrap_save_targets(model_, save_targets, name, false, replaced, extended);
   } catch (...) {
     for (auto & e : extended) {
       if (e->has_adapter(name)) e->delete_adapter(name);

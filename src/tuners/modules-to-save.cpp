@@ -9,14 +9,16 @@ ModulesToSaveWrapper::ModulesToSaveWrapper(LayerPtr original) : TunerLayer(std::
   holder_ = register_module("modules_to_save", std::make_shared<torch::nn::Module>());
 }
 
-void ModulesToSaveWrapper::add_copy(const std::string & adapter) {
+void ModulesToSaveWrapper::add_copy(const std::string & adapter, bool kept_when_disabled) {
   LayerPtr c = base_layer_->clone_layer();
   holder_->register_module(adapter, c);
   copies_[adapter] = c;
+  if (kept_when_disabled) kept_.insert(adapter);
   track_adapter(adapter);
 }
 
 void ModulesToSaveWrapper::forget(const std::string & name) {
+  kept_.erase(name);
   if (copies_.count(name)) {
     holder_->unregister_module(name);
     copies_.erase(name);
@@ -40,7 +42,13 @@ at::Tensor ModulesToSaveWrapper::forward_mixed(const at::Tensor & x) {
   return y;
 }
 
-LayerPtr ModulesToSaveWrapper::current() const { return disabled() ? base_layer_ : active_copy(); }
+LayerPtr ModulesToSaveWrapper::current() const {
+  if (!disabled()) return active_copy();
+  for (const auto & a : active()) {
+    if (kept_.count(a) && copies_.count(a)) return copies_.at(a);
+  }
+  return base_layer_;
+}
 
 LayerPtr ModulesToSaveWrapper::active_copy() const {
   LayerPtr found;

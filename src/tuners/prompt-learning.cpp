@@ -8,6 +8,7 @@
 
 #include "peft/error.h"
 #include "peft/peft-model.h"
+#include "peft/tuners/modules-to-save.h"
 #include "peft/tuners/registry.h"
 
 namespace peft {
@@ -46,8 +47,6 @@ void parse_prompt_fields(PromptLearningOptions & o, const AdapterConfig & cfg, c
   const auto & sub = cfg.field("num_transformer_submodules");
   PEFT_CHECK(sub.is_null() || sub == 1, src, ": field 'num_transformer_submodules' is ", sub.dump(),
              "; causal language models have 1 (2 is for encoder-decoder models, not supported)");
-  PEFT_CHECK(cfg.modules_to_save.empty(), src, ": field 'modules_to_save' with ", cfg.peft_type,
-             " is not supported (it is for classification heads of other task types)");
   PEFT_CHECK(cfg.bias == "none", src, ": field 'bias' does not apply to ", cfg.peft_type);
   const auto & task = cfg.field("task_type");
   PEFT_CHECK(task.is_null() || task == "CAUSAL_LM", src, ": task_type ", task.dump(),
@@ -173,6 +172,17 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> split_key_values(con
   return {k, v};
 }
 
+// PEFT's PeftModel.word_embeddings: prompt tuning and P-tuning embed the input with the embedding module found
+// when the prompt encoder was set up, before modules_to_save wrapped it, so a copy of it takes no part there (the
+// model's own forward, with a KV cache or in the disable scope, runs the copy)
+at::Tensor word_embeddings(CausalLM & model, const at::Tensor & ids) {
+  auto w = std::dynamic_pointer_cast<ModulesToSaveWrapper>(model.input_embedding());
+  if (!w) return model.embed(ids);
+  const at::Tensor e = w->base_layer()->forward(ids);
+  const ModelConfig & c = model.config();
+  return c.multiplier_in_lookup ? e * at::scalar_tensor(c.embedding_multiplier, e.options()) : e;
+}
+
 }  // namespace
 
 at::Tensor PeftModel::forward_unchecked(const ForwardInput & in) {
@@ -190,7 +200,7 @@ at::Tensor PeftModel::forward_unchecked(const ForwardInput & in) {
   }
   if (!enc->key_values()) {
     // prompt tuning / P-tuning: [virtual tokens, input] as embeddings
-    const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model_->embed(in.input_ids);
+    const at::Tensor embeds = in.inputs_embeds.defined() ? in.inputs_embeds : word_embeddings(*model_, in.input_ids);
     const at::Tensor prompts = enc->prompts().to(embeds.scalar_type()).unsqueeze(0).expand({B, -1, -1});
     f.input_ids = at::Tensor();
     f.inputs_embeds = at::cat({prompts, embeds}, 1);

@@ -285,3 +285,118 @@ TEST(PromptLearning, DeleteAndUnloadLeaveThePlainModel) {
   EXPECT_EQ(plain->parameters(true).size(), n);
   EXPECT_CLOSE(plain->forward({golden_ids("lora")}), golden_expected("p_tuning_lstm").at("logits_disabled"));
 }
+
+namespace {
+
+// modules_to_save with prompt learning (gen_config_cases.py): copies of the modules trained beside the encoder,
+// as upstream does. Prompt tuning and P-tuning embed the input with the original embedding (PEFT's
+// word_embeddings), so prompt_tuning_mts's copy of embed_tokens takes no part there; upstream's disable scope
+// keeps the copies in place.
+const std::vector<std::string> kMtsCases = {"prompt_tuning_mts", "p_tuning_mts", "prefix_tuning_mts"};
+
+// upstream_model plus the copies as upstream had them (copies.safetensors: "<module>.<tensor>")
+std::shared_ptr<PeftModel> upstream_mts_model(const std::string & c) {
+  auto m = upstream_model(c);
+  auto want = safetensors_load(golden_case(c) + "/copies.safetensors");
+  std::set<std::string> got;
+  at::NoGradGuard g;
+  const std::string mid = "modules_to_save.default.";
+  for (const auto & l : m->tuner_layers()) {
+    for (const auto & p : l.second->adapter_parameters("default")) {
+      const std::string key = l.first + "." + p.first.substr(p.first.find(mid) + mid.size());
+      got.insert(key);
+      auto it = want.find(key);
+      if (it != want.end()) p.second.copy_(it->second);
+    }
+  }
+  std::set<std::string> upstream;
+  for (const auto & kv : want) upstream.insert(kv.first);
+  EXPECT_EQ(got, upstream) << c << ": the modules upstream wrapped";
+  return m;
+}
+
+TEST(PromptLearning, ModulesToSaveGoldenEagerAndCompiled) {
+  for (const auto & c : kMtsCases) {
+    SCOPED_TRACE(c);
+    auto m = upstream_mts_model(c);
+    auto want = golden_expected(c);
+    const at::Tensor ids = golden_ids(c);
+    EXPECT_EQ(m->trainable_parameters().size(), case_json(c)["trainable"].size());
+    at::NoGradGuard g;
+    EXPECT_CLOSE(m->forward({ids}), want.at("logits"));
+    auto cm = compile(*m);
+    EXPECT_CLOSE(cm.forward({ids}), want.at("logits"));
+    ASSERT_TRUE(case_json(c)["copies_active_when_disabled"].get<bool>());
+    {
+      auto off = m->disable_adapter();
+      EXPECT_CLOSE(m->forward({ids}), want.at("logits_disabled"));
+      EXPECT_CLOSE(cm.forward({ids}), want.at("logits_disabled"));
+    }
+    EXPECT_CLOSE(cm.forward({ids}), want.at("logits"));
+  }
+}
+
+TEST(PromptLearning, ModulesToSaveFoldersAreUpstreams) {
+  for (const auto & c : kMtsCases) {
+    SCOPED_TRACE(c);
+    // saved: upstream's keys ("base_model.<module>.<tensor>") and values
+    auto m = upstream_mts_model(c);
+    const std::string dir = temp_dir("prompt-mts") + "/a";
+    m->save_pretrained(dir);
+    auto ours = safetensors_load(dir + "/adapter_model.safetensors");
+    auto theirs = safetensors_load(golden_case(c) + "/adapter/adapter_model.safetensors");
+    std::vector<std::string> keys;
+    for (const auto & kv : ours) keys.push_back(kv.first);
+    EXPECT_EQ(nlohmann::json(keys), case_json(c)["adapter_keys"]);
+    for (const auto & kv : theirs) {
+      if (ours.count(kv.first)) EXPECT_CLOSE(ours.at(kv.first), kv.second) << kv.first;
+    }
+    // upstream's folder loaded, eager and compiled; ours loads back to the same
+    for (const std::string & folder : {golden_case(c) + "/adapter", dir}) {
+      auto l = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), folder);
+      at::NoGradGuard g;
+      EXPECT_CLOSE(l->forward({golden_ids(c)}), golden_expected(c).at("logits_loaded")) << folder;
+      auto cm = compile(*l);
+      EXPECT_CLOSE(cm.forward({golden_ids(c)}), golden_expected(c).at("logits_loaded")) << folder;
+      EXPECT_TRUE(l->trainable_parameters().empty());
+    }
+    // a file without a copy's tensor is refused, and the model is left plain
+    auto t = safetensors_load(dir + "/adapter_model.safetensors");
+    t.erase(std::prev(t.end())->first == "prompt_embeddings" ? t.begin()->first : std::prev(t.end())->first);
+    safetensors_save(dir + "/adapter_model.safetensors", t);
+    auto base = load_model(golden_model("tiny-llama"));
+    const size_t n = base->parameters(true).size();
+    EXPECT_NE(error_of([&] { PeftModel::from_pretrained(base, dir); }).find("missing tensor"), std::string::npos);
+    EXPECT_EQ(base->parameters(true).size(), n);
+  }
+}
+
+TEST(PromptLearning, ModulesToSaveTrainingEagerAndCompiled) {
+  for (const auto & c : kMtsCases) {
+    for (bool compiled : {false, true}) {
+      SCOPED_TRACE(c + (compiled ? " compiled" : " eager"));
+      auto m = upstream_mts_model(c);
+      m->train();
+      auto want = golden_expected(c);
+      TrainOptions o;
+      o.batch_size = 3;
+      o.steps = 4;
+      o.lr = 1e-2;
+      o.weight_decay = 0.01;
+      o.shuffle = false;
+      o.virtual_tokens = m->virtual_token_logits() > 0;
+      auto cm = compile(*m);
+      Trainer t([&](const ForwardInput & in) { return compiled ? cm.forward(in) : m->forward(in); },
+                m->trainable_parameters(), o);
+      for (int64_t s = 0; s < 4; ++s) {
+        const double w = want.at("losses")[s].item<double>();
+        EXPECT_NEAR(t.step(golden_ids(c)).loss, w, 1e-4 + 1e-3 * std::abs(w)) << "step " << s + 1;
+      }
+      m->train(false);
+      at::NoGradGuard g;
+      EXPECT_CLOSE(m->forward({golden_ids(c)}), want.at("logits_final"));
+    }
+  }
+}
+
+}  // namespace

@@ -1,7 +1,11 @@
 // modules_to_save (PEFT §3.8): a whole module trained as a copy per adapter. The wrapper keeps the
 // frozen original as "original_module" and the copies as "modules_to_save.<adapter>"; forward uses the
-// active adapter's copy, or the original when disabled or when no active adapter owns a copy.
+// active adapter's copy, or the original when disabled or when no active adapter owns a copy. A prompt-
+// learning adapter's copy stays in place when disabled (PEFT's disable_adapter for prompt learning only swaps
+// the model's forward).
 #pragma once
+#include <set>
+
 #include "peft/tuners/tuner-layer.h"
 
 namespace peft {
@@ -9,9 +13,12 @@ namespace peft {
 class ModulesToSaveWrapper : public TunerLayer {
  public:
   explicit ModulesToSaveWrapper(LayerPtr original);
-  void add_copy(const std::string & adapter);
+  /// `kept_when_disabled`: the copy stays in place in the disable scope (a prompt-learning adapter's).
+  void add_copy(const std::string & adapter, bool kept_when_disabled = false);
 
-  std::string adapter_signature(const std::string &) const override { return "copy"; }
+  std::string adapter_signature(const std::string & a) const override {
+    return kept_.count(a) ? "copy,kept_when_disabled" : "copy";
+  }
   bool mixed_batch_supported(const std::string &) const override { return true; }
 
   /// The copy replaces the module: "merging" changes nothing, so forward always uses current().
@@ -33,6 +40,7 @@ class ModulesToSaveWrapper : public TunerLayer {
  private:
   std::shared_ptr<torch::nn::Module> holder_;  // "modules_to_save"
   std::map<std::string, LayerPtr> copies_;
+  std::set<std::string> kept_;  // adapters whose copies stay in place when disabled
 };
 
 }  // namespace peft

@@ -55,7 +55,8 @@ at::Tensor mlp(const torch::nn::Sequential & seq, at::Tensor x);
 void complete_prompt_config(AdapterConfig & cfg, const ModelConfig & model, const std::string & source);
 
 /// Parse the fields every prompt-learning method shares into `o` (num_virtual_tokens, token_dim, ...);
-/// refuses what PEFT's causal-LM models do not do (num_transformer_submodules 2, modules_to_save).
+/// refuses what PEFT's causal-LM models do not do (num_transformer_submodules 2). modules_to_save is taken as
+/// PEFT takes it: copies of the modules trained beside the encoder, saved as "base_model.<module>.<tensor>".
 void parse_prompt_fields(PromptLearningOptions & o, const AdapterConfig & cfg, const std::string & source);
 
 /// The JSON defaults every prompt-learning config has (PEFT's PromptLearningConfig).
