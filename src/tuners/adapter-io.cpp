@@ -1,5 +1,6 @@
 // PeftModel and PEFT's files: load_adapter (validated before the model is touched, undone on any error),
 // adapter_state_dict with PEFT's checkpoint keys, save_pretrained.
+#include <iostream>
 #include <set>
 
 #include "peft/error.h"
@@ -100,18 +101,36 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
     }
     std::map<std::string, at::Tensor> params;
     for (const auto & p : model_->named_parameters(true)) params[p.key()] = p.value();
+    // PEFT's save_embedding_layers ("auto" when an embedding layer is among the targets) writes the base weight of
+    // the input embedding and of the output layer, each where some adapter of the saved model adapts it, as
+    // "<module>.base_layer.weight". PEFT's load copies such a key where the model has that tensor now and ignores
+    // it where it does not (the module is not adapted), without a word.
+    std::set<std::string> embedding_keys;
+    for (const LayerPtr & l : {model_->input_embedding(), model_->output_layer()}) {
+      if (l) embedding_keys.insert(path_of(l) + ".base_layer.weight");
+    }
     std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+    std::vector<std::string> changed_embeddings;
     std::set<std::string> seen;
     for (const auto & kv : tensors) {
       at::Tensor dst;
       auto it = want.find(kv.first);
+      const std::string path = kv.first.rfind(kPrefix, 0) == 0 ? kv.first.substr(kPrefix.size()) : kv.first;
       if (it != want.end()) {
         dst = it->second;
         seen.insert(kv.first);
+      } else if (kv.first.rfind(kPrefix, 0) == 0 && embedding_keys.count(path)) {
+        auto p = params.find(path);
+        if (p == params.end()) continue;  // not adapted now: PEFT ignores the key
+        PEFT_CHECK(kv.second.sizes() == p->second.sizes(), file, ": tensor '", kv.first, "' has shape ",
+                   kv.second.sizes(), ", the model's base weight '", path, "' has ", p->second.sizes(),
+                   " (an adapter for a model with another vocabulary?)");
+        if (at::equal(kv.second.to(p->second.options()), p->second)) continue;  // the base's own weight: nothing to do
+        changed_embeddings.push_back(kv.first);
+        dst = p->second;
       } else {
         // other keys address base-model tensors: biases trained with a bias mode; anything else only
         // when asked for (an adapter file that overwrites base weights is almost always a mistake)
-        std::string path = kv.first.rfind(kPrefix, 0) == 0 ? kv.first.substr(kPrefix.size()) : kv.first;
         auto p = params.find(path);
         if (p == params.end()) p = params.find(path.substr(0, path.rfind('.')) + ".base_layer" + path.substr(path.rfind('.')));
         PEFT_CHECK(p != params.end(), file, ": key '", kv.first, "' matches no module of the model for adapter '", name,
@@ -137,6 +156,10 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
     for (auto & c : copies) c.first.copy_(c.second);
     for (const auto & l : layers_) {
       if (l.second->has_adapter(name)) l.second->check_loaded(name, file);
+    }
+    for (const auto & k : changed_embeddings) {
+      std::cerr << "peft: " << file << ": '" << k << "' (the base embedding weight PEFT's save_embedding_layers "
+                << "writes) differs from the model's; loaded it into the base model, as PEFT does\n";
     }
   } catch (...) {
     // undo the injection completely: drop the adapter, unwrap the layers it wrapped

@@ -192,6 +192,32 @@ TEST(TrainingFaults, SigintSavesACheckpointAndTheAdapterAndTheRunResumesExactly)
             read_file(dir + "/full/adapter/adapter_model.safetensors"));
 }
 
+// Ctrl-C at the terminal of a data-parallel run: the terminal signals the launcher's process group; the
+// launcher passes one SIGINT to each worker (their own groups), every rank finishes its step, rank 0 saves,
+// and the launcher exits 130 without treating the workers' 130s as failures (it used to die at once and
+// its death signalled the workers a second time: nothing was saved)
+TEST(TrainingFaults, CtrlCAtADataParallelRunSavesAndResumes) {
+  const std::string dir = temp_dir("fault-sigint-dist"), data = make_text(dir);
+  run_command("mkdir -p " + dir + "/cut");
+  const std::string args = text_args(data, dir + "/cut", 24, "--nproc-per-node 2 --threads 1");
+  const pid_t pid = spawn_cli(args, dir + "/cut.out");
+  int status = 0;
+  ASSERT_TRUE(wait_for_lines(pid, dir + "/cut/log.jsonl", 3, &status)) << read_file(dir + "/cut.out");
+  ::kill(-pid, SIGINT);  // (the launcher's whole process group, as a terminal's Ctrl-C)
+  EXPECT_EQ(wait_exit(pid), 130) << read_file(dir + "/cut.out");
+  const std::string out = read_file(dir + "/cut.out");
+  const size_t at = out.find("stopped by SIGINT after step ");
+  ASSERT_NE(at, std::string::npos) << out;
+  const int step = std::stoi(out.substr(at + 29));
+  EXPECT_EQ(out.find("stopping the other ranks"), std::string::npos) << out;
+  EXPECT_EQ(out.find("second signal"), std::string::npos) << out;
+  EXPECT_TRUE(exists(dir + "/cut/adapter-checkpoints/checkpoint-" + std::to_string(step) + "/trainer_state.json")) << out;
+  EXPECT_TRUE(exists(dir + "/cut/adapter/adapter_model.safetensors")) << out;
+  std::string again;
+  ASSERT_EQ(run_cli(args + " --resume-from-checkpoint latest", &again), 0) << again;
+  EXPECT_EQ(read_jsonl(dir + "/cut/log.jsonl").back().value("step", -1), 24);
+}
+
 TEST(TrainingFaults, ASecondSignalExitsAtOnce) {
   const std::string dir = temp_dir("fault-two-signals");
   const pid_t pid = spawn_cli(ids_args(dir, 100000), dir + "/run.out");

@@ -310,10 +310,10 @@ TEST(ServeFaults, PromptsThatCannotFitAreRefusedBeforeTokenizing) {
   }
 }
 
-// seconds to run f, the best of 3
+// seconds to run f, the best of 5
 double best_time(const std::function<void()> & f) {
   double best = 1e9;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 5; ++i) {
     const auto t0 = Clock::now();
     f();
     best = std::min(best, seconds_since(t0));
@@ -333,9 +333,10 @@ TEST(ServeFaults, TokenizingAndTemplateLexingAreLinear) {
     while (large.size() < (size_t(400) << 10)) large += unit;
     const double ts = best_time([&] { tok->encode(small, false); });
     const double tl = best_time([&] { tok->encode(large, false); });
-    // 8x the text: linear is ~8x the time, quadratic ~64x
-    EXPECT_LT(tl, 20 * std::max(ts, 1e-3)) << "unit '" << unit << "': 50 KiB " << ts << " s, 400 KiB " << tl << " s";
-    EXPECT_LT(tl, 10.0);
+    // 8x the text: linear is ~8x the time (up to ~3x more from caches on a busy machine), quadratic ~64x;
+    // and 400 KiB in seconds at most (the quadratic paths took 160 s for a 400 KB prompt)
+    EXPECT_LT(tl, 40 * std::max(ts, 2e-3)) << "unit '" << unit << "': 50 KiB " << ts << " s, 400 KiB " << tl << " s";
+    EXPECT_LT(tl, 5.0) << "unit '" << unit << "'";
   }
   // a template of many tags on one line (lstrip_blocks looked back to the start of the source for each)
   auto lex_time = [&](size_t tags) {
@@ -344,7 +345,8 @@ TEST(ServeFaults, TokenizingAndTemplateLexingAreLinear) {
     return best_time([&] { ChatTemplate t(src, "", "", "hostile"); });
   };
   const double small = lex_time(5000), large = lex_time(40000);
-  EXPECT_LT(large, 20 * std::max(small, 1e-3)) << small << " s vs " << large << " s";
+  EXPECT_LT(large, 40 * std::max(small, 2e-3)) << small << " s vs " << large << " s";
+  EXPECT_LT(large, 5.0);
 }
 
 // ---- 4. a request fails alone ----
@@ -547,12 +549,12 @@ TEST(ServeFaults, AdapterFilesAreConfinedAndErrorsEchoNoFileBytes) {
 // ---- the soak test ----
 
 // Streaming and non-streaming requests at temperatures 0-2 with random seeds, clients that disconnect at
-// random, adapters loaded and unloaded, a poisoned adapter's load attempted, for PEFT_SOAK_SECONDS (60 by
+// random, adapters loaded and unloaded, a poisoned adapter's load attempted, for PEFT_SOAK_SECONDS (45 by
 // default): /health answers throughout, every greedy answer equals `peft generate`'s, every answer is
 // valid UTF-8, nothing fails, RSS stays flat.
 TEST(ServeSoak, MixedTrafficWithDisconnectsAndAdapterChurn) {
   World & w = world();
-  const double duration = std::getenv("PEFT_SOAK_SECONDS") ? std::atof(std::getenv("PEFT_SOAK_SECONDS")) : 60.0;
+  const double duration = std::getenv("PEFT_SOAK_SECONDS") ? std::atof(std::getenv("PEFT_SOAK_SECONDS")) : 45.0;
   const std::vector<std::string> models = {"kjv", "a0", "a1", "a2", "a3"};
   for (const auto & m : models) {
     for (const auto & p : kPrompts) {

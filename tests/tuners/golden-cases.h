@@ -71,9 +71,10 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       // LoRA on parameters (gen_extra.py): q_proj/down_proj weights by target_parameters, v_proj by target_modules
       {"lora_target_parameters", "tiny-llama"},
       // gen_config_cases.py: OFT on "all-linear" and LoHa on a regex, each beside layers_to_transform (PEFT's configs
-      // take it; it filters nothing there); trainable tokens targeting the embedding and the output layer tied to it
+      // take it; it filters nothing there); trainable tokens targeting the embedding and the output layer tied to it;
+      // LoRA on both embedding layers, whose file holds their base weights (save_embedding_layers="auto")
       {"oft_all_linear_layers", "tiny-llama"}, {"loha_regex_layers", "tiny-llama"},
-      {"trainable_tokens_tied_both", "tiny-opt"},
+      {"trainable_tokens_tied_both", "tiny-opt"}, {"lora_embed_base_saved", "tiny-llama"},
   };
   return cases;
 }

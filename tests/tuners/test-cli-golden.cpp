@@ -86,6 +86,34 @@ TEST(CliGolden, PromptLearningFolders) {
   EXPECT_NE(log.find("cannot be merged"), std::string::npos) << log;
 }
 
+// upstream's folders that peft.cpp refused (gen_config_cases.py): prompt learning with modules_to_save; an
+// adapter file holding the base weight of an embedding layer another adapter adapted (ignored), or of its own
+// (loaded into the base as upstream's load does, said on stderr); no --allow-base-weights needed
+TEST(CliGolden, UpstreamFoldersPeftCppRefused) {
+  for (const char * c : {"prompt_tuning_mts", "p_tuning_mts", "prefix_tuning_mts"}) {
+    auto want = golden_expected(c);
+    const std::string a = "--adapter " + golden_case(c) + "/adapter";
+    EXPECT_CLOSE(cli_forward("tiny-llama", c, a), want.at("logits_loaded")) << c;
+    EXPECT_CLOSE(cli_forward("tiny-llama", c, a + " --compile"), want.at("logits_loaded")) << c;
+  }
+  const std::string m = golden_case("multi_embed_head") + "/adapters/";
+  auto multi = golden_expected("multi_embed_head");
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_embed_head", "--adapter " + m + "head"), multi.at("logits_head_alone"));
+  EXPECT_CLOSE(cli_forward("tiny-llama", "multi_embed_head", "--adapter " + m + "emb=emb --adapter " + m +
+                                                             "head=head --active head --compile"),
+               multi.at("logits_head"));
+  auto changed = golden_expected("lora_embed_base_changed");
+  const std::string out = temp_dir("cli") + "/logits.safetensors";
+  std::string log;
+  ASSERT_EQ(run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("lora_embed_base_changed") +
+                        "/input_ids.json --out " + out + " --adapter " + golden_case("lora_embed_base_changed") + "/adapter",
+                    &log),
+            0)
+      << log;
+  EXPECT_CLOSE(safetensors_load(out).at("logits"), changed.at("logits_loaded"));
+  EXPECT_NE(log.find("embed_tokens.base_layer.weight"), std::string::npos) << log;
+}
+
 TEST(CliGoldenMulti, AdaptersByNameAndActive) {
   auto want = golden_expected("multi_adapter");
   const std::string a = golden_case("multi_adapter") + "/adapters/";

@@ -233,3 +233,89 @@ TEST(WeightedIA3, LinearCombinationMatchesPeft) {
 }
 
 }  // namespace
+
+namespace {
+
+// Upstream's files for adapters on embedding layers (gen_config_cases.py): save_embedding_layers="auto" writes the
+// base weight of every adapted embedding layer ("<module>.base_layer.weight") into each adapter's file.
+
+// multi_embed_head: "head" (LoRA on lm_head only) was saved beside "emb" (on embed_tokens), so its file holds
+// embed_tokens' base weight, and emb's holds lm_head's: upstream ignores such a key when that module is not adapted
+// (no warning), and loads it where it is (the base's own weight here); eager and compiled
+TEST(EmbeddingBaseWeights, OtherAdaptersEmbeddingKeyIsIgnoredAsUpstream) {
+  const auto want = golden_expected("multi_embed_head");
+  const at::Tensor ids = golden_ids("multi_embed_head");
+  const std::string dir = golden_case("multi_embed_head") + "/adapters/";
+  for (const char * n : {"emb", "head"}) {
+    SCOPED_TRACE(n);
+    auto base = load_model(golden_model("tiny-llama"));
+    ::testing::internal::CaptureStderr();
+    auto m = PeftModel::from_pretrained(base, dir + n, n);
+    EXPECT_EQ(::testing::internal::GetCapturedStderr(), "") << "upstream says nothing";
+    auto c = compile(*m);
+    at::NoGradGuard g;
+    EXPECT_CLOSE(m->forward({ids}), want.at(std::string("logits_") + n + "_alone"));
+    EXPECT_CLOSE(c.forward({ids}), want.at(std::string("logits_") + n + "_alone"));
+  }
+  // both in one model, in either order: each file's other key now names an adapted module's base weight, equal to it
+  for (const auto & order : std::vector<std::vector<std::string>>{{"emb", "head"}, {"head", "emb"}}) {
+    SCOPED_TRACE(order[0] + " first");
+    auto m = std::make_shared<PeftModel>(load_model(golden_model("tiny-llama")));
+    ::testing::internal::CaptureStderr();
+    for (const auto & n : order) m->load_adapter(dir + n, n);
+    EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+    auto c = compile(*m);
+    at::NoGradGuard g;
+    for (const char * n : {"emb", "head"}) {
+      m->set_adapter(n);
+      EXPECT_CLOSE(m->forward({ids}), want.at(std::string("logits_") + n)) << n;
+      EXPECT_CLOSE(c.forward({ids}), want.at(std::string("logits_") + n)) << n << " compiled";
+    }
+    auto off = m->disable_adapter();
+    EXPECT_CLOSE(m->forward({ids}), want.at("logits_base"));
+    EXPECT_CLOSE(c.forward({ids}), want.at("logits_base"));
+  }
+}
+
+// lora_embed_base_changed: the file's base embedding differs from the model's (rows changed before upstream saved it):
+// loaded into the base model as upstream's load does, said on stderr; other base-weight keys are still refused
+TEST(EmbeddingBaseWeights, ChangedBaseEmbeddingLoadsAsUpstream) {
+  const auto want = golden_expected("lora_embed_base_changed");
+  const at::Tensor ids = golden_ids("lora_embed_base_changed");
+  const std::string folder = golden_case("lora_embed_base_changed") + "/adapter";
+  ::testing::internal::CaptureStderr();
+  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), folder);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("'base_model.model.model.embed_tokens.base_layer.weight'"), std::string::npos) << err;
+  EXPECT_NE(err.find("differs from the model's"), std::string::npos) << err;
+  auto c = compile(*m);
+  {
+    at::NoGradGuard g;
+    EXPECT_CLOSE(m->forward({ids}), want.at("logits_loaded"));
+    EXPECT_CLOSE(c.forward({ids}), want.at("logits_loaded"));
+    auto off = m->disable_adapter();
+    EXPECT_CLOSE(m->forward({ids}), want.at("logits_loaded_disabled"));
+    EXPECT_CLOSE(c.forward({ids}), want.at("logits_loaded_disabled"));
+  }
+  // the same key for a module the adapter does not adapt, and any other base weight
+  const std::string dir = temp_dir("embed-base") + "/a";
+  ASSERT_EQ(run_command("cp -r " + folder + " " + dir), 0);
+  auto t = safetensors_load(dir + "/adapter_model.safetensors");
+  t["base_model.model.lm_head.base_layer.weight"] = at::zeros({96, 32});
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  auto base = load_model(golden_model("tiny-llama"));
+  auto again = PeftModel::from_pretrained(base, dir);
+  EXPECT_GT(base->named_parameters(true)["lm_head.weight"].abs().sum().item<double>(), 0.0) << "ignored, as upstream";
+  t["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] = at::zeros({32, 32});
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  EXPECT_NE(error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); })
+                .find("names a base-model weight"),
+            std::string::npos);
+  t.erase("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight");
+  t["base_model.model.model.embed_tokens.base_layer.weight"] = at::zeros({95, 32});
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  EXPECT_NE(error_of([&] { PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), dir); }).find("shape"),
+            std::string::npos);
+}
+
+}  // namespace

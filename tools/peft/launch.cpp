@@ -7,7 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -43,6 +45,15 @@ std::vector<std::string> own_arguments() {
   std::vector<std::string> args;
   for (std::string a; std::getline(in, a, '\0');) args.push_back(a);
   return args;
+}
+
+// SIGINT / SIGTERM at the launcher: passed on to every worker, which stops after its step and saves (a
+// second one passed on stops them at once). The workers have their own process group, so a Ctrl-C at
+// the terminal reaches them once, through here, not twice (once from the terminal, once forwarded).
+volatile std::sig_atomic_t g_signal = 0, g_signals = 0;
+extern "C" void on_launcher_signal(int sig) {
+  g_signal = sig;
+  g_signals = g_signals + 1;
 }
 
 std::string status_text(int status) {
@@ -83,6 +94,7 @@ int launch_workers(const LaunchOptions & o) {
     PEFT_CHECK(pid >= 0, "cannot start worker ", rank, ": ", std::strerror(errno));
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a killed launcher takes its workers along
+      ::setpgid(0, 0);                     // (signals from the terminal come through the launcher)
       ::setenv("RANK", std::to_string(rank).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
@@ -102,17 +114,35 @@ int launch_workers(const LaunchOptions & o) {
   std::cerr << "launched " << o.nproc_per_node << " workers (ranks " << o.node_rank * o.nproc_per_node << "-"
             << (o.node_rank + 1) * o.nproc_per_node - 1 << " of " << world << ", rendezvous "
             << (one_machine ? store_dir + "/store" : str(master_addr, ":", port)) << ")\n";
-  int result = 0;
+  struct sigaction sa {}, old_int {}, old_term {};
+  sa.sa_handler = on_launcher_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // (no SA_RESTART: waitpid returns to pass the signal on)
+  ::sigaction(SIGINT, &sa, &old_int);
+  ::sigaction(SIGTERM, &sa, &old_term);
+  int result = 0, forwarded = 0;
   while (!ranks.empty()) {
+    while (forwarded < g_signals) {
+      ++forwarded;
+      for (const auto & r : ranks) ::kill(r.first, g_signal);
+    }
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0) break;
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
     auto it = ranks.find(pid);
     if (it == ranks.end()) continue;
     const int rank = it->second;
     ranks.erase(it);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
-    if (result == 0) {
+    // stopped by a signal we passed on: the others finish their step and save too (no SIGTERM from here)
+    if (forwarded > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 128 + g_signal) {
+      if (result == 0) result = 128 + g_signal;
+      continue;
+    }
+    if (result == 0 || result > 1) {
       std::cerr << "error: rank " << rank << " " << status_text(status) << "; stopping the other ranks\n";
       result = 1;
       for (const auto & r : ranks) ::kill(r.first, SIGTERM);
@@ -123,6 +153,8 @@ int launch_workers(const LaunchOptions & o) {
       }).detach();
     }
   }
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGTERM, &old_term, nullptr);
   return result;
 }
 
