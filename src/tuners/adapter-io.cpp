@@ -106,8 +106,10 @@ void PeftModel::load_adapter(const std::string & dir, const std::string & name, 
     // "<module>.base_layer.weight". PEFT's load copies such a key where the model has that tensor now and ignores
     // it where it does not (the module is not adapted), without a word.
     std::set<std::string> embedding_keys;
-    for (const LayerPtr & l : {model_->input_embedding(), model_->output_layer()}) {
-      if (l) embedding_keys.insert(path_of(l) + ".base_layer.weight");
+    const LayerPtr input = model_->input_embedding(), output = model_->output_layer();
+    for (const auto & m : named_modules(model_)) {
+      const auto l = std::dynamic_pointer_cast<Layer>(m.second);
+      if (l && (l == input || l == output)) embedding_keys.insert(m.first + ".base_layer.weight");
     }
     std::vector<std::pair<at::Tensor, at::Tensor>> copies;
     std::vector<std::string> changed_embeddings;
