@@ -193,6 +193,46 @@ std::string real_path(const std::string & path) {
   return ::realpath(path.c_str(), buf) ? std::string(buf) : std::string();
 }
 
+std::string confined_folder(const std::string & root_dir, const std::string & path) {
+  const std::string root = real_path(root_dir);
+  const std::string joined = !path.empty() && path[0] == '/' ? path : root_dir + "/" + path;
+  const std::string real = real_path(joined);
+  auto inside = [&](const std::string & p) {
+    return !root.empty() && p.size() > root.size() && p.compare(0, root.size(), root) == 0 && (p[root.size()] == '/' || root == "/");
+  };
+  struct stat st;
+  if (real.empty() || !inside(real) || ::stat(real.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return "";
+  // every entry, a few levels down (an adapter folder is flat; saved multi-adapter folders nest one)
+  std::vector<std::pair<std::string, int>> todo = {{real, 0}};
+  size_t seen = 0;
+  while (!todo.empty()) {
+    auto [dir, depth] = todo.back();
+    todo.pop_back();
+    DIR * d = ::opendir(dir.c_str());
+    if (!d) return "";
+    bool ok = true;
+    while (dirent * e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (n == "." || n == "..") continue;
+      const std::string r = real_path(dir + "/" + n);
+      if (r.empty() || !inside(r) || ++seen > 10000) {
+        ok = false;
+        break;
+      }
+      if (::stat(r.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (depth >= 3) {
+          ok = false;
+          break;
+        }
+        todo.emplace_back(r, depth + 1);
+      }
+    }
+    ::closedir(d);
+    if (!ok) return "";
+  }
+  return real;
+}
+
 void remove_tree(const std::string & path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) return;

@@ -2,8 +2,6 @@
 #include "peft/serve/server.h"
 
 #include <httplib.h>
-#include <dirent.h>
-#include <sys/stat.h>
 
 #include <chrono>
 #include <map>
@@ -313,7 +311,7 @@ struct Server::Impl {
     }
     // the folder and every file in it must resolve to places inside the adapter root (no "..", no
     // symlinks out); one answer whether a path outside does not exist or is not allowed (no oracle)
-    const std::string real = confined_folder(path);
+    const std::string real = confined_folder(opts.adapter_root, path);
     if (real.empty()) {
       return reply_error(res, {400, "lora_path '" + path + "' is not an adapter folder inside the adapter root",
                                "invalid_request_error", "lora_path"});
@@ -324,48 +322,6 @@ struct Server::Impl {
       return reply_error(res, {400, str("cannot load the adapter: ", error_message(e)), "invalid_request_error", "lora_path"});
     }
     res.set_content("Success: LoRA adapter '" + name + "' added successfully.", "text/plain");
-  }
-
-  // The real path of `path` (relative to the adapter root, or absolute) if it is a folder inside the
-  // root and every entry below it resolves inside the root too; "" otherwise.
-  std::string confined_folder(const std::string & path) const {
-    const std::string root = real_path(opts.adapter_root);
-    const std::string joined = !path.empty() && path[0] == '/' ? path : opts.adapter_root + "/" + path;
-    const std::string real = real_path(joined);
-    auto inside = [&](const std::string & p) {
-      return !root.empty() && p.size() > root.size() && p.compare(0, root.size(), root) == 0 && (p[root.size()] == '/' || root == "/");
-    };
-    struct stat st;
-    if (real.empty() || !inside(real) || ::stat(real.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return "";
-    // every entry, a few levels down (an adapter folder is flat; saved multi-adapter folders nest one)
-    std::vector<std::pair<std::string, int>> todo = {{real, 0}};
-    size_t seen = 0;
-    while (!todo.empty()) {
-      auto [dir, depth] = todo.back();
-      todo.pop_back();
-      DIR * d = ::opendir(dir.c_str());
-      if (!d) return "";
-      bool ok = true;
-      while (dirent * e = ::readdir(d)) {
-        const std::string n = e->d_name;
-        if (n == "." || n == "..") continue;
-        const std::string r = real_path(dir + "/" + n);
-        if (r.empty() || !inside(r) || ++seen > 10000) {
-          ok = false;
-          break;
-        }
-        if (::stat(r.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-          if (depth >= 3) {
-            ok = false;
-            break;
-          }
-          todo.emplace_back(r, depth + 1);
-        }
-      }
-      ::closedir(d);
-      if (!ok) return "";
-    }
-    return real;
   }
 
   void unload(const httplib::Request & req, httplib::Response & res, const httplib::ContentReader & reader) {

@@ -37,6 +37,11 @@ std::string base_of(const std::string & path);
 /// The canonical absolute path of an existing file or folder ("" if it does not exist).
 std::string real_path(const std::string & path);
 
+/// The real path of the folder `path` (relative to `root`, or absolute) if it lies inside `root` and so
+/// does every entry below it (a few levels deep) after following symlinks; "" otherwise -- whether it is
+/// outside, missing or not a folder (one answer: no oracle of what exists elsewhere).
+std::string confined_folder(const std::string & root, const std::string & path);
+
 /// Writes the folder `target` as a whole. Files go into path(), a fresh folder beside the target
 /// (mkdtemp, ".<name>.tmp-XXXXXX"); commit() fsyncs them and swaps the folder into place (the previous
 /// folder is moved aside and removed only after), so readers see the old or the new folder, never a
