@@ -37,6 +37,16 @@ at::Tensor dora_weight(const at::Tensor & W, const at::Tensor & A, const at::Ten
   return (m / norm).unsqueeze(1) * V;
 }
 
+at::Tensor dora_embedding_norm(const at::Tensor & E, const at::Tensor & A, const at::Tensor & B, const at::Tensor & scale) {
+  return (E.to(A.scalar_type()).t() + lora_delta(A, B, scale).detach()).norm(2, {1}).detach();
+}
+
+at::Tensor dora_embedding_weight(const at::Tensor & E, const at::Tensor & A, const at::Tensor & B, const at::Tensor & m,
+                                 const at::Tensor & scale, const at::Tensor & norm) {
+  at::Tensor V = E.to(at::kFloat) + lora_embedding_delta(A, B, scale).to(at::kFloat);
+  return (m / norm).unsqueeze(0) * V;
+}
+
 at::Tensor vera_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & lambda_d, const at::Tensor & lambda_b) {
   return at::matmul(lambda_b.unsqueeze(1) * B, lambda_d.unsqueeze(1) * A);
 }

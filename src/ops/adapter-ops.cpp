@@ -47,6 +47,13 @@ at::Tensor lora_embedding_add_impl(const at::Tensor & y, const at::Tensor & ids,
   return y + math::lora_embedding_product(ids, A, B, scale, padding_idx).to(y.scalar_type());
 }
 
+at::Tensor dora_embedding_add_impl(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & E, const at::Tensor & A,
+                                   const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, int64_t padding_idx) {
+  at::Tensor g = m / math::dora_embedding_norm(E, A, B, scale);
+  at::Tensor lora = math::lora_embedding_product(ids, A, B, scale, padding_idx);
+  return (g * y.to(A.scalar_type()) + g * lora).to(y.scalar_type());
+}
+
 at::Tensor vera_add_impl(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                          const at::Tensor & lambda_d, const at::Tensor & lambda_b, double p, bool train) {
   at::Tensor xa = x.to(A.scalar_type());
@@ -256,6 +263,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("lora_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("dora_add(Tensor y, Tensor x, Tensor W, Tensor? bias, Tensor A, Tensor B, Tensor m, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_embedding_add(Tensor y, Tensor ids, Tensor A, Tensor B, Tensor scale, int padding_idx) -> Tensor");
+  m.def("dora_embedding_add(Tensor y, Tensor ids, Tensor E, Tensor A, Tensor B, Tensor m, Tensor scale, int padding_idx) -> Tensor");
   m.def("block_rotate(Tensor x, Tensor Q) -> Tensor");
   m.def("vera_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor lambda_d, Tensor lambda_b, float dropout, bool train) -> Tensor");
   m.def("lora_add_fused(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
@@ -270,6 +278,7 @@ TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
   m.impl("lora_add", &lora_add_impl);
   m.impl("dora_add", &dora_add_impl);
   m.impl("lora_embedding_add", &lora_embedding_add_impl);
+  m.impl("dora_embedding_add", &dora_embedding_add_impl);
   m.impl("block_rotate", &block_rotate_impl);
   m.impl("vera_add", &vera_add_impl);
   m.impl("lora_add_fused", &lora_add_fused_impl);
@@ -306,6 +315,13 @@ at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, cons
   PEFT_OP("lora_embedding_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
                                            const at::Tensor &, const at::Tensor &, int64_t));
   return op.call(y, ids, A, B, scale, padding_idx);
+}
+
+at::Tensor dora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & E, const at::Tensor & A,
+                              const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, int64_t padding_idx) {
+  PEFT_OP("dora_embedding_add", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                                           const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t));
+  return op.call(y, ids, E, A, B, m, scale, padding_idx);
 }
 
 at::Tensor vera_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,

@@ -77,6 +77,14 @@ Pair sources_of(TunerLayer & layer, const std::string & a) {
   return {e->lora_embedding_A(a), e->lora_embedding_B(a), e->scaling(a)};
 }
 
+// PEFT's get_delta_weight is (V, D) on an embedding and (in, out) on a Conv1D (fan_in_fan_out): the
+// transpose of B A (the orientation the *_svd operators work on)
+bool layer_is_transposed(TunerLayer & layer) {
+  if (dynamic_cast<LoraEmbedding *>(&layer)) return true;
+  auto l = dynamic_cast<LoraLinear *>(&layer);
+  return l && dynamic_cast<const Conv1D *>(&l->linear()) != nullptr;
+}
+
 }  // namespace
 
 void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & adapters,
@@ -191,14 +199,20 @@ void add_weighted_adapter(PeftModel & model, const std::vector<std::string> & ad
         row += r;
       }
     } else if (type == "svd" || op != type) {
+      // PEFT's operators see each source's get_delta_weight: (V, D) on an embedding and (in, out) on a
+      // Conv1D (fan_in_fan_out), the transpose of B A; DARE's masks are drawn over that layout, so the
+      // merge runs on it and its result is transposed back for the SVD, as there
+      const bool transposed = layer_is_transposed(layer);
       std::vector<at::Tensor> deltas;
       std::vector<double> c;
       for (size_t i = 0; i < src.size(); ++i) {
         const double s = src[i].scale.item<double>();
-        deltas.push_back(at::matmul(src[i].B, src[i].A) * s);  // (out, in) or (D, V): already transposed for embeddings
-        c.push_back(w[i] * s);                                  // PEFT scales once more here
+        at::Tensor d = at::matmul(src[i].B, src[i].A) * s;  // (out, in) or (D, V)
+        deltas.push_back(transposed ? d.t().contiguous() : d);
+        c.push_back(w[i] * s);  // PEFT scales once more here
       }
       at::Tensor delta = merge(deltas, at::tensor(c, at::kDouble).to(deltas[0].scalar_type()), o, gen);
+      if (transposed) delta = delta.t().contiguous();
       auto usv = at::linalg_svd(delta, o.svd_full_matrices);
       const int64_t r = std::min<int64_t>(new_rank, std::get<1>(usv).size(0));
       at::Tensor U = std::get<0>(usv).narrow(1, 0, r) * std::get<1>(usv).narrow(0, 0, r).unsqueeze(0);

@@ -106,6 +106,7 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
     PEFT_CHECK(o.init == "true" || o.init == "false", src, ": 'lora_bias' requires init_lora_weights true or false");
   }
   o.patterns = RankPatterns::parse(c, src);
+  o.target_parameters = c.target_parameters;
   // fan_in_fan_out: PEFT sets it per layer (true on a Conv1D, false on a Linear, with a warning), so it
   // changes nothing; the Conv1D layer itself shows adapters the Linear layout
   const bool fan_in_fan_out = f.boolean("fan_in_fan_out");
@@ -145,8 +146,19 @@ LoraOptions LoraOptions::read(const AdapterConfig & c, const std::string & src) 
 }
 
 LoraSettings LoraOptions::for_module(const std::string & path) const {
+  // PEFT's _create_and_replace matches rank_pattern / alpha_pattern against current_key: for a parameter
+  // target the parameter's full name (targeting's rule: "<module>.weight" equal to an entry or ending
+  // with "." + it; a module matched both ways is refused there)
+  std::string key = path;
+  const std::string weight = path + ".weight";
+  for (const auto & t : target_parameters) {
+    if (weight == t || (weight.size() > t.size() && weight.compare(weight.size() - t.size() - 1, t.size() + 1, "." + t) == 0)) {
+      key = weight;
+      break;
+    }
+  }
   LoraSettings s;
-  std::tie(s.r, s.alpha) = patterns.for_module(path, r, alpha);
+  std::tie(s.r, s.alpha) = patterns.for_module(key, r, alpha);
   s.scaling = use_rslora ? s.alpha / std::sqrt(static_cast<double>(s.r)) : s.alpha / s.r;
   s.dropout = dropout;
   s.use_dora = use_dora;
@@ -210,9 +222,19 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   at::Tensor A, B, bB;
   {
     at::NoGradGuard g;
+    // PEFT's update_layer first builds lora_A and lora_B as nn.Linear, each drawing its default init from
+    // the global generator (weights, then lora_B's bias), whatever init_lora_weights says; the init then
+    // draws again or replaces them. The same draws here in that order, so that a seeded generator gives
+    // upstream's tensors, and what is drawn next (another layer's init, add_weighted_adapter's DARE masks)
+    // starts from upstream's generator state.
+    A = linear_default(s.r, in);
+    B = linear_default(out, s.r);
+    if (s.lora_bias) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(s.r));
+      bB = at::empty({out}).uniform_(-bound, bound);
+    }
     if (s.init == "false") {
-      A = linear_default(s.r, in);
-      B = linear_default(out, s.r);
+      // nn.Linear's init stays
     } else if (s.init == "orthogonal") {
       // PEFT's orthogonal_init: A and B from the odd / even rows of a random orthogonal (r, r) matrix
       PEFT_CHECK(s.r % 2 == 0, "orthogonal initialization requires an even LoRA rank, got ", s.r);
@@ -239,25 +261,17 @@ void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
       PEFT_CHECK(s.init == "olora" || dynamic_cast<const Linear *>(&linear()) != nullptr, "init_lora_weights '",
                  s.init == "pissa_niter" ? str("pissa_niter_", s.niter) : s.init,
                  "' needs a float base weight (as PEFT: initialise PiSSA unquantized, then quantize the residual model)");
-      if (s.init == "pissa_niter") {
-        // PEFT creates lora_A and lora_B as nn.Linear (each drawing its default init from the global generator)
-        // before pissa_init draws svd_lowrank's Gaussian: the same draws here, so a seeded generator gives
-        // upstream's factors (the first two are then overwritten, as there)
-        linear_default(s.r, in);
-        linear_default(out, s.r);
-      }
+      // (pissa_niter: svd_lowrank's Gaussian is drawn after the nn.Linear draws above, as upstream)
       const at::Tensor W = linear().dense_weight().to(at::kFloat);
       std::tie(A, B) = s.init == "pissa"       ? math::pissa_factors(W, s.r, s.scaling)
                        : s.init == "olora"     ? math::olora_factors(W, s.r)
                                                : math::pissa_lowrank_factors(W, s.r, s.niter, s.scaling);
       linear().store_weight(W - s.scaling * at::mm(B, A));
     } else {
+      // reset_lora_parameters: A redrawn (kaiming_uniform_ as nn.Linear, or normal_ with std 1/r), B and its bias zero
       A = s.init == "gaussian" ? at::normal(0.0, 1.0 / s.r, {s.r, in}) : linear_default(s.r, in);
       B = at::zeros({out, s.r});
-    }
-    if (s.lora_bias) {
-      double bound = 1.0 / std::sqrt(static_cast<double>(s.r));
-      bB = s.init == "false" ? at::empty({out}).uniform_(-bound, bound) : at::zeros({out});
+      if (bB.defined()) bB = at::zeros({out});
     }
   }
   // adapter tensors are float32 by default even on a bf16 base (PEFT's autocast_adapter_dtype)
@@ -427,12 +441,12 @@ LoraEmbedding::LoraEmbedding(LayerPtr base) : LoraLayer(std::move(base)) {
   PEFT_CHECK(std::dynamic_pointer_cast<Embedding>(base_layer_), "LoraEmbedding needs an Embedding base layer");
   A_ = &dict("lora_embedding_A");
   B_ = &dict("lora_embedding_B");
+  M_ = &dict("lora_magnitude_vector");
 }
 
 Embedding & LoraEmbedding::embedding() const { return static_cast<Embedding &>(*base_layer_); }
 
 void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s) {
-  PEFT_CHECK(!s.use_dora, "DoRA on embedding layers is not supported yet");
   PEFT_CHECK(!s.lora_bias, "lora_bias is not supported on embedding layers");
   PEFT_CHECK(s.init != "loftq", "init_lora_weights 'loftq' on an embedding layer is not supported (PEFT's Embedding ",
              "calls loftq_init without its config and fails); leave embeddings out of target_modules");
@@ -442,12 +456,28 @@ void LoraEmbedding::add_adapter(const std::string & name, const LoraSettings & s
   at::Tensor A, B;
   {
     at::NoGradGuard g;
-    A = s.init == "false" ? at::randn({s.r, V}) : at::zeros({s.r, V});
+    // PEFT's Embedding.update_layer: randn A, randn B from the global generator; any init but false then
+    // resets them (A zero, B normal_: a third draw). The same draws, in that order.
+    A = at::randn({s.r, V});
     B = at::randn({D, s.r});
+    if (s.init != "false") {
+      A = at::zeros({s.r, V});
+      B = at::randn({D, s.r});
+    }
   }
   A_->add_param(name, A);
   B_->add_param(name, B);
   add_settings(name, s);
+  if (s.use_dora) {
+    // PEFT's DoraEmbeddingVariant.init: m = the norm of each dimension of E + s (B A)^T over the vocabulary
+    at::NoGradGuard g;
+    M_->add_weight(name, math::dora_embedding_norm(embedding().weight, A_->get(name), B_->get(name), scaling(name)));
+  }
+}
+
+void LoraEmbedding::forget(const std::string & name) {
+  LoraLayer::forget(name);
+  dora_norm_cache_.erase(name);
 }
 
 at::Tensor LoraEmbedding::delta_weight(const std::string & n) const {
@@ -457,7 +487,12 @@ at::Tensor LoraEmbedding::delta_weight(const std::string & n) const {
 at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
   at::Tensor y = base_layer_->forward(ids);
   for (const auto & n : active_here()) {  // dropout is never applied on embeddings (PEFT)
-    y = ops::lora_embedding_add(y, ids, A_->get(n), B_->get(n), scaling(n), embedding().padding_idx);
+    if (settings(n).use_dora) {
+      y = ops::dora_embedding_add(y, ids, embedding().weight, A_->get(n), B_->get(n), magnitude(n), scaling(n),
+                                  embedding().padding_idx);
+    } else {
+      y = ops::lora_embedding_add(y, ids, A_->get(n), B_->get(n), scaling(n), embedding().padding_idx);
+    }
   }
   return y;
 }
@@ -466,6 +501,8 @@ at::Tensor LoraEmbedding::forward_mixed(const at::Tensor & ids) {
   at::Tensor y = base_layer_->forward(ids);
   const RowRouting & r = current_routing();
   for (const auto & kv : settings_) {
+    // DoRA adapters: no row uses them (PeftModel::mixed_rows refuses such rows, as PEFT does)
+    if (kv.second.use_dora) continue;
     at::Tensor m = r.mask(kv.first, y.dim());
     if (!m.defined()) continue;
     at::Tensor d = math::lora_embedding_product(ids, A_->get(kv.first), B_->get(kv.first), scaling(kv.first),
@@ -477,14 +514,30 @@ at::Tensor LoraEmbedding::forward_mixed(const at::Tensor & ids) {
 
 void LoraEmbedding::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
-  at::Tensor merged = embedding().weight.to(at::kFloat) + delta_weight(n);
-  if (safe) check_finite(merged, "merging adapter '" + n + "'");
+  at::Tensor E = embedding().weight.to(at::kFloat);
+  at::Tensor merged;
+  if (settings(n).use_dora) {
+    // PEFT merges DoRA against the current weight (earlier merged adapters included) and caches that norm
+    at::Tensor norm = math::dora_embedding_norm(E, A_->get(n), B_->get(n), scaling(n));
+    merged = math::dora_embedding_weight(E, A_->get(n), B_->get(n), magnitude(n), scaling(n), norm);
+    if (safe) check_finite(merged, "merging adapter '" + n + "'");
+    dora_norm_cache_[n] = norm.clone();
+  } else {
+    merged = E + delta_weight(n);
+    if (safe) check_finite(merged, "merging adapter '" + n + "'");
+  }
   embedding().weight.copy_(merged);
 }
 
 void LoraEmbedding::unmerge_one(const std::string & n) {
   at::NoGradGuard g;
-  embedding().weight.copy_(embedding().weight.to(at::kFloat) - delta_weight(n));
+  at::Tensor E = embedding().weight.to(at::kFloat);
+  if (settings(n).use_dora) {
+    embedding().weight.copy_(E / (magnitude(n) / dora_norm_cache_.at(n)).unsqueeze(0) - delta_weight(n));
+    dora_norm_cache_.erase(n);
+  } else {
+    embedding().weight.copy_(E - delta_weight(n));
+  }
 }
 
 void LoraEmbedding::pad_rank_impl(const std::string & n, int64_t rank) {
@@ -538,7 +591,8 @@ double lora_bytes(const AdapterConfig & cfg, const std::string & path, const Lay
     return 4 * (r * (in + out) + (s.use_dora ? out : 0) + (s.lora_bias ? out : 0));
   }
   if (const auto * e = dynamic_cast<const Embedding *>(&plain)) {
-    return 4 * r * static_cast<double>(e->weight.size(0) + e->weight.size(1));
+    const double V = static_cast<double>(e->weight.size(0)), D = static_cast<double>(e->weight.size(1));
+    return 4 * (r * (V + D) + (s.use_dora ? D : 0));
   }
   return 0;
 }

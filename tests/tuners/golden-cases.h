@@ -75,6 +75,10 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       // LoRA on both embedding layers, whose file holds their base weights (save_embedding_layers="auto")
       {"oft_all_linear_layers", "tiny-llama"}, {"loha_regex_layers", "tiny-llama"},
       {"trainable_tokens_tied_both", "tiny-opt"}, {"lora_embed_base_saved", "tiny-llama"},
+      // gen_weighted_dora.py: rank/alpha patterns keyed by parameter names with target_parameters; DoRA on an
+      // embedding (PEFT's DoraEmbeddingLayer), on tiny-llama and on tiny-opt (lm_head tied to it)
+      {"lora_target_parameters_patterns", "tiny-llama"},
+      {"dora_embedding", "tiny-llama"},   {"dora_embedding_opt", "tiny-opt"},
   };
   return cases;
 }

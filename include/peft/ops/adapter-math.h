@@ -32,6 +32,15 @@ at::Tensor dora_weight_norm(const at::Tensor & W, const at::Tensor & A, const at
 at::Tensor dora_weight(const at::Tensor & W, const at::Tensor & A, const at::Tensor & B, const at::Tensor & m,
                        const at::Tensor & scale, const at::Tensor & norm);
 
+/// DoRA on an embedding (PEFT's DoraEmbeddingLayer): the norm of each embedding dimension over the vocabulary,
+/// ||E^T + scale B A||_rows, (D), detached. E (V, D) the base weight (not including other adapters), A (R, V), B (D, R).
+at::Tensor dora_embedding_norm(const at::Tensor & E, const at::Tensor & A, const at::Tensor & B, const at::Tensor & scale);
+
+/// DoRA's embedding weight: (E + scale (B A)^T) with each dimension d (column) times m_d / norm_d, (V, D) in
+/// float32; `norm` from dora_embedding_norm on the base weight, `E` the weight the adapter is applied to.
+at::Tensor dora_embedding_weight(const at::Tensor & E, const at::Tensor & A, const at::Tensor & B, const at::Tensor & m,
+                                 const at::Tensor & scale, const at::Tensor & norm);
+
 /// VeRA's weight change: (lambda_b B) (lambda_d A), (O, I). A (R, I), B (O, R), lambda_d (R), lambda_b (O).
 at::Tensor vera_delta(const at::Tensor & A, const at::Tensor & B, const at::Tensor & lambda_d, const at::Tensor & lambda_b);
 

@@ -22,6 +22,12 @@ at::Tensor dora_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor
 at::Tensor lora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & A, const at::Tensor & B,
                               const at::Tensor & scale, int64_t padding_idx);
 
+/// DoRA on an embedding on top of y = base(ids) (+ the adapters before it): g * y + g * scale * lookup(ids, A^T) B^T,
+/// g = m / ||E^T + s B A||_rows (D, norm detached, E the base weight): PEFT's DoraEmbeddingVariant.forward, which
+/// rescales the running output, earlier adapters' contributions included.
+at::Tensor dora_embedding_add(const at::Tensor & y, const at::Tensor & ids, const at::Tensor & E, const at::Tensor & A,
+                              const at::Tensor & B, const at::Tensor & m, const at::Tensor & scale, int64_t padding_idx);
+
 /// VeRA: y + lambda_b * ((lambda_d * (drop(x) A^T)) B^T)     A (R, I), B (O, R), lambda_d (R), lambda_b (O)
 at::Tensor vera_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,
                     const at::Tensor & lambda_d, const at::Tensor & lambda_b, double dropout, bool train);

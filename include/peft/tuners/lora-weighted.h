@@ -8,6 +8,12 @@
 // probability density (Bernoulli) and divide by density; ties/dare_ties then keep, per entry, the
 // tensors agreeing with the majority sign and average them.
 // The new adapter has r = lora_alpha = new rank (scale 1), is frozen and not active (set_adapter it).
+// Random draws, as PEFT: the new adapter's layers are first created with the first source's init (from the
+// global generator, in upstream's order), then A and B are overwritten; a DoRA first source makes a DoRA
+// adapter whose magnitude is the norm of W + s B0 A0 of that random init (PEFT never recomputes it: with the
+// default init B0 = 0, so ||W||; with init_lora_weights false it depends on the generator's state, and
+// at::manual_seed(s) before the call gives what upstream gives after torch.manual_seed(s)). Without `seed`,
+// the DARE masks then come from the same generator.
 // IA3 sources: PEFT's IA3 linear combination, l = sum_i w_i l_i, targets the union of the sources'
 // (combination_type linear or left at its default; no other option).
 #pragma once
@@ -28,7 +34,8 @@ struct WeightedAdapterOptions {
   std::string majority_sign_method = "total";  // ties, dare_ties: total | frequency
   int64_t seed = -1;  // dare_*: the masks come from a generator seeded with this at the first draw, drawn in
                       // PEFT's order (layers in module order; A's then B's, adapters in order; or one per delta
-                      // for *_svd); -1: LibTorch's default generator
+                      // for *_svd, over PEFT's layout of the delta: (V, D) on an embedding, (in, out) on a
+                      // Conv1D); -1: LibTorch's default generator, after the new adapter's init draws
 };
 
 /// Combine `adapters` with `weights` into a new adapter `name` (a no-op if `name` exists, as in PEFT).

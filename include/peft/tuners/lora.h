@@ -4,6 +4,7 @@
 //   DoRA:      y = g * (W x + s B A x) + b,  g = m / ||W + s B A||_rows (detached); the formulas are
 //              peft::math's (include/peft/ops/adapter-math.h)
 //   Embedding: y = base(t) + s * lookup(t, A^T) B^T               A (R, V) zeros, B (D, R)
+//   DoRA on an embedding: y = g * (base(t) + s * lookup(t, A^T) B^T),  g = m / ||E^T + s B A||_rows (D, detached)
 // s = alpha / r (alpha / sqrt(r) with rsLoRA).
 #pragma once
 #include <map>
@@ -44,7 +45,10 @@ struct LoraOptions : MethodOptions {
   int64_t niter = 0, loftq_bits = 4, loftq_iter = 1;
   RankPatterns patterns;
   LayerMap layer_replication;  // [start, end) ranges of the replicated layer stack; empty = none
-  /// The settings of module `path` (rank_pattern / alpha_pattern applied).
+  std::vector<std::string> target_parameters;  // the config's, for the pattern key of those layers
+  /// The settings of module `path` (rank_pattern / alpha_pattern applied). The patterns are matched
+  /// against the key PEFT targeted: "<path>.weight" for a layer that target_parameters names (PEFT's
+  /// ParamWrapper: "mlp.down_proj.weight" matches there, "down_proj" does not), else the module's name.
   LoraSettings for_module(const std::string & path) const;
   /// Parse and check the LoRA fields of `cfg` (also AdaLoRA's, which shares them).
   static LoraOptions read(const AdapterConfig & cfg, const std::string & source);
@@ -97,23 +101,26 @@ class LoraEmbedding : public LoraLayer {
  public:
   explicit LoraEmbedding(LayerPtr base);
   void add_adapter(const std::string & name, const LoraSettings & s);
-  bool mixed_batch_supported(const std::string &) const override { return true; }
+  bool mixed_batch_supported(const std::string & name) const override { return !settings(name).use_dora; }
 
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;
   Embedding & embedding() const;
   at::Tensor lora_embedding_A(const std::string & n) const { return A_->get(n); }  // (R, V)
   at::Tensor lora_embedding_B(const std::string & n) const { return B_->get(n); }  // (D, R)
+  at::Tensor magnitude(const std::string & n) const { return M_->get(n); }         // DoRA, (D)
 
  protected:
   at::Tensor forward_active(const at::Tensor & ids) override;
   at::Tensor forward_mixed(const at::Tensor & ids) override;
   void merge_one(const std::string & name, bool safe) override;
   void unmerge_one(const std::string & name) override;
+  void forget(const std::string & name) override;
   void pad_rank_impl(const std::string & name, int64_t rank) override;
 
  private:
-  AdapterDict *A_, *B_;  // lora_embedding_A, lora_embedding_B
+  std::map<std::string, at::Tensor> dora_norm_cache_;  // DoRA: weight norms cached at merge, used by unmerge
+  AdapterDict *A_, *B_, *M_;  // lora_embedding_A, lora_embedding_B, lora_magnitude_vector
 };
 
 }  // namespace peft

@@ -126,6 +126,26 @@ bool fold_embedding(Program & p, Node * n) {
   return true;
 }
 
+bool fold_dora_embedding(Program & p, Node * n) {
+  // y = embedding(Ec, ids) (Ec: the base weight, or a copy with earlier adapters folded in), and
+  // dora_embedding_add(y) = g * (y + s lookup(ids, A^T) B^T) = embedding(g * (Ec + s (B A)^T), ids), g = m / ||E^T + s B A||
+  Node * emb = arg(n, "y")->node();
+  if (emb->kind() != kEmbedding || arg(emb, "indices") != arg(n, "ids") || arg(n, "y")->uses().size() != 1) return false;
+  int64_t Ec = idx(p, arg(emb, "weight")), E = idx(p, arg(n, "E")), A = idx(p, arg(n, "A")), B = idx(p, arg(n, "B")),
+          m = idx(p, arg(n, "m")), s = idx(p, arg(n, "scale"));
+  if (Ec < 0 || E < 0 || A < 0 || B < 0 || m < 0 || s < 0) return false;
+  Value * Ef = p.add_derived(
+      {size_t(Ec), size_t(E), size_t(A), size_t(B), size_t(m), size_t(s)},
+      [](const std::vector<at::Tensor> & t) {
+        at::Tensor norm = math::dora_embedding_norm(t[1], t[2], t[3], t[5]);
+        return math::dora_embedding_weight(t[0], t[2], t[3], t[4], t[5], norm).to(t[0].scalar_type());
+      },
+      "folded_dora_embedding", p.value(Ec));
+  emb->replaceInput(0, Ef);
+  drop_adapter_node(n);
+  return true;
+}
+
 }  // namespace
 
 size_t fold_adapters(Program & p) {
@@ -133,15 +153,18 @@ size_t fold_adapters(Program & p) {
   static const auto dora = c10::Symbol::fromQualString("peft::dora_add");
   static const auto emb = c10::Symbol::fromQualString("peft::lora_embedding_add");
   static const auto vera = c10::Symbol::fromQualString("peft::vera_add");
+  static const auto dora_emb = c10::Symbol::fromQualString("peft::dora_embedding_add");
   std::vector<Node *> nodes;
   for (Node * n : p.graph->nodes()) {
-    if (n->kind() == lora || n->kind() == dora || n->kind() == emb || n->kind() == vera) nodes.push_back(n);
+    if (n->kind() == lora || n->kind() == dora || n->kind() == emb || n->kind() == vera || n->kind() == dora_emb)
+      nodes.push_back(n);
   }
   size_t folded = 0;
   for (Node * n : nodes) {  // graph order: a chain of adapters on one layer folds step by step
     if (n->kind() == lora) folded += fold_lora(p, n);
     else if (n->kind() == dora) folded += fold_dora(p, n);
     else if (n->kind() == vera) folded += fold_vera(p, n);
+    else if (n->kind() == dora_emb) folded += fold_dora_embedding(p, n);
     else folded += fold_embedding(p, n);
   }
   return folded;
