@@ -58,7 +58,11 @@ struct CompiledModel::Impl {
     auto p = std::make_shared<Program>(compile_detail::capture(m, body, in, layout, &index));
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
-    if (log_graphs) std::cerr << "[peft::compile] graph for " << k.summary() << ":\n" << *p->graph << "\n";
+    if (log_graphs) {
+      std::cerr << "[peft::compile] graph for " << k.summary() << ", passes:";
+      for (const auto & pc : p->pass_counts) std::cerr << " " << pc.first << "=" << pc.second;
+      std::cerr << "\n" << *p->graph << "\n";
+    }
     p->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     p->key_summary = k.summary();
     return p;

@@ -22,6 +22,11 @@ int env_int(const char * name, int fallback, int lo, int hi) {
   return static_cast<int>(x);
 }
 
+// LibTorch >= 2.4 serves a TCPStore with libuv unless told otherwise, and one built without libuv (Debian's
+// 2.6) then refuses to serve: the classic server, which every version has (1.13 has no such option)
+template <class O> auto classic_tcpstore(O & o, int) -> decltype(o.useLibUV = false, void()) { o.useLibUV = false; }
+template <class O> void classic_tcpstore(O &, long) {}
+
 }  // namespace
 
 DistEnv DistEnv::from_env() {
@@ -57,6 +62,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv & env, std::chr
   o.numWorkers = env.world_size;
   o.waitWorkers = false;
   o.timeout = timeout;
+  classic_tcpstore(o, 0);
   try {
     if (file_store) {
       I.store = c10::make_intrusive<c10d::FileStore>(env.store_file, env.world_size);

@@ -1,6 +1,7 @@
 // Which layers are quantized, bitsandbytes checkpoints in and out, quantization_config (see quantize.h).
 #include "peft/quant/quantize.h"
 
+#include <ATen/core/grad_mode.h>  // at::NoGradGuard (ATen/ATen.h brings it in 1.13, not in 2.x)
 #include <set>
 
 #include "peft/error.h"

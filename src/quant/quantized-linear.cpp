@@ -1,6 +1,8 @@
 // Linear4bit and Linear8bit (see quantized-linear.h).
 #include "peft/quant/quantized-linear.h"
 
+#include <ATen/core/grad_mode.h>  // at::NoGradGuard (ATen/ATen.h brings it in 1.13, not in 2.x)
+
 #include "peft/error.h"
 #include <nlohmann/json.hpp>
 

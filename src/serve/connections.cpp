@@ -10,13 +10,14 @@
 
 namespace peft::serve {
 
-void ConnectionWorkers::enqueue(std::function<void()> fn) {
+ConnectionWorkers::EnqueueResult ConnectionWorkers::enqueue(std::function<void()> fn) {
   std::lock_guard<std::mutex> g(mu_);
-  if (stop_) return;
+  if (stop_) return static_cast<EnqueueResult>(false);
   jobs_.push_back(std::move(fn));
   // a job no idle worker will take gets a new one, up to the cap (beyond it, jobs wait their turn)
   if (jobs_.size() > idle_ && threads_.size() < max_) threads_.emplace_back([this] { work(); });
   cv_.notify_one();
+  return static_cast<EnqueueResult>(true);
 }
 
 void ConnectionWorkers::shutdown() {

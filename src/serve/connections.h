@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace peft::serve {
@@ -19,7 +20,9 @@ class ConnectionWorkers : public httplib::TaskQueue {
  public:
   explicit ConnectionWorkers(size_t max_threads) : max_(max_threads) {}
   ~ConnectionWorkers() override { shutdown(); }
-  void enqueue(std::function<void()> fn) override;
+  // void in cpp-httplib 0.11 (Debian 12), bool in 0.18 (Debian 13; false: the connection is closed)
+  using EnqueueResult = decltype(std::declval<httplib::TaskQueue &>().enqueue(std::function<void()>()));
+  EnqueueResult enqueue(std::function<void()> fn) override;
   void shutdown() override;
   size_t threads() const;
 

@@ -48,7 +48,7 @@ at::Tensor AdaLoraAllocator::orthogonal_regularization() const {
   for (const auto & m : modules_) {
     // A A^T (R, R) and B^T B (R, R) against the identity, as upstream (rows of A and columns of B orthonormal)
     for (const at::Tensor & cov : {at::matmul(m.A, m.A.t()), at::matmul(m.B.t(), m.B)}) {
-      sum = sum + at::frobenius_norm(cov - at::eye(cov.size(0), cov.options()));
+      sum = sum + (cov - at::eye(cov.size(0), cov.options())).norm();  // Frobenius (at::frobenius_norm(t) is gone in 2.x)
       ++n;
     }
   }

@@ -6,11 +6,23 @@ set -euo pipefail
 build=$(cd "$1" && pwd)
 src=$(cd "$2" && pwd)
 secs=${3:-20}
-cxx=$(command -v clang++-14 || command -v clang++ || true)
-if [ -z "$cxx" ] || ! ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
+# whichever clang is installed with its libFuzzer runtime: $CXX_FUZZ if set, else clang++, else the newest
+# clang++-N (Debian 12 has clang-14, Debian 13 clang-19)
+cxx=""
+for c in ${CXX_FUZZ:-} clang++ $(compgen -c clang++- | grep -E '^clang\+\+-[0-9]+$' | sort -t- -k2 -rn | uniq); do
+  c=$(command -v "$c" || true)
+  [ -n "$c" ] || continue
+  # clang knows where its own runtime libraries are
+  rt=$("$c" -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null || true)
+  [ -f "$rt" ] || rt=$("$c" --rtlib=compiler-rt -print-file-name=libclang_rt.fuzzer.a 2>/dev/null || true)
+  [ -f "$rt" ] || rt=$(ls "$(dirname "$(readlink -f "$c")")"/../lib/clang/*/lib/*/libclang_rt.fuzzer*.a 2>/dev/null | head -1)
+  if [ -n "$rt" ] && [ -f "$rt" ]; then cxx=$c; break; fi
+done
+if [ -z "$cxx" ]; then
   echo "fuzz: clang and libFuzzer are not installed (scripts/install-deps.sh installs them)" >&2
   exit 1
 fi
+echo "fuzz: $cxx ($("$cxx" --version | head -1)), libFuzzer $rt"
 out="$build/fuzz"
 mkdir -p "$out/obj"
 ccache=$(command -v ccache || true)

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <torch/version.h>  // TORCH_VERSION_MAJOR
 
 #include "peft/io/safetensors.h"
 #include "peft/tokenizer/decode-stream.h"
@@ -374,7 +375,12 @@ TEST(ServeFaults, ATinyTemperatureIsGreedyAndFailsNobody) {
 
 TEST(ServeFaults, ErrorMessagesCarryNoBacktrace) {
   // c10's errors carry a backtrace with library paths and load addresses (what() shows it)
-  const c10::Error e("Expected a tensor of 3 elements", "frame #0: c10::Error::Error() + 0x7c (0x7f3e in /usr/lib/libc10.so)\n");
+  const std::string bt = "frame #0: c10::Error::Error() + 0x7c (0x7f3e in /usr/lib/libc10.so)\n";
+#if TORCH_VERSION_MAJOR >= 2  // (a lazily computed backtrace since LibTorch 2.2)
+  const c10::Error e("Expected a tensor of 3 elements", std::make_shared<c10::PrecomputedLazyValue<std::string>>(bt));
+#else
+  const c10::Error e("Expected a tensor of 3 elements", bt);
+#endif
   ASSERT_NE(std::string(e.what()).find("frame #0"), std::string::npos);
   const std::string msg = error_message(e);
   EXPECT_EQ(msg, "Expected a tensor of 3 elements");
