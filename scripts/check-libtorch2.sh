@@ -22,6 +22,8 @@
 # The exit status is ctest's (0: every test passed), or non-zero when a step before it fails. Runs on one
 # chroot take turns ($PEFT_TRIXIE_CHROOT.lock). First run: ~5 min for the chroot and packages, ~30 min to
 # build (2 cores), ~22 min for ctest -j2; later runs rebuild only what changed (ccache kept in the chroot).
+# (the whole script is one block, read before it runs: editing this file meanwhile cannot derail a run)
+{
 set -euo pipefail
 
 root=${PEFT_TRIXIE_CHROOT:-/var/cache/peft-trixie}
@@ -128,7 +130,9 @@ say "copying $src to $root/src/peft"
 mkdir -p "$root/src/peft" "$root/build/peft"
 mount_in /mnt/peft-checkout --bind -o ro "$src"
 mount -o remount,bind,ro "$root/mnt/peft-checkout"
-in_chroot rsync -a --delete --exclude=/build/ --exclude=/.git/ /mnt/peft-checkout/ /src/peft/
+# by content, and without this checkout's modification times: a file changed here gets a new time there, so the
+# build sees it even when it was edited before the chroot's last compile of it (a copy's old time would not)
+in_chroot rsync -rlp --checksum --delete --exclude=/build/ --exclude=/.git/ /mnt/peft-checkout/ /src/peft/
 
 # ---- 5. configure, build, test ----
 if [ ! -f "$root/build/peft/CMakeCache.txt" ]; then
@@ -153,3 +157,4 @@ in_chroot sh -c 'n=$1 j=$2; shift 2; cd /build/peft && exec nice -n "$n" ctest -
   sh "$niceness" "$jobs" "$@" || status=$?
 echo "ctest: $((SECONDS - start)) s, exit $status (LibTorch $torch_version, build folder $root/build/peft)"
 exit $status
+}
