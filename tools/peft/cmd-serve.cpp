@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "peft/io/files.h"
 #include "peft/serve/server.h"
 #include "quant-options.h"
 
@@ -52,11 +53,7 @@ Runner add_serve(CLI::App & app) {
   return [o]() {
     const at::ScalarType dtype = parse_dtype(o->dtype);
     apply_common_options(o->common);
-    if (o->server.model_name.empty()) {
-      std::string m = o->model;
-      while (m.size() > 1 && m.back() == '/') m.pop_back();
-      o->server.model_name = m.substr(m.find_last_of('/') + 1);
-    }
+    if (o->server.model_name.empty()) o->server.model_name = base_of(o->model);
     auto base = load_model_with(o->model, dtype, o->quant);
     auto pm = std::make_shared<PeftModel>(base);
     std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, base->config().vocab_size);
@@ -72,12 +69,7 @@ Runner add_serve(CLI::App & app) {
     for (const auto & a : o->adapters) {
       const auto eq = a.find('=');
       const std::string path = a.substr(0, eq), name = eq == std::string::npos ? "" : a.substr(eq + 1);
-      std::string n = name;
-      if (n.empty()) {
-        std::string p = path;
-        while (p.size() > 1 && p.back() == '/') p.pop_back();
-        n = p.substr(p.find_last_of('/') + 1);
-      }
+      const std::string n = name.empty() ? base_of(path) : name;
       PEFT_USAGE(n != o->server.model_name, "--adapter ", a, ": the name '", n, "' is the base model's");
       engine->load_adapter(path, n);  // (refuses what a mixed-adapter batch cannot hold, by name)
     }
