@@ -35,6 +35,8 @@ std::vector<nlohmann::json> read_jsonl(const std::string & path, const std::stri
   return out;
 }
 
+std::string tokenizer_ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
+
 std::string temp_dir(const std::string & tag) {
   std::string t = "/tmp/peft-test-" + tag + "-XXXXXX";
   char * p = ::mkdtemp(t.data());

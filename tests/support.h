@@ -13,6 +13,7 @@ namespace peft::test {
 std::string data_path(const std::string & rel);            // tests/data/<rel>
 std::string golden_case(const std::string & name);         // tests/data/golden/cases/<name>
 std::string golden_model(const std::string & name);        // tests/data/golden/models/<name>
+std::string tokenizer_ref_dir();                         // the npm reference tokenizers' outputs (build/tokenizer-reference)
 std::string temp_dir(const std::string & tag);             // fresh empty folder under /tmp
 bool exists(const std::string & path);                     // a file or folder is there
 /// The objects of a JSON-lines file (a training log), without the field `drop` (timings).

@@ -1,6 +1,7 @@
 #include "records.h"
 
 #include "peft/error.h"
+#include "peft/util/text.h"
 
 namespace peft::data_detail {
 
@@ -26,8 +27,6 @@ const std::string & string_field(const nlohmann::json & rec, const char * field,
   PEFT_CHECK(it->is_string(), where, ": field '", field, "' must be a string, got ", it->type_name());
   return it->get_ref<const std::string &>();
 }
-
-bool starts_with(const std::string & s, const std::string & p) { return s.compare(0, p.size(), p) == 0; }
 
 // A conversation: the rendered template, with the loss on the assistant turns only. A turn's text is
 // what rendering the conversation up to it adds to the prompt rendered just before it (with the

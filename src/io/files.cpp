@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <cstdlib>
 #include <cerrno>
 #include <cstring>
@@ -74,17 +73,10 @@ void link_missing(const std::string & from, const std::string & to) {
   ::closedir(d);
 }
 
-// Testing hook: PEFT_CRASH_AT=<point> kills the process with SIGKILL at that point of a folder write, so
-// tests can check what a reader finds after a crash there (see tests/unit/test-crash-consistency.cpp).
-// "<point>:N" kills the N-th time the point is reached (e.g. the third checkpoint of a run).
-void crash_point(const char * point) {
-  static const char * env = std::getenv("PEFT_CRASH_AT");
-  if (env == nullptr) return;
-  static int seen = 0;
-  const char * colon = std::strchr(env, ':');
-  const size_t n = colon ? static_cast<size_t>(colon - env) : std::strlen(env);
-  if (std::strlen(point) != n || std::strncmp(env, point, n) != 0) return;
-  if (++seen >= (colon ? std::atoi(colon + 1) : 1)) ::raise(SIGKILL);
+FolderCommitObserver g_commit_observer = nullptr;
+
+void crash_point(const char * step) {
+  if (g_commit_observer != nullptr) g_commit_observer(step);
 }
 
 }  // namespace
@@ -306,6 +298,8 @@ std::string FolderWriter::file(const std::string & rel) const {
   }
   return tmp_ + "/" + rel;
 }
+
+void set_folder_commit_observer(FolderCommitObserver observer) { g_commit_observer = observer; }
 
 void FolderWriter::commit() {
   PEFT_CHECK(!committed_, "folder '", target_, "' committed twice");

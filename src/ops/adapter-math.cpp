@@ -1,6 +1,5 @@
 #include "peft/ops/adapter-math.h"
 
-#include "peft/quant/formats.h"
 
 #include <algorithm>
 
@@ -168,24 +167,6 @@ std::pair<at::Tensor, at::Tensor> loftq_low_rank(const at::Tensor & residual, in
   auto [U, S, Vh] = at::linalg_svd(residual, /*full_matrices=*/false);
   const at::Tensor D = at::diag(S);
   return {at::matmul(at::sqrt(D.slice(0, 0, r)), Vh), at::matmul(U, at::sqrt(D.slice(1, 0, r)))};
-}
-
-LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_t iters) {
-  const at::Tensor w = W.to(at::kFloat);
-  at::Tensor res = w.clone(), deq, L, R;
-  for (int64_t i = 0; i < iters; ++i) {
-    if (bits == 4) {
-      deq = quant::dequantize_4bit(quant::quantize_4bit(res, quant::Format::nf4, 64, /*double_quant=*/false));
-    } else {
-      const quant::Quant8 q = quant::quantize_int8(res);  // bitsandbytes' int8_vectorwise_dequant
-      deq = q.CB * q.SCB.view({-1, 1}) * 7.874015718698502e-3;
-    }
-    res = w - deq;
-    std::tie(R, L) = loftq_low_rank(res, r);
-    if (i + 1 == iters) break;
-    res = w - at::mm(L, R);
-  }
-  return {R, L, deq};
 }
 
 std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r) {

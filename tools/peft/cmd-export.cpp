@@ -5,7 +5,7 @@
 
 #include "commands.h"
 #include "common.h"
-#include "peft/tuners/export-gguf.h"
+#include "peft/peft-model/export-gguf.h"
 
 namespace peft::cli {
 

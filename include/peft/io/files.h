@@ -42,6 +42,12 @@ std::string real_path(const std::string & path);
 /// outside, missing or not a folder (one answer: no oracle of what exists elsewhere).
 std::string confined_folder(const std::string & root, const std::string & path);
 
+/// Called with the name of each step of FolderWriter::commit as it is reached ("folder-files-written",
+/// "folder-before-swap", "folder-swapped"); null (the default): nothing. Tests use it to kill a writer at a
+/// chosen step (the CLI's PEFT_CRASH_AT, tools/peft/crash-at.cpp). Set it before any writer runs.
+using FolderCommitObserver = void (*)(const char * step);
+void set_folder_commit_observer(FolderCommitObserver observer);
+
 /// Writes the folder `target` as a whole. Files go into path(), a fresh folder beside the target
 /// (mkdtemp, ".<name>.tmp-XXXXXX"); commit() fsyncs them and swaps the folder into place (the previous
 /// folder is moved aside and removed only after), so readers see the old or the new folder, never a

@@ -88,14 +88,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> svd_lowrank(const at::Tensor & A,
 /// PiSSA from the randomized SVD (init_lora_weights "pissa_niter_N", PEFT's pissa_init): pissa_factors'
 /// formulas on svd_lowrank(W, r, niter). Returns (A, B).
 std::pair<at::Tensor, at::Tensor> pissa_lowrank_factors(const at::Tensor & W, int64_t r, int64_t niter, double scaling);
-/// LoftQ (init_lora_weights "loftq", PEFT's loftq_init as it runs with bitsandbytes): `iters` rounds of
-/// quantizing W - B A (bits 4: bitsandbytes' NF4 in blocks of 64, absmax in float32; bits 8: LLM.int8 rows)
-/// and taking the rank-r SVD of what quantization lost, B = U sqrt(S), A = sqrt(S) Vh (no scaling).
-/// Returns A (r, in), B (out, r) and the dequantized weight the base keeps.
-struct LoftqFactors {
-  at::Tensor A, B, base;
-};
-LoftqFactors loftq_factors(const at::Tensor & W, int64_t r, int64_t bits, int64_t iters);
 /// LoftQ's rank-r split of a residual (loftq_utils' _low_rank_decomposition): SVD res = U S Vh,
 /// B = U sqrt(S)[:, :r], A = sqrt(S)[:r] Vh. Returns (A, B).
 std::pair<at::Tensor, at::Tensor> loftq_low_rank(const at::Tensor & residual, int64_t r);

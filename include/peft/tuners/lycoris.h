@@ -37,8 +37,6 @@ struct LycorisOptions : MethodOptions {
 
 /// PEFT's config fields that LoHa and LoKr share, with their defaults.
 nlohmann::json lycoris_defaults();
-/// LoHa and LoKr adapt Linear layers.
-bool lycoris_supports(const Layer & base);
 
 class LycorisLinear : public TunerLayer {
  public:

@@ -1,7 +1,7 @@
 // The explicit list of adapter methods. A method is: its PEFT name and parameter prefix, its config
 // defaults and the parser of its typed options, which base layers it adapts, how it injects an adapter
 // into a layer, and which of the architecture table's default target lists it uses.
-// Adding a method = one file under src/tuners/ + one entry in registry.cpp (see docs/adding-a-tuner.md).
+// Adding a method = one folder src/tuners/<method>/ + one entry in registry.cpp (see docs/adding-a-tuner.md).
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -66,6 +66,17 @@ struct TunerMethod {
   /// this prompt encoder, made for `model` from the completed config.
   std::shared_ptr<PromptEncoder> (*prompt_encoder)(const AdapterConfig & cfg, const CausalLM & model) = nullptr;
 };
+
+/// `supports` of the methods that adapt Linear layers (dense or quantized) and nothing else.
+bool supports_linear(const Layer & base);
+
+/// For `inject`: the method's layer type L already at `target` (another adapter of the same method), or a
+/// new L wrapping the plain layer.
+template <class L>
+std::shared_ptr<L> method_layer(const LayerPtr & target) {
+  if (auto layer = std::dynamic_pointer_cast<L>(target)) return layer;
+  return std::make_shared<L>(target);
+}
 
 /// The method for a peft_type; throws peft::Error listing the known ones.
 const TunerMethod & tuner_method(const std::string & peft_type);

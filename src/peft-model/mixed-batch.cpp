@@ -1,0 +1,38 @@
+// PeftModel: mixed-adapter batches (PEFT's adapter_names): which adapter each row runs, as the routing
+// tensor that layers read through a RoutingScope (forward.cpp).
+#include "peft/error.h"
+#include "peft/peft-model.h"
+#include "peft/tuners/routing.h"
+
+namespace peft {
+
+std::map<std::string, int64_t> PeftModel::adapter_index() const {
+  std::map<std::string, int64_t> index;
+  for (const auto & kv : configs_) index.emplace(kv.first, static_cast<int64_t>(index.size()));
+  return index;
+}
+
+at::Tensor PeftModel::mixed_rows(const std::vector<std::string> & names, int64_t batch) const {
+  PEFT_CHECK(!model_->is_training(), "mixed-adapter batches are for inference (the model is in training mode)");
+  PEFT_CHECK(static_cast<int64_t>(names.size()) == batch, "adapter_names has ", names.size(), " entries for a batch of ",
+             batch);
+  PEFT_CHECK(!merged(), "mixed-adapter batches are not possible while adapters are merged");
+  PEFT_CHECK(encoders_.empty(), "mixed-adapter batches cannot hold prompt-learning adapters (",
+             configs_.begin()->second.peft_type, ")");
+  const auto index = adapter_index();
+  at::Tensor rows = at::zeros({static_cast<int64_t>(index.size()), batch});
+  for (int64_t b = 0; b < batch; ++b) {
+    if (names[b] == "__base__") continue;
+    auto it = index.find(names[b]);
+    PEFT_CHECK(it != index.end(), "adapter_names[", b, "] = '", names[b], "' is not an adapter of the model (nor __base__)");
+    for (const auto & l : layers_) {
+      PEFT_CHECK(!l.second->has_adapter(names[b]) || l.second->mixed_batch_supported(names[b]), "adapter_names[", b,
+                 "] = '", names[b], "': ", l.second->name(), " at '", l.first,
+                 "' cannot run in a mixed-adapter batch (PEFT: \"Cannot pass `adapter_names` when DoRA is enabled\")");
+    }
+    rows[it->second][b] = 1.0;
+  }
+  return rows.to(model_->options().device());
+}
+
+}  // namespace peft
