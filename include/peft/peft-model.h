@@ -25,6 +25,10 @@ class FolderWriter;
 class PromptEncoder;
 struct TunerMethod;
 
+/// The adapter name of a mixed-batch row that runs no adapter (ForwardInput::adapter_names; PEFT's
+/// __base__), reserved: no adapter may have it. Spelled once, in mixed-batch.cpp.
+extern const char kBaseAdapter[];
+
 class PeftModel {
  public:
   /// get_peft_model: inject `cfg` as adapter `adapter` (active, trainable unless inference_mode).
@@ -108,7 +112,7 @@ class PeftModel {
 
   // ---- running and training ----
   /// Logits; with in.adapter_names set, a mixed-adapter batch (row b uses adapter_names[b],
-  /// "__base__" = no adapter; eval mode, nothing merged, LoRA / modules_to_save). With an active
+  /// kBaseAdapter = no adapter; eval mode, nothing merged, LoRA / modules_to_save). With an active
   /// prompt-learning adapter (prompt tuning, P-tuning) the logits cover its virtual tokens first
   /// (B, num_virtual_tokens() + S, V), as PEFT's; with a KV cache, only the tokens given.
   at::Tensor forward(const ForwardInput & in);
@@ -131,7 +135,8 @@ class PeftModel {
   /// Adapter `name`'s prompt encoder (its parameters have PEFT's names).
   std::shared_ptr<PromptEncoder> prompt_encoder(const std::string & name) const;
   /// The routing of a mixed batch: (A, B) float, A = every adapter in adapter_index() order. Refuses
-  /// a row whose adapter cannot run in a mixed batch (a DoRA adapter, as PEFT).
+  /// a row whose adapter cannot run in a mixed batch (a DoRA adapter, as PEFT). Which adapters those
+  /// are is worked out once per version() (not per call: a server calls it every decode step).
   at::Tensor mixed_rows(const std::vector<std::string> & names, int64_t batch) const;
   /// Adapter name -> row of mixed_rows().
   std::map<std::string, int64_t> adapter_index() const;
@@ -192,9 +197,13 @@ class PeftModel {
   std::shared_ptr<torch::nn::Module> prompt_holder_;
   mutable uint64_t key_version_ = 0;
   mutable AdapterStateKey key_;
+  // mixed_rows: the adapters that cannot run in a mixed batch -> their first such layer ("<layer> at
+  // '<path>'"), as of version() mixed_version_ (0: not worked out yet)
+  mutable uint64_t mixed_version_ = 0;
+  mutable std::map<std::string, std::string> mixed_refused_;
 };
 
-/// Check an adapter name: non-empty, no path separators or "..", not "__base__". Throws peft::Error.
+/// Check an adapter name: non-empty, no path separators or "..", not kBaseAdapter. Throws peft::Error.
 void check_adapter_name(const std::string & name);
 
 }  // namespace peft

@@ -17,7 +17,7 @@ void check_adapter_name(const std::string & name) {
                  name.find("..") == std::string::npos,
              "adapter name '", name, "' could escape its folder (no '/', '\\' or '..')");
   PEFT_CHECK(name.find('.') == std::string::npos, "adapter name '", name, "' must not contain '.'");
-  PEFT_CHECK(name != "__base__", "adapter name '__base__' is reserved (it means: no adapter)");
+  PEFT_CHECK(name != kBaseAdapter, "adapter name '__base__' is reserved (it means: no adapter)");
 }
 
 PeftModel::PeftModel(std::shared_ptr<CausalLM> model, const AdapterConfig & cfg, const std::string & adapter)

@@ -12,6 +12,7 @@
 
 #include "peft/compile/compile.h"
 #include "peft/error.h"
+#include "peft/tuners/registry.h"
 
 namespace peft::serve {
 
@@ -80,6 +81,14 @@ size_t find_stop(const std::string & text, size_t from, const std::vector<std::s
 Engine::Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared_ptr<Tokenizer> tokenizer)
     : model_(std::move(model)), opts_(opts), tokenizer_(std::move(tokenizer)) {
   const ModelConfig & cfg = model_->base_model().config();
+  {
+    const auto held = model_->adapter_names();
+    std::string names;
+    for (const auto & n : held) names += (names.empty() ? "'" : ", '") + n + "'";
+    PEFT_CHECK(held.empty(), "serve: the model given to the engine already holds adapter(s) ", names,
+               "; give it a model without adapters and load them with Engine::load_adapter (which checks that a "
+               "server can hold them)");
+  }
   PEFT_CHECK(opts_.max_batch >= 1, "serve: max_batch must be >= 1");
   PEFT_CHECK(opts_.prefill_chunk >= 1, "serve: prefill_chunk must be >= 1");
   max_context_ = opts_.max_context > 0 ? std::min(opts_.max_context, cfg.max_position_embeddings) : cfg.max_position_embeddings;
@@ -101,7 +110,6 @@ Engine::Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared
   } else {
     decode_fn_ = [m = model_](const ForwardInput & in) { return m->forward(in); };
   }
-  for (const auto & n : model_->adapter_names()) adapters_.push_back(n);
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -119,7 +127,7 @@ void Engine::stop() {
 
 bool Engine::has_adapter(const std::string & name) const {
   std::lock_guard<std::mutex> g(mu_);
-  return name == "__base__" || std::find(adapters_.begin(), adapters_.end(), name) != adapters_.end();
+  return name == kBaseAdapter || std::find(adapters_.begin(), adapters_.end(), name) != adapters_.end();
 }
 
 std::vector<std::string> Engine::adapters() const {
@@ -138,7 +146,7 @@ void Engine::submit(Request r) {
   {
     std::lock_guard<std::mutex> g(mu_);
     PEFT_CHECK(!stopping_, "the server is shutting down");
-    const bool known = r.adapter == "__base__" || std::find(adapters_.begin(), adapters_.end(), r.adapter) != adapters_.end();
+    const bool known = r.adapter == kBaseAdapter || std::find(adapters_.begin(), adapters_.end(), r.adapter) != adapters_.end();
     PEFT_CHECK(known && std::find(unloading_.begin(), unloading_.end(), r.adapter) == unloading_.end(), "unknown model '",
                r.adapter, "'");
     queue_.push_back(std::move(r));
@@ -162,14 +170,14 @@ void Engine::run_on_engine(std::function<bool()> op) {
 
 void Engine::check_servable(const std::string & path) {
   const AdapterConfig cfg = AdapterConfig::load(path);
-  auto it = cfg.fields.find("layer_replication");
-  PEFT_CHECK(it == cfg.fields.end() || it->is_null(), path, ": adapter_config.json has layer_replication: it rebuilds ",
+  const TunerMethod & method = tuner_method(cfg.peft_type);
+  PEFT_CHECK(!method.layer_map || method.layer_map(cfg).empty(), path, ": adapter_config.json has layer_replication: it rebuilds ",
              "the base model's layer stack, which the other adapters and \"__base__\" requests would run on; peft serve ",
              "does not hold it (run it with peft generate)");
 }
 
 void Engine::load_adapter(const std::string & path, const std::string & name) {
-  PEFT_CHECK(name != "__base__" && !name.empty(), "adapter name '", name, "' is reserved");
+  PEFT_CHECK(name != kBaseAdapter && !name.empty(), "adapter name '", name, "' is reserved");
   check_servable(path);
   run_on_engine([this, path, name] {
     PEFT_CHECK(!has_adapter(name), "an adapter named '", name, "' is already loaded");
@@ -190,7 +198,7 @@ void Engine::load_adapter(const std::string & path, const std::string & name) {
 void Engine::unload_adapter(const std::string & name) {
   {
     std::lock_guard<std::mutex> g(mu_);
-    PEFT_CHECK(name != "__base__" && std::find(adapters_.begin(), adapters_.end(), name) != adapters_.end(),
+    PEFT_CHECK(name != kBaseAdapter && std::find(adapters_.begin(), adapters_.end(), name) != adapters_.end(),
                "no adapter named '", name, "' is loaded");
     unloading_.push_back(name);  // no new requests for it from now on
   }
@@ -450,7 +458,7 @@ void Engine::decode_step() {
   const int64_t pad = std::max<int64_t>(0, model_->base_model().config().pad_token_id);
   at::Tensor ids = at::full({B, 1}, pad, at::kLong), pos = at::zeros({B, 1}, at::kLong);
   ForwardInput in;
-  in.adapter_names.assign(B, "__base__");
+  in.adapter_names.assign(B, kBaseAdapter);
   for (int64_t b = 0; b < B; ++b) {
     Row & r = *rows_[b];
     if (!r.active || !r.decoding) continue;

@@ -96,8 +96,8 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
   job.chat = chat;
   if (!j.contains("model") || !j["model"].is_string()) bad("model", "'model' must be a string (see GET /v1/models)");
   job.model = j["model"].get<std::string>();
-  job.adapter = job.model == base_name ? "__base__" : job.model;
-  if (job.adapter != "__base__" && !engine.has_adapter(job.adapter)) {
+  job.adapter = job.model == base_name ? std::string(kBaseAdapter) : job.model;
+  if (job.adapter != kBaseAdapter && !engine.has_adapter(job.adapter)) {
     bad("model", str("The model '", job.model, "' does not exist"), 404, "model_not_found");
   }
   job.stream = boolean(j, "stream", false);

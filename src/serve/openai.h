@@ -24,7 +24,7 @@ nlohmann::json error_json(const ApiError & e);
 struct Job {
   bool chat = false, stream = false, include_usage = false;
   std::string model;                      // as requested (the base's name or an adapter's)
-  std::string adapter;                    // "__base__" or the adapter
+  std::string adapter;                    // kBaseAdapter or the adapter
   std::vector<std::vector<int64_t>> prompts;  // one per choice group (completions may send several prompts)
   int64_t n = 1;
   SamplingParams params;

@@ -335,7 +335,7 @@ struct Server::Impl {
       return reply_error(res, {400, "expected {\"lora_name\": NAME}"});
     }
     const std::string name = j["lora_name"];
-    if (!engine->has_adapter(name) || name == "__base__") {
+    if (!engine->has_adapter(name) || name == kBaseAdapter) {
       return reply_error(res, {404, "no adapter named '" + name + "' is loaded", "invalid_request_error", "lora_name", "model_not_found"});
     }
     try {

@@ -65,17 +65,15 @@ struct World {
     }
     tok = load_tokenizer(kjv(), 4096);
     ref = std::make_shared<PeftModel>(load_model(kjv()));
-    auto served = std::make_shared<PeftModel>(load_model(kjv()));
-    for (const auto & a : kAdapters) {
-      ref->load_adapter(dir + "/" + a, a);
-      served->load_adapter(dir + "/" + a, a);
-    }
+    for (const auto & a : kAdapters) ref->load_adapter(dir + "/" + a, a);
     serve::EngineOptions eo;
     eo.max_batch = 8;
     eo.max_context = 128;
     eo.prefill_chunk = 16;
     eo.compile = true;
-    engine = std::make_shared<serve::Engine>(served, eo, tok);
+    engine = std::make_shared<serve::Engine>(std::make_shared<PeftModel>(load_model(kjv())), eo, tok);
+    // as `peft serve --adapter` loads them: through the engine, which owns the served model's adapters
+    for (const auto & a : kAdapters) engine->load_adapter(dir + "/" + a, a);
     serve::ServerOptions so;
     so.port = 0;
     so.model_name = "kjv";

@@ -312,6 +312,51 @@ TEST(Serve, ApiKeyAndDisabledLoading) {
 
 namespace {
 
+// The engine owns the served model's adapters: a model that comes with adapters is refused (they would
+// skip the load-time checks), and each adapter loads through load_adapter, which refuses what a mixed batch
+// cannot hold and leaves the model as it was.
+TEST(ServeEngine, AdaptersEnterOnlyThroughTheEngine) {
+  const std::string several = golden_case("several_active") + "/adapters/";
+  auto held = std::make_shared<PeftModel>(load_model(golden_model("tiny-llama")));
+  held->load_adapter(several + "plain", "plain");
+  serve::EngineOptions eo;
+  eo.max_context = 32;
+  const std::string e = error_of([&] { serve::Engine engine(held, eo, nullptr); });
+  EXPECT_NE(e.find("already holds adapter(s) 'plain'"), std::string::npos) << e;
+  EXPECT_NE(e.find("Engine::load_adapter"), std::string::npos) << e;
+
+  auto pm = std::make_shared<PeftModel>(load_model(golden_model("tiny-llama")));
+  serve::Engine engine(pm, eo, nullptr);
+  auto refused = [&](const std::string & dir, const std::string & name) {
+    const std::string err = error_of([&] { engine.load_adapter(dir, name); });
+    EXPECT_NE(err.find("DoRA"), std::string::npos) << name << ": " << err;
+    EXPECT_FALSE(engine.has_adapter(name));
+  };
+  refused(several + "dora", "d");
+  EXPECT_TRUE(pm->adapter_names().empty());  // undone
+  engine.load_adapter(several + "plain", "plain");
+  refused(several + "dora", "d");  // again, with another adapter loaded
+  engine.load_adapter(several + "other", "other");
+  engine.unload_adapter("plain");
+  refused(several + "dora", "plain");  // and after one was unloaded, under its name
+  EXPECT_EQ(engine.adapters(), std::vector<std::string>{"other"});
+  EXPECT_EQ(pm->adapter_names(), std::vector<std::string>{"other"});
+  EXPECT_EQ(error_of([&] { engine.load_adapter(several + "plain", kBaseAdapter); }), "adapter name '__base__' is reserved");
+  // a request for the loaded adapter runs to its end
+  std::promise<serve::Finish> done;
+  serve::Request r;
+  r.adapter = "other";
+  r.prompt = {1, 5, 9};
+  r.params.max_tokens = 3;
+  r.params.temperature = 0;
+  r.callbacks.on_done = [&](const serve::Finish & f) { done.set_value(f); };
+  engine.submit(std::move(r));
+  const serve::Finish f = done.get_future().get();
+  EXPECT_TRUE(f.reason == serve::FinishReason::kLength || f.reason == serve::FinishReason::kStop)
+      << serve::finish_reason_name(f.reason) << ": " << f.error;
+  engine.stop();
+}
+
 TEST(ServeCli, AnAdapterThatCannotShareABatchIsRefusedAtStart) {
   std::string out;
   EXPECT_EQ(run_cli("serve --model " + golden_model("tiny-llama") + " --adapter " + golden_case("dora") + "/adapter=d --port 0", &out), 1)

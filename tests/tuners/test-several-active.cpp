@@ -81,6 +81,56 @@ TEST_F(Several, MixedBatchWithDoraLoadedRefusesOnlyDoraRows) {
   EXPECT_NE(error_of([&] { compiled.forward(in); }), "");
 }
 
+// Which adapters cannot run in a mixed batch is worked out once per change of the adapters, not per call:
+// every change must be seen (a DoRA adapter loaded later, or under a name a plain one had; a plain one
+// under a name a DoRA one had), and the refusal names the same first DoRA layer as before.
+TEST_F(Several, MixedBatchRefusalFollowsEveryAdapterChange) {
+  const std::string dir = golden_case("several_active") + "/adapters/";
+  ForwardInput in{ids};
+  in.adapter_names = spec["mixed_batch"]["adapter_names"].get<std::vector<std::string>>();  // plain, base, other
+  EXPECT_CLOSE(eager(in), want.at("logits_mixed_batch"));
+  // the refusal's text: the first adapter layer holding the DoRA adapter, in layer order
+  auto refusal = [&](const std::string & name) {
+    for (const auto & l : m->tuner_layers()) {
+      if (l.second->has_adapter(name) && !l.second->mixed_batch_supported(name)) {
+        return "adapter_names[0] = '" + name + "': " + l.second->name() + " at '" + l.first +
+               "' cannot run in a mixed-adapter batch (PEFT: \"Cannot pass `adapter_names` when DoRA is enabled\")";
+      }
+    }
+    return std::string("(no DoRA layer)");
+  };
+  ForwardInput row{ids};
+  auto rows = [&](const std::string & first) {
+    row.adapter_names = {first, kBaseAdapter, "plain"};
+    return error_of([&] { eager(row); });
+  };
+  EXPECT_EQ(rows("dora"), refusal("dora"));
+  EXPECT_EQ(rows("other"), "");
+  // a DoRA adapter loaded after the check ran: refused
+  m->load_adapter(dir + "dora", "dora2");
+  EXPECT_EQ(rows("dora2"), refusal("dora2"));
+  EXPECT_NE(refusal("dora2"), "(no DoRA layer)");
+  // a DoRA adapter under the name a plain one had: refused; and the other way round: accepted
+  m->delete_adapter("other");
+  m->load_adapter(dir + "dora", "other");
+  EXPECT_EQ(rows("other"), refusal("other"));
+  m->delete_adapter("dora");
+  EXPECT_EQ(rows("dora"), "adapter_names[0] = 'dora' is not an adapter of the model (nor __base__)");
+  m->load_adapter(dir + "other", "dora");
+  EXPECT_EQ(rows("dora"), "");
+  // after set_adapter, merge and unmerge: the same answers
+  m->set_adapter("dora2");
+  m->merge_adapter();
+  EXPECT_NE(rows("dora").find("while adapters are merged"), std::string::npos);
+  m->unmerge_adapter();
+  EXPECT_EQ(rows("dora"), "");
+  EXPECT_EQ(rows("dora2"), refusal("dora2"));
+  // the plain folder under its new name computes what "other" did
+  m->delete_adapter("other");
+  m->load_adapter(dir + "other", "other");
+  EXPECT_CLOSE(eager(in), want.at("logits_mixed_batch"));
+}
+
 // PEFT's combination of DoRA sources: a DoRA adapter exactly when the first source is one, r = alpha =
 // the new rank, A and B combined from the sources; its magnitude vector comes from the random
 // initialisation of the new adapter (PEFT never recomputes it), which no other RNG reproduces, so it is

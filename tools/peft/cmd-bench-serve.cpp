@@ -81,7 +81,14 @@ Runner add_bench_serve(CLI::App & app) {
     // 1. the server: `concurrency` clients, each takes the next job until none is left
     o->engine.compile = o->compile;
     o->engine.max_context = std::min<int64_t>(mcfg.max_position_embeddings, 64 + o->max_tokens);
-    auto engine = std::make_shared<serve::Engine>(load(), o->engine, tok);
+    // the engine owns the served model's adapters: they load through it, as in `peft serve`
+    auto engine = std::make_shared<serve::Engine>(std::make_shared<PeftModel>(load_model_with(o->model, at::kFloat, o->quant)),
+                                                  o->engine, tok);
+    for (const auto & a : o->adapters) {
+      const auto eq = a.find('=');
+      PEFT_USAGE(eq != std::string::npos, "--adapter ", a, ": expected PATH=NAME");
+      engine->load_adapter(a.substr(0, eq), a.substr(eq + 1));
+    }
     serve::ServerOptions so;
     so.port = 0;
     so.model_name = "base";

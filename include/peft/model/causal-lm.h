@@ -39,7 +39,7 @@ struct ForwardInput {
                               // (no KV cache); undefined = one segment per row
   KVCache * cache = nullptr;
   // Mixed-adapter batches (read by PeftModel and its adapter layers; architectures never look):
-  std::vector<std::string> adapter_names;  // one adapter per row, "__base__" = none; empty = off
+  std::vector<std::string> adapter_names;  // one adapter per row, __base__ = none; empty = off
   at::Tensor adapter_rows;                 // (A, B) float routing built from adapter_names
 };
 

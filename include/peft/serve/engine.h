@@ -74,7 +74,7 @@ struct RequestCallbacks {
 };
 
 struct Request {
-  std::string adapter = "__base__";
+  std::string adapter = kBaseAdapter;  // an adapter loaded by the engine, or kBaseAdapter (no adapter)
   std::vector<int64_t> prompt;
   SamplingParams params;
   RequestCallbacks callbacks;
@@ -89,25 +89,30 @@ struct EngineStats {
   int64_t graphs_compiled = 0;           // compiled engines: graphs captured so far
   double ttft_sum_s = 0, itl_sum_s = 0;  // time to first token, inter-token latency (sums)
   int64_t ttft_count = 0, itl_count = 0;
-  std::vector<std::string> adapters;     // loaded adapters
+  std::vector<std::string> adapters;     // loaded adapters (Engine::adapters())
 };
 
+/// The engine owns the adapters of the model it serves: they enter only through load_adapter (which checks
+/// that a server can hold them: check_servable, a mixed batch, undone on failure) and leave only through
+/// unload_adapter. The model is the engine's from construction on (its thread runs it); change it only
+/// through the engine.
 class Engine {
  public:
-  /// `tokenizer` decodes completions into text and for stop strings (may be null: no text, stop strings
-  /// then never match).
+  /// `model` must hold no adapter yet (peft::Error otherwise: load them with load_adapter). `tokenizer`
+  /// decodes completions into text and for stop strings (may be null: no text, stop strings then never match).
   Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared_ptr<Tokenizer> tokenizer);
   ~Engine();
   /// Queue a request (thread-safe). Errors (unknown adapter, prompt too long) throw peft::Error here.
   void submit(Request r);
-  /// Load / unload an adapter between steps (thread-safe; blocks until done). Unloading waits for the
-  /// running requests of that adapter to finish; new requests for it are refused meanwhile.
+  /// Load / unload an adapter between steps (thread-safe; blocks until done): the only way adapters enter
+  /// and leave the served model. Unloading waits for the running requests of that adapter to finish; new
+  /// requests for it are refused meanwhile.
   void load_adapter(const std::string & path, const std::string & name);
   void unload_adapter(const std::string & name);
   bool has_adapter(const std::string & name) const;
   /// Refuse (peft::Error) an adapter folder a server cannot hold beside others: one whose config replaces
-  /// the base model's layer stack (LoRA's layer_replication), which every other adapter and "__base__"
-  /// row would then run on. Called before loading (at start and by load_adapter).
+  /// the base model's layer stack (LoRA's layer_replication: its method's layer_map), which every other
+  /// adapter and base row would then run on. load_adapter calls it before loading.
   static void check_servable(const std::string & path);
   std::vector<std::string> adapters() const;
   EngineStats stats() const;
@@ -136,7 +141,10 @@ class Engine {
   std::shared_ptr<PeftModel> model_;
   EngineOptions opts_;
   std::shared_ptr<Tokenizer> tokenizer_;
-  std::vector<std::string> adapters_;  // loaded (guarded by mu_)
+  // The engine's adapters, in load order: the ones load_adapter put into model_ (and the only ones there).
+  // Its own list, guarded by mu_, because HTTP threads read it (has_adapter, submit) while the engine
+  // thread changes the model; model_'s own list is read and changed on the engine thread alone.
+  std::vector<std::string> adapters_;
   int64_t admissions_ = 0;
   int64_t max_context_ = 0, capacity_ = 0, clock_ = 0;
   LogitsFn decode_fn_;
