@@ -77,9 +77,9 @@ const DefaultTargets kGemmaTargets = {
 
 const std::vector<Architecture> & architectures() {
   static const std::vector<Architecture> table = {
-      {"llama", "LlamaForCausalLM", &read_llama_config, &build_llama, kLlamaTargets},
-      {"mistral", "MistralForCausalLM", &read_llama_config, &build_llama, kLlamaTargets},
-      {"qwen2", "Qwen2ForCausalLM", &read_llama_config, &build_llama, kQwenTargets},
+      {"llama", "LlamaForCausalLM", &read_llama_config, &build_llama, kLlamaTargets, nullptr, "llama", true},
+      {"mistral", "MistralForCausalLM", &read_llama_config, &build_llama, kLlamaTargets, nullptr, "llama", true},
+      {"qwen2", "Qwen2ForCausalLM", &read_llama_config, &build_llama, kQwenTargets, nullptr, "qwen2"},
       {"qwen3", "Qwen3ForCausalLM", &read_llama_config, &build_llama, kQwenTargets},
       {"phi3", "Phi3ForCausalLM", &read_llama_config, &build_llama, kNoTargets},
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},

@@ -1,4 +1,4 @@
-// export_lora_gguf: a PEFT LoRA folder -> llama.cpp's LoRA adapter GGUF. See include/peft/tuners/export-gguf.h.
+// export_lora_gguf: a PEFT LoRA folder -> llama.cpp's LoRA adapter GGUF. See include/peft/peft-model/export-gguf.h.
 //
 // What llama.cpp expects (src/llama-adapter.cpp, src/llama-graph.cpp, convert_lora_to_gguf.py):
 //  - tensor names: the base tensor's llama.cpp name + ".lora_a" / ".lora_b";
@@ -22,6 +22,7 @@
 #include <tuple>
 
 #include "peft/error.h"
+#include "peft/model/architectures.h"
 #include "peft/util/text.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
@@ -54,17 +55,18 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
   const ModelConfig mc = ModelConfig::load(model_dir);
   const std::string config_src = model_dir + "/config.json";
   GgufExportResult res;
-  bool permute_qk = false;
-  if (mc.model_type == "llama" || mc.model_type == "mistral") {
-    res.architecture = "llama";  // convert_hf_to_gguf.py's LlamaModel takes both
-    permute_qk = true;
-  } else if (mc.model_type == "qwen2") {
-    res.architecture = "qwen2";
-  } else {
+  // the architecture table's llama.cpp names (convert_hf_to_gguf.py's LlamaModel takes llama and mistral)
+  const Architecture * arch = find_architecture(mc.model_type);
+  if (!arch || arch->gguf_arch.empty()) {
+    std::string supported;
+    for (const auto & a : architectures()) {
+      if (!a.gguf_arch.empty()) supported += (supported.empty() ? "" : ", ") + a.model_type;
+    }
     fail(str(config_src, ": model_type '", mc.model_type, "' has no llama.cpp LoRA export",
-             mc.model_type == "opt" ? " (OPT is not an architecture llama.cpp runs)" : "",
-             "; supported: llama, mistral, qwen2"));
+             mc.model_type == "opt" ? " (OPT is not an architecture llama.cpp runs)" : "", "; supported: ", supported));
   }
+  res.architecture = arch->gguf_arch;
+  const bool permute_qk = arch->gguf_permute_qk;
 
   const AdapterConfig cfg = AdapterConfig::load(adapter_dir);
   const std::string acfg = adapter_dir + "/adapter_config.json";

@@ -16,6 +16,7 @@
 
 using namespace peft;
 using peft::test::exists;
+using peft::test::tokenizer_ref_dir;
 using ojson = nlohmann::ordered_json;
 
 namespace {

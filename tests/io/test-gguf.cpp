@@ -14,6 +14,7 @@
 
 using namespace peft;
 using peft::test::exists;
+using peft::test::tokenizer_ref_dir;
 using json = nlohmann::json;
 
 namespace {

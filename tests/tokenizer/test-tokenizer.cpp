@@ -10,6 +10,7 @@
 #include "support.h"
 
 using namespace peft;
+using peft::test::tokenizer_ref_dir;
 
 namespace {
 
