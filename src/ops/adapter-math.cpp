@@ -195,6 +195,35 @@ at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse) {
   return H;
 }
 
+std::pair<at::Tensor, at::Tensor> road_cols(const at::Tensor & theta_, const at::Tensor & alpha_, int64_t variant,
+                                            int64_t group_size) {
+  at::Tensor theta = theta_, alpha = alpha_;
+  if (variant == 1) {  // one angle and scale per pair: each group's g/2 values serve both halves
+    theta = theta.reshape({-1, group_size / 2}).repeat_interleave(2, 0).flatten();
+    alpha = alpha.reshape({-1, group_size / 2}).repeat_interleave(2, 0).flatten();
+  }
+  if (variant == 1 || variant == 2) return {alpha * theta.cos(), alpha * theta.sin()};
+  TORCH_CHECK(variant == 4, "RoAd variant road_", variant, " (road_1, road_2 or road_4)");
+  const at::Tensor t = theta.reshape({-1, 2, group_size}), a = alpha.reshape({-1, 2, group_size});
+  return {a.select(1, 0).flatten() * t.select(1, 0).cos().flatten(), a.select(1, 1).flatten() * t.select(1, 1).sin().flatten()};
+}
+
+at::Tensor road_apply(const at::Tensor & y, const at::Tensor & first, const at::Tensor & second, int64_t group_size) {
+  const at::Tensor g = y.reshape({-1, 2, group_size / 2});
+  const at::Tensor rotated = at::stack({-g.select(1, 1), g.select(1, 0)}, 1).reshape(y.sizes());
+  return y * first + rotated * second;
+}
+
+at::Tensor road_matrix(const at::Tensor & first, const at::Tensor & second, int64_t group_size) {
+  const int64_t O = first.size(0), half = group_size / 2;
+  const at::Tensor i = at::arange(O, first.options().dtype(at::kLong));
+  const at::Tensor lower = at::remainder(i, group_size) < half;  // first half of its group
+  const at::Tensor partner = at::where(lower, i + half, i - half);
+  const at::Tensor signed_second = at::where(lower, -second, second);
+  // diag(v) with its columns permuted by the (involutive) partner map: entry (i, partner_i) = v_i
+  return at::diag(first) + at::diag(signed_second).index_select(1, partner);
+}
+
 at::Tensor miss_delta(const at::Tensor & B, int64_t in_features) {
   const int64_t r = B.size(0), tiles = (in_features + r - 1) / r;
   return B.t().repeat({1, tiles}).narrow(1, 0, in_features);

@@ -61,6 +61,12 @@ at::Tensor vera_add_impl(const at::Tensor & y, const at::Tensor & x, const at::T
   return y + (lambda_b * at::linear(lambda_d * at::linear(xa, A), B)).to(y.scalar_type());
 }
 
+at::Tensor road_rotate_impl(const at::Tensor & y, const at::Tensor & theta, const at::Tensor & alpha, int64_t variant,
+                            int64_t group_size) {
+  const auto cols = math::road_cols(theta, alpha, variant, group_size);
+  return math::road_apply(y, cols.first, cols.second, group_size);
+}
+
 at::Tensor block_rotate_impl(const at::Tensor & x, const at::Tensor & Q) {
   const int64_t R = Q.size(0), b = Q.size(1);
   std::vector<int64_t> shape = x.sizes().vec();
@@ -265,6 +271,7 @@ TORCH_LIBRARY(peft, m) {
   m.def("lora_embedding_add(Tensor y, Tensor ids, Tensor A, Tensor B, Tensor scale, int padding_idx) -> Tensor");
   m.def("dora_embedding_add(Tensor y, Tensor ids, Tensor E, Tensor A, Tensor B, Tensor m, Tensor scale, int padding_idx) -> Tensor");
   m.def("block_rotate(Tensor x, Tensor Q) -> Tensor");
+  m.def("road_rotate(Tensor y, Tensor theta, Tensor alpha, int variant, int group_size) -> Tensor");
   m.def("vera_add(Tensor y, Tensor x, Tensor A, Tensor B, Tensor lambda_d, Tensor lambda_b, float dropout, bool train) -> Tensor");
   m.def("lora_add_fused(Tensor y, Tensor x, Tensor A, Tensor B, Tensor? bias, Tensor scale, float dropout, bool train) -> Tensor");
   m.def("lora_shrink(Tensor x, Tensor[] As) -> Tensor");
@@ -280,6 +287,7 @@ TORCH_LIBRARY_IMPL(peft, CompositeImplicitAutograd, m) {
   m.impl("lora_embedding_add", &lora_embedding_add_impl);
   m.impl("dora_embedding_add", &dora_embedding_add_impl);
   m.impl("block_rotate", &block_rotate_impl);
+  m.impl("road_rotate", &road_rotate_impl);
   m.impl("vera_add", &vera_add_impl);
   m.impl("lora_add_fused", &lora_add_fused_impl);
   m.impl("lora_shrink", &lora_shrink_impl);
@@ -334,6 +342,12 @@ at::Tensor vera_add(const at::Tensor & y, const at::Tensor & x, const at::Tensor
 at::Tensor block_rotate(const at::Tensor & x, const at::Tensor & Q) {
   PEFT_OP("block_rotate", at::Tensor(const at::Tensor &, const at::Tensor &));
   return op.call(x, Q);
+}
+
+at::Tensor road_rotate(const at::Tensor & y, const at::Tensor & theta, const at::Tensor & alpha, int64_t variant,
+                       int64_t group_size) {
+  PEFT_OP("road_rotate", at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &, int64_t, int64_t));
+  return op.call(y, theta, alpha, variant, group_size);
 }
 
 at::Tensor lora_add_fused(const at::Tensor & y, const at::Tensor & x, const at::Tensor & A, const at::Tensor & B,

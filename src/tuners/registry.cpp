@@ -23,6 +23,7 @@ TunerMethod fourierft_method();
 TunerMethod vblora_method();
 TunerMethod shira_method();
 TunerMethod randlora_method();
+TunerMethod road_method();
 TunerMethod trainable_tokens_method();
 TunerMethod prompt_tuning_method();
 TunerMethod p_tuning_method();
@@ -34,7 +35,7 @@ const std::vector<TunerMethod> & tuner_methods() {
                                                    oft_method(),       boft_method(),      vera_method(),
                                                    hra_method(),       miss_method(),      fourierft_method(),
                                                    vblora_method(),    shira_method(),     randlora_method(),
-                                                   trainable_tokens_method(), prompt_tuning_method(),
+                                                   road_method(),      trainable_tokens_method(), prompt_tuning_method(),
                                                    p_tuning_method(),  prefix_tuning_method()};
   return methods;
 }

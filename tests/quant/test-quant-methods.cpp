@@ -136,19 +136,24 @@ TEST_P(OnQuantizedBase, MergeQuantizesAgainAndUnmergeComesBack) {
                         n.find("oft") == std::string::npos && n.find("hra") == std::string::npos;
   const double bound = (merge_err.max_abs + unmerge_err.max_abs) * (additive ? 1.0 : 8.0) + 1e-6;
   // IA3 divides by its scale, and the golden adapters' small |l| magnify the rounding past any fixed
-  // factor: its unmerge is checked to be exactly that division of the merged weight, quantized again
+  // factor: its unmerge is checked to be exactly that division of the merged weight, quantized again.
+  // RoAd likewise multiplies by R^-1, whose scales (alpha ~ N(1, 0.5) in the golden adapters) can be near 0:
+  // its unmerge is checked to be exactly R^-1 times the merged weight, quantized again
   const bool ia3 = n.find("ia3") != std::string::npos;
+  const bool road = n.rfind("road", 0) == 0;
+  nlohmann::json road_cfg;
+  if (road) road_cfg = nlohmann::json::parse(read_file(golden_case(n) + "/adapter/adapter_config.json"));
   std::map<std::string, at::Tensor> params;
   for (const auto & p : named_parameters(q->base_model())) params.emplace(p.first, p.second);
   auto requantize = [&](const at::Tensor & w) {
     return GetParam().format == Format::int8 ? dequantize_int8(quantize_int8(w))
                                              : dequantize_4bit(quantize_4bit(w, GetParam().format, 64, false));
   };
-  int ia3_layers = 0;
+  int ia3_layers = 0, road_layers = 0;
   for (const auto & kv : dense_weights(*q)) {
     double diff = (kv.second - before.at(kv.first)).abs().max().item<double>();
     EXPECT_TRUE(std::isfinite(diff)) << kv.first;
-    if (!ia3) {
+    if (!ia3 && !road) {
       EXPECT_LE(diff, bound) << kv.first;
       continue;
     }
@@ -156,6 +161,23 @@ TEST_P(OnQuantizedBase, MergeQuantizesAgainAndUnmergeComesBack) {
     const std::string layer = kv.first.size() > suffix.size() && kv.first.compare(kv.first.size() - suffix.size(), suffix.size(), suffix) == 0
                                   ? kv.first.substr(0, kv.first.size() - suffix.size())
                                   : kv.first;
+    if (road) {
+      auto theta = params.find(layer + ".road_theta.default"), alpha = params.find(layer + ".road_alpha.default");
+      if (theta == params.end()) {
+        EXPECT_TRUE(at::equal(kv.second, before.at(kv.first))) << kv.first << ": not adapted, yet changed";
+        continue;
+      }
+      ++road_layers;
+      const std::string v = road_cfg["variant"].get<std::string>();
+      const int64_t group = road_cfg["group_size"].get<int64_t>();
+      const auto cols = math::road_cols(theta->second.detach().to(at::kFloat), alpha->second.detach().to(at::kFloat),
+                                        std::stoll(v.substr(5)), group);
+      const at::Tensor inv = at::linalg_inv(math::road_matrix(cols.first, cols.second, group));
+      const at::Tensor want = requantize(at::mm(inv, merged.at(kv.first).to(at::kFloat)));
+      EXPECT_TRUE(at::equal(kv.second, want)) << kv.first << ": max diff "
+                                              << (kv.second - want).abs().max().item<double>();
+      continue;
+    }
     auto l = params.find(layer + ".ia3_l.default");
     if (l == params.end()) {
       EXPECT_TRUE(at::equal(kv.second, before.at(kv.first))) << kv.first << ": not adapted, yet changed";
@@ -167,6 +189,7 @@ TEST_P(OnQuantizedBase, MergeQuantizesAgainAndUnmergeComesBack) {
                                             << (kv.second - want).abs().max().item<double>();
   }
   if (ia3) EXPECT_GT(ia3_layers, 0);
+  if (road) EXPECT_GT(road_layers, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, OnQuantizedBase, ::testing::ValuesIn(quant_cases()), case_name);

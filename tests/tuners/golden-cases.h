@@ -47,6 +47,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"lora_layer_filter", "tiny-llama"},
       // HRA (gen_extra.py): Householder reflections, and with Gram-Schmidt
       {"hra", "tiny-llama"},          {"hra_gs", "tiny-llama"},
+      // RoAd (gen_extra.py): road_1, road_2, and road_4 on OPT (the merge rotates the biases too)
+      {"road", "tiny-llama"},         {"road_2", "tiny-llama"},              {"road_4_opt", "tiny-opt"},
       // MiSS (gen_extra.py) in its three modes: a partial last block (r=5), "bat", "mini"
       {"miss", "tiny-llama"},         {"miss_bat", "tiny-llama"},            {"miss_mini", "tiny-llama"},
       // FourierFT (gen_extra.py): seeded coefficient positions, n_frequency_pattern

@@ -7,6 +7,7 @@
 #include "peft/peft-model.h"
 #include "peft/tuners/lycoris.h"
 #include "peft/tuners/vera.h"
+#include "peft/ops/adapter-math.h"
 #include "support.h"
 
 using namespace peft;
@@ -66,7 +67,8 @@ TEST(Methods, NewAdaptersAreNoOpsWithDefaultInit) {
       {"BOFT", {{"target_modules", {"q_proj"}}}},
       {"VERA", {{"target_modules", {"q_proj", "v_proj"}}, {"r", 4}}},
       {"LN_TUNING", nlohmann::json::object()},
-      {"ADALORA", {{"total_step", 10}, {"init_r", 4}}}};
+      {"ADALORA", {{"total_step", 10}, {"init_r", 4}}},
+      {"ROAD", {{"group_size", 8}}}};
   for (const auto & c : configs) {
     PeftModel m(load_model(golden_model("tiny-llama")), cfg(c.first, c.second));
     at::NoGradGuard g;
@@ -161,6 +163,100 @@ TEST(Methods, TrainableTokensAdaptersAreDeletedWhole) {
   m->set_adapter("default");
   at::NoGradGuard g;
   EXPECT_CLOSE(m->forward({golden_ids("lora_tokens_tied")}), golden_expected("lora_tokens_tied").at("logits"));
+}
+
+// ---- RoAd ----
+
+TEST(Road, MatrixEqualsTheElementwiseForm) {
+  // merge and compile fold use R (road_matrix), the forward uses road_apply: R y == road_apply(y), every variant
+  at::manual_seed(3);
+  for (int64_t variant : {1, 2, 4}) {
+    for (int64_t g : {2, 4, 8}) {
+      const int64_t O = 16, n = variant == 1 ? O / 2 : variant == 2 ? O : 2 * O;
+      const at::Tensor theta = at::randn({n}), alpha = at::randn({n}) + 1, y = at::randn({3, 5, O});
+      const auto cols = math::road_cols(theta, alpha, variant, g);
+      const at::Tensor R = math::road_matrix(cols.first, cols.second, g);
+      EXPECT_TRUE(all_close(at::matmul(y, R.t()), math::road_apply(y, cols.first, cols.second, g), 1e-6, 1e-5))
+          << "road_" << variant << " group " << g;
+    }
+  }
+}
+
+TEST(Road, InvalidConfigsAsUpstream) {
+  EXPECT_NE(error_of([] { cfg("ROAD", {{"variant", "road_3"}}); }).find("Invalid variant road_3"), std::string::npos);
+  EXPECT_EQ(error_of([] { cfg("ROAD", {{"group_size", 6}, {"variant", "road_4"}}); }), "");
+  EXPECT_NE(error_of([] { cfg("ROAD", {{"group_size", 3}}); }).find("group_size must be divisible by 2"), std::string::npos);
+  EXPECT_NE(error_of([] { cfg("ROAD", {{"group_size", 0}}); }).find("group_size must be divisible by 2"), std::string::npos);
+  EXPECT_NE(error_of([] { cfg("ROAD", {{"group_size", "8"}}); }).find("'group_size'"), std::string::npos);
+  // fields PEFT's RoadConfig does not have (PEFT drops them when loading; here they would filter layers)
+  EXPECT_NE(error_of([] { cfg("ROAD", {{"layers_to_transform", {0}}}); }).find("not a field of PEFT's RoadConfig"),
+            std::string::npos);
+  // out_features must be a multiple of group_size (v_proj: 16 outputs)
+  const std::string e = error_of([] {
+    PeftModel m(load_model(golden_model("tiny-llama")), cfg("ROAD", {{"target_modules", {"q_proj", "v_proj"}}, {"group_size", 32}}));
+  });
+  EXPECT_NE(e.find("must be divisible by group_size (32)"), std::string::npos) << e;
+  EXPECT_NE(e.find("v_proj"), std::string::npos) << e;
+}
+
+// road_mixed (gen_extra.py): two RoAd adapters sharing q_proj, from upstream PEFT
+struct RoadMixed : ::testing::Test {
+  std::shared_ptr<PeftModel> m;
+  std::map<std::string, at::Tensor> want = golden_expected("road_mixed");
+  at::Tensor ids = golden_ids("road_mixed");
+  void SetUp() override {
+    m = std::make_shared<PeftModel>(load_model(golden_model("tiny-llama")));
+    for (const char * n : {"one", "two"}) m->load_adapter(golden_case("road_mixed") + "/adapters/" + n, n);
+  }
+};
+
+TEST_F(RoadMixed, SeveralActiveInOrderMergedAndUnmergedAsUpstream) {
+  auto c = compile(*m);
+  auto both = [&](const std::string & key) {
+    {
+      at::NoGradGuard g;
+      EXPECT_CLOSE(m->forward({ids}), want.at(key)) << key;
+      EXPECT_CLOSE(c.forward({ids}), want.at(key)) << key << " (compiled)";
+    }
+    EXPECT_CLOSE(c.forward({ids}), want.at(key)) << key << " (compiled, autograd on)";
+  };
+  for (const char * n : {"one", "two"}) {
+    m->set_adapter(n);
+    both(std::string("logits_") + n);
+  }
+  m->set_adapter(std::vector<std::string>{"one", "two"});
+  both("logits_one_two");
+  m->set_adapter(std::vector<std::string>{"two", "one"});
+  both("logits_two_one");
+  EXPECT_FALSE(all_close(want.at("logits_one_two"), want.at("logits_two_one")));  // the order matters
+  m->set_adapter(std::vector<std::string>{"one", "two"});
+  m->merge_adapter();
+  both("logits_one_two_merged");
+  m->unmerge_adapter();
+  both("logits_one_two_unmerged");
+  auto off = m->disable_adapter();
+  both("logits_base");
+}
+
+TEST_F(RoadMixed, MixedBatchAsUpstreamEagerAndCompiled) {
+  ForwardInput in;
+  in.input_ids = ids;
+  in.adapter_names = {"one", "__base__", "two"};
+  auto c = compile(*m);
+  at::NoGradGuard g;
+  EXPECT_CLOSE(m->forward(in), want.at("logits_mixed_batch"));
+  EXPECT_CLOSE(c.forward(in), want.at("logits_mixed_batch"));
+  // each row equals its adapter alone (and the base row the base)
+  EXPECT_CLOSE(want.at("logits_mixed_batch")[0], want.at("logits_one")[0]);
+  EXPECT_CLOSE(want.at("logits_mixed_batch")[1], want.at("logits_base")[1]);
+  EXPECT_CLOSE(want.at("logits_mixed_batch")[2], want.at("logits_two")[2]);
+  // another assignment replays the same graph
+  in.adapter_names = {"two", "one", "__base__"};
+  const at::Tensor got = c.forward(in);
+  EXPECT_CLOSE(got[0], want.at("logits_two")[0]);
+  EXPECT_CLOSE(got[1], want.at("logits_one")[1]);
+  EXPECT_CLOSE(got[2], want.at("logits_base")[2]);
+  EXPECT_EQ(c.stats().compiles, 1u) << c.explain();
 }
 
 }  // namespace

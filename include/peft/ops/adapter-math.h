@@ -99,6 +99,19 @@ std::pair<at::Tensor, at::Tensor> olora_factors(const at::Tensor & W, int64_t r)
 /// orthonormalised first and the rotation is I - 2 U U^T. PEFT's HRALinear.get_delta_weight, op for op.
 at::Tensor hra_rotation(const at::Tensor & u, bool gram_schmidt, bool reverse);
 
+/// RoAd's two columns (first, second), each (O), from road_theta / road_alpha (PEFT's _prepare_cols): variant 1
+/// (O/2 values: each group's g/2 pairs share an angle and a scale, repeated for both halves), 2 (O values:
+/// alpha cos(theta), alpha sin(theta)) or 4 (2*O values: per group g cos angles then g sin angles, and two scales).
+std::pair<at::Tensor, at::Tensor> road_cols(const at::Tensor & theta, const at::Tensor & alpha, int64_t variant,
+                                            int64_t group_size);
+/// RoAd on an output y (.., O): y * first + rotate_half(y) * second, where rotate_half works on groups of
+/// `group_size` outputs, pairing each group's first half with its second half: (y1, y2) -> (-y2, y1).
+at::Tensor road_apply(const at::Tensor & y, const at::Tensor & first, const at::Tensor & second, int64_t group_size);
+/// The (O, O) matrix R with R y = road_apply(y, first, second): first on the diagonal, and in row i the
+/// partner column (i +- group_size/2) holds -second_i (first half of a group) or second_i (second half).
+/// Merging is W <- R W, b <- R b (PEFT's _get_delta_weight).
+at::Tensor road_matrix(const at::Tensor & first, const at::Tensor & second, int64_t group_size);
+
 /// MiSS: the weight (out, in) whose product with x equals the sums of x's r-wide blocks times B (r, out):
 /// dW[o, k r + j] = B[j, o]; a last partial block takes B's first rows (x zero-padded, as PEFT).
 at::Tensor miss_delta(const at::Tensor & B, int64_t in_features);

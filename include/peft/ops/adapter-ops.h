@@ -45,6 +45,11 @@ at::Tensor lora_mixed_add(const at::Tensor & y, const at::Tensor & x, at::Tensor
 /// Q (R, b, b).
 at::Tensor block_rotate(const at::Tensor & x, const at::Tensor & Q);
 
+/// RoAd on a layer's output (road_theta / road_alpha of `variant` 1, 2 or 4): y * first + rotate_half(y) * second
+/// per group of `group_size` outputs (math::road_cols, math::road_apply). y (.., O) in theta's dtype.
+at::Tensor road_rotate(const at::Tensor & y, const at::Tensor & theta, const at::Tensor & alpha, int64_t variant,
+                       int64_t group_size);
+
 // ---- ops that only compile passes emit ----
 
 /// lora_add with the low-rank product accumulated into y by one GEMM (addmm), no separate add.

@@ -146,6 +146,44 @@ bool fold_dora_embedding(Program & p, Node * n) {
   return true;
 }
 
+bool fold_road(Program & p, Node * n) {
+  // road_rotate(linear(x, W, b)) = linear(x, R W, R b), R = road_matrix (the layer's merge)
+  Node * lin = arg(n, "y")->node();
+  if (lin->kind() != kLinear || arg(n, "y")->uses().size() != 1) return false;
+  auto variant = constant_of(arg(n, "variant")), group = constant_of(arg(n, "group_size"));
+  if (!variant || !group || !variant->isInt() || !group->isInt()) return false;
+  int64_t W = idx(p, arg(lin, "weight")), th = idx(p, arg(n, "theta")), al = idx(p, arg(n, "alpha"));
+  if (W < 0 || th < 0 || al < 0) return false;
+  // the op runs in theta's dtype: fold only where the linear already does
+  if (p.value(W).scalar_type() != p.value(th).scalar_type()) return false;
+  const bool has_b = !is_none(arg(lin, "bias"));
+  const int64_t b = has_b ? idx(p, arg(lin, "bias")) : -1;
+  if (has_b && b < 0) return false;
+  const int64_t v = variant->toInt(), g = group->toInt();
+  auto rotation = [v, g](const at::Tensor & theta, const at::Tensor & alpha) {
+    const auto cols = math::road_cols(theta.to(at::kFloat), alpha.to(at::kFloat), v, g);
+    return math::road_matrix(cols.first, cols.second, g);
+  };
+  Value * Wf = p.add_derived(
+      {size_t(W), size_t(th), size_t(al)},
+      [rotation](const std::vector<at::Tensor> & t) {
+        return at::mm(rotation(t[1], t[2]), t[0].to(at::kFloat)).to(t[0].scalar_type());
+      },
+      "folded_road_weight", p.value(W));
+  lin->replaceInput(1, Wf);
+  if (has_b) {
+    Value * bf = p.add_derived(
+        {size_t(b), size_t(th), size_t(al)},
+        [rotation](const std::vector<at::Tensor> & t) {
+          return at::mv(rotation(t[1], t[2]), t[0].to(at::kFloat)).to(t[0].scalar_type());
+        },
+        "folded_road_bias", p.value(b));
+    lin->replaceInput(2, bf);
+  }
+  drop_adapter_node(n);
+  return true;
+}
+
 }  // namespace
 
 size_t fold_adapters(Program & p) {
@@ -154,9 +192,11 @@ size_t fold_adapters(Program & p) {
   static const auto emb = c10::Symbol::fromQualString("peft::lora_embedding_add");
   static const auto vera = c10::Symbol::fromQualString("peft::vera_add");
   static const auto dora_emb = c10::Symbol::fromQualString("peft::dora_embedding_add");
+  static const auto road = c10::Symbol::fromQualString("peft::road_rotate");
   std::vector<Node *> nodes;
   for (Node * n : p.graph->nodes()) {
-    if (n->kind() == lora || n->kind() == dora || n->kind() == emb || n->kind() == vera || n->kind() == dora_emb)
+    if (n->kind() == lora || n->kind() == dora || n->kind() == emb || n->kind() == vera || n->kind() == dora_emb ||
+        n->kind() == road)
       nodes.push_back(n);
   }
   size_t folded = 0;
@@ -165,6 +205,7 @@ size_t fold_adapters(Program & p) {
     else if (n->kind() == dora) folded += fold_dora(p, n);
     else if (n->kind() == vera) folded += fold_vera(p, n);
     else if (n->kind() == dora_emb) folded += fold_dora_embedding(p, n);
+    else if (n->kind() == road) folded += fold_road(p, n);
     else folded += fold_embedding(p, n);
   }
   return folded;

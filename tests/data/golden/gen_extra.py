@@ -61,6 +61,13 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
                         tiny-llama, RandLoRA on q_proj/v_proj/down_proj: r 4 with dense bases (prng key 7), and r 5
                         with sparse bases (5 does not divide 16 or 32: a partial last basis); the bases are in the file
                         (save_projection); same layout
+  road, road_2, road_4_opt
+                        RoAd (init_weights=False): road_1 with group_size 8 on tiny-llama's q_proj/v_proj, road_2 with
+                        group_size 4 on q_proj/k_proj/down_proj, road_4 with group_size 16 on tiny-opt's q_proj/v_proj/fc1
+                        (biases: the merge rotates them too); same layout
+  road_mixed            tiny-llama, two RoAd adapters (one: road_1, group 8 on q_proj/v_proj; two: road_4, group 4 on
+                        q_proj/down_proj): each alone, both active in either order, merged and unmerged in order, and a
+                        mixed batch ["one", "__base__", "two"]; adapters/<name>/
   train_vblora_adamw    tiny-llama, VB-LoRA trained 8 AdamW steps (logits and the shared bank; train_lora_adamw's
                         optimizer and loss): losses, logits_final, adapter_init/ and adapter_final/
   trainable_tokens, trainable_tokens_tied
@@ -190,14 +197,14 @@ def main():
         return out
 
     @contextlib.contextmanager
-    def per_row_adapters(pm, names):
-        """forward(..., adapter_names=names) on every LoRA layer. torch 1.13 has no keyword pre-hooks, which PEFT's
-        _enable_peft_forward_hooks needs, so hand adapter_names to the layers directly (as gen_golden.py does); the
-        layers' own _check_forward_args still runs."""
+    def per_row_adapters(pm, names, layer_cls=None):
+        """forward(..., adapter_names=names) on every LoRA layer (every `layer_cls` layer when given). torch 1.13 has
+        no keyword pre-hooks, which PEFT's _enable_peft_forward_hooks needs, so hand adapter_names to the layers
+        directly (as gen_golden.py does); the layers' own _check_forward_args still runs."""
         def call(fwd, x, *args, **kwargs):
             return fwd(x, *args, adapter_names=list(names), **kwargs)
 
-        patched = [m for m in pm.modules() if isinstance(m, LoraLayer)]
+        patched = [m for m in pm.modules() if isinstance(m, layer_cls or LoraLayer)]
         for m in patched:
             m.forward = functools.partial(call, m.forward)
         try:
@@ -868,6 +875,70 @@ def main():
 
         return case_single(name, HRAConfig(target_modules=targets, r=4, apply_GS=apply_gs, init_weights=False), seed)
 
+    def case_road(name, kw, seed, model="tiny-llama"):
+        # RoAd: the layer's output (bias included) rotated and scaled in pairs; init_weights=False so that it acts
+        from peft import RoadConfig
+
+        return case_single(name, RoadConfig(init_weights=False, **kw), seed, model=model)
+
+    def case_road_mixed(seed=850):
+        # two RoAd adapters sharing q_proj (names not inside the prefix "road_": upstream warns that such names may be
+        # re-initialised when loaded): each alone, both in either order, merged in order, a mixed batch
+        from peft import RoadConfig
+        from peft.tuners.road import RoadLayer
+
+        name = "road_mixed"
+        folder = os.path.join(cases, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        ids = input_ids(seed + 1)
+        torch.manual_seed(seed)
+        base = tinyref.load_hf(os.path.join(models, "tiny-llama"))
+        base_logits = logits_of(base, ids)
+        cfgs = {
+            "one": RoadConfig(variant="road_1", group_size=8, target_modules=["q_proj", "v_proj"], init_weights=False),
+            "two": RoadConfig(variant="road_4", group_size=4, target_modules=["q_proj", "down_proj"], init_weights=False),
+        }
+        pm = get_peft_model(base, cfgs["one"], adapter_name="one")
+        pm.add_adapter("two", cfgs["two"])
+        for i, nm in enumerate(cfgs):
+            pm.set_adapter(nm)
+            perturb_trainables(pm, seed + 10 + i)
+        pm.eval()
+        pm.save_pretrained(os.path.join(folder, "adapters"))  # adapters/<name>/
+        exp = {}
+        for nm in cfgs:
+            pm.set_adapter(nm)
+            exp[f"logits_{nm}"] = logits_of(pm, ids)
+        with pm.disable_adapter():
+            exp["logits_base"] = logits_of(pm, ids)
+        assert torch.allclose(exp["logits_base"], base_logits, atol=1e-6)
+        q_proj = pm.base_model.model.model.layers[0].self_attn.q_proj
+        for names in (["one", "two"], ["two", "one"]):
+            pm.base_model.set_adapter(names)
+            assert list(q_proj.active_adapters) == names, q_proj.active_adapters
+            exp["logits_" + "_".join(names)] = logits_of(pm, ids)
+        pm.base_model.set_adapter(["one", "two"])
+        pm.merge_adapter()
+        assert list(q_proj.merged_adapters) == ["one", "two"], q_proj.merged_adapters
+        exp["logits_one_two_merged"] = logits_of(pm, ids)
+        pm.unmerge_adapter()
+        exp["logits_one_two_unmerged"] = logits_of(pm, ids)
+        pm.set_adapter("one")
+        mixed = ["one", "__base__", "two"]
+        with per_row_adapters(pm, mixed, RoadLayer):
+            exp["logits_mixed_batch"] = logits_of(pm, ids)
+        case = {
+            "model": "models/tiny-llama",
+            "adapters": {nm: f"adapters/{nm}" for nm in cfgs},
+            "mixed_batch_adapter_names": mixed,
+            "what": "eval-mode logits [batch, seq, vocab] float32 for input_ids.json: logits_<name> (that adapter "
+                    "alone), logits_base (disabled), logits_one_two / logits_two_one (both active, applied in that order), "
+                    "logits_one_two_merged / logits_one_two_unmerged (both merged in order, then unmerged), "
+                    "logits_mixed_batch (per-row adapter_names, \"__base__\" = no adapter)",
+        }
+        write_case(folder, case, exp, ids)
+        return {name: sorted(exp)}
+
     def case_miss(name, kw, seed):
         from peft import MissConfig
 
@@ -1460,6 +1531,12 @@ def main():
         "weighted_ia3": case_weighted_ia3,
         "hra": lambda: case_hra("hra", ["q_proj", "v_proj"], False, 580),
         "hra_gs": lambda: case_hra("hra_gs", ["q_proj", "k_proj", "down_proj"], True, 590),
+        "road": lambda: case_road("road", dict(variant="road_1", group_size=8, target_modules=["q_proj", "v_proj"]), 820),
+        "road_2": lambda: case_road("road_2", dict(variant="road_2", group_size=4,
+                                                   target_modules=["q_proj", "k_proj", "down_proj"]), 830),
+        "road_4_opt": lambda: case_road("road_4_opt", dict(variant="road_4", group_size=16,
+                                                           target_modules=["q_proj", "v_proj", "fc1"]), 840, "tiny-opt"),
+        "road_mixed": case_road_mixed,
         "miss": lambda: case_miss("miss", dict(r=5, target_modules=["q_proj", "down_proj"], init_weights=False), 600),
         "miss_bat": lambda: case_miss("miss_bat", dict(r=4, target_modules=["q_proj", "o_proj"], init_weights="bat"), 610),
         "fourierft": lambda: case_fourierft(630),
