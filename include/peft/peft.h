@@ -14,6 +14,7 @@
 #include "peft/tokenizer/tokenizer.h"
 #include "peft/train/plot.h"
 #include "peft/train/progress.h"
+#include "peft/train/train-job.h"
 #include "peft/train/trainer.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/lora-loftq.h"

@@ -6,13 +6,11 @@
 
 namespace peft {
 
-SequenceSet::SequenceSet(std::shared_ptr<const TokenDataset> data, const std::string & layout, int64_t max_length,
+SequenceSet::SequenceSet(std::shared_ptr<const TokenDataset> data, Choice<SequenceLayout> layout, int64_t max_length,
                          int64_t pad_id)
     : data_(std::move(data)), layout_(layout), max_length_(max_length), pad_id_(pad_id) {
-  PEFT_CHECK(layout == "pad" || layout == "concat" || layout == "pack", "unknown sequence layout '", layout,
-             "' (pad, concat or pack)");
-  PEFT_CHECK(max_length >= 2, "--max-length must be >= 2, got ", max_length);
-  if (layout != "pad") {
+  PEFT_CHECK(max_length >= 2, "a sequence's max_length must be >= 2, got ", max_length);
+  if (layout_ != SequenceLayout::pad) {
     starts_.reserve(data_->size() + 1);
     starts_.push_back(0);
     for (size_t d = 0; d < data_->size(); ++d) starts_.push_back(starts_.back() + data_->doc(d).size);
@@ -21,13 +19,13 @@ SequenceSet::SequenceSet(std::shared_ptr<const TokenDataset> data, const std::st
 }
 
 size_t SequenceSet::size() const {
-  if (layout_ == "pad") return data_->size();
+  if (layout_ == SequenceLayout::pad) return data_->size();
   return (total_ + max_length_ - 1) / max_length_;
 }
 
 std::vector<SequenceSet::Piece> SequenceSet::pieces(size_t seq) const {
   PEFT_CHECK(seq < size(), "sequence ", seq, " out of range (", size(), ")");
-  if (layout_ == "pad") {
+  if (layout_ == SequenceLayout::pad) {
     return {{seq, 0, std::min<size_t>(data_->doc(seq).size, max_length_)}};
   }
   std::vector<Piece> out;
@@ -48,7 +46,7 @@ int64_t SequenceSet::loss_tokens(size_t i) const {
   for (const Piece & p : pieces(i)) {
     const TokenDataset::Doc doc = data_->doc(p.doc);
     for (size_t t = p.begin; t < p.end; ++t, ++k) {
-      const bool first_of_segment = layout_ == "pack" && t == p.begin;
+      const bool first_of_segment = layout_ == SequenceLayout::pack && t == p.begin;
       n += (k > 0 && doc.loss[t] && !first_of_segment) ? 1 : 0;
     }
   }
@@ -81,7 +79,7 @@ Batch SequenceSet::batch(const std::vector<size_t> & seqs) const {
         mask_a[r][k] = 1;
         pos_a[r][k] = t - p.begin;
         seg_a[r][k] = segment;
-        const bool first_of_segment = layout_ == "pack" && t == p.begin;
+        const bool first_of_segment = layout_ == SequenceLayout::pack && t == p.begin;
         if (doc.loss[t] && !first_of_segment) {
           lab_a[r][k] = doc.ids[t];
           if (k > 0) ++b.loss_tokens;
@@ -97,7 +95,7 @@ Batch SequenceSet::batch(const std::vector<size_t> & seqs) const {
   b.input_ids = ids;
   b.labels = labels;
   if (padded) b.attention_mask = mask;
-  if (layout_ == "pack") {
+  if (layout_ == SequenceLayout::pack) {
     b.position_ids = pos;
     b.segment_ids = seg;
   }

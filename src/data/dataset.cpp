@@ -59,21 +59,17 @@ TextEncoder TextEncoder::for_model(const std::string & model_dir, const ModelCon
   return e;
 }
 
-std::string data_format_of(const std::string & path, const std::string & format) {
-  if (format != "auto") {
-    PEFT_CHECK(format == "txt" || format == "jsonl" || format == "ids", "--data-format must be txt, jsonl or ids, got '",
-               format, "'");
-    return format;
-  }
+DataFormat data_format_of(const std::string & path, Choice<DataFormat> format, const std::string & field) {
+  if (format != DataFormat::auto_detect) return format;
   auto ends = [&](const char * e) {
     const std::string x(e);
     return path.size() >= x.size() && path.compare(path.size() - x.size(), x.size(), x) == 0;
   };
-  if (ends(".txt") || ends(".text") || ends(".md")) return "txt";
-  if (ends(".jsonl")) return "jsonl";
-  if (ends(".json")) return "ids";
+  if (ends(".txt") || ends(".text") || ends(".md")) return DataFormat::txt;
+  if (ends(".jsonl")) return DataFormat::jsonl;
+  if (ends(".json")) return DataFormat::ids;
   fail(str(path, ": cannot tell the data format from the extension (.txt, .jsonl, or .json for token ids); ",
-           "give --data-format txt|jsonl|ids"));
+           "give ", field, " txt|jsonl|ids"));
 }
 
 // ---- TokenDataset ----
@@ -175,7 +171,7 @@ TokenDataset TokenDataset::subset(const std::vector<size_t> & indices) const {
 }
 
 TokenDataset read_dataset(const std::string & path, const TextEncoder & enc, const DataOptions & opts) {
-  const std::string format = data_format_of(path, opts.format);
+  const DataFormat format = data_format_of(path, opts.format);
   // the key: this reader's version, the format, the encoder, and the file's bytes
   uint64_t key = 0;
   {
@@ -183,7 +179,7 @@ TokenDataset read_dataset(const std::string & path, const TextEncoder & enc, con
     PEFT_CHECK(in.good(), "cannot read the data file '", path, "'");
     XXH3_state_t * st = XXH3_createState();
     XXH3_64bits_reset(st);
-    const std::string head = str(kReaderVersion, ";", format, ";", enc.fingerprint, ";");
+    const std::string head = str(kReaderVersion, ";", choice_name(format), ";", enc.fingerprint, ";");
     XXH3_64bits_update(st, head.data(), head.size());
     std::vector<char> buf(1 << 20);
     while (in.read(buf.data(), buf.size()) || in.gcount() > 0) XXH3_64bits_update(st, buf.data(), in.gcount());
@@ -195,9 +191,11 @@ TokenDataset read_dataset(const std::string & path, const TextEncoder & enc, con
   I.source = path;
   I.key = key;
   auto read_into = [&](DocSink & sink) {
-    if (format == "txt") data_detail::read_txt(path, enc, sink);
-    else if (format == "jsonl") data_detail::read_jsonl(path, enc, sink);
-    else data_detail::read_ids(path, enc, sink);
+    switch (format) {
+      case DataFormat::txt: data_detail::read_txt(path, enc, sink); break;
+      case DataFormat::jsonl: data_detail::read_jsonl(path, enc, sink); break;
+      default: data_detail::read_ids(path, enc, sink); break;
+    }
   };
   bool cached = false;
   if (opts.cache) {

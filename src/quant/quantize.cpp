@@ -307,4 +307,11 @@ WeightFootprint weight_footprint(const ModulePtr & root) {
   return f;
 }
 
+void check_options(const QuantOptions & o, const FieldNamer & namer) {
+  PEFT_CHECK_OPTION(!o.double_quant || o.format == Format::nf4 || o.format == Format::fp4,
+                    field_name(namer, "double_quant"), " applies to ", field_name(namer, "format"), " nf4 or fp4");
+  const bool pow2 = o.blocksize >= 32 && o.blocksize <= 4096 && (o.blocksize & (o.blocksize - 1)) == 0;
+  PEFT_CHECK_OPTION(pow2, field_name(namer, "blocksize"), " ", o.blocksize, " is not one of 32, 64, 128, ..., 4096");
+}
+
 }  // namespace peft::quant

@@ -14,6 +14,7 @@ struct Trainer::Impl {
   std::vector<at::Tensor> params;
   TrainOptions opts;
   TrainCallbacks cb;
+  FieldNamer namer;  // how errors name the options' fields
   std::unique_ptr<torch::optim::Optimizer> optim;
   int64_t step = 0;          // optimizer steps done
   int64_t total = 0;         // steps of the whole run (lr schedule); opts.steps until train() knows the data

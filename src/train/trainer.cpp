@@ -101,43 +101,50 @@ std::vector<size_t> Trainer::Impl::micro_batch(const SequenceSet & data, int64_t
 
 // ---- the trainer ----
 
-Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks)
+void check_train_options(const TrainOptions & o, const FieldNamer & namer) {
+  auto n = [&](const char * field) { return field_name(namer, field); };
+  PEFT_CHECK_OPTION(std::isfinite(o.lr) && o.lr > 0, n("lr"), " must be a positive number, got ", o.lr);
+  PEFT_CHECK_OPTION(o.batch_size >= 1 && o.gradient_accumulation_steps >= 1,
+                    field_names(namer, {"batch_size", "gradient_accumulation_steps"}), " must be >= 1");
+  PEFT_CHECK_OPTION(o.steps >= 0 && std::isfinite(o.epochs) && o.epochs >= 0, field_names(namer, {"steps", "epochs"}),
+                    " must be >= 0 (and finite)");
+  PEFT_CHECK_OPTION(o.steps > 0 || o.epochs > 0, n("steps"), " or ", n("epochs"), " must be > 0");
+  PEFT_CHECK_OPTION(o.warmup_steps >= 0 && o.max_grad_norm >= 0 && o.weight_decay >= 0 && o.eps > 0,
+                    field_names(namer, {"warmup_steps", "max_grad_norm", "weight_decay"}), " must be >= 0, ", n("eps"),
+                    " > 0");
+  PEFT_CHECK_OPTION(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, field_names(namer, {"beta1", "beta2"}),
+                    " must be in [0, 1), got ", o.beta1, ",", o.beta2);
+  PEFT_CHECK_OPTION(o.momentum >= 0 && o.momentum < 1, n("momentum"), " must be in [0, 1)");
+  PEFT_CHECK_OPTION(o.eval_steps >= 0 && o.save_steps >= 0 && o.save_total_limit >= 0,
+                    field_names(namer, {"eval_steps", "save_steps", "save_total_limit"}), " must be >= 0");
+  PEFT_CHECK_OPTION(o.save_steps == 0 || !o.checkpoint_dir.empty(), n("save_steps"), " needs ", n("checkpoint_dir"));
+  PEFT_CHECK_OPTION(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, n("rank"), " ", o.rank, " outside a ",
+                    n("world_size"), " of ", o.world_size);
+}
+
+Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks,
+                 FieldNamer namer)
     : impl_(new Impl) {
   PEFT_CHECK(!params.empty(), "nothing to train: the model has no trainable tensors");
-  PEFT_CHECK(std::isfinite(opts.lr) && opts.lr > 0, "--lr must be > 0, got ", opts.lr);
-  PEFT_CHECK(opts.batch_size > 0, "--batch-size must be > 0, got ", opts.batch_size);
-  PEFT_CHECK(opts.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be > 0");
-  PEFT_CHECK(opts.steps > 0 || opts.epochs > 0, "--steps or --epochs must be > 0");
-  PEFT_CHECK(opts.steps >= 0 && opts.epochs >= 0, "--steps and --epochs must be >= 0");
-  PEFT_CHECK(opts.weight_decay >= 0, "--weight-decay must be >= 0");
-  PEFT_CHECK(opts.beta1 >= 0 && opts.beta1 < 1 && opts.beta2 >= 0 && opts.beta2 < 1, "--betas must be in [0, 1)");
-  PEFT_CHECK(opts.eps > 0, "--eps must be > 0");
-  PEFT_CHECK(opts.momentum >= 0 && opts.momentum < 1, "--momentum must be in [0, 1)");
-  PEFT_CHECK(opts.max_grad_norm >= 0, "--max-grad-norm must be >= 0");
-  PEFT_CHECK(opts.warmup_steps >= 0, "--warmup-steps must be >= 0");
-  PEFT_CHECK(opts.eval_steps >= 0 && opts.save_steps >= 0 && opts.save_total_limit >= 0,
-             "--eval-steps, --save-steps and --save-total-limit must be >= 0");
-  PEFT_CHECK(opts.save_steps == 0 || !opts.checkpoint_dir.empty(), "--save-steps needs a checkpoint folder");
-  PEFT_CHECK(opts.world_size >= 1 && opts.rank >= 0 && opts.rank < opts.world_size, "rank ", opts.rank,
-             " outside a world of ", opts.world_size);
-  PEFT_CHECK(opts.lr_scheduler == "constant" || opts.lr_scheduler == "linear" || opts.lr_scheduler == "cosine",
-             "--lr-scheduler must be constant, linear or cosine, got '", opts.lr_scheduler, "'");
+  check_train_options(opts, namer);
   auto & I = *impl_;
   I.forward = std::move(forward);
   I.params = std::move(params);
   I.opts = opts;
   I.cb = std::move(callbacks);
+  I.namer = std::move(namer);
   I.total = opts.steps;
-  if (opts.optimizer == "adamw") {
-    I.optim = std::make_unique<torch::optim::AdamW>(I.params, torch::optim::AdamWOptions(opts.lr)
-                                                                  .betas(std::make_tuple(opts.beta1, opts.beta2))
-                                                                  .eps(opts.eps)
-                                                                  .weight_decay(opts.weight_decay));
-  } else if (opts.optimizer == "sgd") {
-    I.optim = std::make_unique<torch::optim::SGD>(
-        I.params, torch::optim::SGDOptions(opts.lr).momentum(opts.momentum).weight_decay(opts.weight_decay));
-  } else {
-    fail(str("--optimizer must be adamw or sgd, got '", opts.optimizer, "'"));
+  switch (opts.optimizer.value()) {
+    case OptimizerKind::adamw:
+      I.optim = std::make_unique<torch::optim::AdamW>(I.params, torch::optim::AdamWOptions(opts.lr)
+                                                                    .betas(std::make_tuple(opts.beta1, opts.beta2))
+                                                                    .eps(opts.eps)
+                                                                    .weight_decay(opts.weight_decay));
+      break;
+    case OptimizerKind::sgd:
+      I.optim = std::make_unique<torch::optim::SGD>(
+          I.params, torch::optim::SGDOptions(opts.lr).momentum(opts.momentum).weight_decay(opts.weight_decay));
+      break;
   }
 }
 
@@ -148,22 +155,23 @@ int64_t Trainer::global_step() const { return impl_->step; }
 
 int64_t Trainer::total_steps(const SequenceSet & data) const {
   const auto & o = impl_->opts;
+  auto n = [&](const char * field) { return field_name(impl_->namer, field); };
   PEFT_CHECK(data.size() > 0, "no training data");
   const int64_t per_epoch = impl_->batches_per_epoch(data), accum = o.gradient_accumulation_steps;
   // every micro-batch of a step is built before its forward: more than an epoch's would take the same
   // sequences twice in one step (and a huge value would exhaust memory before the first step)
-  PEFT_CHECK(accum <= per_epoch, "--gradient-accumulation-steps ", accum, " is more than the ", per_epoch,
-             " micro-batch(es) of an epoch (", data.size(), " sequences in batches of --batch-size ", o.batch_size,
+  PEFT_CHECK(accum <= per_epoch, n("gradient_accumulation_steps"), " ", accum, " is more than the ", per_epoch,
+             " micro-batch(es) of an epoch (", data.size(), " sequences in batches of ", n("batch_size"), " ", o.batch_size,
              o.world_size > 1 ? str(" x ", o.world_size, " ranks") : std::string(),
              "): one optimizer step cannot take more than the whole training set");
   constexpr double kMaxMicro = 9007199254740992.0;  // 2^53: micro-batches are counted exactly
   if (o.steps > 0) {
-    PEFT_CHECK(static_cast<double>(o.steps) * accum <= kMaxMicro, "--steps ", o.steps,
-               " x --gradient-accumulation-steps ", accum, " micro-batches are more than this trainer can count (2^53)");
+    PEFT_CHECK(static_cast<double>(o.steps) * accum <= kMaxMicro, n("steps"), " ", o.steps, " x ",
+               n("gradient_accumulation_steps"), " ", accum, " micro-batches are more than this trainer can count (2^53)");
     return o.steps;
   }
   const double micro = o.epochs * per_epoch;
-  PEFT_CHECK(std::isfinite(micro) && micro <= kMaxMicro, "--epochs ", o.epochs, " is too large: ", micro,
+  PEFT_CHECK(std::isfinite(micro) && micro <= kMaxMicro, n("epochs"), " ", o.epochs, " is too large: ", micro,
              " micro-batches of ", per_epoch, " per epoch are more than this trainer can count (2^53)");
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(micro / accum - 1e-9)));
 }
@@ -175,10 +183,10 @@ int64_t Trainer::last_checkpoint_step() const { return impl_->checkpoint_step; }
 double Trainer::lr_at(int64_t step) const {
   const auto & o = impl_->opts;
   if (o.warmup_steps > 0 && step <= o.warmup_steps) return o.lr * static_cast<double>(step) / o.warmup_steps;
-  if (o.lr_scheduler == "constant") return o.lr;
+  if (o.lr_scheduler == LrScheduler::constant) return o.lr;
   const double span = std::max<int64_t>(1, impl_->total - o.warmup_steps);
   const double t = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
-  if (o.lr_scheduler == "linear") return o.lr * (1.0 - t);
+  if (o.lr_scheduler == LrScheduler::linear) return o.lr * (1.0 - t);
   return o.lr * 0.5 * (1.0 + std::cos(M_PI * t));  // cosine
 }
 
@@ -298,7 +306,7 @@ void Trainer::train(const SequenceSet & data, const SequenceSet * eval) {
   while (I.step < I.total) {
     if (I.cb.should_stop && I.cb.should_stop()) {
       // asked to stop (a signal): the steps since the last checkpoint are saved as one, so that
-      // --resume-from-checkpoint continues exactly from here
+      // resuming from it continues exactly from here
       I.stopped = true;
       if (I.step > 0 && I.checkpoint_step != I.step && !I.opts.checkpoint_dir.empty() && I.cb.save_model &&
           I.opts.rank == 0) {

@@ -32,7 +32,7 @@ export cxx ccache out
 export cflags_str="${cflags[*]}"
 # the instrumented parsers and the harnesses
 parsers=(src/error.cpp src/io/files.cpp src/io/safetensors.cpp src/model/config.cpp src/tuners/config.cpp
-         src/tokenizer/bpe-tokenizer.cpp tools/peft/common.cpp)
+         src/tokenizer/bpe-tokenizer.cpp src/data/readers.cpp)
 harnesses=(safetensors config adapter-config tokenizer ids)
 objs=()
 for s in "${parsers[@]}" $(for h in "${harnesses[@]}"; do echo "tests/fuzz/fuzz-$h.cpp"; done); do

@@ -6,6 +6,7 @@
 #include "adapter-options.h"
 #include "common.h"
 #include "quant-options.h"
+#include "peft/data/dataset.h"
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/model/causal-lm.h"
@@ -38,8 +39,8 @@ Runner add_forward(CLI::App & app) {
     std::vector<std::string> inputs = {o->model, o->ids};
     for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
     check_output_file("--out", o->out, inputs);
-    const auto rows = read_ragged_ids_json(o->ids);
-    check_ids(o->ids, rows, ModelConfig::load(o->model), 0, /*positions_only_if_learned=*/true);
+    const auto rows = read_token_ids(o->ids);
+    check_token_ids(o->ids, rows, ModelConfig::load(o->model), 0, /*positions_only_if_learned=*/true);
     at::Tensor ids = ids_tensor(rows, o->ids);
     apply_common_options(o->common);
     auto model = load_model_with(o->model, dtype, o->quant);

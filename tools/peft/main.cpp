@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "peft/util/options.h"
 
 int main(int argc, char ** argv) {
   CLI::App app{"peft.cpp: parameter-efficient fine-tuning on LibTorch, eager and compiled"};
@@ -41,6 +42,10 @@ int main(int argc, char ** argv) {
       if (kv.first->parsed()) return kv.second();
     }
   } catch (const peft::cli::UsageError & e) {
+    std::cerr << "error: " << e.what() << "\nRun with --help for more information.\n";
+    return 2;
+  } catch (const peft::OptionError & e) {
+    // options that cannot work, named by the flags that set them
     std::cerr << "error: " << e.what() << "\nRun with --help for more information.\n";
     return 2;
   } catch (const c10::Error & e) {

@@ -1,5 +1,6 @@
 #include "quant-options.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "common.h"
@@ -15,7 +16,15 @@ void add_quant_options(CLI::App & cmd, QuantFlags & q) {
   cmd.add_option("--int8-threshold", q.int8_threshold, "int8: llm_int8_threshold written to quantization_config (default 6.0)");
 }
 
-quant::QuantOptions quant_options(const QuantFlags & q) {
+std::string quant_flag(const std::string & field) {
+  if (field == "format") return "--quantize";
+  if (field == "skip") return "--quantize-skip";
+  std::string flag = "--" + field;  // double_quant -> --double-quant
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  return flag;
+}
+
+quant::QuantOptions parse_quant_flags(const QuantFlags & q) {
   quant::QuantOptions o;
   o.format = quant::parse_format(q.quantize, "--quantize");
   o.double_quant = q.double_quant;
@@ -26,10 +35,12 @@ quant::QuantOptions quant_options(const QuantFlags & q) {
   for (std::string s; std::getline(ss, s, ',');) {
     if (!s.empty()) o.skip.push_back(s);
   }
-  PEFT_USAGE(!q.double_quant || o.format == quant::Format::nf4 || o.format == quant::Format::fp4,
-             "--double-quant applies to --quantize nf4 or fp4");
-  const bool pow2 = q.blocksize >= 32 && q.blocksize <= 4096 && (q.blocksize & (q.blocksize - 1)) == 0;
-  PEFT_USAGE(pow2, "--blocksize ", q.blocksize, " is not one of 32, 64, 128, ..., 4096");
+  return o;
+}
+
+quant::QuantOptions quant_options(const QuantFlags & q) {
+  quant::QuantOptions o = parse_quant_flags(q);
+  quant::check_options(o, quant_flag);  // (an OptionError: a usage error)
   return o;
 }
 

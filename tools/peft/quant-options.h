@@ -19,6 +19,10 @@ struct QuantFlags {
 void add_quant_options(CLI::App & cmd, QuantFlags & q);
 /// The quantization the flags ask for (a usage error for flags that do not apply, e.g. --double-quant with int8).
 quant::QuantOptions quant_options(const QuantFlags & q);
+/// The same, unchecked (for a caller that checks the options itself: peft::TrainJob).
+quant::QuantOptions parse_quant_flags(const QuantFlags & q);
+/// The flag of a QuantOptions field ("blocksize" -> "--blocksize").
+std::string quant_flag(const std::string & field);
 /// load_model with `dtype` and the flags' quantization.
 std::shared_ptr<CausalLM> load_model_with(const std::string & dir, at::ScalarType dtype, const QuantFlags & q);
 

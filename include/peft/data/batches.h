@@ -14,8 +14,20 @@
 #include <vector>
 
 #include "peft/data/dataset.h"
+#include "peft/util/options.h"
 
 namespace peft {
+
+enum class SequenceLayout { pad, concat, pack };
+inline const std::vector<std::string> & choice_names(SequenceLayout) {
+  static const std::vector<std::string> names = {"pad", "concat", "pack"};
+  return names;
+}
+/// The layout `peft train` gives a data format: pack with packing, else concat for plain text and pad
+/// for records and token-id rows.
+inline SequenceLayout layout_for(DataFormat format, bool packing) {
+  return packing ? SequenceLayout::pack : format == DataFormat::txt ? SequenceLayout::concat : SequenceLayout::pad;
+}
 
 struct Batch {
   at::Tensor input_ids;       // (B, S) int64
@@ -29,11 +41,11 @@ struct Batch {
 
 class SequenceSet {
  public:
-  /// layout: pad | concat | pack (see above). pad_id fills padding (masked; any valid id).
-  SequenceSet(std::shared_ptr<const TokenDataset> data, const std::string & layout, int64_t max_length,
+  /// layout: pad | concat | pack (see above; the enum or its name). pad_id fills padding (masked; any valid id).
+  SequenceSet(std::shared_ptr<const TokenDataset> data, Choice<SequenceLayout> layout, int64_t max_length,
               int64_t pad_id = 0);
   size_t size() const;  // sequences
-  const std::string & layout() const { return layout_; }
+  SequenceLayout layout() const { return layout_; }
   int64_t max_length() const { return max_length_; }
   const TokenDataset & data() const { return *data_; }
   /// The sequences `seqs` as one batch (S = the longest of them).
@@ -47,7 +59,7 @@ class SequenceSet {
   };
   std::vector<Piece> pieces(size_t seq) const;
   std::shared_ptr<const TokenDataset> data_;
-  std::string layout_;
+  SequenceLayout layout_;
   int64_t max_length_, pad_id_;
   std::vector<uint64_t> starts_;  // concat/pack: token offset of each document in the joined stream
   uint64_t total_ = 0;

@@ -16,10 +16,18 @@
 
 #include "peft/data/chat-template.h"
 #include "peft/tokenizer/tokenizer.h"
+#include "peft/util/options.h"
 
 namespace peft {
 
 struct ModelConfig;
+
+/// How a data file is read: auto (from the extension), txt, jsonl or ids (see the top of this file).
+enum class DataFormat { auto_detect, txt, jsonl, ids };
+inline const std::vector<std::string> & choice_names(DataFormat) {
+  static const std::vector<std::string> names = {"auto", "txt", "jsonl", "ids"};
+  return names;
+}
 
 /// What turns text into tokens for a model: its tokenizer, chat template (if any) and special tokens.
 struct TextEncoder {
@@ -34,7 +42,7 @@ struct TextEncoder {
 };
 
 struct DataOptions {
-  std::string format = "auto";  // auto (from the extension) | txt | jsonl | ids
+  Choice<DataFormat> format = DataFormat::auto_detect;  // auto (from the extension) | txt | jsonl | ids
   bool cache = true;            // keep a token cache beside the data file (off: tokenize in memory)
 };
 
@@ -78,7 +86,19 @@ class TokenDataset {
 /// line and the field. Token ids are checked against the tokenizer's vocabulary.
 TokenDataset read_dataset(const std::string & path, const TextEncoder & encoder, const DataOptions & opts = {});
 
-/// The format `path` is read as: opts.format, or from the extension (.txt, .jsonl, .json).
-std::string data_format_of(const std::string & path, const std::string & format = "auto");
+/// The format `path` is read as: `format`, or from the extension (.txt, .jsonl, .json) for auto (an
+/// unknown extension is an error that asks for the option `field`).
+DataFormat data_format_of(const std::string & path, Choice<DataFormat> format = DataFormat::auto_detect,
+                          const std::string & field = "format");
+
+/// A token-id file: a non-empty JSON array of non-empty arrays of integer token ids in [0, 2^31), rows of
+/// any lengths. Errors name the file, the row and the item. (read_dataset reads .json data with it.)
+std::vector<std::vector<int64_t>> read_token_ids(const std::string & path);
+/// Token-id rows (read from `path`, named in errors) against a model: ids in [0, vocab_size), lengths
+/// (plus `extra` positions) within max_position_embeddings (with `positions_only_if_learned`, only for a
+/// learned position table: a forward pass of a rotary model goes on past it, as in transformers). Errors
+/// name the file, the row and the position.
+void check_token_ids(const std::string & path, const std::vector<std::vector<int64_t>> & rows, const ModelConfig & cfg,
+                     int64_t extra = 0, bool positions_only_if_learned = false);
 
 }  // namespace peft

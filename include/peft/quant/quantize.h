@@ -9,6 +9,7 @@
 
 #include "peft/nn/module.h"
 #include "peft/quant/formats.h"
+#include "peft/util/options.h"
 
 namespace peft::quant {
 
@@ -20,6 +21,10 @@ struct QuantOptions {
   std::vector<std::string> skip = {"lm_head"};  // module names (or dotted paths) kept in float
   bool enabled() const { return format != Format::none; }
 };
+
+/// Options that cannot work (OptionError naming the field as `namer` names it: "format", "double_quant",
+/// "blocksize"): double_quant without a 4-bit format, a blocksize that is not a power of two in [32, 4096].
+void check_options(const QuantOptions & o, const FieldNamer & namer = {});
 
 /// Does the module at `path` stay in float under `skip`? (a name matches a whole path component run)
 bool skipped(const std::string & path, const std::vector<std::string> & skip);

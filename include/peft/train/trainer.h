@@ -13,10 +13,22 @@
 #include "peft/data/batches.h"
 #include "peft/error.h"
 #include "peft/model/causal-lm.h"
+#include "peft/util/options.h"
 
 namespace peft {
 
 class FolderWriter;
+
+enum class OptimizerKind { adamw, sgd };
+enum class LrScheduler { constant, linear, cosine };
+inline const std::vector<std::string> & choice_names(OptimizerKind) {
+  static const std::vector<std::string> names = {"adamw", "sgd"};
+  return names;
+}
+inline const std::vector<std::string> & choice_names(LrScheduler) {
+  static const std::vector<std::string> names = {"constant", "linear", "cosine"};
+  return names;
+}
 
 /// Mean token cross-entropy of logits[:, :-1] (B, S, V) against ids[:, 1:]; positions whose target is
 /// padding (attention_mask 0) are ignored when a mask is given. Logits longer than ids (B, n + S, V) cover
@@ -35,12 +47,12 @@ struct TrainOptions {
   int64_t gradient_accumulation_steps = 1;  // micro-batches per optimizer step
   int64_t steps = 100;                      // optimizer steps; 0 = from `epochs` (train())
   double epochs = 0;
-  std::string optimizer = "adamw";  // adamw | sgd
+  Choice<OptimizerKind> optimizer = OptimizerKind::adamw;  // adamw | sgd
   double lr = 1e-3;
   double weight_decay = 1e-2;  // LibTorch's AdamW default
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double momentum = 0;                    // sgd
-  std::string lr_scheduler = "constant";  // constant | linear | cosine
+  Choice<LrScheduler> lr_scheduler = LrScheduler::constant;  // constant | linear | cosine
   int64_t warmup_steps = 0;
   double max_grad_norm = 0;  // 0 = no clipping
   bool shuffle = true;
@@ -54,6 +66,12 @@ struct TrainOptions {
   // of batch_size * world_size sequences (the last one of an epoch filled from the epoch's start)
   int rank = 0, world_size = 1;
 };
+
+/// Every check of TrainOptions on its own (OptionError naming the field as `namer` names it: "lr", or
+/// the caller's words for it): positive lr, batch sizes and a step count, weight decay, betas, eps,
+/// momentum, clipping and warm-up in range, a checkpoint folder for save_steps, a rank of the world.
+/// The Trainer's constructor runs it; a caller may run it before any work.
+void check_train_options(const TrainOptions & o, const FieldNamer & namer = {});
 
 /// Training stopped because a step's loss or gradient norm was NaN or Inf. That step's update was not
 /// applied: the parameters are those after step `step - 1`, the last good state.
@@ -104,7 +122,9 @@ struct TrainCallbacks {
 
 class Trainer {
  public:
-  Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks = {});
+  /// `namer`: how errors name the options' fields (check_train_options, total_steps).
+  Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks = {},
+          FieldNamer namer = {});
   ~Trainer();
   /// One optimizer step on `ids` (B, S) with optional mask (loss on every non-padding token).
   StepLog step(const at::Tensor & ids, const at::Tensor & attention_mask = {});
@@ -124,8 +144,8 @@ class Trainer {
   int64_t last_checkpoint_step() const;
 
   /// Optimizer steps of the whole run on `data` (opts.steps, or from opts.epochs). Throws an Error
-  /// naming the flag for a schedule that cannot run: more steps than an int64 counts exactly (a huge
-  /// --epochs), or more micro-batches per step than an epoch has (--gradient-accumulation-steps).
+  /// naming the field for a schedule that cannot run: more steps than an int64 counts exactly (a huge
+  /// epochs), or more micro-batches per step than an epoch has (gradient_accumulation_steps).
   int64_t total_steps(const SequenceSet & data) const;
   int64_t global_step() const;
   double lr_at(int64_t step) const;  // 1-based step
