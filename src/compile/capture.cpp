@@ -7,7 +7,6 @@
 #include <unordered_map>
 
 #include "peft/error.h"
-#include "peft/tuners/routing.h"
 
 namespace peft::compile_detail {
 
@@ -40,8 +39,7 @@ std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
   return s;
 }
 
-Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout,
-                const std::map<std::string, int64_t> * routing_index) {
+Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout) {
   Program p;
   std::vector<c10::IValue> inputs = layout.pack(in);
   p.n_runtime = inputs.size();
@@ -78,12 +76,9 @@ Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in
       }
       f.cache = &cache;
     }
-    if (layout.routing) {
-      // the routing tensor is a graph input: layers read it through the scope, the tracer sees the input
-      f.adapter_rows = stack[i++].toTensor();
-      RoutingScope scope(f.adapter_rows, *routing_index);
-      return {body(f)};
-    }
+    // the routing tensor is a graph input: the PeftModel's forward routes the rows by it (the tracer sees
+    // the input)
+    if (layout.routing) f.adapter_rows = stack[i++].toTensor();
     return {body(f)};
   };
   auto lookup = [&](const at::Tensor & t) -> std::string {

@@ -19,8 +19,8 @@ struct InputLayout {
 /// Trace body(in) (model.forward_unchecked, or a PeftModel's: prompt learning's virtual tokens happen
 /// before the model's forward); every parameter and buffer of `model` is a graph input. The default RNG
 /// state is restored afterwards, so capturing does not shift random streams (dropout) relative to eager runs.
-/// `routing_index`: adapter name -> row of in.adapter_rows, for mixed-adapter batches (else null).
-Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout,
-                const std::map<std::string, int64_t> * routing_index = nullptr);
+/// A mixed-adapter batch's in.adapter_rows is a graph input, handed to body (PeftModel::forward_unchecked
+/// routes the rows by it).
+Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout);
 
 }  // namespace peft::compile_detail

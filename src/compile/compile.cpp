@@ -50,12 +50,10 @@ struct CompiledModel::Impl {
   std::shared_ptr<Program> compile_for(const ForwardInput & in, const CompileKey & k) {
     auto t0 = std::chrono::steady_clock::now();
     InputLayout layout = InputLayout::of(in);
-    std::map<std::string, int64_t> index;
-    if (peft) index = peft->adapter_index();
     CausalLM & m = model();
     LogitsFn body = peft ? LogitsFn([this](const ForwardInput & f) { return peft->forward_unchecked(f); })
                          : LogitsFn([&m](const ForwardInput & f) { return m.forward_unchecked(f); });
-    auto p = std::make_shared<Program>(compile_detail::capture(m, body, in, layout, &index));
+    auto p = std::make_shared<Program>(compile_detail::capture(m, body, in, layout));
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
     if (log_graphs) {

@@ -17,9 +17,8 @@ at::Tensor PeftModel::forward(const ForwardInput & in) {
   }
   ForwardInput mixed = in;
   mixed.adapter_rows = mixed_rows(in.adapter_names, batch_size(in));
-  const auto index = adapter_index();
-  RoutingScope scope(mixed.adapter_rows, index);
-  return model_->forward(mixed);
+  model_->validate(mixed);
+  return forward_unchecked(mixed);
 }
 
 void PeftModel::validate(const ForwardInput & in) const {
@@ -73,6 +72,13 @@ at::Tensor word_embeddings(CausalLM & model, const at::Tensor & ids) {
 }  // namespace
 
 at::Tensor PeftModel::forward_unchecked(const ForwardInput & in) {
+  if (in.adapter_rows.defined()) {
+    // a mixed-adapter batch (no prompt learning: mixed_rows refuses it): the layers read the rows' adapters
+    // from the model's state while it runs
+    const auto index = adapter_index();
+    RoutingScope scope(state_->routing(), in.adapter_rows, index);
+    return model_->forward_unchecked(in);
+  }
   auto enc = active_prompt_encoder();
   // with a cache the virtual tokens are in its first slots already (fill_virtual_tokens)
   if (!enc || in.cache) return model_->forward_unchecked(in);

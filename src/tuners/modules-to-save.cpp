@@ -26,14 +26,14 @@ void ModulesToSaveWrapper::forget(const std::string & name) {
 }
 
 at::Tensor ModulesToSaveWrapper::forward(const at::Tensor & x) {
-  if (current_routing().active() && !disabled()) return forward_mixed(x);
+  if (routing().active() && !disabled()) return forward_mixed(x);
   return current()->forward(x);
 }
 
 at::Tensor ModulesToSaveWrapper::forward_mixed(const at::Tensor & x) {
   // rows naming an adapter with a copy use that copy; all others the original module
   at::Tensor y = base_layer_->forward(x);
-  const RowRouting & r = current_routing();
+  const RowRouting & r = routing();
   for (const auto & kv : copies_) {
     at::Tensor m = r.mask(kv.first, y.dim());
     if (!m.defined()) continue;

@@ -2,10 +2,6 @@
 
 namespace peft {
 
-namespace {
-thread_local RowRouting g_routing;
-}
-
 at::Tensor RowRouting::mask(const std::string & name, int64_t dims) const {
   auto it = index->find(name);
   if (it == index->end()) return {};
@@ -14,13 +10,12 @@ at::Tensor RowRouting::mask(const std::string & name, int64_t dims) const {
   return rows->select(0, it->second).view(shape);
 }
 
-RoutingScope::RoutingScope(const at::Tensor & rows, const std::map<std::string, int64_t> & index) : saved_(g_routing) {
-  g_routing.rows = &rows;
-  g_routing.index = &index;
+RoutingScope::RoutingScope(RowRouting & routing, const at::Tensor & rows, const std::map<std::string, int64_t> & index)
+    : routing_(routing), saved_(routing) {
+  routing_.rows = &rows;
+  routing_.index = &index;
 }
 
-RoutingScope::~RoutingScope() { g_routing = saved_; }
-
-const RowRouting & current_routing() { return g_routing; }
+RoutingScope::~RoutingScope() { routing_ = saved_; }
 
 }  // namespace peft

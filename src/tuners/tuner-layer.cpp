@@ -121,7 +121,7 @@ at::Tensor TunerLayer::forward(const at::Tensor & x) {
     if (!merged_.empty()) unmerge_all();  // PEFT: a disabled layer unmerges in its forward
     return base_layer_->forward(x);
   }
-  if (current_routing().active()) {  // mixed-adapter batch: the rows choose, not the active set
+  if (routing().active()) {  // mixed-adapter batch: the rows choose, not the active set
     PEFT_CHECK(merged_.empty(), "mixed-adapter batches are not possible while adapters are merged");
     return forward_mixed(x);
   }

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "peft/tuners/routing.h"
+
 namespace peft {
 
 class AdapterState {
@@ -21,6 +23,9 @@ class AdapterState {
   uint64_t version() const { return version_; }
   /// Record that what a forward computes changed (layers call it on merge, new tensors, deletion).
   void touch() { ++version_; }
+  /// The rows' adapters while the model runs a mixed-adapter batch (routing.h); inactive otherwise.
+  const RowRouting & routing() const { return routing_; }
+  RowRouting & routing() { return routing_; }
 
  private:
   friend class PeftModel;  // the only writer of the active set and the disabled flag
@@ -35,6 +40,7 @@ class AdapterState {
   std::vector<std::string> active_;
   bool disabled_ = false;
   uint64_t version_ = 1;
+  RowRouting routing_;
 };
 
 /// One adapter layer's part of the key.

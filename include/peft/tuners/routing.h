@@ -1,7 +1,9 @@
-// Row routing for mixed-adapter batches (PEFT's adapter_names): while a RoutingScope is alive, adapter
-// layers compute every adapter they hold on the whole batch and keep, per row, the one the row names.
-// The routing is a (A, B) float tensor (row b uses adapter a), so a compiled graph takes it as an input:
-// any assignment of adapters to rows replays the same graph.
+// Row routing for mixed-adapter batches (PEFT's adapter_names): while a RoutingScope is alive, the adapter
+// layers of its model (they read it from the model's AdapterState, TunerLayer::routing()) compute every
+// adapter they hold on the whole batch and keep, per row, the one the row names. The routing is a (A, B)
+// float tensor (row b uses adapter a), so a compiled graph takes it as an input: any assignment of adapters
+// to rows replays the same graph. PeftModel::forward_unchecked opens the scope for an input with
+// adapter_rows.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -18,17 +20,17 @@ struct RowRouting {
   at::Tensor mask(const std::string & name, int64_t dims) const;
 };
 
+/// Sets `routing` (a model's, AdapterState::routing_) for its lifetime; the previous value after.
 class RoutingScope {
  public:
-  RoutingScope(const at::Tensor & rows, const std::map<std::string, int64_t> & index);
+  RoutingScope(RowRouting & routing, const at::Tensor & rows, const std::map<std::string, int64_t> & index);
   ~RoutingScope();
   RoutingScope(const RoutingScope &) = delete;
   RoutingScope & operator=(const RoutingScope &) = delete;
 
  private:
+  RowRouting & routing_;
   RowRouting saved_;
 };
-
-const RowRouting & current_routing();
 
 }  // namespace peft

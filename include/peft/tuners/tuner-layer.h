@@ -113,7 +113,7 @@ class TunerLayer : public Layer {
  protected:
   /// base(x) plus the contributions of the active adapters this layer holds (never merged here).
   virtual at::Tensor forward_active(const at::Tensor & x) = 0;
-  /// Mixed-adapter batch (current_routing() is active): base(x) plus, on each row, that row's adapter.
+  /// Mixed-adapter batch (routing() is active): base(x) plus, on each row, that row's adapter.
   /// Methods that support it override; the default refuses.
   virtual at::Tensor forward_mixed(const at::Tensor & x);
   /// Fold adapter `name` into the base weights / undo it (merge() and unmerge_*() call these).
@@ -125,6 +125,8 @@ class TunerLayer : public Layer {
   virtual void pad_rank_impl(const std::string & name, int64_t rank);
 
   bool disabled() const { return state_->disabled(); }
+  /// The model's mixed-batch routing (active while it runs a mixed-adapter batch).
+  const RowRouting & routing() const { return state_->routing(); }
   const std::vector<std::string> & active() const { return state_->active(); }
   AdapterDict & dict(const std::string & name);  // register-on-first-use child AdapterDict
   /// Methods call this when adding an adapter (after its tensors exist).

@@ -328,7 +328,7 @@ at::Tensor LoraLinear::forward_active(const at::Tensor & x) {
 at::Tensor LoraLinear::forward_mixed(const at::Tensor & x) {
   // every adapter on the whole batch, kept per row by the routing: one shape for any assignment
   at::Tensor y = base_layer_->forward(x);
-  const RowRouting & r = current_routing();
+  const RowRouting & r = routing();
   std::vector<std::string> names;
   std::vector<int64_t> rows;
   for (const auto & kv : settings_) {
@@ -500,7 +500,7 @@ at::Tensor LoraEmbedding::forward_active(const at::Tensor & ids) {
 
 at::Tensor LoraEmbedding::forward_mixed(const at::Tensor & ids) {
   at::Tensor y = base_layer_->forward(ids);
-  const RowRouting & r = current_routing();
+  const RowRouting & r = routing();
   for (const auto & kv : settings_) {
     // DoRA adapters: no row uses them (PeftModel::mixed_rows refuses such rows, as PEFT does)
     if (kv.second.use_dora) continue;

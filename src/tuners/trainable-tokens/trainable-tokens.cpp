@@ -122,7 +122,7 @@ at::Tensor TrainableTokensLayer::forward_active(const at::Tensor & x) {
 at::Tensor TrainableTokensLayer::forward_mixed(const at::Tensor & x) {
   // each row with its adapter's rows swapped in (rows of other adapters, and __base__, the base weight)
   at::Tensor y = base_layer_->forward(x);
-  const RowRouting & r = current_routing();
+  const RowRouting & r = routing();
   for (const auto & a : adapter_names()) {
     at::Tensor m = r.mask(a, y.dim());
     if (!m.defined()) continue;
