@@ -1,4 +1,4 @@
-// Timing of the quantized-linear CPU kernels (src/quant/kernels) against float32 at::mv / at::mm on the
+// Timing of the quantized-linear CPU kernels (src/kernels) against float32 at::mv / at::mm on the
 // same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
 // 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small).
 // Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
@@ -12,9 +12,9 @@
 #include <string>
 
 #include "peft/util/runtime.h"
-#include "quant/kernels/kernels.h"
+#include "kernels/kernels.h"
 
-using namespace peft::quant::kernels;
+using namespace peft::kernels;
 using peft::configure_runtime;
 using peft::RuntimeOptions;
 

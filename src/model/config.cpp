@@ -6,37 +6,32 @@
 
 namespace peft {
 
-bool ConfigReader::has(const char * k) const { return j_.contains(k) && !j_[k].is_null(); }
+JsonFields ConfigReader::fields() const {
+  return JsonFields(j_, [this](const char * k, const std::string & m) { fail(str(src_, ": field '", k, "' ", m)); });
+}
+
+bool ConfigReader::has(const char * k) const { return fields().has(k); }
 
 int64_t ConfigReader::integer(const char * k, int64_t def, bool required, int64_t min_value) const {
   if (!has(k)) {
     PEFT_CHECK(!required, src_, ": missing required field '", k, "'");
     return def;
   }
-  PEFT_CHECK(j_[k].is_number_integer(), src_, ": field '", k, "' must be an integer, got ", j_[k].dump());
-  int64_t v = j_[k].get<int64_t>();
-  PEFT_CHECK(v >= min_value, src_, ": field '", k, "' must be >= ", min_value, ", got ", v);
-  return v;
+  return fields().integer(k, min_value);
 }
 
 double ConfigReader::number(const char * k, double def) const {
   if (!has(k)) return def;
-  PEFT_CHECK(j_[k].is_number(), src_, ": field '", k, "' must be a number, got ", j_[k].dump());
-  double v = j_[k].get<double>();
-  PEFT_CHECK(v > 0, src_, ": field '", k, "' must be positive, got ", v);
+  const JsonFields f = fields();
+  const double v = f.number(k);
+  if (!(v > 0)) f.fail(k, str("must be positive, got ", v));
   return v;
 }
 
-bool ConfigReader::boolean(const char * k, bool def) const {
-  if (!has(k)) return def;
-  PEFT_CHECK(j_[k].is_boolean(), src_, ": field '", k, "' must be true or false, got ", j_[k].dump());
-  return j_[k].get<bool>();
-}
+bool ConfigReader::boolean(const char * k, bool def) const { return has(k) ? fields().boolean(k) : def; }
 
 std::string ConfigReader::string(const char * k, const std::string & def) const {
-  if (!has(k)) return def;
-  PEFT_CHECK(j_[k].is_string(), src_, ": field '", k, "' must be a string, got ", j_[k].dump());
-  return j_[k].get<std::string>();
+  return has(k) ? fields().string(k) : def;
 }
 
 ModelConfig ModelConfig::from_json(const nlohmann::json & given, const std::string & src) {

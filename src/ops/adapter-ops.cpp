@@ -6,7 +6,7 @@
 
 #include "peft/error.h"
 #include "peft/ops/adapter-math.h"
-#include "quant/kernels/kernels.h"
+#include "kernels/kernels.h"
 #include "util/worker-pool.h"
 
 namespace peft::ops {
@@ -89,7 +89,7 @@ bool small_lora(std::initializer_list<const at::Tensor *> ts, int64_t rows) {
   return true;
 }
 
-quant::kernels::WeightF32 f32(const at::Tensor & W) { return {W.data_ptr<float>(), W.size(0), W.size(1)}; }
+kernels::WeightF32 f32(const at::Tensor & W) { return {W.data_ptr<float>(), W.size(0), W.size(1)}; }
 
 // out (M, O) = y + s * (h B^T), h (M, r) contiguous: y's rounding as y + (h B^T * s)
 at::Tensor expand_add_small(const at::Tensor & y, const float * h, int64_t M, const at::Tensor & B, float s) {
@@ -97,7 +97,7 @@ at::Tensor expand_add_small(const at::Tensor & y, const float * h, int64_t M, co
   at::Tensor out = at::empty_like(y, at::MemoryFormat::Contiguous);
   float * o = out.data_ptr<float>();
   const float * yp = y.data_ptr<float>();
-  quant::kernels::gemm_small(h, M, f32(B), o);
+  kernels::gemm_small(h, M, f32(B), o);
   for (int64_t i = 0; i < M * O; ++i) o[i] = yp[i] + o[i] * s;
   return out;
 }
@@ -114,7 +114,7 @@ at::Tensor lora_add_fused_impl(const at::Tensor & y, const at::Tensor & x, const
   if (!(p > 0 && train) && scalar_float(scale) && B.dim() == 2 && B.size(1) == r && y.numel() == M * O &&
       small_lora({&y, &x, &A, &B}, M)) {
     std::vector<float> h(static_cast<size_t>(M * r));
-    quant::kernels::gemm_small(x.data_ptr<float>(), M, f32(A), h.data());
+    kernels::gemm_small(x.data_ptr<float>(), M, f32(A), h.data());
     return expand_add_small(y, h.data(), M, B, scale.data_ptr<float>()[0]);
   }
   at::Tensor xa = x.to(A.scalar_type());
@@ -144,10 +144,10 @@ at::Tensor lora_shrink_impl(const at::Tensor & x, at::TensorList As) {
   for (const at::Tensor & A : As) {  // x A_i^T into columns [off, off + r_i)
     const int64_t r = A.size(0);
     if (M == 1) {
-      quant::kernels::gemm_small(x.data_ptr<float>(), 1, f32(A), o + off);
+      kernels::gemm_small(x.data_ptr<float>(), 1, f32(A), o + off);
     } else {
       h.resize(static_cast<size_t>(M * r));
-      quant::kernels::gemm_small(x.data_ptr<float>(), M, f32(A), h.data());
+      kernels::gemm_small(x.data_ptr<float>(), M, f32(A), h.data());
       for (int64_t m = 0; m < M; ++m) std::copy_n(h.data() + m * r, r, o + m * R + off);
     }
     off += r;
@@ -195,7 +195,7 @@ at::Tensor linear_small_impl(const at::Tensor & x, const at::Tensor & W, const c
   if (M < 1 || M > kSmallRows || I == 0) return at::linear(x, W, b);
   const at::Tensor x2 = x.reshape({M, I}).contiguous();
   at::Tensor y = at::empty({M, O}, x2.options());
-  quant::kernels::gemm_small(x2.data_ptr<float>(), M, quant::kernels::WeightF32{W.data_ptr<float>(), O, I},
+  kernels::gemm_small(x2.data_ptr<float>(), M, kernels::WeightF32{W.data_ptr<float>(), O, I},
                              y.data_ptr<float>());
   if (has_b) y.add_(*b);
   std::vector<int64_t> shape = x.sizes().vec();
@@ -250,13 +250,13 @@ at::Tensor lora_mixed_add_impl(const at::Tensor & y, const at::Tensor & x, at::T
         const float s = route[rows[a] * batch + b] * sp[a];
         if (s == 0.0f) continue;  // a row that does not use this adapter
         const int64_t r = As[a].size(0);
-        quant::kernels::gemm_small(xp + b * per_batch * I, per_batch,
-                                   quant::kernels::WeightF32{As[a].data_ptr<float>(), r, I}, h.data());
+        kernels::gemm_small(xp + b * per_batch * I, per_batch,
+                                   kernels::WeightF32{As[a].data_ptr<float>(), r, I}, h.data());
         const float * bt = BTs[a].data_ptr<float>();
         for (int64_t t = 0; t < per_batch; ++t) {
           float * yr = yp + (b * per_batch + t) * O;
           for (int64_t j = 0; j < r; ++j)  // y_row += (s h_j) B^T[j, :]: contiguous rows of B^T
-            quant::kernels::axpy(O, s * h[static_cast<size_t>(t * r + j)], bt + j * O, yr);
+            kernels::axpy(O, s * h[static_cast<size_t>(t * r + j)], bt + j * O, yr);
         }
       }
   });

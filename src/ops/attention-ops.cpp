@@ -4,7 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include "quant/kernels/kernels.h"
+#include "kernels/kernels.h"
 #include "util/worker-pool.h"
 
 namespace peft::ops {
@@ -38,8 +38,8 @@ at::Tensor one_row_scores_impl(const at::Tensor & q, const at::Tensor & k) {
     for (int64_t bh = a; bh < e; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       // the L cached keys of (b, h) are the rows of a (L, Dh) matrix: one small-M product with M = 1
-      quant::kernels::gemm_small(qp + b * q.stride(0) + h * q.stride(1), 1,
-                                 quant::kernels::WeightF32{kp + b * k.stride(0) + h / G * k.stride(1), L, Dh}, op + bh * L);
+      kernels::gemm_small(qp + b * q.stride(0) + h * q.stride(1), 1,
+                                 kernels::WeightF32{kp + b * k.stride(0) + h / G * k.stride(1), L, Dh}, op + bh * L);
     }
   });
   return out;
@@ -64,7 +64,7 @@ at::Tensor one_row_mix_impl(const at::Tensor & p, const at::Tensor & v) {
       for (int64_t l = 0; l < L; ++l) {
         const float w = pr[l * p.stride(3)];
         if (w == 0.0f) continue;  // a masked position (or a cache slot of another row): adds nothing
-        quant::kernels::axpy(Dh, w, vb + l * v.stride(2), o);
+        kernels::axpy(Dh, w, vb + l * v.stride(2), o);
       }
     }
   });

@@ -6,6 +6,7 @@
 
 #include "peft/error.h"
 #include "peft/io/files.h"
+#include "peft/util/json-fields.h"
 
 namespace peft::serve {
 
@@ -22,26 +23,24 @@ namespace {
   throw ApiError{status, message, "invalid_request_error", param, code};
 }
 
+// a request's fields: "'temperature' must be in [0, 2], got 7" (an ApiError naming the parameter)
+JsonFields request_fields(const nlohmann::json & j) {
+  return JsonFields(j, [](const char * f, const std::string & m) { bad(f, str("'", f, "' ", m)); });
+}
+
 double number(const nlohmann::json & j, const char * f, double dflt, double lo, double hi) {
-  if (!j.contains(f) || j[f].is_null()) return dflt;
-  if (!j[f].is_number()) bad(f, str("'", f, "' must be a number"));
-  const double v = j[f].get<double>();
-  if (!(v >= lo && v <= hi)) bad(f, str("'", f, "' must be in [", lo, ", ", hi, "], got ", v));
-  return v;
+  const JsonFields r = request_fields(j);
+  return r.has(f) ? r.number_in(f, lo, hi) : dflt;
 }
 
 int64_t integer(const nlohmann::json & j, const char * f, int64_t dflt, int64_t lo, int64_t hi) {
-  if (!j.contains(f) || j[f].is_null()) return dflt;
-  if (!j[f].is_number_integer()) bad(f, str("'", f, "' must be an integer"));
-  const int64_t v = j[f].get<int64_t>();
-  if (v < lo || v > hi) bad(f, str("'", f, "' must be in [", lo, ", ", hi, "], got ", v));
-  return v;
+  const JsonFields r = request_fields(j);
+  return r.has(f) ? r.integer(f, lo, hi) : dflt;
 }
 
 bool boolean(const nlohmann::json & j, const char * f, bool dflt) {
-  if (!j.contains(f) || j[f].is_null()) return dflt;
-  if (!j[f].is_boolean()) bad(f, str("'", f, "' must be true or false"));
-  return j[f].get<bool>();
+  const JsonFields r = request_fields(j);
+  return r.has(f) ? r.boolean(f) : dflt;
 }
 
 std::vector<int64_t> token_array(const nlohmann::json & a, const Tokenizer & tok) {
@@ -117,10 +116,9 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
   p.top_k = integer(j, "top_k", 0, -1, 1 << 20);
   if (p.top_k < 0) p.top_k = 0;
   p.repetition_penalty = number(j, "repetition_penalty", 1.0, 1e-6, 100);
-  if (j.contains("seed") && !j["seed"].is_null()) {
-    if (!j["seed"].is_number_integer()) bad("seed", "'seed' must be an integer");
+  if (request_fields(j).has("seed")) {
     p.has_seed = true;
-    p.seed = static_cast<uint64_t>(j["seed"].get<int64_t>());
+    p.seed = static_cast<uint64_t>(request_fields(j).integer("seed"));
   }
   if (j.contains("stop") && !j["stop"].is_null()) {
     const auto & s = j["stop"];

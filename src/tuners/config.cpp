@@ -136,35 +136,34 @@ const nlohmann::json & FieldReader::at(const char * k) const {
   return f_.at(k);
 }
 
+JsonFields FieldReader::fields() const {
+  return JsonFields(f_, [this](const char * k, const std::string & m) { fail(str(src_, ": field '", k, "' ", m)); });
+}
+
 int64_t FieldReader::integer(const char * k, int64_t min_value) const {
-  const auto & v = at(k);
-  PEFT_CHECK(v.is_number_integer(), src_, ": field '", k, "' must be an integer, got ", v.dump());
-  PEFT_CHECK(v.get<int64_t>() >= min_value, src_, ": field '", k, "' must be >= ", min_value, ", got ", v.dump());
-  return v.get<int64_t>();
+  at(k);
+  return fields().integer(k, min_value);
 }
 
 double FieldReader::number(const char * k) const {
-  const auto & v = at(k);
-  PEFT_CHECK(v.is_number(), src_, ": field '", k, "' must be a number, got ", v.dump());
-  return v.get<double>();
+  at(k);
+  return fields().number(k);
 }
 
 double FieldReader::fraction(const char * k) const {
   const double x = number(k);
-  PEFT_CHECK(x >= 0 && x < 1, src_, ": field '", k, "' must be in [0, 1), got ", x);
+  if (!(x >= 0 && x < 1)) fields().fail(k, str("must be in [0, 1), got ", x));
   return x;
 }
 
 bool FieldReader::boolean(const char * k) const {
-  const auto & v = at(k);
-  PEFT_CHECK(v.is_boolean(), src_, ": field '", k, "' must be true or false, got ", v.dump());
-  return v.get<bool>();
+  at(k);
+  return fields().boolean(k);
 }
 
 std::string FieldReader::string(const char * k) const {
-  const auto & v = at(k);
-  PEFT_CHECK(v.is_string(), src_, ": field '", k, "' must be a string, got ", v.dump());
-  return v.get<std::string>();
+  at(k);
+  return fields().string(k);
 }
 
 std::string FieldReader::init(const char * k, const std::vector<std::string> & allowed) const {

@@ -31,7 +31,7 @@ cflags=(-std=c++17 -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-
 export cxx ccache out
 export cflags_str="${cflags[*]}"
 # the instrumented parsers and the harnesses
-parsers=(src/error.cpp src/io/files.cpp src/io/safetensors.cpp src/model/config.cpp src/tuners/config.cpp
+parsers=(src/error.cpp src/io/files.cpp src/io/safetensors.cpp src/util/json-fields.cpp src/model/config.cpp src/tuners/config.cpp
          src/tokenizer/bpe-tokenizer.cpp src/data/readers.cpp)
 harnesses=(safetensors config adapter-config tokenizer ids)
 objs=()

@@ -1,7 +1,7 @@
-// The quantized-linear CPU kernels (src/quant/kernels) under every instruction set this CPU has, against
+// The quantized-linear CPU kernels (src/kernels) under every instruction set this CPU has, against
 // a reference in plain ATen: W dequantized by the bitsandbytes formulas, then at::matmul.
-#include "quant/kernels/kernels.h"
-#include "quant/kernels/linear-quant.h"
+#include "kernels/kernels.h"
+#include "kernels/linear-quant.h"
 
 #include "peft/ops/adapter-ops.h"
 
@@ -9,7 +9,7 @@
 
 #include "support.h"
 
-using namespace peft::quant::kernels;
+using namespace peft::kernels;
 using peft::test::error_of;
 using peft::test::all_close;
 

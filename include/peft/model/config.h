@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "peft/util/json-fields.h"
+
 namespace peft {
 
 /// Typed reads of config.json fields; every error names the file and the field.
@@ -24,6 +26,7 @@ class ConfigReader {
   const std::string & source() const { return src_; }
 
  private:
+  JsonFields fields() const;  // errors: "<source>: field 'k' must be ..."
   const nlohmann::json & j_;
   const std::string & src_;
 };

@@ -65,7 +65,7 @@ at::Tensor linear_gemv(const at::Tensor & x, const at::Tensor & W, const c10::op
 /// Rows in a linear layer taken by linear_small's kernel (more: at::linear).
 constexpr int64_t kSmallRows = 16;
 /// linear for 2..kSmallRows rows (batched decode), float32 on the CPU: each weight read once for all rows
-/// (src/quant/kernels, float32 weight kind). Not differentiable through the kernel: with grad mode on and
+/// (src/kernels, float32 weight kind). Not differentiable through the kernel: with grad mode on and
 /// an input that requires grad, and for other dtypes, devices or more rows, at::linear.
 at::Tensor linear_small(const at::Tensor & x, const at::Tensor & W, const c10::optional<at::Tensor> & b);
 

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "peft/util/json-fields.h"
+
 namespace peft {
 
 struct AdapterConfig;
@@ -122,6 +124,7 @@ class FieldReader {
   const std::string & source() const { return src_; }
 
  private:
+  JsonFields fields() const;  // errors: "<source>: field 'k' must be ..."
   const nlohmann::json & f_;
   const std::string & src_;
 };

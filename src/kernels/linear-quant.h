@@ -4,9 +4,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include "quant/kernels/kernels.h"
+#include "kernels/kernels.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 
 /// x (.., I) float32 on the CPU, any strides -> (.., O) = x W^T.
 at::Tensor linear_forward(const at::Tensor & x, const Weight4 & w);
@@ -24,4 +24,4 @@ Weight4 weight4(const at::Tensor & packed, const at::Tensor & absmax, const at::
 /// CB int8 (O, I), SCB float32 (O).
 Weight8 weight8(const at::Tensor & CB, const at::Tensor & SCB);
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels

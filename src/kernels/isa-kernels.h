@@ -3,9 +3,9 @@
 // picks a table and splits the rows over threads. Only plain declarations here: these files are
 // compiled with ISA flags, so nothing inline may be shared with the rest of the library.
 #pragma once
-#include "quant/kernels/kernels.h"
+#include "kernels/kernels.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 
 struct IsaKernels {
   const char * name;
@@ -42,4 +42,4 @@ template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o
 }
 }  // namespace
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels

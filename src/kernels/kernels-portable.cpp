@@ -1,7 +1,7 @@
 // Portable C++ kernels (any CPU): the reference arithmetic of the vector versions, and the fallback.
-#include "quant/kernels/isa-kernels.h"
+#include "kernels/isa-kernels.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 namespace {
 
 constexpr int kMaxM = 16;
@@ -76,4 +76,4 @@ void add_scaled(int64_t n, float a, const float * __restrict x, float * __restri
 
 const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled};
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels

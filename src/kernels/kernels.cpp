@@ -1,16 +1,16 @@
 // Dispatch for kernels.h: picks the best instruction set this CPU has (or the forced one) and splits the
 // output rows of gemm_small over threads. No ISA flags here; the ISA files are only entered from here.
-#include "quant/kernels/kernels.h"
+#include "kernels/kernels.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 
 #include "peft/error.h"
-#include "quant/kernels/isa-kernels.h"
+#include "kernels/isa-kernels.h"
 #include "util/worker-pool.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 namespace {
 
 constexpr int64_t kGroup = 16;             // rows of x per pass of gemm_small
@@ -99,4 +99,4 @@ void force_isa(const char * name) {
              "' (expected avx512, avx2 or portable)");
 }
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels

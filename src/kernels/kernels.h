@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 
 /// 4-bit weight, W (O, I) flattened as e = o*I + i: element e in byte e/2 of `packed`, even e in the high
 /// nibble, odd e in the low one; W[e] = code[nibble] * absmax[e / blocksize]. I and blocksize even.
@@ -50,4 +50,4 @@ const char * isa();
 /// for an unknown name or one this CPU (or this build) lacks.
 void force_isa(const char * name);
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels

@@ -14,9 +14,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "quant/kernels/isa-kernels.h"
+#include "kernels/isa-kernels.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 namespace {
 
 inline __mmask16 first(int64_t n) { return __mmask16((1u << n) - 1); }  // n <= 16
@@ -373,5 +373,5 @@ void add_scaled(int64_t n, float a, const float * __restrict x, float * __restri
 
 const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled};
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels
 #endif

@@ -1,13 +1,13 @@
 // linear-quant.h: shape and dtype checks, then gemm_small for up to 16 rows, else W in tiles of rows
 // dequantized into one cache-sized buffer (dequantize_rows splits each tile over threads) and BLAS
 // writing straight into the tile's columns of the output (or accumulating into grad_x).
-#include "quant/kernels/linear-quant.h"
+#include "kernels/linear-quant.h"
 
 #include <algorithm>
 
 #include "peft/error.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 namespace {
 
 constexpr int64_t kSmallM = 16;             // up to this many rows: the fused kernels
@@ -105,4 +105,4 @@ Weight8 weight8(const at::Tensor & CB, const at::Tensor & SCB) {
   return {CB.data_ptr<int8_t>(), SCB.data_ptr<float>(), CB.size(0), CB.size(1)};
 }
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels

@@ -6,9 +6,9 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "quant/kernels/isa-kernels.h"
+#include "kernels/isa-kernels.h"
 
-namespace peft::quant::kernels {
+namespace peft::kernels {
 namespace {
 
 constexpr int kGroup = 8;  // rows of x per pass
@@ -209,5 +209,5 @@ void add_scaled(int64_t n, float a, const float * __restrict x, float * __restri
 
 const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled};
 
-}  // namespace peft::quant::kernels
+}  // namespace peft::kernels
 #endif
