@@ -28,6 +28,7 @@ TunerMethod trainable_tokens_method();
 TunerMethod prompt_tuning_method();
 TunerMethod p_tuning_method();
 TunerMethod prefix_tuning_method();
+TunerMethod delora_method();
 
 const std::vector<TunerMethod> & tuner_methods() {
   static const std::vector<TunerMethod> methods = {lora_method(),      ia3_method(),      loha_method(),
@@ -36,7 +37,7 @@ const std::vector<TunerMethod> & tuner_methods() {
                                                    hra_method(),       miss_method(),      fourierft_method(),
                                                    vblora_method(),    shira_method(),     randlora_method(),
                                                    road_method(),      trainable_tokens_method(), prompt_tuning_method(),
-                                                   p_tuning_method(),  prefix_tuning_method()};
+                                                   p_tuning_method(),  prefix_tuning_method(), delora_method()};
   return methods;
 }
 

@@ -49,6 +49,8 @@ inline const std::vector<GoldenCase> & single_adapter_cases() {
       {"hra", "tiny-llama"},          {"hra_gs", "tiny-llama"},
       // RoAd (gen_extra.py): road_1, road_2, and road_4 on OPT (the merge rotates the biases too)
       {"road", "tiny-llama"},         {"road_2", "tiny-llama"},              {"road_4_opt", "tiny-opt"},
+      // DeLoRA (gen_extra.py): r 4; rank/lambda patterns beside modules_to_save; OPT with bias="delora_only"
+      {"delora", "tiny-llama"},       {"delora_pattern", "tiny-llama"},      {"delora_opt", "tiny-opt"},
       // MiSS (gen_extra.py) in its three modes: a partial last block (r=5), "bat", "mini"
       {"miss", "tiny-llama"},         {"miss_bat", "tiny-llama"},            {"miss_mini", "tiny-llama"},
       // FourierFT (gen_extra.py): seeded coefficient positions, n_frequency_pattern

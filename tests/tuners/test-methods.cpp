@@ -68,7 +68,8 @@ TEST(Methods, NewAdaptersAreNoOpsWithDefaultInit) {
       {"VERA", {{"target_modules", {"q_proj", "v_proj"}}, {"r", 4}}},
       {"LN_TUNING", nlohmann::json::object()},
       {"ADALORA", {{"total_step", 10}, {"init_r", 4}}},
-      {"ROAD", {{"group_size", 8}}}};
+      {"ROAD", {{"group_size", 8}}},
+      {"DELORA", {{"target_modules", {"q_proj", "v_proj"}}}}};
   for (const auto & c : configs) {
     PeftModel m(load_model(golden_model("tiny-llama")), cfg(c.first, c.second));
     at::NoGradGuard g;
@@ -257,6 +258,106 @@ TEST_F(RoadMixed, MixedBatchAsUpstreamEagerAndCompiled) {
   EXPECT_CLOSE(got[1], want.at("logits_one")[1]);
   EXPECT_CLOSE(got[2], want.at("logits_base")[2]);
   EXPECT_EQ(c.stats().compiles, 1u) << c.explain();
+}
+
+// ---- DeLoRA ----
+
+TEST(Delora, InvalidConfigsAsUpstream) {
+  auto err = [](nlohmann::json j) { return error_of([&] { cfg("DELORA", j); }); };
+  EXPECT_NE(err({{"r", 0}}).find("'r'"), std::string::npos);
+  EXPECT_NE(err({{"r", 2.5}}).find("'r'"), std::string::npos);
+  EXPECT_NE(err({{"delora_lambda", "15"}}).find("'delora_lambda'"), std::string::npos);
+  EXPECT_NE(err({{"module_dropout", 1.5}}).find("'module_dropout'"), std::string::npos);
+  EXPECT_EQ(err({{"module_dropout", 1.0}}), "");  // PEFT's Dropout takes p = 1
+  EXPECT_NE(err({{"init_weights", "gaussian"}}).find("'init_weights'"), std::string::npos);
+  EXPECT_NE(err({{"rank_pattern", {{"v_proj", 0}}}}).find("rank_pattern['v_proj']"), std::string::npos);
+  EXPECT_NE(err({{"rank_pattern", {{"v_proj", 2.5}}}}).find("rank_pattern['v_proj']"), std::string::npos);
+  EXPECT_NE(err({{"lambda_pattern", {{"v_proj", "x"}}}}).find("lambda_pattern"), std::string::npos);
+  EXPECT_EQ(err({{"rank_pattern", {{"v_proj", 2}}}, {"lambda_pattern", {{"v_proj", -1.5}}}}), "");
+  // PeftConfig's checks of the layer filter: not beside a string target_modules; a pattern needs the layers
+  EXPECT_NE(err({{"target_modules", ".*q_proj"}, {"layers_to_transform", {0}}}).find("layers_to_transform"),
+            std::string::npos);
+  EXPECT_NE(err({{"layers_pattern", "layers"}}).find("layers_to_transform"), std::string::npos);
+  EXPECT_EQ(err({{"target_modules", {"q_proj"}}, {"layers_to_transform", {0}}, {"layers_pattern", "layers"}}), "");
+  // fields other methods have and PEFT's DeloraConfig does not (here they would adapt more)
+  EXPECT_NE(err({{"target_parameters", {"q_proj.weight"}}}).find("not a field of PEFT's DeloraConfig"), std::string::npos);
+  EXPECT_NE(err({{"trainable_token_indices", {1, 2}}}).find("not a field of PEFT's DeloraConfig"), std::string::npos);
+}
+
+TEST(Delora, WNormIsTheBaseColumnNormsSavedAndNeverTrained) {
+  auto base = load_model(golden_model("tiny-llama"));
+  std::map<std::string, at::Tensor> weights;
+  for (const auto & p : base->named_parameters(true)) weights[p.key()] = p.value().detach().clone();
+  PeftModel m(base, cfg("DELORA", {{"target_modules", {"q_proj", "down_proj"}}, {"init_weights", false}}));
+  const auto sd = m.adapter_state_dict("default");
+  size_t norms = 0;
+  for (const auto & kv : sd) {
+    const std::string suffix = ".delora_w_norm", p = "base_model.model.";
+    if (kv.first.size() < suffix.size() || kv.first.compare(kv.first.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::string module = kv.first.substr(p.size(), kv.first.size() - p.size() - suffix.size());
+    EXPECT_TRUE(at::equal(kv.second, weights.at(module + ".weight").norm(2, {0}))) << kv.first;
+    for (const auto & t : m.trainable_parameters()) EXPECT_FALSE(t.is_same(kv.second)) << kv.first << " is trained";
+    ++norms;
+  }
+  EXPECT_EQ(norms, 4u);  // q_proj and down_proj of both layers
+  EXPECT_EQ(m.trainable_parameters().size(), 3 * norms);  // delora_A, delora_B, delora_lambda
+  // upstream's file holds the same norms of the same base weights
+  const auto up = safetensors_load(golden_case("delora") + "/adapter/adapter_model.safetensors");
+  const std::string k = "base_model.model.model.layers.1.self_attn.q_proj.delora_w_norm";
+  EXPECT_TRUE(all_close(up.at(k), sd.at(k), 0, 1e-6));
+}
+
+TEST(Delora, DefaultInitTrainsFromFiniteGradients) {
+  // B = 0 at first: its norm clamps at 1e-4 (no gradient through it), the update is zero, and B's gradient is
+  // finite and non-zero (lambda's and A's are zero, as upstream's)
+  PeftModel m(load_model(golden_model("tiny-llama")), cfg("DELORA", {{"target_modules", {"q_proj", "v_proj"}}}));
+  m.forward({golden_ids("delora")}).pow(2).mean().backward();
+  size_t seen = 0;
+  for (const auto & p : m.model_ptr()->named_parameters(true)) {
+    if (p.key().find("delora_") == std::string::npos) continue;
+    const at::Tensor g = p.value().grad();
+    ASSERT_TRUE(g.defined()) << p.key();
+    EXPECT_TRUE(at::isfinite(g).all().item<bool>()) << p.key();
+    if (p.key().find("delora_B") != std::string::npos) EXPECT_GT(g.abs().max().item<double>(), 0) << p.key();
+    else EXPECT_EQ(g.abs().max().item<double>(), 0) << p.key();
+    ++seen;
+  }
+  EXPECT_EQ(seen, 12u);
+}
+
+TEST(Delora, SeveralActiveAddEagerCompiledAndMerged) {
+  auto m = std::make_shared<PeftModel>(load_model(golden_model("tiny-llama")));
+  m->load_adapter(golden_case("delora") + "/adapter", "a");
+  m->load_adapter(golden_case("delora_pattern") + "/adapter", "b");
+  const at::Tensor ids = golden_ids("delora");
+  at::NoGradGuard g;
+  m->set_adapter("a");
+  const at::Tensor a = m->forward({ids});
+  EXPECT_CLOSE(a, golden_expected("delora").at("logits"));
+  m->set_adapter(std::vector<std::string>{"a", "b"});
+  const at::Tensor both = m->forward({ids});
+  EXPECT_FALSE(all_close(both, a, 1e-3, 1e-3));
+  auto c = compile(*m);
+  EXPECT_TRUE(all_close(c.forward({ids}), both, 5e-5, 1e-4));
+  m->merge_adapter();
+  EXPECT_TRUE(all_close(m->forward({ids}), both, 5e-5, 1e-4));
+  EXPECT_TRUE(all_close(c.forward({ids}), both, 5e-5, 1e-4));
+  m->unmerge_adapter();
+  EXPECT_TRUE(all_close(m->forward({ids}), both, 5e-5, 1e-4));
+}
+
+TEST(Delora, MixedBatchRefused) {
+  // upstream's DeLoRA layers take no per-row adapters (PEFT drops adapter_names and runs the active adapter on
+  // every row): refused here, eager and compiled, rather than run wrong (through the CLI's --adapter-names)
+  for (const std::string flags : {"", " --compile"}) {
+    std::string out;
+    const int rc = run_cli("forward --model " + golden_model("tiny-llama") + " --input-ids " + golden_case("delora") +
+                               "/input_ids.json --adapter " + golden_case("delora") + "/adapter --adapter-names " +
+                               "default,__base__,default --out " + temp_dir("delora_mixed") + "/out.safetensors" + flags,
+                           &out);
+    EXPECT_NE(rc, 0) << flags;
+    EXPECT_NE(out.find("mixed-adapter batch"), std::string::npos) << flags << ": " << out;
+  }
 }
 
 }  // namespace

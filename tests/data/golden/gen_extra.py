@@ -68,6 +68,12 @@ saved without lm_head.weight) and these folders under cases/ (same layout as gen
   road_mixed            tiny-llama, two RoAd adapters (one: road_1, group 8 on q_proj/v_proj; two: road_4, group 4 on
                         q_proj/down_proj): each alone, both active in either order, merged and unmerged in order, and a
                         mixed batch ["one", "__base__", "two"]; adapters/<name>/
+  delora, delora_pattern, delora_opt
+                        DeLoRA (init_weights=False): r 4 on tiny-llama's q_proj/v_proj; r 4, delora_lambda 6,
+                        module_dropout 0.1 (eval: off), rank_pattern {"v_proj": 2}, lambda_pattern {"down_proj": 3} on
+                        q_proj/v_proj/down_proj with modules_to_save=["lm_head"]; r 3 on tiny-opt's q_proj/v_proj/fc1
+                        with bias="delora_only" (the adapted layers' biases trained: disabled is not the base). The
+                        file holds delora_w_norm, the base weight's column norms; same layout
   train_vblora_adamw    tiny-llama, VB-LoRA trained 8 AdamW steps (logits and the shared bank; train_lora_adamw's
                         optimizer and loss): losses, logits_final, adapter_init/ and adapter_final/
   trainable_tokens, trainable_tokens_tied
@@ -939,6 +945,14 @@ def main():
         write_case(folder, case, exp, ids)
         return {name: sorted(exp)}
 
+    def case_delora(name, kw, seed, model="tiny-llama"):
+        # DeLoRA: B diag(lambda / r / (|A_i| |B^i|)) A, input columns scaled by the base weight's column norms (the
+        # saved buffer delora_w_norm); init_weights=False so that it acts
+        from peft import DeloraConfig
+
+        return case_single(name, DeloraConfig(init_weights=False, **kw), seed, model=model,
+                           disabled_is_base=kw.get("bias", "none") == "none")
+
     def case_miss(name, kw, seed):
         from peft import MissConfig
 
@@ -1537,6 +1551,12 @@ def main():
         "road_4_opt": lambda: case_road("road_4_opt", dict(variant="road_4", group_size=16,
                                                            target_modules=["q_proj", "v_proj", "fc1"]), 840, "tiny-opt"),
         "road_mixed": case_road_mixed,
+        "delora": lambda: case_delora("delora", dict(r=4, target_modules=["q_proj", "v_proj"]), 860),
+        "delora_pattern": lambda: case_delora("delora_pattern", dict(
+            r=4, delora_lambda=6, module_dropout=0.1, rank_pattern={"v_proj": 2}, lambda_pattern={"down_proj": 3},
+            target_modules=["q_proj", "v_proj", "down_proj"], modules_to_save=["lm_head"]), 870),
+        "delora_opt": lambda: case_delora("delora_opt", dict(r=3, bias="delora_only",
+                                                             target_modules=["q_proj", "v_proj", "fc1"]), 880, "tiny-opt"),
         "miss": lambda: case_miss("miss", dict(r=5, target_modules=["q_proj", "down_proj"], init_weights=False), 600),
         "miss_bat": lambda: case_miss("miss_bat", dict(r=4, target_modules=["q_proj", "o_proj"], init_weights="bat"), 610),
         "fourierft": lambda: case_fourierft(630),
