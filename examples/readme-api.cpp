@@ -21,11 +21,25 @@ int main(int argc, char ** argv) {
   peft::Trainer trainer([&](const peft::ForwardInput & in) { return compiled.forward(in); },
                         model.trainable_parameters(), opts);
   for (int i = 0; i < 3; ++i) std::cout << "loss " << trainer.step(ids).loss << "\n";
+  // less memory: checkpointed decoder layers (eager) and the chunked loss
+  base->set_gradient_checkpointing(true);
+  peft::TrainOptions lean = opts;
+  lean.loss_chunk = -1;
+  peft::TrainCallbacks cb;
+  cb.head = [&](const at::Tensor & h) { return base->logits(h); };
+  peft::Trainer lean_trainer([&](const peft::ForwardInput & in) { return model.forward(in); },
+                             model.trainable_parameters(), lean, cb);
+  std::cout << "lean loss " << lean_trainer.step(ids).loss << "\n";
+  base->set_gradient_checkpointing(false);
   model.train(false);
   at::NoGradGuard no_grad;
   at::Tensor eager = model.forward({ids}), fast = compiled.forward({ids});
   std::cout << "max |eager - compiled| = " << (eager - fast).abs().max().item<double>() << "\n";
   { auto off = model.disable_adapter(); compiled.forward({ids}); }
+  peft::PeftInput mixed;  // a mixed-adapter batch: one adapter per row
+  mixed.input_ids = ids;
+  mixed.adapter_names = {"default", "__base__"};
+  compiled.forward(mixed);
   model.merge_adapter();
   model.unmerge_adapter();
   std::cout << model.trainable_summary() << "\n" << compiled.explain();

@@ -24,15 +24,21 @@ bool exists(const std::string & path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-std::vector<nlohmann::json> read_jsonl(const std::string & path, const std::string & drop) {
+std::vector<nlohmann::json> read_jsonl(const std::string & path, const std::vector<std::string> & drop) {
   std::vector<nlohmann::json> out;
   std::ifstream in(path);
   for (std::string line; std::getline(in, line);) {
     auto j = nlohmann::json::parse(line);
-    j.erase(drop);
+    for (const auto & d : drop) j.erase(d);
     out.push_back(j);
   }
   return out;
+}
+
+std::string make_text(const std::string & dir) {
+  std::ofstream f(dir + "/data.txt");
+  for (int i = 0; i < 120; ++i) f << "Story " << i << ": a small model read line " << i * 7 << " and wrote it down.\n\n";
+  return dir + "/data.txt";
 }
 
 std::string tokenizer_ref_dir() { return std::string(PEFT_TOKENIZER_REF); }

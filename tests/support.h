@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace peft::test {
 
@@ -16,8 +17,11 @@ std::string golden_model(const std::string & name);        // tests/data/golden/
 std::string tokenizer_ref_dir();                         // the npm reference tokenizers' outputs (build/tokenizer-reference)
 std::string temp_dir(const std::string & tag);             // fresh empty folder under /tmp
 bool exists(const std::string & path);                     // a file or folder is there
-/// The objects of a JSON-lines file (a training log), without the field `drop` (timings).
-std::vector<nlohmann::json> read_jsonl(const std::string & path, const std::string & drop = "tokens_per_second");
+/// Write <dir>/data.txt, a small training text (120 numbered lines, blank-line separated); returns its path.
+std::string make_text(const std::string & dir);
+/// The objects of a JSON-lines file (a training log), without the fields `drop` (timings and memory).
+std::vector<nlohmann::json> read_jsonl(const std::string & path,
+                                       const std::vector<std::string> & drop = {"tokens_per_second", "peak_rss_mb"});
 at::Tensor golden_ids(const std::string & case_name);      // input_ids.json of a case, (B, S) int64
 std::map<std::string, at::Tensor> golden_expected(const std::string & case_name);
 

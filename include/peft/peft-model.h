@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "peft/model/causal-lm.h"
+#include "peft/peft-model/peft-input.h"
 #include "peft/tuners/adapter-state.h"
 #include "peft/tuners/config.h"
 #include "peft/tuners/tuner-layer.h"
@@ -24,10 +25,6 @@ namespace peft {
 class FolderWriter;
 class PromptEncoder;
 struct TunerMethod;
-
-/// The adapter name of a mixed-batch row that runs no adapter (ForwardInput::adapter_names; PEFT's
-/// __base__), reserved: no adapter may have it. Spelled once, in mixed-batch.cpp.
-extern const char kBaseAdapter[];
 
 class PeftModel {
  public:
@@ -112,15 +109,16 @@ class PeftModel {
 
   // ---- running and training ----
   /// Logits; with in.adapter_names set, a mixed-adapter batch (row b uses adapter_names[b],
-  /// kBaseAdapter = no adapter; eval mode, nothing merged, LoRA / modules_to_save). With an active
-  /// prompt-learning adapter (prompt tuning, P-tuning) the logits cover its virtual tokens first
+  /// kBaseAdapter = no adapter; eval mode, nothing merged; the methods whose layers route rows). With an
+  /// active prompt-learning adapter (prompt tuning, P-tuning) the logits cover its virtual tokens first
   /// (B, num_virtual_tokens() + S, V), as PEFT's; with a KV cache, only the tokens given.
-  at::Tensor forward(const ForwardInput & in);
+  at::Tensor forward(const PeftInput & in);
+  at::Tensor forward(const ForwardInput & in) { return forward(PeftInput(in)); }
   /// The model's input checks and prompt learning's (forward() runs them).
-  void validate(const ForwardInput & in) const;
+  void validate(const PeftInput & in) const;
   /// forward() without the checks: what the compile layer captures (prompt learning's virtual tokens
-  /// included).
-  at::Tensor forward_unchecked(const ForwardInput & in);
+  /// included; a mixed batch's rows routed by in.adapter_rows).
+  at::Tensor forward_unchecked(const PeftInput & in);
 
   // ---- prompt learning (prompt-learning.h) ----
   /// The active prompt-learning adapter's num_virtual_tokens (0 when none is active or adapters are disabled).

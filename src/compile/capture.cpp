@@ -10,7 +10,7 @@
 
 namespace peft::compile_detail {
 
-InputLayout InputLayout::of(const ForwardInput & in) {
+InputLayout InputLayout::of(const PeftInput & in) {
   InputLayout l;
   l.embeds = !in.input_ids.defined();
   l.mask = in.attention_mask.defined();
@@ -19,10 +19,11 @@ InputLayout InputLayout::of(const ForwardInput & in) {
   l.cache = in.cache != nullptr;
   l.cache_layers = in.cache ? in.cache->k.size() : 0;
   l.routing = in.adapter_rows.defined();
+  l.hidden = in.hidden_states;
   return l;
 }
 
-std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
+std::vector<c10::IValue> InputLayout::pack(const PeftInput & in) const {
   std::vector<c10::IValue> s;
   s.emplace_back(embeds ? in.inputs_embeds : in.input_ids);
   if (mask) s.emplace_back(in.attention_mask);
@@ -39,7 +40,7 @@ std::vector<c10::IValue> InputLayout::pack(const ForwardInput & in) const {
   return s;
 }
 
-Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout) {
+Program capture(CausalLM & model, const PeftLogitsFn & body, const PeftInput & in, const InputLayout & layout) {
   Program p;
   std::vector<c10::IValue> inputs = layout.pack(in);
   p.n_runtime = inputs.size();
@@ -62,7 +63,7 @@ Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in
 
   auto fn = [&](torch::jit::Stack stack) -> torch::jit::Stack {
     size_t i = 0;
-    ForwardInput f;
+    PeftInput f;
     (layout.embeds ? f.inputs_embeds : f.input_ids) = stack[i++].toTensor();
     if (layout.mask) f.attention_mask = stack[i++].toTensor();
     if (layout.position_ids) f.position_ids = stack[i++].toTensor();
@@ -79,6 +80,7 @@ Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in
     // the routing tensor is a graph input: the PeftModel's forward routes the rows by it (the tracer sees
     // the input)
     if (layout.routing) f.adapter_rows = stack[i++].toTensor();
+    f.hidden_states = layout.hidden;
     return {body(f)};
   };
   auto lookup = [&](const at::Tensor & t) -> std::string {

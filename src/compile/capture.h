@@ -2,6 +2,7 @@
 // parameter and buffer as graph inputs, giving one graph from embedding to head (no breaks).
 #pragma once
 #include "peft/model/causal-lm.h"
+#include "peft/peft-model/peft-input.h"
 #include "program.h"
 
 namespace peft::compile_detail {
@@ -10,10 +11,11 @@ namespace peft::compile_detail {
 struct InputLayout {
   bool embeds = false;  // inputs_embeds instead of input_ids
   bool mask = false, position_ids = false, segments = false, cache = false, routing = false;
+  bool hidden = false;  // the output is the final hidden states (not a runtime input: part of the graph)
   size_t cache_layers = 0;
-  static InputLayout of(const ForwardInput & in);
+  static InputLayout of(const PeftInput & in);
   /// The runtime inputs in graph order: ids (or inputs_embeds), [mask], [position_ids], [segment_ids], [cache_position, k0, v0, k1, ...].
-  std::vector<c10::IValue> pack(const ForwardInput & in) const;
+  std::vector<c10::IValue> pack(const PeftInput & in) const;
 };
 
 /// Trace body(in) (model.forward_unchecked, or a PeftModel's: prompt learning's virtual tokens happen
@@ -21,6 +23,6 @@ struct InputLayout {
 /// state is restored afterwards, so capturing does not shift random streams (dropout) relative to eager runs.
 /// A mixed-adapter batch's in.adapter_rows is a graph input, handed to body (PeftModel::forward_unchecked
 /// routes the rows by it).
-Program capture(CausalLM & model, const LogitsFn & body, const ForwardInput & in, const InputLayout & layout);
+Program capture(CausalLM & model, const PeftLogitsFn & body, const PeftInput & in, const InputLayout & layout);
 
 }  // namespace peft::compile_detail

@@ -30,7 +30,7 @@ std::string InputSignature::str() const {
   return s.str();
 }
 
-CompileKey call_key(const CausalLM & model, const ForwardInput & in) {
+CompileKey call_key(const CausalLM & model, const PeftInput & in) {
   CompileKey k;
   k.training = model.is_training();
   k.grad = at::GradMode::is_enabled();
@@ -46,6 +46,7 @@ CompileKey call_key(const CausalLM & model, const ForwardInput & in) {
     k.cache_layers = in.cache->k.size();
   }
   add(k.inputs, "mixed", in.adapter_rows);
+  k.hidden = in.hidden_states;
   return k;
 }
 
@@ -57,9 +58,12 @@ std::string CompileKey::diff(const CompileKey & before) const {
   if (inputs != before.inputs || cache_layers != before.cache_layers) {
     return "input shapes changed: " + inputs_of(before) + " -> " + inputs_of(*this);
   }
+  if (hidden != before.hidden) {
+    return std::string("output changed: ") + (before.hidden ? "hidden states -> logits" : "logits -> hidden states");
+  }
   return "";
 }
 
-std::string CompileKey::summary() const { return mode_of(*this) + " " + inputs_of(*this); }
+std::string CompileKey::summary() const { return mode_of(*this) + " " + inputs_of(*this) + (hidden ? " -> hidden" : ""); }
 
 }  // namespace peft::compile_detail

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "peft/model/causal-lm.h"
+#include "peft/peft-model/peft-input.h"
 #include "peft/tuners/adapter-state.h"
 
 namespace peft::compile_detail {
@@ -30,6 +31,7 @@ struct CompileKey {
   at::ScalarType dtype = at::kFloat;   // the model's weight dtype
   std::vector<InputSignature> inputs;  // ids, mask, positions, cache slots and layers, mixed-batch routing
   size_t cache_layers = 0;             // KV cache layers (0: no cache)
+  bool hidden = false;                 // the graph ends at the final hidden states (ForwardInput::hidden_states)
 
   bool operator==(const CompileKey & o) const {
     return same_call(o) && adapters == o.adapters;
@@ -37,7 +39,7 @@ struct CompileKey {
   /// Equal apart from the adapter state (the fast path checks that through PeftModel::version()).
   bool same_call(const CompileKey & o) const {
     return training == o.training && grad == o.grad && dtype == o.dtype && inputs == o.inputs &&
-           cache_layers == o.cache_layers;
+           cache_layers == o.cache_layers && hidden == o.hidden;
   }
   /// "field: old -> new" for the first field that differs from `before` ("" when equal).
   std::string diff(const CompileKey & before) const;
@@ -46,6 +48,6 @@ struct CompileKey {
 };
 
 /// The call-side fields of the key for `in` (adapters left empty).
-CompileKey call_key(const CausalLM & model, const ForwardInput & in);
+CompileKey call_key(const CausalLM & model, const PeftInput & in);
 
 }  // namespace peft::compile_detail

@@ -47,12 +47,12 @@ struct CompiledModel::Impl {
     return d.empty() ? "evicted earlier" : d;
   }
 
-  std::shared_ptr<Program> compile_for(const ForwardInput & in, const CompileKey & k) {
+  std::shared_ptr<Program> compile_for(const PeftInput & in, const CompileKey & k) {
     auto t0 = std::chrono::steady_clock::now();
     InputLayout layout = InputLayout::of(in);
     CausalLM & m = model();
-    LogitsFn body = peft ? LogitsFn([this](const ForwardInput & f) { return peft->forward_unchecked(f); })
-                         : LogitsFn([&m](const ForwardInput & f) { return m.forward_unchecked(f); });
+    PeftLogitsFn body = peft ? PeftLogitsFn([this](const PeftInput & f) { return peft->forward_unchecked(f); })
+                             : PeftLogitsFn([&m](const PeftInput & f) { return m.forward_unchecked(f); });
     auto p = std::make_shared<Program>(compile_detail::capture(m, body, in, layout));
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
@@ -66,7 +66,7 @@ struct CompiledModel::Impl {
     return p;
   }
 
-  at::Tensor run(Program & prog, const ForwardInput & in) {
+  at::Tensor run(Program & prog, const PeftInput & in) {
     ++stats.calls;
     size_t before = prog.refolds;
     at::Tensor out = prog.run(InputLayout::of(in).pack(in));
@@ -74,12 +74,15 @@ struct CompiledModel::Impl {
     return out;
   }
 
-  at::Tensor forward(const ForwardInput & in_) {
+  at::Tensor forward(const PeftInput & in_) {
     if (peft) peft->prepare_forward();
     CausalLM & m = model();
     if (peft) peft->validate(in_);
     else m.validate(in_);
-    ForwardInput in = in_;
+    PEFT_CHECK(!(m.gradient_checkpointing() && m.is_training() && at::GradMode::is_enabled()),
+               "gradient checkpointing is not captured by compile yet (the graph would keep every activation): ",
+               "train the eager model with it, or turn it off");
+    PeftInput in = in_;
     if (!in.adapter_names.empty()) {
       PEFT_CHECK(peft != nullptr, "adapter_names given to a compiled model without adapters");
       in.adapter_rows = peft->mixed_rows(in.adapter_names, batch_size(in));  // data, not structure
@@ -122,7 +125,7 @@ struct CompiledModel::Impl {
   }
 };
 
-at::Tensor CompiledModel::forward(const ForwardInput & in) { return impl_->forward(in); }
+at::Tensor CompiledModel::forward(const PeftInput & in) { return impl_->forward(in); }
 
 CompileStats CompiledModel::stats() const {
   CompileStats s = impl_->stats;

@@ -9,6 +9,7 @@
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/model/architectures.h"
+#include "peft/model/checkpoint.h"
 #include "peft/nn/layers.h"
 #include "peft/util/runtime.h"
 
@@ -109,6 +110,9 @@ void CausalLM::validate(const ForwardInput & in) const {
     PEFT_CHECK(in.cache_position.defined() && in.cache_position.numel() == shape[1],
                "cache_position must hold one slot per new token");
     PEFT_CHECK(in.cache_position.max().item<int64_t>() < L, "cache_position beyond the cache capacity ", L);
+    const int64_t prefix = in.cache->prefix_length;
+    PEFT_CHECK(prefix == 0 || in.cache_position.min().item<int64_t>() >= prefix, "cache_position must be past the ",
+               prefix, " slots of the cache's prefix (a prompt-learning adapter's virtual tokens)");
   }
 }
 
@@ -162,7 +166,22 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   } else {
     ctx.position_ids = ctx.cache_position.unsqueeze(0).expand({B, S});
   }
-  return forward_impl(embeds, ctx);
+  const at::Tensor hidden = forward_hidden(embeds, ctx);
+  return in.hidden_states ? hidden : logits(hidden);
+}
+
+at::Tensor CausalLM::decoder_layer(const at::Tensor & h, std::function<at::Tensor(const at::Tensor &)> layer) {
+  if (!gradient_checkpointing_ || !is_training() || !at::GradMode::is_enabled()) return layer(h);
+  return checkpoint(h, std::move(layer));
+}
+
+at::Tensor CausalLM::logits(const at::Tensor & hidden) {
+  at::Tensor out = output_layer()->forward(hidden);
+  if (config_.final_logit_softcapping > 0) {
+    const double cap = config_.final_logit_softcapping;
+    out = at::tanh(out / cap) * cap;
+  }
+  return out;
 }
 
 void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> & tensors, const std::string & source) {

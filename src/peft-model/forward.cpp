@@ -9,29 +9,26 @@
 
 namespace peft {
 
-at::Tensor PeftModel::forward(const ForwardInput & in) {
+at::Tensor PeftModel::forward(const PeftInput & in) {
   prepare_forward();
   if (in.adapter_names.empty()) {
     validate(in);
     return forward_unchecked(in);
   }
-  ForwardInput mixed = in;
+  PeftInput mixed = in;
   mixed.adapter_rows = mixed_rows(in.adapter_names, batch_size(in));
   model_->validate(mixed);
   return forward_unchecked(mixed);
 }
 
-void PeftModel::validate(const ForwardInput & in) const {
+void PeftModel::validate(const PeftInput & in) const {
   model_->validate(in);
   const int64_t n = num_virtual_tokens();
   if (in.cache) {
-    PEFT_CHECK(in.cache->virtual_tokens == n, "the KV cache holds ", in.cache->virtual_tokens,
+    // (the model's validate keeps the input's slots past the prefix)
+    PEFT_CHECK(in.cache->prefix_length == n, "the KV cache holds ", in.cache->prefix_length,
                " virtual tokens, the active adapter has ", n,
                n ? " (call fill_virtual_tokens on a new cache first: generate() does)" : "");
-    if (n) {
-      PEFT_CHECK(in.cache_position.min().item<int64_t>() >= n, "cache_position must be past the ", n,
-                 " virtual tokens in the cache's first slots");
-    }
     return;
   }
   if (!n) return;
@@ -71,7 +68,7 @@ at::Tensor word_embeddings(CausalLM & model, const at::Tensor & ids) {
 
 }  // namespace
 
-at::Tensor PeftModel::forward_unchecked(const ForwardInput & in) {
+at::Tensor PeftModel::forward_unchecked(const PeftInput & in) {
   if (in.adapter_rows.defined()) {
     // a mixed-adapter batch (no prompt learning: mixed_rows refuses it): the layers read the rows' adapters
     // from the model's state while it runs
@@ -109,7 +106,7 @@ at::Tensor PeftModel::forward_unchecked(const ForwardInput & in) {
     cache.k.push_back(at::cat({kv.first[l].unsqueeze(0).expand({B, -1, -1, -1}), room}, 2));
     cache.v.push_back(at::cat({kv.second[l].unsqueeze(0).expand({B, -1, -1, -1}), room}, 2));
   }
-  cache.virtual_tokens = n;
+  cache.prefix_length = n;
   f.cache = &cache;
   f.cache_position = at::arange(n, n + S, opts.dtype(at::kLong));
   if (in.position_ids.defined()) f.position_ids = in.position_ids + n;  // PEFT offsets given positions
@@ -138,19 +135,20 @@ void PeftModel::fill_virtual_tokens(KVCache & cache) {
     // the virtual tokens run through the model into slots 0..n-1 (they see only each other, as in a
     // forward over [virtual tokens, input])
     ForwardInput f;
+    f.hidden_states = true;  // (only the cache is wanted: no head)
     f.inputs_embeds = enc->prompts().to(opts.dtype()).unsqueeze(0).expand({B, -1, -1}).contiguous();
     f.cache = &cache;
     f.cache_position = at::arange(n, opts.dtype(at::kLong));
-    const int64_t saved = cache.virtual_tokens;
-    cache.virtual_tokens = 0;
+    const int64_t saved = cache.prefix_length;
+    cache.prefix_length = 0;
     try {
       model_->forward_unchecked(f);
     } catch (...) {
-      cache.virtual_tokens = saved;
+      cache.prefix_length = saved;
       throw;
     }
   }
-  cache.virtual_tokens = n;
+  cache.prefix_length = n;
 }
 
 }  // namespace peft

@@ -26,9 +26,9 @@ at::Tensor PeftModel::mixed_rows(const std::vector<std::string> & names, int64_t
     mixed_refused_.clear();
     for (const auto & l : layers_) {
       for (const auto & n : l.second->adapter_names()) {
-        if (!mixed_refused_.count(n) && !l.second->mixed_batch_supported(n)) {
-          mixed_refused_.emplace(n, l.second->name() + " at '" + l.first + "'");
-        }
+        if (mixed_refused_.count(n)) continue;
+        const std::string why = l.second->mixed_batch_refusal(n);
+        if (!why.empty()) mixed_refused_.emplace(n, str(l.second->name(), " at '", l.first, "' cannot run in a mixed-adapter batch (", why, ")"));
       }
     }
     mixed_version_ = state_->version();
@@ -40,8 +40,7 @@ at::Tensor PeftModel::mixed_rows(const std::vector<std::string> & names, int64_t
     auto it = index.find(names[b]);
     PEFT_CHECK(it != index.end(), "adapter_names[", b, "] = '", names[b], "' is not an adapter of the model (nor __base__)");
     auto refused = mixed_refused_.find(names[b]);
-    PEFT_CHECK(refused == mixed_refused_.end(), "adapter_names[", b, "] = '", names[b], "': ", refused->second,
-               " cannot run in a mixed-adapter batch (PEFT: \"Cannot pass `adapter_names` when DoRA is enabled\")");
+    PEFT_CHECK(refused == mixed_refused_.end(), "adapter_names[", b, "] = '", names[b], "': ", refused->second);
     rows[it->second][b] = 1.0;
   }
   return rows.to(model_->options().device());

@@ -106,9 +106,9 @@ Engine::Engine(std::shared_ptr<PeftModel> model, EngineOptions opts, std::shared
   model_->train(false);
   if (opts_.compile) {
     compiled_ = std::make_shared<CompiledModel>(compile(*model_));
-    decode_fn_ = [c = compiled_](const ForwardInput & in) { return c->forward(in); };
+    decode_fn_ = [c = compiled_](const PeftInput & in) { return c->forward(in); };
   } else {
-    decode_fn_ = [m = model_](const ForwardInput & in) { return m->forward(in); };
+    decode_fn_ = [m = model_](const PeftInput & in) { return m->forward(in); };
   }
   thread_ = std::thread([this] { loop(); });
 }
@@ -380,7 +380,7 @@ void Engine::prefill_one() {
   const int64_t start = r->prefilled, n = std::min(C, P - start);
   at::Tensor ids = at::full({1, C}, std::max<int64_t>(0, model_->base_model().config().pad_token_id), at::kLong);
   for (int64_t i = 0; i < n; ++i) ids[0][i] = r->req.prompt[start + i];
-  ForwardInput in;
+  PeftInput in;
   in.input_ids = ids;
   in.cache = &prefill_cache_;
   in.cache_position = at::arange(start, start + C, at::kLong);
@@ -457,7 +457,7 @@ void Engine::decode_step() {
   at::NoGradGuard g;
   const int64_t pad = std::max<int64_t>(0, model_->base_model().config().pad_token_id);
   at::Tensor ids = at::full({B, 1}, pad, at::kLong), pos = at::zeros({B, 1}, at::kLong);
-  ForwardInput in;
+  PeftInput in;
   in.adapter_names.assign(B, kBaseAdapter);
   for (int64_t b = 0; b < B; ++b) {
     Row & r = *rows_[b];

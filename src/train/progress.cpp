@@ -57,7 +57,8 @@ void TrainLog::write_line(const std::string & line) {
 
 void TrainLog::step(const StepLog & s, const nlohmann::json & extra) {
   nlohmann::json j = {{"step", s.step},        {"epoch", s.epoch},         {"loss", s.loss},
-                      {"lr", s.lr},            {"grad_norm", s.grad_norm}, {"tokens_per_second", s.tokens_per_second()}};
+                      {"lr", s.lr},            {"grad_norm", s.grad_norm}, {"tokens_per_second", s.tokens_per_second()},
+                      {"peak_rss_mb", s.peak_rss_mb}};
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
   write_line(j.dump());
 }

@@ -125,6 +125,9 @@ TrainJob::TrainJob(TrainJobConfig config, FieldNamer namer) : config_(std::move(
                     field_names(namer_, {"train.eval_steps", "train.eval_on_start"}), " need ", n("data.eval"), " or ",
                     n("data.eval_split"));
   PEFT_CHECK_OPTION(c.data.max_length >= 0, n("data.max_length"), " must be >= 0 (0: the model's positions)");
+  PEFT_CHECK_OPTION(!(c.compile && c.gradient_checkpointing), n("gradient_checkpointing"), " with ", n("compile"),
+                    ": the compiled training graph does not recompute layers yet (it would keep every activation); "
+                    "train with one of them");
   PEFT_CHECK_OPTION(!(c.output.no_plot && !c.output.plot.empty()), "give ", n("output.plot"), " or ", n("output.no_plot"),
                     ", not both");
   PEFT_CHECK_OPTION(c.dist.timeout_s > 0, n("dist.timeout_s"), " must be > 0");
@@ -254,6 +257,7 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
   }
   say(m->trainable_summary());
   m->train();
+  m->base_model().set_gradient_checkpointing(c.gradient_checkpointing);
   std::unique_ptr<TrainLog> log;
   TrainCallbacks cb;
   cb.set_training = [m](bool on) { m->train(on); };
@@ -303,6 +307,15 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
     cb.after_update = [&](int64_t step) { allocator->update_and_allocate(step - 1); };  // upstream counts from 0
   }
   t.virtual_tokens = m->virtual_token_logits() > 0;  // prompt learning: each row's first token is predicted too
+  if (t.loss_chunk != 0) {  // the chunked loss: the forward stops at the hidden states, the head runs per chunk
+    cb.head = [m](const at::Tensor & hidden) { return m->base_model().logits(hidden); };
+    if (pg) {
+      for (const auto & p : m->base_model().output_layer()->named_parameters(true)) {
+        PEFT_CHECK_OPTION(!p.value().requires_grad(), n("train.loss_chunk"), " with data parallelism: the output layer's '",
+                          p.key(), "' is trained, which the chunked loss cannot do across processes yet");
+      }
+    }
+  }
   LogitsFn forward = [m](const ForwardInput & in) { return m->forward(in); };
   if (c.compile) {
     auto compiled = std::make_shared<CompiledModel>(peft::compile(*m));

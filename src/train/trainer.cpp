@@ -1,5 +1,6 @@
 #include "peft/train/trainer.h"
 
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
@@ -11,35 +12,10 @@
 #include <random>
 
 #include "peft/error.h"
+#include "peft/util/runtime.h"
 #include "trainer-impl.h"
 
 namespace peft {
-
-namespace {
-
-// Predictions (B, T, V) and the T targets they predict: logits[:, :-1] for ids[:, 1:], or with n virtual
-// tokens in front (logits (B, n + S, V)) logits[:, n-1 : n+S-1] for all S ids.
-std::pair<at::Tensor, at::Tensor> aligned(const at::Tensor & logits, const at::Tensor & targets) {
-  const int64_t V = logits.size(-1), S = targets.size(1), extra = logits.size(1) - S;
-  PEFT_CHECK(extra >= 0, "logits cover ", logits.size(1), " positions, the labels ", S);
-  if (extra > 0) return {logits.narrow(1, extra - 1, S).reshape({-1, V}).to(at::kFloat), targets.reshape({-1})};
-  PEFT_CHECK(S >= 2, "the loss needs sequences of at least 2 tokens");
-  return {logits.narrow(1, 0, S - 1).reshape({-1, V}).to(at::kFloat), targets.narrow(1, 1, S - 1).reshape({-1})};
-}
-
-}  // namespace
-
-at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, const at::Tensor & attention_mask) {
-  at::Tensor target = ids;
-  if (attention_mask.defined()) target = ids.masked_fill(attention_mask.to(at::kBool).logical_not(), -100);
-  auto pt = aligned(logits, target);
-  return at::cross_entropy_loss(pt.first, pt.second, {}, at::Reduction::Mean, -100);
-}
-
-at::Tensor causal_lm_loss_sum(const at::Tensor & logits, const at::Tensor & labels) {
-  auto pt = aligned(logits, labels);
-  return at::cross_entropy_loss(pt.first, pt.second, {}, at::Reduction::Sum, -100);
-}
 
 namespace {
 
@@ -47,8 +23,9 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-ForwardInput input_of(const Batch & b) {
+ForwardInput input_of(const Batch & b, bool hidden_states) {
   ForwardInput in;
+  in.hidden_states = hidden_states;
   in.input_ids = b.input_ids;
   in.attention_mask = b.attention_mask;
   in.position_ids = b.position_ids;
@@ -120,6 +97,8 @@ void check_train_options(const TrainOptions & o, const FieldNamer & namer) {
   PEFT_CHECK_OPTION(o.save_steps == 0 || !o.checkpoint_dir.empty(), n("save_steps"), " needs ", n("checkpoint_dir"));
   PEFT_CHECK_OPTION(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, n("rank"), " ", o.rank, " outside a ",
                     n("world_size"), " of ", o.world_size);
+  PEFT_CHECK_OPTION(o.loss_chunk >= -1, n("loss_chunk"), " must be >= 1 tokens, 0 (off) or -1 (sized from the vocabulary), got ",
+                    o.loss_chunk);
 }
 
 Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions opts, TrainCallbacks callbacks,
@@ -127,6 +106,8 @@ Trainer::Trainer(LogitsFn forward, std::vector<at::Tensor> params, TrainOptions 
     : impl_(new Impl) {
   PEFT_CHECK(!params.empty(), "nothing to train: the model has no trainable tensors");
   check_train_options(opts, namer);
+  PEFT_CHECK(opts.loss_chunk == 0 || callbacks.head != nullptr, "the chunked loss (",
+             field_name(namer, "loss_chunk"), ") needs the model's head (TrainCallbacks::head)");
   auto & I = *impl_;
   I.forward = std::move(forward);
   I.params = std::move(params);
@@ -220,8 +201,26 @@ StepLog Trainer::step(const std::vector<Batch> & micro) {
   double loss_value = 0;
   for (size_t k = 0; k < micro.size(); ++k) {
     const Batch & b = micro[k];
-    at::Tensor loss = causal_lm_loss_sum(I.forward(input_of(b)), b.labels) / denom;
-    if (I.cb.extra_loss) loss = loss + I.cb.extra_loss() / static_cast<double>(micro.size() * I.opts.world_size);
+    at::Tensor extra;
+    if (I.cb.extra_loss) extra = I.cb.extra_loss() / static_cast<double>(micro.size() * I.opts.world_size);
+    if (I.opts.loss_chunk != 0) {
+      // the head's chunks run their backward first (into their rows of the hidden states), then the
+      // model's graph once
+      const at::Tensor hidden = I.forward(input_of(b, true));
+      const ChunkedLoss c = chunked_loss_sum(hidden, b.labels, I.cb.head, I.opts.loss_chunk, 1.0 / denom);
+      if (I.cb.before_backward) I.cb.before_backward(k + 1 == micro.size());
+      // one backward for both terms (each trainable tensor's gradient hook fires once, as data parallelism needs)
+      if (extra.defined()) {
+        torch::autograd::backward({hidden, extra}, {c.hidden_grad, at::ones_like(extra)});
+        loss_value += extra.item<double>();
+      } else {
+        torch::autograd::backward({hidden}, {c.hidden_grad});
+      }
+      loss_value += c.sum / denom;
+      continue;
+    }
+    at::Tensor loss = causal_lm_loss_sum(I.forward(input_of(b, false)), b.labels) / denom;
+    if (extra.defined()) loss = loss + extra;
     if (I.cb.before_backward) I.cb.before_backward(k + 1 == micro.size());
     loss.backward();
     loss_value += loss.item<double>();
@@ -256,6 +255,7 @@ StepLog Trainer::step(const std::vector<Batch> & micro) {
   log.grad_norm = gnorm;
   log.tokens = tokens;
   log.seconds = seconds_since(t0);
+  log.peak_rss_mb = static_cast<double>(peak_rss_bytes()) / (1 << 20);
   return log;
 }
 
@@ -272,7 +272,9 @@ EvalLog Trainer::evaluate(const SequenceSet & data) {
     for (size_t begin = 0; begin < mine.size(); begin += I.opts.batch_size) {
       std::vector<size_t> seqs(mine.begin() + begin, mine.begin() + std::min<size_t>(mine.size(), begin + I.opts.batch_size));
       const Batch b = data.batch(seqs);
-      sum += causal_lm_loss_sum(I.forward(input_of(b)), b.labels).item<double>();
+      sum += I.opts.loss_chunk != 0
+                 ? chunked_loss_sum(I.forward(input_of(b, true)), b.labels, I.cb.head, I.opts.loss_chunk).sum
+                 : causal_lm_loss_sum(I.forward(input_of(b, false)), b.labels).item<double>();
       counted += b.loss_tokens;
       if (I.opts.virtual_tokens) counted += (b.labels.select(1, 0) != -100).sum().item<int64_t>();
     }

@@ -112,8 +112,12 @@ std::vector<std::string> TunerLayer::active_here() const {
   return out;
 }
 
+std::string TunerLayer::mixed_batch_refusal(const std::string &) const {
+  return str(name(), " has no per-row forward (upstream PEFT takes adapter_names for LoRA and RoAd)");
+}
+
 at::Tensor TunerLayer::forward_mixed(const at::Tensor & x) {
-  fail(str("mixed-adapter batches are not supported by ", name(), " (LoRA, LoRA on embeddings and modules_to_save are)"));
+  fail(str("mixed-adapter batches cannot run through ", name(), ": ", mixed_batch_refusal("")));
 }
 
 at::Tensor TunerLayer::forward(const at::Tensor & x) {
@@ -217,9 +221,17 @@ at::Tensor kaiming_uniform(const std::vector<int64_t> & shape) {
 
 void merge_delta(LinearBase & base, const at::Tensor & delta, double sign, bool safe, const std::string & adapter) {
   at::NoGradGuard g;
-  at::Tensor W = base.dense_weight().to(at::kFloat) + sign * delta.to(at::kFloat);
-  if (safe) check_finite(W, "merging adapter '" + adapter + "'");
-  base.store_weight(W);
+  store_merged(base, base.dense_weight().to(at::kFloat) + sign * delta.to(at::kFloat), at::Tensor(), safe, adapter);
+}
+
+void store_merged(LinearBase & base, const at::Tensor & weight, const at::Tensor & bias, bool safe,
+                  const std::string & adapter) {
+  if (safe) {
+    check_finite(weight, "merging adapter '" + adapter + "'");
+    if (bias.defined()) check_finite(bias, "merging the bias of adapter '" + adapter + "'");
+  }
+  base.store_weight(weight);
+  if (bias.defined()) base.store_bias(bias);
 }
 
 void check_finite(const at::Tensor & t, const std::string & what) {

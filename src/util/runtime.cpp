@@ -46,6 +46,19 @@ uint64_t available_memory_bytes() {
   return 0;
 }
 
+int64_t process_status_kb(const std::string & key) {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
+}
+
+uint64_t peak_rss_bytes() {
+  const int64_t kb = process_status_kb("VmHWM");
+  return kb > 0 ? static_cast<uint64_t>(kb) * 1024 : 0;
+}
+
 void check_memory_for(uint64_t bytes, const std::string & what) {
   const uint64_t avail = available_memory_bytes();
   if (avail == 0 || bytes <= avail) return;

@@ -116,10 +116,11 @@ struct KeyFields : Stale {
     call();
     return c.stats().compiles - before;
   }
-  void run(CompiledModel & c, const ForwardInput & in) {
+  void run(CompiledModel & c, const PeftInput & in) {
     at::NoGradGuard g;
     c.forward(in);
   }
+  void run(CompiledModel & c, const ForwardInput & in) { run(c, PeftInput(in)); }
 };
 
 TEST_F(KeyFields, NothingChangedNoRecompile) {
@@ -207,7 +208,8 @@ TEST_F(KeyFields, InputShapesMaskPositionsAndRouting) {
   ForwardInput positioned{ids};
   positioned.position_ids = at::arange(ids.size(1)).unsqueeze(0).expand(ids.sizes()).contiguous();
   EXPECT_EQ(compiles_after(c, [&] { run(c, positioned); }), 1u);
-  ForwardInput mixed{ids};
+  PeftInput mixed;
+  mixed.input_ids = ids;
   mixed.adapter_names = {"alpha", "__base__", "beta"};
   EXPECT_EQ(compiles_after(c, [&] { run(c, mixed); }), 1u);
   mixed.adapter_names = {"beta", "alpha", "__base__"};  // another assignment: data, not structure

@@ -122,7 +122,7 @@ TEST_F(CompiledMulti, SwitchingReusesGraphs) {
 TEST_F(CompiledMulti, MixedBatchEagerAndCompiled) {
   auto c = compile(*m);
   at::NoGradGuard g;
-  ForwardInput in;
+  PeftInput in;
   in.input_ids = ids;
   in.adapter_names = {"alpha", "__base__", "gamma"};  // as in the golden case
   EXPECT_CLOSE(m->forward(in), want.at("logits_mixed_batch"));
@@ -147,7 +147,7 @@ TEST_F(CompiledMulti, MixedBatchEagerAndCompiled) {
 }
 
 TEST_F(CompiledMulti, MixedBatchRefusedInTrainingAndForOtherMethods) {
-  ForwardInput in;
+  PeftInput in;
   in.input_ids = ids;
   in.adapter_names = {"alpha", "__base__", "gamma"};
   m->train();

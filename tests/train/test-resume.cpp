@@ -18,12 +18,6 @@ using namespace peft::test;
 
 namespace {
 
-std::string make_text(const std::string & dir) {
-  std::ofstream f(dir + "/data.txt");
-  for (int i = 0; i < 120; ++i) f << "Story " << i << ": a small model read line " << i * 7 << " and wrote it down.\n\n";
-  return dir + "/data.txt";
-}
-
 std::string train_args(const std::string & data, const std::string & out, const std::string & extra) {
   return "train --model " + golden_model("tiny-llama") + " --method lora --r 4 --lora-dropout 0.1 --target-modules " +
          "q_proj,v_proj,down_proj --data " + data + " --eval-split 0.1 --eval-steps 5 --max-length 48 --batch-size 4" +

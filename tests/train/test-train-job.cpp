@@ -19,12 +19,6 @@ using namespace peft::test;
 
 namespace {
 
-std::string make_text(const std::string & dir) {
-  std::ofstream f(dir + "/data.txt");
-  for (int i = 0; i < 120; ++i) f << "Story " << i << ": a small model read line " << i * 7 << " and wrote it down.\n\n";
-  return dir + "/data.txt";
-}
-
 // Every file below `dir` (relative paths), but optimizer.pt: LibTorch's archive keys the optimizer state by
 // tensor address, so two runs of the same binary write different bytes (resuming from it is tested in
 // test-resume.cpp) -- and the run locks, which hold nothing.

@@ -223,6 +223,16 @@ TEST(BadInput, InvalidConfigJsonField) {
   EXPECT_NE(e.find("'r'"), std::string::npos) << e;
 }
 
+// The base model's weights as in `before` (the adapters' own lora_ tensors aside).
+void expect_base_weights_same(const std::shared_ptr<CausalLM> & base, const std::map<std::string, at::Tensor> & before) {
+  for (const auto & kv : before) {
+    if (kv.first.find("lora_") != std::string::npos) continue;
+    EXPECT_TRUE(at::equal(kv.second, get_submodule(base, kv.first.substr(0, kv.first.rfind('.')))
+                                         ->named_parameters(false)[kv.first.substr(kv.first.rfind('.') + 1)]))
+        << kv.first;
+  }
+}
+
 TEST(BadInput, SafeMergeRefusesNonFinite) {
   auto base = load_model(golden_model("tiny-llama"));
   auto m = PeftModel::from_pretrained(base, golden_case("lora") + "/adapter");
@@ -235,13 +245,48 @@ TEST(BadInput, SafeMergeRefusesNonFinite) {
   auto before = snapshot(*base);
   EXPECT_THROW(m->merge_adapter({}, /*safe_merge=*/true), peft::Error);
   EXPECT_FALSE(m->merged());
-  // weights untouched (the adapter tensor itself was changed by the test, base weights not)
-  for (const auto & kv : before) {
-    if (kv.first.find("lora_") != std::string::npos) continue;
-    EXPECT_TRUE(at::equal(kv.second, get_submodule(base, kv.first.substr(0, kv.first.rfind('.')))
-                                         ->named_parameters(false)[kv.first.substr(kv.first.rfind('.') + 1)]))
-        << kv.first;
+  expect_base_weights_same(base, before);  // (the adapter tensor itself was changed by the test)
+}
+
+// The tail every merge shares (store_merged): a non-finite merged bias is refused, naming it, before the
+// weight or the bias is stored.
+TEST(BadInput, SafeMergeRefusesNonFiniteBias) {
+  auto base = load_model(golden_model("tiny-opt"));  // (OPT's projections have biases)
+  auto m = std::make_shared<PeftModel>(base, lora({{"lora_bias", true}}));
+  std::shared_ptr<LoraLinear> layer;
+  for (const auto & l : m->tuner_layers()) {
+    auto lin = std::dynamic_pointer_cast<LoraLinear>(l.second);
+    if (lin && lin->lora_B_bias("default").defined()) layer = lin;
   }
+  ASSERT_TRUE(layer) << "a layer with lora_B's bias";
+  {
+    at::NoGradGuard g;
+    layer->lora_B_bias("default").fill_(std::numeric_limits<float>::infinity());
+  }
+  auto before = snapshot(*base);
+  const std::string e = error_of([&] { m->merge_adapter({}, /*safe_merge=*/true); });
+  EXPECT_NE(e.find("merging the bias of adapter 'default'"), std::string::npos) << e;
+  EXPECT_FALSE(m->merged());
+  expect_base_weights_same(base, before);
+}
+
+// A method without a per-row forward is refused in a mixed-adapter batch with its own reason (not the text
+// PEFT gives for DoRA); with every row on the base the layer itself refuses the same way.
+TEST(BadInput, MixedBatchRefusalNamesTheMethod) {
+  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), golden_case("ia3") + "/adapter");
+  m->train(false);
+  PeftInput in;
+  in.input_ids = golden_ids("ia3");
+  const int64_t B = in.input_ids.size(0);
+  in.adapter_names.assign(B, "default");
+  const std::string e = error_of([&] { m->forward(in); });
+  EXPECT_NE(e.find("adapter_names[0] = 'default'"), std::string::npos) << e;
+  EXPECT_NE(e.find("IA3"), std::string::npos) << e;
+  EXPECT_NE(e.find("no per-row forward"), std::string::npos) << e;
+  EXPECT_EQ(e.find("DoRA"), std::string::npos) << e;
+  in.adapter_names.assign(B, kBaseAdapter);
+  const std::string all_base = error_of([&] { m->forward(in); });
+  EXPECT_NE(all_base.find("no per-row forward"), std::string::npos) << all_base;
 }
 
 TEST(BadInput, CliExitsNonZeroWithMessage) {

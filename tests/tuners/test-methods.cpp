@@ -140,7 +140,7 @@ TEST(Methods, TrainableTokensInAMixedBatchEqualEachRowAlone) {
     auto d = m->disable_adapter();
     off = m->forward({ids});
   }
-  ForwardInput in;
+  PeftInput in;
   in.input_ids = ids;
   in.adapter_names = {"default", "__base__", "default"};
   auto c = compile(*m);
@@ -240,7 +240,7 @@ TEST_F(RoadMixed, SeveralActiveInOrderMergedAndUnmergedAsUpstream) {
 }
 
 TEST_F(RoadMixed, MixedBatchAsUpstreamEagerAndCompiled) {
-  ForwardInput in;
+  PeftInput in;
   in.input_ids = ids;
   in.adapter_names = {"one", "__base__", "two"};
   auto c = compile(*m);

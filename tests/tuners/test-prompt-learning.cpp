@@ -226,7 +226,7 @@ TEST(PromptLearning, RefusalsNameTheProblem) {
       << "a refused load leaves the model plain";
   auto m = PeftModel::from_pretrained(base, golden_case("prompt_tuning") + "/adapter");
   EXPECT_NE(error_of([&] { m->merge_adapter(); }).find("cannot be merged"), std::string::npos);
-  ForwardInput in;
+  PeftInput in;
   in.input_ids = golden_ids("prompt_tuning");
   in.position_ids = at::arange(in.input_ids.size(1), at::kLong).unsqueeze(0).expand_as(in.input_ids);
   EXPECT_NE(error_of([&] { m->forward(in); }).find("position_ids"), std::string::npos);
@@ -240,6 +240,12 @@ TEST(PromptLearning, RefusalsNameTheProblem) {
   ci.cache = &cache;
   ci.cache_position = at::arange(6, 15, at::kLong);
   EXPECT_NE(error_of([&] { m->forward(ci); }).find("fill_virtual_tokens"), std::string::npos);
+  // a cache whose prefix holds the virtual tokens: an input may not write into the prefix (the model's check)
+  cache.prefix_length = m->num_virtual_tokens();
+  ASSERT_GT(cache.prefix_length, 0);
+  ci.cache_position = at::arange(cache.prefix_length - 1, cache.prefix_length + 8, at::kLong);
+  EXPECT_NE(error_of([&] { m->forward(ci); }).find("must be past the"), std::string::npos);
+  EXPECT_NE(error_of([&] { base->forward(ci); }).find("must be past the"), std::string::npos);
   m->load_adapter(golden_case("prompt_tuning") + "/adapter", "other");
   EXPECT_NE(error_of([&] { m->set_adapter(std::vector<std::string>{"default", "other"}); }).find("one at a time"),
             std::string::npos);

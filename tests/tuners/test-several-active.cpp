@@ -30,10 +30,11 @@ struct Several : ::testing::Test {
     m = std::make_shared<PeftModel>(load_model(golden_model("tiny-llama")));
     for (const char * n : {"plain", "dora", "other"}) m->load_adapter(golden_case("several_active") + "/adapters/" + n, n);
   }
-  at::Tensor eager(const ForwardInput & in) {
+  at::Tensor eager(const PeftInput & in) {
     at::NoGradGuard g;
     return m->forward(in);
   }
+  at::Tensor eager(const ForwardInput & in) { return eager(PeftInput(in)); }
 };
 
 TEST_F(Several, ActiveSetsMatchPeftEagerAndCompiled) {
@@ -66,7 +67,8 @@ TEST_F(Several, MergedAndUnmergedMatchPeft) {
 }
 
 TEST_F(Several, MixedBatchWithDoraLoadedRefusesOnlyDoraRows) {
-  ForwardInput in{ids};
+  PeftInput in;
+  in.input_ids = ids;
   in.adapter_names = spec["mixed_batch"]["adapter_names"].get<std::vector<std::string>>();
   EXPECT_CLOSE(eager(in), want.at("logits_mixed_batch"));
   auto compiled = compile(*m);
@@ -86,20 +88,22 @@ TEST_F(Several, MixedBatchWithDoraLoadedRefusesOnlyDoraRows) {
 // under a name a DoRA one had), and the refusal names the same first DoRA layer as before.
 TEST_F(Several, MixedBatchRefusalFollowsEveryAdapterChange) {
   const std::string dir = golden_case("several_active") + "/adapters/";
-  ForwardInput in{ids};
+  PeftInput in;
+  in.input_ids = ids;
   in.adapter_names = spec["mixed_batch"]["adapter_names"].get<std::vector<std::string>>();  // plain, base, other
   EXPECT_CLOSE(eager(in), want.at("logits_mixed_batch"));
   // the refusal's text: the first adapter layer holding the DoRA adapter, in layer order
   auto refusal = [&](const std::string & name) {
     for (const auto & l : m->tuner_layers()) {
-      if (l.second->has_adapter(name) && !l.second->mixed_batch_supported(name)) {
+      if (l.second->has_adapter(name) && !l.second->mixed_batch_refusal(name).empty()) {
         return "adapter_names[0] = '" + name + "': " + l.second->name() + " at '" + l.first +
                "' cannot run in a mixed-adapter batch (PEFT: \"Cannot pass `adapter_names` when DoRA is enabled\")";
       }
     }
     return std::string("(no DoRA layer)");
   };
-  ForwardInput row{ids};
+  PeftInput row;
+  row.input_ids = ids;
   auto rows = [&](const std::string & first) {
     row.adapter_names = {first, kBaseAdapter, "plain"};
     return error_of([&] { eager(row); });

@@ -182,7 +182,8 @@ TEST_F(DoraEmbeddingSeveral, ActiveSetsAndMergeMatchPeft) {
   at::NoGradGuard g;
   EXPECT_CLOSE(m->forward({ids}), want.at("logits_dora_plain"));
   // mixed batches: no row may use a DoRA adapter (as PEFT)
-  ForwardInput in{ids};
+  PeftInput in;
+  in.input_ids = ids;
   in.adapter_names = {"plain", "dora", "__base__"};
   EXPECT_NE(error_of([&] { m->forward(in); }).find("DoRA"), std::string::npos);
 }

@@ -26,6 +26,7 @@
 #include "peft/peft-model.h"
 #include "peft/quant/quantize.h"
 #include "peft/train/trainer.h"
+#include "peft/util/runtime.h"
 
 namespace peft::cli {
 
@@ -128,15 +129,6 @@ std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::For
   return m;
 }
 
-// kB from /proc/self/status ("VmHWM", "VmRSS"); -1 if absent
-int64_t proc_status_kb(const std::string & key) {
-  std::ifstream f("/proc/self/status");
-  for (std::string line; std::getline(f, line);) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
-  }
-  return -1;
-}
-
 // Reset VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
 bool reset_peak_rss() {
   std::ofstream f("/proc/self/clear_refs");
@@ -226,11 +218,11 @@ Runner add_bench(CLI::App & app) {
     // ---- child process: one row's configuration, for its peak RSS ----
     if (!o->memory_probe.empty()) {
       const std::string & row = o->memory_probe;
-      const int64_t start_kb = proc_status_kb("VmRSS");
+      const int64_t start_kb = process_status_kb("VmRSS");
       auto m = make_bench_model(cfg, format_of(row), o->quantize_lm_head);
-      const int64_t build_peak_kb = proc_status_kb("VmHWM");
+      const int64_t build_peak_kb = process_status_kb("VmHWM");
       ::malloc_trim(0);  // the float weights replaced by quantized ones go back to the OS
-      const int64_t model_kb = proc_status_kb("VmRSS");
+      const int64_t model_kb = process_status_kb("VmRSS");
       const bool reset = reset_peak_rss();
       auto comp = [&](const ForwardInput & in) { return m->compiled->forward(in); };
       if (row.rfind("decode_b1", 0) == 0) {
@@ -249,13 +241,13 @@ Runner add_bench(CLI::App & app) {
         at::Tensor ids = at::randint(cfg.vocab_size, {4, S}, at::kLong);
         for (int i = 0; i < 2; ++i) t.step(ids);
       }
-      const int64_t run_peak_kb = reset ? proc_status_kb("VmHWM") : -1;
+      const int64_t run_peak_kb = reset ? process_status_kb("VmHWM") : -1;
       std::printf("%s\n", nlohmann::json({{"row", row},
                                           {"start_rss_kb", start_kb},
                                           {"build_peak_rss_kb", build_peak_kb},
                                           {"model_rss_kb", model_kb},
                                           {"run_peak_rss_kb", run_peak_kb},
-                                          {"process_peak_rss_kb", proc_status_kb("VmHWM")},
+                                          {"process_peak_rss_kb", process_status_kb("VmHWM")},
                                           {"peak_reset", reset}})
                               .dump()
                               .c_str());
@@ -335,11 +327,12 @@ Runner add_bench(CLI::App & app) {
       m->lora->train(false);
       rows.push_back({name, e, c, "flops", train_flops});
     };
-    auto eager_of = [](const std::shared_ptr<BenchModel> & m) -> LogitsFn {
-      return [m](const ForwardInput & in) { return m->lora->forward(in); };
+    // (a ForwardInput or a PeftInput: either becomes a LogitsFn or a PeftLogitsFn)
+    auto eager_of = [](const std::shared_ptr<BenchModel> & m) {
+      return [m](const auto & in) { return m->lora->forward(in); };
     };
-    auto comp_of = [](const std::shared_ptr<BenchModel> & m) -> LogitsFn {
-      return [m](const ForwardInput & in) { return m->compiled->forward(in); };
+    auto comp_of = [](const std::shared_ptr<BenchModel> & m) {
+      return [m](const auto & in) { return m->compiled->forward(in); };
     };
     decode("decode_b1_lora", 1, eager_of(fm), comp_of(fm), lora_bytes);
     decode("decode_b8_lora", 8, eager_of(fm), comp_of(fm), lora_bytes);
@@ -358,9 +351,9 @@ Runner add_bench(CLI::App & app) {
       mixed_names.push_back("default");
       for (int a = 1; a < 8; ++a) mixed_names.push_back("adapter" + std::to_string(a));
     }
-    auto with_names = [&](const LogitsFn & f) -> LogitsFn {
+    auto with_names = [&](const PeftLogitsFn & f) -> LogitsFn {
       return [f, &mixed_names](const ForwardInput & in) {
-        ForwardInput r = in;
+        PeftInput r(in);
         r.adapter_names = mixed_names;
         return f(r);
       };
@@ -432,7 +425,7 @@ Runner add_bench(CLI::App & app) {
     if (mixed && wanted(mixed_row) && wanted("decode_b8_lora")) {
       auto s8 = decode_state(8, comp_of(fm));
       auto sm = decode_state(8, with_names(comp_of(mixed)));
-      ForwardInput step_m = sm->step;
+      PeftInput step_m(sm->step);
       step_m.adapter_names = mixed_names;
       at::NoGradGuard g;
       // one adapter's time / 8 adapters' time = the throughput of the mixed batch relative to one adapter's

@@ -48,7 +48,7 @@ Runner add_forward(CLI::App & app) {
     auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
     auto fwd = make_logits_fn(*pm, o->compile);
     at::NoGradGuard no_grad;
-    ForwardInput in;
+    PeftInput in;
     in.input_ids = ids;
     if (!o->adapter_names.empty()) {
       PEFT_CHECK(run.peft, "--adapter-names needs adapters (and not --merge-and-unload)");

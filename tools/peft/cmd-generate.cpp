@@ -72,7 +72,9 @@ Runner add_generate(CLI::App & app) {
     };
     if (stream) std::cout << o->prompts[0] << std::flush;
     // the adapters' model (an adapter's layer_replication gives it another layer stack than `base`)
-    auto out = generate(make_logits_fn(*pm, o->compile), pm->base_model().config(), pm->base_model().options(), prompts,
+    const PeftLogitsFn forward = make_logits_fn(*pm, o->compile);
+    auto out = generate([&forward](const ForwardInput & in) { return forward(PeftInput(in)); }, pm->base_model().config(),
+                        pm->base_model().options(), prompts,
                         gen, on_token,
                         [&](const std::vector<int64_t> & ids) { return tok->decode(ids); });
     if (stream) std::cout << "\n";

@@ -89,7 +89,7 @@ std::string flag_of(const std::string & field) {
 Runner add_train(CLI::App & app) {
   struct Opts {
     std::string method, optimizer = "adamw", lr_scheduler = "constant", data_format = "auto", betas;
-    bool no_shuffle = false, no_token_cache = false, no_progress = false;
+    bool no_shuffle = false, no_token_cache = false, no_progress = false, chunked_loss = false;
     TrainJobConfig job;
     LoraFields lora;
     LaunchOptions launch;
@@ -142,6 +142,10 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--lr-scheduler", o->lr_scheduler, "constant | linear | cosine");
   cmd->add_option("--warmup-steps", t.warmup_steps, "linear warm-up steps");
   cmd->add_option("--max-grad-norm", t.max_grad_norm, "clip the gradient norm (0 = off)");
+  cmd->add_flag("--chunked-loss", o->chunked_loss,
+                "compute the loss from the hidden states a chunk of tokens at a time (no [tokens, vocab] logits; "
+                "chunks of about 64 MiB of logits; same loss and gradients)");
+  cmd->add_option("--loss-chunk", t.loss_chunk, "tokens per chunk of --chunked-loss (0 = the plain loss)");
   cmd->add_flag("--no-shuffle", o->no_shuffle, "take sequences in order");
   cmd->add_option("--seed", t.seed, "seed for shuffling, dropout and adapter init");
   // evaluation, checkpoints, reporting
@@ -165,6 +169,9 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--master-port", o->launch.master_port, "rendezvous port (default: a free one on one machine)");
   cmd->add_option("--dist-timeout", j.dist.timeout_s, "seconds to wait for peers and collectives (default 300)");
   cmd->add_flag("--compile", j.compile, "train through the compiled model");
+  cmd->add_flag("--gradient-checkpointing", j.gradient_checkpointing,
+                "keep only each decoder layer's input and recompute the layer in the backward pass (less memory, "
+                "about a third more compute; the same gradients)");
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   cmd->add_flag("--allow-nonfinite", j.output.allow_nonfinite, "save the adapter even if it holds NaN or Inf values");
@@ -196,6 +203,9 @@ Runner add_train(CLI::App & app) {
                "--momentum does not apply with --optimizer adamw");
     if (t.optimizer == OptimizerKind::sgd && cmd->count("--weight-decay") == 0) t.weight_decay = 0;
     PEFT_USAGE(!(cmd->count("--steps") && cmd->count("--epochs")), "give --steps or --epochs, not both");
+    PEFT_USAGE(!o->chunked_loss || cmd->count("--loss-chunk") == 0 || t.loss_chunk > 0,
+               "--loss-chunk must be > 0 with --chunked-loss");
+    if (o->chunked_loss && cmd->count("--loss-chunk") == 0) t.loss_chunk = -1;  // sized from the vocabulary
     if (!o->betas.empty()) {
       std::vector<double> b;
       std::stringstream ss(o->betas);

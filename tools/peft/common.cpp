@@ -38,10 +38,10 @@ at::Tensor ids_tensor(const std::vector<std::vector<int64_t>> & rows, const std:
   return t;
 }
 
-std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bool compile) {
-  if (!compile) return [&m](const ForwardInput & in) { return m.forward(in); };
+PeftLogitsFn make_logits_fn(PeftModel & m, bool compile) {
+  if (!compile) return [&m](const PeftInput & in) { return m.forward(in); };
   auto compiled = std::make_shared<CompiledModel>(peft::compile(m));
-  return [compiled](const ForwardInput & in) { return compiled->forward(in); };
+  return [compiled](const PeftInput & in) { return compiled->forward(in); };
 }
 
 std::string dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bfloat16" : "float32"; }

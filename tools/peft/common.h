@@ -39,8 +39,9 @@ RuntimeOptions runtime_options(const CommonOptions & o);
 /// Rows of equal length (read from `path`, named in errors) -> (B, S) int64.
 at::Tensor ids_tensor(const std::vector<std::vector<int64_t>> & rows, const std::string & path);
 
-/// The forward a command runs: the model itself, or its compiled form when `compile` is set.
-std::function<at::Tensor(const ForwardInput &)> make_logits_fn(PeftModel & m, bool compile);
+/// The forward a command runs: the model itself, or its compiled form when `compile` is set (a PeftInput:
+/// per-row adapters allowed).
+PeftLogitsFn make_logits_fn(PeftModel & m, bool compile);
 
 /// "float32" / "bfloat16" -> dtype, else peft::Error.
 at::ScalarType parse_dtype(const std::string & s);

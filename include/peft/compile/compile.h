@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "peft/model/causal-lm.h"
+#include "peft/peft-model/peft-input.h"
 
 namespace peft {
 
@@ -49,7 +50,9 @@ struct CompileStats {
 class CompiledModel {
  public:
   /// Logits (B, S, V), equal to the eager forward.
-  at::Tensor forward(const ForwardInput & in);
+  at::Tensor forward(const PeftInput & in);
+  at::Tensor forward(const ForwardInput & in) { return forward(PeftInput(in)); }
+  at::Tensor operator()(const PeftInput & in) { return forward(in); }
   at::Tensor operator()(const ForwardInput & in) { return forward(in); }
   /// Graphs, node counts, pass results, recompiles with their causes, breaks.
   std::string explain() const;

@@ -21,9 +21,10 @@ namespace peft {
 /// replays one graph for every token.
 struct KVCache {
   std::vector<at::Tensor> k, v;
-  /// Leading slots that hold a prompt-learning adapter's virtual tokens (PeftModel::fill_virtual_tokens
-  /// writes them and sets this); the tokens of a ForwardInput then go in the slots after them.
-  int64_t virtual_tokens = 0;
+  /// Leading slots that hold a prefix written before any input (prompt learning's virtual tokens:
+  /// PeftModel::fill_virtual_tokens writes them and sets this); an input's tokens go in the slots after
+  /// them (validate() refuses a cache_position inside the prefix).
+  int64_t prefix_length = 0;
   int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
   static KVCache allocate(const ModelConfig & cfg, int64_t batch, int64_t capacity, at::TensorOptions opts);
 };
@@ -38,9 +39,9 @@ struct ForwardInput {
   at::Tensor segment_ids;     // (B, S) int64 packed documents: a token attends only to its own segment
                               // (no KV cache); undefined = one segment per row
   KVCache * cache = nullptr;
-  // Mixed-adapter batches (read by PeftModel and its adapter layers; architectures never look):
-  std::vector<std::string> adapter_names;  // one adapter per row, __base__ = none; empty = off
-  at::Tensor adapter_rows;                 // (A, B) float routing built from adapter_names
+  /// Return the final hidden states (B, S, D) (after the last norm) instead of logits; CausalLM::logits()
+  /// maps them, a chunk at a time where the full (B, S, V) would be too big (the chunked loss).
+  bool hidden_states = false;
 };
 
 /// Rows of a batch (input_ids or inputs_embeds).
@@ -67,7 +68,7 @@ class CausalLM : public Module {
   explicit CausalLM(ModelConfig cfg) : config_(std::move(cfg)) {}
   /// dtype and device of the weights (for caches and inputs).
   at::TensorOptions options() const;
-  /// Logits (B, S, V): validate(in), then forward_unchecked(in).
+  /// Logits (B, S, V) (or in.hidden_states: the final hidden states): validate(in), then forward_unchecked(in).
   at::Tensor forward(const ForwardInput & in);
   /// Check ids (range, dtype), mask and cache shapes; throws peft::Error naming the problem.
   void validate(const ForwardInput & in) const;
@@ -79,8 +80,15 @@ class CausalLM : public Module {
   /// With tie_word_embeddings: make the output layer use the input embedding's weight (through any
   /// adapter wrapping either). Called after loading and after layers are replaced.
   void tie_weights();
+  /// Gradient checkpointing (transformers' gradient_checkpointing_enable): in training mode with autograd
+  /// on, each decoder layer keeps only its input and runs again in the backward pass (peft/model/checkpoint.h).
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
   /// Stop tying: the output layer keeps its own weight (config.json's tie_word_embeddings becomes false).
   void untie_weights() { config_.tie_word_embeddings = false; }
+  /// The output head on final hidden states (..., D) -> logits (..., V): output_layer() and the config's
+  /// final_logit_softcapping (Gemma 2).
+  at::Tensor logits(const at::Tensor & hidden);
   /// The input's token embeddings as the model takes them (input_embedding()'s output; Gemma 3's scaled).
   at::Tensor embed(const at::Tensor & input_ids);
   /// The token embedding and the output layer (as they stand now: possibly adapter wrappers).
@@ -88,9 +96,14 @@ class CausalLM : public Module {
   virtual LayerPtr output_layer() const = 0;
 
  protected:
-  /// `embeds`: the input embedding's output for the ids (or ForwardInput::inputs_embeds), (B, S, D).
-  virtual at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) = 0;
+  /// The decoder: `embeds` (the input embedding's output for the ids, or ForwardInput::inputs_embeds,
+  /// (B, S, D)) to the final hidden states (B, S, D), after the last norm; logits() is the head.
+  virtual at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) = 0;
+  /// One decoder layer, `layer(h)`: checkpointed when gradient checkpointing is on, the model trains and
+  /// autograd records (`layer` then runs again in the backward pass: it must capture by value).
+  at::Tensor decoder_layer(const at::Tensor & h, std::function<at::Tensor(const at::Tensor &)> layer);
   ModelConfig config_;
+  bool gradient_checkpointing_ = false;
 };
 
 /// Build an architecture from its config (random-free: parameters are uninitialised).

@@ -147,7 +147,7 @@ class Engine {
   std::vector<std::string> adapters_;
   int64_t admissions_ = 0;
   int64_t max_context_ = 0, capacity_ = 0, clock_ = 0;
-  LogitsFn decode_fn_;
+  PeftLogitsFn decode_fn_;
   std::shared_ptr<CompiledModel> compiled_;
   KVCache cache_, prefill_cache_;
   at::Tensor mask_;  // (max_batch, capacity) 1 = a slot of the row's sequence

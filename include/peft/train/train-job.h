@@ -89,6 +89,7 @@ struct TrainJobConfig {
     double timeout_s = 300;          // seconds to wait for peers and collectives
   } dist;
   bool compile = false;              // train through the compiled model
+  bool gradient_checkpointing = false;  // recompute each decoder layer in the backward pass (not with compile)
   RuntimeOptions runtime;            // threads, applied when the work starts
 };
 

@@ -13,6 +13,7 @@
 #include "peft/data/batches.h"
 #include "peft/error.h"
 #include "peft/model/causal-lm.h"
+#include "peft/train/loss.h"
 #include "peft/util/options.h"
 
 namespace peft {
@@ -30,16 +31,6 @@ inline const std::vector<std::string> & choice_names(LrScheduler) {
   return names;
 }
 
-/// Mean token cross-entropy of logits[:, :-1] (B, S, V) against ids[:, 1:]; positions whose target is
-/// padding (attention_mask 0) are ignored when a mask is given. Logits longer than ids (B, n + S, V) cover
-/// n virtual tokens first (prompt learning): the last of those predicts ids[:, 0], as PEFT's -100 labels
-/// for the virtual tokens leave it, so all S tokens are targets.
-at::Tensor causal_lm_loss(const at::Tensor & logits, const at::Tensor & ids, const at::Tensor & attention_mask = {});
-
-/// Summed token cross-entropy of logits[:, :-1] against labels[:, 1:] (-100 = ignored), float32; longer
-/// logits as in causal_lm_loss.
-at::Tensor causal_lm_loss_sum(const at::Tensor & logits, const at::Tensor & labels);
-
 struct TrainOptions {
   int64_t batch_size = 8;                   // sequences per micro-batch
   bool virtual_tokens = false;  // the forward puts virtual tokens first (PeftModel::virtual_token_logits() > 0):
@@ -55,6 +46,10 @@ struct TrainOptions {
   Choice<LrScheduler> lr_scheduler = LrScheduler::constant;  // constant | linear | cosine
   int64_t warmup_steps = 0;
   double max_grad_norm = 0;  // 0 = no clipping
+  // the loss from the final hidden states, this many target tokens at a time (TrainCallbacks::head makes
+  // each chunk's logits; no (tokens, vocab) matrix at once): 0 = the plain loss over whole logits,
+  // -1 = sized from the vocabulary (loss_chunk_tokens: about 64 MiB). Same loss and gradients.
+  int64_t loss_chunk = 0;
   bool shuffle = true;
   uint64_t seed = 42;
   int64_t eval_steps = 0;      // evaluate every N steps (0: only at the end); needs eval data
@@ -90,6 +85,7 @@ struct StepLog {
   double epoch = 0;   // epochs completed after this step (fractional)
   int64_t tokens = 0;  // real tokens processed (by all ranks)
   double seconds = 0;
+  double peak_rss_mb = 0;  // the process's peak resident memory so far (VmHWM; 0 where unknown)
   double tokens_per_second() const { return seconds > 0 ? tokens / seconds : 0; }
 };
 
@@ -105,6 +101,10 @@ struct TrainCallbacks {
   std::function<void(bool training)> set_training;          // around evaluations (dropout off)
   std::function<void(FolderWriter & folder)> save_model;     // the model's files in a checkpoint (an adapter)
   std::function<at::Tensor()> extra_loss;                    // added to the loss (AdaLoRA's orthogonal term)
+  // the model's head on final hidden states (CausalLM::logits), for TrainOptions::loss_chunk: the
+  // forward is then asked for hidden states (ForwardInput::hidden_states). With several ranks the head must
+  // have no trainable tensor (its gradients would come before the bucketed all-reduce is prepared).
+  HeadFn head;
   std::function<void(int64_t step)> after_update;            // after the update, gradients still set (AdaLoRA)
   std::function<void(const StepLog &)> on_step_end;
   std::function<void(const EvalLog &)> on_evaluate;

@@ -65,6 +65,8 @@ class LoraLayer : public TunerLayer {
  protected:
   void add_settings(const std::string & name, const LoraSettings & s);
   void forget(const std::string & name) override;
+  /// PEFT's refusal of a DoRA adapter's rows in a mixed batch ("" for a plain adapter).
+  std::string dora_refusal(const std::string & name) const;
   std::map<std::string, LoraSettings> settings_;
 };
 
@@ -72,7 +74,7 @@ class LoraLinear : public LoraLayer {
  public:
   explicit LoraLinear(LayerPtr base);
   void add_adapter(const std::string & name, const LoraSettings & s);
-  bool mixed_batch_supported(const std::string & name) const override { return !settings(name).use_dora; }
+  std::string mixed_batch_refusal(const std::string & name) const override { return dora_refusal(name); }
 
   /// s * B A, (O, I).
   at::Tensor delta_weight(const std::string & name) const;
@@ -101,7 +103,7 @@ class LoraEmbedding : public LoraLayer {
  public:
   explicit LoraEmbedding(LayerPtr base);
   void add_adapter(const std::string & name, const LoraSettings & s);
-  bool mixed_batch_supported(const std::string & name) const override { return !settings(name).use_dora; }
+  std::string mixed_batch_refusal(const std::string & name) const override { return dora_refusal(name); }
 
   /// s * (B A)^T, (V, D).
   at::Tensor delta_weight(const std::string & name) const;

@@ -19,7 +19,7 @@ class ModulesToSaveWrapper : public TunerLayer {
   std::string adapter_signature(const std::string & a) const override {
     return kept_.count(a) ? "copy,kept_when_disabled" : "copy";
   }
-  bool mixed_batch_supported(const std::string &) const override { return true; }
+  std::string mixed_batch_refusal(const std::string &) const override { return ""; }
 
   /// The copy replaces the module: "merging" changes nothing, so forward always uses current().
   at::Tensor forward(const at::Tensor & x) override;

@@ -81,8 +81,9 @@ class TunerLayer : public Layer {
   virtual void rescale(const std::string & name, const AdapterConfig & cfg, const std::string & path, double factor) {}
   /// Zero-pad adapter `name`'s rank to `rank` (prepare_for_hotswap); methods without a rank refuse.
   void pad_rank(const std::string & name, int64_t rank);
-  /// Can rows of a mixed-adapter batch use adapter `name` here? (PEFT refuses DoRA rows, for example.)
-  virtual bool mixed_batch_supported(const std::string & name) const { return false; }
+  /// Why rows of a mixed-adapter batch cannot use adapter `name` here, "" when they can (a LoRA layer
+  /// refuses only DoRA rows, as PEFT; the default: the method has no per-row forward).
+  virtual std::string mixed_batch_refusal(const std::string & name) const;
   /// Everything the traced computation depends on besides tensor values (ranks, dropout, variants).
   virtual std::string adapter_signature(const std::string & name) const = 0;
 
@@ -160,6 +161,11 @@ at::Tensor kaiming_uniform(const std::vector<int64_t> & shape);
 /// W += sign * delta on a linear base (computed in float32, stored in the layer's format); with `safe`,
 /// refuses a non-finite result naming the adapter. The merge/unmerge of additive methods.
 void merge_delta(LinearBase & base, const at::Tensor & delta, double sign, bool safe, const std::string & adapter);
+
+/// The tail of every merge into a linear base: store `weight` (and `bias` when defined) in the layer's
+/// format; with `safe`, a non-finite weight or bias is refused, naming the adapter, before anything is stored.
+void store_merged(LinearBase & base, const at::Tensor & weight, const at::Tensor & bias, bool safe,
+                  const std::string & adapter);
 
 /// Non-finite check used by safe merges; throws naming the layer and adapter.
 void check_finite(const at::Tensor & t, const std::string & what);

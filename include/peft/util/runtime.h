@@ -23,6 +23,11 @@ int configure_runtime(const RuntimeOptions & o = {});
 /// Memory the kernel reports as available for new allocations (MemAvailable), in bytes; 0 if unknown.
 uint64_t available_memory_bytes();
 
+/// A field of /proc/self/status in kB ("VmHWM": peak resident, "VmRSS", "RssAnon"); -1 if absent.
+int64_t process_status_kb(const std::string & key);
+/// The process's peak resident memory so far (VmHWM), in bytes; 0 if unknown.
+uint64_t peak_rss_bytes();
+
 /// Refuse an allocation of `bytes` for `what` that the machine cannot hold, before trying it (a huge
 /// allocation would otherwise be granted lazily and end with the kernel killing the process).
 void check_memory_for(uint64_t bytes, const std::string & what);

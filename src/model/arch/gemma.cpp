@@ -121,7 +121,7 @@ class GemmaForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
+  at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) override {
     at::Tensor h = embeds;
     if (!config_.multiplier_in_lookup) {  // Gemma 2: the model multiplies, in the hidden states' dtype
       h = h * at::scalar_tensor(config_.embedding_multiplier, h.options());
@@ -136,14 +136,11 @@ class GemmaForCausalLM : public CausalLM {
     }
     for (size_t i = 0; i < model->layers->size(); ++i) {
       const bool sliding = config_.layer_slides(static_cast<int64_t>(i));
-      h = model->layers->at<GemmaDecoderLayer>(i)->forward(h, ctx, sliding ? local : global);
+      h = decoder_layer(h, [l = model->layers->at<GemmaDecoderLayer>(i), ctx, cs = sliding ? local : global](const at::Tensor & x) {
+        return l->forward(x, ctx, cs);
+      });
     }
-    at::Tensor logits = lm_head->forward(model->norm->forward(h));
-    if (config_.final_logit_softcapping > 0) {
-      const double cap = config_.final_logit_softcapping;
-      logits = at::tanh(logits / cap) * cap;
-    }
-    return logits;
+    return model->norm->forward(h);  // (the head's final_logit_softcapping: CausalLM::logits)
   }
 
  public:

@@ -96,12 +96,16 @@ class GPTNeoXForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return embed_out; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
+  at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) override {
     auto & m = *gpt_neox;
     at::Tensor h = embeds;
     const auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
-    for (size_t i = 0; i < m.layers->size(); ++i) h = m.layers->at<GPTNeoXLayer>(i)->forward(h, ctx, cs.first, cs.second);
-    return embed_out->forward(m.final_layer_norm->forward(h));
+    for (size_t i = 0; i < m.layers->size(); ++i) {
+      h = decoder_layer(h, [l = m.layers->at<GPTNeoXLayer>(i), ctx, cs](const at::Tensor & x) {
+        return l->forward(x, ctx, cs.first, cs.second);
+      });
+    }
+    return m.final_layer_norm->forward(h);
   }
 
  public:

@@ -95,11 +95,13 @@ class GPT2LMHeadModel : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
+  at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) override {
     auto & t = *transformer;
     at::Tensor x = embeds + t.wpe->forward(ctx.position_ids);
-    for (size_t i = 0; i < t.h->size(); ++i) x = t.h->at<GPT2Block>(i)->forward(x, ctx);
-    return lm_head->forward(t.ln_f->forward(x));
+    for (size_t i = 0; i < t.h->size(); ++i) {
+      x = decoder_layer(x, [l = t.h->at<GPT2Block>(i), ctx](const at::Tensor & y) { return l->forward(y, ctx); });
+    }
+    return t.ln_f->forward(x);
   }
 
  public:

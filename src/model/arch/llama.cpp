@@ -144,13 +144,15 @@ class LlamaForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
+  at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) override {
     at::Tensor h = embeds;
     auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
     for (size_t i = 0; i < model->layers->size(); ++i) {
-      h = model->layers->at<LlamaDecoderLayer>(i)->forward(h, ctx, cs.first, cs.second);
+      h = decoder_layer(h, [l = model->layers->at<LlamaDecoderLayer>(i), ctx, cs](const at::Tensor & x) {
+        return l->forward(x, ctx, cs.first, cs.second);
+      });
     }
-    return lm_head->forward(model->norm->forward(h));
+    return model->norm->forward(h);
   }
 
  public:

@@ -108,15 +108,17 @@ class OPTForCausalLM : public CausalLM {
   LayerPtr output_layer() const override { return lm_head; }
 
  protected:
-  at::Tensor forward_impl(const at::Tensor & embeds, const AttentionContext & ctx) override {
+  at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) override {
     auto & d = *model->decoder;
     at::Tensor h = embeds;
     if (d.project_in) h = d.project_in->forward(h);
     h = h + d.embed_positions->forward(ctx.position_ids + kPositionOffset);
-    for (size_t i = 0; i < d.layers->size(); ++i) h = d.layers->at<OPTDecoderLayer>(i)->forward(h, ctx);
+    for (size_t i = 0; i < d.layers->size(); ++i) {
+      h = decoder_layer(h, [l = d.layers->at<OPTDecoderLayer>(i), ctx](const at::Tensor & x) { return l->forward(x, ctx); });
+    }
     if (d.final_layer_norm) h = d.final_layer_norm->forward(h);
     if (d.project_out) h = d.project_out->forward(h);
-    return lm_head->forward(h);
+    return h;
   }
 
  public:

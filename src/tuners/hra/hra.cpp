@@ -57,8 +57,7 @@ void HRALinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
   const at::Tensor R = math::hra_rotation(u(n), apply_gs_.at(n), false);
   const at::Tensor W = at::mm(linear().dense_weight().to(R.scalar_type()), R);
-  if (safe) check_finite(W, "merging adapter '" + n + "'");
-  linear().store_weight(W);
+  store_merged(linear(), W, at::Tensor(), safe, n);
 }
 
 void HRALinear::unmerge_one(const std::string & n) {

@@ -56,12 +56,7 @@ void IA3Linear::merge_one(const std::string & n, bool safe) {
   at::Tensor b;
   const at::Tensor bias = linear().bias_tensor();
   if (!feedforward_.at(n) && bias.defined()) b = bias.to(at::kFloat) * l.flatten();
-  if (safe) {
-    check_finite(W, "merging adapter '" + n + "'");
-    if (b.defined()) check_finite(b, "merging the bias of adapter '" + n + "'");
-  }
-  linear().store_weight(W);
-  if (b.defined()) linear().store_bias(b);
+  store_merged(linear(), W, b, safe, n);
 }
 
 void IA3Linear::unmerge_one(const std::string & n) {

@@ -198,6 +198,10 @@ void LoraLayer::rescale(const std::string & n, const AdapterConfig & cfg, const 
   set_scaling(n, factor * s.scaling);
 }
 
+std::string LoraLayer::dora_refusal(const std::string & name) const {
+  return settings(name).use_dora ? "PEFT: \"Cannot pass `adapter_names` when DoRA is enabled\"" : "";
+}
+
 void LoraLayer::add_settings(const std::string & name, const LoraSettings & s) {
   settings_[name] = s;
   set_scaling(name, s.scaling);
@@ -391,12 +395,7 @@ void LoraLinear::merge_one(const std::string & n, bool safe) {
                "' into a base layer without bias");
     bias_new = linear().bias_tensor().to(at::kFloat) + bB * scaling(n);
   }
-  if (safe) {
-    check_finite(merged, "merging adapter '" + n + "'");
-    if (bias_new.defined()) check_finite(bias_new, "merging the bias of adapter '" + n + "'");
-  }
-  linear().store_weight(merged);
-  if (bias_new.defined()) linear().store_bias(bias_new);
+  store_merged(linear(), merged, bias_new, safe, n);
 }
 
 void LoraLinear::unmerge_one(const std::string & n) {

@@ -89,8 +89,7 @@ void MissLinear::merge_one(const std::string & n, bool safe) {
   at::NoGradGuard g;
   const at::Tensor W = linear().dense_weight().to(at::kFloat);
   const at::Tensor merged = W + math::miss_bat_delta(W, block(n));
-  if (safe) check_finite(merged, "merging adapter '" + n + "'");
-  linear().store_weight(merged);
+  store_merged(linear(), merged, at::Tensor(), safe, n);
 }
 
 void MissLinear::unmerge_one(const std::string & n) {

@@ -102,8 +102,7 @@ void OrthoLinear::merge_one(const std::string & n, bool safe) {
   at::Tensor Wm = math::rotate_weight(linear().dense_weight().to(at::kFloat), Q);  // W BD(Q)^T
   at::Tensor sc = scale(n);
   if (sc.defined()) Wm = Wm * sc.to(at::kFloat).view({-1, 1});
-  if (safe) check_finite(Wm, "merging adapter '" + n + "'");
-  linear().store_weight(Wm);
+  store_merged(linear(), Wm, at::Tensor(), safe, n);
 }
 
 void OrthoLinear::unmerge_one(const std::string & n) {

@@ -95,12 +95,7 @@ void RoadLinear::merge_one(const std::string & n, bool safe) {
   const at::Tensor W = at::mm(R, linear().dense_weight().to(at::kFloat));
   at::Tensor b = linear().bias_tensor();
   if (b.defined()) b = at::mv(R, b.to(at::kFloat));
-  if (safe) {
-    check_finite(W, "merging adapter '" + n + "'");
-    if (b.defined()) check_finite(b, "merging adapter '" + n + "' (bias)");
-  }
-  linear().store_weight(W);
-  if (b.defined()) linear().store_bias(b);
+  store_merged(linear(), W, b, safe, n);
 }
 
 void RoadLinear::unmerge_one(const std::string & n) {

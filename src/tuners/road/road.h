@@ -25,7 +25,7 @@ class RoadLinear : public TunerLayer {
   void add_adapter(const std::string & name, const RoadOptions & o);
 
   std::string adapter_signature(const std::string & name) const override;
-  bool mixed_batch_supported(const std::string &) const override { return true; }
+  std::string mixed_batch_refusal(const std::string &) const override { return ""; }
 
   LinearBase & linear() const;
   at::Tensor theta(const std::string & name) const;  // road_theta

@@ -28,7 +28,7 @@ class TrainableTokensLayer : public TunerLayer {
   void follow(const std::string & name, std::shared_ptr<TrainableTokensLayer> source);
 
   std::string adapter_signature(const std::string & name) const override;
-  bool mixed_batch_supported(const std::string &) const override { return true; }
+  std::string mixed_batch_refusal(const std::string &) const override { return ""; }
   /// A tied layer's file entry: PEFT saves the shared delta under the tied layer's name too.
   std::vector<std::pair<std::string, at::Tensor>> adapter_buffers(const std::string & name) const override;
   /// The rows of adapter `name` (int64) and their trained values (n, D).
