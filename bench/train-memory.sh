@@ -2,18 +2,20 @@
 # Training memory at a real model shape: the peak resident memory of one LoRA step (r 16 on every Linear,
 # batch 1 x TOKENS) plain, with --gradient-checkpointing, with --chunked-loss and with both, on random
 # weights of Llama-3.2-1B's shape (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocab 128256, tied).
-# The step's memory beyond the model = its peak minus the peak of the same run on 8 tokens (weights, the
-# mapped checkpoint and the rest are the same in both). Run it on an idle machine (each step is minutes).
+# peak_rss_mb in the log is the peak since training started (loading's peak left out); the step's memory
+# beyond the model = that peak minus the same run's on 8 tokens (weights, the mapped checkpoint and the
+# rest are the same in both). Each 1024-token step takes minutes on 2 cores.
 #
 # usage: bench/train-memory.sh [MODEL_DIR] [TOKENS]      (defaults: /tmp/peft-llama1b, 1024)
-# The model folder is made once by ../shared/tools/llamacpp/make_models.py (float32 safetensors, ~5 GB).
+# The model folder is made once by ../shared/tools/llamacpp/make_models.py (float32 safetensors, ~5 GB; Debian's
+# /usr/bin/python3 with numpy: apt-get install python3-numpy).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-/tmp/peft-llama1b}"
 tokens="${2:-1024}"
 peft="$root/build/peft"
 if [ ! -f "$model/config.json" ]; then
-  PEFT_REPO="$root" python3 "$root/../shared/tools/llamacpp/make_models.py" model "$model" --hidden 2048 --layers 16 \
+  PEFT_REPO="$root" /usr/bin/python3 "$root/../shared/tools/llamacpp/make_models.py" model "$model" --hidden 2048 --layers 16 \
     --heads 32 --kv-heads 8 --inter 8192 --vocab 128256 --tie --rope-theta 500000
 fi
 work="$(mktemp -d /tmp/peft-train-memory.XXXXXX)"
@@ -32,8 +34,11 @@ run() {  # tag, tokens, flags -> peak_rss_mb of the step
   python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())['peak_rss_mb'])" "$work/$1.jsonl"
 }
 base=$(run base8 8)
-printf "model: %s, one LoRA step (r 16, all-linear) on batch 1 x %s tokens; CPU: %s\n" "$model" "$tokens" \
-  "$(grep -o -m1 'avx512f\|avx2' /proc/cpuinfo | head -1)"
+isa=portable
+grep -q avx2 /proc/cpuinfo && isa=AVX2
+grep -q avx512f /proc/cpuinfo && isa=AVX-512
+printf "model: %s, one LoRA step (r 16, all-linear) on batch 1 x %s tokens; %s cores, %s\n" "$model" "$tokens" \
+  "$(nproc)" "$isa"
 printf "%-36s %12s %14s\n" "run" "peak MB" "step MB"
 printf "%-36s %12.0f %14s\n" "8 tokens (the model alone)" "$base" "-"
 plain=""
@@ -42,6 +47,10 @@ for v in "plain|" "gradient checkpointing|--gradient-checkpointing" "chunked los
   name="${v%%|*}"; flags="${v#*|}"
   peak=$(run "r$RANDOM" "$tokens" "$flags")
   step=$(python3 -c "print(round($peak - $base))")
-  [ -z "$plain" ] && plain=$step
-  printf "%-36s %12.0f %14s  (%sx less than plain)\n" "$name" "$peak" "$step" "$(python3 -c "print(round($plain / max($step, 1), 2))")"
+  if [ -z "$plain" ]; then
+    plain=$step
+    printf "%-36s %12.0f %14s\n" "$name" "$peak" "$step"
+  else
+    printf "%-36s %12.0f %14s  (%sx less than plain)\n" "$name" "$peak" "$step" "$(python3 -c "print(round($plain / max($step, 1), 2))")"
+  fi
 done

@@ -336,6 +336,7 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
   if (main_rank) log = std::make_unique<TrainLog>(c.output.log_file, resume.empty() ? -1 : trainer.global_step());
   result.total_steps = trainer.total_steps(train_set);
   if (observer.on_start) observer.on_start(result.total_steps, trainer.global_step());
+  reset_peak_rss();  // the steps' peak_rss_mb: the training's own peak, not loading's
   // (a non-finite loss or gradient norm stops the run before its step is logged: every value is a number)
   try {
     trainer.train(train_set, eval_set.get());

@@ -59,6 +59,15 @@ uint64_t peak_rss_bytes() {
   return kb > 0 ? static_cast<uint64_t>(kb) * 1024 : 0;
 }
 
+bool reset_peak_rss() {
+  // freed heap memory still counts as resident: hand it back first, so the new peak is of live memory
+  ::malloc_trim(0);
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
 void check_memory_for(uint64_t bytes, const std::string & what) {
   const uint64_t avail = available_memory_bytes();
   if (avail == 0 || bytes <= avail) return;

@@ -129,14 +129,6 @@ std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::For
   return m;
 }
 
-// Reset VmHWM to the current RSS (Linux >= 4.0); false where the kernel refuses.
-bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-  f.flush();
-  return static_cast<bool>(f);
-}
-
 }  // namespace
 
 Runner add_bench(CLI::App & app) {

@@ -85,7 +85,8 @@ struct StepLog {
   double epoch = 0;   // epochs completed after this step (fractional)
   int64_t tokens = 0;  // real tokens processed (by all ranks)
   double seconds = 0;
-  double peak_rss_mb = 0;  // the process's peak resident memory so far (VmHWM; 0 where unknown)
+  double peak_rss_mb = 0;  // the process's peak resident memory (VmHWM; TrainJob starts it over when training
+                           // starts, so loading's peak is not in it; 0 where unknown)
   double tokens_per_second() const { return seconds > 0 ? tokens / seconds : 0; }
 };
 

@@ -25,8 +25,11 @@ uint64_t available_memory_bytes();
 
 /// A field of /proc/self/status in kB ("VmHWM": peak resident, "VmRSS", "RssAnon"); -1 if absent.
 int64_t process_status_kb(const std::string & key);
-/// The process's peak resident memory so far (VmHWM), in bytes; 0 if unknown.
+/// The process's peak resident memory (VmHWM) since it started or since reset_peak_rss(), in bytes; 0 if unknown.
 uint64_t peak_rss_bytes();
+/// Start the peak over from the current resident memory (Linux >= 4.0), after handing freed heap memory
+/// back to the system (malloc_trim), so that the new peak is of live memory; false where the kernel refuses.
+bool reset_peak_rss();
 
 /// Refuse an allocation of `bytes` for `what` that the machine cannot hold, before trying it (a huge
 /// allocation would otherwise be granted lazily and end with the kernel killing the process).
