@@ -20,5 +20,6 @@ Runner add_quantize(CLI::App & app);
 Runner add_serve(CLI::App & app);
 Runner add_bench_serve(CLI::App & app);
 Runner add_export(CLI::App & app);
+Runner add_eval(CLI::App & app);
 
 }  // namespace peft::cli

@@ -31,6 +31,7 @@ int main(int argc, char ** argv) {
   add(peft::cli::add_serve);
   add(peft::cli::add_bench_serve);
   add(peft::cli::add_export);
+  add(peft::cli::add_eval);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError & e) {
