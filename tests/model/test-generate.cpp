@@ -1,10 +1,12 @@
 // Generation: the KV cache changes nothing (same tokens as recomputing the whole sequence), left
 // padding in a batch changes nothing for a row, sampling is seeded, processors do what they say.
 #include <set>
+#include <sstream>
 
 #include "peft/error.h"
 #include "peft/io/files.h"
 #include "peft/generate/generate.h"
+#include "peft/model/config.h"
 #include "peft/tokenizer/tokenizer.h"
 #include "support.h"
 
@@ -113,6 +115,290 @@ TEST(GenerateCli, StreamsAndPrintsIds) {
   EXPECT_NE(out.find("["), std::string::npos) << out;
   ASSERT_EQ(run_cli("generate --model " + golden_model("tiny-llama") + " --prompt Hi --max-new-tokens 5 --temperature 0", &out), 1);
   EXPECT_NE(out.find("temperature"), std::string::npos) << out;
+}
+
+// ---- peft generate --chat (one-shot and interactive) and --prompts-file (offline batches) ----
+
+std::string kjv() { return std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama"; }
+
+// Single-quoted for the shell (the test's own texts have no quote).
+std::string q(const std::string & s) { return "'" + s + "'"; }
+
+// The lines of `out` that are JSON arrays of integers: what --print-ids prints, one per answer.
+std::vector<std::vector<int64_t>> ids_lines(const std::string & out) {
+  std::vector<std::vector<int64_t>> rows;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_array()) continue;
+    std::vector<int64_t> row;
+    bool ints = true;
+    for (const auto & x : j) {
+      if (!x.is_number_integer()) ints = false;
+      if (ints) row.push_back(x.get<int64_t>());
+    }
+    if (ints) rows.push_back(row);
+  }
+  return rows;
+}
+
+// The prompt kjv-llama's chat template makes of `messages` with the generation prompt (peft chat-template),
+// without its leading bos_token "<s>": a plain --prompt gets the BOS from the tokenizer.
+std::string rendered_without_bos(const nlohmann::json & messages, const std::string & dir) {
+  write_file_atomic(dir + "/messages.json", messages.dump());
+  std::string text;
+  EXPECT_EQ(run_cli("chat-template --model " + kjv() + " --messages " + dir + "/messages.json --add-generation-prompt", &text), 0)
+      << text;
+  EXPECT_EQ(text.rfind("<s>", 0), 0u) << text;
+  return text.substr(std::min<size_t>(3, text.size()));
+}
+
+// The ids a plain `peft generate --prompt TEXT --print-ids` generates (TEXT from a file: it has newlines).
+std::vector<int64_t> plain_run_ids(const std::string & text, const std::string & dir, const std::string & flags) {
+  write_file_atomic(dir + "/prompt.txt", text);
+  std::string out;
+  const int rc = run_command("p=\"$(cat " + dir + "/prompt.txt; printf x)\"; " + std::string(PEFT_CLI) + " generate --model " +
+                                 kjv() + " --prompt \"${p%x}\" --print-ids " + flags,
+                             &out);
+  EXPECT_EQ(rc, 0) << out;
+  auto rows = ids_lines(out);
+  EXPECT_EQ(rows.size(), 1u) << out;
+  return rows.empty() ? std::vector<int64_t>{} : rows.back();
+}
+
+TEST(GenerateChat, OneShotEqualsTheRenderedTemplateAsAPlainPrompt) {
+  const std::string dir = temp_dir("chat-oneshot"), flags = "--max-new-tokens 24";
+  const nlohmann::json messages = {{{"role", "system"}, {"content", "Answer as the scripture does."}},
+                                   {{"role", "user"}, {"content", "Who made the heaven and the earth?"}}};
+  std::string out;
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --chat --system " + q("Answer as the scripture does.") + " --prompt " +
+                        q("Who made the heaven and the earth?") + " --print-ids " + flags,
+                    &out),
+            0)
+      << out;
+  const auto chat = ids_lines(out);
+  ASSERT_EQ(chat.size(), 1u) << out;
+  ASSERT_FALSE(chat[0].empty()) << out;
+  EXPECT_EQ(chat[0], plain_run_ids(rendered_without_bos(messages, dir), dir, flags));
+  // the answer is printed without the prompt (and without the end-of-turn token's text)
+  EXPECT_EQ(out.find("Who made"), std::string::npos) << out;
+  EXPECT_EQ(out.find("<|"), std::string::npos) << out;
+}
+
+// One {"messages": ...} line through --prompts-file: the completion's text.
+std::string completion_of(const nlohmann::json & messages, const std::string & dir, const std::string & flags) {
+  write_file_atomic(dir + "/one.jsonl", nlohmann::json({{"messages", messages}}).dump() + "\n");
+  std::string out;
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/one.jsonl --out " + dir + "/one.out.jsonl " + flags,
+                    &out),
+            0)
+      << out;
+  const auto rows = read_jsonl(dir + "/one.out.jsonl", {});
+  EXPECT_EQ(rows.size(), 1u);
+  return rows.empty() ? "" : rows[0]["completion"].get<std::string>();
+}
+
+TEST(GenerateChat, InteractiveLoopKeepsTheHistory) {
+  const std::string dir = temp_dir("chat-loop"), flags = "--max-new-tokens 16";
+  const std::string u1 = "Who made the heaven?", u2 = "And what did he say unto Moses?";
+  write_file_atomic(dir + "/turns.txt", u1 + "\n" + u2 + "\n");
+  std::string out;
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --chat --print-ids " + flags + " < " + dir + "/turns.txt", &out), 0) << out;
+  const auto turns = ids_lines(out);
+  ASSERT_EQ(turns.size(), 2u) << out;  // an answer to each turn, then the end of input ends the chat
+  EXPECT_NE(out.rfind("> ", 0), 0u) << "no prompt when stdin is not a terminal: " << out;
+
+  // turn 1 = a one-shot chat of u1
+  const nlohmann::json m1 = {{{"role", "user"}, {"content", u1}}};
+  std::string one;
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --chat --print-ids --prompt " + q(u1) + " " + flags, &one), 0) << one;
+  ASSERT_EQ(ids_lines(one).size(), 1u) << one;
+  EXPECT_EQ(turns[0], ids_lines(one)[0]);
+  // turn 2 = a one-shot run of the whole history, the first answer's text as the assistant's message
+  const std::string a1 = completion_of(m1, dir, flags);
+  nlohmann::json m2 = m1;
+  m2.push_back({{"role", "assistant"}, {"content", a1}});
+  m2.push_back({{"role", "user"}, {"content", u2}});
+  EXPECT_EQ(turns[1], plain_run_ids(rendered_without_bos(m2, dir), dir, flags));
+  const std::string a2 = completion_of(m2, dir, flags);
+  // what is printed: each answer's text (the text kept in the history), then its ids
+  EXPECT_EQ(out, a1 + "\n" + nlohmann::json(turns[0]).dump() + "\n" + a2 + "\n" + nlohmann::json(turns[1]).dump() + "\n");
+}
+
+TEST(GenerateChat, ClearStartsOverAndExitEnds) {
+  const std::string dir = temp_dir("chat-clear"), flags = "--max-new-tokens 12";
+  write_file_atomic(dir + "/turns.txt", "Who made the heaven?\n/clear\nWho made the heaven?\n/exit\nAnd the earth?\n");
+  std::string out;
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --chat --print-ids " + flags + " < " + dir + "/turns.txt", &out), 0) << out;
+  const auto turns = ids_lines(out);
+  ASSERT_EQ(turns.size(), 2u) << out;  // nothing after /exit
+  EXPECT_EQ(turns[0], turns[1]) << "after /clear the same question starts the same conversation";
+}
+
+// What a per-prompt `peft generate` run says of one prompts-file line: its generated ids.
+std::vector<int64_t> single_run(const nlohmann::json & line, const std::string & dir, const std::string & flags) {
+  if (line.contains("prompt")) return plain_run_ids(line["prompt"].get<std::string>(), dir, flags);
+  std::string out;
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --chat --print-ids --prompt " + q(line["messages"][0]["content"]) + " " + flags,
+                    &out),
+            0)
+      << out;
+  const auto rows = ids_lines(out);
+  EXPECT_EQ(rows.size(), 1u) << out;
+  return rows.empty() ? std::vector<int64_t>{} : rows[0];
+}
+
+// Runs the file with `flags` and checks every output line against a per-prompt run (same flags).
+void check_prompts_file(const std::vector<nlohmann::json> & lines, const std::string & dir, const std::string & flags,
+                        int64_t max_new, const std::string & stop, std::vector<std::string> * completions = nullptr,
+                        std::vector<std::string> * reasons = nullptr) {
+  std::string in;
+  for (size_t i = 0; i < lines.size(); ++i) in += lines[i].dump() + (i == 1 ? "\n\n" : "\n");  // a blank line is skipped
+  write_file_atomic(dir + "/in.jsonl", in);
+  std::string out;
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/in.jsonl --out " + dir + "/out.jsonl --batch-size 2 " +
+                        flags,
+                    &out),
+            0)
+      << out;
+  const auto rows = read_jsonl(dir + "/out.jsonl", {});
+  ASSERT_EQ(rows.size(), lines.size());
+  auto tok = load_tokenizer(kjv(), 0);
+  const auto eos = ModelConfig::load(kjv()).eos_token_ids;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    SCOPED_TRACE("line " + lines[i].dump());
+    const auto & r = rows[i];
+    EXPECT_EQ(r.contains("id"), lines[i].contains("id"));
+    if (lines[i].contains("id")) EXPECT_EQ(r["id"], lines[i]["id"]);
+    if (lines[i].contains("prompt")) {
+      EXPECT_EQ(r["prompt"], lines[i]["prompt"]);
+      EXPECT_EQ(r["prompt_tokens"].get<size_t>(), tok->encode(lines[i]["prompt"].get<std::string>(), true).size());
+    } else {
+      EXPECT_EQ(r["messages"], lines[i]["messages"]);
+      write_file_atomic(dir + "/m.json", lines[i]["messages"].dump());
+      std::string ids;
+      ASSERT_EQ(run_cli("chat-template --model " + kjv() + " --messages " + dir + "/m.json --add-generation-prompt --ids", &ids), 0);
+      EXPECT_EQ(r["prompt_tokens"].get<size_t>(), nlohmann::json::parse(ids).size());
+    }
+    auto want = single_run(lines[i], dir, flags);
+    EXPECT_EQ(r["completion_tokens"].get<size_t>(), want.size());
+    const bool ended_by_eos = !want.empty() && std::find(eos.begin(), eos.end(), want.back()) != eos.end();
+    if (ended_by_eos) want.pop_back();
+    std::string text = tok->decode(want);
+    const size_t at = stop.empty() ? std::string::npos : text.find(stop);
+    if (at != std::string::npos) text.resize(at);
+    EXPECT_EQ(r["completion"].get<std::string>(), text);
+    EXPECT_EQ(r["finish_reason"].get<std::string>(), ended_by_eos || at != std::string::npos ? "stop" : "length");
+    if (!ended_by_eos && at == std::string::npos) EXPECT_EQ(r["completion_tokens"].get<int64_t>(), max_new);
+    if (completions) completions->push_back(r["completion"].get<std::string>());
+    if (reasons) reasons->push_back(r["finish_reason"].get<std::string>());
+  }
+}
+
+TEST(GeneratePromptsFile, EqualsPerPromptRuns) {
+  const std::string dir = temp_dir("prompts-file");
+  const std::vector<nlohmann::json> lines = {
+      {{"id", "a"}, {"prompt", "In the beginning"}},
+      {{"prompt", "And God said, Let there be"}},
+      {{"id", 7}, {"messages", {{{"role", "user"}, {"content", "Who made the heaven?"}}}}},
+      {{"prompt", "Blessed are the"}},
+      {{"id", nullptr}, {"prompt", "The LORD is my shepherd"}}};
+  std::vector<std::string> free_text, reasons;
+  check_prompts_file(lines, dir, "--max-new-tokens 12", 12, "", &free_text, &reasons);
+  // a stop string from the first completion's middle ends that line early: "stop", the text cut before it
+  ASSERT_GE(free_text[0].size(), 8u) << free_text[0];
+  ASSERT_EQ(reasons[0], "length");
+  const std::string stop = free_text[0].substr(4, 3);
+  ASSERT_EQ(stop.find('\''), std::string::npos);
+  reasons.clear();
+  check_prompts_file(lines, dir, "--max-new-tokens 12 --stop " + q(stop), 12, stop, nullptr, &reasons);
+  EXPECT_EQ(reasons[0], "stop");
+}
+
+TEST(GeneratePromptsFile, EosFromGenerationConfigEndsALine) {
+  // a copy of kjv-llama whose generation_config.json adds a token of a greedy run as an eos id
+  const std::string dir = temp_dir("prompts-eos"), model = dir + "/model";
+  const std::string p0 = "In the beginning", p1 = "And God said, Let there be";
+  const auto free0 = plain_run_ids(p0, dir, "--max-new-tokens 12"), free1 = plain_run_ids(p1, dir, "--max-new-tokens 12");
+  ASSERT_EQ(free0.size(), 12u);
+  const int64_t x = free0[3];
+  const auto k0 = std::find(free0.begin(), free0.end(), x) - free0.begin();
+  ASSERT_EQ(run_command("mkdir " + model + " && for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do ln -s " +
+                        kjv() + "/$f " + model + "/$f; done"),
+            0);
+  write_file_atomic(model + "/generation_config.json", nlohmann::json({{"eos_token_id", {2, 6, x}}}).dump());
+  write_file_atomic(dir + "/in.jsonl", nlohmann::json({{"prompt", p0}}).dump() + "\n" + nlohmann::json({{"prompt", p1}}).dump() + "\n");
+  std::string out;
+  ASSERT_EQ(run_cli("generate --model " + model + " --prompts-file " + dir + "/in.jsonl --out " + dir + "/out.jsonl --max-new-tokens 12", &out), 0)
+      << out;
+  const auto rows = read_jsonl(dir + "/out.jsonl", {});
+  ASSERT_EQ(rows.size(), 2u);
+  auto tok = load_tokenizer(kjv(), 0);
+  // row 0 ends at its first x: counted in completion_tokens, not in the text
+  EXPECT_EQ(rows[0]["completion_tokens"].get<int64_t>(), k0 + 1);
+  EXPECT_EQ(rows[0]["finish_reason"], "stop");
+  EXPECT_EQ(rows[0]["completion"].get<std::string>(), tok->decode(std::vector<int64_t>(free0.begin(), free0.begin() + k0)));
+  // row 1, batched with it, goes on as alone (to its own first x, if any)
+  const auto k1 = std::find(free1.begin(), free1.end(), x) - free1.begin();
+  const bool stops1 = k1 < static_cast<int64_t>(free1.size());
+  EXPECT_EQ(rows[1]["completion_tokens"].get<int64_t>(), stops1 ? k1 + 1 : 12);
+  EXPECT_EQ(rows[1]["finish_reason"], stops1 ? "stop" : "length");
+  EXPECT_EQ(rows[1]["completion"].get<std::string>(), tok->decode(std::vector<int64_t>(free1.begin(), free1.begin() + std::min<int64_t>(k1, 12))));
+  // a one-shot chat stops there too
+  ASSERT_EQ(run_cli("generate --model " + model + " --chat --prompt hi --max-new-tokens 64 --print-ids", &out), 0) << out;
+  ASSERT_EQ(ids_lines(out).size(), 1u) << out;
+  const auto chat = ids_lines(out)[0];
+  EXPECT_EQ(std::find(chat.begin(), chat.end(), x) - chat.begin(), static_cast<int64_t>(chat.size()) - (chat.back() == x ? 1 : 0));
+}
+
+TEST(GenerateChat, ErrorsNameTheFileAndLine) {
+  const std::string dir = temp_dir("chat-errors");
+  std::string out;
+  // no chat template: tiny-llama has no tokenizer_config.json; a copy with one that lacks "chat_template"
+  EXPECT_EQ(run_cli("generate --model " + golden_model("tiny-llama") + " --chat --prompt hi", &out), 1) << out;
+  EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
+  const std::string model = dir + "/model";
+  ASSERT_EQ(run_command("mkdir " + model + " && cp " + golden_model("tiny-llama") + "/* " + model + "/"), 0);
+  write_file_atomic(model + "/tokenizer_config.json", R"({"bos_token": "<s>", "eos_token": "</s>"})");
+  EXPECT_EQ(run_cli("generate --model " + model + " --chat --prompt hi", &out), 1) << out;
+  EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
+  EXPECT_NE(out.find("chat_template"), std::string::npos) << out;
+  write_file_atomic(dir + "/m.jsonl", "{\"prompt\": \"hi\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+  EXPECT_EQ(run_cli("generate --model " + model + " --prompts-file " + dir + "/m.jsonl --out " + dir + "/o.jsonl", &out), 1) << out;
+  EXPECT_NE(out.find("m.jsonl:2"), std::string::npos) << out;
+  EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
+
+  // a bad line: the file and its line number; the output is not written (an old one stays as it was)
+  write_file_atomic(dir + "/out.jsonl", "old\n");
+  write_file_atomic(dir + "/bad.jsonl", "{\"prompt\": \"In the beginning\"}\n\n{\"prompt\": \"And God\"\n");
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/bad.jsonl --out " + dir + "/out.jsonl", &out), 1) << out;
+  EXPECT_NE(out.find("bad.jsonl:3"), std::string::npos) << out;
+  EXPECT_EQ(read_file(dir + "/out.jsonl"), "old\n");
+  write_file_atomic(dir + "/bad2.jsonl", "{\"prompt\": \"In the beginning\", \"max_tokens\": 3}\n");
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/bad2.jsonl --out " + dir + "/o2.jsonl", &out), 1) << out;
+  EXPECT_NE(out.find("bad2.jsonl:1"), std::string::npos) << out;
+  EXPECT_NE(out.find("max_tokens"), std::string::npos) << out;
+  EXPECT_FALSE(exists(dir + "/o2.jsonl"));
+  write_file_atomic(dir + "/bad3.jsonl", "{\"prompt\": \"a\", \"messages\": []}\n");
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/bad3.jsonl --out " + dir + "/o3.jsonl", &out), 1) << out;
+  EXPECT_NE(out.find("bad3.jsonl:1"), std::string::npos) << out;
+  // the output may not be an input
+  write_file_atomic(dir + "/good.jsonl", "{\"prompt\": \"In the beginning\"}\n");
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/good.jsonl --out " + dir + "/good.jsonl", &out), 1)
+      << out;
+  EXPECT_EQ(read_file(dir + "/good.jsonl"), "{\"prompt\": \"In the beginning\"}\n");
+
+  // usage errors exit 2: no --prompt without --chat or --prompts-file, and flags that do not go together
+  EXPECT_EQ(run_cli("generate --model " + kjv(), &out), 2) << out;
+  EXPECT_NE(out.find("--prompt"), std::string::npos) << out;
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompts-file " + dir + "/good.jsonl", &out), 2) << out;
+  EXPECT_NE(out.find("--out"), std::string::npos) << out;
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompt hi --prompts-file " + dir + "/good.jsonl --out " + dir + "/x.jsonl", &out), 2)
+      << out;
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompt hi --system be", &out), 2) << out;
+  EXPECT_NE(out.find("--system"), std::string::npos) << out;
+  EXPECT_EQ(run_cli("generate --model " + kjv() + " --prompt hi --out " + dir + "/x.jsonl", &out), 2) << out;
 }
 
 }  // namespace
