@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <future>
 #include <optional>
 #include <random>
@@ -30,6 +31,7 @@ struct Engine::Row {
   int64_t last = 0;          // the token fed at the next decode step
   std::vector<std::vector<int64_t>> history;  // prompt + generated (repetition penalty)
   std::vector<int64_t> generated;
+  std::vector<TokenLogprob> prompt_lp;   // params.prompt_logprobs: gathered chunk by chunk during prefill
   std::unique_ptr<DecodeStream> stream;  // the completion's text, token by token (null without a tokenizer)
   std::string text;          // decoded so far (cut at a stop string)
   size_t sent = 0;           // bytes of text given to on_token
@@ -74,6 +76,23 @@ size_t find_stop(const std::string & text, size_t from, const std::vector<std::s
     if (at != std::string::npos) cut = std::min(cut, at);
   }
   return cut;
+}
+
+// The log-probability of token `id` in a row of float32 log-probabilities (V), with the k most likely.
+TokenLogprob token_logprob(const at::Tensor & lsm, int64_t id, int64_t k) {
+  TokenLogprob lp;
+  lp.id = id;
+  lp.logprob = lsm[id].item<float>();
+  k = std::min<int64_t>(k, lsm.size(0));
+  if (k > 0) {
+    auto top = lsm.topk(k, -1, /*largest=*/true, /*sorted=*/true);
+    auto vals = std::get<0>(top).contiguous();
+    auto idx = std::get<1>(top).contiguous();
+    const float * v = vals.data_ptr<float>();
+    const int64_t * ix = idx.data_ptr<int64_t>();
+    for (int64_t i = 0; i < k; ++i) lp.top.emplace_back(ix[i], v[i]);
+  }
+  return lp;
 }
 
 }  // namespace
@@ -139,7 +158,15 @@ void Engine::submit(Request r) {
   PEFT_CHECK(!r.prompt.empty(), "the prompt is empty");
   PEFT_CHECK(static_cast<int64_t>(r.prompt.size()) < max_context_, "the prompt has ", r.prompt.size(),
              " tokens; this server's context is ", max_context_, " tokens");
-  PEFT_CHECK(r.params.max_tokens >= 1, "max_tokens must be at least 1");
+  PEFT_CHECK(r.params.max_tokens >= 0, "max_tokens must not be negative");
+  PEFT_CHECK(r.params.logprobs <= kMaxTopLogprobs, "logprobs must be at most ", kMaxTopLogprobs);
+  PEFT_CHECK(r.params.min_p >= 0 && r.params.min_p <= 1, "min_p must be in [0, 1]");
+  {
+    const int64_t vocab = model_->base_model().config().vocab_size;
+    for (const auto & b : r.params.logit_bias) {
+      PEFT_CHECK(b.first >= 0 && b.first < vocab, "logit_bias: token id ", b.first, " is outside the vocabulary [0, ", vocab, ")");
+    }
+  }
   PEFT_CHECK(static_cast<int64_t>(r.prompt.size()) + r.params.max_tokens <= max_context_, "the prompt (",
              r.prompt.size(), " tokens) plus max_tokens (", r.params.max_tokens, ") exceeds this server's context of ",
              max_context_, " tokens");
@@ -316,7 +343,7 @@ void Engine::finish(Row & r, FinishReason reason, const std::string & error) {
   r.text.clear();
 }
 
-bool Engine::emit(Row & r, int64_t id) {
+bool Engine::emit(Row & r, int64_t id, const TokenLogprob * lp) {
   const auto now = Clock::now();
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -332,11 +359,19 @@ bool Engine::emit(Row & r, int64_t id) {
   r.history[0].push_back(id);
   const auto & eos = r.gen.eos_token_ids;
   const auto & stops = r.req.params.stop;
+  auto report_logprob = [&] {
+    if (!lp || !r.req.callbacks.on_logprob) return;
+    TokenLogprob t = *lp;
+    t.text_offset = r.text.size();
+    r.req.callbacks.on_logprob(t);
+  };
   if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
+    report_logprob();  // (the eos's own, as vLLM returns it; it adds no text)
     if (r.stream) r.text += r.stream->flush();
     finish(r, FinishReason::kStop);
     return true;
   }
+  report_logprob();
   r.generated.push_back(id);
   const bool last = static_cast<int64_t>(r.generated.size()) >= r.req.params.max_tokens;
   size_t stop_at = std::string::npos;
@@ -393,6 +428,19 @@ void Engine::prefill_one() {
   {
     at::NoGradGuard g;
     logits = decode_fn_(in);
+    if (r->req.params.prompt_logprobs) {
+      // position j predicts prompt token start + j + 1: the chunk's rows, float32 (as a direct forward's)
+      at::Tensor lsm = at::log_softmax(logits[0].narrow(0, 0, n).to(at::kCPU).to(at::kFloat), -1).contiguous();
+      if (start == 0) {
+        TokenLogprob first;
+        first.id = r->req.prompt[0];
+        first.has_logprob = false;
+        r->prompt_lp.push_back(first);
+      }
+      for (int64_t j = 0; j < n && start + j + 1 < P; ++j) {
+        r->prompt_lp.push_back(token_logprob(lsm[j], r->req.prompt[start + j + 1], std::max<int64_t>(0, r->req.params.logprobs)));
+      }
+    }
   }
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -401,6 +449,12 @@ void Engine::prefill_one() {
   }
   r->prefilled += n;
   if (r->prefilled < P) return;
+  if (r->req.params.prompt_logprobs && r->req.callbacks.on_prompt_logprobs) r->req.callbacks.on_prompt_logprobs(r->prompt_lp);
+  r->prompt_lp.clear();
+  if (r->req.params.max_tokens == 0) {  // the prompt alone (scoring): nothing is generated
+    finish(*r, FinishReason::kLength);
+    return;
+  }
   // the prompt's keys and values become the row's most recent slots of the shared cache
   {
     at::NoGradGuard g;
@@ -420,14 +474,42 @@ void Engine::prefill_one() {
 
 void Engine::sample_and_emit(Row & r, const at::Tensor & logits) {
   // a row's sampling (its own parameters, its own logits) fails that row alone
+  const SamplingParams & p = r.req.params;
   int64_t id = 0;
+  TokenLogprob lp;
   try {
-    id = sample_next(logits, r.history, r.gen, r.rng)[0].item<int64_t>();
+    at::Tensor l = logits;
+    const GenerationConfig * gen = &r.gen;
+    GenerationConfig unpenalized;
+    const bool min_p = p.min_p > 0 && r.gen.do_sample;
+    if (!p.logit_bias.empty() || min_p) {
+      l = logits.to(at::kFloat).clone();  // (1, V)
+      auto acc = l.accessor<float, 2>();
+      for (const auto & b : p.logit_bias) acc[0][b.first] += b.second;
+      if (min_p) {
+        // vLLM's order: penalties, temperature, min_p, then top-k/top-p (sample_next, penalty already applied)
+        if (r.gen.repetition_penalty != 1.0 && !r.history[0].empty()) {
+          at::Tensor idx = at::tensor(r.history[0], at::kLong);
+          at::Tensor row = l[0];
+          at::Tensor s = row.index_select(0, idx);
+          s = at::where(s < 0, s * r.gen.repetition_penalty, s / r.gen.repetition_penalty);
+          row.index_copy_(0, idx, s);
+          unpenalized = r.gen;
+          unpenalized.repetition_penalty = 1.0;
+          gen = &unpenalized;
+        }
+        at::Tensor probs = at::softmax(l / r.gen.temperature, -1);
+        at::Tensor keep = probs >= probs.amax(-1, /*keepdim=*/true) * p.min_p;
+        l = l.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity());
+      }
+    }
+    id = sample_next(l, r.history, *gen, r.rng)[0].item<int64_t>();
+    if (p.logprobs >= 0) lp = token_logprob(at::log_softmax(logits[0].to(at::kFloat), -1).contiguous(), id, p.logprobs);
   } catch (const std::exception & e) {
     finish(r, FinishReason::kError, "sampling failed: " + error_message(e));
     return;
   }
-  emit(r, id);
+  emit(r, id, p.logprobs >= 0 ? &lp : nullptr);
 }
 
 void Engine::compact() {

@@ -6,7 +6,9 @@
 
 #include "peft/error.h"
 #include "peft/io/files.h"
+#include "peft/tokenizer/decode-stream.h"
 #include "peft/util/json-fields.h"
+#include "peft/util/utf8.h"
 
 namespace peft::serve {
 
@@ -103,13 +105,55 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
   if (j.contains("stream_options") && j["stream_options"].is_object()) job.include_usage = boolean(j["stream_options"], "include_usage", false);
   job.n = integer(j, "n", 1, 1, 16);
   // unsupported options that would change the answer are refused, never ignored
-  if (boolean(j, "echo", false)) bad("echo", "'echo' is not supported");
-  if (j.contains("logprobs") && !j["logprobs"].is_null() && j["logprobs"] != false) bad("logprobs", "'logprobs' is not supported");
+  SamplingParams & p = job.params;
+  const JsonFields fields = request_fields(j);
+  if (chat) {
+    if (boolean(j, "echo", false)) bad("echo", "'echo' is not supported by chat completions");
+    const bool lp = boolean(j, "logprobs", false);
+    if (fields.has("top_logprobs")) {
+      const int64_t top = fields.integer("top_logprobs", 0, kMaxTopLogprobs);
+      if (!lp) bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+      p.logprobs = top;
+    } else if (lp) {
+      p.logprobs = 0;
+    }
+  } else {
+    job.echo = boolean(j, "echo", false);
+    if (fields.has("logprobs")) p.logprobs = fields.integer("logprobs", 0, kMaxTopLogprobs);
+    p.prompt_logprobs = job.echo && p.logprobs >= 0;
+  }
+  if (fields.has("response_format")) {
+    const auto & rf = j["response_format"];
+    if (!rf.is_object() || !rf.contains("type") || rf["type"] != "text") {
+      bad("response_format", str("'response_format' ", rf.is_object() && rf.contains("type") ? rf["type"].dump() : rf.dump(),
+                                 " is not supported (only {\"type\": \"text\"}: no structured output)"));
+    }
+  }
+  if (fields.has("logit_bias")) {
+    const auto & lb = j["logit_bias"];
+    if (!lb.is_object()) bad("logit_bias", "'logit_bias' must be an object of token id -> bias in [-100, 100]");
+    if (lb.size() > 1024) bad("logit_bias", "'logit_bias' has more than 1024 entries");
+    for (const auto & kv : lb.items()) {
+      const std::string & key = kv.key();
+      int64_t id = -1;
+      bool digits = !key.empty() && key.size() <= 12;
+      for (char ch : key) digits = digits && ch >= '0' && ch <= '9';
+      if (digits) id = std::stoll(key);
+      if (id < 0 || id >= tok.vocab_size()) {
+        bad("logit_bias", str("'logit_bias' key \"", key, "\" is not a token id in [0, ", tok.vocab_size(), ")"));
+      }
+      const auto & v = kv.value();
+      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < -100 || v.get<double>() > 100) {
+        bad("logit_bias", str("'logit_bias' for token ", key, " must be a number in [-100, 100], got ", v.dump()));
+      }
+      p.logit_bias.emplace_back(id, v.get<float>());
+    }
+  }
+  p.min_p = number(j, "min_p", 0, 0, 1);
   if (integer(j, "best_of", 1, 1, 1) != 1) bad("best_of", "'best_of' is not supported");
   if (number(j, "presence_penalty", 0, -2, 2) != 0) bad("presence_penalty", "'presence_penalty' is not supported");
   if (number(j, "frequency_penalty", 0, -2, 2) != 0) bad("frequency_penalty", "'frequency_penalty' is not supported");
   if (j.contains("tools") && !j["tools"].is_null() && !j["tools"].empty()) bad("tools", "'tools' is not supported");
-  SamplingParams & p = job.params;
   p.temperature = number(j, "temperature", 1.0, 0, 2);
   p.top_p = number(j, "top_p", 1.0, 0, 1);
   if (p.top_p == 0) bad("top_p", "'top_p' must be greater than 0");
@@ -190,13 +234,81 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
         400, "context_length_exceeded");
   }
   const char * mt = chat && j.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  p.max_tokens = integer(j, mt, chat ? ctx - longest : 16, 1, 1 << 30);
+  p.max_tokens = integer(j, mt, chat ? ctx - longest : 16, chat ? 1 : 0, 1 << 30);
+  if (p.max_tokens == 0 && !job.echo) bad(mt, "'max_tokens' 0 (scoring the prompt, nothing generated) needs 'echo': true");
   if (longest + p.max_tokens > ctx) {
     bad(mt, str("This model's maximum context length is ", ctx, " tokens; the prompt (", longest, " tokens) plus ", mt, " (",
                 p.max_tokens, ") exceeds it"),
         400, "context_length_exceeded");
   }
   return job;
+}
+
+std::string echo_text(const Tokenizer & tok, const std::vector<int64_t> & ids, std::vector<size_t> & offsets) {
+  DecodeStream ds(tok);
+  std::string text;
+  offsets.clear();
+  for (int64_t id : ids) {
+    offsets.push_back(text.size());
+    text += ds.step(id);
+  }
+  return text + ds.flush();
+}
+
+namespace {
+
+// a token's text as the tokenizer gives it for that id alone (special tokens spelled out)
+std::string token_bytes(const Tokenizer & tok, int64_t id) {
+  try {
+    return tok.decode({id}, /*skip_special=*/false);
+  } catch (const std::exception &) {
+    return "";  // (an id missing from a sparse vocabulary)
+  }
+}
+
+nlohmann::json byte_values(const std::string & s) {
+  nlohmann::json b = nlohmann::json::array();
+  for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+  return b;
+}
+
+}  // namespace
+
+nlohmann::json legacy_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps, const std::vector<size_t> & offsets) {
+  nlohmann::json tokens = nlohmann::json::array(), values = nlohmann::json::array(), tops = nlohmann::json::array(),
+                 offs = nlohmann::json::array();
+  for (size_t i = 0; i < lps.size(); ++i) {
+    const TokenLogprob & lp = lps[i];
+    tokens.push_back(utf8_lossy(token_bytes(tok, lp.id)));
+    offs.push_back(i < offsets.size() ? offsets[i] : 0);
+    if (!lp.has_logprob) {
+      values.push_back(nullptr);
+      tops.push_back(nullptr);
+      continue;
+    }
+    values.push_back(lp.logprob);
+    nlohmann::json top = nlohmann::json::object();
+    for (const auto & t : lp.top) {
+      const std::string key = utf8_lossy(token_bytes(tok, t.first));
+      if (!top.contains(key)) top[key] = t.second;  // (two ids of one text: the likelier one)
+    }
+    tops.push_back(top);
+  }
+  return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offs}};
+}
+
+nlohmann::json chat_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps) {
+  nlohmann::json content = nlohmann::json::array();
+  for (const TokenLogprob & lp : lps) {
+    const std::string b = token_bytes(tok, lp.id);
+    nlohmann::json top = nlohmann::json::array();
+    for (const auto & t : lp.top) {
+      const std::string tb = token_bytes(tok, t.first);
+      top.push_back({{"token", utf8_lossy(tb)}, {"logprob", t.second}, {"bytes", byte_values(tb)}});
+    }
+    content.push_back({{"token", utf8_lossy(b)}, {"logprob", lp.logprob}, {"bytes", byte_values(b)}, {"top_logprobs", top}});
+  }
+  return {{"content", content}};
 }
 
 nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
@@ -209,10 +321,10 @@ nlohmann::json response_json(const Job & job, const std::string & id, int64_t cr
   for (size_t i = 0; i < choices.size(); ++i) {
     const Choice & c = choices[i];
     if (job.chat) {
-      cs.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", c.text}}}, {"logprobs", nullptr},
+      cs.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", c.text}}}, {"logprobs", c.logprobs},
                     {"finish_reason", c.finish_reason}});
     } else {
-      cs.push_back({{"index", i}, {"text", c.text}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}});
+      cs.push_back({{"index", i}, {"text", c.text}, {"logprobs", c.logprobs}, {"finish_reason", c.finish_reason}});
     }
     completion += c.completion_tokens;
   }
@@ -227,8 +339,8 @@ nlohmann::json response_json(const Job & job, const std::string & id, int64_t cr
 }
 
 nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
-                          const std::optional<std::string> & finish_reason, bool first) {
-  nlohmann::json choice = {{"index", index}, {"logprobs", nullptr}};
+                          const std::optional<std::string> & finish_reason, bool first, const nlohmann::json & logprobs) {
+  nlohmann::json choice = {{"index", index}, {"logprobs", logprobs}};
   choice["finish_reason"] = finish_reason ? nlohmann::json(*finish_reason) : nlohmann::json(nullptr);
   if (job.chat) {
     nlohmann::json d = nlohmann::json::object();

@@ -27,7 +27,8 @@ struct Job {
   std::string adapter;                    // kBaseAdapter or the adapter
   std::vector<std::vector<int64_t>> prompts;  // one per choice group (completions may send several prompts)
   int64_t n = 1;
-  SamplingParams params;
+  bool echo = false;                      // completions: the prompt's text (and log-probabilities) first
+  SamplingParams params;                  // (params.logprobs >= 0: log-probabilities asked for)
 };
 
 /// Parse a /v1/completions or /v1/chat/completions body (JSON nested at most kMaxJsonDepth levels; prompt
@@ -38,10 +39,21 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
 struct Choice {
   std::string text, finish_reason;
   int64_t completion_tokens = 0, prompt_tokens = 0;
+  nlohmann::json logprobs;  // null: not asked for
 };
+
+/// The echoed prompt: its tokens decoded as a completion's are (DecodeStream), and each token's byte offset
+/// in that text.
+std::string echo_text(const Tokenizer & tok, const std::vector<int64_t> & ids, std::vector<size_t> & offsets);
+/// OpenAI's legacy completions `logprobs` object ({tokens, token_logprobs, top_logprobs, text_offset}) of
+/// these tokens at these byte offsets of the returned text.
+nlohmann::json legacy_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps, const std::vector<size_t> & offsets);
+/// Chat's `logprobs` object ({"content": [{token, logprob, bytes, top_logprobs}]}).
+nlohmann::json chat_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps);
 nlohmann::json response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices);
 nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
-                          const std::optional<std::string> & finish_reason, bool first);
+                          const std::optional<std::string> & finish_reason, bool first,
+                          const nlohmann::json & logprobs = nullptr);
 nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
 }  // namespace peft::serve

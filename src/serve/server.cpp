@@ -24,6 +24,8 @@ struct Progress {
   int64_t tokens = 0;
   bool done = false;
   Finish finish;
+  std::vector<TokenLogprob> prompt_lp, gen_lp;  // log-probabilities, when asked for
+  bool prompt_ready = false;                    // prompt_lp is complete
   std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
 };
 
@@ -107,6 +109,21 @@ struct Server::Impl {
           p->text += text;
           p->cv.notify_all();
         };
+        if (job.params.logprobs >= 0) {
+          r.callbacks.on_logprob = [p](const TokenLogprob & lp) {
+            std::lock_guard<std::mutex> g(p->mu);
+            p->gen_lp.push_back(lp);
+            p->cv.notify_all();
+          };
+        }
+        if (job.params.prompt_logprobs) {
+          r.callbacks.on_prompt_logprobs = [p](const std::vector<TokenLogprob> & lps) {
+            std::lock_guard<std::mutex> g(p->mu);
+            p->prompt_lp = lps;
+            p->prompt_ready = true;
+            p->cv.notify_all();
+          };
+        }
         r.callbacks.on_done = [p](const Finish & f) {
           std::lock_guard<std::mutex> g(p->mu);
           p->done = true;
@@ -141,6 +158,19 @@ struct Server::Impl {
     } catch (const ApiError & e) {
       return reply_error(res, e);
     }
+    // echo: each choice's prompt text and its tokens' offsets in it
+    std::vector<std::string> echo(progress.size());
+    std::vector<std::vector<size_t>> echo_off(progress.size());
+    if (job.echo) {
+      for (size_t i = 0; i < progress.size(); ++i) echo[i] = echo_text(*tok, job.prompts[i / job.n], echo_off[i]);
+    }
+    // the logprobs object of a choice's generated tokens `gen` (after the echoed prompt's `echo_len` bytes)
+    auto gen_logprobs = [this, chat](const std::vector<TokenLogprob> & gen, size_t echo_len) -> nlohmann::json {
+      if (chat) return chat_logprobs_json(*tok, gen);
+      std::vector<size_t> off;
+      for (const auto & lp : gen) off.push_back(echo_len + lp.text_offset);
+      return legacy_logprobs_json(*tok, gen, off);
+    };
     const std::string id = str(chat ? "chatcmpl-" : "cmpl-", std::hex, unix_time(), "-", next_id++);
     const int64_t created = unix_time();
     // the client's socket: a client that leaves cancels its rows at once, streaming or not
@@ -162,7 +192,18 @@ struct Server::Impl {
           return reply_error(res, ApiError{500, failure_message(p.finish), "server_error"});
         }
         Choice c;
-        c.text = p.text;
+        c.text = echo[i] + p.text;
+        if (job.params.logprobs >= 0) {
+          c.logprobs = gen_logprobs(p.gen_lp, echo[i].size());
+          if (job.params.prompt_logprobs) {
+            // the prompt's entries first, at their offsets in the echoed text
+            nlohmann::json pl = legacy_logprobs_json(*tok, p.prompt_lp, echo_off[i]);
+            for (const char * k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+              for (auto & x : c.logprobs[k]) pl[k].push_back(std::move(x));
+            }
+            c.logprobs = std::move(pl);
+          }
+        }
         c.finish_reason = finish_reason_name(p.finish.reason);
         c.completion_tokens = p.tokens;
         c.prompt_tokens = static_cast<int64_t>(job.prompts[i / job.n].size());
@@ -173,17 +214,24 @@ struct Server::Impl {
     }
     // server-sent events: one chunk per piece of new text, a last chunk with finish_reason, [DONE]
     struct State {
-      std::vector<size_t> sent;  // text bytes sent
-      std::vector<bool> first, finished;
+      std::vector<size_t> sent;     // text bytes sent
+      std::vector<size_t> lp_sent;  // generated tokens' log-probabilities sent
+      std::vector<bool> first, finished, echo_sent;
+      std::vector<std::string> echo;
+      std::vector<std::vector<size_t>> echo_off;
     };
     auto st = std::make_shared<State>();
     st->sent.assign(progress.size(), 0);
+    st->lp_sent.assign(progress.size(), 0);
+    st->echo_sent.assign(progress.size(), !job.echo);
+    st->echo = echo;
+    st->echo_off = echo_off;
     st->first.assign(progress.size(), true);
     st->finished.assign(progress.size(), false);
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, job, id, created, progress, st, sock](size_t, httplib::DataSink & sink) {
+        [this, job, id, created, progress, st, sock, gen_logprobs](size_t, httplib::DataSink & sink) {
           auto send = [&](const nlohmann::json & j) {
             const std::string line = "data: " + dump(j) + "\n\n";
             return sink.write(line.data(), line.size());
@@ -197,15 +245,24 @@ struct Server::Impl {
               if (st->finished[i]) continue;
               auto & p = *progress[i];
               std::string delta;
-              bool done;
+              bool done, prompt_ready;
               Finish finish;
+              std::vector<TokenLogprob> new_lp, prompt_lp;
               {
                 // (only the first unfinished choice waits: the others are read as they are)
                 std::unique_lock<std::mutex> lk(p.mu);
-                if (all) p.cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return p.done || p.text.size() > st->sent[i]; });
+                if (all) {
+                  p.cv.wait_for(lk, std::chrono::milliseconds(50), [&] {
+                    return p.done || p.text.size() > st->sent[i] || p.gen_lp.size() > st->lp_sent[i] ||
+                           (!st->echo_sent[i] && p.prompt_ready);
+                  });
+                }
                 delta = p.text.substr(st->sent[i]);
                 done = p.done;
                 finish = p.finish;
+                new_lp.assign(p.gen_lp.begin() + static_cast<std::ptrdiff_t>(st->lp_sent[i]), p.gen_lp.end());
+                prompt_ready = p.prompt_ready;
+                if (!st->echo_sent[i] && prompt_ready) prompt_lp = p.prompt_lp;
               }
               if (done && failed(finish)) {
                 send(error_json(ApiError{500, failure_message(finish), "server_error"}));
@@ -213,13 +270,28 @@ struct Server::Impl {
                 sink.done();
                 return true;
               }
-              if (!delta.empty() || (st->first[i] && job.chat)) {
-                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), delta, std::nullopt, st->first[i]))) {
+              if (!st->echo_sent[i]) {
+                // echo: the prompt's text (with its log-probabilities once the prefill has them) comes first
+                if (job.params.prompt_logprobs && !prompt_ready) {
+                  all = false;
+                  continue;
+                }
+                const nlohmann::json lp = job.params.prompt_logprobs ? legacy_logprobs_json(*tok, prompt_lp, st->echo_off[i]) : nlohmann::json();
+                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), st->echo[i], std::nullopt, false, lp))) {
+                  cancel_all();
+                  return false;
+                }
+                st->echo_sent[i] = true;
+              }
+              if (!delta.empty() || !new_lp.empty() || (st->first[i] && job.chat)) {
+                const nlohmann::json lp = new_lp.empty() ? nlohmann::json() : gen_logprobs(new_lp, st->echo[i].size());
+                if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), delta, std::nullopt, st->first[i], lp))) {
                   cancel_all();
                   return false;
                 }
                 st->first[i] = false;
                 st->sent[i] += delta.size();
+                st->lp_sent[i] += new_lp.size();
               }
               if (done) {
                 if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), "", std::string(finish_reason_name(finish.reason)), false))) {

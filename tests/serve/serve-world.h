@@ -105,6 +105,23 @@ struct World {
     ref->set_adapter(model);
     return generate(fwd, ref->base_model().config(), ref->base_model().options(), {prompt}, gen)[0];
   }
+  // log_softmax in float32 of one direct eager forward over `ids` with the model's adapter (or the base):
+  // row t holds the log-probabilities of the token after ids[t]; (S, V)
+  at::Tensor log_softmax(const std::vector<int64_t> & ids, const std::string & model) {
+    std::lock_guard<std::mutex> g(mu);
+    at::NoGradGuard ng;
+    ForwardInput in;
+    in.input_ids = at::tensor(ids, at::kLong).unsqueeze(0);
+    at::Tensor logits;
+    if (model == "kjv") {
+      auto off = ref->disable_adapter();
+      logits = ref->forward(in);
+    } else {
+      ref->set_adapter(model);
+      logits = ref->forward(in);
+    }
+    return at::log_softmax(logits[0].to(at::kFloat), -1);
+  }
   std::string expect(const std::string & prompt, const std::string & model, int64_t max_tokens) {
     const std::string key = prompt + "|" + model + "|" + std::to_string(max_tokens);
     {

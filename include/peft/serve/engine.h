@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "peft/compile/compile.h"
@@ -39,14 +40,33 @@ struct EngineOptions {
 constexpr double kGreedyBelow = 1e-5;
 
 struct SamplingParams {
-  int64_t max_tokens = 16;
+  int64_t max_tokens = 16;      // 0: the prompt only (its log-probabilities), nothing generated
   double temperature = 1.0;     // 0 = greedy
   double top_p = 1.0;
   int64_t top_k = 0;
   double repetition_penalty = 1.0;
+  double min_p = 0;             // 0 = off: drop tokens below min_p x the top token's probability (after temperature)
+  std::vector<std::pair<int64_t, float>> logit_bias;  // (token id, bias) added to the logits before sampling
   std::vector<std::string> stop;
   bool has_seed = false;
   uint64_t seed = 0;
+  /// Log-probabilities: of each generated token with this many top alternatives (-1 = none); with
+  /// prompt_logprobs also of each prompt token (the first has none). Raw model logits, float32 log_softmax
+  /// (before bias, penalties, temperature and truncation, as vLLM returns by default).
+  int64_t logprobs = -1;
+  bool prompt_logprobs = false;
+};
+
+/// Most top alternatives a request may ask for (vLLM's default max_logprobs).
+constexpr int64_t kMaxTopLogprobs = 20;
+
+/// One token's log-probability under the model given what precedes it, and the top alternatives.
+struct TokenLogprob {
+  int64_t id = 0;
+  bool has_logprob = true;                     // false: the first prompt token (nothing precedes it)
+  float logprob = 0;
+  std::vector<std::pair<int64_t, float>> top;  // highest first
+  size_t text_offset = 0;                      // generated tokens: bytes of the completion text before this token's
 };
 
 /// Why a request ended.
@@ -71,6 +91,10 @@ struct Finish {
 struct RequestCallbacks {
   std::function<void(int64_t id, const std::string & text)> on_token;
   std::function<void(const Finish & f)> on_done;
+  /// params.prompt_logprobs: every prompt token's, once, when the prompt has been prefilled.
+  std::function<void(const std::vector<TokenLogprob> & prompt)> on_prompt_logprobs;
+  /// params.logprobs >= 0: each generated token's (an eos that ends the completion too), before its on_token.
+  std::function<void(const TokenLogprob & lp)> on_logprob;
 };
 
 struct Request {
@@ -135,7 +159,7 @@ class Engine {
   void finish(Row & r, FinishReason reason, const std::string & error = "");
   void sample_and_emit(Row & r, const at::Tensor & logits);
   void compact();
-  bool emit(Row & r, int64_t id);
+  bool emit(Row & r, int64_t id, const TokenLogprob * lp);
   void run_admin();
 
   std::shared_ptr<PeftModel> model_;
