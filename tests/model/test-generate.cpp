@@ -350,6 +350,34 @@ TEST(GeneratePromptsFile, EosFromGenerationConfigEndsALine) {
   ASSERT_EQ(ids_lines(out).size(), 1u) << out;
   const auto chat = ids_lines(out)[0];
   EXPECT_EQ(std::find(chat.begin(), chat.end(), x) - chat.begin(), static_cast<int64_t>(chat.size()) - (chat.back() == x ? 1 : 0));
+  // an eos id outside the vocabulary is refused, naming the file
+  write_file_atomic(model + "/generation_config.json", R"({"eos_token_id": [2, 4096]})");
+  EXPECT_EQ(run_cli("generate --model " + model + " --prompt In --max-new-tokens 2", &out), 1) << out;
+  EXPECT_NE(out.find("generation_config.json"), std::string::npos) << out;
+}
+
+TEST(GeneratePromptsFile, WithChatPromptsAreUserMessages) {
+  const std::string dir = temp_dir("prompts-chat"), flags = "--max-new-tokens 10";
+  const std::string sys = "Answer as the scripture does.", user = "Who made the heaven?";
+  write_file_atomic(dir + "/in.jsonl", nlohmann::json({{"prompt", user}}).dump() + "\n");
+  std::string out;
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --chat --system " + q(sys) + " --prompts-file " + dir + "/in.jsonl --out " + dir +
+                        "/out.jsonl " + flags,
+                    &out),
+            0)
+      << out;
+  const auto rows = read_jsonl(dir + "/out.jsonl", {});
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["prompt"], user);
+  ASSERT_EQ(run_cli("generate --model " + kjv() + " --chat --print-ids --system " + q(sys) + " --prompt " + q(user) + " " + flags, &out), 0)
+      << out;
+  ASSERT_EQ(ids_lines(out).size(), 1u) << out;
+  const auto ids = ids_lines(out)[0];
+  EXPECT_EQ(rows[0]["completion_tokens"].get<size_t>(), ids.size());
+  EXPECT_EQ(out, rows[0]["completion"].get<std::string>() + "\n" + nlohmann::json(ids).dump() + "\n");
+  write_file_atomic(dir + "/m.json", nlohmann::json({{{"role", "system"}, {"content", sys}}, {{"role", "user"}, {"content", user}}}).dump());
+  ASSERT_EQ(run_cli("chat-template --model " + kjv() + " --messages " + dir + "/m.json --add-generation-prompt --ids", &out), 0) << out;
+  EXPECT_EQ(rows[0]["prompt_tokens"].get<size_t>(), nlohmann::json::parse(out).size());
 }
 
 TEST(GenerateChat, ErrorsNameTheFileAndLine) {

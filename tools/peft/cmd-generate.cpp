@@ -34,8 +34,9 @@ void add_unique(std::vector<int64_t> & ids, int64_t id) {
   if (id >= 0 && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
 }
 
-// generation_config.json's eos_token_id (an id or a list of ids), as transformers' generate() stops on them.
-void add_generation_config_eos(const std::string & model_dir, std::vector<int64_t> & eos) {
+// generation_config.json's eos_token_id (an id or a list of ids; -1 or null: none), as transformers'
+// generate() stops on them; an id outside the vocabulary is refused as config.json's are.
+void add_generation_config_eos(const std::string & model_dir, int64_t vocab_size, std::vector<int64_t> & eos) {
   const std::string path = model_dir + "/generation_config.json";
   if (!is_file(path)) return;
   const nlohmann::json j = read_json_file(path);
@@ -43,7 +44,10 @@ void add_generation_config_eos(const std::string & model_dir, std::vector<int64_
   const auto & e = j["eos_token_id"];
   auto one = [&](const nlohmann::json & x) {
     PEFT_CHECK(x.is_number_integer(), path, ": field 'eos_token_id' must be an integer or a list of integers");
-    add_unique(eos, x.get<int64_t>());
+    const int64_t id = x.get<int64_t>();
+    PEFT_CHECK(id == -1 || (id >= 0 && id < vocab_size), path, ": field 'eos_token_id' holds ", id,
+               ", outside the vocabulary [0, ", vocab_size, ") (vocab_size in config.json); use null for none");
+    add_unique(eos, id);
   };
   if (e.is_array()) {
     for (const auto & x : e) one(x);
@@ -287,7 +291,7 @@ Runner add_generate(CLI::App & app) {
     GenerationConfig gen = o->gen;
     gen.use_cache = !o->no_cache;
     gen.eos_token_ids = base->config().eos_token_ids;
-    add_generation_config_eos(o->model, gen.eos_token_ids);
+    add_generation_config_eos(o->model, mcfg.vocab_size, gen.eos_token_ids);
     if (tpl) add_template_eos(o->model, *tok, gen.eos_token_ids);  // the end of an assistant turn
     gen.pad_token_id = std::max<int64_t>(0, base->config().pad_token_id);
     gen.virtual_tokens = pm->num_virtual_tokens();  // a prompt-learning adapter's, in the cache's first slots
@@ -369,7 +373,10 @@ Runner add_generate(CLI::App & app) {
       std::string line;
       while (true) {
         if (tty) std::cout << "> " << std::flush;
-        if (!std::getline(std::cin, line)) break;
+        if (!std::getline(std::cin, line)) {
+          if (tty) std::cout << "\n";  // end of input (Ctrl-D) after the "> "
+          break;
+        }
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line == "/exit") break;
         if (line == "/clear") {
@@ -403,7 +410,6 @@ Runner add_generate(CLI::App & app) {
         messages.push_back({{"role", "assistant"}, {"content", c.text}});
         history = std::move(messages);
       }
-      if (tty) std::cout << "\n";
       return 0;
     }
 
