@@ -112,6 +112,7 @@ Runner add_eval(CLI::App & app) {
                virtual_tokens > 0 ? ", less the adapter's virtual tokens" : "", ")");
     PEFT_USAGE(o->stride >= 0 && o->stride <= context, "--stride must be in [1, --context]");
     eval::Scorer scorer = eval::scorer_of(*main.model, main.forward);
+    std::optional<Loaded> ref;  // --compare-to's model (loaded before the memory mark: both are resident)
     scorer.chunk = o->chunk;
     const TextEncoder enc = TextEncoder::for_model(o->model, mcfg);
 
@@ -119,7 +120,6 @@ Runner add_eval(CLI::App & app) {
                    configs = nlohmann::json::object(), versions = nlohmann::json::object();
     if (!o->data.empty()) {
       // the reference model, when asked for
-      Loaded ref;
       std::optional<eval::Scorer> ref_scorer;
       if (o->compare_to == kBaseAdapter) {
         PEFT_USAGE(main.model->adapter_names().size() > 0 && !o->adapters.merge_and_unload,
@@ -139,9 +139,10 @@ Runner add_eval(CLI::App & app) {
                      ") is not the model's (", mcfg.vocab_size, "): the distributions cannot be compared");
           ref = load(d, dtype, QuantFlags{}, AdapterOptions{}, o->compile);
         }
-        ref_scorer = eval::scorer_of(*ref.model, ref.forward);
+        ref_scorer = eval::scorer_of(*ref->model, ref->forward);
       }
       if (ref_scorer) ref_scorer->chunk = o->chunk;
+      reset_peak_rss();  // from here: what evaluating costs beyond the loaded models
       DataOptions dopt;
       dopt.cache = false;
       const TokenDataset ds = read_dataset(o->data, enc, dopt);
@@ -191,6 +192,7 @@ Runner add_eval(CLI::App & app) {
                        {"context", context}, {"stride", o->stride > 0 ? o->stride : std::max<int64_t>(1, context / 2)}};
       versions[name] = 1.0;
     }
+    if (o->data.empty()) reset_peak_rss();
     for (const std::string & task : o->tasks) {
       const auto items = eval::read_choice_task(task);
       const eval::ChoiceResult r = eval::multiple_choice(scorer, *enc.tokenizer, items, positions);
@@ -208,6 +210,8 @@ Runner add_eval(CLI::App & app) {
                        {"metric_list", {{{"metric", "acc"}}, {{"metric", "acc_norm"}}}}};
       versions[name] = 1.0;
     }
+    const double peak_mb = static_cast<double>(peak_rss_bytes()) / (1 << 20);
+    if (peak_mb > 0) std::cout << "memory: peak RSS " << fixed(peak_mb, 0) << " MB while evaluating (models loaded)\n";
     if (!o->json.empty()) {
       std::string model_args = "pretrained=" + o->model + ",dtype=" + dtype_name(dtype);
       for (const auto & a : o->adapters.adapters) model_args += ",peft=" + a;
@@ -218,7 +222,7 @@ Runner add_eval(CLI::App & app) {
           {"versions", versions},
           {"n-samples", samples},
           {"config", {{"model", "peft.cpp"}, {"model_args", model_args}, {"batch_size", o->batch},
-                      {"compile", o->compile}}}};
+                      {"compile", o->compile}, {"peak_rss_mb", peak_mb}}}};
       write_file_atomic(o->json, out.dump(2) + "\n");
     }
     return 0;
