@@ -1,5 +1,7 @@
 // OpenAI's completion and chat-completion shapes (see openai.h). Fields follow OpenAI's API reference;
-// top_k and repetition_penalty are vLLM's extensions with its meanings (top_k -1 or 0 = off).
+// top_k, repetition_penalty and min_p are vLLM's extensions with its meanings (top_k -1 or 0 = off). Log-
+// probabilities are vLLM's defaults: of the raw logits (before logit_bias, penalties and temperature); a
+// completion's logprobs also hold the eos that ended it (as vLLM's do), its text does not.
 #include "openai.h"
 
 #include <cmath>
@@ -12,8 +14,8 @@
 
 namespace peft::serve {
 
-nlohmann::json error_json(const ApiError & e) {
-  nlohmann::json err = {{"message", e.message}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
+OutJson error_json(const ApiError & e) {
+  OutJson err = {{"message", e.message}, {"type", e.type}, {"param", nullptr}, {"code", nullptr}};
   if (!e.param.empty()) err["param"] = e.param;
   if (!e.code.empty()) err["code"] = e.code;
   return {{"error", err}};
@@ -266,17 +268,17 @@ std::string token_bytes(const Tokenizer & tok, int64_t id) {
   }
 }
 
-nlohmann::json byte_values(const std::string & s) {
-  nlohmann::json b = nlohmann::json::array();
+OutJson byte_values(const std::string & s) {
+  OutJson b = OutJson::array();
   for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
   return b;
 }
 
 }  // namespace
 
-nlohmann::json legacy_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps, const std::vector<size_t> & offsets) {
-  nlohmann::json tokens = nlohmann::json::array(), values = nlohmann::json::array(), tops = nlohmann::json::array(),
-                 offs = nlohmann::json::array();
+OutJson legacy_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps, const std::vector<size_t> & offsets) {
+  OutJson tokens = OutJson::array(), values = OutJson::array(), tops = OutJson::array(),
+                 offs = OutJson::array();
   for (size_t i = 0; i < lps.size(); ++i) {
     const TokenLogprob & lp = lps[i];
     tokens.push_back(utf8_lossy(token_bytes(tok, lp.id)));
@@ -287,21 +289,23 @@ nlohmann::json legacy_logprobs_json(const Tokenizer & tok, const std::vector<Tok
       continue;
     }
     values.push_back(lp.logprob);
-    nlohmann::json top = nlohmann::json::object();
+    OutJson top = OutJson::object();
     for (const auto & t : lp.top) {
       const std::string key = utf8_lossy(token_bytes(tok, t.first));
       if (!top.contains(key)) top[key] = t.second;  // (two ids of one text: the likelier one)
     }
+    // OpenAI's rule: the token's own is always there, so up to logprobs + 1 entries
+    if (!top.contains(tokens.back().get<std::string>())) top[tokens.back().get<std::string>()] = lp.logprob;
     tops.push_back(top);
   }
   return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offs}};
 }
 
-nlohmann::json chat_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps) {
-  nlohmann::json content = nlohmann::json::array();
+OutJson chat_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps) {
+  OutJson content = OutJson::array();
   for (const TokenLogprob & lp : lps) {
     const std::string b = token_bytes(tok, lp.id);
-    nlohmann::json top = nlohmann::json::array();
+    OutJson top = OutJson::array();
     for (const auto & t : lp.top) {
       const std::string tb = token_bytes(tok, t.first);
       top.push_back({{"token", utf8_lossy(tb)}, {"logprob", t.second}, {"bytes", byte_values(tb)}});
@@ -311,12 +315,12 @@ nlohmann::json chat_logprobs_json(const Tokenizer & tok, const std::vector<Token
   return {{"content", content}};
 }
 
-nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+OutJson usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
   return {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens}, {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-nlohmann::json response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices) {
-  nlohmann::json cs = nlohmann::json::array();
+OutJson response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices) {
+  OutJson cs = OutJson::array();
   int64_t prompt = 0, completion = 0;
   for (size_t i = 0; i < choices.size(); ++i) {
     const Choice & c = choices[i];
@@ -338,12 +342,12 @@ nlohmann::json response_json(const Job & job, const std::string & id, int64_t cr
           {"usage", usage_json(prompt, completion)}};
 }
 
-nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
-                          const std::optional<std::string> & finish_reason, bool first, const nlohmann::json & logprobs) {
-  nlohmann::json choice = {{"index", index}, {"logprobs", logprobs}};
-  choice["finish_reason"] = finish_reason ? nlohmann::json(*finish_reason) : nlohmann::json(nullptr);
+OutJson chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
+                          const std::optional<std::string> & finish_reason, bool first, const OutJson & logprobs) {
+  OutJson choice = {{"index", index}, {"logprobs", logprobs}};
+  choice["finish_reason"] = finish_reason ? OutJson(*finish_reason) : OutJson(nullptr);
   if (job.chat) {
-    nlohmann::json d = nlohmann::json::object();
+    OutJson d = OutJson::object();
     if (first) d["role"] = "assistant";
     if (!delta.empty() || (first && !finish_reason)) d["content"] = delta;
     choice["delta"] = d;
@@ -354,7 +358,7 @@ nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t creat
           {"object", job.chat ? "chat.completion.chunk" : "text_completion"},
           {"created", created},
           {"model", job.model},
-          {"choices", nlohmann::json::array({choice})}};
+          {"choices", OutJson::array({choice})}};
 }
 
 }  // namespace peft::serve

@@ -19,7 +19,10 @@ struct ApiError {
   int status;
   std::string message, type, param, code;
 };
-nlohmann::json error_json(const ApiError & e);
+/// What the server writes: its fields in the order they are set (OpenAI's order; top_logprobs highest first).
+using OutJson = nlohmann::ordered_json;
+
+OutJson error_json(const ApiError & e);
 
 struct Job {
   bool chat = false, stream = false, include_usage = false;
@@ -39,7 +42,7 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
 struct Choice {
   std::string text, finish_reason;
   int64_t completion_tokens = 0, prompt_tokens = 0;
-  nlohmann::json logprobs;  // null: not asked for
+  OutJson logprobs;  // null: not asked for
 };
 
 /// The echoed prompt: its tokens decoded as a completion's are (DecodeStream), and each token's byte offset
@@ -47,13 +50,13 @@ struct Choice {
 std::string echo_text(const Tokenizer & tok, const std::vector<int64_t> & ids, std::vector<size_t> & offsets);
 /// OpenAI's legacy completions `logprobs` object ({tokens, token_logprobs, top_logprobs, text_offset}) of
 /// these tokens at these byte offsets of the returned text.
-nlohmann::json legacy_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps, const std::vector<size_t> & offsets);
+OutJson legacy_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps, const std::vector<size_t> & offsets);
 /// Chat's `logprobs` object ({"content": [{token, logprob, bytes, top_logprobs}]}).
-nlohmann::json chat_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps);
-nlohmann::json response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices);
-nlohmann::json chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
+OutJson chat_logprobs_json(const Tokenizer & tok, const std::vector<TokenLogprob> & lps);
+OutJson response_json(const Job & job, const std::string & id, int64_t created, const std::vector<Choice> & choices);
+OutJson chunk_json(const Job & job, const std::string & id, int64_t created, int64_t index, const std::string & delta,
                           const std::optional<std::string> & finish_reason, bool first,
-                          const nlohmann::json & logprobs = nullptr);
-nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+                          const OutJson & logprobs = nullptr);
+OutJson usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
 }  // namespace peft::serve

@@ -35,7 +35,10 @@ int64_t unix_time() {
 
 // Every JSON text the server sends: strings are valid UTF-8 by construction; a byte that is not becomes
 // U+FFFD instead of an exception (nlohmann's dump throws on invalid UTF-8).
-std::string dump(const nlohmann::json & j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+template <class J>
+std::string dump(const J & j) {
+  return j.dump(-1, ' ', false, J::error_handler_t::replace);
+}
 
 bool failed(const Finish & f) { return f.reason == FinishReason::kError || f.reason == FinishReason::kCancelled; }
 
@@ -165,7 +168,7 @@ struct Server::Impl {
       for (size_t i = 0; i < progress.size(); ++i) echo[i] = echo_text(*tok, job.prompts[i / job.n], echo_off[i]);
     }
     // the logprobs object of a choice's generated tokens `gen` (after the echoed prompt's `echo_len` bytes)
-    auto gen_logprobs = [this, chat](const std::vector<TokenLogprob> & gen, size_t echo_len) -> nlohmann::json {
+    auto gen_logprobs = [this, chat](const std::vector<TokenLogprob> & gen, size_t echo_len) -> OutJson {
       if (chat) return chat_logprobs_json(*tok, gen);
       std::vector<size_t> off;
       for (const auto & lp : gen) off.push_back(echo_len + lp.text_offset);
@@ -197,7 +200,7 @@ struct Server::Impl {
           c.logprobs = gen_logprobs(p.gen_lp, echo[i].size());
           if (job.params.prompt_logprobs) {
             // the prompt's entries first, at their offsets in the echoed text
-            nlohmann::json pl = legacy_logprobs_json(*tok, p.prompt_lp, echo_off[i]);
+            OutJson pl = legacy_logprobs_json(*tok, p.prompt_lp, echo_off[i]);
             for (const char * k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
               for (auto & x : c.logprobs[k]) pl[k].push_back(std::move(x));
             }
@@ -232,7 +235,7 @@ struct Server::Impl {
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, job, id, created, progress, st, sock, gen_logprobs](size_t, httplib::DataSink & sink) {
-          auto send = [&](const nlohmann::json & j) {
+          auto send = [&](const OutJson & j) {
             const std::string line = "data: " + dump(j) + "\n\n";
             return sink.write(line.data(), line.size());
           };
@@ -276,7 +279,7 @@ struct Server::Impl {
                   all = false;
                   continue;
                 }
-                const nlohmann::json lp = job.params.prompt_logprobs ? legacy_logprobs_json(*tok, prompt_lp, st->echo_off[i]) : nlohmann::json();
+                const OutJson lp = job.params.prompt_logprobs ? legacy_logprobs_json(*tok, prompt_lp, st->echo_off[i]) : OutJson();
                 if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), st->echo[i], std::nullopt, false, lp))) {
                   cancel_all();
                   return false;
@@ -284,7 +287,7 @@ struct Server::Impl {
                 st->echo_sent[i] = true;
               }
               if (!delta.empty() || !new_lp.empty() || (st->first[i] && job.chat)) {
-                const nlohmann::json lp = new_lp.empty() ? nlohmann::json() : gen_logprobs(new_lp, st->echo[i].size());
+                const OutJson lp = new_lp.empty() ? OutJson() : gen_logprobs(new_lp, st->echo[i].size());
                 if (!send(chunk_json(job, id, created, static_cast<int64_t>(i), delta, std::nullopt, st->first[i], lp))) {
                   cancel_all();
                   return false;
@@ -318,11 +321,11 @@ struct Server::Impl {
               }
               if (i % job.n == 0) prompt += static_cast<int64_t>(job.prompts[i / job.n].size());
             }
-            nlohmann::json u = {{"id", id},
+            OutJson u = {{"id", id},
                                 {"object", job.chat ? "chat.completion.chunk" : "text_completion"},
                                 {"created", created},
                                 {"model", job.model},
-                                {"choices", nlohmann::json::array()},
+                                {"choices", OutJson::array()},
                                 {"usage", usage_json(prompt, completion)}};
             send(u);
           }

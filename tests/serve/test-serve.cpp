@@ -422,14 +422,22 @@ void expect_legacy_matches(const nlohmann::json & lp, size_t from, const std::ve
     EXPECT_NEAR(lp["token_logprobs"][e].get<double>(), want, kTol) << what << " token " << i;
     const auto & top = lp["top_logprobs"][e];
     ASSERT_TRUE(top.is_object()) << what;
+    // the k most likely, and the token's own (OpenAI's rule: up to logprobs + 1 entries)
+    const std::string own = lp["tokens"][e];
+    ASSERT_TRUE(top.contains(own)) << what << " token " << i << ": " << top.dump();
+    EXPECT_EQ(top[own], lp["token_logprobs"][e]) << what;
     std::vector<double> got;
-    for (const auto & kv : top.items()) got.push_back(kv.value().get<double>());
+    bool own_extra = top.size() == static_cast<size_t>(k) + 1;
+    for (const auto & kv : top.items()) {
+      if (own_extra && kv.key() == own) continue;
+      got.push_back(kv.value().get<double>());
+    }
     std::sort(got.rbegin(), got.rend());
     const auto ref = top_values(row, k);
     ASSERT_EQ(got.size(), ref.size()) << what << " token " << i << ": " << top.dump();
     for (size_t j = 0; j < got.size(); ++j) EXPECT_NEAR(got[j], ref[j], kTol) << what << " token " << i << " top " << j;
     // the token's own value is among the alternatives or below them all
-    EXPECT_LE(lp["token_logprobs"][e].get<double>(), got[0] + kTol) << what;
+    if (!got.empty()) EXPECT_LE(lp["token_logprobs"][e].get<double>(), got[0] + kTol) << what;
   }
 }
 
@@ -524,6 +532,26 @@ TEST(ServeLogprobs, GreedyCompletionLogprobsEqualForward) {
       EXPECT_EQ(c["logprobs"]["token_logprobs"][e].get<double>(), best) << what << " token " << e;
       EXPECT_TRUE(c["logprobs"]["top_logprobs"][e].contains(c["logprobs"]["tokens"][e].get<std::string>())) << what;
     }
+  }
+  // as sent, each top_logprobs object lists the alternatives highest first (the token's own, when it is not
+  // among them, last), as OpenAI and vLLM write them
+  {
+    httplib::Client cli("127.0.0.1", w.port());
+    cli.set_read_timeout(120, 0);
+    auto r = cli.Post("/v1/completions",
+                      nlohmann::json({{"model", "a1"}, {"prompt", kPrompts[1]}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 4}}).dump(),
+                      "application/json");
+    ASSERT_TRUE(r && r->status == 200);
+    const auto j = nlohmann::ordered_json::parse(r->body);
+    const auto & lp = j["choices"][0]["logprobs"];
+    for (size_t e = 1; e < lp["top_logprobs"].size(); ++e) {
+      std::vector<double> v;
+      for (const auto & kv : lp["top_logprobs"][e].items()) v.push_back(kv.value().get<double>());
+      ASSERT_GE(v.size(), 4u);
+      EXPECT_TRUE(std::is_sorted(v.begin(), v.begin() + 4, std::greater<double>())) << lp["top_logprobs"][e].dump();
+      if (v.size() == 5) EXPECT_LE(v[4], v[3]) << lp["top_logprobs"][e].dump();
+    }
+    EXPECT_EQ(j.begin().key(), "id");  // (and the fields in OpenAI's order)
   }
   // echo + generation: the prompt's entries, then the completion's, offsets through the whole text
   {

@@ -1,6 +1,9 @@
 // `peft serve`: an OpenAI-compatible HTTP server (cpp-httplib) over the serving engine.
 //   POST /v1/completions, /v1/chat/completions (the model's chat template), with "stream": true as
-//   server-sent events; GET /v1/models (the base and every loaded adapter; a request's "model" picks one);
+//   server-sent events. Completions take echo, logprobs (0..20: OpenAI's legacy logprobs object, the prompt's
+//   tokens too with echo) and max_tokens 0 with echo (the prompt scored, nothing generated: what evaluation
+//   harnesses send); chat takes logprobs/top_logprobs; both take logit_bias, min_p and response_format
+//   {"type": "text"} (other formats are refused). GET /v1/models (the base and every loaded adapter; a request's "model" picks one);
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's names; loading needs
 //   allow_adapter_loading and a path inside adapter_root); GET /health; GET /metrics (Prometheus text).
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; with an api_key every /v1
