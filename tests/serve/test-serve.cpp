@@ -744,6 +744,59 @@ TEST(ServeLogprobs, LogitBiasMinPResponseFormat) {
   EXPECT_EQ(w.engine->stats().running, 0);
 }
 
+// The engine's own API, eager (no compiled graphs): on_prompt_logprobs gives every prompt token's (the first
+// without one), on_logprob each generated token's before its on_token, with the byte offset of its text
+TEST(ServeLogprobs, EagerEngineApi) {
+  World & w = world();
+  serve::EngineOptions eo;
+  eo.max_context = 64;
+  eo.prefill_chunk = 8;
+  serve::Engine engine(std::make_shared<PeftModel>(load_model(kjv())), eo, w.tok);
+  const auto prompt = w.tok->encode(kPrompts[5], true);
+  ASSERT_GT(prompt.size(), 8u);  // (more than one prefill chunk)
+  std::vector<serve::TokenLogprob> prompt_lp, gen_lp;
+  std::string text;
+  std::vector<size_t> text_at_token;
+  std::promise<serve::Finish> done;
+  serve::Request r;
+  r.prompt = prompt;
+  r.params.max_tokens = 6;
+  r.params.temperature = 0;
+  r.params.logprobs = 3;
+  r.params.prompt_logprobs = true;
+  r.callbacks.on_prompt_logprobs = [&](const std::vector<serve::TokenLogprob> & v) { prompt_lp = v; };
+  r.callbacks.on_logprob = [&](const serve::TokenLogprob & lp) {
+    gen_lp.push_back(lp);
+    text_at_token.push_back(text.size());
+  };
+  r.callbacks.on_token = [&](int64_t, const std::string & t) { text += t; };
+  r.callbacks.on_done = [&](const serve::Finish & f) { done.set_value(f); };
+  engine.submit(std::move(r));
+  const serve::Finish f = done.get_future().get();
+  ASSERT_TRUE(f.reason == serve::FinishReason::kLength || f.reason == serve::FinishReason::kStop) << f.error;
+  const auto gen = w.generate_ids(prompt, "kjv", 6);
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), gen.begin(), gen.end());
+  const at::Tensor lsm = w.log_softmax(all, "kjv");
+  ASSERT_EQ(prompt_lp.size(), prompt.size());
+  EXPECT_FALSE(prompt_lp[0].has_logprob);
+  ASSERT_EQ(gen_lp.size(), gen.size());
+  for (size_t i = 1; i < all.size(); ++i) {
+    const serve::TokenLogprob & lp = i < prompt.size() ? prompt_lp[i] : gen_lp[i - prompt.size()];
+    EXPECT_EQ(lp.id, all[i]);
+    EXPECT_TRUE(lp.has_logprob);
+    const at::Tensor row = lsm[static_cast<int64_t>(i) - 1];
+    EXPECT_NEAR(lp.logprob, row[all[i]].item<float>(), kTol) << i;
+    const auto ref = top_values(row, 3);
+    ASSERT_EQ(lp.top.size(), 3u);
+    for (size_t k = 0; k < 3; ++k) EXPECT_NEAR(lp.top[k].second, ref[k], kTol) << i << " top " << k;
+  }
+  // a generated token's offset: the completion's text before it (what on_token had given by then, here where
+  // no stop string or split character holds text back)
+  for (size_t i = 0; i < gen_lp.size(); ++i) EXPECT_EQ(gen_lp[i].text_offset, text_at_token[i]) << i;
+  engine.stop();
+}
+
 // (e) lm-evaluation-harness's `local-completions` model (lm_eval/models/openai_completions.py and
 // api_models.py), replayed: loglikelihood requests are token ids of context + continuation (the pair encoded
 // as _encode_pair does: the context's trailing spaces moved to the continuation, the whole encoded and split
