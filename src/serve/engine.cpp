@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <limits>
 #include <future>
+#include <limits>
 #include <optional>
 #include <random>
 
