@@ -371,8 +371,7 @@ TEST(ServeCli, AnAdapterThatCannotShareABatchIsRefusedAtStart) {
 // forward of the same model and adapter, and lm-evaluation-harness's local-completions requests replayed.
 namespace {
 
-constexpr double kTol = 1e-5;
-double worst_logprob_error = 0;  // (reported: the margin below kTol)
+double worst_logprob_error = 0;  // (reported: the margin below logprob_tol)
 
 // a /v1/completions or /v1/chat/completions request (once more after a transport error, as clients do)
 nlohmann::json request(const std::string & path, const nlohmann::json & body, int * status = nullptr) {
@@ -419,7 +418,7 @@ void expect_legacy_matches(const nlohmann::json & lp, size_t from, const std::ve
     const at::Tensor row = lsm[static_cast<int64_t>(i) - 1];
     const double want = row[ids[i]].item<float>();
     worst_logprob_error = std::max(worst_logprob_error, std::abs(lp["token_logprobs"][e].get<double>() - want));
-    EXPECT_NEAR(lp["token_logprobs"][e].get<double>(), want, kTol) << what << " token " << i;
+    EXPECT_NEAR(lp["token_logprobs"][e].get<double>(), want, logprob_tol(want)) << what << " token " << i;
     const auto & top = lp["top_logprobs"][e];
     ASSERT_TRUE(top.is_object()) << what;
     // the k most likely, and the token's own (OpenAI's rule: up to logprobs + 1 entries)
@@ -435,9 +434,9 @@ void expect_legacy_matches(const nlohmann::json & lp, size_t from, const std::ve
     std::sort(got.rbegin(), got.rend());
     const auto ref = top_values(row, k);
     ASSERT_EQ(got.size(), ref.size()) << what << " token " << i << ": " << top.dump();
-    for (size_t j = 0; j < got.size(); ++j) EXPECT_NEAR(got[j], ref[j], kTol) << what << " token " << i << " top " << j;
+    for (size_t j = 0; j < got.size(); ++j) EXPECT_NEAR(got[j], ref[j], logprob_tol(ref[j])) << what << " token " << i << " top " << j;
     // the token's own value is among the alternatives or below them all
-    if (!got.empty()) EXPECT_LE(lp["token_logprobs"][e].get<double>(), got[0] + kTol) << what;
+    if (!got.empty()) EXPECT_LE(lp["token_logprobs"][e].get<double>(), got[0] + logprob_tol(got[0])) << what;
   }
 }
 
@@ -625,12 +624,12 @@ TEST(ServeLogprobs, ChatLogprobs) {
     for (unsigned char ch : raw) bytes.push_back(ch);
     EXPECT_EQ(e["bytes"], nlohmann::json(bytes));
     const at::Tensor row = lsm[static_cast<int64_t>(prompt.size() + i) - 1];
-    EXPECT_NEAR(e["logprob"].get<double>(), row[gen[i]].item<float>(), kTol) << i;
+    EXPECT_NEAR(e["logprob"].get<double>(), row[gen[i]].item<float>(), logprob_tol(row[gen[i]].item<float>())) << i;
     ASSERT_EQ(e["top_logprobs"].size(), 3u);
     const auto ref = top_values(row, 3);
     for (size_t k = 0; k < 3; ++k) {
       const auto & t = e["top_logprobs"][k];
-      EXPECT_NEAR(t["logprob"].get<double>(), ref[k], kTol) << i << " top " << k;  // (in order: highest first)
+      EXPECT_NEAR(t["logprob"].get<double>(), ref[k], logprob_tol(ref[k])) << i << " top " << k;  // (in order: highest first)
       EXPECT_TRUE(t.contains("token") && t["bytes"].is_array());
     }
     EXPECT_EQ(e["top_logprobs"][0]["token"], e["token"]) << i;  // greedy
@@ -675,7 +674,7 @@ TEST(ServeLogprobs, LogitBiasMinPResponseFormat) {
   ASSERT_TRUE(j.contains("choices")) << j.dump();
   EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"], nlohmann::json::array({token_text(forced), token_text(forced), token_text(forced)}));
   // the values stay the model's own (before the bias), as vLLM returns them
-  EXPECT_NEAR(j["choices"][0]["logprobs"]["token_logprobs"][0].get<double>(), row[forced].item<float>(), kTol);
+  EXPECT_NEAR(j["choices"][0]["logprobs"]["token_logprobs"][0].get<double>(), row[forced].item<float>(), logprob_tol(row[forced].item<float>()));
   // -100 on the greedy first token: the answer starts with the second most likely instead
   j = request("/v1/completions", {{"model", "a1"}, {"prompt", kPrompts[0]}, {"max_tokens", 1}, {"temperature", 0}, {"logprobs", 0},
                                   {"logit_bias", {{std::to_string(greedy[0]), -100}}}});
@@ -786,10 +785,10 @@ TEST(ServeLogprobs, EagerEngineApi) {
     EXPECT_EQ(lp.id, all[i]);
     EXPECT_TRUE(lp.has_logprob);
     const at::Tensor row = lsm[static_cast<int64_t>(i) - 1];
-    EXPECT_NEAR(lp.logprob, row[all[i]].item<float>(), kTol) << i;
+    EXPECT_NEAR(lp.logprob, row[all[i]].item<float>(), logprob_tol(row[all[i]].item<float>())) << i;
     const auto ref = top_values(row, 3);
     ASSERT_EQ(lp.top.size(), 3u);
-    for (size_t k = 0; k < 3; ++k) EXPECT_NEAR(lp.top[k].second, ref[k], kTol) << i << " top " << k;
+    for (size_t k = 0; k < 3; ++k) EXPECT_NEAR(lp.top[k].second, ref[k], logprob_tol(ref[k])) << i << " top " << k;
   }
   // a generated token's offset: the completion's text before it (what on_token had given by then, here where
   // no stop string or split character holds text back)
@@ -937,10 +936,10 @@ TEST(ServeLogprobs, LmEvalHarnessLocalCompletions) {
     int greedy = 0;
     for (size_t i = 0; i < reqs.size(); ++i) {
       const auto want = direct(model, inputs[i], ctxlens[i]);
-      // each summed value is within kTol of the forward's (ServeLogprobs.PromptScoringEqualsForward): their float32
+      // each summed value is within logprob_tol of the forward's (ServeLogprobs.PromptScoringEqualsForward): their float32
       // roundings (the served prefill runs in chunks through the compiled graph) add up in the sum
       const double terms = static_cast<double>(inputs[i].size()) - static_cast<double>(ctxlens[i]);
-      EXPECT_NEAR(got[i].first, want.first, kTol * terms) << model << " request " << i;
+      EXPECT_NEAR(got[i].first, want.first, logprob_tol(want.first / terms) * terms) << model << " request " << i;
       EXPECT_EQ(got[i].second, want.second) << model << " request " << i;
       EXPECT_LT(got[i].first, 0);
       greedy += got[i].second;
@@ -962,13 +961,13 @@ TEST(ServeLogprobs, LmEvalHarnessLocalCompletions) {
     for (size_t i = 0; i < windows.size(); ++i) {
       const double d = direct(model, inputs[i], ctxlens[i]).first;
       const double terms = static_cast<double>(inputs[i].size()) - static_cast<double>(ctxlens[i]);
-      EXPECT_NEAR(parts[i].first, d, kTol * terms) << model << " window " << i;  // each window's sum, as each loglikelihood's
+      EXPECT_NEAR(parts[i].first, d, logprob_tol(d / terms) * terms) << model << " window " << i;  // each window's sum, as each loglikelihood's
       worst = std::max(worst, std::abs(parts[i].first - d));
       served += parts[i].first;
       want += d;
     }
     // the direct sum over every token of the text, each conditioned on the window the harness gives it
-    EXPECT_NEAR(served, want, kTol * static_cast<double>(predicted)) << model;
+    EXPECT_NEAR(served, want, logprob_tol(want / static_cast<double>(predicted)) * static_cast<double>(predicted)) << model;
     std::printf("lm-eval local-completions (%s): loglikelihood_rolling %.6f over %zu tokens in %zu windows (direct %.6f, a window's "
                 "sum differs by %.2g at most)\n",
                 model.c_str(), served, predicted, windows.size(), want, worst);
