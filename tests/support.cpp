@@ -7,6 +7,10 @@
 #include <fstream>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <utility>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "peft/error.h"
@@ -43,10 +47,37 @@ std::string make_text(const std::string & dir) {
 
 std::string tokenizer_ref_dir() { return std::string(PEFT_TOKENIZER_REF); }
 
+namespace {
+
+// The folders temp_dir made, removed when the test process ends (by the process that made them: a forked
+// child leaving does not take its parent's folders; PEFT_KEEP_TEST_DIRS=1 keeps them for a look).
+struct TempDirs {
+  std::mutex mu;
+  std::vector<std::pair<std::string, pid_t>> dirs;
+  ~TempDirs() {
+    const char * keep = std::getenv("PEFT_KEEP_TEST_DIRS");
+    if (keep && *keep && std::string(keep) != "0") return;
+    for (const auto & d : dirs) {
+      if (d.second != ::getpid()) continue;
+      std::error_code ec;
+      std::filesystem::remove_all(d.first, ec);
+    }
+  }
+};
+TempDirs & temp_dirs() {
+  static TempDirs t;
+  return t;
+}
+
+}  // namespace
+
 std::string temp_dir(const std::string & tag) {
   std::string t = "/tmp/peft-test-" + tag + "-XXXXXX";
   char * p = ::mkdtemp(t.data());
   if (!p) throw std::runtime_error("mkdtemp failed");
+  TempDirs & td = temp_dirs();
+  std::lock_guard<std::mutex> g(td.mu);
+  td.dirs.emplace_back(p, ::getpid());
   return p;
 }
 
