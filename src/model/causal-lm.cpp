@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <set>
 
 #include "peft/error.h"
@@ -10,6 +12,7 @@
 #include "peft/io/safetensors.h"
 #include "peft/model/architectures.h"
 #include "peft/model/checkpoint.h"
+#include "peft/model/name-or-path.h"
 #include "peft/nn/layers.h"
 #include "peft/util/runtime.h"
 
@@ -229,6 +232,28 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
   model.tie_weights();
 }
 
+namespace {
+struct NameOrPath {
+  std::weak_ptr<CausalLM> model;  // (an expired entry belongs to a model gone, whatever sits at its address now)
+  std::string name;
+};
+std::mutex g_names_mutex;
+std::map<const CausalLM *, NameOrPath> g_names;
+}  // namespace
+
+void set_model_name_or_path(const std::shared_ptr<CausalLM> & model, const std::string & name_or_path) {
+  std::lock_guard<std::mutex> lock(g_names_mutex);
+  for (auto it = g_names.begin(); it != g_names.end();) it = it->second.model.expired() ? g_names.erase(it) : std::next(it);
+  g_names[model.get()] = {model, name_or_path};
+}
+
+std::string model_name_or_path(const CausalLM & model) {
+  std::lock_guard<std::mutex> lock(g_names_mutex);
+  auto it = g_names.find(&model);
+  if (it == g_names.end() || it->second.model.lock().get() != &model) return "";
+  return it->second.name;
+}
+
 std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dtype) {
   LoadOptions o;
   o.dtype = dtype;
@@ -274,6 +299,7 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions 
   load_parameters(*model, tensors, source);
   model->eval();
   for (auto & p : model->parameters()) p.set_requires_grad(false);
+  set_model_name_or_path(model, dir);  // (transformers' name_or_path: the folder as given)
   return model;
 }
 

@@ -7,6 +7,7 @@
 #include "peft/util/text.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/model/name-or-path.h"
 #include "peft/peft-model.h"
 #include "peft-model/adapter-file.h"
 #include "peft/tuners/prompt-learning.h"
@@ -259,6 +260,11 @@ void PeftModel::save_pretrained(FolderWriter & w, const std::vector<std::string>
     nlohmann::json j = adapter_config(n).to_json();
     if (j["auto_mapping"].is_null() && j["task_type"].is_null()) {
       j["auto_mapping"] = {{"base_model_class", model_->config().arch_name()}, {"parent_library", "transformers"}};
+    }
+    // upstream's save_pretrained: the base model's name_or_path where the config has none
+    if (!j.contains("base_model_name_or_path") || j["base_model_name_or_path"].is_null()) {
+      const std::string name = model_name_or_path(unreplicated_ ? *unreplicated_ : *model_);  // (layer_replication: the given model)
+      if (!name.empty()) j["base_model_name_or_path"] = name;
     }
     safetensors_save(w.file(sub + "adapter_model.safetensors"), t.second);
     write_file_atomic(w.file(sub + "adapter_config.json"), j.dump(2) + "\n");

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "peft/error.h"
+#include "peft/quant/quantized-linear.h"
 
 namespace peft {
 
@@ -159,6 +160,11 @@ std::string PeftModel::trainable_summary() const {
       all += kv.second.numel();
       if (kv.second.requires_grad()) trainable += kv.second.numel();
     }
+  }
+  // a quantized layer's weight counts as its elements, not its packed bytes (upstream's
+  // get_nb_trainable_parameters: a bitsandbytes 4-bit parameter's numel times 2); its codes are buffers here
+  for (const auto & m : named_modules(model_)) {
+    if (auto q = std::dynamic_pointer_cast<quant::QuantizedLinear>(m.second)) all += q->out_features() * q->in_features();
   }
   char pct[32];
   std::snprintf(pct, sizeof(pct), "%.4f", all ? 100.0 * trainable / all : 0.0);

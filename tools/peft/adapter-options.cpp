@@ -5,10 +5,9 @@
 
 namespace peft::cli {
 
-void add_adapter_options(CLI::App & cmd, AdapterOptions & o) {
+void add_adapter_options(CLI::App & cmd, AdapterOptions & o, AdapterFlags which) {
   cmd.add_option("--adapter", o.adapters, "PEFT adapter folder, optionally =NAME (repeatable; the first is active)");
   cmd.add_option("--active", o.active, "comma-separated adapters to activate together");
-  cmd.add_flag("--disable-adapters", o.disable, "run with adapters disabled");
   cmd.add_flag("--allow-base-weights", o.allow_base_weights,
                "load adapter files that also overwrite base-model weights (refused by default)");
   cmd.add_option("--init-seed", o.init_seed,
@@ -16,9 +15,12 @@ void add_adapter_options(CLI::App & cmd, AdapterOptions & o) {
                  "when it is created (init_lora_weights pissa_niter_N) then gets what upstream PEFT gets after "
                  "torch.manual_seed(N)")
       ->check(CLI::NonNegativeNumber);
-  cmd.add_flag("--merge", o.merge, "merge the active adapters into the base weights");
-  cmd.add_flag("--unmerge", o.unmerge, "after --merge: unmerge again, then run");
-  cmd.add_flag("--merge-and-unload", o.merge_and_unload, "merge, then run the plain model");
+  if (which == AdapterFlags::run) {
+    cmd.add_flag("--disable-adapters", o.disable, "run with adapters disabled");
+    cmd.add_flag("--merge", o.merge, "merge the active adapters into the base weights");
+    cmd.add_flag("--unmerge", o.unmerge, "after --merge: unmerge again, then run");
+    cmd.add_flag("--merge-and-unload", o.merge_and_unload, "merge, then run the plain model");
+  }
   cmd.add_option("--weighted", o.weighted,
                  "NAME=TYPE:ADAPTER*WEIGHT,...[:KEY=VALUE...]: add a weighted combination (svd, cat, linear, ties, "
                  "dare_linear, dare_ties, magnitude_prune, ties_svd, dare_linear_svd, dare_ties_svd, "

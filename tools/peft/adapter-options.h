@@ -22,7 +22,11 @@ struct AdapterOptions {
   int64_t init_seed = -1;  // seed of the global generator before the adapters load (-1: left as it is)
 };
 
-void add_adapter_options(CLI::App & cmd, AdapterOptions & o);
+/// Which adapter flags a command has: all of them (a command that runs the model), or those that choose what
+/// `peft merge` folds in (--adapter, --active, --weighted, --allow-base-weights, --init-seed; not
+/// --disable-adapters / --merge / --unmerge / --merge-and-unload, which only say how a run uses them).
+enum class AdapterFlags { run, merge };
+void add_adapter_options(CLI::App & cmd, AdapterOptions & o, AdapterFlags which = AdapterFlags::run);
 
 /// What the model runs as after the flags are applied: a PeftModel (adapters loaded) or the plain model.
 struct Prepared {

@@ -56,6 +56,56 @@ void add_generation_config_eos(const std::string & model_dir, int64_t vocab_size
   }
 }
 
+// generation_config.json's defaults (transformers' GenerationConfig: what generate() uses where the call does
+// not say): max_new_tokens, do_sample, and when sampling temperature, top_k and top_p; repetition_penalty
+// always. A field applies only where its flag was not given (the flags win: --do-sample=false for greedy);
+// null or absent fields leave the command's own defaults. A value out of range is refused naming the file.
+void apply_generation_config_defaults(const std::string & model_dir, const CLI::App & cmd, GenerationConfig & gen) {
+  const std::string path = model_dir + "/generation_config.json";
+  if (!is_file(path)) return;
+  const nlohmann::json j = read_json_file(path);
+  if (!j.is_object()) return;
+  auto has = [&](const char * key, const char * flag) {
+    return j.contains(key) && !j[key].is_null() && cmd.count(flag) == 0;
+  };
+  auto bad = [&](const char * key, const std::string & what) {
+    fail(str(path, ": field '", key, "' ", what, ", got ", j[key].dump()));
+  };
+  auto number = [&](const char * key) {
+    if (!j[key].is_number()) bad(key, "must be a number");
+    return j[key].get<double>();
+  };
+  auto integer = [&](const char * key) {
+    if (!j[key].is_number_integer()) bad(key, "must be an integer");
+    return j[key].get<int64_t>();
+  };
+  if (has("max_new_tokens", "--max-new-tokens")) {
+    gen.max_new_tokens = integer("max_new_tokens");
+    if (gen.max_new_tokens < 0) bad("max_new_tokens", "must not be negative");
+  }
+  if (has("do_sample", "--do-sample")) {
+    if (!j["do_sample"].is_boolean()) bad("do_sample", "must be true or false");
+    gen.do_sample = j["do_sample"].get<bool>();
+  }
+  if (has("repetition_penalty", "--repetition-penalty")) {
+    gen.repetition_penalty = number("repetition_penalty");
+    if (!(gen.repetition_penalty > 0)) bad("repetition_penalty", "must be greater than 0");
+  }
+  if (!gen.do_sample) return;  // (greedy: transformers ignores the sampling fields, as generate does here)
+  if (has("temperature", "--temperature")) {
+    gen.temperature = number("temperature");
+    if (!(gen.temperature > 0)) bad("temperature", "must be greater than 0 when sampling");
+  }
+  if (has("top_k", "--top-k")) {
+    gen.top_k = integer("top_k");
+    if (gen.top_k < 0) bad("top_k", "must not be negative");
+  }
+  if (has("top_p", "--top-p")) {
+    gen.top_p = number("top_p");
+    if (!(gen.top_p > 0 && gen.top_p <= 1)) bad("top_p", "must be in (0, 1]");
+  }
+}
+
 // The chat template's end of turn: tokenizer_config.json's eos_token (a string or {"content": ...}), when it
 // is one token of the tokenizer.
 void add_template_eos(const std::string & model_dir, const Tokenizer & tok, std::vector<int64_t> & eos) {
@@ -242,12 +292,15 @@ Runner add_generate(CLI::App & app) {
                   "JSON lines {\"prompt\": TEXT} or {\"messages\": [...]} (optional \"id\"): completions to --out");
   cmd->add_option("--out", o->out, "with --prompts-file: the JSON-lines output, one line per prompt");
   cmd->add_option("--batch-size", o->batch_size, "with --prompts-file: prompts generated together (default 8)");
-  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate at most");
-  cmd->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
-  cmd->add_option("--temperature", o->gen.temperature, "sampling temperature");
-  cmd->add_option("--top-k", o->gen.top_k, "keep the k most likely tokens (0 = off)");
-  cmd->add_option("--top-p", o->gen.top_p, "nucleus sampling threshold (1 = off)");
-  cmd->add_option("--repetition-penalty", o->gen.repetition_penalty, "penalty for tokens already present");
+  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens,
+                  "tokens to generate at most (default: generation_config.json's max_new_tokens, else 32)");
+  cmd->add_flag("--do-sample", o->gen.do_sample,
+                "sample instead of greedy decoding (default: generation_config.json's do_sample; --do-sample=false "
+                "for greedy)");
+  cmd->add_option("--temperature", o->gen.temperature, "sampling temperature (default: generation_config.json's, else 1)");
+  cmd->add_option("--top-k", o->gen.top_k, "keep the k most likely tokens (0 = off; default: generation_config.json's, else 0)");
+  cmd->add_option("--top-p", o->gen.top_p, "nucleus sampling threshold (1 = off; default: generation_config.json's, else 1)");
+  cmd->add_option("--repetition-penalty", o->gen.repetition_penalty, "penalty for tokens already present (default: generation_config.json's, else 1)");
   cmd->add_option("--stop", o->gen.stop_strings, "stop when the text contains this (repeatable)");
   cmd->add_option("--seed", o->gen.seed, "sampling seed");
   cmd->add_flag("--no-cache", o->no_cache, "recompute the whole sequence every step");
@@ -276,6 +329,7 @@ Runner add_generate(CLI::App & app) {
       check_output_file("--out", o->out, inputs);
     }
     const ModelConfig mcfg = ModelConfig::load(o->model);
+    apply_generation_config_defaults(o->model, *cmd, o->gen);  // (where no flag says otherwise)
     PEFT_USAGE(o->gen.max_new_tokens >= 0 && o->gen.max_new_tokens <= mcfg.max_position_embeddings,
                "--max-new-tokens must be in [0, ", mcfg.max_position_embeddings, "] (the model's positions)");
     // the template and the prompts file are read before the model: their errors come first

@@ -1,10 +1,11 @@
-// peft info --model DIR: architecture, parameter count, dtype.
+// peft info --model DIR: architecture, parameter count (quantized weights as their elements) and storage, dtype.
 #include <iostream>
 
 #include "commands.h"
 #include "common.h"
 #include "quant-options.h"
 #include "peft/model/causal-lm.h"
+#include "peft/quant/quantized-linear.h"
 
 namespace peft::cli {
 
@@ -23,8 +24,29 @@ Runner add_info(CLI::App & app) {
     apply_common_options(o->common);
     auto model = load_model_with(o->model, at::kFloat, o->quant);
     const auto & c = model->config();
+    // parameters as transformers counts them: a quantized weight by its elements, not its packed bytes;
+    // the storage per dtype / format beside it
+    std::map<std::string, std::pair<int64_t, int64_t>> storage;  // dtype or format -> (elements, bytes)
     int64_t n = 0;
-    for (const auto & p : named_parameters(*model)) n += p.second.numel();
+    for (const auto & p : named_parameters(*model)) {
+      n += p.second.numel();
+      auto & s = storage[dtype_name(p.second.scalar_type())];
+      s.first += p.second.numel();
+      s.second += p.second.numel() * static_cast<int64_t>(p.second.element_size());
+    }
+    for (const auto & m : named_modules(model)) {
+      auto q = std::dynamic_pointer_cast<quant::QuantizedLinear>(m.second);
+      if (!q) continue;
+      n += q->out_features() * q->in_features();
+      auto & s = storage[quant::format_name(q->format())];
+      s.first += q->out_features() * q->in_features();
+      s.second += q->weight_bytes();
+    }
+    std::string stored;
+    for (const auto & kv : storage) {
+      stored += str(stored.empty() ? "" : ", ", kv.first, " ", kv.second.first, " (", kv.second.second, " bytes",
+                    kv.first == "float32" || kv.first == "bfloat16" ? "" : ", codes and scales", ")");
+    }
     std::cout << "architecture: " << c.arch_name() << "\n"
               << "model_type:   " << c.model_type << "\n"
               << "layers:       " << c.num_layers << "\n"
@@ -32,6 +54,7 @@ Runner add_info(CLI::App & app) {
               << "heads:        " << c.num_heads << " (kv " << c.num_kv_heads << ")\n"
               << "vocab:        " << c.vocab_size << "\n"
               << "parameters:   " << n << "\n"
+              << "storage:      " << stored << "\n"
               << "dtype:        " << c.torch_dtype << " (loaded as float32)\n";
     return 0;
   };

@@ -1,5 +1,6 @@
 // peft merge: fold adapters into the base weights and write a plain Hugging Face checkpoint folder
-// (config.json, model.safetensors, tokenizer.json when the model has one), each file written atomically.
+// (config.json, model.safetensors, the tokenizer files and generation_config.json when the model has them), each
+// file written atomically.
 #include <sys/stat.h>
 
 #include <iostream>
@@ -31,12 +32,10 @@ Runner add_merge(CLI::App & app) {
   cmd->add_flag("--safe-merge", o->safe, "refuse a merge that produces non-finite weights (the default)");
   cmd->add_flag("--unsafe-merge", o->unsafe, "skip the check for non-finite merged weights");
   add_common_options(*cmd, o->common);
-  add_quant_options(*cmd, o->quant);
-  add_adapter_options(*cmd, o->adapters);
+  add_quant_options(*cmd, o->quant, /*writes_config=*/true);
+  add_adapter_options(*cmd, o->adapters, AdapterFlags::merge);
   return [o, dtype_opt]() {
     PEFT_USAGE(!o->adapters.adapters.empty(), "merge needs at least one --adapter");
-    PEFT_USAGE(!o->adapters.merge && !o->adapters.unmerge && !o->adapters.merge_and_unload && !o->adapters.disable,
-               "merge takes --adapter, --active and --weighted only");
     PEFT_USAGE(!(o->safe && o->unsafe), "--safe-merge and --unsafe-merge exclude each other");
     const at::ScalarType dtype = parse_dtype(o->dtype);
     std::vector<std::string> inputs = {o->model};
@@ -59,9 +58,11 @@ Runner add_merge(CLI::App & app) {
       std::cerr << "merged into the quantized weights and quantized again: weights moved by up to " << err.max_abs
                 << " (mean " << err.mean_abs << ") from the exact merge; --dtype float32 writes them dequantized\n";
     }
-    std::map<std::string, std::string> extra;  // the tokenizer goes along, in the same folder write
+    // the tokenizer and generation_config.json (generate's and serve's defaults) go along, in the same folder write
+    std::map<std::string, std::string> extra;
     struct stat st;
-    for (const char * f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    for (const char * f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                            "generation_config.json"}) {
       const std::string p = o->model + "/" + f;
       if (::stat(p.c_str(), &st) == 0) extra[f] = read_file(p);
     }

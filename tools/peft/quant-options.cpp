@@ -7,13 +7,15 @@
 
 namespace peft::cli {
 
-void add_quant_options(CLI::App & cmd, QuantFlags & q) {
+void add_quant_options(CLI::App & cmd, QuantFlags & q, bool writes_config) {
   cmd.add_option("--quantize", q.quantize,
                  "quantize the base's Linear layers at load: nf4, fp4 or int8 (bitsandbytes' formats; default none)");
   cmd.add_option("--quantize-skip", q.skip, "comma-separated modules kept in float (default lm_head)");
   cmd.add_flag("--double-quant", q.double_quant, "4-bit: quantize the block scales too (bnb_4bit_use_double_quant)");
   cmd.add_option("--blocksize", q.blocksize, "4-bit block size (default 64)");
-  cmd.add_option("--int8-threshold", q.int8_threshold, "int8: llm_int8_threshold written to quantization_config (default 6.0)");
+  if (writes_config) {
+    cmd.add_option("--int8-threshold", q.int8_threshold, "int8: llm_int8_threshold written to quantization_config (default 6.0)");
+  }
 }
 
 std::string quant_flag(const std::string & field) {

@@ -16,7 +16,9 @@ struct QuantFlags {
   int64_t blocksize = 64;
   double int8_threshold = 6.0;
 };
-void add_quant_options(CLI::App & cmd, QuantFlags & q);
+/// `writes_config`: the command writes quantization_config (peft merge): it also has --int8-threshold, which
+/// only goes into that file (computing does not use it).
+void add_quant_options(CLI::App & cmd, QuantFlags & q, bool writes_config = false);
 /// The quantization the flags ask for (a usage error for flags that do not apply, e.g. --double-quant with int8).
 quant::QuantOptions quant_options(const QuantFlags & q);
 /// The same, unchecked (for a caller that checks the options itself: peft::TrainJob).
