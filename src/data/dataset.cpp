@@ -31,12 +31,12 @@ uint64_t hash_bytes(const std::string & s) { return XXH3_64bits(s.data(), s.size
 
 }  // namespace
 
-TextEncoder TextEncoder::for_model(const std::string & model_dir, const ModelConfig & cfg) {
+TextEncoder TextEncoder::for_model(const std::string & model_dir, const ModelConfig & cfg, bool byte_tokenizer) {
   TextEncoder e;
-  e.tokenizer = std::shared_ptr<const Tokenizer>(load_tokenizer(model_dir, cfg.vocab_size));
+  e.tokenizer = std::shared_ptr<const Tokenizer>(load_tokenizer(model_dir, cfg.vocab_size, byte_tokenizer));
   const std::string tok_file = model_dir + "/tokenizer.json";
-  std::string print = file_exists(tok_file) ? str("tokenizer.json:", hash_bytes(read_file(tok_file)))
-                                            : str("byte-tokenizer:", cfg.vocab_size);
+  std::string print = byte_tokenizer ? str("byte-tokenizer:", cfg.vocab_size)
+                                     : str("tokenizer.json:", hash_bytes(read_file(tok_file)));
   const std::string tc_file = model_dir + "/tokenizer_config.json";
   nlohmann::json tc;
   if (file_exists(tc_file)) tc = read_json_file(tc_file);

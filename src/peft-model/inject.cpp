@@ -2,6 +2,7 @@
 // then every target wrapped or extended, with a full rollback on any error.
 #include <algorithm>
 #include <atomic>
+#include <iostream>
 
 #include "peft/error.h"
 #include "peft/util/text.h"
@@ -145,6 +146,8 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
   // trainable_token_indices: module path -> rows (suffix match, as PEFT; the list form: the input embedding)
   std::vector<std::pair<std::string, std::vector<int64_t>>> token_targets;
   std::vector<bool> token_found(cfg.trainable_tokens.size(), false);
+  // target_modules list entries that name no layer of the model (a typo: "q_prj"), named below
+  std::vector<bool> entry_found(cfg.target_list.size(), false);
   for (const auto & m : named_modules(model_)) {
     const std::string & path = m.first;
     if (path.empty()) continue;
@@ -155,6 +158,10 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
     if (!layer) continue;
     auto tuner = std::dynamic_pointer_cast<TunerLayer>(layer);
     if (tuner) wrapper_prefixes.push_back(path);
+    for (size_t i = 0; i < cfg.target_list.size(); ++i) {
+      const std::string & e = cfg.target_list[i];
+      entry_found[i] = entry_found[i] || path == e || ends_with(path, "." + e);
+    }
     for (size_t i = 0; i < cfg.trainable_tokens.size(); ++i) {
       const auto & tt = cfg.trainable_tokens[i];
       const bool hit = tt.first.empty() ? layer == model_->input_embedding()
@@ -188,7 +195,19 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
     }
     for (const auto & t : cfg.target_parameters) want += (want.empty() ? "" : ", ") + t;
     fail(str("target modules [", want, "] not found in the base model (", model_->config().arch_name(),
-             "); check target_modules, exclude_modules and layers_to_transform"));
+             "); check target_modules, exclude_modules and layers_to_transform (`peft info --modules` lists the names)"));
+  }
+  {
+    // some entries matched, others name nothing: PEFT adapts what matched and says nothing; a warning names them
+    std::string unmatched;
+    for (size_t i = 0; i < cfg.target_list.size(); ++i) {
+      if (!entry_found[i]) unmatched += (unmatched.empty() ? "" : ", ") + cfg.target_list[i];
+    }
+    if (!unmatched.empty()) {
+      std::cerr << "peft: warning: adapter '" << name << "': target_modules [" << unmatched
+                << "] match no module of the base model (" << model_->config().arch_name() << "); only the "
+                << targets.size() << " module(s) the other entries match are adapted (`peft info --modules` lists the names)\n";
+    }
   }
 
   for (size_t i = 0; i < cfg.trainable_tokens.size(); ++i) {

@@ -632,11 +632,13 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string & path) {
   }
 }
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string & model_dir, int64_t vocab_size) {
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string & model_dir, int64_t vocab_size, bool byte_tokenizer) {
+  if (byte_tokenizer) return make_byte_tokenizer(vocab_size);
   const std::string path = model_dir + "/tokenizer.json";
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0) return load_tokenizer_json(path);
-  return make_byte_tokenizer(vocab_size);
+  PEFT_CHECK(::stat(path.c_str(), &st) == 0, path, ": no such file: the model folder has no tokenizer (text cannot be ",
+             "tokenized; token-id inputs need none; --byte-tokenizer tokenizes bytes, for tiny test models only)");
+  return load_tokenizer_json(path);
 }
 
 }  // namespace peft

@@ -28,6 +28,7 @@
 #include "peft/train/progress.h"
 #include "peft/tuners/adalora.h"
 #include "peft/tuners/lora-loftq.h"
+#include "peft/tuners/modules-to-save.h"
 
 namespace peft {
 
@@ -93,6 +94,41 @@ AdapterConfig lora_config(const LoraFields & f) {
     j["target_modules"] = tm;
   }
   return AdapterConfig::from_json(j, "command line");
+}
+
+// What adapter `name` changes, by module name, grouped by the last part of the path in model order:
+// "adapted modules (8): q_proj x4, v_proj x4; modules_to_save: lm_head".
+std::string adapted_modules_line(const PeftModel & m, const std::string & name) {
+  using Groups = std::vector<std::pair<std::string, int64_t>>;
+  Groups adapted, saved;
+  int64_t n_adapted = 0;
+  auto add = [](Groups & g, const std::string & path) {
+    const std::string leaf = path.substr(path.rfind('.') + 1);  // (npos + 1 = 0: the whole path)
+    auto it = std::find_if(g.begin(), g.end(), [&](const auto & e) { return e.first == leaf; });
+    if (it == g.end()) {
+      g.emplace_back(leaf, 1);
+    } else {
+      ++it->second;
+    }
+  };
+  for (const auto & l : m.tuner_layers()) {
+    if (!l.second->has_adapter(name)) continue;
+    if (std::dynamic_pointer_cast<ModulesToSaveWrapper>(l.second)) {
+      add(saved, l.first);
+    } else {
+      add(adapted, l.first);
+      ++n_adapted;
+    }
+  }
+  auto list = [](const Groups & g) {
+    std::string out;
+    for (const auto & e : g) out += str(out.empty() ? "" : ", ", e.first, e.second > 1 ? str(" x", e.second) : "");
+    return out;
+  };
+  std::string line = n_adapted == 0 ? std::string("adapted modules: none") : str("adapted modules (", n_adapted, "): ", list(adapted));
+  if (n_adapted == 0 && m.virtual_token_logits() > 0) line += " (prompt learning: virtual tokens)";
+  if (!saved.empty()) line += str("; modules_to_save: ", list(saved));
+  return line;
 }
 
 }  // namespace
@@ -190,15 +226,16 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
   if (max_length == 0) max_length = std::min<int64_t>(mcfg.max_position_embeddings, 1024);
   PEFT_CHECK_OPTION(max_length >= 2 && max_length <= mcfg.max_position_embeddings, n("data.max_length"),
                     " must be in [2, ", mcfg.max_position_embeddings, "] (the model's positions), got ", max_length);
-  const TextEncoder enc = TextEncoder::for_model(c.model.path, mcfg);
   const DataFormat train_format = data_format_of(c.data.train, c.data.format, n("data.format"));
+  DataFormat eval_format = train_format;
+  if (!c.data.eval.empty()) eval_format = data_format_of(c.data.eval, c.data.format, n("data.format"));
+  // the tokenizer only where text is read (token ids need none; a model folder without tokenizer.json is
+  // an error for text, unless model.byte_tokenizer asks for bytes)
+  const bool text = train_format != DataFormat::ids || (!c.data.eval.empty() && eval_format != DataFormat::ids);
+  const TextEncoder enc = text ? TextEncoder::for_model(c.model.path, mcfg, c.model.byte_tokenizer) : TextEncoder{};
   auto data = load_data(c.data.train, train_format, enc, mcfg, c.data.token_cache);
   std::shared_ptr<TokenDataset> eval_docs;
-  DataFormat eval_format = train_format;
-  if (!c.data.eval.empty()) {
-    eval_format = data_format_of(c.data.eval, c.data.format, n("data.format"));
-    eval_docs = load_data(c.data.eval, eval_format, enc, mcfg, c.data.token_cache);
-  }
+  if (!c.data.eval.empty()) eval_docs = load_data(c.data.eval, eval_format, enc, mcfg, c.data.token_cache);
   if (c.data.eval_split > 0) {
     // a seeded split of the documents
     std::vector<size_t> order(data->size());
@@ -255,6 +292,7 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
     const int64_t layers = replace_lora_weights_loftq(*m, c.adapter.loftq_from);
     say(str("LoftQ: ", layers, " LoRA layers initialised from ", c.adapter.loftq_from));
   }
+  say(adapted_modules_line(*m, "default"));
   say(m->trainable_summary());
   m->train();
   m->base_model().set_gradient_checkpointing(c.gradient_checkpointing);

@@ -101,7 +101,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CompiledGenerate,
 
 TEST(CompiledGenerate, CliMatchesEager) {
   std::string a, b;
-  const std::string cmd = "generate --model " + golden_model("tiny-llama") + " --adapter " + golden_case("dora") +
+  const std::string cmd = "generate --byte-tokenizer --model " + golden_model("tiny-llama") + " --adapter " + golden_case("dora") +
                           "/adapter --prompt Hello --max-new-tokens 12 --print-ids";
   ASSERT_EQ(run_cli(cmd, &a), 0) << a;
   ASSERT_EQ(run_cli(cmd + " --compile", &b), 0) << b;

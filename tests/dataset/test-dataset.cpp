@@ -24,7 +24,29 @@ std::string model_with_template(const std::string & dir) {
   return dir + "/model";
 }
 
-TextEncoder encoder(const std::string & model) { return TextEncoder::for_model(model, ModelConfig::load(model)); }
+// the tiny models have no tokenizer.json: the byte tokenizer, asked for
+TextEncoder encoder(const std::string & model) {
+  return TextEncoder::for_model(model, ModelConfig::load(model), /*byte_tokenizer=*/true);
+}
+
+// Without tokenizer.json, text cannot be tokenized: an error naming the file, not a silent byte tokenizer
+// (issue 25); the byte tokenizer only when asked for.
+TEST(Dataset, AModelWithoutATokenizerIsAnErrorUnlessBytesAreAskedFor) {
+  const std::string model = golden_model("tiny-llama");
+  ASSERT_FALSE(exists(model + "/tokenizer.json"));
+  const ModelConfig cfg = ModelConfig::load(model);
+  const std::string err = error_of([&] { TextEncoder::for_model(model, cfg); });
+  EXPECT_NE(err.find(model + "/tokenizer.json"), std::string::npos) << err;
+  const std::string err2 = error_of([&] { load_tokenizer(model, cfg.vocab_size); });
+  EXPECT_NE(err2.find(model + "/tokenizer.json"), std::string::npos) << err2;
+  const TextEncoder bytes = TextEncoder::for_model(model, cfg, /*byte_tokenizer=*/true);
+  ASSERT_NE(bytes.tokenizer, nullptr);
+  EXPECT_EQ(bytes.tokenizer->decode(bytes.tokenizer->encode("abc"), false), "abc");
+  // a model with tokenizer.json loads it, as before
+  const std::string kjv = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
+  const ModelConfig kc = ModelConfig::load(kjv);
+  EXPECT_NE(TextEncoder::for_model(kjv, kc).fingerprint.find("tokenizer.json:"), std::string::npos);
+}
 
 std::string text_of(const TextEncoder & enc, const TokenDataset::Doc & d, int want_loss) {
   std::vector<int64_t> ids;

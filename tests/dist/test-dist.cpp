@@ -36,7 +36,7 @@ std::string adapter_config(const std::string & dir, const std::string & method) 
 }
 
 std::string train(const std::string & data, const std::string & config, const std::string & out, const std::string & extra) {
-  return "train --model " + golden_model("tiny-llama") + " --adapter-config " + config + " --data " + data +
+  return "train --model " + golden_model("tiny-llama") + " --byte-tokenizer --adapter-config " + config + " --data " + data +
          " --max-length 32 --lr 1e-2 --eval-split 0.25 --eval-steps 3 --no-plot --no-token-cache --seed 3" +
          " --dist-timeout 60 --log-file " + out + ".jsonl --out " + out + " " + extra;
 }

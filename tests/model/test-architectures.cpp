@@ -10,6 +10,7 @@
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/model/causal-lm.h"
+#include "peft/nn/layers.h"
 #include "peft/peft-model.h"
 #include "support.h"
 
@@ -189,6 +190,63 @@ TEST(ArchConfig, Gpt2TargetsHubLayoutAndRefusals) {
   o.quantize.format = quant::Format::nf4;
   e = error_of([&] { load_model(golden_model("tiny-gpt2"), o); });
   EXPECT_NE(e.find("Conv1D layers (GPT-2's 'transformer.h.0.attn.c_attn')"), std::string::npos) << e;
+}
+
+// peft info --modules (issue 25): every layer by name, with its type and weight shape, as the loaded model has
+// them -- the names target_modules picks from. Float, GPT-2's Conv1D and quantized layers.
+TEST(Info, ModulesListsEveryLayerWithItsTypeAndShape) {
+  for (const char * name : {"tiny-llama", "tiny-gpt2"}) {
+    const std::string model = golden_model(name);
+    std::string out;
+    ASSERT_EQ(run_cli("info --modules --model " + model, &out), 0) << out;
+    auto m = load_model(model);
+    int64_t listed = 0;
+    for (const auto & nm : named_modules(m)) {
+      auto layer = std::dynamic_pointer_cast<Layer>(nm.second);
+      if (nm.first.empty() || !layer) continue;
+      ++listed;
+      std::string type, shape;
+      auto dims = [](const at::Tensor & w) {
+        std::string s = "[";
+        for (int64_t i = 0; i < w.dim(); ++i) s += (i ? ", " : "") + std::to_string(w.size(i));
+        return s + "]";
+      };
+      if (auto l = std::dynamic_pointer_cast<Linear>(layer)) {
+        type = "Linear", shape = dims(l->weight);
+      } else if (auto c = std::dynamic_pointer_cast<Conv1D>(layer)) {
+        type = "Conv1D", shape = dims(c->weight);
+      } else if (auto e = std::dynamic_pointer_cast<Embedding>(layer)) {
+        type = "Embedding", shape = dims(e->weight);
+      } else if (auto n = std::dynamic_pointer_cast<RMSNorm>(layer)) {
+        type = "RMSNorm", shape = dims(n->weight);
+      } else if (auto ln = std::dynamic_pointer_cast<LayerNorm>(layer)) {
+        type = "LayerNorm", shape = dims(ln->weight);
+      }
+      // the line of this module: its full name first, then the type, then the shape
+      const size_t at = out.find("\n" + nm.first + " ");
+      ASSERT_NE(at, std::string::npos) << nm.first << " not listed:\n" << out;
+      const std::string line = out.substr(at + 1, out.find('\n', at + 1) - at - 1);
+      if (type.empty()) continue;
+      EXPECT_NE(line.find(" " + type + " "), std::string::npos) << line;
+      EXPECT_NE(line.find(shape), std::string::npos) << line;
+    }
+    EXPECT_GT(listed, 4);
+    EXPECT_NE(out.find(str("modules:      ", listed, " ")), std::string::npos) << out;
+  }
+  // quantized at load: the Linear layers show their kind and logical (out, in) shape; lm_head stays float
+  std::string out;
+  ASSERT_EQ(run_cli("info --modules --quantize nf4 --model " + golden_model("tiny-llama"), &out), 0) << out;
+  auto m = load_model(golden_model("tiny-llama"));
+  auto q = std::dynamic_pointer_cast<LinearBase>(get_submodule(m, "model.layers.0.self_attn.q_proj"));
+  ASSERT_NE(q, nullptr);
+  const size_t at = out.find("\nmodel.layers.0.self_attn.q_proj ");
+  ASSERT_NE(at, std::string::npos) << out;
+  const std::string line = out.substr(at + 1, out.find('\n', at + 1) - at - 1);
+  EXPECT_NE(line.find("Linear4bit (nf4)"), std::string::npos) << line;
+  EXPECT_NE(line.find(str("[", q->out_features(), ", ", q->in_features(), "]")), std::string::npos) << line;
+  // without --modules: the summary only
+  ASSERT_EQ(run_cli("info --model " + golden_model("tiny-llama"), &out), 0) << out;
+  EXPECT_EQ(out.find("model.layers.0.self_attn.q_proj"), std::string::npos) << out;
 }
 
 }  // namespace

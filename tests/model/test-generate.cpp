@@ -109,11 +109,11 @@ TEST(GenerateArgs, InvalidSettingsAreErrors) {
 
 TEST(GenerateCli, StreamsAndPrintsIds) {
   std::string out;
-  ASSERT_EQ(run_cli("generate --model " + golden_model("tiny-llama") + " --prompt Hi --max-new-tokens 5 --print-ids", &out), 0)
+  ASSERT_EQ(run_cli("generate --byte-tokenizer --model " + golden_model("tiny-llama") + " --prompt Hi --max-new-tokens 5 --print-ids", &out), 0)
       << out;
   EXPECT_EQ(out.rfind("Hi", 0), 0u) << out;
   EXPECT_NE(out.find("["), std::string::npos) << out;
-  ASSERT_EQ(run_cli("generate --model " + golden_model("tiny-llama") + " --prompt Hi --max-new-tokens 5 --temperature 0", &out), 1);
+  ASSERT_EQ(run_cli("generate --byte-tokenizer --model " + golden_model("tiny-llama") + " --prompt Hi --max-new-tokens 5 --temperature 0", &out), 1);
   EXPECT_NE(out.find("temperature"), std::string::npos) << out;
 }
 
@@ -384,16 +384,16 @@ TEST(GenerateChat, ErrorsNameTheFileAndLine) {
   const std::string dir = temp_dir("chat-errors");
   std::string out;
   // no chat template: tiny-llama has no tokenizer_config.json; a copy with one that lacks "chat_template"
-  EXPECT_EQ(run_cli("generate --model " + golden_model("tiny-llama") + " --chat --prompt hi", &out), 1) << out;
+  EXPECT_EQ(run_cli("generate --byte-tokenizer --model " + golden_model("tiny-llama") + " --chat --prompt hi", &out), 1) << out;
   EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
   const std::string model = dir + "/model";
   ASSERT_EQ(run_command("mkdir " + model + " && cp " + golden_model("tiny-llama") + "/* " + model + "/"), 0);
   write_file_atomic(model + "/tokenizer_config.json", R"({"bos_token": "<s>", "eos_token": "</s>"})");
-  EXPECT_EQ(run_cli("generate --model " + model + " --chat --prompt hi", &out), 1) << out;
+  EXPECT_EQ(run_cli("generate --byte-tokenizer --model " + model + " --chat --prompt hi", &out), 1) << out;
   EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
   EXPECT_NE(out.find("chat_template"), std::string::npos) << out;
   write_file_atomic(dir + "/m.jsonl", "{\"prompt\": \"hi\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
-  EXPECT_EQ(run_cli("generate --model " + model + " --prompts-file " + dir + "/m.jsonl --out " + dir + "/o.jsonl", &out), 1) << out;
+  EXPECT_EQ(run_cli("generate --byte-tokenizer --model " + model + " --prompts-file " + dir + "/m.jsonl --out " + dir + "/o.jsonl", &out), 1) << out;
   EXPECT_NE(out.find("m.jsonl:2"), std::string::npos) << out;
   EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
 

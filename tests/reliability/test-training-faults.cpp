@@ -34,7 +34,7 @@ std::string make_text(const std::string & dir) {
 
 // text data, evaluation, accumulation, checkpoints: the shape of test-resume's runs
 std::string text_args(const std::string & data, const std::string & out, int steps, const std::string & extra = "") {
-  return "train --model " + golden_model("tiny-llama") + " --method lora --r 4 --lora-dropout 0.1 --target-modules " +
+  return "train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --r 4 --lora-dropout 0.1 --target-modules " +
          "q_proj,v_proj,down_proj --data " + data + " --eval-split 0.1 --eval-steps 5 --max-length 48 --batch-size 4" +
          " --steps " + std::to_string(steps) + " --lr 5e-3 --lr-scheduler cosine --warmup-steps 3" +
          " --gradient-accumulation-steps 2 --seed 7 --save-steps 3 --save-total-limit 2 --no-plot --no-progress" +
@@ -273,7 +273,7 @@ TEST(TrainingFaults, ATruncatedOrCorruptedTokenCacheIsRebuiltNotTrainedOn) {
   const std::string dir = temp_dir("fault-cache"), data = make_text(dir);
   // one epoch: every sequence (so every cached id) is trained on
   auto args = [&](const std::string & log) {
-    return "train --model " + golden_model("tiny-llama") + " --method lora --r 4 --target-modules q_proj,v_proj" +
+    return "train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --r 4 --target-modules q_proj,v_proj" +
            " --data " + data + " --max-length 48 --batch-size 4 --epochs 1 --lr 5e-3 --seed 3 --no-plot --no-progress" +
            " --log-file " + dir + "/" + log + " --out " + dir + "/adapter";
   };
@@ -312,7 +312,7 @@ TEST(TrainingFaults, ATokenCacheCutShortDuringTheRunIsANamedErrorNotSigbus) {
     std::ofstream f(dir + "/data.txt");
     for (int i = 0; i < 3000; ++i) f << "Story " << i << ": a small model read line " << i * 7 << " and wrote it down.\n\n";
   }
-  const std::string args = "train --model " + golden_model("tiny-llama") + " --method lora --r 4 --data " + dir +
+  const std::string args = "train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --r 4 --data " + dir +
                            "/data.txt --max-length 48 --batch-size 4 --epochs 1 --no-plot --no-progress --log-file " +
                            dir + "/log.jsonl --out " + dir + "/adapter";
   const pid_t pid = spawn_cli(args, dir + "/run.out");

@@ -99,6 +99,57 @@ TEST(Validation, UsageErrorsExit2AndFlagsThatDoNotApplyAreErrors) {
   EXPECT_EQ(run_cli("--help", &out), 0);
 }
 
+// ---- fail fast, show what happened (issue 25) ----
+
+// Text needs the model's tokenizer.json: without one every command that tokenizes text fails at once naming
+// the file (it used to fall back to bytes: garbage out, exit 0); --byte-tokenizer asks for the byte tokenizer;
+// token ids need no tokenizer.
+TEST(Validation, AModelWithoutATokenizerIsAnErrorForText) {
+  const std::string dir = temp_dir("val-tok");
+  const std::string model = golden_model("tiny-llama"), want = model + "/tokenizer.json";
+  ASSERT_FALSE(exists(want));
+  std::string out;
+  EXPECT_EQ(run_cli("generate --model " + model + " --prompt hi --max-new-tokens 2", &out), 1) << out;
+  EXPECT_NE(out.find(want), std::string::npos) << out;
+  EXPECT_EQ(run_cli("generate --model " + model + " --prompt hi --max-new-tokens 2 --byte-tokenizer", &out), 0) << out;
+  // train on text: refused before any work (no log, no adapter); with --byte-tokenizer it trains
+  const std::string data = make_text(dir);
+  std::string cmd = train("", dir + "/a", dir + "/l.jsonl");
+  cmd.replace(cmd.find(kIds), kIds.size(), data);
+  cmd.replace(cmd.find("--steps 3"), 9, "--steps 1");
+  EXPECT_EQ(run_cli(cmd, &out), 1) << out;
+  EXPECT_NE(out.find(want), std::string::npos) << out;
+  EXPECT_FALSE(exists(dir + "/l.jsonl")) << "work started before the check";
+  EXPECT_FALSE(exists(dir + "/a/adapter_model.safetensors"));
+  EXPECT_EQ(run_cli(cmd + " --byte-tokenizer", &out), 0) << out;
+  EXPECT_TRUE(exists(dir + "/a/adapter_model.safetensors"));
+  // eval on text and serve: the same error (serve before it loads the model or listens)
+  EXPECT_EQ(run_cli("eval --model " + model + " --data " + data, &out), 1) << out;
+  EXPECT_NE(out.find(want), std::string::npos) << out;
+  EXPECT_EQ(run_command("timeout 60 " + std::string(PEFT_CLI) + " serve --port 0 --model " + model, &out), 1) << out;
+  EXPECT_NE(out.find(want), std::string::npos) << out;
+  // token ids: training on .json rows, eval of .json rows and forward --input-ids work without a tokenizer
+  EXPECT_EQ(run_cli(train("", dir + "/b", dir + "/l2.jsonl"), &out), 0) << out;
+  EXPECT_EQ(run_cli("eval --model " + model + " --data " + kIds, &out), 0) << out;
+  EXPECT_EQ(run_cli("forward --model " + model + " --input-ids " + kIds + " --out " + dir + "/f.safetensors", &out), 0) << out;
+}
+
+// --steps 0 and --epochs 0 used to run a whole epoch: usage errors now, before any work.
+TEST(Validation, ZeroStepsOrEpochsAreUsageErrors) {
+  const std::string dir = temp_dir("val-zero");
+  std::string out;
+  for (const std::string & flag : {std::string("--steps 0"), std::string("--epochs 0"), std::string("--steps -2")}) {
+    std::string cmd = train("", dir + "/a", dir + "/l.jsonl");
+    cmd.replace(cmd.find("--steps 3"), 9, flag);
+    EXPECT_EQ(run_cli(cmd, &out), 2) << flag << ": " << out;
+    EXPECT_NE(out.find(flag.substr(0, flag.find(' '))), std::string::npos) << out;
+    EXPECT_FALSE(exists(dir + "/l.jsonl")) << flag << ": work started";
+  }
+  std::string cmd = train("", dir + "/a", dir + "/l.jsonl");
+  cmd.replace(cmd.find("--steps 3"), 9, "--epochs 1");
+  EXPECT_EQ(run_cli(cmd, &out), 0) << out;
+}
+
 TEST(Validation, SequencesLongerThanThePositionsAreRefused) {
   auto m = load_model(golden_model("tiny-opt"));
   at::Tensor ids = at::zeros({1, m->config().max_position_embeddings + 1}, at::kLong);

@@ -359,7 +359,7 @@ TEST(ServeEngine, AdaptersEnterOnlyThroughTheEngine) {
 
 TEST(ServeCli, AnAdapterThatCannotShareABatchIsRefusedAtStart) {
   std::string out;
-  EXPECT_EQ(run_cli("serve --model " + golden_model("tiny-llama") + " --adapter " + golden_case("dora") + "/adapter=d --port 0", &out), 1)
+  EXPECT_EQ(run_cli("serve --byte-tokenizer --model " + golden_model("tiny-llama") + " --adapter " + golden_case("dora") + "/adapter=d --port 0", &out), 1)
       << out;
   EXPECT_NE(out.find("DoRA"), std::string::npos) << out;
 }

@@ -194,7 +194,7 @@ TEST(ChunkedLoss, CliChunkedLossMatchesThePlainRun) {
   const std::string data = make_text(dir);
   auto run = [&](const std::string & tag, const std::string & extra) {
     std::string out;
-    EXPECT_EQ(run_cli("train --model " + golden_model("tiny-llama") + " --method lora --r 4 --target-modules q_proj,v_proj,lm_head" +
+    EXPECT_EQ(run_cli("train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --r 4 --target-modules q_proj,v_proj,lm_head" +
                           " --data " + data + " --max-length 32 --batch-size 2 --steps 3 --lr 1e-2 --seed 3 --no-plot" +
                           " --log-file " + dir + "/" + tag + ".jsonl --out " + dir + "/" + tag + " " + extra,
                       &out),
@@ -213,7 +213,7 @@ TEST(ChunkedLoss, CliChunkedLossMatchesThePlainRun) {
     EXPECT_GT(chunked[i]["peak_rss_mb"].get<double>(), 1.0) << i;
   }
   std::string out;
-  EXPECT_NE(run_cli("train --model " + golden_model("tiny-llama") + " --method lora --data " + data +
+  EXPECT_NE(run_cli("train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --data " + data +
                         " --steps 1 --chunked-loss --loss-chunk 0 --log-file " + dir + "/x.jsonl --out " + dir + "/x",
                     &out),
             0);

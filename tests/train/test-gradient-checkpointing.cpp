@@ -83,7 +83,7 @@ TEST(GradientCheckpointing, CliRunEqualsThePlainRunAndCompileIsRefused) {
   const std::string dir = temp_dir("grad-ckpt");
   const std::string data = make_text(dir);
   const std::string common = "train --model " + golden_model("tiny-llama") +
-                             " --method lora --r 4 --lora-dropout 0.1 --target-modules q_proj,v_proj,down_proj --data " +
+                             " --byte-tokenizer --method lora --r 4 --lora-dropout 0.1 --target-modules q_proj,v_proj,down_proj --data " +
                              data + " --max-length 32 --batch-size 2 --steps 3 --lr 1e-2 --seed 3 --no-plot";
   auto run = [&](const std::string & tag, const std::string & extra) {
     std::string out;

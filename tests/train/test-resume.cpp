@@ -19,7 +19,7 @@ using namespace peft::test;
 namespace {
 
 std::string train_args(const std::string & data, const std::string & out, const std::string & extra) {
-  return "train --model " + golden_model("tiny-llama") + " --method lora --r 4 --lora-dropout 0.1 --target-modules " +
+  return "train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --r 4 --lora-dropout 0.1 --target-modules " +
          "q_proj,v_proj,down_proj --data " + data + " --eval-split 0.1 --eval-steps 5 --max-length 48 --batch-size 4" +
          " --steps 16 --lr 5e-3 --lr-scheduler cosine --warmup-steps 3 --gradient-accumulation-steps 2 --seed 7" +
          " --save-steps 3 --save-total-limit 2 --no-plot --log-file " + out + "/log.jsonl --out " + out + "/adapter " +

@@ -11,6 +11,9 @@
 #include <sstream>
 
 #include "peft/io/files.h"
+#include "peft/model/causal-lm.h"
+#include "peft/model/config.h"
+#include "peft/peft-model.h"
 #include "peft/train/train-job.h"
 #include "support.h"
 
@@ -101,7 +104,7 @@ TEST(TrainJob, LoraFromFieldsWithAnEvalSplitAndCheckpointsEqualsTheCli) {
   ASSERT_EQ(::mkdir((dir + "/cli").c_str(), 0755), 0);
   ASSERT_EQ(::mkdir((dir + "/job").c_str(), 0755), 0);
   std::string out;
-  ASSERT_EQ(run_cli("train --model " + golden_model("tiny-llama") + " --method lora --r 4 --lora-alpha 16 --lora-dropout 0.1" +
+  ASSERT_EQ(run_cli("train --model " + golden_model("tiny-llama") + " --byte-tokenizer --method lora --r 4 --lora-alpha 16 --lora-dropout 0.1" +
                         " --target-modules q_proj,v_proj,down_proj --data " + data + " --eval-split 0.1 --eval-steps 5" +
                         " --max-length 48 --no-token-cache --batch-size 4 --steps 8 --lr 5e-3 --lr-scheduler cosine" +
                         " --warmup-steps 3 --gradient-accumulation-steps 2 --max-grad-norm 1 --seed 7 --save-steps 2" +
@@ -112,6 +115,7 @@ TEST(TrainJob, LoraFromFieldsWithAnEvalSplitAndCheckpointsEqualsTheCli) {
 
   TrainJobConfig c;
   c.model.path = golden_model("tiny-llama");
+  c.model.byte_tokenizer = true;  // (the tiny model has no tokenizer.json)
   LoraFields lora;
   lora.r = 4;
   lora.lora_alpha = 16;
@@ -277,6 +281,7 @@ TEST(TrainJob, ShouldStopSavesACheckpointAndTheRunResumesAsIfNeverStopped) {
   const std::string data = make_text(dir);
   TrainJobConfig c;
   c.model.path = golden_model("tiny-llama");
+  c.model.byte_tokenizer = true;  // (the tiny model has no tokenizer.json)
   LoraFields lora;
   lora.r = 4;
   lora.lora_dropout = 0.1;
@@ -313,6 +318,54 @@ TEST(TrainJob, ShouldStopSavesACheckpointAndTheRunResumesAsIfNeverStopped) {
   const auto want = read_jsonl(dir + "/full.jsonl"), got = read_jsonl(dir + "/cut.jsonl");
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]) << "log line " << i;
+}
+
+// Issue 25: a target_modules entry that matches no module is named (a warning when others matched, an error
+// naming them all when none did), and the run says which modules it adapted and print_trainable_parameters'
+// line.
+TEST(TrainJob, UnmatchedTargetEntriesAreNamedAndTheRunSaysWhatItAdapted) {
+  const std::string dir = temp_dir("train-job-targets");
+  const std::string model = golden_model("tiny-llama");
+  const int64_t layers = ModelConfig::load(model).num_layers;
+  ASSERT_GE(layers, 1);
+  const std::string ids = golden_case("train_lora_adamw") + "/input_ids.json";
+  auto cmd = [&](const std::string & targets, const std::string & name) {
+    return "train --model " + model + " --method lora --r 4 --target-modules " + targets + " --data " + ids +
+           " --batch-size 3 --steps 1 --no-plot --no-progress --log-file " + dir + "/" + name + ".jsonl --out " + dir +
+           "/" + name;
+  };
+  auto group = [&](const std::string & leaf) { return layers > 1 ? str(leaf, " x", layers) : leaf; };
+  std::string out;
+  // one entry misspelled: the others' modules are trained, and a warning names it
+  ASSERT_EQ(run_cli(cmd("q_prj,v_proj", "one"), &out), 0) << out;
+  EXPECT_NE(out.find("warning: adapter 'default': target_modules [q_prj] match no module"), std::string::npos) << out;
+  EXPECT_NE(out.find(str("adapted modules (", layers, "): ", group("v_proj"), "\n")), std::string::npos) << out;
+  EXPECT_EQ(out.find("q_proj"), std::string::npos) << out;
+  EXPECT_NE(out.find("trainable params: "), std::string::npos) << out;
+  EXPECT_NE(out.find(" || all params: "), std::string::npos) << out;
+  EXPECT_NE(out.find(" || trainable%: "), std::string::npos) << out;
+  // every entry matches: no warning, every group named
+  ASSERT_EQ(run_cli(cmd("q_proj,v_proj,lm_head", "all"), &out), 0) << out;
+  EXPECT_EQ(out.find("match no module"), std::string::npos) << out;
+  EXPECT_NE(out.find(str("adapted modules (", 2 * layers + 1, "): ", group("q_proj"), ", ", group("v_proj"), ", lm_head\n")),
+            std::string::npos)
+      << out;
+  // none matches: an error naming every entry (upstream's "Target modules {...} not found"), nothing trained
+  EXPECT_EQ(run_cli(cmd("q_prj,v_prj", "none"), &out), 1) << out;
+  EXPECT_NE(out.find("target modules [q_prj, v_prj] not found in the base model"), std::string::npos) << out;
+  EXPECT_FALSE(exists(dir + "/none/adapter_model.safetensors"));
+  // the library call warns too (PeftModel, not only the command line), and refuses when nothing matches
+  AdapterConfig cfg = AdapterConfig::from_json(
+      {{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 2}, {"target_modules", {"v_proj", "nothing_here"}}}, "test");
+  ::testing::internal::CaptureStderr();
+  PeftModel m(load_model(model), cfg);
+  const std::string warned = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(warned.find("[nothing_here] match no module"), std::string::npos) << warned;
+  EXPECT_EQ(static_cast<int64_t>(m.tuner_layers().size()), layers);
+  AdapterConfig bad = AdapterConfig::from_json(
+      {{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 2}, {"target_modules", {"nothing_here"}}}, "test");
+  const std::string e = error_of([&] { PeftModel(load_model(model), bad); });
+  EXPECT_NE(e.find("target modules [nothing_here] not found in the base model"), std::string::npos) << e;
 }
 
 }  // namespace

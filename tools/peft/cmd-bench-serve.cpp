@@ -35,7 +35,7 @@ Runner add_bench_serve(CLI::App & app) {
     std::string model, json_out;
     std::vector<std::string> adapters;
     int requests = 64, concurrency = 16, max_tokens = 32;
-    bool compile = false;
+    bool compile = false, byte_tokenizer = false;
     serve::EngineOptions engine;
     CommonOptions common;
     QuantFlags quant;
@@ -49,6 +49,7 @@ Runner add_bench_serve(CLI::App & app) {
   cmd->add_option("--max-tokens", o->max_tokens, "tokens per completion (default 32)")->check(CLI::Range(1, 100000));
   cmd->add_option("--max-batch", o->engine.max_batch, "server rows decoded together (default 8)")->check(CLI::Range(1, 256));
   cmd->add_flag("--compile", o->compile, "server and sequential runs compiled");
+  cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   cmd->add_option("--json", o->json_out, "also write the figures as JSON");
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
@@ -71,7 +72,7 @@ Runner add_bench_serve(CLI::App & app) {
     std::vector<std::string> models = {"base"};
     for (const auto & a : o->adapters) models.push_back(a.substr(a.find('=') + 1));
     const ModelConfig mcfg = ModelConfig::load(o->model);
-    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, mcfg.vocab_size);
+    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, mcfg.vocab_size, o->byte_tokenizer);
     struct Job {
       std::string model, prompt;
     };

@@ -40,7 +40,7 @@ void read_messages(const std::string & path, nlohmann::ordered_json & messages, 
 Runner add_chat_template(CLI::App & app) {
   struct Opts {
     std::string model, messages;
-    bool add_generation_prompt = false, ids = false;
+    bool add_generation_prompt = false, ids = false, byte_tokenizer = false;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("chat-template", "render a conversation with the model's chat template");
@@ -50,7 +50,10 @@ Runner add_chat_template(CLI::App & app) {
       ->required();
   cmd->add_flag("--add-generation-prompt", o->add_generation_prompt, "end with the start of an assistant turn");
   cmd->add_flag("--ids", o->ids, "print the prompt's token ids (JSON) instead of its text");
+  cmd->add_flag("--byte-tokenizer", o->byte_tokenizer,
+                "with --ids: tokenize as bytes (tiny test models without tokenizer.json)");
   return [o]() {
+    PEFT_USAGE(o->ids || !o->byte_tokenizer, "--byte-tokenizer does not apply without --ids");
     nlohmann::ordered_json messages, extra;
     read_messages(o->messages, messages, extra);
     const ChatTemplate tpl = ChatTemplate::from_model(o->model);
@@ -59,11 +62,9 @@ Runner add_chat_template(CLI::App & app) {
       std::cout << prompt << std::flush;
       return 0;
     }
-    // tokenizer.json if the folder has one, else the byte tokenizer sized by config.json
-    struct stat st;
-    const bool has_tokenizer = ::stat((o->model + "/tokenizer.json").c_str(), &st) == 0;
-    const int64_t vocab = has_tokenizer ? 0 : ModelConfig::load(o->model).vocab_size;
-    auto tok = load_tokenizer(o->model, vocab);
+    // tokenizer.json (none: an error naming it), or with --byte-tokenizer the byte tokenizer sized by config.json
+    const int64_t vocab = o->byte_tokenizer ? ModelConfig::load(o->model).vocab_size : 0;
+    auto tok = load_tokenizer(o->model, vocab, o->byte_tokenizer);
     std::cout << nlohmann::json(tok->encode(prompt, /*add_special=*/false)).dump() << "\n";
     return 0;
   };

@@ -64,7 +64,7 @@ Runner add_eval(CLI::App & app) {
     std::string model, dtype = "float32", data, json, compare_to;
     std::vector<std::string> tasks;
     int64_t context = 0, stride = 0, batch = 1, chunk = -1;
-    bool compile = false;
+    bool compile = false, byte_tokenizer = false;
     CommonOptions common;
     QuantFlags quant;
     AdapterOptions adapters;
@@ -87,6 +87,7 @@ Runner add_eval(CLI::App & app) {
   cmd->add_option("--eval-chunk", o->chunk, "positions per head call (default: sized so the logits stay ~64 MiB)");
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
   cmd->add_flag("--compile", o->compile, "evaluate with the compiled model");
+  cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   add_adapter_options(*cmd, o->adapters);
@@ -100,6 +101,11 @@ Runner add_eval(CLI::App & app) {
     if (!o->data.empty()) inputs.push_back(o->data);
     for (const auto & t : o->tasks) inputs.push_back(t);
     if (!o->json.empty()) check_output_file("--json", o->json, inputs);
+    // text needs the model's tokenizer (none: an error naming tokenizer.json, unless --byte-tokenizer), token ids do not
+    const bool ids_only = o->tasks.empty() && data_format_of(o->data) == DataFormat::ids;
+    const TextEncoder enc = ids_only && !o->byte_tokenizer && !has_file(o->model, "tokenizer.json")
+                                ? TextEncoder{}
+                                : TextEncoder::for_model(o->model, mcfg, o->byte_tokenizer);
     apply_common_options(o->common);
 
     Loaded main = load(o->model, dtype, o->quant, o->adapters, o->compile);
@@ -114,7 +120,6 @@ Runner add_eval(CLI::App & app) {
     eval::Scorer scorer = eval::scorer_of(*main.model, main.forward);
     std::optional<Loaded> ref;  // --compare-to's model (loaded before the memory mark: both are resident)
     scorer.chunk = o->chunk;
-    const TextEncoder enc = TextEncoder::for_model(o->model, mcfg);
 
     nlohmann::json results = nlohmann::json::object(), samples = nlohmann::json::object(),
                    configs = nlohmann::json::object(), versions = nlohmann::json::object();

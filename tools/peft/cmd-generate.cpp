@@ -274,7 +274,7 @@ Runner add_generate(CLI::App & app) {
     std::string model, dtype = "float32", system, prompts_file, out;
     std::vector<std::string> prompts;
     GenerationConfig gen;
-    bool no_cache = false, compile = false, ids_out = false, chat = false;
+    bool no_cache = false, compile = false, ids_out = false, chat = false, byte_tokenizer = false;
     int64_t batch_size = 8;
     CommonOptions common;
     QuantFlags quant;
@@ -307,6 +307,7 @@ Runner add_generate(CLI::App & app) {
   cmd->add_flag("--print-ids", o->ids_out, "also print the generated token ids as JSON");
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
   cmd->add_flag("--compile", o->compile, "generate with the compiled model");
+  cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   add_adapter_options(*cmd, o->adapters);
@@ -335,7 +336,7 @@ Runner add_generate(CLI::App & app) {
     // the template and the prompts file are read before the model: their errors come first
     std::unique_ptr<ChatTemplate> tpl;
     if (o->chat) tpl = std::make_unique<ChatTemplate>(load_template(o->model, "--chat"));
-    auto tok = load_tokenizer(o->model, mcfg.vocab_size);
+    auto tok = load_tokenizer(o->model, mcfg.vocab_size, o->byte_tokenizer);
     std::vector<FileItem> items;
     if (from_file) items = read_prompts_file(o->prompts_file, *tok, o->model, o->chat, o->system, has_system, tpl);
     apply_common_options(o->common);

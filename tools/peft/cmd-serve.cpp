@@ -22,7 +22,7 @@ Runner add_serve(CLI::App & app) {
   struct Opts {
     std::string model, name, dtype = "float32";
     std::vector<std::string> adapters;
-    bool compile = false;
+    bool compile = false, byte_tokenizer = false;
     serve::EngineOptions engine;
     serve::ServerOptions server;
     CommonOptions common;
@@ -35,6 +35,7 @@ Runner add_serve(CLI::App & app) {
   cmd->add_option("--served-model-name", o->server.model_name, "the base model's name in requests (default: the folder's name)");
   cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
   cmd->add_flag("--compile", o->compile, "run decode and prefill as compiled graphs");
+  cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   cmd->add_option("--host", o->server.host, "address to listen on (default 127.0.0.1)");
   cmd->add_option("--port", o->server.port, "port (default 8000; 0 = any free port, printed)");
   cmd->add_option("--max-batch", o->engine.max_batch, "rows decoded together (default 8)")->check(CLI::Range(1, 256));
@@ -54,9 +55,10 @@ Runner add_serve(CLI::App & app) {
     const at::ScalarType dtype = parse_dtype(o->dtype);
     apply_common_options(o->common);
     if (o->server.model_name.empty()) o->server.model_name = base_of(o->model);
+    // the tokenizer before the model: a folder without tokenizer.json fails at once (unless --byte-tokenizer)
+    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, ModelConfig::load(o->model).vocab_size, o->byte_tokenizer);
     auto base = load_model_with(o->model, dtype, o->quant);
     auto pm = std::make_shared<PeftModel>(base);
-    std::shared_ptr<Tokenizer> tok = load_tokenizer(o->model, base->config().vocab_size);
     std::optional<ChatTemplate> chat;
     try {
       chat = ChatTemplate::from_model(o->model);

@@ -120,6 +120,8 @@ Runner add_train(CLI::App & app) {
                   "training data: .txt (plain text), .jsonl (text, prompt/completion or messages records), "
                   ".json (token-id rows)")->required();
   cmd->add_option("--data-format", o->data_format, "auto (from the extension) | txt | jsonl | ids");
+  cmd->add_flag("--byte-tokenizer", j.model.byte_tokenizer,
+                "tokenize text as bytes (tiny test models without tokenizer.json; without it such a model is an error for text data)");
   cmd->add_option("--eval-data", j.data.eval, "evaluation data (same formats)");
   cmd->add_option("--eval-split", j.data.eval_split, "hold out this fraction of the training documents for evaluation");
   cmd->add_option("--max-length", j.data.max_length,
@@ -203,6 +205,8 @@ Runner add_train(CLI::App & app) {
                "--momentum does not apply with --optimizer adamw");
     if (t.optimizer == OptimizerKind::sgd && cmd->count("--weight-decay") == 0) t.weight_decay = 0;
     PEFT_USAGE(!(cmd->count("--steps") && cmd->count("--epochs")), "give --steps or --epochs, not both");
+    PEFT_USAGE(cmd->count("--steps") == 0 || t.steps > 0, "--steps must be >= 1, got ", t.steps);
+    PEFT_USAGE(cmd->count("--epochs") == 0 || t.epochs > 0, "--epochs must be > 0, got ", t.epochs);
     PEFT_USAGE(!o->chunked_loss || cmd->count("--loss-chunk") == 0 || t.loss_chunk > 0,
                "--loss-chunk must be > 0 with --chunked-loss");
     if (o->chunked_loss && cmd->count("--loss-chunk") == 0) t.loss_chunk = -1;  // sized from the vocabulary

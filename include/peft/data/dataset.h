@@ -36,9 +36,10 @@ struct TextEncoder {
   std::string chat_error;                     // why `chat` is null ("" when the model has none)
   int64_t eos_id = -1;
   std::string fingerprint;  // identifies tokenizer + template + special tokens (part of the cache key)
-  /// MODEL_DIR's tokenizer.json (or the byte tokenizer), tokenizer_config.json's chat template, and
-  /// the EOS id from config.json (eos_token_id) or tokenizer_config.json (eos_token).
-  static TextEncoder for_model(const std::string & model_dir, const ModelConfig & cfg);
+  /// MODEL_DIR's tokenizer.json (none: an error naming it; `byte_tokenizer`: the byte tokenizer instead),
+  /// tokenizer_config.json's chat template, and the EOS id from config.json (eos_token_id) or
+  /// tokenizer_config.json (eos_token).
+  static TextEncoder for_model(const std::string & model_dir, const ModelConfig & cfg, bool byte_tokenizer = false);
 };
 
 struct DataOptions {

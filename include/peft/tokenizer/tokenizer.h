@@ -1,7 +1,7 @@
 // Tokenizers: Hugging Face tokenizer.json with a BPE model in its two common families -- byte-level
 // BPE (GPT-2, Llama 3, Qwen: regex pre-tokenizer through PCRE2, byte-to-unicode mapping) and
 // SentencePiece-style BPE with byte fallback (Llama 2, Mistral: "▁" for spaces, <0xNN> byte tokens) --
-// with added/special tokens; and a plain byte tokenizer for small bundled models without one.
+// with added/special tokens; and a plain byte tokenizer for small test models, when asked for.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -29,7 +29,9 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::string & path);
 /// or, for smaller vocabularies, printable ASCII from ' ' upward ('?' for anything else).
 std::unique_ptr<Tokenizer> make_byte_tokenizer(int64_t vocab_size);
 
-/// DIR/tokenizer.json if present, else the byte tokenizer for `vocab_size`.
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string & model_dir, int64_t vocab_size);
+/// DIR/tokenizer.json; a folder without one is an error naming it (text tokenized bytewise by a model
+/// trained on another tokenizer is garbage, silently). `byte_tokenizer`: the byte tokenizer for
+/// `vocab_size` instead, asked for explicitly (tiny test models; `--byte-tokenizer` on the command line).
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string & model_dir, int64_t vocab_size, bool byte_tokenizer = false);
 
 }  // namespace peft

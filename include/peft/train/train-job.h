@@ -47,6 +47,8 @@ struct TrainJobConfig {
   struct Model {
     std::string path;                // a Hugging Face checkpoint folder
     quant::QuantOptions quantize;    // quantize the base's Linear layers at load (QLoRA)
+    bool byte_tokenizer = false;     // text data tokenized as bytes (tiny test models without tokenizer.json;
+                                     // without it such a folder is an error for text data)
   } model;
   /// Where the adapter comes from: exactly one of init, config and lora.
   struct Adapter {
