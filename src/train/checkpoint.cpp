@@ -124,7 +124,12 @@ std::string Trainer::save_checkpoint(const SequenceSet & data) {
   return dir;
 }
 
-void Trainer::resume(const std::string & checkpoint, const SequenceSet & data) {
+const std::vector<std::string> & resume_changeable_fields() {
+  static const std::vector<std::string> fields = {"lr", "steps", "epochs", "lr_scheduler", "warmup_steps"};
+  return fields;
+}
+
+std::vector<ResumeChange> Trainer::resume(const std::string & checkpoint, const SequenceSet & data) {
   auto & I = *impl_;
   const std::string state_file = checkpoint + "/" + kState;
   PEFT_CHECK(is_file(state_file), "'", checkpoint, "' is not a complete checkpoint (no ", kState, ")");
@@ -133,10 +138,21 @@ void Trainer::resume(const std::string & checkpoint, const SequenceSet & data) {
                  state["run"].is_object(),
              state_file, ": missing field 'global_step' or 'run'");
   const nlohmann::json now = I.fingerprint(data), then = state["run"];
+  std::vector<ResumeChange> changes;
   for (auto it = now.begin(); it != now.end(); ++it) {
+    const auto & allowed = I.opts.allow_changed;
+    if (then.contains(it.key()) && then[it.key()] != it.value() &&
+        std::find(allowed.begin(), allowed.end(), it.key()) != allowed.end()) {
+      changes.push_back({it.key(), then[it.key()].dump(), it.value().dump()});
+      continue;
+    }
     PEFT_CHECK(then.contains(it.key()) && then[it.key()] == it.value(), state_file, ": the run differs from the ",
                "checkpoint's in '", it.key(), "' (checkpoint: ", then.value(it.key(), nlohmann::json()).dump(),
-               ", now: ", it.value().dump(), "); resume with the same command and data");
+               ", now: ", it.value().dump(), "); resume with the same command and data",
+               std::find(resume_changeable_fields().begin(), resume_changeable_fields().end(), it.key()) !=
+                       resume_changeable_fields().end()
+                   ? str(", or allow the change (", field_name(I.namer, "allow_changed"), " ", it.key(), ")")
+                   : "");
   }
   torch::serialize::InputArchive archive;
   archive.load_from(checkpoint + "/optimizer.pt");
@@ -148,10 +164,15 @@ void Trainer::resume(const std::string & checkpoint, const SequenceSet & data) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(rng.at("torch_cpu"));
   }
-  I.step = state["global_step"].get<int64_t>();
-  I.total = total_steps(data);
+  const int64_t step = state["global_step"].get<int64_t>();
+  const int64_t total = total_steps(data);
+  PEFT_CHECK(step <= total, state_file, ": the checkpoint is at step ", step, ", beyond this run's ", total,
+             " steps");
+  I.step = step;
+  I.total = total;
   I.checkpoint = checkpoint;
   I.checkpoint_step = I.step;
+  return changes;
 }
 
 }  // namespace peft

@@ -14,8 +14,10 @@
 #include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
+#include <utility>
 
 #include "peft/compile/compile.h"
 #include "peft/data/batches.h"
@@ -33,6 +35,21 @@
 namespace peft {
 
 namespace {
+
+// The first evaluation a JSONL training log holds (a resumed run's log keeps the lines before its checkpoint).
+std::optional<EvalLog> first_logged_eval(const std::string & path) {
+  std::istringstream lines(read_file(path));
+  for (std::string line; std::getline(lines, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("eval_loss") || !j["eval_loss"].is_number() || !j.contains("step")) continue;
+    EvalLog e;
+    e.step = j["step"].get<int64_t>();
+    e.loss = j["eval_loss"].get<double>();
+    e.perplexity = j.value("eval_perplexity", std::exp(e.loss));
+    return e;
+  }
+  return std::nullopt;
+}
 
 // One trainer per output: a lock beside the folder (".<name>.train.lock", not FolderWriter's own lock,
 // which each save takes), held for the whole run. A second run into the same output adapter or
@@ -303,14 +320,16 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
   cb.save_model = [m, allow_nonfinite](FolderWriter & w) { m->save_pretrained(w, {}, allow_nonfinite); };
   TrainJobResult result;
   std::unique_ptr<GradientSync> sync;
+  nlohmann::json resume_changes = nlohmann::json::object();  // field -> {checkpoint, now}: for the log's next step
+  int64_t resumed_at = -1;
   if (main_rank) {  // rank 0 logs, checkpoints and saves
     cb.on_step_end = [&](const StepLog & s) {
       // a data-parallel step: how long the gradient all-reduce was waited for after the backward pass
-      if (sync) {
-        log->step(s, {{"allreduce_wait_ms", sync->last_wait_ms()}});
-      } else {
-        log->step(s);
-      }
+      nlohmann::json extra = nlohmann::json::object();
+      if (sync) extra["allreduce_wait_ms"] = sync->last_wait_ms();
+      // the first step after a resume that changed the schedule says what changed
+      if (!resume_changes.empty()) extra["changed_on_resume"] = std::exchange(resume_changes, nlohmann::json::object());
+      log->step(s, extra);
       if (observer.on_step) observer.on_step(s);
     };
     cb.on_evaluate = [&](const EvalLog & e) {
@@ -368,8 +387,14 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
     }
   }
   if (!resume.empty()) {
-    trainer.resume(resume, train_set);
-    say(str("resumed from ", resume, " at step ", trainer.global_step()));
+    const auto changes = trainer.resume(resume, train_set);
+    resumed_at = trainer.global_step();
+    say(str("resumed from ", resume, " at step ", resumed_at));
+    for (const auto & ch : changes) {
+      const std::string field = "train." + ch.field;
+      say(str("resumed with a changed ", n(field.c_str()), ": ", ch.checkpoint, " in the checkpoint, ", ch.now, " now (allowed)"));
+      resume_changes[ch.field] = {{"checkpoint", nlohmann::json::parse(ch.checkpoint)}, {"now", nlohmann::json::parse(ch.now)}};
+    }
   }
   if (main_rank) log = std::make_unique<TrainLog>(c.output.log_file, resume.empty() ? -1 : trainer.global_step());
   result.total_steps = trainer.total_steps(train_set);
@@ -409,13 +434,19 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
   result.saved = true;
   say(str("saved adapter to ", c.output.adapter));
   if (sync) say(str("gradients summed over ", env.world_size, " ranks in ", sync->buckets(), " bucket(s)"));
-  const auto & evals = result.evals;
+  // the whole run: a resumed one's first evaluation is in the log's lines before the checkpoint
+  std::vector<EvalLog> evals = result.evals;
+  if (!resume.empty() && !evals.empty()) {
+    if (auto first = first_logged_eval(c.output.log_file); first && first->step < evals.front().step) {
+      evals.insert(evals.begin(), *first);
+    }
+  }
   if (evals.size() >= 2) {
     char buf[256];
     std::snprintf(buf, sizeof buf, "eval loss %.4f (perplexity %.2f) at step %lld -> %.4f (perplexity %.2f) at step %lld",
                   evals.front().loss, evals.front().perplexity, static_cast<long long>(evals.front().step),
                   evals.back().loss, evals.back().perplexity, static_cast<long long>(evals.back().step));
-    say(buf);
+    say(str(buf, resume.empty() ? "" : str(" (resumed at step ", resumed_at, ")")));
   }
   if (!c.output.no_plot) {
     try {

@@ -86,6 +86,13 @@ void check_train_options(const TrainOptions & o, const FieldNamer & namer) {
   PEFT_CHECK_OPTION(o.steps >= 0 && std::isfinite(o.epochs) && o.epochs >= 0, field_names(namer, {"steps", "epochs"}),
                     " must be >= 0 (and finite)");
   PEFT_CHECK_OPTION(o.steps > 0 || o.epochs > 0, n("steps"), " or ", n("epochs"), " must be > 0");
+  for (const auto & f : o.allow_changed) {
+    const auto & ok = resume_changeable_fields();
+    std::string names;
+    for (const auto & k : ok) names += (names.empty() ? "" : ", ") + k;
+    PEFT_CHECK_OPTION(std::find(ok.begin(), ok.end(), f) != ok.end(), n("allow_changed"), ": '", f,
+                      "' cannot change on resume (fields that can: ", names, ")");
+  }
   PEFT_CHECK_OPTION(o.warmup_steps >= 0 && o.max_grad_norm >= 0 && o.weight_decay >= 0 && o.eps > 0,
                     field_names(namer, {"warmup_steps", "max_grad_norm", "weight_decay"}), " must be >= 0, ", n("eps"),
                     " > 0");

@@ -158,6 +158,10 @@ Runner add_train(CLI::App & app) {
   cmd->add_option("--checkpoint-dir", t.checkpoint_dir, "where checkpoint-<step>/ folders go, with --save-steps and when SIGINT/SIGTERM stops the run (default: OUT-checkpoints)");
   cmd->add_option("--resume-from-checkpoint", j.resume_from_checkpoint,
                   "continue the same run from CHECKPOINT_DIR/checkpoint-<step>, or 'latest'");
+  cmd->add_option("--allow-changed", t.allow_changed,
+                  "with --resume-from-checkpoint: fields that may differ from the checkpoint's run, comma-separated "
+                  "(lr, steps, epochs, lr_scheduler, warmup_steps: extend a run or change its schedule)")
+      ->delimiter(',');
   cmd->add_option("--log-file", j.output.log_file, "JSON lines: one object per step and per evaluation")->required();
   cmd->add_option("--plot", j.output.plot, "loss plot PNG (default: the log file with .png)");
   cmd->add_flag("--no-plot", j.output.no_plot, "no loss plot");
@@ -204,6 +208,8 @@ Runner add_train(CLI::App & app) {
     PEFT_USAGE(t.optimizer == OptimizerKind::sgd || cmd->count("--momentum") == 0,
                "--momentum does not apply with --optimizer adamw");
     if (t.optimizer == OptimizerKind::sgd && cmd->count("--weight-decay") == 0) t.weight_decay = 0;
+    PEFT_USAGE(cmd->count("--allow-changed") == 0 || !j.resume_from_checkpoint.empty(),
+               "--allow-changed applies only with --resume-from-checkpoint");
     PEFT_USAGE(!(cmd->count("--steps") && cmd->count("--epochs")), "give --steps or --epochs, not both");
     PEFT_USAGE(cmd->count("--steps") == 0 || t.steps > 0, "--steps must be >= 1, got ", t.steps);
     PEFT_USAGE(cmd->count("--epochs") == 0 || t.epochs > 0, "--epochs must be > 0, got ", t.epochs);

@@ -60,6 +60,19 @@ struct TrainOptions {
   // data parallelism: this process is `rank` of `world_size`; each takes its slice of every global batch
   // of batch_size * world_size sequences (the last one of an epoch filled from the epoch's start)
   int rank = 0, world_size = 1;
+  // resume(): fields of the run allowed to differ from the checkpoint's (resume_changeable_fields(): the
+  // schedule, as transformers' Trainer lets a resumed run have more steps or another learning rate)
+  std::vector<std::string> allow_changed;
+};
+
+/// The fields TrainOptions::allow_changed may name: "lr", "steps", "epochs", "lr_scheduler", "warmup_steps"
+/// (the rest, batch, data, seed, optimizer, ..., decide which batches and state the run continues with).
+const std::vector<std::string> & resume_changeable_fields();
+
+/// A field in which a resumed run differs from its checkpoint, allowed by TrainOptions::allow_changed
+/// (values as JSON text: "0.001", "6").
+struct ResumeChange {
+  std::string field, checkpoint, now;
 };
 
 /// Every check of TrainOptions on its own (OptionError naming the field as `namer` names it: "lr", or
@@ -156,8 +169,9 @@ class Trainer {
   /// RNG state and the run's position (trainer_state.json); then drop checkpoints beyond the limit.
   std::string save_checkpoint(const SequenceSet & data);
   /// Continue from a checkpoint folder written by save_checkpoint for the same run (options and data
-  /// are checked against it). The model's weights are the caller's to load (it is a PEFT adapter folder).
-  void resume(const std::string & checkpoint, const SequenceSet & data);
+  /// are checked against it; fields in opts.allow_changed may differ: those are returned). The model's
+  /// weights are the caller's to load (it is a PEFT adapter folder).
+  std::vector<ResumeChange> resume(const std::string & checkpoint, const SequenceSet & data);
 
  private:
   struct Impl;
