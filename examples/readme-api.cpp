@@ -1,6 +1,7 @@
 // The README's C++ API example, compiled and run as a test (so the README stays true).
 #include <stdlib.h>
 
+#include <filesystem>
 #include <iostream>
 
 #include "peft/io/files.h"
@@ -60,6 +61,7 @@ int main(int argc, char ** argv) {
   peft::TrainJobObserver obs;
   obs.message = [](const std::string & line) { std::cout << line << "\n"; };
   const peft::TrainJobResult r = peft::TrainJob(job).run(obs);
+  std::filesystem::remove_all(dir);
   if (!r.saved || r.step != 2) return 1;
   return (eager - fast).abs().max().item<double>() < 1e-4 ? 0 : 1;
 }

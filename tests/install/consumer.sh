@@ -14,6 +14,6 @@ command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 cmake -S "$src/examples" -B "$tmp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$tmp/prefix" \
   "${launcher[@]}" >/dev/null
 cmake --build "$tmp/build" >/dev/null
-"$tmp/build/readme_api" "$src/tests/data/golden/models/tiny-llama"
+"$tmp/build/readme_api" "$src/models/kjv-llama"
 PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" pkg-config --cflags --libs peft | grep -q -- "-lpeft"
 echo "installed package: consumer built and ran"
