@@ -151,7 +151,7 @@ struct Server::Impl {
     if (!read_body(req, res, reader, body)) return;
     Job job;
     try {
-      job = parse_job(body, chat, opts.model_name, *engine, *tok, this->chat, max_prompt_bytes);
+      job = parse_job(body, chat, opts.model_name, *engine, *tok, this->chat, max_prompt_bytes, opts.defaults);
     } catch (const ApiError & e) {
       return reply_error(res, e);
     }
