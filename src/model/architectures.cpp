@@ -80,7 +80,7 @@ const std::vector<Architecture> & architectures() {
       {"llama", "LlamaForCausalLM", &read_llama_config, &build_llama, kLlamaTargets, nullptr, "llama", true},
       {"mistral", "MistralForCausalLM", &read_llama_config, &build_llama, kLlamaTargets, nullptr, "llama", true},
       {"qwen2", "Qwen2ForCausalLM", &read_llama_config, &build_llama, kQwenTargets, nullptr, "qwen2"},
-      {"qwen3", "Qwen3ForCausalLM", &read_llama_config, &build_llama, kQwenTargets},
+      {"qwen3", "Qwen3ForCausalLM", &read_llama_config, &build_llama, kQwenTargets, nullptr, "qwen3"},
       {"phi3", "Phi3ForCausalLM", &read_llama_config, &build_llama, kNoTargets},
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},
       {"gpt2", "GPT2LMHeadModel", &read_gpt2_config, &build_gpt2, kGpt2Targets, &rename_gpt2_config},

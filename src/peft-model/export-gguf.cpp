@@ -122,6 +122,12 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
       if (kind == "up_mlp") t = {blk + "ffn_up.weight", t.layer, 5, mc.intermediate_size, mc.hidden_size};
       if (kind == "down_mlp") t = {blk + "ffn_down.weight", t.layer, 6, mc.hidden_size, mc.intermediate_size};
     } else if (m == "model.embed_tokens") {
+      // llama.cpp's output of a tied model is the token_embd tensor itself, so it would apply this pair
+      // to the output projection as a linear LoRA too (GGML_ASSERT(ggml_can_mul_mat) aborts), and an
+      // adapter file cannot give the model a separate output tensor
+      PEFT_CHECK(!mc.tie_word_embeddings, file, ": module 'model.embed_tokens' is adapted, but the model ties its "
+                 "output to the embeddings (tie_word_embeddings): llama.cpp would apply the pair to its output as "
+                 "well and abort; merge the adapter (peft merge) and export the merged model instead");
       t = {"token_embd.weight", -1, 0, mc.vocab_size, mc.hidden_size};
       t.embedding = true;
     } else if (m == "lm_head") {

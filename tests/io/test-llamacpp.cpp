@@ -1,0 +1,247 @@
+// peft export --format gguf run in llama.cpp (node-llama-cpp's prebuilt CPU library, installed by the
+// llamacpp npm fixture; tests/io/llama-greedy.mjs drives it) against peft generate's greedy tokens:
+//  - kjv-llama (the bundled model: byte-level BPE, tied embeddings, bf16 weights) as a base model and
+//    as a merged model in F32: llama.cpp's tokens of each prompt equal peft's tokenizer's, and its
+//    greedy tokens equal peft generate's (F32 KV cache);
+//  - a LoRA adapter file on the F32 base file: llama.cpp's greedy tokens equal peft generate --adapter's;
+//  - F16, BF16, Q8_0, Q4_0 files: teacher-forced top-1 agreement with peft's float32 greedy sequence
+//    (llama.cpp's argmax after every prefix of it) at least the stated figure;
+//  - tiny random Qwen2 and Qwen3 models with the Qwen tokenizer (the tokref fixture's) in F32: exact;
+//  - the refused cases: an embed_tokens LoRA on a tied model (llama.cpp would abort) is refused with the
+//    reason, and its merged model runs in llama.cpp with peft's tokens.
+// Skipped when npm could not install node-llama-cpp.
+#include <cstdlib>
+#include <fstream>
+#include <random>
+
+#include "peft/io/files.h"
+#include "peft/io/safetensors.h"
+#include "peft/tokenizer/tokenizer.h"
+#include "support.h"
+
+using namespace peft;
+using peft::test::exists;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kKjv = std::string(PEFT_TEST_SOURCE) + "/../models/kjv-llama";
+const std::vector<std::string> kPrompts = {"In the beginning", "And the LORD said unto Moses",
+                                           "Blessed are the poor in spirit"};
+constexpr int kTokens = 32;
+
+bool llamacpp_available() {
+  const std::string d = std::string(PEFT_LLAMACPP_REF) + "/node_modules/";
+  return exists(d + "node-llama-cpp/package.json") &&
+         exists(d + "@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node");
+}
+#define REQUIRE_LLAMACPP()                                                                                   \
+  if (!llamacpp_available()) GTEST_SKIP() << "node-llama-cpp not installed (llamacpp fixture: npm offline?)"
+
+// the last non-empty line of `out`, as JSON
+json last_json_line(const std::string & out) {
+  size_t end = out.find_last_not_of('\n');
+  if (end == std::string::npos) return json();
+  const size_t begin = out.rfind('\n', end);
+  return json::parse(out.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1)),
+                     nullptr, false);
+}
+
+std::vector<int64_t> peft_greedy(const std::string & model, const std::string & prompt, const std::string & extra = "") {
+  std::string out;
+  const int rc = test::run_cli("generate --model " + model + " --prompt '" + prompt + "' --max-new-tokens " +
+                               std::to_string(kTokens) + " --print-ids " + extra, &out);
+  EXPECT_EQ(rc, 0) << out;
+  const json j = last_json_line(out);
+  EXPECT_TRUE(j.is_array()) << out;
+  return j.is_array() ? j.get<std::vector<int64_t>>() : std::vector<int64_t>{};
+}
+
+std::string export_file(const std::string & args, const std::string & name) {
+  const std::string out = test::temp_dir("llamacpp") + "/" + name;
+  std::string log;
+  EXPECT_EQ(test::run_cli("export " + args + " --format gguf --out " + out, &log), 0) << log;
+  return out;
+}
+
+json llama_run(const json & request) {
+  const std::string dir = test::temp_dir("llamacpp-req");
+  std::ofstream(dir + "/request.json") << request.dump();
+  std::string out;
+  const int rc = test::run_command("timeout 300 node " + std::string(PEFT_TEST_SOURCE) + "/io/llama-greedy.mjs " +
+                                   PEFT_LLAMACPP_REF + " " + dir + "/request.json", &out);
+  const json j = rc == 0 ? last_json_line(out) : json();
+  if (rc != 0 || !j.is_object()) ADD_FAILURE() << "llama-greedy.mjs failed: " << out;
+  return j;
+}
+
+// What one model gives in peft: per prompt, its tokens and peft generate's greedy tokens.
+struct PeftRun {
+  std::vector<std::vector<int64_t>> prompt_ids, ids;
+};
+
+PeftRun peft_run(const std::string & model, const std::vector<std::string> & prompts, const std::string & extra = "") {
+  PeftRun r;
+  auto tok = load_tokenizer_json(model + "/tokenizer.json");
+  for (const auto & p : prompts) {
+    r.prompt_ids.push_back(tok->encode(p, /*add_special=*/true));
+    r.ids.push_back(peft_greedy(model, p, extra));
+  }
+  return r;
+}
+
+// llama.cpp's greedy tokens equal peft's, prompt tokens included
+void expect_same_tokens(const PeftRun & want, const json & got, const std::vector<std::string> & prompts) {
+  ASSERT_TRUE(got.is_object());
+  ASSERT_EQ(got["results"].size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto & r = got["results"][i];
+    EXPECT_EQ(r["prompt_ids"].get<std::vector<int64_t>>(), want.prompt_ids[i]) << "prompt '" << prompts[i] << "'";
+    EXPECT_EQ(r["ids"].get<std::vector<int64_t>>(), want.ids[i]) << "prompt '" << prompts[i] << "'";
+  }
+}
+
+// teacher forcing: llama.cpp's top-1 after each prefix of peft's sequence vs peft's next token
+double top1_agreement(const PeftRun & want, const std::string & gguf, const std::string & lora = "") {
+  json req = {{"model", gguf}, {"n", 0}, {"forced", json::array()}};
+  if (!lora.empty()) req["lora"] = lora;
+  for (size_t i = 0; i < want.ids.size(); ++i) {
+    std::vector<int64_t> s = want.prompt_ids[i];
+    s.insert(s.end(), want.ids[i].begin(), want.ids[i].end());
+    s.pop_back();
+    req["forced"].push_back(s);
+  }
+  const json got = llama_run(req);
+  if (!got.is_object()) return 0;
+  int64_t same = 0, total = 0;
+  for (size_t i = 0; i < want.ids.size(); ++i) {
+    const auto next = got["forced"][i].get<std::vector<int64_t>>();
+    const size_t p = want.prompt_ids[i].size();
+    for (size_t k = 0; k < want.ids[i].size(); ++k, ++total) same += next.at(p - 1 + k) == want.ids[i][k];
+  }
+  return total ? double(same) / double(total) : 0;
+}
+
+json request(const std::string & gguf, const std::vector<std::string> & prompts, const std::string & lora = "") {
+  json r = {{"model", gguf}, {"n", kTokens}, {"prompts", prompts}};
+  if (!lora.empty()) r["lora"] = lora;
+  return r;
+}
+
+// A LoRA adapter folder for kjv-llama with seeded random A and B (nothing trained: the pairs are large
+// enough to change the greedy tokens), r 8, alpha 16, on `modules` of every layer.
+std::string random_kjv_adapter(const std::vector<std::string> & modules, bool embedding = false) {
+  const std::string dir = test::temp_dir("kjv-adapter");
+  const json cfg = read_json_file(kKjv + "/config.json");
+  const int64_t H = cfg["hidden_size"], I = cfg["intermediate_size"], L = cfg["num_hidden_layers"];
+  const int64_t Q = int64_t(cfg["num_attention_heads"]) * int64_t(cfg["head_dim"]);
+  const int64_t KV = int64_t(cfg["num_key_value_heads"]) * int64_t(cfg["head_dim"]);
+  const std::map<std::string, std::pair<std::string, std::pair<int64_t, int64_t>>> shapes = {
+      {"q_proj", {"self_attn", {Q, H}}}, {"k_proj", {"self_attn", {KV, H}}}, {"v_proj", {"self_attn", {KV, H}}},
+      {"o_proj", {"self_attn", {H, Q}}}, {"gate_proj", {"mlp", {I, H}}},     {"up_proj", {"mlp", {I, H}}},
+      {"down_proj", {"mlp", {H, I}}}};
+  const int64_t r = 8;
+  at::manual_seed(7);
+  std::map<std::string, at::Tensor> t;
+  for (int64_t l = 0; l < L; ++l) {
+    for (const auto & m : modules) {
+      const auto & s = shapes.at(m);
+      const std::string p = "base_model.model.model.layers." + std::to_string(l) + "." + s.first + "." + m;
+      t[p + ".lora_A.weight"] = at::randn({r, s.second.second}) / std::sqrt(double(s.second.second));
+      t[p + ".lora_B.weight"] = at::randn({s.second.first, r}) * 0.05;
+    }
+  }
+  std::vector<std::string> targets = modules;
+  if (embedding) {
+    t["base_model.model.model.embed_tokens.lora_embedding_A"] = at::randn({r, int64_t(cfg["vocab_size"])});
+    t["base_model.model.model.embed_tokens.lora_embedding_B"] = at::randn({H, r}) * 0.05;
+    targets.push_back("embed_tokens");
+  }
+  safetensors_save(dir + "/adapter_model.safetensors", t);
+  const json ac = {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 16}, {"target_modules", targets},
+                   {"lora_dropout", 0.0}, {"bias", "none"}, {"task_type", "CAUSAL_LM"}, {"fan_in_fan_out", false},
+                   {"use_rslora", false}, {"use_dora", false}, {"modules_to_save", nullptr}};
+  std::ofstream(dir + "/adapter_config.json") << ac.dump(2);
+  return dir;
+}
+
+std::string merge(const std::string & adapter) {
+  const std::string out = test::temp_dir("kjv-merged") + "/merged";
+  std::string log;
+  EXPECT_EQ(test::run_cli("merge --model " + kKjv + " --adapter " + adapter + " --dtype float32 --out " + out, &log), 0)
+      << log;
+  return out;
+}
+
+}  // namespace
+
+TEST(LlamaCpp, BaseModelF32GivesPeftsTokens) {
+  REQUIRE_LLAMACPP();
+  const PeftRun want = peft_run(kKjv, kPrompts);
+  const json got = llama_run(request(export_file("--model " + kKjv, "kjv-f32.gguf"), kPrompts));
+  expect_same_tokens(want, got, kPrompts);
+  for (const auto & ids : want.ids) EXPECT_EQ(ids.size(), size_t(kTokens));
+}
+
+TEST(LlamaCpp, AdapterAndMergedModelF32GivePeftsTokens) {
+  REQUIRE_LLAMACPP();
+  const std::string adapter = random_kjv_adapter({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"});
+  const PeftRun base = peft_run(kKjv, kPrompts);
+  const PeftRun want = peft_run(kKjv, kPrompts, "--adapter " + adapter);
+  EXPECT_NE(want.ids, base.ids) << "the random adapter should change the greedy tokens";
+  // the adapter file on the base file
+  const std::string gguf = export_file("--model " + kKjv, "kjv-f32.gguf");
+  const std::string lora = export_file("--model " + kKjv + " --adapter " + adapter, "adapter-f32.gguf");
+  expect_same_tokens(want, llama_run(request(gguf, kPrompts, lora)), kPrompts);
+  // the merged model
+  const std::string merged = merge(adapter);
+  const PeftRun want_merged = peft_run(merged, kPrompts);
+  expect_same_tokens(want_merged, llama_run(request(export_file("--model " + merged, "merged-f32.gguf"), kPrompts)),
+                     kPrompts);
+}
+
+TEST(LlamaCpp, LowerPrecisionTop1Agreement) {
+  REQUIRE_LLAMACPP();
+  // teacher-forced top-1 agreement with peft's float32 greedy tokens, 3 prompts x 32 positions
+  const PeftRun want = peft_run(kKjv, kPrompts);
+  const std::vector<std::pair<std::string, double>> cases = {
+      {"f32", 1.0}, {"f16", 0.95}, {"bf16", 0.95}, {"q8_0", 0.95}, {"q4_0", 0.80}};
+  for (const auto & c : cases) {
+    const double a = top1_agreement(want, export_file("--model " + kKjv + " --dtype " + c.first, "kjv.gguf"));
+    std::cerr << "[ llama.cpp ] kjv-llama " << c.first << ": top-1 agreement " << a << "\n";
+    EXPECT_GE(a, c.second) << c.first;
+  }
+  const std::string adapter = random_kjv_adapter({"q_proj", "v_proj"});
+  const PeftRun want_lora = peft_run(kKjv, kPrompts, "--adapter " + adapter);
+  const double a = top1_agreement(want_lora, export_file("--model " + kKjv + " --dtype f16", "kjv-f16.gguf"),
+                                  export_file("--model " + kKjv + " --adapter " + adapter + " --dtype f16", "a-f16.gguf"));
+  std::cerr << "[ llama.cpp ] kjv-llama f16 + f16 adapter: top-1 agreement " << a << "\n";
+  EXPECT_GE(a, 0.95);
+}
+
+TEST(LlamaCpp, TiedEmbeddingLoraRefusedAndItsMergedModelRuns) {
+  REQUIRE_LLAMACPP();
+  const std::string adapter = random_kjv_adapter({"q_proj", "v_proj"}, /*embedding=*/true);
+  const std::string dir = test::temp_dir("llamacpp-tied");
+  std::string log;
+  EXPECT_EQ(test::run_cli("export --model " + kKjv + " --adapter " + adapter + " --format gguf --out " + dir + "/a.gguf",
+                          &log), 1) << log;
+  EXPECT_NE(log.find("tie_word_embeddings"), std::string::npos) << log;
+  EXPECT_NE(log.find("peft merge"), std::string::npos) << log;
+  EXPECT_FALSE(exists(dir + "/a.gguf"));
+  // the reason holds: the same pair exported for an untied copy of the config aborts llama.cpp on the tied model
+  test::run_command("mkdir -p " + dir + "/untied && cp " + kKjv + "/config.json " + dir + "/untied/");
+  json cfg = read_json_file(dir + "/untied/config.json");
+  cfg["tie_word_embeddings"] = false;
+  std::ofstream(dir + "/untied/config.json") << cfg.dump();
+  const std::string lora = export_file("--model " + dir + "/untied --adapter " + adapter, "emb.gguf");
+  std::ofstream(dir + "/request.json") << request(export_file("--model " + kKjv, "kjv.gguf"), {kPrompts[0]}, lora).dump();
+  std::string out;
+  EXPECT_NE(test::run_command("timeout 300 node " + std::string(PEFT_TEST_SOURCE) + "/io/llama-greedy.mjs " +
+                              PEFT_LLAMACPP_REF + " " + dir + "/request.json", &out), 0) << out;
+  EXPECT_NE(out.find("ggml_can_mul_mat"), std::string::npos) << out;
+  // the route the message names: merge, export the merged model
+  const std::string merged = merge(adapter);
+  const PeftRun want = peft_run(merged, kPrompts);
+  expect_same_tokens(want, llama_run(request(export_file("--model " + merged, "merged.gguf"), kPrompts)), kPrompts);
+}
