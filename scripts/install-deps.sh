@@ -8,6 +8,7 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config
       gnuplot-nox                  # loss plots of training runs (peft train, peft plot)
       python3 fortunes-min fortunes   # the main job's fine-tuning data (scripts/pretrain/make-finetune-data.py)
       curl                         # the server test drives peft serve with curl too
+      chromium                     # tests only: the headless browser that drives peft serve's chat page
       libgtest-dev libbenchmark-dev
       clang-14 libfuzzer-14-dev)   # the fuzz test: libFuzzer harnesses built with clang
 missing=()

@@ -4,9 +4,11 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <regex>
 
+#include "chat-page.h"
 #include "connections.h"
 #include "openai.h"
 #include "peft/error.h"
@@ -49,6 +51,51 @@ std::string failure_message(const Finish & f) {
 // How often a waiting request looks at its client's socket.
 constexpr auto kClientCheck = std::chrono::milliseconds(100);
 
+// The access log's record of the request that this connection's thread serves (cpp-httplib runs a
+// request's routing, handler, streamed body and logger on one thread): started before routing, filled in
+// by the generation handler, printed by the logger.
+struct Access {
+  const httplib::Request * req = nullptr;  // (a record left by a request that never reached the logger is not this one's)
+  std::chrono::steady_clock::time_point start;
+  std::string model;                                // a generation request's model (the base or an adapter)
+  int64_t prompt_tokens = -1;                       // -1: no generation started
+  std::vector<std::shared_ptr<Progress>> progress;  // its choices: their tokens are the completion tokens
+};
+thread_local Access t_access;
+
+// Text from the client in a log line: printable ASCII, the rest as \xNN (a decoded path may hold a newline), bounded.
+std::string loggable(const std::string & s) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && out.size() < 256; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+// One file of the chat page (src/serve/chat-page/). Public, as /health is: the page's API calls carry the
+// key. Revalidated on every load (a new binary's page is seen at once); it may fetch from this server only.
+void page_file(const EmbeddedFile & f, httplib::Response & res) {
+  const std::string name = f.name;
+  auto ends = [&](const std::string & ext) { return name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0; };
+  const char * type = ends(".html") ? "text/html; charset=utf-8"
+                      : ends(".js") ? "text/javascript; charset=utf-8"
+                      : ends(".css") ? "text/css; charset=utf-8"
+                                     : "application/octet-stream";
+  res.set_content(reinterpret_cast<const char *>(f.data), f.size, type);
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Content-Type-Options", "nosniff");
+  res.set_header("Referrer-Policy", "no-referrer");
+  res.set_header("Content-Security-Policy",
+                 "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -62,6 +109,7 @@ struct Server::Impl {
   std::atomic<int64_t> next_id{0};
   std::mutex stats_mu;
   std::map<int, int64_t> responses;  // by status
+  std::mutex log_mu;                  // (access log lines whole)
   int64_t max_loaded_adapters = 0;
   size_t max_prompt_bytes = 0;
 
@@ -160,6 +208,12 @@ struct Server::Impl {
       progress = start(job);
     } catch (const ApiError & e) {
       return reply_error(res, e);
+    }
+    if (t_access.req == &req) {
+      t_access.model = job.model;
+      t_access.prompt_tokens = 0;
+      for (const auto & p : job.prompts) t_access.prompt_tokens += static_cast<int64_t>(p.size());
+      t_access.progress = progress;
     }
     // echo: each choice's prompt text and its tokens' offsets in it
     std::vector<std::string> echo(progress.size());
@@ -421,6 +475,32 @@ struct Server::Impl {
     res.set_content("Success: LoRA adapter '" + name + "' removed successfully.", "text/plain");
   }
 
+  // The access log: one line per request on stderr, as llama.cpp's and vLLM's servers print (client, method,
+  // path, status; a generation's model and prompt + completion tokens; the time to the response's last byte).
+  // /health and /metrics only when they fail: monitors poll them.
+  void log_access(const httplib::Request & req, const httplib::Response & res) {
+    Access a = std::move(t_access);
+    t_access = Access();
+    if ((req.path == "/health" || req.path == "/metrics") && res.status < 400) return;
+    std::string line = str("peft serve: ", loggable(req.remote_addr), " ", loggable(req.method), " ", loggable(req.path), " ", res.status);
+    if (a.req == &req) {
+      if (!a.model.empty()) line += " model=" + loggable(a.model);
+      if (a.prompt_tokens >= 0) {
+        int64_t completion = 0;
+        for (const auto & p : a.progress) {
+          std::lock_guard<std::mutex> g(p->mu);
+          completion += p->tokens;
+        }
+        line += str(" prompt=", a.prompt_tokens, " completion=", completion);
+      }
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - a.start).count();
+      line += str(" ", ms, " ms");
+    }
+    line += "\n";
+    std::lock_guard<std::mutex> g(log_mu);
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  }
+
   void metrics(httplib::Response & res) {
     const EngineStats s = engine->stats();
     std::string out;
@@ -486,14 +566,20 @@ Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokeni
   }
   I.max_prompt_bytes = static_cast<size_t>(I.engine->max_context()) * max_token * 4 + 4096;
   h.set_pre_routing_handler([&I](const httplib::Request & req, httplib::Response & res) {
+    t_access = Access();
+    t_access.req = &req;
+    t_access.start = std::chrono::steady_clock::now();
     if (I.opts.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
     if (req.get_header_value("Authorization") == "Bearer " + I.opts.api_key) return httplib::Server::HandlerResponse::Unhandled;
     I.reply_error(res, {401, "Incorrect API key provided", "invalid_request_error", "", "invalid_api_key"});
     return httplib::Server::HandlerResponse::Handled;
   });
-  h.set_logger([&I](const httplib::Request &, const httplib::Response & res) {
-    std::lock_guard<std::mutex> g(I.stats_mu);
-    ++I.responses[res.status];
+  h.set_logger([&I](const httplib::Request & req, const httplib::Response & res) {
+    {
+      std::lock_guard<std::mutex> g(I.stats_mu);
+      ++I.responses[res.status];
+    }
+    I.log_access(req, res);
   });
   h.set_exception_handler([&I](const httplib::Request &, httplib::Response & res, std::exception_ptr ep) {
     std::string what = "internal error";
@@ -513,6 +599,13 @@ Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokeni
   h.Post("/v1/unload_lora_adapter", [&I](const httplib::Request & q, httplib::Response & r, const Reader & b) { I.unload(q, r, b); });
   h.Get("/health", [](const httplib::Request &, httplib::Response & r) { r.set_content("{\"status\": \"ok\"}", "application/json"); });
   h.Get("/metrics", [&I](const httplib::Request &, httplib::Response & r) { I.metrics(r); });
+  // the chat page: index.html at /, the other files by name
+  for (size_t i = 0; i < kChatPageFileCount; ++i) {
+    const EmbeddedFile & f = kChatPageFiles[i];
+    const std::string name = f.name;
+    const std::string route = name == "index.html" ? "/" : std::regex_replace("/" + name, std::regex("\\."), "\\.");
+    h.Get(route, [&f](const httplib::Request &, httplib::Response & r) { page_file(f, r); });
+  }
 }
 
 Server::~Server() { stop(); }
