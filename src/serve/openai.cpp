@@ -76,7 +76,8 @@ std::string content_text(const nlohmann::json & c, size_t i) {
 }  // namespace
 
 Job parse_job(const std::string & body, bool chat, const std::string & base_name, const Engine & engine,
-              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl, size_t max_prompt_bytes) {
+              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl, size_t max_prompt_bytes,
+              const GenerationDefaults & defaults) {
   nlohmann::json j;
   try {
     j = parse_json(body, "the request body");  // (nesting bounded: a deep body would overflow the stack)
@@ -151,17 +152,17 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
       p.logit_bias.emplace_back(id, v.get<float>());
     }
   }
-  p.min_p = number(j, "min_p", 0, 0, 1);
+  p.min_p = number(j, "min_p", defaults.min_p.value_or(0), 0, 1);
   if (integer(j, "best_of", 1, 1, 1) != 1) bad("best_of", "'best_of' is not supported");
   if (number(j, "presence_penalty", 0, -2, 2) != 0) bad("presence_penalty", "'presence_penalty' is not supported");
   if (number(j, "frequency_penalty", 0, -2, 2) != 0) bad("frequency_penalty", "'frequency_penalty' is not supported");
   if (j.contains("tools") && !j["tools"].is_null() && !j["tools"].empty()) bad("tools", "'tools' is not supported");
-  p.temperature = number(j, "temperature", 1.0, 0, 2);
-  p.top_p = number(j, "top_p", 1.0, 0, 1);
+  p.temperature = number(j, "temperature", defaults.temperature.value_or(1.0), 0, 2);
+  p.top_p = number(j, "top_p", defaults.top_p.value_or(1.0), 0, 1);
   if (p.top_p == 0) bad("top_p", "'top_p' must be greater than 0");
-  p.top_k = integer(j, "top_k", 0, -1, 1 << 20);
+  p.top_k = integer(j, "top_k", defaults.top_k.value_or(0), -1, 1 << 20);
   if (p.top_k < 0) p.top_k = 0;
-  p.repetition_penalty = number(j, "repetition_penalty", 1.0, 1e-6, 100);
+  p.repetition_penalty = number(j, "repetition_penalty", defaults.repetition_penalty.value_or(1.0), 1e-6, 100);
   if (request_fields(j).has("seed")) {
     p.has_seed = true;
     p.seed = static_cast<uint64_t>(request_fields(j).integer("seed"));
@@ -236,7 +237,11 @@ Job parse_job(const std::string & body, bool chat, const std::string & base_name
         400, "context_length_exceeded");
   }
   const char * mt = chat && j.contains("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  p.max_tokens = integer(j, mt, chat ? ctx - longest : 16, chat ? 1 : 0, 1 << 30);
+  // (without one: OpenAI's 16 for completions, the rest of the context for chat; generation_config.json's
+  // max_new_tokens instead where the model has one, within the context as vLLM caps it)
+  int64_t max_tokens_default = chat ? ctx - longest : 16;
+  if (defaults.max_new_tokens) max_tokens_default = std::min<int64_t>(std::max<int64_t>(*defaults.max_new_tokens, chat ? 1 : 0), ctx - longest);
+  p.max_tokens = integer(j, mt, max_tokens_default, chat ? 1 : 0, 1 << 30);
   if (p.max_tokens == 0 && !job.echo) bad(mt, "'max_tokens' 0 (scoring the prompt, nothing generated) needs 'echo': true");
   if (longest + p.max_tokens > ctx) {
     bad(mt, str("This model's maximum context length is ", ctx, " tokens; the prompt (", longest, " tokens) plus ", mt, " (",

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "peft/data/chat-template.h"
+#include "peft/generate/generation-config-file.h"
 #include "peft/serve/engine.h"
 
 namespace peft::serve {
@@ -36,8 +37,10 @@ struct Job {
 
 /// Parse a /v1/completions or /v1/chat/completions body (JSON nested at most kMaxJsonDepth levels; prompt
 /// and message text at most max_prompt_bytes in all, checked before tokenizing). Throws ApiError.
+/// `defaults` fill the sampling fields a request leaves out (the model's generation_config.json).
 Job parse_job(const std::string & body, bool chat, const std::string & base_name, const Engine & engine,
-              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl, size_t max_prompt_bytes);
+              const Tokenizer & tok, const std::optional<ChatTemplate> & tpl, size_t max_prompt_bytes,
+              const GenerationDefaults & defaults = {});
 
 struct Choice {
   std::string text, finish_reason;

@@ -286,7 +286,7 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
 
   // ---- the work ----
   at::AutoGradMode grad(true);  // (whatever the caller's mode: training needs gradients)
-  configure_runtime(c.runtime);
+  const int blas_threads = configure_runtime(c.runtime);
   std::shared_ptr<ProcessGroup> pg;
   if (env.distributed()) {
     pg = ProcessGroup::create(env, std::chrono::milliseconds(static_cast<int64_t>(c.dist.timeout_s * 1000)));
@@ -310,6 +310,11 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
     say(str("LoftQ: ", layers, " LoRA layers initialised from ", c.adapter.loftq_from));
   }
   say(adapted_modules_line(*m, "default"));
+  if (c.runtime.blas_threads <= 0 && blas_threads > 0) {  // (the default: say where it comes from)
+    std::string why;
+    default_blas_threads(&why);
+    say(str("threads: ", blas_threads, " BLAS per process (", why, "; --threads N to choose)"));
+  }
   say(m->trainable_summary());
   m->train();
   m->base_model().set_gradient_checkpointing(c.gradient_checkpointing);

@@ -333,6 +333,9 @@ void Trainer::train(const SequenceSet & data, const SequenceSet * eval) {
     if (I.opts.save_steps > 0 && I.step % I.opts.save_steps == 0 && !last && I.opts.rank == 0) save_checkpoint(data);
   }
   run_eval();
+  // the last step is saved too, after its evaluation (transformers' Trainer does with a steps save
+  // strategy): a finished run can be extended from it (--resume-from-checkpoint with --allow-changed steps)
+  if (I.opts.save_steps > 0 && I.step > 0 && I.checkpoint_step != I.step && I.opts.rank == 0) save_checkpoint(data);
 }
 
 }  // namespace peft

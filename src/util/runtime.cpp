@@ -7,13 +7,48 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#include <sched.h>
 #include <malloc.h>
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <thread>
 
 namespace peft {
+
+int usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+namespace {
+// a positive integer environment variable, or 0
+int env_count(const char * name) {
+  const char * v = std::getenv(name);
+  if (!v || !*v) return 0;
+  char * end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  return *end == '\0' && n > 0 && n <= 4096 ? static_cast<int>(n) : 0;
+}
+}  // namespace
+
+int default_blas_threads(std::string * why) {
+  if (const int n = env_count("OMP_NUM_THREADS")) {
+    if (why) *why = "OMP_NUM_THREADS";
+    return n;
+  }
+  const int cores = usable_cores();
+  const int local = env_count("LOCAL_WORLD_SIZE");
+  if (local > 1) {
+    if (why) *why = str(cores, " cores / ", local, " processes (LOCAL_WORLD_SIZE)");
+    return std::max(1, cores / local);
+  }
+  if (why) *why = str(cores, " cores");
+  return cores;
+}
 
 int configure_runtime(const RuntimeOptions & o) {
   if (o.reuse_freed_memory) {
@@ -22,9 +57,8 @@ int configure_runtime(const RuntimeOptions & o) {
     mallopt(M_MMAP_THRESHOLD, INT_MAX);
     mallopt(M_TRIM_THRESHOLD, INT_MAX);
   }
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(std::max(1, o.intra_op_threads));
-  const int n = o.blas_threads > 0 ? o.blas_threads : cores;
+  const int n = o.blas_threads > 0 ? o.blas_threads : default_blas_threads();
   set_matmul_threads(n);  // the hand-written matrix kernels use as many threads as BLAS
   // OpenBLAS is reached through the system BLAS; look its control function up at run time so that
   // other BLAS libraries (and CUDA builds) link too

@@ -10,6 +10,8 @@
 
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/error.h"
+#include "peft/util/runtime.h"
 #include "support.h"
 
 using namespace peft;
@@ -72,6 +74,30 @@ TEST_P(DataParallel, TwoProcessesEqualOneWithTheGlobalBatch) {
         << out;
     expect_same_run(dir + "/one", dir + "/acc", 2e-5);
   }
+}
+
+// Processes of one job share the machine's cores: with no --threads each gets cores / processes BLAS
+// threads (at least 1), one process all of them, and OMP_NUM_THREADS (torchrun sets it) wins.
+TEST(DataParallelThreads, DefaultThreadsShareTheCores) {
+  const std::string dir = temp_dir("dist-threads");
+  const std::string data = make_text(dir), cfg = adapter_config(dir, "LORA");
+  const int cores = usable_cores();
+  ::unsetenv("OMP_NUM_THREADS");
+  ::unsetenv("LOCAL_WORLD_SIZE");
+  std::string out;
+  ASSERT_EQ(run_cli(train(data, cfg, dir + "/one", "--steps 2 --batch-size 2"), &out), 0) << out;
+  EXPECT_NE(out.find(str("threads: ", cores, " BLAS per process (", cores, " cores;")), std::string::npos) << out;
+  ASSERT_EQ(run_cli(train(data, cfg, dir + "/two", "--steps 2 --batch-size 1 --nproc-per-node 2"), &out), 0) << out;
+  EXPECT_NE(out.find(str("threads: ", std::max(1, cores / 2), " BLAS per process (", cores, " cores / 2 processes (LOCAL_WORLD_SIZE)")),
+            std::string::npos)
+      << out;
+  ::setenv("OMP_NUM_THREADS", "1", 1);
+  ASSERT_EQ(run_cli(train(data, cfg, dir + "/omp", "--steps 2 --batch-size 2"), &out), 0) << out;
+  ::unsetenv("OMP_NUM_THREADS");
+  EXPECT_NE(out.find("threads: 1 BLAS per process (OMP_NUM_THREADS"), std::string::npos) << out;
+  // the flag says nothing of defaults
+  ASSERT_EQ(run_cli(train(data, cfg, dir + "/flag", "--steps 2 --batch-size 2 --threads 1"), &out), 0) << out;
+  EXPECT_EQ(out.find("threads: "), std::string::npos) << out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, DataParallel, ::testing::Values("LORA", "IA3", "LOKR", "OFT"));

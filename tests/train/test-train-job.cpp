@@ -147,12 +147,12 @@ TEST(TrainJob, LoraFromFieldsWithAnEvalSplitAndCheckpointsEqualsTheCli) {
   EXPECT_EQ(job.result.total_steps, 8);
   EXPECT_EQ(job.steps, 8);
   EXPECT_EQ(job.evals, 2);  // step 5 and the end
-  EXPECT_EQ(job.saves, 3);  // checkpoints 2, 4 and 6
+  EXPECT_EQ(job.saves, 4);  // checkpoints 2, 4, 6 and the last step's, 8
   ASSERT_EQ(job.result.evals.size(), 2u);
-  EXPECT_EQ(job.result.checkpoint, dir + "/job/adapter-checkpoints/checkpoint-6");
+  EXPECT_EQ(job.result.checkpoint, dir + "/job/adapter-checkpoints/checkpoint-8");
   expect_same_runs(dir, out, job);
-  EXPECT_TRUE(exists(dir + "/job/adapter-checkpoints/checkpoint-4/trainer_state.json"));
-  EXPECT_FALSE(exists(dir + "/job/adapter-checkpoints/checkpoint-2"));  // save_total_limit 2
+  EXPECT_TRUE(exists(dir + "/job/adapter-checkpoints/checkpoint-6/trainer_state.json"));
+  EXPECT_FALSE(exists(dir + "/job/adapter-checkpoints/checkpoint-4"));  // save_total_limit 2
 }
 
 TEST(TrainJob, AnAdapterConfigMethodOnTokenIdsEqualsTheCli) {

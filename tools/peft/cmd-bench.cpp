@@ -161,7 +161,7 @@ Runner add_bench(CLI::App & app) {
   return [o]() {
     apply_common_options(o->common);
     const int threads = at::get_num_threads();
-    const int blas_threads = o->common.threads > 0 ? o->common.threads : static_cast<int>(std::thread::hardware_concurrency());
+    const int blas_threads = o->common.threads > 0 ? o->common.threads : default_blas_threads();
     ModelConfig cfg = bench_config();
     if (o->quick) {
       cfg.vocab_size = 512;

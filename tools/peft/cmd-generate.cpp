@@ -18,6 +18,7 @@
 #include "peft/data/chat-template.h"
 #include "peft/error.h"
 #include "peft/generate/generate.h"
+#include "peft/generate/generation-config-file.h"
 #include "peft/io/files.h"
 #include "peft/tokenizer/tokenizer.h"
 
@@ -34,76 +35,24 @@ void add_unique(std::vector<int64_t> & ids, int64_t id) {
   if (id >= 0 && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
 }
 
-// generation_config.json's eos_token_id (an id or a list of ids; -1 or null: none), as transformers'
-// generate() stops on them; an id outside the vocabulary is refused as config.json's are.
-void add_generation_config_eos(const std::string & model_dir, int64_t vocab_size, std::vector<int64_t> & eos) {
-  const std::string path = model_dir + "/generation_config.json";
-  if (!is_file(path)) return;
-  const nlohmann::json j = read_json_file(path);
-  if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return;
-  const auto & e = j["eos_token_id"];
-  auto one = [&](const nlohmann::json & x) {
-    PEFT_CHECK(x.is_number_integer(), path, ": field 'eos_token_id' must be an integer or a list of integers");
-    const int64_t id = x.get<int64_t>();
-    PEFT_CHECK(id == -1 || (id >= 0 && id < vocab_size), path, ": field 'eos_token_id' holds ", id,
-               ", outside the vocabulary [0, ", vocab_size, ") (vocab_size in config.json); use null for none");
-    add_unique(eos, id);
-  };
-  if (e.is_array()) {
-    for (const auto & x : e) one(x);
-  } else {
-    one(e);
-  }
-}
-
 // generation_config.json's defaults (transformers' GenerationConfig: what generate() uses where the call does
 // not say): max_new_tokens, do_sample, and when sampling temperature, top_k and top_p; repetition_penalty
 // always. A field applies only where its flag was not given (the flags win: --do-sample=false for greedy);
-// null or absent fields leave the command's own defaults. A value out of range is refused naming the file.
-void apply_generation_config_defaults(const std::string & model_dir, const CLI::App & cmd, GenerationConfig & gen) {
-  const std::string path = model_dir + "/generation_config.json";
-  if (!is_file(path)) return;
-  const nlohmann::json j = read_json_file(path);
-  if (!j.is_object()) return;
-  auto has = [&](const char * key, const char * flag) {
-    return j.contains(key) && !j[key].is_null() && cmd.count(flag) == 0;
-  };
-  auto bad = [&](const char * key, const std::string & what) {
-    fail(str(path, ": field '", key, "' ", what, ", got ", j[key].dump()));
-  };
-  auto number = [&](const char * key) {
-    if (!j[key].is_number()) bad(key, "must be a number");
-    return j[key].get<double>();
-  };
-  auto integer = [&](const char * key) {
-    if (!j[key].is_number_integer()) bad(key, "must be an integer");
-    return j[key].get<int64_t>();
-  };
-  if (has("max_new_tokens", "--max-new-tokens")) {
-    gen.max_new_tokens = integer("max_new_tokens");
-    if (gen.max_new_tokens < 0) bad("max_new_tokens", "must not be negative");
-  }
-  if (has("do_sample", "--do-sample")) {
-    if (!j["do_sample"].is_boolean()) bad("do_sample", "must be true or false");
-    gen.do_sample = j["do_sample"].get<bool>();
-  }
-  if (has("repetition_penalty", "--repetition-penalty")) {
-    gen.repetition_penalty = number("repetition_penalty");
-    if (!(gen.repetition_penalty > 0)) bad("repetition_penalty", "must be greater than 0");
-  }
+// absent fields leave the command's own defaults.
+void apply_generation_defaults(const GenerationDefaults & d, const std::string & model_dir, const CLI::App & cmd,
+                               GenerationConfig & gen) {
+  auto unset = [&](const char * flag) { return cmd.count(flag) == 0; };
+  if (d.max_new_tokens && unset("--max-new-tokens")) gen.max_new_tokens = *d.max_new_tokens;
+  if (d.do_sample && unset("--do-sample")) gen.do_sample = *d.do_sample;
+  if (d.repetition_penalty && unset("--repetition-penalty")) gen.repetition_penalty = *d.repetition_penalty;
   if (!gen.do_sample) return;  // (greedy: transformers ignores the sampling fields, as generate does here)
-  if (has("temperature", "--temperature")) {
-    gen.temperature = number("temperature");
-    if (!(gen.temperature > 0)) bad("temperature", "must be greater than 0 when sampling");
+  if (d.temperature && unset("--temperature")) {
+    PEFT_CHECK(*d.temperature > 0, model_dir, "/generation_config.json: field 'temperature' must be greater than 0 when sampling, got ",
+               *d.temperature);
+    gen.temperature = *d.temperature;
   }
-  if (has("top_k", "--top-k")) {
-    gen.top_k = integer("top_k");
-    if (gen.top_k < 0) bad("top_k", "must not be negative");
-  }
-  if (has("top_p", "--top-p")) {
-    gen.top_p = number("top_p");
-    if (!(gen.top_p > 0 && gen.top_p <= 1)) bad("top_p", "must be in (0, 1]");
-  }
+  if (d.top_k && unset("--top-k")) gen.top_k = *d.top_k;
+  if (d.top_p && unset("--top-p")) gen.top_p = *d.top_p;
 }
 
 // The chat template's end of turn: tokenizer_config.json's eos_token (a string or {"content": ...}), when it
@@ -330,7 +279,8 @@ Runner add_generate(CLI::App & app) {
       check_output_file("--out", o->out, inputs);
     }
     const ModelConfig mcfg = ModelConfig::load(o->model);
-    apply_generation_config_defaults(o->model, *cmd, o->gen);  // (where no flag says otherwise)
+    const GenerationDefaults file_defaults = read_generation_config(o->model, mcfg.vocab_size);
+    apply_generation_defaults(file_defaults, o->model, *cmd, o->gen);  // (where no flag says otherwise)
     PEFT_USAGE(o->gen.max_new_tokens >= 0 && o->gen.max_new_tokens <= mcfg.max_position_embeddings,
                "--max-new-tokens must be in [0, ", mcfg.max_position_embeddings, "] (the model's positions)");
     // the template and the prompts file are read before the model: their errors come first
@@ -346,7 +296,7 @@ Runner add_generate(CLI::App & app) {
     GenerationConfig gen = o->gen;
     gen.use_cache = !o->no_cache;
     gen.eos_token_ids = base->config().eos_token_ids;
-    add_generation_config_eos(o->model, mcfg.vocab_size, gen.eos_token_ids);
+    for (int64_t id : file_defaults.eos_token_ids) add_unique(gen.eos_token_ids, id);  // generate() stops on them too
     if (tpl) add_template_eos(o->model, *tok, gen.eos_token_ids);  // the end of an assistant turn
     gen.pad_token_id = std::max<int64_t>(0, base->config().pad_token_id);
     gen.virtual_tokens = pm->num_virtual_tokens();  // a prompt-learning adapter's, in the cache's first slots

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "peft/data/chat-template.h"
+#include "peft/generate/generation-config-file.h"
 #include "peft/serve/engine.h"
 
 namespace peft::serve {
@@ -31,6 +32,10 @@ struct ServerOptions {
   int threads = 512;                // the most HTTP connections served at once (a worker thread each, started when
                                     // needed; each open connection holds one, so this is also the cap on them)
   int64_t max_loaded_adapters = 0;  // 0 = no limit
+  /// A request's defaults where it does not say (vLLM's --generation-config auto: the model folder's
+  /// generation_config.json): temperature, top_p, top_k, min_p, repetition_penalty, and max_new_tokens as
+  /// max_tokens' default. Empty: OpenAI's defaults (temperature 1, max_tokens 16 for completions).
+  GenerationDefaults defaults;
 };
 
 class Server {

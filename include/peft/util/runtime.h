@@ -2,7 +2,10 @@
 // project builds on (see docs/design/compile.md, "Threads" and "Memory"):
 // - GEMMs run in OpenBLAS's own threads; LibTorch's OpenMP intra-op workers spin-wait between ops and
 //   starve them (a 128-token prefill took 205-560 ms with 2 OpenMP + 2 BLAS threads, 60 ms with 1 + 2).
-//   So by default BLAS gets every core and LibTorch's element-wise ops one thread.
+//   So by default BLAS gets the cores and LibTorch's element-wise ops one thread.
+// - Processes on one machine share its cores: by default each gets cores / LOCAL_WORLD_SIZE BLAS threads
+//   (`peft train --nproc-per-node N` and torchrun set it), and OMP_NUM_THREADS, where set, wins as torchrun
+//   means it (it sets 1 for several processes per node). Never more threads than cores in all.
 // - glibc returns large freed blocks to the OS (mmap/munmap), so every training step page-faults its
 //   activations in again; keeping freed memory for reuse made a training step ~20% faster.
 #pragma once
@@ -12,10 +15,18 @@
 namespace peft {
 
 struct RuntimeOptions {
-  int blas_threads = 0;      // OpenBLAS threads, 0 = all cores
+  int blas_threads = 0;      // OpenBLAS threads, 0 = default_blas_threads()
   int intra_op_threads = 1;  // LibTorch's OpenMP pool
   bool reuse_freed_memory = true;
 };
+
+/// Cores this process may run on (its CPU affinity: taskset, cgroup cpusets), at least 1.
+int usable_cores();
+
+/// BLAS threads when none are asked for: OMP_NUM_THREADS if set (a positive integer), else usable_cores()
+/// divided by LOCAL_WORLD_SIZE (processes of one data-parallel job on this machine), at least 1. `why`
+/// receives the reason ("2 cores / 2 processes (LOCAL_WORLD_SIZE)").
+int default_blas_threads(std::string * why = nullptr);
 
 /// Apply the options. Returns the BLAS thread count applied (0 if the BLAS library offers no control).
 int configure_runtime(const RuntimeOptions & o = {});
