@@ -579,7 +579,7 @@ Server::Server(std::shared_ptr<Engine> engine, std::shared_ptr<Tokenizer> tokeni
       std::lock_guard<std::mutex> g(I.stats_mu);
       ++I.responses[res.status];
     }
-    I.log_access(req, res);
+    if (I.opts.access_log) I.log_access(req, res);
   });
   h.set_exception_handler([&I](const httplib::Request &, httplib::Response & res, std::exception_ptr ep) {
     std::string what = "internal error";

@@ -77,6 +77,7 @@ struct World {
     serve::ServerOptions so;
     so.port = 0;
     so.model_name = "kjv";
+    so.access_log = false;  // (hundreds of requests; test-chat-page.cpp checks the log of `peft serve`)
     so.allow_adapter_loading = true;
     so.adapter_root = dir;
     server = std::make_unique<serve::Server>(engine, tok, ChatTemplate::from_model(kjv()), so);

@@ -91,6 +91,7 @@ Runner add_bench_serve(CLI::App & app) {
       engine->load_adapter(a.substr(0, eq), a.substr(eq + 1));
     }
     serve::ServerOptions so;
+    so.access_log = false;  // (the figures go to stdout; a line per request on stderr would only be noise)
     so.port = 0;
     so.model_name = "base";
     so.threads = std::max(8, o->concurrency + 4);

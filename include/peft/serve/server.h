@@ -36,6 +36,7 @@ struct ServerOptions {
   /// generation_config.json): temperature, top_p, top_k, min_p, repetition_penalty, and max_new_tokens as
   /// max_tokens' default. Empty: OpenAI's defaults (temperature 1, max_tokens 16 for completions).
   GenerationDefaults defaults;
+  bool access_log = true;           // one line per request on stderr (peft bench-serve turns it off)
 };
 
 class Server {
