@@ -1,18 +1,22 @@
 // export_model_gguf: a Hugging Face model folder -> a llama.cpp GGUF model. See
 // include/peft/model/export-gguf-model.h.
 //
-// What llama.cpp expects (src/models/<arch>.cpp load_arch_tensors, llama-arch.cpp's names, and what
-// convert_hf_to_gguf.py writes):
-//  - the tensors: token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
-//    ffn_up, ffn_down}[.weight|.bias], Qwen3's blk.N.attn_{q,k}_norm, output_norm, and output unless the
-//    model ties it to token_embd; every tensor in the file must be one the architecture loads;
-//  - Llama / Mistral: the rows of q_proj and k_proj (and their biases) permuted per head from HF's
-//    rotate-half layout to the interleaved pairs llama.cpp's rope rotates (Qwen's rope is NeoX style:
-//    no permutation); Llama 3 rope scaling as a rope_freqs tensor of per-frequency divisors;
+// What llama.cpp expects (src/models/<arch>.cpp load_arch_hparams / load_arch_tensors, llama-arch.cpp's
+// names, and what convert_hf_to_gguf.py writes):
+//  - every tensor in the file is one the architecture loads (llama.cpp refuses a file with others), the
+//    output projection omitted when the model ties it to token_embd;
 //  - hyper-parameters under "<arch>.": context_length, embedding_length, block_count, feed_forward_length,
-//    attention.head_count(_kv), attention.key_length / value_length (a head_dim that is not
-//    hidden / heads), rope.freq_base, rope.dimension_count, attention.layer_norm_rms_epsilon.
-// The per-architecture differences are the table kLayouts; the source names are the same for all four.
+//    attention.head_count(_kv), rope.*, the norm's epsilon;
+//  - Llama family (llama, mistral, qwen2, qwen3): token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v,
+//    attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}[.weight|.bias], Qwen3's attn_{q,k}_norm,
+//    output_norm, output. Llama / Mistral have the rows of q_proj and k_proj (and their biases) permuted
+//    per head from HF's rotate-half layout to the interleaved pairs llama.cpp's rope rotates (Qwen's rope
+//    is NeoX style: no permutation); Llama 3 rope scaling is a rope_freqs tensor of divisors;
+//  - GPT-2: token_embd, position_embd, blk.N.{attn_norm, attn_qkv, attn_output, ffn_norm, ffn_up,
+//    ffn_down}.{weight,bias} (Conv1D weights (in, out) transposed), output_norm;
+//  - GPT-NeoX: as GPT-2 without positions (partial rotary), the fused query_key_value's rows regrouped from
+//    per head (q, k, v of head 0, then head 1, ...) to all q, all k, all v; use_parallel_residual.
+// One row per model_type in kLayouts: its checks, hyper-parameters and tensor list.
 #include "peft/model/export-gguf-model.h"
 
 #include <cmath>
@@ -32,72 +36,6 @@
 namespace peft {
 
 namespace {
-
-// ---- the architectures ----
-
-struct GgufLayout {
-  const char * model_type;
-  bool permute_qk;     // Llama's rope layout (see above)
-  bool qk_norm;        // blk.N.attn_{q,k}_norm (Qwen3)
-  bool o_bias;         // attn_output.bias allowed
-  bool mlp_bias;       // ffn_{gate,up,down}.bias allowed
-  bool square_q;       // llama.cpp sizes attn_q as hidden x hidden (Qwen2: head_dim * heads must be hidden)
-};
-
-const GgufLayout kLayouts[] = {
-    {"llama", true, false, true, true, false},
-    {"mistral", true, false, true, true, false},
-    {"qwen2", false, false, false, false, true},
-    {"qwen3", false, true, false, false, false},
-};
-
-const GgufLayout * find_layout(const std::string & model_type) {
-  for (const auto & l : kLayouts) {
-    if (model_type == l.model_type) return &l;
-  }
-  return nullptr;
-}
-
-// a decoder layer's tensors: Hugging Face's name after "model.layers.N." -> llama.cpp's after "blk.N."
-const std::pair<const char *, const char *> kLayerNames[] = {
-    {"input_layernorm.weight", "attn_norm.weight"},
-    {"self_attn.q_proj.weight", "attn_q.weight"},
-    {"self_attn.q_proj.bias", "attn_q.bias"},
-    {"self_attn.k_proj.weight", "attn_k.weight"},
-    {"self_attn.k_proj.bias", "attn_k.bias"},
-    {"self_attn.v_proj.weight", "attn_v.weight"},
-    {"self_attn.v_proj.bias", "attn_v.bias"},
-    {"self_attn.o_proj.weight", "attn_output.weight"},
-    {"self_attn.o_proj.bias", "attn_output.bias"},
-    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
-    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
-    {"post_attention_layernorm.weight", "ffn_norm.weight"},
-    {"mlp.gate_proj.weight", "ffn_gate.weight"},
-    {"mlp.gate_proj.bias", "ffn_gate.bias"},
-    {"mlp.up_proj.weight", "ffn_up.weight"},
-    {"mlp.up_proj.bias", "ffn_up.bias"},
-    {"mlp.down_proj.weight", "ffn_down.weight"},
-    {"mlp.down_proj.bias", "ffn_down.bias"},
-};
-
-bool allowed(const GgufLayout & l, const std::string & hf) {
-  if (hf.find("q_norm") != std::string::npos || hf.find("k_norm") != std::string::npos) return l.qk_norm;
-  if (hf == "self_attn.o_proj.bias") return l.o_bias;
-  if (starts_with(hf, "mlp.") && ends_with(hf, ".bias")) return l.mlp_bias;
-  return true;
-}
-
-// llama_ftype of a file whose weights are `type`
-uint32_t file_type(GgmlType type) {
-  switch (type) {
-    case GgmlType::F32: return 0;
-    case GgmlType::F16: return 1;
-    case GgmlType::Q4_0: return 2;
-    case GgmlType::Q8_0: return 7;
-    case GgmlType::BF16: return 32;
-  }
-  return 0;
-}
 
 // ---- the checkpoint ----
 
@@ -169,11 +107,65 @@ at::Tensor llama3_rope_factors(const ModelConfig & mc) {
   return out;
 }
 
-// ---- the file ----
+// ---- the plan: the file's tensors ----
 
-void add_hparams(GgufWriter & w, const std::string & arch, const ModelConfig & mc, const std::string & src,
-                 bool * llama3_rope) {
-  const std::string a = arch + ".";
+// The tensors of the file in order and the checkpoint tensors they use; 2-D weights are stored as the
+// requested type (F16 where rows are not whole blocks), 1-D ones (norms, biases) F32.
+struct Plan {
+  std::shared_ptr<Checkpoint> ckpt;
+  std::string where;  // for errors: the checkpoint
+  GgufWriter * w = nullptr;
+  GgmlType type = GgmlType::F32;
+  std::set<std::string> used;
+  size_t kept_f16 = 0;
+
+  bool has(const std::string & hf) const { return ckpt->has(hf); }
+  std::vector<int64_t> shape(const std::string & hf) const {
+    PEFT_CHECK(ckpt->has(hf), where, ": missing tensor '", hf, "'");
+    return ckpt->shape(hf);
+  }
+  // `gguf` from the checkpoint tensor `hf`, reshaped by `fn` (which keeps the element count)
+  void add(const std::string & gguf, const std::string & hf, std::vector<int64_t> out_shape = {},
+           std::function<at::Tensor(const at::Tensor &)> fn = nullptr) {
+    const std::vector<int64_t> in = shape(hf);
+    used.insert(hf);
+    if (out_shape.empty()) out_shape = in;
+    GgmlType t = out_shape.size() == 2 ? type : GgmlType::F32;
+    if (out_shape.back() % ggml_block_values(t) != 0) {
+      t = GgmlType::F16;
+      ++kept_f16;
+    }
+    auto c = ckpt;
+    w->add_tensor(gguf, out_shape, t, [c, hf, fn]() {
+      at::Tensor x = c->get(hf).to(at::kFloat);
+      return fn ? fn(x) : x;
+    });
+  }
+  void add_if(const std::string & gguf, const std::string & hf) {
+    if (has(hf)) add(gguf, hf);
+  }
+  // a tied model's checkpoint may carry the head as a copy of the embedding; it must be that copy
+  void check_tied_copy(const std::string & head, const std::string & embedding, const std::string & src) {
+    if (!has(head)) return;
+    PEFT_CHECK(at::equal(ckpt->get(head), ckpt->get(embedding)), where, ": ", head, " differs from ", embedding,
+               ", but ", src, " says tie_word_embeddings: set it to false to keep a separate head");
+    used.insert(head);
+  }
+};
+
+// ---- the architectures ----
+
+struct ExportContext {
+  const ModelConfig & mc;
+  const std::string & src;   // config.json, for errors
+  const std::string & arch;  // llama.cpp's architecture name
+  GgufModelExportResult & res;
+};
+
+// the hyper-parameters every architecture here has
+void add_common_hparams(GgufWriter & w, const ExportContext & x) {
+  const std::string a = x.arch + ".";
+  const ModelConfig & mc = x.mc;
   w.add_uint32(a + "vocab_size", static_cast<uint32_t>(mc.vocab_size));
   w.add_uint32(a + "context_length", static_cast<uint32_t>(mc.max_position_embeddings));
   w.add_uint32(a + "embedding_length", static_cast<uint32_t>(mc.hidden_size));
@@ -181,45 +173,267 @@ void add_hparams(GgufWriter & w, const std::string & arch, const ModelConfig & m
   w.add_uint32(a + "feed_forward_length", static_cast<uint32_t>(mc.intermediate_size));
   w.add_uint32(a + "attention.head_count", static_cast<uint32_t>(mc.num_heads));
   w.add_uint32(a + "attention.head_count_kv", static_cast<uint32_t>(mc.num_kv_heads));
-  if (mc.head_dim * mc.num_heads != mc.hidden_size) {
-    w.add_uint32(a + "attention.key_length", static_cast<uint32_t>(mc.head_dim));
-    w.add_uint32(a + "attention.value_length", static_cast<uint32_t>(mc.head_dim));
+}
+
+void check_act(const ExportContext & x, std::initializer_list<const char *> acts) {
+  std::string names;
+  for (const char * a : acts) {
+    if (x.mc.hidden_act == a) return;
+    names += (names.empty() ? "" : " or ") + std::string(a);
   }
-  w.add_float32(a + "rope.freq_base", static_cast<float>(mc.rope_theta));
-  w.add_uint32(a + "rope.dimension_count", static_cast<uint32_t>(mc.rotary_dim()));
-  w.add_float32(a + "attention.layer_norm_rms_epsilon", static_cast<float>(mc.rms_norm_eps));
-  *llama3_rope = false;
-  const std::string & rt = mc.rope_scaling.type;
-  if (rt == "linear") {
+  fail(str(x.src, ": hidden_act '", x.mc.hidden_act, "': llama.cpp's ", x.arch, " graph uses ", names));
+}
+
+void check_rope(const ExportContext & x, bool llama3_ok) {
+  const std::string & rt = x.mc.rope_scaling.type;
+  PEFT_CHECK(rt == "default" || rt == "linear" || (llama3_ok && rt == "llama3"), x.src, ": rope_scaling type '", rt,
+             "' is not exported for model_type '", x.mc.model_type, "' (supported: none, linear",
+             llama3_ok ? ", llama3" : "", ")");
+}
+
+void add_rope(GgufWriter & w, const ExportContext & x) {
+  const std::string a = x.arch + ".";
+  w.add_float32(a + "rope.freq_base", static_cast<float>(x.mc.rope_theta));
+  w.add_uint32(a + "rope.dimension_count", static_cast<uint32_t>(x.mc.rotary_dim()));
+  if (x.mc.rope_scaling.type == "linear") {
     w.add_string(a + "rope.scaling.type", "linear");
-    w.add_float32(a + "rope.scaling.factor", static_cast<float>(mc.rope_scaling.factor));
-  } else if (rt == "llama3") {
-    PEFT_CHECK(arch == "llama", src, ": rope_scaling type 'llama3' on model_type '", mc.model_type,
-               "': llama.cpp reads rope_freqs only for llama");
-    *llama3_rope = true;
-  } else {
-    PEFT_CHECK(rt == "default", src, ": rope_scaling type '", rt,
-               "' is not exported (supported: none, linear, llama3): llama.cpp would need its own parameters for it");
+    w.add_float32(a + "rope.scaling.factor", static_cast<float>(x.mc.rope_scaling.factor));
   }
 }
 
-void check_config(const ModelConfig & mc, const GgufLayout & l, const std::string & src, GgufModelExportResult & res) {
-  PEFT_CHECK(mc.hidden_act == "silu", src, ": hidden_act '", mc.hidden_act, "': llama.cpp's ", res.architecture,
-             " graph uses silu");
-  PEFT_CHECK(mc.partial_rotary_factor == 1.0, src, ": partial_rotary_factor ", mc.partial_rotary_factor,
-             ": llama.cpp's ", res.architecture, " graph rotates whole heads");
-  PEFT_CHECK(!mc.fused_projections, src, ": fused qkv_proj / gate_up_proj are not this layout");
-  PEFT_CHECK(l.qk_norm == mc.qk_norm, src, ": model_type '", mc.model_type, "' with", mc.qk_norm ? "" : "out",
-             " q/k norms: not llama.cpp's ", res.architecture);
-  PEFT_CHECK(!l.square_q || mc.head_dim * mc.num_heads == mc.hidden_size, src, ": head_dim ", mc.head_dim, " x ",
-             mc.num_heads, " heads is not hidden_size ", mc.hidden_size, ": llama.cpp's ", res.architecture,
+// -- Llama family: llama, mistral (same layout), qwen2, qwen3 --
+
+struct LlamaFamily {
+  bool permute_qk;  // Llama's rope layout (see above)
+  bool qk_norm;     // blk.N.attn_{q,k}_norm (Qwen3)
+  bool o_bias;      // attn_output.bias allowed
+  bool mlp_bias;    // ffn_{gate,up,down}.bias allowed
+  bool square_q;    // llama.cpp sizes attn_q hidden x hidden (Qwen2: head_dim * heads must be hidden)
+};
+
+const LlamaFamily * llama_family(const std::string & model_type) {
+  static const LlamaFamily llama = {true, false, true, true, false};
+  static const LlamaFamily qwen2 = {false, false, false, false, true};
+  static const LlamaFamily qwen3 = {false, true, false, false, false};
+  if (model_type == "llama" || model_type == "mistral") return &llama;
+  if (model_type == "qwen2") return &qwen2;
+  if (model_type == "qwen3") return &qwen3;
+  return nullptr;
+}
+
+// a decoder layer's tensors: Hugging Face's name after "model.layers.N." -> llama.cpp's after "blk.N."
+const std::pair<const char *, const char *> kLlamaLayerNames[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.o_proj.bias", "attn_output.bias"},
+    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.gate_proj.bias", "ffn_gate.bias"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.up_proj.bias", "ffn_up.bias"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+    {"mlp.down_proj.bias", "ffn_down.bias"},
+};
+
+bool llama_allows(const LlamaFamily & l, const std::string & hf) {
+  if (hf.find("q_norm") != std::string::npos || hf.find("k_norm") != std::string::npos) return l.qk_norm;
+  if (hf == "self_attn.o_proj.bias") return l.o_bias;
+  if (starts_with(hf, "mlp.") && ends_with(hf, ".bias")) return l.mlp_bias;
+  return true;
+}
+
+void llama_check(const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  const LlamaFamily & l = *llama_family(mc.model_type);
+  check_act(x, {"silu"});
+  check_rope(x, /*llama3_ok=*/mc.model_type == "llama" || mc.model_type == "mistral");
+  PEFT_CHECK(mc.partial_rotary_factor == 1.0, x.src, ": partial_rotary_factor ", mc.partial_rotary_factor,
+             ": llama.cpp's ", x.arch, " graph rotates whole heads");
+  PEFT_CHECK(!mc.fused_projections, x.src, ": fused qkv_proj / gate_up_proj are not this layout");
+  PEFT_CHECK(l.qk_norm == mc.qk_norm, x.src, ": model_type '", mc.model_type, "' with", mc.qk_norm ? "" : "out",
+             " q/k norms: not llama.cpp's ", x.arch);
+  PEFT_CHECK(!l.square_q || mc.head_dim * mc.num_heads == mc.hidden_size, x.src, ": head_dim ", mc.head_dim, " x ",
+             mc.num_heads, " heads is not hidden_size ", mc.hidden_size, ": llama.cpp's ", x.arch,
              " takes square q projections");
   if (mc.sliding_window > 0 && mc.sliding_window < mc.max_position_embeddings) {
-    PEFT_CHECK(mc.model_type == "mistral" || mc.model_type == "llama", src, ": a sliding window of ", mc.sliding_window,
-               " tokens (use_sliding_window): llama.cpp's ", res.architecture, " attends to every position");
-    res.notes.push_back(str("sliding_window ", mc.sliding_window, ": llama.cpp's llama graph attends to every position, "
-                            "so generations longer than ", mc.sliding_window, " tokens differ"));
+    PEFT_CHECK(l.permute_qk, x.src, ": a sliding window of ", mc.sliding_window,
+               " tokens (use_sliding_window): llama.cpp's ", x.arch, " attends to every position");
+    x.res.notes.push_back(str("sliding_window ", mc.sliding_window, ": llama.cpp's llama graph attends to every "
+                              "position, so generations longer than ", mc.sliding_window, " tokens differ"));
   }
+}
+
+void llama_hparams(GgufWriter & w, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  add_common_hparams(w, x);
+  if (mc.head_dim * mc.num_heads != mc.hidden_size) {
+    w.add_uint32(x.arch + ".attention.key_length", static_cast<uint32_t>(mc.head_dim));
+    w.add_uint32(x.arch + ".attention.value_length", static_cast<uint32_t>(mc.head_dim));
+  }
+  add_rope(w, x);
+  w.add_float32(x.arch + ".attention.layer_norm_rms_epsilon", static_cast<float>(mc.rms_norm_eps));
+}
+
+void llama_tensors(Plan & p, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  const LlamaFamily & l = *llama_family(mc.model_type);
+  p.add("token_embd.weight", "model.embed_tokens.weight");
+  if (mc.rope_scaling.type == "llama3") p.w->add_tensor("rope_freqs.weight", llama3_rope_factors(mc), GgmlType::F32);
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    const std::string hf = "model.layers." + std::to_string(i) + ".", blk = "blk." + std::to_string(i) + ".";
+    for (const auto & n : kLlamaLayerNames) {
+      if (!p.has(hf + n.first)) continue;
+      PEFT_CHECK(llama_allows(l, n.first), p.where, ": tensor '", hf + n.first, "' has no place in llama.cpp's ", x.arch,
+                 " model");
+      int64_t heads = 0;
+      if (l.permute_qk && starts_with(n.first, "self_attn.q_proj")) heads = mc.num_heads;
+      if (l.permute_qk && starts_with(n.first, "self_attn.k_proj")) heads = mc.num_kv_heads;
+      if (heads > 0) {
+        p.add(blk + n.second, hf + n.first, {}, [heads](const at::Tensor & t) { return permute_heads(t, heads); });
+      } else {
+        p.add(blk + n.second, hf + n.first);
+      }
+    }
+  }
+  p.add("output_norm.weight", "model.norm.weight");
+  if (!mc.tie_word_embeddings) p.add("output.weight", "lm_head.weight");
+  else p.check_tied_copy("lm_head.weight", "model.embed_tokens.weight", x.src);
+}
+
+// -- GPT-2 --
+
+// ggml's GELU is the tanh form, looked up in an f16 table on CPU: close to transformers', not equal
+void note_gelu(const ExportContext & x) {
+  check_act(x, {"gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu"});
+  x.res.notes.push_back(str("hidden_act '", x.mc.hidden_act, "': llama.cpp computes GELU in its tanh form through an "
+                            "f16 table, so its logits differ slightly from peft's"));
+}
+
+void gpt2_check(const ExportContext & x) {
+  note_gelu(x);
+  PEFT_CHECK(x.mc.num_kv_heads == x.mc.num_heads, x.src, ": GPT-2 with grouped kv heads");
+}
+
+void gpt2_hparams(GgufWriter & w, const ExportContext & x) {
+  add_common_hparams(w, x);
+  w.add_float32(x.arch + ".attention.layer_norm_epsilon", static_cast<float>(x.mc.layer_norm_eps));
+}
+
+void gpt2_tensors(Plan & p, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  // checkpoints name the body "transformer.h.N" (GPT2LMHeadModel) or "h.N" (GPT2Model, as on the Hub)
+  const std::string pre = p.has("transformer.wte.weight") ? "transformer." : "";
+  auto transposed = [](const at::Tensor & t) { return t.t().contiguous(); };  // Conv1D's (in, out)
+  auto add_linear = [&](const std::string & gguf, const std::string & hf) {
+    const auto s = p.shape(hf + ".weight");
+    PEFT_CHECK(s.size() == 2, p.where, ": '", hf, ".weight' is not 2-D");
+    p.add(gguf + ".weight", hf + ".weight", {s[1], s[0]}, transposed);
+    p.add(gguf + ".bias", hf + ".bias");
+  };
+  p.add("token_embd.weight", pre + "wte.weight");
+  p.add("position_embd.weight", pre + "wpe.weight");
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    const std::string hf = pre + "h." + std::to_string(i) + ".", blk = "blk." + std::to_string(i) + ".";
+    p.add(blk + "attn_norm.weight", hf + "ln_1.weight");
+    p.add(blk + "attn_norm.bias", hf + "ln_1.bias");
+    add_linear(blk + "attn_qkv", hf + "attn.c_attn");
+    add_linear(blk + "attn_output", hf + "attn.c_proj");
+    p.add(blk + "ffn_norm.weight", hf + "ln_2.weight");
+    p.add(blk + "ffn_norm.bias", hf + "ln_2.bias");
+    add_linear(blk + "ffn_up", hf + "mlp.c_fc");
+    add_linear(blk + "ffn_down", hf + "mlp.c_proj");
+    // transformers' attention-mask buffers, saved by old checkpoints: not weights
+    for (const char * b : {"attn.bias", "attn.masked_bias"}) {
+      if (p.has(hf + b)) p.used.insert(hf + b);
+    }
+  }
+  p.add("output_norm.weight", pre + "ln_f.weight");
+  p.add("output_norm.bias", pre + "ln_f.bias");
+  if (!mc.tie_word_embeddings) p.add("output.weight", "lm_head.weight");
+  else p.check_tied_copy("lm_head.weight", pre + "wte.weight", x.src);
+}
+
+// -- GPT-NeoX --
+
+void neox_check(const ExportContext & x) {
+  note_gelu(x);
+  check_rope(x, false);
+  PEFT_CHECK(!x.mc.tie_word_embeddings, x.src, ": tie_word_embeddings: llama.cpp's gptneox needs its own output");
+}
+
+void neox_hparams(GgufWriter & w, const ExportContext & x) {
+  add_common_hparams(w, x);
+  add_rope(w, x);
+  w.add_bool(x.arch + ".use_parallel_residual", x.mc.parallel_residual);
+  w.add_float32(x.arch + ".attention.layer_norm_epsilon", static_cast<float>(x.mc.layer_norm_eps));
+}
+
+void neox_tensors(Plan & p, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  const int64_t heads = mc.num_heads, hd = mc.head_dim;
+  // per head (q, k, v) rows -> all q, all k, all v
+  auto regroup = [heads, hd](const at::Tensor & t) {
+    std::vector<int64_t> s = {heads, 3, hd};
+    if (t.dim() == 2) s.push_back(t.size(1));
+    return t.reshape(s).transpose(0, 1).reshape(t.sizes()).contiguous();
+  };
+  p.add("token_embd.weight", "gpt_neox.embed_in.weight");
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    const std::string hf = "gpt_neox.layers." + std::to_string(i) + ".", blk = "blk." + std::to_string(i) + ".";
+    for (const char * wb : {"weight", "bias"}) {
+      const std::string s = wb;
+      p.add(blk + "attn_norm." + s, hf + "input_layernorm." + s);
+      p.add(blk + "attn_qkv." + s, hf + "attention.query_key_value." + s, {}, regroup);
+      p.add(blk + "attn_output." + s, hf + "attention.dense." + s);
+      p.add(blk + "ffn_norm." + s, hf + "post_attention_layernorm." + s);
+      p.add(blk + "ffn_up." + s, hf + "mlp.dense_h_to_4h." + s);
+      p.add(blk + "ffn_down." + s, hf + "mlp.dense_4h_to_h." + s);
+    }
+    for (const char * b : {"attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"}) {
+      if (p.has(hf + b)) p.used.insert(hf + b);
+    }
+  }
+  p.add("output_norm.weight", "gpt_neox.final_layer_norm.weight");
+  p.add("output_norm.bias", "gpt_neox.final_layer_norm.bias");
+  p.add("output.weight", "embed_out.weight");
+}
+
+// -- the table --
+
+struct GgufLayout {
+  const char * model_type;
+  void (*check)(const ExportContext & x);
+  void (*hparams)(GgufWriter & w, const ExportContext & x);
+  void (*tensors)(Plan & p, const ExportContext & x);
+};
+
+const GgufLayout kLayouts[] = {
+    {"llama", llama_check, llama_hparams, llama_tensors},
+    {"mistral", llama_check, llama_hparams, llama_tensors},
+    {"qwen2", llama_check, llama_hparams, llama_tensors},
+    {"qwen3", llama_check, llama_hparams, llama_tensors},
+    {"gpt2", gpt2_check, gpt2_hparams, gpt2_tensors},
+    {"gpt_neox", neox_check, neox_hparams, neox_tensors},
+};
+
+// llama_ftype of a file whose weights are `type`
+uint32_t file_type(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32: return 0;
+    case GgmlType::F16: return 1;
+    case GgmlType::Q4_0: return 2;
+    case GgmlType::Q8_0: return 7;
+    case GgmlType::BF16: return 32;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -234,7 +448,10 @@ GgufModelExportResult export_model_gguf(const std::string & model_dir, const std
   const std::string src = model_dir + "/config.json";
   const ModelConfig mc = ModelConfig::load(model_dir);
   GgufModelExportResult res;
-  const GgufLayout * layout = find_layout(mc.model_type);
+  const GgufLayout * layout = nullptr;
+  for (const auto & l : kLayouts) {
+    if (mc.model_type == l.model_type) layout = &l;
+  }
   const Architecture * arch = find_architecture(mc.model_type);
   if (!layout || !arch || arch->gguf_arch.empty()) {
     std::string supported;
@@ -242,7 +459,8 @@ GgufModelExportResult export_model_gguf(const std::string & model_dir, const std
     fail(str(src, ": model_type '", mc.model_type, "' has no llama.cpp model export (supported: ", supported, ")"));
   }
   res.architecture = arch->gguf_arch;
-  check_config(mc, *layout, src, res);
+  const ExportContext x{mc, src, res.architecture, res};
+  layout->check(x);
 
   GgufWriter w;
   w.add_string("general.architecture", res.architecture);
@@ -250,64 +468,22 @@ GgufModelExportResult export_model_gguf(const std::string & model_dir, const std
   w.add_string("general.name", base_of(real_path(model_dir).empty() ? model_dir : real_path(model_dir)));
   w.add_uint32("general.file_type", file_type(type));
   if (type == GgmlType::Q8_0 || type == GgmlType::Q4_0) w.add_uint32("general.quantization_version", 2);
-  bool llama3_rope = false;
-  add_hparams(w, res.architecture, mc, src, &llama3_rope);
+  layout->hparams(w, x);
   const GgufTokenizerInfo tok = gguf_add_tokenizer(w, model_dir, mc);
   res.tokenizer = tok.model + " / " + tok.pre;
 
-  auto ckpt = std::make_shared<Checkpoint>(model_dir);
-  const std::string where = model_dir + " (safetensors)";
-  std::set<std::string> used;
-  // a weight: 2-D ones as `type` (F16 where rows are not whole blocks), 1-D ones F32
-  auto add = [&](const std::string & gguf, const std::string & hf, int64_t permute) {
-    PEFT_CHECK(ckpt->has(hf), where, ": missing tensor '", hf, "'");
-    used.insert(hf);
-    const std::vector<int64_t> shape = ckpt->shape(hf);
-    GgmlType t = shape.size() == 2 ? type : GgmlType::F32;
-    if (shape.back() % ggml_block_values(t) != 0) {
-      t = GgmlType::F16;
-      ++res.kept_f16;
-    }
-    w.add_tensor(gguf, shape, t, [ckpt, hf, permute]() {
-      at::Tensor x = ckpt->get(hf).to(at::kFloat);
-      return permute > 0 ? permute_heads(x, permute) : x;
-    });
-  };
-
-  add("token_embd.weight", "model.embed_tokens.weight", 0);
-  PEFT_CHECK(ckpt->shape("model.embed_tokens.weight") == std::vector<int64_t>({mc.vocab_size, mc.hidden_size}), where,
-             ": model.embed_tokens.weight is not (vocab_size, hidden_size) of ", src);
-  if (llama3_rope) {
-    const at::Tensor f = llama3_rope_factors(mc);
-    w.add_tensor("rope_freqs.weight", f, GgmlType::F32);
-  }
-  for (int64_t i = 0; i < mc.num_layers; ++i) {
-    const std::string hf = "model.layers." + std::to_string(i) + ".", blk = "blk." + std::to_string(i) + ".";
-    for (const auto & n : kLayerNames) {
-      if (!ckpt->has(hf + n.first)) continue;
-      PEFT_CHECK(allowed(*layout, n.first), where, ": tensor '", hf + n.first, "' has no place in llama.cpp's ",
-                 res.architecture, " model");
-      int64_t permute = 0;
-      if (layout->permute_qk && starts_with(n.first, "self_attn.q_proj")) permute = mc.num_heads;
-      if (layout->permute_qk && starts_with(n.first, "self_attn.k_proj")) permute = mc.num_kv_heads;
-      add(blk + n.second, hf + n.first, permute);
-    }
-  }
-  add("output_norm.weight", "model.norm.weight", 0);
-  if (!mc.tie_word_embeddings) {
-    add("output.weight", "lm_head.weight", 0);
-  } else if (ckpt->has("lm_head.weight")) {
-    // a tied model's checkpoint may carry the head as a copy; it must be that copy
-    PEFT_CHECK(at::equal(ckpt->get("lm_head.weight"), ckpt->get("model.embed_tokens.weight")), where,
-               ": lm_head.weight differs from model.embed_tokens.weight, but ", src,
-               " says tie_word_embeddings: set it to false to keep a separate head");
-    used.insert("lm_head.weight");
-  }
-  for (const auto & kv : ckpt->where) {
-    PEFT_CHECK(used.count(kv.first) || ends_with(kv.first, "rotary_emb.inv_freq"), where, ": tensor '", kv.first,
+  Plan p;
+  p.ckpt = std::make_shared<Checkpoint>(model_dir);
+  p.where = model_dir + " (safetensors)";
+  p.w = &w;
+  p.type = type;
+  layout->tensors(p, x);
+  for (const auto & kv : p.ckpt->where) {
+    PEFT_CHECK(p.used.count(kv.first) || ends_with(kv.first, "rotary_emb.inv_freq"), p.where, ": tensor '", kv.first,
                "' has no place in llama.cpp's ", res.architecture, " model");
   }
   res.tensors = w.tensor_count();
+  res.kept_f16 = p.kept_f16;
   w.write(out);
   return res;
 }

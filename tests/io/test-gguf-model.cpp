@@ -245,7 +245,7 @@ TEST(GgufModelExport, RefusedWithNamedErrors) {
     std::string model, message;
   };
   const std::vector<Case> cases = {
-      {test::golden_model("tiny-gpt2"), "model_type 'gpt2' has no llama.cpp model export"},
+      {test::golden_model("tiny-gemma3"), "model_type 'gemma3_text' has no llama.cpp model export"},
       {test::golden_model("tiny-gemma2"), "model_type 'gemma2' has no llama.cpp model export"},
       {test::golden_model("tiny-opt"), "model_type 'opt'"},
       {test::golden_model("tiny-phi3"), "model_type 'phi3'"},

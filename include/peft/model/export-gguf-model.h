@@ -12,7 +12,7 @@
 namespace peft {
 
 struct GgufModelExportResult {
-  std::string architecture;     // llama.cpp's name ("llama", "qwen2", "qwen3")
+  std::string architecture;     // llama.cpp's name ("llama", "qwen2", "qwen3", "gpt2", "gptneox")
   std::string tokenizer;        // tokenizer.ggml.model / pre ("gpt2 / gpt-2")
   size_t tensors = 0;           // tensors written
   size_t kept_f16 = 0;          // weights kept F16 when quantizing (rows not whole 32-value blocks)
