@@ -81,7 +81,7 @@ const std::vector<Architecture> & architectures() {
       {"mistral", "MistralForCausalLM", &read_llama_config, &build_llama, kLlamaTargets, nullptr, "llama", true},
       {"qwen2", "Qwen2ForCausalLM", &read_llama_config, &build_llama, kQwenTargets, nullptr, "qwen2"},
       {"qwen3", "Qwen3ForCausalLM", &read_llama_config, &build_llama, kQwenTargets, nullptr, "qwen3"},
-      {"phi3", "Phi3ForCausalLM", &read_llama_config, &build_llama, kNoTargets},
+      {"phi3", "Phi3ForCausalLM", &read_llama_config, &build_llama, kNoTargets, nullptr, "phi3"},
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},
       {"gpt2", "GPT2LMHeadModel", &read_gpt2_config, &build_gpt2, kGpt2Targets, &rename_gpt2_config, "gpt2"},
       {"gpt_neox", "GPTNeoXForCausalLM", &read_gpt_neox_config, &build_gpt_neox, kGptNeoXTargets, nullptr, "gptneox"},

@@ -15,7 +15,8 @@
 //  - GPT-2: token_embd, position_embd, blk.N.{attn_norm, attn_qkv, attn_output, ffn_norm, ffn_up,
 //    ffn_down}.{weight,bias} (Conv1D weights (in, out) transposed), output_norm;
 //  - GPT-NeoX: as GPT-2 without positions (partial rotary), the fused query_key_value's rows regrouped from
-//    per head (q, k, v of head 0, then head 1, ...) to all q, all k, all v; use_parallel_residual.
+//    per head (q, k, v of head 0, then head 1, ...) to all q, all k, all v; use_parallel_residual;
+//  - Phi-3: the Llama names with attn_qkv (qkv_proj as it is) and ffn_up holding gate_up_proj.
 // One row per model_type in kLayouts: its checks, hyper-parameters and tensor list.
 #include "peft/model/export-gguf-model.h"
 
@@ -406,6 +407,44 @@ void neox_tensors(Plan & p, const ExportContext & x) {
   p.add("output.weight", "embed_out.weight");
 }
 
+// -- Phi-3: fused qkv_proj (q | k | v) and gate_up_proj (gate | up, llama.cpp's SWIGLU halves), NeoX rope --
+
+void phi3_check(const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  check_act(x, {"silu"});
+  check_rope(x, false);
+  PEFT_CHECK(mc.head_dim * mc.num_heads == mc.hidden_size, x.src, ": head_dim ", mc.head_dim, " x ", mc.num_heads,
+             " heads is not hidden_size ", mc.hidden_size, ": llama.cpp's phi3 takes square q projections");
+  PEFT_CHECK(!mc.attention_bias && !mc.mlp_bias, x.src, ": biases: llama.cpp's phi3 has none");
+  if (mc.sliding_window > 0 && mc.sliding_window < mc.max_position_embeddings) {
+    x.res.notes.push_back(str("sliding_window ", mc.sliding_window, ": llama.cpp's phi3 has its sliding window turned "
+                              "off, so generations longer than ", mc.sliding_window, " tokens differ"));
+  }
+}
+
+void phi3_hparams(GgufWriter & w, const ExportContext & x) {
+  add_common_hparams(w, x);
+  add_rope(w, x);
+  w.add_float32(x.arch + ".attention.layer_norm_rms_epsilon", static_cast<float>(x.mc.rms_norm_eps));
+}
+
+void phi3_tensors(Plan & p, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  p.add("token_embd.weight", "model.embed_tokens.weight");
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    const std::string hf = "model.layers." + std::to_string(i) + ".", blk = "blk." + std::to_string(i) + ".";
+    p.add(blk + "attn_norm.weight", hf + "input_layernorm.weight");
+    p.add(blk + "attn_qkv.weight", hf + "self_attn.qkv_proj.weight");
+    p.add(blk + "attn_output.weight", hf + "self_attn.o_proj.weight");
+    p.add(blk + "ffn_norm.weight", hf + "post_attention_layernorm.weight");
+    p.add(blk + "ffn_up.weight", hf + "mlp.gate_up_proj.weight");
+    p.add(blk + "ffn_down.weight", hf + "mlp.down_proj.weight");
+  }
+  p.add("output_norm.weight", "model.norm.weight");
+  if (!mc.tie_word_embeddings) p.add("output.weight", "lm_head.weight");
+  else p.check_tied_copy("lm_head.weight", "model.embed_tokens.weight", x.src);
+}
+
 // -- the table --
 
 struct GgufLayout {
@@ -422,6 +461,7 @@ const GgufLayout kLayouts[] = {
     {"qwen3", llama_check, llama_hparams, llama_tensors},
     {"gpt2", gpt2_check, gpt2_hparams, gpt2_tensors},
     {"gpt_neox", neox_check, neox_hparams, neox_tensors},
+    {"phi3", phi3_check, phi3_hparams, phi3_tensors},
 };
 
 // llama_ftype of a file whose weights are `type`

