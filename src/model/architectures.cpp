@@ -85,8 +85,8 @@ const std::vector<Architecture> & architectures() {
       {"opt", "OPTForCausalLM", &read_opt_config, &build_opt, kOptTargets},
       {"gpt2", "GPT2LMHeadModel", &read_gpt2_config, &build_gpt2, kGpt2Targets, &rename_gpt2_config, "gpt2"},
       {"gpt_neox", "GPTNeoXForCausalLM", &read_gpt_neox_config, &build_gpt_neox, kGptNeoXTargets, nullptr, "gptneox"},
-      {"gemma2", "Gemma2ForCausalLM", &read_gemma_config, &build_gemma, kGemmaTargets},
-      {"gemma3_text", "Gemma3ForCausalLM", &read_gemma_config, &build_gemma, kGemmaTargets},
+      {"gemma2", "Gemma2ForCausalLM", &read_gemma_config, &build_gemma, kGemmaTargets, nullptr, "gemma2"},
+      {"gemma3_text", "Gemma3ForCausalLM", &read_gemma_config, &build_gemma, kGemmaTargets, nullptr, "gemma3"},
   };
   return table;
 }

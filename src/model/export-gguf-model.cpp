@@ -16,7 +16,8 @@
 //    ffn_down}.{weight,bias} (Conv1D weights (in, out) transposed), output_norm;
 //  - GPT-NeoX: as GPT-2 without positions (partial rotary), the fused query_key_value's rows regrouped from
 //    per head (q, k, v of head 0, then head 1, ...) to all q, all k, all v; use_parallel_residual;
-//  - Phi-3: the Llama names with attn_qkv (qkv_proj as it is) and ffn_up holding gate_up_proj.
+//  - Phi-3: the Llama names with attn_qkv (qkv_proj as it is) and ffn_up holding gate_up_proj;
+//  - Gemma 2 / 3: the Llama names plus post_attention_norm and post_ffw_norm, each norm stored as 1 + w.
 // One row per model_type in kLayouts: its checks, hyper-parameters and tensor list.
 #include "peft/model/export-gguf-model.h"
 
@@ -445,6 +446,88 @@ void phi3_tensors(Plan & p, const ExportContext & x) {
   else p.check_tied_copy("lm_head.weight", "model.embed_tokens.weight", x.src);
 }
 
+// -- Gemma 2 and 3 (gemma3_text): norms x * (1 + w) in transformers, x * w in llama.cpp (so 1 + w is
+// stored), four norms a layer, embeddings times sqrt(hidden), sliding-window layers in a period --
+
+void gemma_check(const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  const bool gemma2 = mc.model_type == "gemma2";
+  note_gelu(x);
+  check_rope(x, false);
+  PEFT_CHECK(!mc.attention_bias, x.src, ": attention_bias: llama.cpp's ", x.arch, " has no q/k/v biases");
+  // llama.cpp scales queries by 1/sqrt(head_dim) (by 1/sqrt(hidden / heads) for the 46-layer 27B models)
+  const int64_t d = mc.num_layers == 46 ? mc.hidden_size / mc.num_heads : mc.head_dim;
+  PEFT_CHECK(std::abs(mc.attention_scale - 1.0 / std::sqrt(double(d))) < 1e-9, x.src, ": query_pre_attn_scalar ",
+             1.0 / (mc.attention_scale * mc.attention_scale), ": llama.cpp's ", x.arch, " scales queries by 1/sqrt(", d, ")");
+  // llama.cpp's gemma2 always caps (50 / 30 when the file has no value); Gemma 3 caps attention nowhere
+  PEFT_CHECK(!gemma2 || (mc.attn_logit_softcapping > 0 && mc.final_logit_softcapping > 0), x.src,
+             ": attn_logit_softcapping / final_logit_softcapping null: llama.cpp's gemma2 always applies both");
+  PEFT_CHECK(gemma2 || mc.attn_logit_softcapping == 0, x.src, ": attn_logit_softcapping ", mc.attn_logit_softcapping,
+             ": llama.cpp's gemma3 does not cap attention scores");
+}
+
+// llama.cpp's sliding_window_pattern n: layer l slides unless l % n == n - 1 (0: every layer slides)
+uint32_t gemma_swa_pattern(const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  for (int64_t n = 0; n <= mc.num_layers + 1; ++n) {
+    if (n == 1) continue;
+    bool fits = true;
+    for (int64_t l = 0; l < mc.num_layers; ++l) fits = fits && mc.layer_slides(l) == (n == 0 || l % n < n - 1);
+    if (fits) return static_cast<uint32_t>(n);
+  }
+  fail(str(x.src, ": the sliding-window layers (layer_types) are not every layer but each n-th, the only pattern "
+           "llama.cpp's ", x.arch, " reads"));
+}
+
+void gemma_hparams(GgufWriter & w, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  const std::string a = x.arch + ".";
+  add_common_hparams(w, x);
+  w.add_uint32(a + "attention.key_length", static_cast<uint32_t>(mc.head_dim));
+  w.add_uint32(a + "attention.value_length", static_cast<uint32_t>(mc.head_dim));
+  add_rope(w, x);
+  w.add_float32(a + "attention.layer_norm_rms_epsilon", static_cast<float>(mc.rms_norm_eps));
+  if (mc.attn_logit_softcapping > 0) w.add_float32(a + "attn_logit_softcapping", static_cast<float>(mc.attn_logit_softcapping));
+  if (mc.final_logit_softcapping > 0) w.add_float32(a + "final_logit_softcapping", static_cast<float>(mc.final_logit_softcapping));
+  if (mc.sliding_window > 0) {
+    w.add_uint32(a + "attention.sliding_window", static_cast<uint32_t>(mc.sliding_window));
+    w.add_uint32(a + "attention.sliding_window_pattern", gemma_swa_pattern(x));
+  }
+  // Gemma 3's sliding layers rotate with their own base and no scaling (llama.cpp: freq_base_swa, scale 1)
+  if (mc.rope_local_base_freq > 0) w.add_float32(a + "rope.freq_base_swa", static_cast<float>(mc.rope_local_base_freq));
+}
+
+void gemma_tensors(Plan & p, const ExportContext & x) {
+  const ModelConfig & mc = x.mc;
+  auto plus_one = [](const at::Tensor & t) { return t + 1.0; };
+  auto norm = [&](const std::string & gguf, const std::string & hf) { p.add(gguf, hf, {}, plus_one); };
+  p.add("token_embd.weight", "model.embed_tokens.weight");
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    const std::string hf = "model.layers." + std::to_string(i) + ".", blk = "blk." + std::to_string(i) + ".";
+    norm(blk + "attn_norm.weight", hf + "input_layernorm.weight");
+    p.add(blk + "attn_q.weight", hf + "self_attn.q_proj.weight");
+    p.add(blk + "attn_k.weight", hf + "self_attn.k_proj.weight");
+    p.add(blk + "attn_v.weight", hf + "self_attn.v_proj.weight");
+    p.add(blk + "attn_output.weight", hf + "self_attn.o_proj.weight");
+    if (mc.qk_norm) {
+      norm(blk + "attn_q_norm.weight", hf + "self_attn.q_norm.weight");
+      norm(blk + "attn_k_norm.weight", hf + "self_attn.k_norm.weight");
+    }
+    norm(blk + "post_attention_norm.weight", hf + "post_attention_layernorm.weight");
+    norm(blk + "ffn_norm.weight", hf + "pre_feedforward_layernorm.weight");
+    p.add(blk + "ffn_gate.weight", hf + "mlp.gate_proj.weight");
+    p.add(blk + "ffn_up.weight", hf + "mlp.up_proj.weight");
+    p.add(blk + "ffn_down.weight", hf + "mlp.down_proj.weight");
+    norm(blk + "post_ffw_norm.weight", hf + "post_feedforward_layernorm.weight");
+  }
+  norm("output_norm.weight", "model.norm.weight");
+  // llama.cpp's gemma2 always takes token_embd as the output; gemma3 may have its own
+  PEFT_CHECK(mc.tie_word_embeddings || mc.model_type != "gemma2", x.src,
+             ": tie_word_embeddings false: llama.cpp's gemma2 has no separate output");
+  if (!mc.tie_word_embeddings) p.add("output.weight", "lm_head.weight");
+  else p.check_tied_copy("lm_head.weight", "model.embed_tokens.weight", x.src);
+}
+
 // -- the table --
 
 struct GgufLayout {
@@ -462,6 +545,8 @@ const GgufLayout kLayouts[] = {
     {"gpt2", gpt2_check, gpt2_hparams, gpt2_tensors},
     {"gpt_neox", neox_check, neox_hparams, neox_tensors},
     {"phi3", phi3_check, phi3_hparams, phi3_tensors},
+    {"gemma2", gemma_check, gemma_hparams, gemma_tensors},
+    {"gemma3_text", gemma_check, gemma_hparams, gemma_tensors},
 };
 
 // llama_ftype of a file whose weights are `type`

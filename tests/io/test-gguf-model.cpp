@@ -245,9 +245,10 @@ TEST(GgufModelExport, RefusedWithNamedErrors) {
     std::string model, message;
   };
   const std::vector<Case> cases = {
-      {test::golden_model("tiny-gemma3"), "model_type 'gemma3_text' has no llama.cpp model export"},
-      {test::golden_model("tiny-gemma2"), "model_type 'gemma2' has no llama.cpp model export"},
-      {test::golden_model("tiny-opt"), "model_type 'opt'"},
+      {test::golden_model("tiny-opt"), "model_type 'opt' has no llama.cpp model export"},
+      {test::golden_model("tiny-gemma2"), "query_pre_attn_scalar 24: llama.cpp's gemma2 scales queries by 1/sqrt(16)"},
+      {test::golden_model("tiny-qwen3-sliding"), "a sliding window of 4 tokens (use_sliding_window)"},
+      {test::golden_model("tiny-rope-longrope"), "rope_scaling type 'longrope' is not exported"},
       {qwen3, "'model.layers.0.self_attn.o_proj.bias' has no place in llama.cpp's qwen3 model"},
       {wp, "model.type 'WordPiece'"},
       {pre, "is not a byte-level split that llama.cpp has a pre-tokenizer for"},

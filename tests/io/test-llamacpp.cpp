@@ -6,8 +6,12 @@
 //  - a LoRA adapter file on the F32 base file: llama.cpp's greedy tokens equal peft generate --adapter's;
 //  - F16, BF16, Q8_0, Q4_0 files: teacher-forced top-1 agreement with peft's float32 greedy sequence
 //    (llama.cpp's argmax after every prefix of it) at least the stated figure;
-//  - tiny random Qwen2, Qwen3, Llama (Llama 3 tokenizer and rope scaling) and Mistral (Llama 2's
-//    SentencePiece tokenizer) models with real tokenizers (the tokref fixture's) in F32: exact;
+//  - tiny random models of every exported architecture with real tokenizers (the tokref fixture's): Qwen2,
+//    Qwen3, Llama (Llama 3 tokenizer, llama3 rope scaling), Mistral and Phi-3 (Llama 2's SentencePiece
+//    tokenizer; Phi-3 with partial rotary) in F32 give peft's tokens exactly; Gemma 2 / 3 (a sliding
+//    window of 8, Gemma 3's tokenizer, local rope base, linear scaling), GPT-2 and GPT-NeoX (GELU: ggml's
+//    is the tanh form through an f16 table) reach the stated teacher-forced top-1 agreement (measured: 1);
+//    Q8_0 files of each a looser one (random weights leave small margins);
 //  - the refused cases: an embed_tokens LoRA on a tied model (llama.cpp would abort) is refused with the
 //    reason, and its merged model runs in llama.cpp with peft's tokens.
 // Skipped when npm could not install node-llama-cpp.
@@ -18,6 +22,7 @@
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
 #include "peft/tokenizer/tokenizer.h"
+#include "peft/util/text.h"
 #include "support.h"
 
 using namespace peft;
@@ -275,6 +280,17 @@ const std::vector<TinyCase> kTinyCases = {
      {{"architectures", {"MistralForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}}},
     {"Phi3PartialRotary", "phi3", "llama2", false,
      {{"architectures", {"Phi3ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"partial_rotary_factor", 0.5}}},
+    {"Gemma2SlidingWindow", "gemma2", "llama2", true,
+     {{"architectures", {"Gemma2ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"head_dim", 16},
+      {"query_pre_attn_scalar", 16}, {"sliding_window", 8}, {"attn_logit_softcapping", 50.0},
+      {"final_logit_softcapping", 30.0}, {"hidden_activation", "gelu_pytorch_tanh"}},
+     0.95},
+    {"Gemma3SlidingWindow", "gemma3_text", "gemma3", true,
+     {{"architectures", {"Gemma3ForCausalLM"}}, {"bos_token_id", 2}, {"eos_token_id", 1}, {"head_dim", 16},
+      {"query_pre_attn_scalar", 16}, {"sliding_window", 8}, {"sliding_window_pattern", 2}, {"rope_theta", 1000000.0},
+      {"rope_local_base_freq", 10000.0}, {"rope_scaling", {{"rope_type", "linear"}, {"factor", 4.0}}},
+      {"hidden_activation", "gelu_pytorch_tanh"}},
+     0.95},
     {"Gpt2", "gpt2", "gpt2", true,
      {{"architectures", {"GPT2LMHeadModel"}}, {"activation_function", "gelu_new"}, {"bos_token_id", 50256},
       {"eos_token_id", 50256}},
@@ -349,10 +365,22 @@ std::string make_tiny_model(const TinyCase & c) {
     return dir;
   }
   t["model.embed_tokens.weight"] = at::randn({vocab, H});
+  const bool gemma = starts_with(c.model_type, "gemma");
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    t[p + "input_layernorm.weight"] = norm(H);
-    t[p + "post_attention_layernorm.weight"] = norm(H);
+    if (gemma) {  // four norms, stored as w in x * (1 + w); Gemma 3's q/k norms
+      for (const char * n : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                             "post_feedforward_layernorm"}) {
+        t[p + n + ".weight"] = 0.1 * at::randn({H});
+      }
+      if (c.model_type == "gemma3_text") {
+        t[p + "self_attn.q_norm.weight"] = 0.1 * at::randn({HD});
+        t[p + "self_attn.k_norm.weight"] = 0.1 * at::randn({HD});
+      }
+    } else {
+      t[p + "input_layernorm.weight"] = norm(H);
+      t[p + "post_attention_layernorm.weight"] = norm(H);
+    }
     if (c.model_type == "phi3") {  // fused q | k | v and gate | up
       t[p + "self_attn.qkv_proj.weight"] = w((NH + 2 * NKV) * HD, H);
       t[p + "self_attn.o_proj.weight"] = w(H, NH * HD);
@@ -377,7 +405,7 @@ std::string make_tiny_model(const TinyCase & c) {
     t[p + "mlp.up_proj.weight"] = w(I, H);
     t[p + "mlp.down_proj.weight"] = w(H, I);
   }
-  t["model.norm.weight"] = norm(H);
+  t["model.norm.weight"] = gemma ? 0.1 * at::randn({H}) : norm(H);
   if (!c.tied) t["lm_head.weight"] = w(vocab, H) * 4.0;
   safetensors_save(dir + "/model.safetensors", t);
   return dir;
