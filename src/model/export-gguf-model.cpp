@@ -21,7 +21,12 @@
 // One row per model_type in kLayouts: its checks, hyper-parameters and tensor list.
 #include "peft/model/export-gguf-model.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -74,7 +79,27 @@ struct Checkpoint {
   }
   bool has(const std::string & k) const { return where.count(k) != 0; }
   std::vector<int64_t> shape(const std::string & k) const { return where.at(k)->entry(k).shape; }
-  at::Tensor get(const std::string & k) const { return where.at(k)->get(k); }
+  // read with pread, not through SafeTensorsFile's mapping: pages of a memory-mapped file read once stay
+  // resident, so a model's whole size would show up in the exporter's memory
+  at::Tensor get(const std::string & k) const {
+    const SafeTensorsFile & f = *where.at(k);
+    const SafeTensorsFile::Entry & e = f.entry(k);
+    const int fd = ::open(f.path().c_str(), O_RDONLY | O_CLOEXEC);
+    PEFT_CHECK(fd >= 0, "cannot open '", f.path(), "': ", std::strerror(errno));
+    uint64_t header = 0;
+    at::Tensor t = at::empty(e.shape, e.dtype);
+    const size_t n = e.end - e.begin;
+    bool ok = ::pread(fd, &header, 8, 0) == 8 && static_cast<size_t>(t.nbytes()) == n;
+    for (size_t done = 0; ok && done < n;) {
+      const ssize_t r = ::pread(fd, static_cast<char *>(t.data_ptr()) + done, n - done,
+                                static_cast<off_t>(8 + header + e.begin + done));
+      ok = r > 0;
+      done += ok ? static_cast<size_t>(r) : 0;
+    }
+    ::close(fd);
+    PEFT_CHECK(ok, "cannot read tensor '", k, "' from '", f.path(), "'");
+    return t;
+  }
 };
 
 // convert_hf_to_gguf.py's LlamaModel.permute: within each head, rows (t * hd/2 + k) -> (2k + t)
@@ -120,6 +145,7 @@ struct Plan {
   GgmlType type = GgmlType::F32;
   std::set<std::string> used;
   size_t kept_f16 = 0;
+  std::vector<int64_t> embedding_shape;  // token_embd's, checked against config.json
 
   bool has(const std::string & hf) const { return ckpt->has(hf); }
   std::vector<int64_t> shape(const std::string & hf) const {
@@ -131,6 +157,7 @@ struct Plan {
            std::function<at::Tensor(const at::Tensor &)> fn = nullptr) {
     const std::vector<int64_t> in = shape(hf);
     used.insert(hf);
+    if (gguf == "token_embd.weight") embedding_shape = in;
     if (out_shape.empty()) out_shape = in;
     GgmlType t = out_shape.size() == 2 ? type : GgmlType::F32;
     if (out_shape.back() % ggml_block_values(t) != 0) {
@@ -603,6 +630,9 @@ GgufModelExportResult export_model_gguf(const std::string & model_dir, const std
   p.w = &w;
   p.type = type;
   layout->tensors(p, x);
+  PEFT_CHECK(p.embedding_shape == std::vector<int64_t>({mc.vocab_size, mc.hidden_size}), p.where,
+             ": the token embedding is ", at::IntArrayRef(p.embedding_shape), ", not (vocab_size, hidden_size) = (",
+             mc.vocab_size, ", ", mc.hidden_size, ") of ", src);
   for (const auto & kv : p.ckpt->where) {
     PEFT_CHECK(p.used.count(kv.first) || ends_with(kv.first, "rotary_emb.inv_freq"), p.where, ": tensor '", kv.first,
                "' has no place in llama.cpp's ", res.architecture, " model");

@@ -411,6 +411,9 @@ std::string make_tiny_model(const TinyCase & c) {
   return dir;
 }
 
+// gtest prints a case by its name (not its bytes)
+void PrintTo(const TinyCase & c, std::ostream * os) { *os << c.name; }
+
 class TinyArch : public ::testing::TestWithParam<TinyCase> {};
 
 }  // namespace
