@@ -134,4 +134,14 @@ Prepared apply_adapter_options(std::shared_ptr<CausalLM> model, const AdapterOpt
   return p;
 }
 
+RunModel load_run_model(const std::string & dir, at::ScalarType dtype, const QuantFlags & quant, const AdapterOptions & adapters,
+                        bool compile) {
+  Prepared run = apply_adapter_options(load_model_with(dir, dtype, quant), adapters);
+  RunModel r;
+  r.has_adapters = run.peft != nullptr;
+  r.model = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
+  r.forward = make_logits_fn(*r.model, compile);
+  return r;
+}
+
 }  // namespace peft::cli

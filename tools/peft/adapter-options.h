@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "peft/model/causal-lm.h"
+#include "common.h"
 #include "peft/peft-model.h"
+#include "quant-options.h"
 
 namespace peft::cli {
 
@@ -34,5 +36,16 @@ struct Prepared {
   std::shared_ptr<PeftModel> peft;   // set otherwise
 };
 Prepared apply_adapter_options(std::shared_ptr<CausalLM> model, const AdapterOptions & o);
+
+/// A model loaded as the commands that run one (forward, generate, eval) load it: the checkpoint with
+/// --dtype / --quantize, the adapter flags applied, a PeftModel either way (no adapters: the plain model
+/// wrapped), and its forward (compiled with --compile).
+struct RunModel {
+  std::shared_ptr<PeftModel> model;
+  bool has_adapters = false;  // adapters remain (false: none given, or --merge-and-unload)
+  PeftLogitsFn forward;
+};
+RunModel load_run_model(const std::string & dir, at::ScalarType dtype, const QuantFlags & quant, const AdapterOptions & adapters,
+                        bool compile);
 
 }  // namespace peft::cli

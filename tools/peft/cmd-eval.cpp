@@ -41,22 +41,6 @@ std::string fixed(double v, int digits) {
   return s.str();
 }
 
-// One loaded model to evaluate: the model (its adapters applied) and its forward.
-struct Loaded {
-  std::shared_ptr<PeftModel> model;
-  PeftLogitsFn forward;
-};
-
-Loaded load(const std::string & dir, at::ScalarType dtype, const QuantFlags & quant, const AdapterOptions & adapters,
-            bool compile) {
-  auto base = load_model_with(dir, dtype, quant);
-  Prepared run = apply_adapter_options(base, adapters);
-  Loaded l;
-  l.model = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
-  l.forward = make_logits_fn(*l.model, compile);
-  return l;
-}
-
 }  // namespace
 
 Runner add_eval(CLI::App & app) {
@@ -108,7 +92,7 @@ Runner add_eval(CLI::App & app) {
                                 : TextEncoder::for_model(o->model, mcfg, o->byte_tokenizer);
     apply_common_options(o->common);
 
-    Loaded main = load(o->model, dtype, o->quant, o->adapters, o->compile);
+    RunModel main = load_run_model(o->model, dtype, o->quant, o->adapters, o->compile);
     const int64_t virtual_tokens = main.model->num_virtual_tokens();
     const int64_t positions = mcfg.max_position_embeddings - virtual_tokens;
     const int64_t context = o->context > 0 ? o->context : std::min<int64_t>(positions, 2048);
@@ -118,7 +102,7 @@ Runner add_eval(CLI::App & app) {
                virtual_tokens > 0 ? ", less the adapter's virtual tokens" : "", ")");
     PEFT_USAGE(o->stride >= 0 && o->stride <= context, "--stride must be in [1, --context]");
     eval::Scorer scorer = eval::scorer_of(*main.model, main.forward);
-    std::optional<Loaded> ref;  // --compare-to's model (loaded before the memory mark: both are resident)
+    std::optional<RunModel> ref;  // --compare-to's model (loaded before the memory mark: both are resident)
     scorer.chunk = o->chunk;
 
     nlohmann::json results = nlohmann::json::object(), samples = nlohmann::json::object(),
@@ -135,14 +119,14 @@ Runner add_eval(CLI::App & app) {
         if (has_file(d, "adapter_config.json")) {
           AdapterOptions a;
           a.adapters = {d};
-          ref = load(o->model, dtype, o->quant, a, o->compile);
+          ref = load_run_model(o->model, dtype, o->quant, a, o->compile);
         } else {
           PEFT_CHECK(has_file(d, "config.json"), "--compare-to ", d, ": neither ", kBaseAdapter,
                      " nor a folder with adapter_config.json (an adapter) or config.json (a model)");
           const ModelConfig rc = ModelConfig::load(d);
           PEFT_CHECK(rc.vocab_size == mcfg.vocab_size, "--compare-to ", d, ": its vocabulary (", rc.vocab_size,
                      ") is not the model's (", mcfg.vocab_size, "): the distributions cannot be compared");
-          ref = load(d, dtype, QuantFlags{}, AdapterOptions{}, o->compile);
+          ref = load_run_model(d, dtype, QuantFlags{}, AdapterOptions{}, o->compile);
         }
         ref_scorer = eval::scorer_of(*ref->model, ref->forward);
       }

@@ -43,19 +43,16 @@ Runner add_forward(CLI::App & app) {
     check_token_ids(o->ids, rows, ModelConfig::load(o->model), 0, /*positions_only_if_learned=*/true);
     at::Tensor ids = ids_tensor(rows, o->ids);
     apply_common_options(o->common);
-    auto model = load_model_with(o->model, dtype, o->quant);
-    Prepared run = apply_adapter_options(model, o->adapters);
-    auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
-    auto fwd = make_logits_fn(*pm, o->compile);
+    const RunModel run = load_run_model(o->model, dtype, o->quant, o->adapters, o->compile);
     at::NoGradGuard no_grad;
     PeftInput in;
     in.input_ids = ids;
     if (!o->adapter_names.empty()) {
-      PEFT_CHECK(run.peft, "--adapter-names needs adapters (and not --merge-and-unload)");
+      PEFT_CHECK(run.has_adapters, "--adapter-names needs adapters (and not --merge-and-unload)");
       std::stringstream ss(o->adapter_names);
       for (std::string n; std::getline(ss, n, ',');) in.adapter_names.push_back(n);
     }
-    at::Tensor logits = fwd(in);
+    at::Tensor logits = run.forward(in);
     safetensors_save(o->out, {{"logits", logits.to(at::kFloat)}});
     return 0;
   };

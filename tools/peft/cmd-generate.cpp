@@ -290,19 +290,18 @@ Runner add_generate(CLI::App & app) {
     std::vector<FileItem> items;
     if (from_file) items = read_prompts_file(o->prompts_file, *tok, o->model, o->chat, o->system, has_system, tpl);
     apply_common_options(o->common);
-    auto base = load_model_with(o->model, dtype, o->quant);
-    Prepared run = apply_adapter_options(base, o->adapters);
-    auto pm = run.peft ? run.peft : std::make_shared<PeftModel>(run.plain);
+    const RunModel run = load_run_model(o->model, dtype, o->quant, o->adapters, o->compile);
+    const std::shared_ptr<PeftModel> pm = run.model;
     GenerationConfig gen = o->gen;
     gen.use_cache = !o->no_cache;
-    gen.eos_token_ids = base->config().eos_token_ids;
+    gen.eos_token_ids = pm->base_model().config().eos_token_ids;
     for (int64_t id : file_defaults.eos_token_ids) add_unique(gen.eos_token_ids, id);  // generate() stops on them too
     if (tpl) add_template_eos(o->model, *tok, gen.eos_token_ids);  // the end of an assistant turn
-    gen.pad_token_id = std::max<int64_t>(0, base->config().pad_token_id);
+    gen.pad_token_id = std::max<int64_t>(0, pm->base_model().config().pad_token_id);
     gen.virtual_tokens = pm->num_virtual_tokens();  // a prompt-learning adapter's, in the cache's first slots
     gen.fill_virtual_tokens = [pm](KVCache & c) { pm->fill_virtual_tokens(c); };
     // the adapters' model (an adapter's layer_replication gives it another layer stack than `base`)
-    const PeftLogitsFn forward = make_logits_fn(*pm, o->compile);
+    const PeftLogitsFn & forward = run.forward;
     const ModelConfig & cfg = pm->base_model().config();
     auto decode = [&](const std::vector<int64_t> & ids) { return tok->decode(ids); };
     auto run_batch = [&](const std::vector<std::vector<int64_t>> & prompts, const std::function<void(size_t, int64_t)> & on_token) {
