@@ -1,4 +1,5 @@
-// Logits processors and sampling, in Hugging Face's order: repetition penalty, temperature, top-k, top-p.
+// Logits processors and sampling: logit bias, repetition penalty, temperature, min-p, top-k, top-p (vLLM's
+// order; without min-p and logit bias Hugging Face's too).
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "peft/error.h"
@@ -9,6 +10,12 @@ namespace peft {
 at::Tensor sample_next(const at::Tensor & logits_in, const std::vector<std::vector<int64_t>> & history,
                        const GenerationConfig & gen, at::Generator & rng) {
   at::Tensor logits = logits_in.to(at::kFloat).clone();  // (B, V)
+  if (!gen.logit_bias.empty()) {
+    auto acc = logits.accessor<float, 2>();
+    for (int64_t b = 0; b < logits.size(0); ++b) {
+      for (const auto & lb : gen.logit_bias) acc[b][lb.first] += lb.second;
+    }
+  }
   if (gen.repetition_penalty != 1.0) {
     for (int64_t b = 0; b < logits.size(0); ++b) {
       if (history[b].empty()) continue;
@@ -22,6 +29,10 @@ at::Tensor sample_next(const at::Tensor & logits_in, const std::vector<std::vect
   if (!gen.do_sample) return logits.argmax(-1);
   if (gen.temperature != 1.0) logits = logits / gen.temperature;
   const double neg_inf = -std::numeric_limits<double>::infinity();
+  if (gen.min_p > 0) {
+    at::Tensor probs = at::softmax(logits, -1);
+    logits = logits.masked_fill(probs < probs.amax(-1, /*keepdim=*/true) * gen.min_p, neg_inf);
+  }
   if (gen.top_k > 0 && gen.top_k < logits.size(-1)) {
     at::Tensor kth = std::get<0>(logits.topk(gen.top_k, -1)).narrow(-1, gen.top_k - 1, 1);
     logits = logits.masked_fill(logits < kth, neg_inf);

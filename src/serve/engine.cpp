@@ -303,6 +303,8 @@ void Engine::admit() {
     r.gen.top_k = p.top_k;
     r.gen.top_p = p.top_p;
     r.gen.repetition_penalty = p.repetition_penalty;
+    r.gen.min_p = p.min_p;
+    r.gen.logit_bias = p.logit_bias;
     r.gen.eos_token_ids = model_->base_model().config().eos_token_ids;
     uint64_t seed = p.seed;
     if (!p.has_seed) seed = std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32);
@@ -478,32 +480,8 @@ void Engine::sample_and_emit(Row & r, const at::Tensor & logits) {
   int64_t id = 0;
   TokenLogprob lp;
   try {
-    at::Tensor l = logits;
-    const GenerationConfig * gen = &r.gen;
-    GenerationConfig unpenalized;
-    const bool min_p = p.min_p > 0 && r.gen.do_sample;
-    if (!p.logit_bias.empty() || min_p) {
-      l = logits.to(at::kFloat).clone();  // (1, V)
-      auto acc = l.accessor<float, 2>();
-      for (const auto & b : p.logit_bias) acc[0][b.first] += b.second;
-      if (min_p) {
-        // vLLM's order: penalties, temperature, min_p, then top-k/top-p (sample_next, penalty already applied)
-        if (r.gen.repetition_penalty != 1.0 && !r.history[0].empty()) {
-          at::Tensor idx = at::tensor(r.history[0], at::kLong);
-          at::Tensor row = l[0];
-          at::Tensor s = row.index_select(0, idx);
-          s = at::where(s < 0, s * r.gen.repetition_penalty, s / r.gen.repetition_penalty);
-          row.index_copy_(0, idx, s);
-          unpenalized = r.gen;
-          unpenalized.repetition_penalty = 1.0;
-          gen = &unpenalized;
-        }
-        at::Tensor probs = at::softmax(l / r.gen.temperature, -1);
-        at::Tensor keep = probs >= probs.amax(-1, /*keepdim=*/true) * p.min_p;
-        l = l.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity());
-      }
-    }
-    id = sample_next(l, r.history, *gen, r.rng)[0].item<int64_t>();
+    // (logit bias, penalties, temperature, min_p, top-k, top-p: vLLM's order, in sample_next)
+    id = sample_next(logits, r.history, r.gen, r.rng)[0].item<int64_t>();
     if (p.logprobs >= 0) lp = token_logprob(at::log_softmax(logits[0].to(at::kFloat), -1).contiguous(), id, p.logprobs);
   } catch (const std::exception & e) {
     finish(r, FinishReason::kError, "sampling failed: " + error_message(e));

@@ -1,5 +1,7 @@
 // Generation: the KV cache changes nothing (same tokens as recomputing the whole sequence), left
 // padding in a batch changes nothing for a row, sampling is seeded, processors do what they say.
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <set>
 #include <sstream>
 
@@ -93,6 +95,39 @@ TEST_P(Generate, StopsOnStopString) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, Generate, ::testing::Values("tiny-llama", "tiny-opt"));
+
+// sample_next's processors: logit bias first, min-p after temperature (vLLM's order), each doing what it says
+TEST(Sampling, LogitBiasAndMinPDoWhatTheySay) {
+  // probabilities 0.5, 0.3, 0.15, 0.05 at temperature 1
+  const at::Tensor logits = (at::log(at::tensor({0.5f, 0.3f, 0.15f, 0.05f})) + 10).unsqueeze(0);  // (all positive)
+  at::Generator rng = at::detail::createCPUGenerator(7);
+  GenerationConfig g;
+  g.do_sample = true;
+  auto counts = [&](const GenerationConfig & c) {
+    std::vector<int> n(4, 0);
+    for (int i = 0; i < 2000; ++i) ++n[sample_next(logits, {{}}, c, rng)[0].item<int64_t>()];
+    return n;
+  };
+  std::vector<int> n = counts(g);
+  EXPECT_GT(n[3], 0);  // (the tail is sampled without min_p: the checks below can fail)
+  g.min_p = 0.2;       // threshold 0.1: only the 0.05 token goes
+  n = counts(g);
+  EXPECT_EQ(n[3], 0);
+  EXPECT_GT(n[2], 0);
+  g.temperature = 0.5;  // min_p applies after temperature: 0.5^2 : 0.15^2 = 0.09 < 0.2 of the top's probability
+  n = counts(g);
+  EXPECT_EQ(n[2], 0);
+  EXPECT_GT(n[1], 0);
+  g.min_p = 1.0;  // only the most likely token
+  n = counts(g);
+  EXPECT_EQ(n[0], 2000);
+  // a bias makes the last token the most likely, before the penalty and greedy choice too
+  GenerationConfig greedy;
+  greedy.logit_bias = {{3, 5.0f}};
+  EXPECT_EQ(sample_next(logits, {{}}, greedy, rng)[0].item<int64_t>(), 3);
+  greedy.repetition_penalty = 1e6;  // the biased token seen before: penalised after the bias
+  EXPECT_EQ(sample_next(logits, {{3}}, greedy, rng)[0].item<int64_t>(), 0);
+}
 
 TEST(GenerateArgs, InvalidSettingsAreErrors) {
   auto m = load_model(golden_model("tiny-llama"));
