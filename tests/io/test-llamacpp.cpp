@@ -11,7 +11,8 @@
 //    tokenizer; Phi-3 with partial rotary) in F32 give peft's tokens exactly; Gemma 2 / 3 (a sliding
 //    window of 8, Gemma 3's tokenizer, local rope base, linear scaling), GPT-2 and GPT-NeoX (GELU: ggml's
 //    is the tanh form through an f16 table) reach the stated teacher-forced top-1 agreement (measured: 1);
-//    Q8_0 files of each a looser one (random weights leave small margins);
+//    Q8_0 files of each a looser one (random weights leave small margins); a LoRA adapter file on the
+//    models with the Llama layout's module names (all but Phi-3, GPT-2, GPT-NeoX, Gemma 3) too;
 //  - the refused cases: an embed_tokens LoRA on a tied model (llama.cpp would abort) is refused with the
 //    reason, and its merged model runs in llama.cpp with peft's tokens.
 // Skipped when npm could not install node-llama-cpp.
@@ -136,14 +137,16 @@ json request(const std::string & gguf, const std::vector<std::string> & prompts,
   return r;
 }
 
-// A LoRA adapter folder for kjv-llama with seeded random A and B (nothing trained: the pairs are large
-// enough to change the greedy tokens), r 8, alpha 16, on `modules` of every layer.
-std::string random_kjv_adapter(const std::vector<std::string> & modules, bool embedding = false) {
-  const std::string dir = test::temp_dir("kjv-adapter");
-  const json cfg = read_json_file(kKjv + "/config.json");
+// A LoRA adapter folder for the Llama-layout model in `model` (kjv-llama by default) with seeded random A
+// and B (nothing trained: the pairs are large enough to change the greedy tokens), r 8, alpha 16, on
+// `modules` of every layer.
+std::string random_adapter(const std::vector<std::string> & modules, bool embedding = false,
+                           const std::string & model = kKjv, double b_scale = 0.05) {
+  const std::string dir = test::temp_dir("random-adapter");
+  const json cfg = read_json_file(model + "/config.json");
   const int64_t H = cfg["hidden_size"], I = cfg["intermediate_size"], L = cfg["num_hidden_layers"];
-  const int64_t Q = int64_t(cfg["num_attention_heads"]) * int64_t(cfg["head_dim"]);
-  const int64_t KV = int64_t(cfg["num_key_value_heads"]) * int64_t(cfg["head_dim"]);
+  const int64_t NH = cfg["num_attention_heads"], HD = cfg.value("head_dim", H / NH);
+  const int64_t Q = NH * HD, KV = int64_t(cfg.value("num_key_value_heads", NH)) * HD;
   const std::map<std::string, std::pair<std::string, std::pair<int64_t, int64_t>>> shapes = {
       {"q_proj", {"self_attn", {Q, H}}}, {"k_proj", {"self_attn", {KV, H}}}, {"v_proj", {"self_attn", {KV, H}}},
       {"o_proj", {"self_attn", {H, Q}}}, {"gate_proj", {"mlp", {I, H}}},     {"up_proj", {"mlp", {I, H}}},
@@ -156,7 +159,7 @@ std::string random_kjv_adapter(const std::vector<std::string> & modules, bool em
       const auto & s = shapes.at(m);
       const std::string p = "base_model.model.model.layers." + std::to_string(l) + "." + s.first + "." + m;
       t[p + ".lora_A.weight"] = at::randn({r, s.second.second}) / std::sqrt(double(s.second.second));
-      t[p + ".lora_B.weight"] = at::randn({s.second.first, r}) * 0.05;
+      t[p + ".lora_B.weight"] = at::randn({s.second.first, r}) * b_scale;
     }
   }
   std::vector<std::string> targets = modules;
@@ -193,7 +196,7 @@ TEST(LlamaCpp, BaseModelF32GivesPeftsTokens) {
 
 TEST(LlamaCpp, AdapterAndMergedModelF32GivePeftsTokens) {
   REQUIRE_LLAMACPP();
-  const std::string adapter = random_kjv_adapter({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"});
+  const std::string adapter = random_adapter({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"});
   const PeftRun base = peft_run(kKjv, kPrompts);
   const PeftRun want = peft_run(kKjv, kPrompts, "--adapter " + adapter);
   EXPECT_NE(want.ids, base.ids) << "the random adapter should change the greedy tokens";
@@ -219,7 +222,7 @@ TEST(LlamaCpp, LowerPrecisionTop1Agreement) {
     std::cerr << "[ llama.cpp ] kjv-llama " << c.first << ": top-1 agreement " << a << "\n";
     EXPECT_GE(a, c.second) << c.first;
   }
-  const std::string adapter = random_kjv_adapter({"q_proj", "v_proj"});
+  const std::string adapter = random_adapter({"q_proj", "v_proj"});
   const PeftRun want_lora = peft_run(kKjv, kPrompts, "--adapter " + adapter);
   const double a = top1_agreement(want_lora, export_file("--model " + kKjv + " --dtype f16", "kjv-f16.gguf"),
                                   export_file("--model " + kKjv + " --adapter " + adapter + " --dtype f16", "a-f16.gguf"));
@@ -229,7 +232,7 @@ TEST(LlamaCpp, LowerPrecisionTop1Agreement) {
 
 TEST(LlamaCpp, TiedEmbeddingLoraRefusedAndItsMergedModelRuns) {
   REQUIRE_LLAMACPP();
-  const std::string adapter = random_kjv_adapter({"q_proj", "v_proj"}, /*embedding=*/true);
+  const std::string adapter = random_adapter({"q_proj", "v_proj"}, /*embedding=*/true);
   const std::string dir = test::temp_dir("llamacpp-tied");
   std::string log;
   EXPECT_EQ(test::run_cli("export --model " + kKjv + " --adapter " + adapter + " --format gguf --out " + dir + "/a.gguf",
@@ -267,6 +270,7 @@ struct TinyCase {
   // 1: llama.cpp's greedy tokens equal peft's; below: GELU models (llama.cpp's GELU is the tanh form through
   // an f16 table, not peft's float32 one): teacher-forced top-1 agreement at least this
   double f32_agreement = 1.0;
+  bool adapter = true;  // a LoRA adapter file too (the Llama layout's module names)
 };
 
 const std::vector<TinyCase> kTinyCases = {
@@ -279,7 +283,8 @@ const std::vector<TinyCase> kTinyCases = {
     {"MistralSentencePiece", "mistral", "llama2", false,
      {{"architectures", {"MistralForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}}},
     {"Phi3PartialRotary", "phi3", "llama2", false,
-     {{"architectures", {"Phi3ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"partial_rotary_factor", 0.5}}},
+     {{"architectures", {"Phi3ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"partial_rotary_factor", 0.5}},
+     1.0, false},
     {"Gemma2SlidingWindow", "gemma2", "llama2", true,
      {{"architectures", {"Gemma2ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"head_dim", 16},
       {"query_pre_attn_scalar", 16}, {"sliding_window", 8}, {"attn_logit_softcapping", 50.0},
@@ -290,15 +295,15 @@ const std::vector<TinyCase> kTinyCases = {
       {"query_pre_attn_scalar", 16}, {"sliding_window", 8}, {"sliding_window_pattern", 2}, {"rope_theta", 1000000.0},
       {"rope_local_base_freq", 10000.0}, {"rope_scaling", {{"rope_type", "linear"}, {"factor", 4.0}}},
       {"hidden_activation", "gelu_pytorch_tanh"}},
-     0.95},
+     0.95, false},  // (its 262k vocabulary makes peft's runs slow: Gemma 2 checks the Gemma adapter)
     {"Gpt2", "gpt2", "gpt2", true,
      {{"architectures", {"GPT2LMHeadModel"}}, {"activation_function", "gelu_new"}, {"bos_token_id", 50256},
       {"eos_token_id", 50256}},
-     0.95},
+     0.95, false},
     {"GptNeoX", "gpt_neox", "gpt2", false,
      {{"architectures", {"GPTNeoXForCausalLM"}}, {"hidden_act", "gelu"}, {"rotary_pct", 0.25},
       {"use_parallel_residual", true}, {"bos_token_id", 50256}, {"eos_token_id", 50256}},
-     0.95},
+     0.95, false},
 };
 
 const std::vector<std::string> kTinyPrompts = {"Hello world, this is a test of 12345 numbers",
@@ -364,14 +369,16 @@ std::string make_tiny_model(const TinyCase & c) {
     safetensors_save(dir + "/model.safetensors", t);
     return dir;
   }
-  t["model.embed_tokens.weight"] = at::randn({vocab, H});
   const bool gemma = starts_with(c.model_type, "gemma");
+  // Gemma multiplies the embeddings by sqrt(hidden): the same residual scale as the others
+  t["model.embed_tokens.weight"] = at::randn({vocab, H}) / (gemma ? std::sqrt(double(H)) : 1.0);
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     if (gemma) {  // four norms, stored as w in x * (1 + w); Gemma 3's q/k norms
-      for (const char * n : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                             "post_feedforward_layernorm"}) {
-        t[p + n + ".weight"] = 0.1 * at::randn({H});
+      for (const char * n : {"input_layernorm", "pre_feedforward_layernorm"}) t[p + n + ".weight"] = 0.1 * at::randn({H});
+      // the blocks' outputs a few times the embedding's size: else a tied random model repeats its input
+      for (const char * n : {"post_attention_layernorm", "post_feedforward_layernorm"}) {
+        t[p + n + ".weight"] = 3.0 + 0.1 * at::randn({H});
       }
       if (c.model_type == "gemma3_text") {
         t[p + "self_attn.q_norm.weight"] = 0.1 * at::randn({HD});
@@ -442,6 +449,23 @@ TEST_P(TinyArch, F32GivesPeftsTokens) {
     std::cerr << "[ llama.cpp ] tiny " << c.name << " f32: top-1 agreement " << a << ", " << same << " of "
               << kTinyPrompts.size() << " greedy sequences equal\n";
     EXPECT_GE(a, c.f32_agreement);
+  }
+  // a LoRA adapter on every projection of the Llama layout (q/k/v/o, gate/up/down), F32: peft generate
+  // --adapter's tokens (GPT-2 / GPT-NeoX / Phi-3 have fused projections, which the adapter export refuses)
+  if (c.adapter) {
+    const std::string adapter = random_adapter(
+        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, false, model, 0.5);
+    const PeftRun with = peft_run(model, kTinyPrompts, "--adapter " + adapter);
+    EXPECT_NE(with.ids, want.ids) << "the random adapter should change the greedy tokens";
+    const std::string lora = export_file("--model " + model + " --adapter " + adapter, "tiny-adapter.gguf");
+    const json got_lora = llama_run(request(f32, kTinyPrompts, lora));
+    if (c.f32_agreement >= 1.0) {
+      expect_same_tokens(with, got_lora, kTinyPrompts);
+    } else {
+      const double a = top1_agreement(with, f32, lora);
+      std::cerr << "[ llama.cpp ] tiny " << c.name << " f32 + adapter: top-1 agreement " << a << "\n";
+      EXPECT_GE(a, c.f32_agreement);
+    }
   }
   // the same in Q8_0, teacher-forced: random weights with a 100k+ vocabulary leave small top-1 margins
   // (measured 0.84 to 0.96), so this only guards the layout (a wrong one agrees nowhere)
