@@ -8,8 +8,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cctype>
 #include <map>
-#include <set>
 
 #include "peft/error.h"
 #include "peft/io/files.h"

@@ -16,9 +16,8 @@
 //  - the refused cases: an embed_tokens LoRA on a tied model (llama.cpp would abort) is refused with the
 //    reason, and its merged model runs in llama.cpp with peft's tokens.
 // Skipped when npm could not install node-llama-cpp.
-#include <cstdlib>
+#include <cmath>
 #include <fstream>
-#include <random>
 
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
