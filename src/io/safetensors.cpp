@@ -11,6 +11,7 @@
 
 #include "peft/error.h"
 #include "peft/io/files.h"
+#include "io/checkpoint-map.h"
 
 namespace peft {
 
@@ -201,21 +202,20 @@ void safetensors_save(const std::string & path, const std::map<std::string, at::
   write_file_atomic(path, bytes);
 }
 
-std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source,
-                                                  const std::function<bool(const std::string &)> & wanted) {
-  std::map<std::string, at::Tensor> tensors;
+namespace {
+
+// The files of a checkpoint folder and the keys each holds (empty: all of its keys); `source` gets the file
+// errors name. The shard names and the weight_map are checked here, each key's presence when it is read.
+std::vector<std::pair<std::string, std::vector<std::string>>> checkpoint_files(
+    const std::string & dir, std::string & source, const std::function<bool(const std::string &)> & wanted) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   struct stat st;
   if (::stat(single.c_str(), &st) == 0) {
-    if (source) *source = single;
-    SafeTensorsFile f(single);
-    for (const auto & k : f.keys()) {
-      if (!wanted || wanted(k)) tensors[k] = f.get(k);
-    }
-    return tensors;
+    source = single;
+    return {{single, {}}};
   }
   PEFT_CHECK(::stat(index.c_str(), &st) == 0, dir, ": no model.safetensors or model.safetensors.index.json");
-  if (source) *source = index;
+  source = index;
   nlohmann::json j = read_json_file(index);
   PEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index, ": missing 'weight_map'");
   std::map<std::string, std::vector<std::string>> by_file;
@@ -226,14 +226,105 @@ std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::
                "' must be a plain file name");
     if (!wanted || wanted(it.key())) by_file[f].push_back(it.key());
   }
-  for (const auto & kv : by_file) {
-    SafeTensorsFile shard(dir + "/" + kv.first);
-    for (const auto & key : kv.second) {
-      PEFT_CHECK(shard.contains(key), index, ": key '", key, "' is mapped to '", kv.first, "' which lacks it");
-      tensors[key] = shard.get(key);
+  std::vector<std::pair<std::string, std::vector<std::string>>> out;
+  for (auto & kv : by_file) out.emplace_back(dir + "/" + kv.first, std::move(kv.second));
+  return out;
+}
+
+// The keys of `file` to read: all of them for a single file, else those the index maps to it (checked)
+std::vector<std::string> keys_in(const SafeTensorsFile & f, const std::vector<std::string> & listed,
+                                 const std::string & source) {
+  if (listed.empty()) return f.keys();
+  for (const auto & key : listed) {
+    PEFT_CHECK(f.contains(key), source, ": key '", key, "' is mapped to '", f.path().substr(f.path().rfind('/') + 1),
+               "' which lacks it");
+  }
+  return listed;
+}
+
+// A read-only mapping of a whole file, unmapped when the last view into it goes
+struct FileMapping {
+  void * base = nullptr;
+  size_t size = 0;
+  ~FileMapping() {
+    if (base) ::munmap(base, size);
+  }
+};
+
+// MADV_DONTNEED on the pages of [p, p + n) of a read-only private file mapping: they leave the resident set
+// and are read again from the page cache if touched (rounded out to whole pages: a neighbour's page may go too)
+void drop_pages(const void * p, size_t n) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n + page - 1) & ~(page - 1);
+  if (hi > lo) ::madvise(reinterpret_cast<void *>(lo), hi - lo, MADV_DONTNEED);
+}
+
+std::shared_ptr<FileMapping> map_file(const std::string & path) {
+  auto m = std::make_shared<FileMapping>();
+  int fd = ::open(path.c_str(), O_RDONLY);
+  PEFT_CHECK(fd >= 0, "cannot open safetensors file '", path, "'");
+  struct stat st;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    m->size = static_cast<size_t>(st.st_size);
+    m->base = ::mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m->base == MAP_FAILED) m->base = nullptr;
+  }
+  ::close(fd);
+  PEFT_CHECK(m->base != nullptr, path, ": cannot memory-map the file");
+  // read front to back, each page once: read ahead (pages used are dropped: drop_pages)
+  ::madvise(m->base, m->size, MADV_SEQUENTIAL);
+  return m;
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> checkpoint_load(const std::string & dir, std::string * source,
+                                                  const std::function<bool(const std::string &)> & wanted) {
+  std::string src;
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto & [path, listed] : checkpoint_files(dir, src, wanted)) {
+    SafeTensorsFile f(path);
+    for (const auto & k : keys_in(f, listed, src)) {
+      if (!wanted || wanted(k)) tensors[k] = f.get(k);
     }
   }
+  if (source) *source = src;
   return tensors;
+}
+
+MappedCheckpoint checkpoint_map(const std::string & dir) {
+  MappedCheckpoint ck;
+  for (const auto & [path, listed] : checkpoint_files(dir, ck.source, {})) {
+    std::vector<std::pair<std::string, SafeTensorsFile::Entry>> entries;
+    {
+      SafeTensorsFile f(path);  // (the header checked in full; its own mapping goes with it)
+      for (const auto & k : keys_in(f, listed, ck.source)) entries.emplace_back(k, f.entry(k));
+    }
+    std::shared_ptr<FileMapping> m = map_file(path);
+    ck.mapped.emplace_back(reinterpret_cast<uintptr_t>(m->base), reinterpret_cast<uintptr_t>(m->base) + m->size);
+    PEFT_CHECK(m->size >= 8, path, ": truncated safetensors file");  // (changed since it was checked?)
+    const auto * bytes = static_cast<const unsigned char *>(m->base);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
+    const size_t data_start = 8 + static_cast<size_t>(n);
+    for (auto & [key, e] : entries) {
+      PEFT_CHECK(data_start + e.end <= m->size, path, ": tensor '", key, "' lies past the end of the file (changed while loading?)");
+      char * p = static_cast<char *>(m->base) + data_start + e.begin;
+      // the view's last reference gone: its pages leave the resident set
+      const size_t nbytes = e.end - e.begin;
+      auto release = [m, p, nbytes](void *) { drop_pages(p, nbytes); };
+      ck.tensors[key] = at::from_blob(p, e.shape, release, at::TensorOptions().dtype(e.dtype));
+    }
+  }
+  return ck;
+}
+
+void MappedCheckpoint::release(const at::Tensor & part) const {
+  const auto lo = reinterpret_cast<uintptr_t>(part.data_ptr()), hi = lo + part.nbytes();
+  for (const auto & r : mapped) {
+    if (lo >= r.first && hi <= r.second && part.is_contiguous()) drop_pages(part.data_ptr(), part.nbytes());
+  }
 }
 
 }  // namespace peft

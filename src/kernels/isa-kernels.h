@@ -16,6 +16,7 @@ struct IsaKernels {
   void (*dequant4)(const Weight4 & w, int64_t o0, int64_t o1, float * out);
   void (*dequant8)(const Weight8 & w, int64_t o0, int64_t o1, float * out);
   void (*axpy)(int64_t n, float a, const float * x, float * y);  // y += a x
+  float (*block4)(const float * x, int64_t n, bool tail, const float * bounds, uint8_t * out);  // quantize_block4
 };
 
 extern const IsaKernels kPortableKernels;
@@ -40,6 +41,40 @@ template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o
     e = stop;
   }
 }
+
+// quantize_block4 in plain C++ that each ISA's file compiles (and vectorizes) with its own flags: IEEE
+// multiplies, divisions and compares only, so every ISA gives the same codes
+inline uint8_t bucket4(const float * bd, float q) {
+  q = q < -1.0f ? -1.0f : (q > 1.0f ? 1.0f : q);
+  int idx = 0;
+  for (int j = 0; j < 15; ++j) idx += bd[j] < q;
+  return static_cast<uint8_t>(idx);
+}
+
+inline float quantize_block4_impl(const float * __restrict x, int64_t n, bool tail, const float * bounds,
+                                  uint8_t * __restrict out) {
+  float bd[15];
+  for (int j = 0; j < 15; ++j) bd[j] = bounds[j];
+  // max |x| on the bits: without the sign, the integer order of floats is their order (a NaN's bits lie
+  // above every number's: it wins, as in at::max)
+  uint32_t top = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    __builtin_memcpy(&u, x + i, 4);
+    u &= 0x7fffffffu;
+    top = u > top ? u : top;
+  }
+  float am;
+  __builtin_memcpy(&am, &top, 4);
+  const float a = am > 1e-38f ? am : 1e-38f, r = 1.0f / a;
+  if (tail) {
+    for (int64_t i = 0; i < n; ++i) out[i] = bucket4(bd, x[i] / a);
+    return a;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = bucket4(bd, x[i] * r);
+  return am;
+}
+
 }  // namespace
 
 }  // namespace peft::kernels

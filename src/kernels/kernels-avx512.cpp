@@ -371,7 +371,13 @@ void add_scaled(int64_t n, float a, const float * __restrict x, float * __restri
 
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled};
+namespace {
+float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_t * out) {
+  return quantize_block4_impl(x, n, tail, bounds, out);
+}
+}  // namespace
+
+const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled, block4};
 
 }  // namespace peft::kernels
 #endif

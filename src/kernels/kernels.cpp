@@ -82,6 +82,10 @@ void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
 
 void axpy(int64_t n, float a, const float * x, float * y) { active().axpy(n, a, x, y); }
 
+float quantize_block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_t * out) {
+  return active().block4(x, n, tail, bounds, out);
+}
+
 const char * isa() { return active().name; }
 
 void force_isa(const char * name) {

@@ -41,6 +41,12 @@ void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y);
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out);
 void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out);
 
+/// One block of bitsandbytes' 4-bit quantization (single-threaded): out[i] = the number of the 15 sorted
+/// `bounds` below clamp(x[i] * (1 / a), -1, 1), a = max(max |x|, 1e-38); a partial last block (`tail`)
+/// divides, x[i] / a, as the default backend does. Returns the block's absmax as stored: a if `tail`,
+/// else max |x| (unclamped).
+float quantize_block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_t * out);
+
 /// y[i] += a * x[i] for i < n (single-threaded; x and y must not overlap).
 void axpy(int64_t n, float a, const float * x, float * y);
 

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include "peft/model/name-or-path.h"
 #include "peft/nn/layers.h"
 #include "peft/util/runtime.h"
+#include "io/checkpoint-map.h"
 
 namespace peft {
 
@@ -187,7 +189,28 @@ at::Tensor CausalLM::logits(const at::Tensor & hidden) {
   return out;
 }
 
-void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> & tensors, const std::string & source) {
+namespace {
+
+// dst = src; a large view of `mapped` is copied in slices of ~64 MB, each slice's file pages handed back
+// once copied (an embedding or lm_head: 1-2 GB)
+void copy_weight(at::Tensor & dst, const at::Tensor & src, const MappedCheckpoint * mapped) {
+  constexpr int64_t kSlice = 64 << 20;
+  if (!mapped || src.dim() == 0 || src.size(0) < 2 || static_cast<int64_t>(src.nbytes()) <= kSlice) {
+    dst.copy_(src);
+    return;
+  }
+  const int64_t rows = std::max<int64_t>(1, kSlice / static_cast<int64_t>(src.nbytes() / src.size(0)));
+  for (int64_t r = 0; r < src.size(0); r += rows) {
+    const at::Tensor part = src.slice(0, r, std::min(src.size(0), r + rows));
+    dst.slice(0, r, r + part.size(0)).copy_(part);
+    mapped->release(part);
+  }
+}
+
+// load_parameters; from a mapped checkpoint, each tensor is erased from `tensors` once copied (its view then
+// hands its pages back at once: see io/checkpoint-map.h)
+void copy_parameters(CausalLM & model, std::map<std::string, at::Tensor> & tensors, const std::string & source,
+                     const MappedCheckpoint * mapped) {
   std::set<std::string> tied;
   for (const auto & t : model.tied_parameter_names()) tied.insert(t);
   std::set<std::string> used;
@@ -208,7 +231,10 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
     used.insert(it->first);
     PEFT_CHECK(it->second.sizes() == p.value().sizes(), source, ": tensor '", it->first, "' has shape ",
                it->second.sizes(), ", the model expects ", p.value().sizes(), " (checkpoint for a different config?)");
-    p.value().copy_(it->second);
+    PEFT_CHECK(it->second.is_floating_point() || !p.value().is_floating_point(), source, ": tensor '", it->first,
+               "' is ", it->second.scalar_type(), ", the model expects floating point");
+    copy_weight(p.value(), it->second, mapped);
+    if (mapped) tensors.erase(it);
   }
   std::vector<std::string> unexpected;
   for (const auto & kv : tensors) {
@@ -230,6 +256,13 @@ void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> &
   PEFT_CHECK(missing.empty(), source, ": missing keys: ", join(missing));
   PEFT_CHECK(unexpected.empty(), source, ": unexpected keys: ", join(unexpected));
   model.tie_weights();
+}
+
+}  // namespace
+
+void load_parameters(CausalLM & model, const std::map<std::string, at::Tensor> & tensors, const std::string & source) {
+  std::map<std::string, at::Tensor> all = tensors;  // (handles, not data)
+  copy_parameters(model, all, source, nullptr);
 }
 
 namespace {
@@ -283,20 +316,29 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions 
     std::string why = e.what_without_backtrace();
     fail(str(dir, ": cannot allocate the model of config.json (", why.substr(0, why.find('\n')), ")"));
   }
+  // The checkpoint is mapped, not read: each tensor goes from the file into its parameter (converted) or its
+  // quantized layer, one at a time, and its pages leave the resident set once it is used. What is resident
+  // at the end is the model; the most on the way is the model plus a chunk of quantization per thread.
+  MappedCheckpoint ck = checkpoint_map(dir);
   {
-    // the weights in `dtype` plus the checkpoint read next to them: refuse what the machine cannot hold
-    uint64_t bytes = 0;
+    // the weights in `dtype` plus the largest tensor in flight: refuse what the machine cannot hold
+    uint64_t bytes = 0, largest = 0;
     for (const auto & p : model->parameters(true)) bytes += static_cast<uint64_t>(p.numel()) * c10::elementSize(dtype);
     if (o.quantize.enabled()) bytes = bytes / 4;  // (about: Linear weights at 0.5-1 byte each)
-    struct stat st;
-    if (::stat((dir + "/model.safetensors").c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_size);
-    check_memory_for(bytes, str("loading the model '", dir, "' (", model->parameters(true).size(), " tensors)"));
+    for (const auto & kv : ck.tensors) largest = std::max(largest, static_cast<uint64_t>(kv.second.nbytes()));
+    check_memory_for(bytes + largest, str("loading the model '", dir, "' (", model->parameters(true).size(), " tensors)"));
   }
-  std::string source;
-  std::map<std::string, at::Tensor> tensors = checkpoint_load(dir, &source);
-  model->to(dtype);
-  quant::load_quantized(model, tensors, qopts, source);
-  load_parameters(*model, tensors, source);
+  {
+    // the parameters in `dtype` right away, untouched: a float32 copy of a weight that is converted or quantized
+    // is never made (the build's float32 storage, never written, goes); the buffers convert as before
+    at::NoGradGuard no_grad;
+    for (auto & p : model->parameters(true)) {
+      if (p.is_floating_point() && p.scalar_type() != dtype) p.set_data(at::empty(p.sizes(), p.options().dtype(dtype)));
+    }
+    model->to(dtype);
+  }
+  quant::load_quantized(model, ck.tensors, qopts, ck.source);
+  copy_parameters(*model, ck.tensors, ck.source, &ck);
   model->eval();
   for (auto & p : model->parameters()) p.set_requires_grad(false);
   set_model_name_or_path(model, dir);  // (transformers' name_or_path: the folder as given)

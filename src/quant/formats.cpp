@@ -1,13 +1,18 @@
 // bitsandbytes' formats. Each function mirrors the corresponding op of bitsandbytes' "default" backend
 // (backends/default/ops.py) and functional.py with the same ATen operations in the same order, which is
-// what makes the results bit-identical (the reference data in tests/data/quant checks it).
+// what makes the results bit-identical (the reference data in tests/data/quant checks it). quantize_4bit and
+// quantize_int8 work in chunks on the kernel threads (loading quantizes every Linear of a model): the same
+// arithmetic per block or row, checked against the whole-tensor ATen ops in tests/model/test-streaming-load.cpp.
 #include "peft/quant/formats.h"
 
 #include <ATen/core/grad_mode.h>  // at::NoGradGuard (ATen/ATen.h brings it in 1.13, not in 2.x)
+#include <algorithm>
 #include <cmath>
 #include <iterator>
 
 #include "peft/error.h"
+#include "kernels/kernels.h"
+#include "util/worker-pool.h"
 
 namespace peft::quant {
 
@@ -179,6 +184,32 @@ int64_t Quant4::nbytes() const {
   return b;
 }
 
+namespace {
+
+// Elements a chunk of quantize_4bit/quantize_int8 handles at once (a multiple of any blocksize): chunks run on
+// the kernel threads, each converting only its own slice of the weight to float32 (a checkpoint's bf16 tensor
+// is read straight from the mapped file; nothing of the weight's size is allocated but the codes)
+constexpr int64_t kChunk = 1 << 16;
+
+// Elements [a, b) of the flat weight (a on a block boundary) as scale_blocks + bucketize compute them, block by
+// block (kernels::quantize_block4: the reciprocal or, for a partial last block, the division of scale_blocks,
+// then bucketize with right=False), FP4's codes mapped through `order`. Codes go to `codes` (one byte each),
+// absmax to `absmax` (one per block).
+void quantize_4bit_range(const at::Tensor & flat, int64_t a, int64_t b, int64_t blocksize, const float * bounds,
+                         const int64_t * order, uint8_t * codes, float * absmax) {
+  const at::Tensor x = flat.slice(0, a, b).to(at::kFloat).contiguous();
+  const float * v = x.data_ptr<float>();
+  for (int64_t s = 0; s < b - a; s += blocksize) {
+    const int64_t len = std::min(blocksize, b - a - s);  // (only the last block can be short)
+    absmax[(a + s) / blocksize] = kernels::quantize_block4(v + s, len, len < blocksize, bounds, codes + s);
+  }
+  if (order) {
+    for (int64_t i = 0; i < b - a; ++i) codes[i] = static_cast<uint8_t>(order[codes[i]]);
+  }
+}
+
+}  // namespace
+
 Quant4 quantize_4bit(const at::Tensor & W, Format f, int64_t blocksize, bool double_quant) {
   check_blocksize(blocksize, "quantize_4bit");
   PEFT_CHECK(W.is_floating_point(), "quantize_4bit: the weight must be a floating tensor, not ", W.scalar_type());
@@ -195,14 +226,31 @@ Quant4 quantize_4bit(const at::Tensor & W, Format f, int64_t blocksize, bool dou
   at::Tensor order = f == Format::nf4 ? at::arange(16, at::kLong)
                                       : at::tensor(std::vector<int64_t>{11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3});
   at::Tensor sorted = q.code.index({order});
-  at::Tensor bounds = (sorted.slice(0, 0, -1) + sorted.slice(0, 1)) / 2;
-  auto [scaled, absmax] = scale_blocks(W.reshape(-1).to(at::kFloat), blocksize);
-  if (scaled.numel() % 2) scaled = at::constant_pad_nd(scaled, {0, 1});
-  at::Tensor idx = at::bucketize(scaled, bounds, /*out_int32=*/true);
-  if (f != Format::nf4) idx = order.index({idx.to(at::kLong)});
-  at::Tensor q8 = idx.to(at::kByte);
-  q.packed = at::bitwise_or(at::bitwise_left_shift(q8.slice(0, 0, at::indexing::None, 2), 4),
-                            q8.slice(0, 1, at::indexing::None, 2)).unsqueeze(1).contiguous();
+  const at::Tensor bounds = ((sorted.slice(0, 0, -1) + sorted.slice(0, 1)) / 2).contiguous();
+  const float * bp = bounds.data_ptr<float>();
+  const int64_t * op = f == Format::nf4 ? nullptr : order.data_ptr<int64_t>();
+  const at::Tensor flat = W.reshape(-1);
+  const int64_t n = flat.numel(), blocks = (n + blocksize - 1) / blocksize;
+  const int64_t chunk = std::max(blocksize, kChunk), chunks = (n + chunk - 1) / chunk;
+  at::Tensor absmax = at::empty({blocks}, at::kFloat);
+  q.packed = at::empty({(n + 1) / 2, 1}, at::kByte);
+  uint8_t * packed = q.packed.data_ptr<uint8_t>();
+  float * am = absmax.data_ptr<float>();
+  parallel_rows(chunks, 1, [&](int64_t c0, int64_t c1) {
+    at::NoGradGuard ng;  // (a thread of its own)
+    std::vector<uint8_t> codes(chunk + 1);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t a = c * chunk, b = std::min(n, a + chunk);
+      quantize_4bit_range(flat, a, b, blocksize, bp, op, codes.data(), am);
+      // an odd count is padded with a zero (its code: the bound count below 0), as the default backend pads
+      if ((b - a) % 2) {
+        int idx = 0;
+        for (int j = 0; j < 15; ++j) idx += bp[j] < 0.0f;
+        codes[b - a] = static_cast<uint8_t>(op ? op[idx] : idx);
+      }
+      for (int64_t i = 0; i < (b - a + 1) / 2; ++i) packed[a / 2 + i] = static_cast<uint8_t>(codes[2 * i] << 4 | codes[2 * i + 1]);
+    }
+  });
   if (double_quant) {
     at::Tensor mean = absmax.mean();
     Blockwise8 b = quantize_blockwise(absmax - mean, dynamic_map(), 256);
@@ -232,11 +280,18 @@ Quant8 quantize_int8(const at::Tensor & W) {
   PEFT_CHECK(W.dim() == 2 && W.is_floating_point(), "quantize_int8: expected a 2-D floating weight, got ", W.sizes(),
              " ", W.scalar_type());
   at::NoGradGuard g;
-  // Int8Params quantizes the float16 copy of the weight: int8_vectorwise_quant(W.to(float16))
-  at::Tensor A = W.to(at::kHalf);
-  at::Tensor row_stats = std::get<0>(at::max(A.abs(), 1)).to(at::kFloat);
-  at::Tensor CB = at::round(A * (at::reciprocal(row_stats.unsqueeze(-1)) * 127.0)).to(at::kChar);
-  return {CB, row_stats};
+  const int64_t O = W.size(0), I = W.size(1);
+  Quant8 q{at::empty({O, I}, at::kChar), at::empty({O}, at::kFloat)};
+  // rows are independent: a few rows at a time on the kernel threads (each converts only its rows)
+  parallel_rows(O, std::max<int64_t>(1, kChunk / std::max<int64_t>(I, 1)), [&](int64_t r0, int64_t r1) {
+    at::NoGradGuard ng;
+    // Int8Params quantizes the float16 copy of the weight: int8_vectorwise_quant(W.to(float16))
+    at::Tensor A = W.slice(0, r0, r1).to(at::kHalf);
+    at::Tensor row_stats = std::get<0>(at::max(A.abs(), 1)).to(at::kFloat);
+    q.CB.slice(0, r0, r1).copy_(at::round(A * (at::reciprocal(row_stats.unsqueeze(-1)) * 127.0)).to(at::kChar));
+    q.SCB.slice(0, r0, r1).copy_(row_stats);
+  });
+  return q;
 }
 
 at::Tensor dequantize_int8(const Quant8 & q) {

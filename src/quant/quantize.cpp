@@ -32,7 +32,7 @@ std::vector<std::pair<std::string, std::shared_ptr<Linear>>> float_linears(const
 }
 
 LayerPtr quantize_layer(const at::Tensor & W, const at::Tensor & bias, const QuantOptions & o) {
-  if (o.format == Format::int8) return std::make_shared<Linear8bit>(quantize_int8(W.to(at::kFloat)), bias);
+  if (o.format == Format::int8) return std::make_shared<Linear8bit>(quantize_int8(W), bias);
   return std::make_shared<Linear4bit>(quantize_4bit(W, o.format, o.blocksize, o.double_quant), bias);
 }
 
@@ -43,10 +43,11 @@ std::string key_of(const std::map<std::string, at::Tensor> & t, const std::strin
   return "";
 }
 
-const at::Tensor & need(const std::map<std::string, at::Tensor> & t, const std::string & key, const std::string & source) {
+// a copy of the tensor under `key`: the layer's own (the checkpoint's tensors may be views of a mapped file)
+at::Tensor need(const std::map<std::string, at::Tensor> & t, const std::string & key, const std::string & source) {
   auto it = t.find(key);
   PEFT_CHECK(it != t.end(), source, ": quantized weight without its key '", key, "'");
-  return it->second;
+  return it->second.clone(at::MemoryFormat::Contiguous);
 }
 
 // A 4-bit layer from bitsandbytes' keys under `w` ("...q_proj.weight"); the keys used are added to `used`

@@ -1,5 +1,8 @@
-// peft info --model DIR: architecture, parameter count (quantized weights as their elements) and storage, dtype;
+// peft info --model DIR: architecture, parameter count (quantized weights as their elements) and storage, dtype,
+// the resident size per dtype after loading (--dtype, --quantize as other commands load) and what the load cost;
 // with --modules every layer of the model (name, type, weight shape): the names target_modules picks from.
+#include <chrono>
+#include <cmath>
 #include <iostream>
 #include <sstream>
 
@@ -8,10 +11,13 @@
 #include "quant-options.h"
 #include "peft/model/causal-lm.h"
 #include "peft/quant/quantized-linear.h"
+#include "peft/util/runtime.h"
 
 namespace peft::cli {
 
 namespace {
+
+std::string mib(int64_t bytes) { return str(std::round(static_cast<double>(bytes) / (1 << 20) * 10) / 10, " MiB"); }
 
 std::string shape_of(const at::Tensor & t) {
   std::ostringstream s;
@@ -91,6 +97,7 @@ Runner add_info(CLI::App & app) {
   struct Opts {
     std::string model;
     bool modules = false;
+    std::string dtype = "float32";
     CommonOptions common;
     QuantFlags quant;
   };
@@ -99,11 +106,19 @@ Runner add_info(CLI::App & app) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_flag("--modules", o->modules,
                 "also list every layer: its name (what target_modules matches, in full or by a dotted suffix), type and weight shape");
+  cmd->add_option("--dtype", o->dtype, "load the weights as float32 (default) or bfloat16");
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   return [o]() {
+    const at::ScalarType dtype = parse_dtype(o->dtype);
     apply_common_options(o->common);
-    auto model = load_model_with(o->model, at::kFloat, o->quant);
+    // what loading costs, as every command loads: the anonymous memory it added (the weights as held; the
+    // checkpoint is mapped and its pages handed back) and the process's peak, mapped file pages included
+    const int64_t anon_before = process_status_kb("RssAnon");
+    const auto t0 = std::chrono::steady_clock::now();
+    auto model = load_model_with(o->model, dtype, o->quant);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int64_t anon_after = process_status_kb("RssAnon"), peak = process_status_kb("VmHWM");
     const auto & c = model->config();
     // parameters as transformers counts them: a quantized weight by its elements, not its packed bytes;
     // the storage per dtype / format beside it
@@ -123,10 +138,13 @@ Runner add_info(CLI::App & app) {
       s.first += q->out_features() * q->in_features();
       s.second += q->weight_bytes();
     }
-    std::string stored;
+    std::string stored, resident;
+    int64_t total_bytes = 0;
     for (const auto & kv : storage) {
       stored += str(stored.empty() ? "" : ", ", kv.first, " ", kv.second.first, " (", kv.second.second, " bytes",
                     kv.first == "float32" || kv.first == "bfloat16" ? "" : ", codes and scales", ")");
+      resident += str(resident.empty() ? "" : ", ", kv.first, " ", mib(kv.second.second));
+      total_bytes += kv.second.second;
     }
     std::cout << "architecture: " << c.arch_name() << "\n"
               << "model_type:   " << c.model_type << "\n"
@@ -136,7 +154,11 @@ Runner add_info(CLI::App & app) {
               << "vocab:        " << c.vocab_size << "\n"
               << "parameters:   " << n << "\n"
               << "storage:      " << stored << "\n"
-              << "dtype:        " << c.torch_dtype << " (loaded as float32)\n";
+              << "dtype:        " << c.torch_dtype << " (loaded as " << dtype_name(dtype) << ")\n"
+              << "resident:     " << resident << " = " << mib(total_bytes) << " of weights; the load added "
+              << mib((anon_after - anon_before) * 1024) << " of anonymous memory (process peak "
+              << mib(peak * 1024) << " VmHWM, mapped file pages included) in " << str(std::round(seconds * 10) / 10)
+              << " s\n";
     if (o->modules) print_modules(model);
     return 0;
   };
