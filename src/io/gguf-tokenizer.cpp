@@ -127,9 +127,22 @@ std::string chat_template_text(const std::string & model_dir, const json & tc) {
   return "";
 }
 
+GgufTokenizerInfo add_tokenizer(GgufWriter & w, const std::string & model_dir, const ModelConfig & mc);
+
 }  // namespace
 
 GgufTokenizerInfo gguf_add_tokenizer(GgufWriter & w, const std::string & model_dir, const ModelConfig & mc) {
+  // a field of another JSON type than the tokenizers library writes: an error naming the files
+  try {
+    return add_tokenizer(w, model_dir, mc);
+  } catch (const nlohmann::json::exception & e) {
+    fail(str(model_dir, "/tokenizer.json (or tokenizer_config.json): a field of an unexpected type: ", e.what()));
+  }
+}
+
+namespace {
+
+GgufTokenizerInfo add_tokenizer(GgufWriter & w, const std::string & model_dir, const ModelConfig & mc) {
   const std::string tj_path = model_dir + "/tokenizer.json";
   PEFT_CHECK(is_file(tj_path), tj_path, ": not found: llama.cpp needs the tokenizer in the GGUF file");
   const json tj = read_json_file(tj_path);
@@ -288,5 +301,7 @@ GgufTokenizerInfo gguf_add_tokenizer(GgufWriter & w, const std::string & model_d
   if (!tpl.empty()) w.add_string("tokenizer.chat_template", tpl);
   return info;
 }
+
+}  // namespace
 
 }  // namespace peft

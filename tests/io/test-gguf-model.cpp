@@ -236,6 +236,10 @@ TEST(GgufModelExport, RefusedWithNamedErrors) {
   prefix["pre_tokenizer"]["add_prefix_space"] = true;
   const std::string pre = model_copy(qwen3, json::object());
   std::ofstream(pre + "/tokenizer.json") << prefix.dump();
+  json typed = tiny_tokenizer(96);
+  typed["model"]["merges"] = json::array({json::array({1, 2})});
+  const std::string mistyped = model_copy(qwen3, json::object());
+  std::ofstream(mistyped + "/tokenizer.json") << typed.dump();
   const std::string yarn = model_copy(test::golden_model("tiny-rope-yarn"), json::object());
   const std::string no_tok = model_copy(test::golden_model("tiny-llama"), json::object());
   const std::string big_vocab = model_copy(test::golden_model("tiny-llama"), json::object());
@@ -252,6 +256,7 @@ TEST(GgufModelExport, RefusedWithNamedErrors) {
       {qwen3, "'model.layers.0.self_attn.o_proj.bias' has no place in llama.cpp's qwen3 model"},
       {wp, "model.type 'WordPiece'"},
       {pre, "is not a byte-level split that llama.cpp has a pre-tokenizer for"},
+      {mistyped, "tokenizer.json (or tokenizer_config.json): a field of an unexpected type"},
       {yarn, "rope_scaling type 'yarn'"},
       {no_tok, "tokenizer.json: not found"},
       {big_vocab, "past config.json's vocab_size"},
