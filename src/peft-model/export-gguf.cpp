@@ -101,6 +101,8 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
 
   const int64_t q_rows = mc.num_heads * mc.head_dim, kv_rows = mc.num_kv_heads * mc.head_dim;
   static const std::regex layer_re(R"(model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj))");
+  static const std::regex fused_re(
+      R"(model\.layers\.(\d+)\.(self_attn\.qkv_proj|mlp\.gate_up_proj)|(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj))");
   std::vector<std::pair<Target, std::string>> order;
   for (const auto & p : pairs) {
     const std::string & m = p.first;
@@ -121,6 +123,23 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
       if (kind == "gate_mlp") t = {blk + "ffn_gate.weight", t.layer, 4, mc.intermediate_size, mc.hidden_size};
       if (kind == "up_mlp") t = {blk + "ffn_up.weight", t.layer, 5, mc.intermediate_size, mc.hidden_size};
       if (kind == "down_mlp") t = {blk + "ffn_down.weight", t.layer, 6, mc.hidden_size, mc.intermediate_size};
+    } else if (std::regex_match(m, sm, fused_re)) {
+      // Phi-3's fused projections (llama.cpp's attn_qkv and ffn_up hold them as they are) and GPT-2's Conv1D
+      // layers (PEFT's pair is (r, in) / (out, r) as for a Linear; the file's weights are the transposed
+      // Conv1D ones, (out, in))
+      const std::string idx = sm[1].matched ? sm[1].str() : sm[3].str();
+      PEFT_CHECK(idx.size() <= 9 && std::stoll(idx) < mc.num_layers, file, ": module '", m, "': the model has ",
+                 mc.num_layers, " layers");
+      t.layer = std::stoll(idx);
+      const std::string kind = sm[2].matched ? sm[2].str() : sm[4].str();
+      const std::string blk = "blk." + idx + ".";
+      const int64_t H = mc.hidden_size, I = mc.intermediate_size;
+      if (kind == "self_attn.qkv_proj") t = {blk + "attn_qkv.weight", t.layer, 0, q_rows + 2 * kv_rows, H};
+      if (kind == "mlp.gate_up_proj") t = {blk + "ffn_up.weight", t.layer, 5, 2 * I, H};
+      if (kind == "attn.c_attn") t = {blk + "attn_qkv.weight", t.layer, 0, 3 * H, H};
+      if (kind == "attn.c_proj") t = {blk + "attn_output.weight", t.layer, 3, H, H};
+      if (kind == "mlp.c_fc") t = {blk + "ffn_up.weight", t.layer, 5, I, H};
+      if (kind == "mlp.c_proj") t = {blk + "ffn_down.weight", t.layer, 6, H, I};
     } else if (m == "model.embed_tokens") {
       // llama.cpp's output of a tied model is the token_embd tensor itself, so it would apply this pair
       // to the output projection as a linear LoRA too (GGML_ASSERT(ggml_can_mul_mat) aborts), and an
@@ -136,7 +155,8 @@ GgufExportResult export_lora_gguf(const std::string & model_dir, const std::stri
       t = {"output.weight", std::numeric_limits<int64_t>::max(), 0, mc.vocab_size, mc.hidden_size};
     } else {
       fail(str(file, ": module '", m, "' has no llama.cpp tensor to attach a LoRA pair to (exportable: "
-               "self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, embed_tokens, lm_head)"));
+               "self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, Phi-3's qkv_proj / gate_up_proj, GPT-2's "
+               "c_attn / c_proj / c_fc, embed_tokens, lm_head)"));
     }
     order.emplace_back(t, m);
   }

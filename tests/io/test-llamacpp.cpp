@@ -11,8 +11,8 @@
 //    tokenizer; Phi-3 with partial rotary) in F32 give peft's tokens exactly; Gemma 2 / 3 (a sliding
 //    window of 8, Gemma 3's tokenizer, local rope base, linear scaling), GPT-2 and GPT-NeoX (GELU: ggml's
 //    is the tanh form through an f16 table) reach the stated teacher-forced top-1 agreement (measured: 1);
-//    Q8_0 files of each a looser one (random weights leave small margins); a LoRA adapter file on the
-//    models with the Llama layout's module names (all but Phi-3, GPT-2, GPT-NeoX, Gemma 3) too;
+//    Q8_0 files of each a looser one (random weights leave small margins); a LoRA adapter file on every
+//    projection too (all but GPT-NeoX, whose fused query_key_value the adapter export refuses, and Gemma 3);
 //  - the refused cases: an embed_tokens LoRA on a tied model (llama.cpp would abort) is refused with the
 //    reason, and its merged model runs in llama.cpp with peft's tokens.
 // Skipped when npm could not install node-llama-cpp.
@@ -143,20 +143,27 @@ std::string random_adapter(const std::vector<std::string> & modules, bool embedd
                            const std::string & model = kKjv, double b_scale = 0.05) {
   const std::string dir = test::temp_dir("random-adapter");
   const json cfg = read_json_file(model + "/config.json");
-  const int64_t H = cfg["hidden_size"], I = cfg["intermediate_size"], L = cfg["num_hidden_layers"];
-  const int64_t NH = cfg["num_attention_heads"], HD = cfg.value("head_dim", H / NH);
+  const bool gpt2 = cfg.value("model_type", "") == "gpt2";  // GPT2Config's own names, Conv1D layers
+  const int64_t H = cfg.value(gpt2 ? "n_embd" : "hidden_size", 0), L = cfg.value(gpt2 ? "n_layer" : "num_hidden_layers", 0);
+  const int64_t I = gpt2 ? 4 * H : cfg.value("intermediate_size", 0);
+  const int64_t NH = cfg.value(gpt2 ? "n_head" : "num_attention_heads", 1), HD = cfg.value("head_dim", H / NH);
   const int64_t Q = NH * HD, KV = int64_t(cfg.value("num_key_value_heads", NH)) * HD;
+  // module -> (its path in a layer, (out, in))
   const std::map<std::string, std::pair<std::string, std::pair<int64_t, int64_t>>> shapes = {
       {"q_proj", {"self_attn", {Q, H}}}, {"k_proj", {"self_attn", {KV, H}}}, {"v_proj", {"self_attn", {KV, H}}},
       {"o_proj", {"self_attn", {H, Q}}}, {"gate_proj", {"mlp", {I, H}}},     {"up_proj", {"mlp", {I, H}}},
-      {"down_proj", {"mlp", {H, I}}}};
+      {"down_proj", {"mlp", {H, I}}},    {"qkv_proj", {"self_attn", {Q + 2 * KV, H}}},
+      {"gate_up_proj", {"mlp", {2 * I, H}}}, {"c_attn", {"attn", {3 * H, H}}}, {"attn.c_proj", {"attn", {H, H}}},
+      {"c_fc", {"mlp", {I, H}}},          {"mlp.c_proj", {"mlp", {H, I}}}};
   const int64_t r = 8;
   at::manual_seed(7);
   std::map<std::string, at::Tensor> t;
   for (int64_t l = 0; l < L; ++l) {
     for (const auto & m : modules) {
       const auto & s = shapes.at(m);
-      const std::string p = "base_model.model.model.layers." + std::to_string(l) + "." + s.first + "." + m;
+      const std::string name = m.find('.') == std::string::npos ? m : m.substr(m.find('.') + 1);
+      const std::string p = (gpt2 ? "base_model.model.transformer.h." : "base_model.model.model.layers.") +
+                            std::to_string(l) + "." + s.first + "." + name;
       t[p + ".lora_A.weight"] = at::randn({r, s.second.second}) / std::sqrt(double(s.second.second));
       t[p + ".lora_B.weight"] = at::randn({s.second.first, r}) * b_scale;
     }
@@ -169,8 +176,9 @@ std::string random_adapter(const std::vector<std::string> & modules, bool embedd
   }
   safetensors_save(dir + "/adapter_model.safetensors", t);
   const json ac = {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 16}, {"target_modules", targets},
-                   {"lora_dropout", 0.0}, {"bias", "none"}, {"task_type", "CAUSAL_LM"}, {"fan_in_fan_out", false},
-                   {"use_rslora", false}, {"use_dora", false}, {"modules_to_save", nullptr}};
+                   {"lora_dropout", 0.0}, {"bias", "none"}, {"task_type", "CAUSAL_LM"},
+                   {"use_rslora", false}, {"use_dora", false}, {"modules_to_save", nullptr},
+                   {"fan_in_fan_out", gpt2}};
   std::ofstream(dir + "/adapter_config.json") << ac.dump(2);
   return dir;
 }
@@ -269,7 +277,8 @@ struct TinyCase {
   // 1: llama.cpp's greedy tokens equal peft's; below: GELU models (llama.cpp's GELU is the tanh form through
   // an f16 table, not peft's float32 one): teacher-forced top-1 agreement at least this
   double f32_agreement = 1.0;
-  bool adapter = true;  // a LoRA adapter file too (the Llama layout's module names)
+  bool adapter = true;  // a LoRA adapter file too, on these modules of every layer:
+  std::vector<std::string> adapter_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 };
 
 const std::vector<TinyCase> kTinyCases = {
@@ -283,7 +292,7 @@ const std::vector<TinyCase> kTinyCases = {
      {{"architectures", {"MistralForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}}},
     {"Phi3PartialRotary", "phi3", "llama2", false,
      {{"architectures", {"Phi3ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"partial_rotary_factor", 0.5}},
-     1.0, false},
+     1.0, true, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}},
     {"Gemma2SlidingWindow", "gemma2", "llama2", true,
      {{"architectures", {"Gemma2ForCausalLM"}}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"head_dim", 16},
       {"query_pre_attn_scalar", 16}, {"sliding_window", 8}, {"attn_logit_softcapping", 50.0},
@@ -298,7 +307,7 @@ const std::vector<TinyCase> kTinyCases = {
     {"Gpt2", "gpt2", "gpt2", true,
      {{"architectures", {"GPT2LMHeadModel"}}, {"activation_function", "gelu_new"}, {"bos_token_id", 50256},
       {"eos_token_id", 50256}},
-     0.95, false},
+     0.95, true, {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"}},
     {"GptNeoX", "gpt_neox", "gpt2", false,
      {{"architectures", {"GPTNeoXForCausalLM"}}, {"hidden_act", "gelu"}, {"rotary_pct", 0.25},
       {"use_parallel_residual", true}, {"bos_token_id", 50256}, {"eos_token_id", 50256}},
@@ -449,11 +458,10 @@ TEST_P(TinyArch, F32GivesPeftsTokens) {
               << kTinyPrompts.size() << " greedy sequences equal\n";
     EXPECT_GE(a, c.f32_agreement);
   }
-  // a LoRA adapter on every projection of the Llama layout (q/k/v/o, gate/up/down), F32: peft generate
-  // --adapter's tokens (GPT-2 / GPT-NeoX / Phi-3 have fused projections, which the adapter export refuses)
+  // a LoRA adapter on every projection (Phi-3's and GPT-2's fused ones as they are), F32: peft generate
+  // --adapter's tokens
   if (c.adapter) {
-    const std::string adapter = random_adapter(
-        {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, false, model, 0.5);
+    const std::string adapter = random_adapter(c.adapter_modules, false, model, 0.5);
     const PeftRun with = peft_run(model, kTinyPrompts, "--adapter " + adapter);
     EXPECT_NE(with.ids, want.ids) << "the random adapter should change the greedy tokens";
     const std::string lora = export_file("--model " + model + " --adapter " + adapter, "tiny-adapter.gguf");
