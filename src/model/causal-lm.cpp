@@ -17,6 +17,7 @@
 #include "peft/nn/layers.h"
 #include "peft/util/runtime.h"
 #include "io/checkpoint-map.h"
+#include "util/worker-pool.h"
 
 namespace peft {
 
@@ -191,20 +192,23 @@ at::Tensor CausalLM::logits(const at::Tensor & hidden) {
 
 namespace {
 
-// dst = src; a large view of `mapped` is copied in slices of ~64 MB, each slice's file pages handed back
-// once copied (an embedding or lm_head: 1-2 GB)
+// dst = src; a large view of `mapped` is copied in slices of ~16 MB on the kernel threads, each slice's file
+// pages handed back once copied (an embedding or lm_head: 1-2 GB)
 void copy_weight(at::Tensor & dst, const at::Tensor & src, const MappedCheckpoint * mapped) {
-  constexpr int64_t kSlice = 64 << 20;
+  constexpr int64_t kSlice = 16 << 20;
   if (!mapped || src.dim() == 0 || src.size(0) < 2 || static_cast<int64_t>(src.nbytes()) <= kSlice) {
     dst.copy_(src);
     return;
   }
   const int64_t rows = std::max<int64_t>(1, kSlice / static_cast<int64_t>(src.nbytes() / src.size(0)));
-  for (int64_t r = 0; r < src.size(0); r += rows) {
-    const at::Tensor part = src.slice(0, r, std::min(src.size(0), r + rows));
-    dst.slice(0, r, r + part.size(0)).copy_(part);
-    mapped->release(part);
-  }
+  parallel_rows(src.size(0), rows, [&](int64_t r0, int64_t r1) {
+    at::NoGradGuard no_grad;  // (a thread of its own)
+    for (int64_t r = r0; r < r1; r += rows) {
+      const at::Tensor part = src.slice(0, r, std::min(r1, r + rows));
+      dst.slice(0, r, r + part.size(0)).copy_(part);
+      mapped->release(part);
+    }
+  });
 }
 
 // load_parameters; from a mapped checkpoint, each tensor is erased from `tensors` once copied (its view then

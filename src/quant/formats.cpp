@@ -194,11 +194,15 @@ constexpr int64_t kChunk = 1 << 16;
 // Elements [a, b) of the flat weight (a on a block boundary) as scale_blocks + bucketize compute them, block by
 // block (kernels::quantize_block4: the reciprocal or, for a partial last block, the division of scale_blocks,
 // then bucketize with right=False), FP4's codes mapped through `order`. Codes go to `codes` (one byte each),
-// absmax to `absmax` (one per block).
+// absmax to `absmax` (one per block). A weight not in float32 is converted into `buf` (b - a floats).
 void quantize_4bit_range(const at::Tensor & flat, int64_t a, int64_t b, int64_t blocksize, const float * bounds,
-                         const int64_t * order, uint8_t * codes, float * absmax) {
-  const at::Tensor x = flat.slice(0, a, b).to(at::kFloat).contiguous();
-  const float * v = x.data_ptr<float>();
+                         const int64_t * order, float * buf, uint8_t * codes, float * absmax) {
+  const float * v = buf;
+  if (flat.scalar_type() == at::kFloat) {
+    v = flat.data_ptr<float>() + a;
+  } else {
+    at::from_blob(buf, {b - a}, at::kFloat).copy_(flat.slice(0, a, b));
+  }
   for (int64_t s = 0; s < b - a; s += blocksize) {
     const int64_t len = std::min(blocksize, b - a - s);  // (only the last block can be short)
     absmax[(a + s) / blocksize] = kernels::quantize_block4(v + s, len, len < blocksize, bounds, codes + s);
@@ -229,7 +233,7 @@ Quant4 quantize_4bit(const at::Tensor & W, Format f, int64_t blocksize, bool dou
   const at::Tensor bounds = ((sorted.slice(0, 0, -1) + sorted.slice(0, 1)) / 2).contiguous();
   const float * bp = bounds.data_ptr<float>();
   const int64_t * op = f == Format::nf4 ? nullptr : order.data_ptr<int64_t>();
-  const at::Tensor flat = W.reshape(-1);
+  const at::Tensor flat = W.reshape(-1).contiguous();
   const int64_t n = flat.numel(), blocks = (n + blocksize - 1) / blocksize;
   const int64_t chunk = std::max(blocksize, kChunk), chunks = (n + chunk - 1) / chunk;
   at::Tensor absmax = at::empty({blocks}, at::kFloat);
@@ -239,9 +243,10 @@ Quant4 quantize_4bit(const at::Tensor & W, Format f, int64_t blocksize, bool dou
   parallel_rows(chunks, 1, [&](int64_t c0, int64_t c1) {
     at::NoGradGuard ng;  // (a thread of its own)
     std::vector<uint8_t> codes(chunk + 1);
+    std::vector<float> buf(flat.scalar_type() == at::kFloat ? 0 : chunk);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t a = c * chunk, b = std::min(n, a + chunk);
-      quantize_4bit_range(flat, a, b, blocksize, bp, op, codes.data(), am);
+      quantize_4bit_range(flat, a, b, blocksize, bp, op, buf.data(), codes.data(), am);
       // an odd count is padded with a zero (its code: the bound count below 0), as the default backend pads
       if ((b - a) % 2) {
         int idx = 0;
