@@ -8,6 +8,7 @@
 #include <ATen/core/grad_mode.h>  // at::NoGradGuard (ATen/ATen.h brings it in 1.13, not in 2.x)
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <iterator>
 
 #include "peft/error.h"
@@ -253,7 +254,14 @@ Quant4 quantize_4bit(const at::Tensor & W, Format f, int64_t blocksize, bool dou
         for (int j = 0; j < 15; ++j) idx += bp[j] < 0.0f;
         codes[b - a] = static_cast<uint8_t>(op ? op[idx] : idx);
       }
-      for (int64_t i = 0; i < (b - a + 1) / 2; ++i) packed[a / 2 + i] = static_cast<uint8_t>(codes[2 * i] << 4 | codes[2 * i + 1]);
+      // two codes a byte, the first in the high nibble (read as one little-endian 16-bit pair: vectorizes)
+      static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the code pairs are read little-endian");
+      uint8_t * out = packed + a / 2;
+      for (int64_t i = 0; i < (b - a + 1) / 2; ++i) {
+        uint16_t pair;
+        std::memcpy(&pair, codes.data() + 2 * i, 2);
+        out[i] = static_cast<uint8_t>((pair & 0xF) << 4 | pair >> 8);
+      }
     }
   });
   if (double_quant) {
