@@ -105,10 +105,10 @@ Runner add_bench_dist(CLI::App & app) {
     const double ratio = many.first / one.first, per_core = many.first / single.first;
     std::printf("peft bench-dist: LoRA r=16 all-linear on a synthetic Llama (hidden %d, %d layers), %d x %d tokens per "
                 "process and step; %d cores\n", o->hidden, o->layers, o->batch, o->seq, usable_cores());
-    std::printf("%-44s %14s\n", "run", "tokens/s");
-    std::printf("%-44s %14.0f\n", str("1 process, ", threads_of(1), " BLAS threads", o->threads ? "" : " (default)").c_str(), one.first);
-    std::printf("%-44s %14.0f\n", "1 process, 1 BLAS thread", single.first);
-    std::printf("%-44s %14.0f\n", str(o->nproc, " processes (Gloo), ", threads_of(o->nproc), " BLAS thread(s) each",
+    std::printf("%-52s %14s\n", "run", "tokens/s");
+    std::printf("%-52s %14.0f\n", str("1 process, ", threads_of(1), " BLAS threads", o->threads ? "" : " (default)").c_str(), one.first);
+    std::printf("%-52s %14.0f\n", "1 process, 1 BLAS thread", single.first);
+    std::printf("%-52s %14.0f\n", str(o->nproc, " processes (Gloo), ", threads_of(o->nproc), " BLAS thread(s) each",
                                        o->threads ? "" : " (default)").c_str(), many.first);
     std::printf("%d processes vs 1 process: %.2fx (vs 1 process x 1 thread: %.2fx); all-reduce wait after backward: "
                 "median %.2f ms per step\n", o->nproc, ratio, per_core, many.second);

@@ -12,7 +12,7 @@
 namespace peft::cli {
 
 void add_common_options(CLI::App & cmd, CommonOptions & o) {
-  cmd.add_option("--threads", o.threads, "BLAS threads for matrix products (0 = all cores, at most 1024)")
+  cmd.add_option("--threads", o.threads, "BLAS threads for matrix products (0 = default: OMP_NUM_THREADS if set, else the cores / LOCAL_WORLD_SIZE; at most 1024)")
       ->check(CLI::Range(0, 1024));
   cmd.add_option("--intra-op-threads", o.intra_op_threads, "LibTorch threads for element-wise ops (default 1, at most 1024)")
       ->check(CLI::Range(1, 1024));  // (100000 threads hang the process)
