@@ -27,7 +27,7 @@ out="$build/fuzz"
 mkdir -p "$out/obj"
 ccache=$(command -v ccache || true)
 cflags=(-std=c++17 -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -D_GLIBCXX_USE_CXX11_ABI=1
-        -I"$src/include" -I"$src/tools/peft" -I/usr/include/torch/csrc/api/include -w)
+        -I"$src/include" -I"$src/src" -I"$src/tools/peft" -I/usr/include/torch/csrc/api/include -w)
 export cxx ccache out
 export cflags_str="${cflags[*]}"
 # the instrumented parsers and the harnesses
