@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 #include "peft/error.h"
@@ -39,12 +40,26 @@ const IsaKernels * best() {
   return &kPortableKernels;
 }
 
+// PEFT_ISA=avx2 (or avx512, portable) caps the instruction set, e.g. to measure an AVX2 machine's kernels on
+// an AVX-512 one; a name this CPU lacks or an unknown one is an error at the first kernel call.
+const IsaKernels * chosen() {
+  const char * want = std::getenv("PEFT_ISA");
+  if (!want || !*want) return best();
+  for (const IsaKernels * k : kAll) {
+    if (std::strcmp(k->name, want) != 0) continue;
+    PEFT_CHECK(supported(*k), "PEFT_ISA=", want, ": this CPU lacks that instruction set");
+    return k;
+  }
+  PEFT_CHECK(false, "PEFT_ISA=", want, ": unknown instruction set (expected avx512, avx2 or portable)");
+  return nullptr;
+}
+
 std::atomic<const IsaKernels *> g_active{nullptr};
 
 const IsaKernels & active() {
   const IsaKernels * k = g_active.load(std::memory_order_relaxed);
   if (!k) {
-    k = best();
+    k = chosen();
     g_active.store(k, std::memory_order_relaxed);
   }
   return *k;
@@ -90,7 +105,7 @@ const char * isa() { return active().name; }
 
 void force_isa(const char * name) {
   if (!name) {
-    g_active.store(best());
+    g_active.store(chosen());
     return;
   }
   for (const IsaKernels * k : kAll) {
