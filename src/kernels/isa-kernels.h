@@ -13,8 +13,10 @@ struct IsaKernels {
   void (*gemm4)(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1);
   void (*gemm8)(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1);
   void (*gemmf)(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1);
+  void (*gemm16)(const float * x, int64_t M, const Weight16 & w, float * y, int64_t o0, int64_t o1);
   void (*dequant4)(const Weight4 & w, int64_t o0, int64_t o1, float * out);
   void (*dequant8)(const Weight8 & w, int64_t o0, int64_t o1, float * out);
+  void (*widen16)(const Weight16 & w, int64_t o0, int64_t o1, float * out);
   void (*axpy)(int64_t n, float a, const float * x, float * y);  // y += a x
   float (*block4)(const float * x, int64_t n, bool tail, const float * bounds, uint8_t * out);  // quantize_block4
 };
@@ -40,6 +42,28 @@ template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o
     f(e - row, stop - e, w.absmax[b]);
     e = stop;
   }
+}
+
+// One 16-bit float (bfloat16, or IEEE float16 if `half`) widened to float32, exactly.
+inline float widen_one(uint16_t h, bool half) {
+  uint32_t u;
+  if (!half) {
+    u = uint32_t(h) << 16;
+  } else {
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 31) {
+      u = sign | 0x7f800000u | (man << 13);  // inf, NaN
+    } else if (exp != 0) {
+      u = sign | ((exp + 112) << 23) | (man << 13);
+    } else {
+      const float f = float(man) * 5.9604644775390625e-8f;  // subnormal: man * 2^-24 (exact)
+      __builtin_memcpy(&u, &f, 4);
+      u |= sign;
+    }
+  }
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
 }
 
 // quantize_block4 in plain C++ that each ISA's file compiles (and vectorizes) with its own flags: IEEE

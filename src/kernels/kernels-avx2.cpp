@@ -1,7 +1,7 @@
-// AVX2+FMA kernels. 4-bit: 16 packed bytes -> 32 nibbles in element order (shift, unpack), zero-extended
+// AVX2+FMA(+F16C) kernels. 4-bit: 16 packed bytes -> 32 nibbles in element order (shift, unpack), zero-extended
 // to int32 8 at a time; the 16-entry code table is two ymm halves, looked up with two permutevar8x32 and
 // a blend on bit 3. Pieces of a block that are not a multiple of 32 (int8: rows) end in scalar code.
-// At most 8 rows of x at a time (16 ymm registers). Compiled with -mavx2 -mfma (src/CMakeLists.txt);
+// At most 8 rows of x at a time (16 ymm registers). Compiled with -mavx2 -mfma -mf16c (src/CMakeLists.txt);
 // only called after a CPU check.
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -107,23 +107,42 @@ template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64
   for (int64_t o = o0; o < o1; ++o) row8<M>(x, w, o, y);
 }
 
-// Float32 weights: R output rows at a time (each x load feeds R FMAs), R * M accumulators in registers
-// (R * M + R + 1 <= 16 ymm). Tails of rows in scalar code.
+// Float (float32, bfloat16, float16) weights: R output rows at a time (each x load feeds R FMAs), R * M
+// accumulators in registers (R * M + R + 1 <= 16 ymm). 16-bit weights are widened in registers (bfloat16:
+// zero-extend and shift; float16: F16C). Tails of rows in scalar code.
 template <int M> constexpr int rows_at_once() { return M <= 3 ? 3 : M <= 6 ? 2 : 1; }
 
-template <int M, int R> void blockf(const float * x, const WeightF32 & w, int64_t o, float * y) {
-  const int64_t I = w.I;
+struct F32Src {
+  using T = float;
+  static __m256 load8(const float * p) { return _mm256_loadu_ps(p); }
+  static float one(float v) { return v; }
+};
+struct BF16Src {
+  using T = uint16_t;
+  static __m256 load8(const uint16_t * p) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  static float one(uint16_t v) { return widen_one(v, false); }
+};
+struct F16Src {
+  using T = uint16_t;
+  static __m256 load8(const uint16_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))); }
+  static float one(uint16_t v) { return widen_one(v, true); }
+};
+
+template <int M, int R, class S> void blockf(const float * x, const typename S::T * W, int64_t O, int64_t I, int64_t o, float * y) {
   __m256 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
-  const float * wr = w.W + o * I;
+  const typename S::T * wr = W + o * I;
   int64_t k = 0;
   for (; k + 8 <= I; k += 8) {
     __m256 wv[R];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(wr + r * I + k);
+    for (int r = 0; r < R; ++r) wv[r] = S::load8(wr + r * I + k);
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + m * I + k);
@@ -136,24 +155,25 @@ template <int M, int R> void blockf(const float * x, const WeightF32 & w, int64_
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
       float sum = hsum(acc[r][m]);
-      for (int64_t t = k; t < I; ++t) sum += wr[r * I + t] * x[m * I + t];
-      y[m * w.O + o + r] = sum;
+      for (int64_t t = k; t < I; ++t) sum += S::one(wr[r * I + t]) * x[m * I + t];
+      y[m * O + o + r] = sum;
     }
 }
 
-template <int M> void rowsf(const float * x, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+template <int M, class S> void rowsf(const float * x, const typename S::T * W, int64_t O, int64_t I, float * y, int64_t o0, int64_t o1) {
   constexpr int R = rows_at_once<M>();
   int64_t o = o0;
-  for (; o + R <= o1; o += R) blockf<M, R>(x, w, o, y);
-  for (; o < o1; ++o) blockf<M, 1>(x, w, o, y);
+  for (; o + R <= o1; o += R) blockf<M, R, S>(x, W, O, I, o, y);
+  for (; o < o1; ++o) blockf<M, 1, S>(x, W, O, I, o, y);
 }
 
 using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
 using Rows8 = void (*)(const float *, const Weight8 &, float *, int64_t, int64_t);
 const Rows4 kRows4[kGroup] = {rows4<1>, rows4<2>, rows4<3>, rows4<4>, rows4<5>, rows4<6>, rows4<7>, rows4<8>};
 const Rows8 kRows8[kGroup] = {rows8<1>, rows8<2>, rows8<3>, rows8<4>, rows8<5>, rows8<6>, rows8<7>, rows8<8>};
-using RowsF = void (*)(const float *, const WeightF32 &, float *, int64_t, int64_t);
-const RowsF kRowsF[kGroup] = {rowsf<1>, rowsf<2>, rowsf<3>, rowsf<4>, rowsf<5>, rowsf<6>, rowsf<7>, rowsf<8>};
+template <class S> using RowsF = void (*)(const float *, const typename S::T *, int64_t, int64_t, float *, int64_t, int64_t);
+template <class S> constexpr RowsF<S> kRowsF[kGroup] = {rowsf<1, S>, rowsf<2, S>, rowsf<3, S>, rowsf<4, S>,
+                                                         rowsf<5, S>, rowsf<6, S>, rowsf<7, S>, rowsf<8, S>};
 
 void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   for (int64_t m0 = 0; m0 < M; m0 += kGroup)
@@ -165,9 +185,31 @@ void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0,
     kRows8[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * w.I, w, y + m0 * w.O, o0, o1);
 }
 
-void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+template <class S> void gemm_float(const float * x, int64_t M, const typename S::T * W, int64_t O, int64_t I, float * y,
+                                   int64_t o0, int64_t o1) {
   for (int64_t m0 = 0; m0 < M; m0 += kGroup)
-    kRowsF[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * w.I, w, y + m0 * w.O, o0, o1);
+    kRowsF<S>[(M - m0 < kGroup ? M - m0 : kGroup) - 1](x + m0 * I, W, O, I, y + m0 * O, o0, o1);
+}
+
+void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+  gemm_float<F32Src>(x, M, w.W, w.O, w.I, y, o0, o1);
+}
+
+void gemm16(const float * x, int64_t M, const Weight16 & w, float * y, int64_t o0, int64_t o1) {
+  if (w.half) gemm_float<F16Src>(x, M, w.W, w.O, w.I, y, o0, o1);
+  else gemm_float<BF16Src>(x, M, w.W, w.O, w.I, y, o0, o1);
+}
+
+template <class S> void widen_rows(const uint16_t * src, int64_t n, float * out) {
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8) _mm256_storeu_ps(out + e, S::load8(src + e));
+  for (; e < n; ++e) out[e] = S::one(src[e]);
+}
+
+void widen16(const Weight16 & w, int64_t o0, int64_t o1, float * out) {
+  const uint16_t * src = w.W + o0 * w.I;
+  if (w.half) widen_rows<F16Src>(src, (o1 - o0) * w.I, out);
+  else widen_rows<BF16Src>(src, (o1 - o0) * w.I, out);
 }
 
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
@@ -213,7 +255,8 @@ float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_
 }
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled, block4};
+const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, gemm16,
+                                      dequant4, dequant8, widen16, add_scaled, block4};
 
 }  // namespace peft::kernels
 #endif

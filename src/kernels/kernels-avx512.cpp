@@ -240,23 +240,42 @@ template <int M> void rows8(const float * x, const Weight8 & w, float * y, int64
   }
 }
 
-// Float32 weights: R output rows at a time, so that each load of x feeds R FMAs (and each weight load M),
-// with R * M accumulators in registers (R * M + R + 1 <= 32 zmm). The tail of a row is a masked step.
+// Float (float32, bfloat16, float16) weights: R output rows at a time, so that each load of x feeds R FMAs
+// (and each weight load M), with R * M accumulators in registers (R * M + R + 1 <= 32 zmm). 16-bit weights
+// are widened in registers (bfloat16: zero-extend and shift; float16: vcvtph2ps). The tail of a row is a
+// masked step.
 template <int M> constexpr int rows_at_once() { return M <= 4 ? 4 : M <= 8 ? 3 : M <= 14 ? 2 : 1; }
 
-template <int M, int R>
-void blockf(const float * x, const WeightF32 & w, int64_t o, int64_t c0, int64_t c1, bool add, float * y) {
-  const int64_t I = w.I;
+struct F32Src {
+  using T = float;
+  static __m512 load16(const float * p) { return _mm512_loadu_ps(p); }
+  static __m512 load16(__mmask16 k, const float * p) { return _mm512_maskz_loadu_ps(k, p); }
+};
+struct BF16Src {
+  using T = uint16_t;
+  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 load16(const uint16_t * p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))); }
+  static __m512 load16(__mmask16 k, const uint16_t * p) { return widen(_mm256_maskz_loadu_epi16(k, p)); }
+};
+struct F16Src {
+  using T = uint16_t;
+  static __m512 load16(const uint16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))); }
+  static __m512 load16(__mmask16 k, const uint16_t * p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
+};
+
+template <int M, int R, class S>
+void blockf(const float * x, const typename S::T * W, int64_t O, int64_t I, int64_t o, int64_t c0, int64_t c1, bool add,
+            float * y) {
   __m512 acc[R][M];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  const float * wr = w.W + o * I;
+  const typename S::T * wr = W + o * I;
   // the rows after the next group, a line per step: their loads overlap this group's multiply-adds
   // (with several rows of x the kernel is bound by the FMAs, and the hardware prefetcher alone left
   // the weights that come from memory waiting)
-  const float * ahead = o + 3 * R <= w.O ? wr + 2 * R * I : nullptr;
+  const typename S::T * ahead = o + 3 * R <= O ? wr + 2 * R * I : nullptr;
   int64_t k = c0;
   for (; k + 16 <= c1; k += 16) {
     if (M > 1 && ahead) {
@@ -265,7 +284,7 @@ void blockf(const float * x, const WeightF32 & w, int64_t o, int64_t c0, int64_t
     }
     __m512 wv[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(wr + r * I + k);
+    for (int r = 0; r < R; ++r) wv[r] = S::load16(wr + r * I + k);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       const __m512 xv = _mm512_loadu_ps(x + m * I + k);
@@ -277,7 +296,7 @@ void blockf(const float * x, const WeightF32 & w, int64_t o, int64_t c0, int64_t
     const __mmask16 mask = first(c1 - k);
     __m512 wv[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(mask, wr + r * I + k);
+    for (int r = 0; r < R; ++r) wv[r] = S::load16(mask, wr + r * I + k);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * I + k);
@@ -290,20 +309,21 @@ void blockf(const float * x, const WeightF32 & w, int64_t o, int64_t c0, int64_t
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       const float sum = hsum(acc[r][m]);
-      float & out = y[m * w.O + o + r];
+      float & out = y[m * O + o + r];
       out = add ? out + sum : sum;
     }
 }
 
 // Columns in panels of M * panel <= 16 KB of x (as for int8), rows R at a time, the last few one at a time.
-template <int M> void rowsf(const float * x, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
+template <int M, class S>
+void rowsf(const float * x, const typename S::T * W, int64_t O, int64_t I, float * y, int64_t o0, int64_t o1) {
   constexpr int R = rows_at_once<M>();
   constexpr int64_t P = M == 1 ? INT64_MAX : (4096 / M) / 16 * 16;
-  for (int64_t c0 = 0; c0 < w.I; c0 += P) {
-    const int64_t c1 = w.I - c0 < P ? w.I : c0 + P;
+  for (int64_t c0 = 0; c0 < I; c0 += P) {
+    const int64_t c1 = I - c0 < P ? I : c0 + P;
     int64_t o = o0;
-    for (; o + R <= o1; o += R) blockf<M, R>(x, w, o, c0, c1, c0 > 0, y);
-    for (; o < o1; ++o) blockf<M, 1>(x, w, o, c0, c1, c0 > 0, y);
+    for (; o + R <= o1; o += R) blockf<M, R, S>(x, W, O, I, o, c0, c1, c0 > 0, y);
+    for (; o < o1; ++o) blockf<M, 1, S>(x, W, O, I, o, c0, c1, c0 > 0, y);
   }
 }
 
@@ -313,9 +333,11 @@ const Rows4 kRows4[16] = {rows4<1>, rows4<2>,  rows4<3>,  rows4<4>,  rows4<5>,  
                           rows4<9>, rows4<10>, rows4<11>, rows4<12>, rows4<13>, rows4<14>, rows4<15>, rows4<16>};
 const Rows8 kRows8[16] = {rows8<1>, rows8<2>,  rows8<3>,  rows8<4>,  rows8<5>,  rows8<6>,  rows8<7>,  rows8<8>,
                           rows8<9>, rows8<10>, rows8<11>, rows8<12>, rows8<13>, rows8<14>, rows8<15>, rows8<16>};
-using RowsF = void (*)(const float *, const WeightF32 &, float *, int64_t, int64_t);
-const RowsF kRowsF[16] = {rowsf<1>, rowsf<2>,  rowsf<3>,  rowsf<4>,  rowsf<5>,  rowsf<6>,  rowsf<7>,  rowsf<8>,
-                          rowsf<9>, rowsf<10>, rowsf<11>, rowsf<12>, rowsf<13>, rowsf<14>, rowsf<15>, rowsf<16>};
+template <class S> using RowsF = void (*)(const float *, const typename S::T *, int64_t, int64_t, float *, int64_t, int64_t);
+template <class S>
+constexpr RowsF<S> kRowsF[16] = {rowsf<1, S>,  rowsf<2, S>,  rowsf<3, S>,  rowsf<4, S>,  rowsf<5, S>,  rowsf<6, S>,
+                                 rowsf<7, S>,  rowsf<8, S>,  rowsf<9, S>,  rowsf<10, S>, rowsf<11, S>, rowsf<12, S>,
+                                 rowsf<13, S>, rowsf<14, S>, rowsf<15, S>, rowsf<16, S>};
 
 void gemm4(const float * x, int64_t M, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   kRows4[M - 1](x, w, y, o0, o1);
@@ -326,7 +348,24 @@ void gemm8(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0,
 }
 
 void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1) {
-  kRowsF[M - 1](x, w, y, o0, o1);
+  kRowsF<F32Src>[M - 1](x, w.W, w.O, w.I, y, o0, o1);
+}
+
+void gemm16(const float * x, int64_t M, const Weight16 & w, float * y, int64_t o0, int64_t o1) {
+  if (w.half) kRowsF<F16Src>[M - 1](x, w.W, w.O, w.I, y, o0, o1);
+  else kRowsF<BF16Src>[M - 1](x, w.W, w.O, w.I, y, o0, o1);
+}
+
+template <class S> void widen_rows(const uint16_t * src, int64_t n, float * out) {
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) _mm512_storeu_ps(out + e, S::load16(src + e));
+  if (e < n) _mm512_mask_storeu_ps(out + e, first(n - e), S::load16(first(n - e), src + e));
+}
+
+void widen16(const Weight16 & w, int64_t o0, int64_t o1, float * out) {
+  const uint16_t * src = w.W + o0 * w.I;
+  if (w.half) widen_rows<F16Src>(src, (o1 - o0) * w.I, out);
+  else widen_rows<BF16Src>(src, (o1 - o0) * w.I, out);
 }
 
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
@@ -401,7 +440,8 @@ float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_
 }
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled, block4};
+const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, gemm16,
+                                        dequant4, dequant8, widen16, add_scaled, block4};
 
 }  // namespace peft::kernels
 #endif

@@ -49,6 +49,24 @@ void gemmf(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o
   }
 }
 
+void gemm16(const float * x, int64_t M, const Weight16 & w, float * y, int64_t o0, int64_t o1) {
+  const int64_t I = w.I;
+  for (int64_t o = o0; o < o1; ++o) {
+    float acc[kMaxM] = {};
+    const uint16_t * wr = w.W + o * I;
+    for (int64_t k = 0; k < I; ++k) {
+      const float wv = widen_one(wr[k], w.half);
+      for (int64_t m = 0; m < M; ++m) acc[m] += wv * x[m * I + k];
+    }
+    for (int64_t m = 0; m < M; ++m) y[m * w.O + o] = acc[m];
+  }
+}
+
+void widen16(const Weight16 & w, int64_t o0, int64_t o1, float * out) {
+  const uint16_t * src = w.W + o0 * w.I;
+  for (int64_t e = 0, n = (o1 - o0) * w.I; e < n; ++e) out[e] = widen_one(src[e], w.half);
+}
+
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   for (int64_t o = o0; o < o1; ++o) {
     float * dst = out + (o - o0) * w.I;
@@ -80,6 +98,7 @@ float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_
 }
 }  // namespace
 
-const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, gemmf, dequant4, dequant8, add_scaled, block4};
+const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, gemmf, gemm16,
+                                          dequant4, dequant8, widen16, add_scaled, block4};
 
 }  // namespace peft::kernels

@@ -22,7 +22,8 @@ bool supported(const IsaKernels & k) {
   if (&k == &kAvx512Kernels)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (&k == &kAvx2Kernels) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (&k == &kAvx2Kernels)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
   return &k == &kPortableKernels;
 }
@@ -85,6 +86,8 @@ void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y) { gemm
 
 void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y) { gemm_groups(x, M, w, y, active().gemmf); }
 
+void gemm_small(const float * x, int64_t M, const Weight16 & w, float * y) { gemm_groups(x, M, w, y, active().gemm16); }
+
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   const IsaKernels & k = active();
   parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.dequant4(w, o0 + a, o0 + b, out + a * w.I); });
@@ -93,6 +96,11 @@ void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
 void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out) {
   const IsaKernels & k = active();
   parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.dequant8(w, o0 + a, o0 + b, out + a * w.I); });
+}
+
+void dequantize_rows(const Weight16 & w, int64_t o0, int64_t o1, float * out) {
+  const IsaKernels & k = active();
+  parallel_rows(o1 - o0, grain(w.I), [&](int64_t a, int64_t b) { k.widen16(w, o0 + a, o0 + b, out + a * w.I); });
 }
 
 void axpy(int64_t n, float a, const float * x, float * y) { active().axpy(n, a, x, y); }

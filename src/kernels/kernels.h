@@ -30,16 +30,27 @@ struct WeightF32 {
   int64_t O, I;
 };
 
+/// 16-bit float weight W (O, I), row-major contiguous: bfloat16 bits, or IEEE float16 bits if `half`.
+/// The kernels widen it to float32 in registers (exactly) and accumulate in float32.
+struct Weight16 {
+  const uint16_t * W;  // (O*I)
+  int64_t O, I;
+  bool half;
+};
+
 /// y (M, O) = x (M, I) W^T, x and y row-major contiguous float32, y overwritten. Meant for small M
 /// (larger M is done in groups of 16 rows): each weight is decoded once per group and used for all its rows.
 void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y);
 void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y);
 void gemm_small(const float * x, int64_t M, const WeightF32 & w, float * y);
+void gemm_small(const float * x, int64_t M, const Weight16 & w, float * y);
 
 /// Rows [o0, o1) of W dequantized into out ((o1 - o0) x I, row-major), bit-exact with the reference
 /// formulas (4-bit: code[q] * absmax[b]; int8: float(CB) * (SCB * (1/127)), as bitsandbytes' CPU path MatMul8bitFp).
 void dequantize_rows(const Weight4 & w, int64_t o0, int64_t o1, float * out);
 void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out);
+/// 16-bit rows widened to float32 (exact).
+void dequantize_rows(const Weight16 & w, int64_t o0, int64_t o1, float * out);
 
 /// One block of bitsandbytes' 4-bit quantization (single-threaded): out[i] = the number of the 15 sorted
 /// `bounds` below clamp(x[i] * (1 / a), -1, 1), a = max(max |x|, 1e-38); a partial last block (`tail`)

@@ -1,4 +1,4 @@
-// linear-quant.h: shape and dtype checks, then gemm_small for up to 16 rows, else W in tiles of rows
+// linear-quant.h (quantized and 16-bit weights alike): shape and dtype checks, then gemm_small for up to 16 rows, else W in tiles of rows
 // dequantized into one cache-sized buffer (dequantize_rows splits each tile over threads) and BLAS
 // writing straight into the tile's columns of the output (or accumulating into grad_x).
 #include "kernels/linear-quant.h"
@@ -85,6 +85,8 @@ at::Tensor linear_forward(const at::Tensor & x, const Weight4 & w) { return forw
 at::Tensor linear_forward(const at::Tensor & x, const Weight8 & w) { return forward(x, w); }
 at::Tensor linear_backward_input(const at::Tensor & grad_y, const Weight4 & w) { return backward_input(grad_y, w); }
 at::Tensor linear_backward_input(const at::Tensor & grad_y, const Weight8 & w) { return backward_input(grad_y, w); }
+at::Tensor linear_forward(const at::Tensor & x, const Weight16 & w) { return forward(x, w); }
+at::Tensor linear_backward_input(const at::Tensor & grad_y, const Weight16 & w) { return backward_input(grad_y, w); }
 
 Weight4 weight4(const at::Tensor & packed, const at::Tensor & absmax, const at::Tensor & code, int64_t O, int64_t I,
                 int64_t blocksize) {
@@ -103,6 +105,13 @@ Weight8 weight8(const at::Tensor & CB, const at::Tensor & SCB) {
   check_weight_tensor(CB, "CB", at::kChar, CB.numel());
   check_weight_tensor(SCB, "SCB", at::kFloat, CB.size(0));
   return {CB.data_ptr<int8_t>(), SCB.data_ptr<float>(), CB.size(0), CB.size(1)};
+}
+
+Weight16 weight16(const at::Tensor & W) {
+  PEFT_CHECK(W.defined() && W.dim() == 2, "16-bit weight: W must be a matrix (out_features, in_features)");
+  const bool half = W.scalar_type() == at::kHalf;
+  check_weight_tensor(W, "W", half ? at::kHalf : at::kBFloat16, W.numel());
+  return {reinterpret_cast<const uint16_t *>(W.data_ptr()), W.size(0), W.size(1), half};
 }
 
 }  // namespace peft::kernels

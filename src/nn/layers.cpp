@@ -1,6 +1,7 @@
 #include "peft/nn/layers.h"
 
 #include "peft/ops/decoder-ops.h"
+#include "peft/ops/linear-16bit.h"
 
 namespace peft {
 
@@ -24,7 +25,13 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias) {
   if (has_bias) bias = register_parameter("bias", at::zeros({out_features}));
 }
 
-at::Tensor Linear::forward(const at::Tensor & x) { return at::linear(x, weight, bias); }
+// a frozen bfloat16 / float16 weight is computed in float32 by peft::linear_16bit (LibTorch 1.13's bfloat16
+// matmul on CPU goes to oneDNN, which without AVX-512 has no kernel for it: it fails under ONEDNN_MAX_CPU_ISA=AVX2)
+at::Tensor Linear::forward(const at::Tensor & x) {
+  if (ops::linear_16bit_takes(weight, bias))
+    return ops::linear_16bit(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  return at::linear(x, weight, bias);
+}
 
 LayerPtr Linear::clone_layer() const {
   return copy_weight_and_bias(*this, std::make_shared<Linear>(in_features(), out_features(), bias.defined()));

@@ -3,7 +3,9 @@
 #include "kernels/kernels.h"
 #include "kernels/linear-quant.h"
 
+#include "peft/nn/layers.h"
 #include "peft/ops/adapter-ops.h"
+#include "peft/ops/linear-16bit.h"
 
 #include <cmath>
 
@@ -261,6 +263,83 @@ TEST_F(IsaTest, LinearSmallFallsBackWhereTheKernelDoesNotApply) {
   EXPECT_TRUE(at::allclose(peft::ops::linear_small(xd, Wd, c10::nullopt), at::linear(xd, Wd)));
   const at::Tensor Wt = at::randn({10, 6}).t();  // a non-contiguous weight
   EXPECT_TRUE(at::allclose(peft::ops::linear_small(x, Wt, c10::nullopt), at::linear(x, Wt), 1e-5, 1e-5));
+}
+
+// ---- 16-bit float weights (peft::linear_16bit) ----
+
+// bfloat16 / float16 weights with values the 16-bit formats hold exactly: the kernels widen them exactly, so
+// they must equal float32 arithmetic on the widened weight; float16 also with subnormals, infinities kept out
+TEST_F(IsaTest, Gemm16EveryIsaShapeAndRowCountEqualsTheWidenedWeight) {
+  for (const std::string & name : available_isas()) {
+    force_isa(name.c_str());
+    for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+      for (auto [O, I] : std::vector<std::pair<int64_t, int64_t>>{{200, 1376}, {37, 33}, {21, 512}, {5, 7}, {1, 1}}) {
+        at::Tensor W16 = at::randn({O, I}).to(dt);
+        if (dt == at::kHalf) W16.view(-1).narrow(0, 0, std::min<int64_t>(O * I, 5)).fill_(3e-6);  // subnormal
+        const at::Tensor W = W16.to(at::kFloat);
+        const Weight16 w = weight16(W16);
+        at::Tensor widened = at::full({O, I}, NAN);
+        dequantize_rows(w, 0, O, widened.data_ptr<float>());
+        EXPECT_TRUE(at::equal(widened, W)) << name << " " << dt << " widen";
+        for (int64_t M : {1, 2, 3, 5, 8, 16, 17, 40}) {
+          SCOPED_TRACE(name + " " + c10::toString(dt) + " O " + std::to_string(O) + " I " + std::to_string(I) +
+                       " M " + std::to_string(M));
+          const at::Tensor x = at::randn({M, I});
+          at::Tensor y = at::full({M, O}, NAN);
+          gemm_small(x.data_ptr<float>(), M, w, y.data_ptr<float>());
+          EXPECT_TRUE(dot_close(y, at::linear(x, W), at::linear(x.abs(), W.abs()), I));
+          EXPECT_TRUE(dot_close(linear_forward(x, w), at::linear(x, W), at::linear(x.abs(), W.abs()), I));
+        }
+      }
+    }
+  }
+}
+
+// The op in a model's Linear: x W^T + b accumulated in float32 and rounded to x's dtype; the gradient to x
+// equals the float32 one (rounded); the weight and bias get none; a weight being trained goes to at::linear.
+TEST_F(IsaTest, Linear16OpForwardBackwardAndWhereItApplies) {
+  for (const std::string & name : available_isas()) {
+    force_isa(name.c_str());
+    for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+      for (at::ScalarType xt : {at::kFloat, dt}) {
+        SCOPED_TRACE(name + " weight " + c10::toString(dt) + " x " + c10::toString(xt));
+        const int64_t O = 70, I = 300;
+        auto lin = std::make_shared<peft::Linear>(I, O, true);
+        {
+          at::NoGradGuard g;
+          lin->weight.normal_();
+          lin->bias.normal_();
+        }
+        lin->weight.set_data(lin->weight.detach().to(dt));
+        lin->bias.set_data(lin->bias.detach().to(dt));
+        lin->weight.set_requires_grad(false);
+        lin->bias.set_requires_grad(false);
+        ASSERT_TRUE(peft::ops::linear_16bit_takes(lin->weight, lin->bias));
+        const at::Tensor W = lin->weight.to(at::kFloat), b = lin->bias.to(at::kFloat);
+        for (int64_t M : {1, 4, 33}) {
+          const at::Tensor x = at::randn({M, 1, I}).to(xt).requires_grad_();
+          const at::Tensor y = lin->forward(x);
+          EXPECT_EQ(y.scalar_type(), xt);
+          const at::Tensor xf = x.detach().to(at::kFloat);
+          const at::Tensor want = at::linear(xf, W, b);
+          // rounded to x's dtype: within half a unit in the last place of the float32 result (plus the sum's rounding)
+          const double ulp = xt == at::kFloat ? 0.0 : xt == at::kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+          EXPECT_TRUE(dot_close(y.to(at::kFloat), want, at::linear(xf.abs(), W.abs(), b.abs()) + want.abs() * ulp * 1e5 / std::sqrt(double(I)), I))
+              << "M " << M;
+          const at::Tensor g = at::randn({M, 1, O}).to(xt);
+          y.backward(g);
+          const at::Tensor gf = g.to(at::kFloat);
+          const at::Tensor gwant = at::matmul(gf, W);
+          EXPECT_TRUE(dot_close(x.grad().to(at::kFloat), gwant,
+                                at::matmul(gf.abs(), W.abs()) + gwant.abs() * ulp * 1e5 / std::sqrt(double(O)), O))
+              << "M " << M;
+          EXPECT_FALSE(lin->weight.grad().defined());
+        }
+        lin->weight.set_requires_grad(true);  // trained: not the op's case
+        EXPECT_FALSE(peft::ops::linear_16bit_takes(lin->weight, lin->bias));
+      }
+    }
+  }
 }
 
 // ---- the ATen wrapper ----
