@@ -1,6 +1,7 @@
 // Timing of the quantized-linear CPU kernels (src/kernels) against float32 at::mv / at::mm on the
 // same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
-// 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small).
+// 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small);
+// bf16: the 16-bit weight kernel (peft::linear_16bit) beside ATen's bfloat16 at::linear.
 // Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,6 +14,7 @@
 
 #include "peft/util/runtime.h"
 #include "kernels/kernels.h"
+#include "kernels/linear-quant.h"
 
 using namespace peft::kernels;
 using peft::configure_runtime;
@@ -60,6 +62,12 @@ void bench_shape(int64_t O, int64_t I, int threads) {
     report("4-bit", O, I, M, threads, n / 2.0 + 4.0 * n / blocksize, t4, base);
     const double t8 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w8, y.data_ptr<float>()); });
     report("int8", O, I, M, threads, double(n) + 4.0 * O, t8, base);
+    const at::Tensor Wb = W.to(at::kBFloat16);
+    const double tb = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, weight16(Wb), y.data_ptr<float>()); });
+    report("bf16", O, I, M, threads, 2.0 * n, tb, base);
+    const at::Tensor xb = x.to(at::kBFloat16);
+    const double ta = seconds_per_call([&] { at::linear(xb, Wb); });
+    report("aten-bf16", O, I, M, threads, 2.0 * n, ta, base);
     if (M > 1) {
       const WeightF32 wf{W.data_ptr<float>(), O, I};
       const double tf = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, wf, y.data_ptr<float>()); });
