@@ -22,7 +22,9 @@
 #include "op-profile.h"
 #include "peft/compile/compile.h"
 #include "peft/error.h"
+#include "peft/io/atomic-file.h"
 #include "peft/io/files.h"
+#include "peft/nn/module.h"
 #include "peft/peft-model.h"
 #include "peft/quant/quantize.h"
 #include "peft/train/trainer.h"
@@ -129,6 +131,317 @@ std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::For
   return m;
 }
 
+
+// ---- real shapes (peft bench --shape llama-3.2-1b | llama-3-8b, or --model DIR) ----
+// Llama-3.2-1B and Llama-3-8B as configs, with an untied head (lm_head its own weight, so that the
+// quantized rows can quantize it like llama.cpp's output tensor; a decode step reads the same bytes tied
+// or not). Random weights (normal, std 0.02; norms 1), or the weights of --model.
+nlohmann::json shape_json(const std::string & shape) {
+  if (shape == "bench") {
+    return {{"model_type", "llama"},       {"vocab_size", 32000},         {"hidden_size", 512},
+            {"intermediate_size", 1376},   {"num_hidden_layers", 8},      {"num_attention_heads", 8},
+            {"num_key_value_heads", 8},    {"max_position_embeddings", 2048}};
+  }
+  nlohmann::json j = {{"model_type", "llama"},       {"vocab_size", 128256},         {"num_key_value_heads", 8},
+                      {"max_position_embeddings", 8192}, {"rope_theta", 500000.0},   {"rms_norm_eps", 1e-5},
+                      {"tie_word_embeddings", false}};
+  if (shape == "llama-3.2-1b") {
+    j.update({{"hidden_size", 2048}, {"intermediate_size", 8192}, {"num_hidden_layers", 16}, {"num_attention_heads", 32},
+              {"head_dim", 64}});
+  } else if (shape == "llama-3-8b") {
+    j.update({{"hidden_size", 4096}, {"intermediate_size", 14336}, {"num_hidden_layers", 32}, {"num_attention_heads", 32},
+              {"head_dim", 128}});
+  } else {
+    fail(str("--shape: unknown shape '", shape, "' (bench, llama-3.2-1b, llama-3-8b)"));
+  }
+  return j;
+}
+ModelConfig shape_config(const std::string & shape) { return ModelConfig::from_json(shape_json(shape), "bench shape " + shape); }
+
+// A random model of `cfg` with float weights in `dtype`, its Linear layers quantized by `q` (if enabled)
+// one decoder layer at a time: a quantized model never holds its float weights whole (Llama-3-8B in nf4
+// is built in ~6 GB, never in float32).
+std::shared_ptr<CausalLM> random_model(const ModelConfig & cfg, at::ScalarType dtype, const quant::QuantOptions & q,
+                                       uint64_t seed) {
+  auto m = build_model(cfg);  // uninitialised: nothing is touched yet
+  at::NoGradGuard g;
+  for (auto & p : m->parameters(true)) {
+    if (p.is_floating_point() && p.scalar_type() != dtype) p.set_data(at::empty(p.sizes(), p.options().dtype(dtype)));
+  }
+  m->to(dtype);
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto fill = [&](const std::string & n, at::Tensor & t) {
+    if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) {
+      t.zero_();
+    } else if (t.dim() == 1) {
+      t.fill_(1.0);
+    } else {
+      t.copy_(at::normal(0.0, 0.02, t.sizes(), gen).to(t.scalar_type()));
+    }
+  };
+  const std::string lp = "model.layers.";
+  for (const auto & [path, mod] : named_modules(m)) {
+    if (path.rfind(lp, 0) != 0 || path.find('.', lp.size()) != std::string::npos) continue;  // model.layers.N
+    for (auto & p : mod->named_parameters(true)) fill(p.key(), p.value());
+    if (q.enabled()) quant::quantize_modules(mod, q);
+  }
+  for (auto & p : m->named_parameters(true)) {
+    if (p.key().rfind(lp, 0) != 0) fill(p.key(), p.value());
+  }
+  if (q.enabled()) quant::quantize_modules(m, q);  // (what is left: lm_head unless skipped)
+  m->tie_weights();
+  m->eval();
+  for (auto & p : m->parameters()) p.set_requires_grad(false);
+  return m;
+}
+
+// One format's rows (a child process per format: its peak RSS is its own). Prints one JSON line per row
+// ("ROW {...}") and one for the model ("MODEL {...}").
+struct ShapeArgs {
+  std::string shape, model, only, format;
+  int reps = 0;
+  bool quantize_lm_head = false;
+  int64_t prefill_len = 512, ctx = 64;
+};
+
+int run_shape_group(const ShapeArgs & a) {
+  auto wanted = [&](const std::string & name) { return a.only.empty() || name.find(a.only) != std::string::npos; };
+  const std::string F = a.format;
+  const at::ScalarType dtype = F == "bf16" ? at::kBFloat16 : at::kFloat;
+  quant::QuantOptions q;
+  if (F == "nf4") q.format = quant::Format::nf4;
+  else if (F == "int8") q.format = quant::Format::int8;
+  else PEFT_CHECK(F == "f32" || F == "bf16", "--formats: unknown format '", F, "' (f32, bf16, int8, nf4)");
+  if (a.quantize_lm_head) q.skip.clear();
+  const std::string sp = "_s" + std::to_string(a.prefill_len);
+  const std::string dec = "decode_b1_" + F, dec_l = dec + "_lora", pre = "prefill_b1" + sp + "_" + F + "_lora",
+                    tr = "train_step_b1" + sp + "_" + F + "_lora", tr_ck = tr + "_ckpt";
+  const bool big = a.shape == "llama-3-8b";
+  // the 8B shape: memory and decode rows only, unless --only names a row
+  const bool want_dec = wanted(dec) || wanted(dec_l), want_pre = wanted(pre) && (!big || !a.only.empty()),
+             want_tr = (wanted(tr) || wanted(tr_ck)) && (!big || !a.only.empty());
+  if (!want_dec && !want_pre && !want_tr) return 0;
+
+  const int64_t start_kb = process_status_kb("VmRSS");
+  auto t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<CausalLM> base;
+  if (!a.model.empty()) {
+    LoadOptions lo;
+    lo.dtype = dtype;
+    lo.quantize = q;
+    base = load_model(a.model, lo);
+  } else {
+    base = random_model(shape_config(a.shape), dtype, q, 1);
+  }
+  const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t build_peak_kb = process_status_kb("VmHWM");
+  ::malloc_trim(0);
+  const int64_t model_kb = process_status_kb("VmRSS");
+  const auto fp = quant::weight_footprint(base);
+  const ModelConfig cfg = base->config();
+  at::manual_seed(2);
+  PeftModel lora(base, bench_lora_config());
+  CompiledModel comp = compile(lora);
+  std::printf("MODEL %s\n", nlohmann::json({{"format", F},
+                                             {"params", fp.params},
+                                             {"weight_bytes", fp.bytes},
+                                             {"start_rss_kb", start_kb},
+                                             {"build_peak_rss_kb", build_peak_kb},
+                                             {"model_rss_kb", model_kb},
+                                             {"build_s", build_s}})
+                                 .dump()
+                                 .c_str());
+  std::fflush(stdout);
+  auto row = [&](const std::string & name, double ms, double tokens, nlohmann::json extra) {
+    extra["row"] = name;
+    extra["ms"] = ms;
+    extra["tokens_per_s"] = tokens * 1000.0 / ms;
+    extra["peak_rss_kb"] = process_status_kb("VmHWM");
+    std::printf("ROW %s\n", extra.dump().c_str());
+    std::fflush(stdout);
+  };
+  auto f = [&](const ForwardInput & in) { return comp.forward(in); };
+  if (want_dec) {
+    // a decode step at position ctx of a KV cache filled by a prefill (static cache: every step alike); the
+    // same compiled model with the adapters disabled (PEFT's disable_adapter) and enabled, in turn (A B A B)
+    const int reps = a.reps ? a.reps : (big ? 4 : 10);
+    at::Tensor emb;
+    for (const auto & p : named_parameters(*base)) {
+      if (p.second.is_floating_point()) {
+        emb = p.second;
+        break;
+      }
+    }
+    KVCache cache = KVCache::allocate(cfg, 1, a.ctx + 8, at::TensorOptions().dtype(emb.scalar_type()));
+    at::Tensor mask = at::zeros({1, a.ctx + 8}, at::kLong);
+    mask.narrow(1, 0, a.ctx + 1).fill_(1);
+    at::NoGradGuard g;
+    ForwardInput p;
+    p.input_ids = at::randint(cfg.vocab_size, {1, a.ctx}, at::kLong);
+    p.cache_position = at::arange(a.ctx, at::kLong);
+    p.attention_mask = mask;
+    p.cache = &cache;
+    f(p);
+    ForwardInput s;
+    s.input_ids = at::randint(cfg.vocab_size, {1, 1}, at::kLong);
+    s.cache_position = at::full({1}, a.ctx, at::kLong);
+    s.attention_mask = mask;
+    s.cache = &cache;
+    reset_peak_rss();
+    Paired t = paired_ms(
+        [&] {
+          lora.set_adapters_disabled(true);
+          f(s);
+        },
+        [&] {
+          lora.set_adapters_disabled(false);
+          f(s);
+        },
+        2, reps);
+    lora.set_adapters_disabled(false);
+    const auto st = comp.stats();
+    row(dec, t.a, 1, {{"reps", reps}, {"ctx", a.ctx}});
+    row(dec_l, t.b, 1,
+        {{"reps", reps}, {"ctx", a.ctx}, {"lora_over_base_throughput", t.ratio}, {"graphs", st.graphs}, {"compiles", st.compiles}});
+  }
+  if (want_pre) {
+    const int reps = a.reps ? std::min(a.reps, 3) : 2;
+    at::NoGradGuard g;
+    ForwardInput in;
+    in.input_ids = at::randint(cfg.vocab_size, {1, a.prefill_len}, at::kLong);
+    reset_peak_rss();
+    const double ms = median_ms([&] { f(in); }, 1, reps);
+    row(pre, ms, static_cast<double>(a.prefill_len), {{"reps", reps}});
+  }
+  if (want_tr) {
+    // a LoRA training step (forward, backward, AdamW) on one sequence of prefill_len tokens, eager (gradient
+    // checkpointing does not compile), without and with gradient checkpointing
+    const int reps = a.reps ? std::min(a.reps, 3) : 2;
+    TrainOptions topt;
+    topt.lr = 1e-4;
+    topt.steps = 1000;
+    topt.batch_size = 1;
+    at::Tensor ids = at::randint(cfg.vocab_size, {1, a.prefill_len}, at::kLong);
+    lora.train();
+    for (const bool ck : {false, true}) {
+      const std::string name = ck ? tr_ck : tr;
+      if (!wanted(name)) continue;
+      base->set_gradient_checkpointing(ck);
+      Trainer t([&](const ForwardInput & in) { return lora.forward(in); }, lora.trainable_parameters(), topt);
+      t.step(ids);  // (warm-up; the optimizer state is allocated here)
+      reset_peak_rss();
+      const double ms = median_ms([&] { t.step(ids); }, 0, reps);
+      row(name, ms, static_cast<double>(a.prefill_len), {{"reps", reps}, {"gradient_checkpointing", ck}});
+    }
+    base->set_gradient_checkpointing(false);
+    lora.train(false);
+  }
+  return 0;
+}
+
+// The parent: one child process per format (this program with --group FORMAT), their rows in one table.
+int run_shape_bench(const ShapeArgs & a, const std::vector<std::string> & formats, const CommonOptions & common,
+                    const std::string & json_out) {
+  char exe[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  PEFT_CHECK(len > 0, "cannot find this program's path");
+  exe[len] = '\0';
+  const int blas_threads = common.threads > 0 ? common.threads : default_blas_threads();
+  auto quote = [](const std::string & s) {
+    std::string r = "'";
+    for (char c : s) r += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return r + "'";
+  };
+  nlohmann::json models = nlohmann::json::object(), rows = nlohmann::json::array();
+  for (const auto & F : formats) {
+    std::string line = quote(exe) + " bench --shape " + quote(a.shape) + " --group " + quote(F) +
+                       " --threads " + std::to_string(blas_threads) + " --intra-op-threads " +
+                       std::to_string(common.intra_op_threads) + " --prefill-len " + std::to_string(a.prefill_len);
+    if (!a.model.empty()) line += " --model " + quote(a.model);
+    if (!a.only.empty()) line += " --only " + quote(a.only);
+    if (a.reps) line += " --reps " + std::to_string(a.reps);
+    if (a.quantize_lm_head) line += " --quantize-lm-head";
+    line += " 2>&1";
+    FILE * p = ::popen(line.c_str(), "r");
+    PEFT_CHECK(p, "cannot start ", line);
+    std::string text;
+    char buf[4096];
+    while (::fgets(buf, sizeof buf, p)) {
+      const std::string l = buf;
+      text += l;
+      if (l.rfind("MODEL ", 0) == 0) {
+        auto j = nlohmann::json::parse(l.substr(6));
+        models[F] = j;
+        std::fprintf(stderr, "%s: model built in %.1f s, %.0f MB resident (peak while building %.0f MB)\n", F.c_str(),
+                     j["build_s"].get<double>(), j["model_rss_kb"].get<double>() / 1024,
+                     j["build_peak_rss_kb"].get<double>() / 1024);
+      } else if (l.rfind("ROW ", 0) == 0) {
+        auto j = nlohmann::json::parse(l.substr(4));
+        j["format"] = F;
+        rows.push_back(j);
+        std::fprintf(stderr, "  %-34s %9.2f ms  %9.2f tokens/s\n", j["row"].get<std::string>().c_str(),
+                     j["ms"].get<double>(), j["tokens_per_s"].get<double>());
+      }
+    }
+    const int status = ::pclose(p);
+    PEFT_CHECK(status == 0, "the bench of format ", F, " failed: ", text.substr(text.size() > 2000 ? text.size() - 2000 : 0));
+  }
+  const ModelConfig cfg = a.model.empty() ? shape_config(a.shape) : ModelConfig::load(a.model);
+  const char * isa = std::getenv("PEFT_ISA");
+  std::printf("peft bench %s%s: hidden %lld, %lld layers, vocab %lld; %d BLAS threads; PEFT_ISA=%s; LoRA r=16 on "
+              "q,k,v,o; lm_head %s in the quantized rows\n",
+              a.model.empty() ? ("--shape " + a.shape).c_str() : ("--model " + a.model).c_str(),
+              a.model.empty() ? " (random weights)" : "",
+              static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_layers),
+              static_cast<long long>(cfg.vocab_size), blas_threads, isa ? isa : "(unset)",
+              a.quantize_lm_head ? "quantized" : "float");
+  std::printf("%-36s %10s %10s %12s %10s\n", "row", "ms", "tokens/s", "peak RSS MB", "model MB");
+  for (const auto & r : rows) {
+    const std::string F = r["format"];
+    std::printf("%-36s %10.2f %10.2f %12.0f %10.0f\n", r["row"].get<std::string>().c_str(), r["ms"].get<double>(),
+                r["tokens_per_s"].get<double>(), r["peak_rss_kb"].get<double>() / 1024,
+                models[F]["model_rss_kb"].get<double>() / 1024);
+  }
+  for (const auto & r : rows) {
+    if (r.contains("lora_over_base_throughput")) {
+      std::printf("%s: LoRA r=16 q,k,v,o decode throughput / without = %.3fx (target >= 0.9x; median of %d paired steps)\n",
+                  r["format"].get<std::string>().c_str(), r["lora_over_base_throughput"].get<double>(), r["reps"].get<int>());
+    }
+  }
+  for (const auto & [F, m] : models.items()) {
+    std::printf("%s model: %.0f MB resident after building (%.0f MB peak while building, %.0f MB before), weights %.0f MB, "
+                "built in %.1f s\n",
+                F.c_str(), m["model_rss_kb"].get<double>() / 1024, m["build_peak_rss_kb"].get<double>() / 1024,
+                m["start_rss_kb"].get<double>() / 1024, m["weight_bytes"].get<double>() / 1048576, m["build_s"].get<double>());
+  }
+  if (!json_out.empty()) {
+    write_file_atomic(json_out, nlohmann::json({{"shape", a.shape},
+                                                {"model", a.model},
+                                                {"threads", blas_threads},
+                                                {"peft_isa", isa ? isa : ""},
+                                                {"quantize_lm_head", a.quantize_lm_head},
+                                                {"models", models},
+                                                {"rows", rows}})
+                                        .dump(2) +
+                                    "\n");
+  }
+  return 0;
+}
+
+// --save-model: the random model of a shape as a checkpoint folder (float32), for llama.cpp's GGUF export.
+int save_shape_model(const std::string & shape, const std::string & dir) {
+  PEFT_CHECK(shape != "llama-3-8b", "--save-model: the llama-3-8b shape is not written in float32 (32 GB)");
+  const ModelConfig cfg = shape_config(shape);
+  auto m = random_model(cfg, at::kFloat, {}, 1);
+  nlohmann::json j = shape_json(shape);
+  j["architectures"] = {"LlamaForCausalLM"};
+  j["torch_dtype"] = "float32";
+  j["bos_token_id"] = 1;
+  j["pad_token_id"] = 0;
+  save_model(*m, dir, j);
+  return 0;
+}
+
 }  // namespace
 
 Runner add_bench(CLI::App & app) {
@@ -141,6 +454,8 @@ Runner add_bench(CLI::App & app) {
     bool no_memory = false;
     int profile = 0;  // ops listed per decode row (0: no profile)
     std::string memory_probe;  // internal: build one row's model, run it, print peak RSS as JSON
+    std::string shape = "bench", model, formats, save_model, group;
+    int64_t prefill_len = 512;
     CommonOptions common;
   };
   auto o = std::make_shared<Opts>();
@@ -157,9 +472,49 @@ Runner add_bench(CLI::App & app) {
                  "after each decode row, time its compiled step op by op (self time) and list the top N ops")
       ->check(CLI::Range(1, 1000));
   cmd->add_option("--memory-probe", o->memory_probe, "internal: peak RSS of one row's configuration")->group("");
+  cmd->add_option("--shape", o->shape,
+                  "the model's shape: bench (default: hidden 512, 8 layers, the eager/compiled table), llama-3.2-1b or "
+                  "llama-3-8b (random weights; untied head): decode b1 per format with and without LoRA, prefill, "
+                  "LoRA training steps with and without gradient checkpointing, tokens/s and peak RSS")
+      ->check(CLI::IsMember({"bench", "llama-3.2-1b", "llama-3-8b"}));
+  cmd->add_option("--model", o->model, "real-shape rows on this checkpoint folder's weights instead of random ones");
+  cmd->add_option("--formats", o->formats,
+                  "real-shape rows: the base formats, comma-separated (default f32,bf16,int8,nf4; llama-3-8b: nf4)");
+  cmd->add_option("--prefill-len", o->prefill_len, "real-shape rows: prompt length of prefill and training rows (default 512)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--save-model", o->save_model, "write the random model of --shape (float32) to this folder and stop");
+  cmd->add_option("--group", o->group, "internal: one format's real-shape rows")->group("");
   add_common_options(*cmd, o->common);
   return [o]() {
     apply_common_options(o->common);
+    if (!o->save_model.empty()) return save_shape_model(o->shape, o->save_model);
+    if (o->shape != "bench" || !o->model.empty()) {
+      ShapeArgs a;
+      a.shape = o->shape;
+      a.model = o->model;
+      a.only = o->only;
+      a.reps = o->reps;
+      a.quantize_lm_head = o->quantize_lm_head;
+      a.prefill_len = o->prefill_len;
+      if (o->quick) a.prefill_len = std::min<int64_t>(a.prefill_len, 32);
+      if (!o->group.empty()) {
+        a.format = o->group;
+        return run_shape_group(a);
+      }
+      std::vector<std::string> formats;
+      std::string fs = o->formats.empty() ? (o->shape == "llama-3-8b" ? "nf4" : "f32,bf16,int8,nf4") : o->formats;
+      for (size_t i = 0; i <= fs.size();) {
+        size_t j = fs.find(',', i);
+        if (j == std::string::npos) j = fs.size();
+        if (j > i) formats.push_back(fs.substr(i, j - i));
+        i = j + 1;
+      }
+      for (const auto & f : formats) {
+        PEFT_CHECK(f == "f32" || f == "bf16" || f == "int8" || f == "nf4", "--formats: unknown format '", f,
+                   "' (f32, bf16, int8, nf4)");
+      }
+      return run_shape_bench(a, formats, o->common, o->json);
+    }
     const int threads = at::get_num_threads();
     const int blas_threads = o->common.threads > 0 ? o->common.threads : default_blas_threads();
     ModelConfig cfg = bench_config();
