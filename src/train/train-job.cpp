@@ -169,6 +169,8 @@ TrainJob::TrainJob(TrainJobConfig config, FieldNamer namer) : config_(std::move(
                       " must be in [0, 1)");
   }
   quant::check_options(c.model.quantize, [&](const std::string & f) { return name("model.quantize." + f); });
+  PEFT_CHECK_OPTION(c.model.dtype == at::kFloat || c.model.dtype == at::kBFloat16, n("model.dtype"),
+                    " must be float32 or bfloat16, got ", c.model.dtype);
   check_train_options(t, [&](const std::string & f) { return name("train." + f); });
   PEFT_CHECK_OPTION(c.data.eval_split >= 0 && c.data.eval_split < 1, n("data.eval_split"), " must be in [0, 1)");
   PEFT_CHECK_OPTION(c.data.eval_split == 0 || c.data.eval.empty(), "give ", n("data.eval"), " or ", n("data.eval_split"),
@@ -294,6 +296,7 @@ TrainJobResult TrainJob::run(const TrainJobObserver & observer) {
   at::manual_seed(t.seed);
   LoadOptions load;
   load.quantize = c.model.quantize;
+  load.dtype = c.model.dtype;
   auto base = load_model(c.model.path, load);
   std::shared_ptr<PeftModel> m;
   if (!resume.empty()) {

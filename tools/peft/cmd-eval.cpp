@@ -69,7 +69,7 @@ Runner add_eval(CLI::App & app) {
   cmd->add_option("--json", o->json, "write the results in lm-evaluation-harness's shape to this file");
   cmd->add_option("--batch-size", o->batch, "windows per forward")->check(CLI::Range(1, 4096));
   cmd->add_option("--eval-chunk", o->chunk, "positions per head call (default: sized so the logits stay ~64 MiB)");
-  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp);
   cmd->add_flag("--compile", o->compile, "evaluate with the compiled model");
   cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   add_common_options(*cmd, o->common);
@@ -79,7 +79,7 @@ Runner add_eval(CLI::App & app) {
     PEFT_USAGE(!o->data.empty() || !o->tasks.empty(), "give --data (perplexity) and/or --task (multiple choice)");
     PEFT_USAGE(o->compare_to.empty() || !o->data.empty(), "--compare-to compares on --data: give it too");
     PEFT_USAGE(o->chunk == -1 || o->chunk >= 1, "--eval-chunk must be at least 1");
-    const at::ScalarType dtype = parse_dtype(o->dtype);
+    const at::ScalarType dtype = resolve_dtype(o->dtype, o->model);
     const ModelConfig mcfg = ModelConfig::load(o->model);
     std::vector<std::string> inputs = {o->model};
     if (!o->data.empty()) inputs.push_back(o->data);

@@ -27,7 +27,7 @@ Runner add_forward(CLI::App & app) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--input-ids", o->ids, "JSON array of equal-length arrays of token ids")->required();
   cmd->add_option("--out", o->out, "output .safetensors (tensor 'logits', float32)")->required();
-  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp);
   cmd->add_flag("--compile", o->compile, "run the compiled model");
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
@@ -35,7 +35,7 @@ Runner add_forward(CLI::App & app) {
   cmd->add_option("--adapter-names", o->adapter_names,
                   "mixed-adapter batch: one adapter per row, comma-separated (__base__ = no adapter)");
   return [o]() {
-    const at::ScalarType dtype = parse_dtype(o->dtype);
+    const at::ScalarType dtype = resolve_dtype(o->dtype, o->model);
     std::vector<std::string> inputs = {o->model, o->ids};
     for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
     check_output_file("--out", o->out, inputs);

@@ -254,7 +254,7 @@ Runner add_generate(CLI::App & app) {
   cmd->add_option("--seed", o->gen.seed, "sampling seed");
   cmd->add_flag("--no-cache", o->no_cache, "recompute the whole sequence every step");
   cmd->add_flag("--print-ids", o->ids_out, "also print the generated token ids as JSON");
-  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp);
   cmd->add_flag("--compile", o->compile, "generate with the compiled model");
   cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   add_common_options(*cmd, o->common);
@@ -272,7 +272,7 @@ Runner add_generate(CLI::App & app) {
     PEFT_USAGE(!from_file || !o->ids_out, "--print-ids does not apply with --prompts-file (the output has token counts)");
     PEFT_USAGE(o->batch_size >= 1, "--batch-size must be >= 1");
     const bool interactive = o->chat && o->prompts.empty() && !from_file;
-    const at::ScalarType dtype = parse_dtype(o->dtype);
+    const at::ScalarType dtype = resolve_dtype(o->dtype, o->model);
     if (from_file) {
       std::vector<std::string> inputs = {o->model, o->prompts_file};
       for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));

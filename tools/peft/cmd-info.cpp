@@ -106,11 +106,11 @@ Runner add_info(CLI::App & app) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_flag("--modules", o->modules,
                 "also list every layer: its name (what target_modules matches, in full or by a dotted suffix), type and weight shape");
-  cmd->add_option("--dtype", o->dtype, "load the weights as float32 (default) or bfloat16");
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp);
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   return [o]() {
-    const at::ScalarType dtype = parse_dtype(o->dtype);
+    const at::ScalarType dtype = resolve_dtype(o->dtype, o->model);
     apply_common_options(o->common);
     // what loading costs, as every command loads: the anonymous memory it added (the weights as held; the
     // checkpoint is mapped and its pages handed back) and the process's peak, mapped file pages included

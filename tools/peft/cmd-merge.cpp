@@ -27,8 +27,9 @@ Runner add_merge(CLI::App & app) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--out", o->out, "folder for the merged checkpoint")->required();
   auto * dtype_opt = cmd->add_option("--dtype", o->dtype,
-                                     "float32 or bfloat16 (weights are stored in this dtype; on a quantized base: "
-                                     "write the merged weights dequantized instead of quantized again)");
+                                     "the merged weights' dtype: float32 (f32, the default), bfloat16 (bf16), float16 "
+                                     "(f16: merged in float32, written as float16) or auto (config.json's torch_dtype); "
+                                     "on a quantized base: write the merged weights dequantized instead of quantized again");
   cmd->add_flag("--safe-merge", o->safe, "refuse a merge that produces non-finite weights (the default)");
   cmd->add_flag("--unsafe-merge", o->unsafe, "skip the check for non-finite merged weights");
   add_common_options(*cmd, o->common);
@@ -37,7 +38,10 @@ Runner add_merge(CLI::App & app) {
   return [o, dtype_opt]() {
     PEFT_USAGE(!o->adapters.adapters.empty(), "merge needs at least one --adapter");
     PEFT_USAGE(!(o->safe && o->unsafe), "--safe-merge and --unsafe-merge exclude each other");
-    const at::ScalarType dtype = parse_dtype(o->dtype);
+    // float16 is written, not computed in (LibTorch 1.13 has no float16 CPU kernels): the merge runs in float32
+    const bool to_half = o->dtype == "float16" || o->dtype == "f16" || o->dtype == "half" ||
+                         (o->dtype == "auto" && read_json_file(o->model + "/config.json").value("torch_dtype", "") == "float16");
+    const at::ScalarType dtype = to_half ? at::kFloat : resolve_dtype(o->dtype, o->model);
     std::vector<std::string> inputs = {o->model};
     for (const auto & a : o->adapters.adapters) inputs.push_back(a.substr(0, a.find('=')));
     check_output_folder("--out", o->out, inputs);  // never over the base model or an adapter
@@ -49,8 +53,15 @@ Runner add_merge(CLI::App & app) {
     if (dequantize) config.erase("quantization_config");
     Prepared run = apply_adapter_options(base, o->adapters);
     auto plain = run.peft->merge_and_unload(/*safe_merge=*/!o->unsafe);
-    config["torch_dtype"] = dtype_name(dtype);  // transformers' names: "float32", "bfloat16"
-    if (dequantize) std::cerr << "merged into the dequantized base, written in " << dtype_name(dtype) << "\n";
+    if (to_half) {
+      PEFT_USAGE(quant::weight_footprint(plain).quantized_params == 0,
+                 "--dtype ", o->dtype, " on a quantized base: give --dtype float16 explicitly to write it dequantized");
+      at::NoGradGuard g;
+      plain->to(at::kHalf);
+    }
+    const at::ScalarType written = to_half ? at::kHalf : dtype;
+    config["torch_dtype"] = dtype_name(written);  // transformers' names: "float32", "bfloat16", "float16"
+    if (dequantize) std::cerr << "merged into the dequantized base, written in " << dtype_name(written) << "\n";
     if (quant::weight_footprint(plain).quantized_params > 0) {
       // a quantized base: the merged weights were quantized again (PEFT's way)
       const auto err = quant::requantization_error(plain);

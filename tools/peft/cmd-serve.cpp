@@ -47,7 +47,7 @@ Runner add_serve(CLI::App & app) {
   cmd->add_option("--model", o->model, "Hugging Face checkpoint folder")->required();
   cmd->add_option("--adapter", o->adapters, "PATH[=NAME] a PEFT adapter folder served as model NAME (repeatable)");
   cmd->add_option("--served-model-name", o->server.model_name, "the base model's name in requests (default: the folder's name)");
-  cmd->add_option("--dtype", o->dtype, "float32 or bfloat16");
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp);
   cmd->add_flag("--compile", o->compile, "run decode and prefill as compiled graphs");
   cmd->add_flag("--byte-tokenizer", o->byte_tokenizer, "tokenize text as bytes (tiny test models without tokenizer.json)");
   cmd->add_option("--host", o->server.host, "address to listen on (default 127.0.0.1)");
@@ -70,7 +70,7 @@ Runner add_serve(CLI::App & app) {
   add_common_options(*cmd, o->common);
   add_quant_options(*cmd, o->quant);
   return [o]() {
-    const at::ScalarType dtype = parse_dtype(o->dtype);
+    const at::ScalarType dtype = resolve_dtype(o->dtype, o->model);
     apply_common_options(o->common);
     if (o->server.model_name.empty()) o->server.model_name = base_of(o->model);
     // the tokenizer before the model: a folder without tokenizer.json fails at once (unless --byte-tokenizer)

@@ -88,7 +88,7 @@ std::string flag_of(const std::string & field) {
 
 Runner add_train(CLI::App & app) {
   struct Opts {
-    std::string method, optimizer = "adamw", lr_scheduler = "constant", data_format = "auto", betas;
+    std::string method, optimizer = "adamw", lr_scheduler = "constant", data_format = "auto", betas, dtype = "float32";
     bool no_shuffle = false, no_token_cache = false, no_progress = false, chunked_loss = false;
     TrainJobConfig job;
     LoraFields lora;
@@ -101,6 +101,7 @@ Runner add_train(CLI::App & app) {
   TrainOptions & t = j.train;
   auto * cmd = app.add_subcommand("train", "fine-tune an adapter on text, JSONL records or chats, or token ids");
   cmd->add_option("--model", j.model.path, "Hugging Face checkpoint folder")->required();
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp);
   cmd->add_option("--adapter-init", j.adapter.init, "start from this PEFT adapter folder");
   cmd->add_option("--adapter-config", j.adapter.config,
                   "a new adapter from this adapter_config.json (any method: LORA, IA3, LOHA, LOKR, OFT, BOFT, VERA, ...)");
@@ -235,6 +236,7 @@ Runner add_train(CLI::App & app) {
     t.shuffle = !o->no_shuffle;
     j.data.token_cache = !o->no_token_cache;
     j.model.quantize = parse_quant_flags(o->quant);
+    j.model.dtype = resolve_dtype(o->dtype, j.model.path);
     j.runtime = runtime_options(o->common);
     if ((L.nproc_per_node > 1 || L.nnodes > 1) && std::getenv("RANK") == nullptr) {
       PEFT_USAGE(L.nnodes == 1 || L.master_port > 0, "--nnodes > 1 needs --master-port (and --master-addr)");

@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <sys/stat.h>
+
 #include <thread>
 
 #include "peft/compile/compile.h"
@@ -44,7 +46,13 @@ PeftLogitsFn make_logits_fn(PeftModel & m, bool compile) {
   return [compiled](const PeftInput & in) { return compiled->forward(in); };
 }
 
-std::string dtype_name(at::ScalarType t) { return t == at::kBFloat16 ? "bfloat16" : "float32"; }
+std::string dtype_name(at::ScalarType t) {
+  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
+}
+
+const char * const kDtypeHelp =
+    "the weights' dtype: float32 (f32, the default), bfloat16 (bf16), or auto (config.json's torch_dtype; "
+    "float16 checkpoints load as float32). Adapters and their training stay float32";
 
 std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::string> & flags) {
   std::vector<std::string> out;
@@ -57,7 +65,29 @@ std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::stri
 at::ScalarType parse_dtype(const std::string & s) {
   if (s == "float32" || s == "f32") return at::kFloat;
   if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
-  fail(str("--dtype must be float32 or bfloat16, got '", s, "'"));
+  PEFT_USAGE(s != "float16" && s != "f16" && s != "half",
+             "--dtype ", s, ": LibTorch 1.13's CPU kernels have no float16 matrix product, softmax or SiLU; use "
+             "--dtype bf16 (the same 2 bytes per weight) or --dtype f32 (exact for a float16 checkpoint)");
+  PEFT_USAGE(s != "auto", "--dtype auto needs a checkpoint folder");
+  fail(str("--dtype must be float32 (f32), bfloat16 (bf16) or auto, got '", s, "'"));
+}
+
+at::ScalarType auto_dtype(const std::string & model_dir) {
+  struct stat st;
+  const std::string path = model_dir + "/config.json";
+  if (::stat(path.c_str(), &st) != 0) return at::kFloat;  // (load_model says what is missing)
+  const nlohmann::json j = read_json_file(path);
+  for (const char * key : {"torch_dtype", "dtype"}) {
+    if (j.contains(key) && j[key].is_string()) {
+      const std::string d = j[key].get<std::string>();
+      return d == "bfloat16" ? at::kBFloat16 : at::kFloat;  // float16 (no CPU kernels) widens exactly
+    }
+  }
+  return at::kFloat;
+}
+
+at::ScalarType resolve_dtype(const std::string & s, const std::string & model_dir) {
+  return s == "auto" ? auto_dtype(model_dir) : parse_dtype(s);
 }
 
 }  // namespace peft::cli

@@ -43,10 +43,20 @@ at::Tensor ids_tensor(const std::vector<std::vector<int64_t>> & rows, const std:
 /// per-row adapters allowed).
 PeftLogitsFn make_logits_fn(PeftModel & m, bool compile);
 
-/// "float32" / "bfloat16" -> dtype, else peft::Error.
+/// --dtype's value -> the dtype weights load in: "float32" / "f32", "bfloat16" / "bf16". "float16" / "f16" is
+/// refused with a peft::Error naming --dtype (LibTorch 1.13's CPU kernels have no float16 matmul, softmax or
+/// SiLU); "auto" too (it needs the checkpoint: resolve_dtype); anything else is a peft::Error.
 at::ScalarType parse_dtype(const std::string & s);
-/// The name config.json uses for a dtype ("float32", "bfloat16").
+/// parse_dtype, and "auto": the torch_dtype (or transformers' newer "dtype") of `model_dir`/config.json where
+/// the kernels serve it: float32 and bfloat16 as they are; float16 and a missing or unknown entry load as
+/// float32 (float16 widens exactly).
+at::ScalarType resolve_dtype(const std::string & s, const std::string & model_dir);
+/// The dtype "auto" loads `model_dir` in (see resolve_dtype).
+at::ScalarType auto_dtype(const std::string & model_dir);
+/// The name config.json uses for a dtype ("float32", "bfloat16", "float16").
 std::string dtype_name(at::ScalarType t);
+/// --dtype's help text (the choices and the default of the commands that load a model).
+extern const char * const kDtypeHelp;
 
 /// The flags of `cmd` among `flags` that were given (for "does not apply" errors).
 std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::string> & flags);

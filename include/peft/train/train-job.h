@@ -47,6 +47,8 @@ struct TrainJobConfig {
   struct Model {
     std::string path;                // a Hugging Face checkpoint folder
     quant::QuantOptions quantize;    // quantize the base's Linear layers at load (QLoRA)
+    at::ScalarType dtype = at::kFloat;  // the frozen base weights: at::kFloat or at::kBFloat16 (the adapter,
+                                     // its gradients and the optimizer state stay float32)
     bool byte_tokenizer = false;     // text data tokenized as bytes (tiny test models without tokenizer.json;
                                      // without it such a folder is an error for text data)
   } model;

@@ -40,8 +40,10 @@ void TrainableTokensLayer::add_adapter(const std::string & name, const std::vect
   }
   at::NoGradGuard g;
   at::Tensor rows = at::tensor(indices, at::TensorOptions().dtype(at::kLong)).to(W.device());
-  at::Tensor original = W.index_select(0, rows).clone();
-  at::Tensor values = init_from_weight ? original.clone() : at::randn(original.sizes(), W.options());
+  // float32 even on a bfloat16 base, as PEFT's autocast_adapter_dtype leaves the delta and the originals (the
+  // forward and a merge use them in the weight's dtype)
+  at::Tensor original = W.index_select(0, rows).to(at::kFloat);
+  at::Tensor values = init_from_weight ? original.clone() : at::randn(original.sizes(), W.options()).to(at::kFloat);
   delta_->add_param(name, values);
   auto m = holder_->register_module(name, std::make_shared<torch::nn::Module>());
   rows_[name] = m->register_buffer("indices", rows);
