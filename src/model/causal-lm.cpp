@@ -15,6 +15,7 @@
 #include "peft/model/checkpoint.h"
 #include "peft/model/name-or-path.h"
 #include "peft/nn/layers.h"
+#include "peft/quant/quantized-embedding.h"
 #include "peft/util/runtime.h"
 #include "io/checkpoint-map.h"
 #include "util/worker-pool.h"
@@ -341,6 +342,7 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions 
     }
     model->to(dtype);
   }
+  quant::load_tied_quantized(*model, ck.tensors, qopts, ck.source);  // (a tied head not skipped: one matrix)
   quant::load_quantized(model, ck.tensors, qopts, ck.source);
   copy_parameters(*model, ck.tensors, ck.source, &ck);
   model->eval();

@@ -8,6 +8,7 @@
 #include "peft/util/text.h"
 #include "peft/nn/layers.h"
 #include "peft/peft-model.h"
+#include "peft/quant/quantized-embedding.h"
 #include "peft/tuners/modules-to-save.h"
 #include "peft/tuners/registry.h"
 #include "peft/tuners/targeting.h"
@@ -16,6 +17,15 @@
 namespace peft {
 
 namespace {
+
+// a tied model's quantized embedding (--quantize-skip without lm_head) holds no float table to adapt, train or
+// copy: refused by name, with the way out
+void check_not_quantized_embedding(const LayerPtr & layer, const std::string & path, const std::string & what) {
+  PEFT_CHECK(!std::dynamic_pointer_cast<quant::QuantizedEmbedding>(layer->base()), what, " cannot adapt '", path,
+             "': it is a quantized embedding (it reads the tied output layer's quantized matrix: --quantize-skip ",
+             "without lm_head on a model with tie_word_embeddings); keep lm_head in float (--quantize-skip lm_head, ",
+             "the default) to adapt the embedding");
+}
 
 std::atomic<uint64_t> g_next_adapter_id{1};
 
@@ -167,6 +177,7 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
       const bool hit = tt.first.empty() ? layer == model_->input_embedding()
                                         : path == tt.first || ends_with(path, "." + tt.first);
       if (!hit) continue;
+      check_not_quantized_embedding(layer, path, "trainable tokens");
       token_targets.emplace_back(path, tt.second);
       token_found[i] = true;
     }
@@ -176,6 +187,7 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
     for (const auto & s : cfg.modules_to_save) save = save || ends_with(path, s);
     if (save) {
       PEFT_CHECK(!tuner || mts, "module '", path, "' is in modules_to_save but already holds adapter layers");
+      check_not_quantized_embedding(layer, path, "modules_to_save");
       save_targets.emplace_back(path, layer);
       continue;
     }
@@ -183,6 +195,7 @@ std::vector<std::pair<std::string, LayerPtr>> PeftModel::inject_into_layers(cons
     LayerPtr plain = layer->base();
     const bool is_linear = std::dynamic_pointer_cast<LinearBase>(plain) != nullptr;
     if (!is_target(cfg, path, is_linear, path == "lm_head", defaults)) continue;
+    check_not_quantized_embedding(plain, path, cfg.peft_type);
     PEFT_CHECK(method.supports(*plain), cfg.peft_type, " cannot adapt module '", path, "' (", plain->name(), ")");
     PEFT_CHECK(method.conv1d || !std::dynamic_pointer_cast<Conv1D>(plain), cfg.peft_type, " on module '", path,
                "', a Conv1D layer (GPT-2), is not supported yet (LoRA and IA3 are)");

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "kernels/linear-quant.h"
+#include "peft/error.h"
 #include "peft/quant/formats.h"
 
 namespace peft::quant::ops {
@@ -46,6 +47,40 @@ at::Tensor forward_int8(const at::Tensor & x, const at::Tensor & CB, const at::T
 at::Tensor backward_int8(const at::Tensor & g, const at::Tensor & CB, const at::Tensor & SCB) {
   if (fused(g, CB)) return kernels::linear_backward_input(g, kernels::weight8(CB, SCB));
   return at::matmul(g, dequantize_int8({CB, SCB}).to(g.scalar_type()));
+}
+
+// rows `ids` of W (V, D) gathered: dequantize_rows row by row on the CPU, else the dense weight's rows
+template <class Dense, class MakeWeight>
+at::Tensor gather_rows(const at::Tensor & ids, int64_t V, int64_t D, const at::Tensor & storage, Dense dense,
+                       MakeWeight make) {
+  PEFT_CHECK(!at::isFloatingType(ids.scalar_type()) && ids.scalar_type() != at::kBool,
+             "quantized embedding: the ids must be integers, got ", ids.scalar_type());
+  if (!ids.is_cpu() || !storage.is_cpu()) return at::embedding(dense().to(storage.device()), ids);
+  const at::Tensor flat = ids.reshape({-1}).to(at::kLong).contiguous();
+  const int64_t n = flat.numel();
+  at::Tensor out = at::empty({n, D}, at::TensorOptions().dtype(at::kFloat));
+  const int64_t * id = flat.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    PEFT_CHECK(id[i] >= 0 && id[i] < V, "quantized embedding: token id ", id[i], " is out of range [0, ", V, ")");
+  }
+  const auto w = make();
+  float * o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) kernels::dequantize_rows(w, id[i], id[i] + 1, o + i * D);
+  std::vector<int64_t> shape = ids.sizes().vec();
+  shape.push_back(D);
+  return out.view(shape);
+}
+
+at::Tensor gather_4bit(const at::Tensor & ids, const at::Tensor & packed, const at::Tensor & absmax,
+                       const at::Tensor & code, int64_t V, int64_t D, int64_t blocksize) {
+  return gather_rows(
+      ids, V, D, packed, [&] { return dense_4bit(packed, absmax, code, V, D, blocksize); },
+      [&] { return kernels::weight4(packed, absmax, code, V, D, blocksize); });
+}
+at::Tensor gather_int8(const at::Tensor & ids, const at::Tensor & CB, const at::Tensor & SCB) {
+  return gather_rows(
+      ids, CB.size(0), CB.size(1), CB, [&] { return dequantize_int8({CB, SCB}); },
+      [&] { return kernels::weight8(CB, SCB); });
 }
 
 using torch::autograd::AutogradContext;
@@ -94,11 +129,15 @@ at::Tensor linear_int8_autograd(const at::Tensor & x, const at::Tensor & CB, con
 TORCH_LIBRARY_FRAGMENT(peft, m) {
   m.def("linear_4bit(Tensor x, Tensor packed, Tensor absmax, Tensor code, int out_features, int in_features, int blocksize) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor CB, Tensor SCB) -> Tensor");
+  m.def("embedding_4bit(Tensor ids, Tensor packed, Tensor absmax, Tensor code, int num_embeddings, int dim, int blocksize) -> Tensor");
+  m.def("embedding_int8(Tensor ids, Tensor CB, Tensor SCB) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(peft, CompositeExplicitAutograd, m) {
   m.impl("linear_4bit", &forward_4bit);
   m.impl("linear_int8", &forward_int8);
+  m.impl("embedding_4bit", &gather_4bit);
+  m.impl("embedding_int8", &gather_int8);
 }
 
 TORCH_LIBRARY_IMPL(peft, Autograd, m) {
@@ -115,6 +154,19 @@ at::Tensor linear_4bit(const at::Tensor & x, const at::Tensor & packed, const at
 at::Tensor linear_int8(const at::Tensor & x, const at::Tensor & CB, const at::Tensor & SCB) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("peft::linear_int8", "").typed<decltype(linear_int8)>();
   return op.call(x, CB, SCB);
+}
+
+at::Tensor embedding_4bit(const at::Tensor & ids, const at::Tensor & packed, const at::Tensor & absmax,
+                          const at::Tensor & code, int64_t num_embeddings, int64_t dim, int64_t blocksize) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("peft::embedding_4bit", "").typed<decltype(embedding_4bit)>();
+  return op.call(ids, packed, absmax, code, num_embeddings, dim, blocksize);
+}
+
+at::Tensor embedding_int8(const at::Tensor & ids, const at::Tensor & CB, const at::Tensor & SCB) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("peft::embedding_int8", "").typed<decltype(embedding_int8)>();
+  return op.call(ids, CB, SCB);
 }
 
 }  // namespace peft::quant::ops

@@ -12,4 +12,10 @@ at::Tensor linear_4bit(const at::Tensor & x, const at::Tensor & packed, const at
 /// x (.., I) float32 -> (.., O) = x W^T, W = CB * SCB / 127 (rows).
 at::Tensor linear_int8(const at::Tensor & x, const at::Tensor & CB, const at::Tensor & SCB);
 
+/// Rows of a quantized W (V, D) gathered: ids (..) int64 -> (.., D) float32, each row dequantized bit for bit
+/// as dequantize_4bit / dequantize_int8 give it. No gradient (the table is frozen, ids are integers).
+at::Tensor embedding_4bit(const at::Tensor & ids, const at::Tensor & packed, const at::Tensor & absmax,
+                          const at::Tensor & code, int64_t num_embeddings, int64_t dim, int64_t blocksize);
+at::Tensor embedding_int8(const at::Tensor & ids, const at::Tensor & CB, const at::Tensor & SCB);
+
 }  // namespace peft::quant::ops

@@ -5,7 +5,9 @@
 #include <set>
 
 #include "peft/error.h"
+#include "peft/model/causal-lm.h"
 #include "peft/nn/layers.h"
+#include "peft/quant/quantized-embedding.h"
 #include "peft/quant/quantized-linear.h"
 
 namespace peft::quant {
@@ -181,13 +183,24 @@ int64_t quantize_modules(const ModulePtr & root, const QuantOptions & opts) {
     replace_submodule(root, path, quantize_layer(lin->weight, lin->bias, opts));
     ++n;
   }
+  // a tied model's quantized head: the embedding reads its codes (one quantized matrix, the float table goes)
+  if (auto model = std::dynamic_pointer_cast<CausalLM>(root)) tie_quantized_embedding(*model);
   return n;
 }
 
 int64_t dequantize_modules(const ModulePtr & root, at::ScalarType dtype) {
   std::vector<std::pair<std::string, std::shared_ptr<QuantizedLinear>>> found;
+  std::vector<std::pair<std::string, std::shared_ptr<QuantizedEmbedding>>> tables;
   for (const auto & m : named_modules(root)) {
     if (auto q = std::dynamic_pointer_cast<QuantizedLinear>(m.second)) found.emplace_back(m.first, q);
+    if (auto e = std::dynamic_pointer_cast<QuantizedEmbedding>(m.second)) tables.emplace_back(m.first, e);
+  }
+  for (const auto & [path, e] : tables) {
+    auto l = std::make_shared<Embedding>(e->num_embeddings(), e->embedding_dim(), e->padding_idx);
+    at::NoGradGuard g;
+    l->weight.set_data(e->dense_weight().to(dtype));
+    l->weight.set_requires_grad(false);
+    replace_submodule(root, path, l);
   }
   for (const auto & [path, q] : found) {
     auto l = std::make_shared<Linear>(q->in_features(), q->out_features(), q->bias.defined());
@@ -198,7 +211,9 @@ int64_t dequantize_modules(const ModulePtr & root, at::ScalarType dtype) {
     if (l->bias.defined()) l->bias.set_requires_grad(false);
     replace_submodule(root, path, l);
   }
-  return static_cast<int64_t>(found.size());
+  // a tied head and embedding, both dequantized: one float matrix again
+  if (auto model = std::dynamic_pointer_cast<CausalLM>(root); model && !tables.empty()) model->tie_weights();
+  return static_cast<int64_t>(found.size() + tables.size());
 }
 
 RequantizationError requantization_error(const ModulePtr & root) {
@@ -219,6 +234,7 @@ RequantizationError requantization_error(const ModulePtr & root) {
 void export_quantized(const ModulePtr & root, std::map<std::string, at::Tensor> & out) {
   for (const auto & m : named_modules(root)) {
     if (auto q = std::dynamic_pointer_cast<QuantizedLinear>(m.second)) q->export_tensors(m.first + ".", out);
+    if (std::dynamic_pointer_cast<QuantizedEmbedding>(m.second)) fail(quantized_embedding_save_error(m.first));
   }
 }
 
@@ -296,9 +312,11 @@ WeightFootprint weight_footprint(const ModulePtr & root) {
     f.params += p.second.numel();
     f.bytes += p.second.numel() * p.second.element_size();
   }
+  std::set<const void *> tables;  // quantized matrices counted (a tied embedding reads its head's)
   for (const auto & m : named_modules(root)) {
-    auto q = std::dynamic_pointer_cast<QuantizedLinear>(m.second);
-    if (!q) continue;
+    std::shared_ptr<QuantizedLinear> q = std::dynamic_pointer_cast<QuantizedLinear>(m.second);
+    if (auto e = std::dynamic_pointer_cast<QuantizedEmbedding>(m.second)) q = e->table();
+    if (!q || !tables.insert(q.get()).second) continue;
     const int64_t n = q->out_features() * q->in_features();
     f.params += n;
     f.bytes += q->weight_bytes();
