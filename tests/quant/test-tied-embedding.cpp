@@ -7,6 +7,7 @@
 
 #include "peft/compile/compile.h"
 #include "peft/io/files.h"
+#include "peft/io/safetensors.h"
 #include "peft/peft-model.h"
 #include "peft/quant/quantized-embedding.h"
 #include "support.h"
@@ -183,6 +184,23 @@ TEST_P(TiedQuantized, AdaptersOnTheEmbeddingAreRefusedByName) {
   }
   // and the model is as it was: usable, the embedding still the head's
   EXPECT_TRUE(std::dynamic_pointer_cast<QuantizedEmbedding>(q->input_embedding()));
+}
+
+TEST_P(TiedQuantized, PromptTuningStartsFromTheDequantizedRows) {
+  auto q = load("tiny-llama-tied", opts());
+  auto cfg = AdapterConfig::from_json(
+      {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 6}, {"prompt_tuning_init", "SAMPLE_VOCAB"}}, "cfg");
+  auto m = std::make_shared<PeftModel>(q, cfg);
+  const std::string dir = temp_dir("tied-prompt");
+  m->save_pretrained(dir);
+  const at::Tensor p = safetensors_load(dir + "/adapter_model.safetensors").at("prompt_embeddings");
+  ASSERT_EQ(p.sizes(), (std::vector<int64_t>{6, 32}));
+  const at::Tensor dense = std::dynamic_pointer_cast<QuantizedLinear>(q->output_layer())->dense_weight();
+  for (int64_t i = 0; i < 6; ++i) {
+    EXPECT_EQ((dense - p[i]).abs().sum(1).min().item<double>(), 0.0) << "virtual token " << i << " is a dequantized row";
+  }
+  at::NoGradGuard g;
+  EXPECT_TRUE(at::isfinite(m->forward({ids()})).all().item<bool>());
 }
 
 TEST_P(TiedQuantized, SavingIsRefusedWithTheWayOut) {

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "quant-options.h"
 #include "peft/model/causal-lm.h"
+#include "peft/quant/quantized-embedding.h"
 #include "peft/quant/quantized-linear.h"
 #include "peft/util/runtime.h"
 
@@ -53,9 +54,15 @@ void print_modules(const std::shared_ptr<CausalLM> & model) {
     } else if (auto q = std::dynamic_pointer_cast<quant::QuantizedLinear>(layer)) {
       r.type = "quantized Linear (" + quant::format_name(q->format()) + ")";
     }
+    // a quantized matrix's codes (a tied embedding reads its head's)
+    auto codes = [](const quant::QuantizedLinear & q) { return *q.named_buffers(false).find("weight"); };
     if (!r.type.empty()) {
       auto q = std::static_pointer_cast<quant::QuantizedLinear>(layer);
-      r.shape = str("[", q->out_features(), ", ", q->in_features(), "]", q->bias.defined() ? " +bias" : "");
+      r.shape = with_tie(m.first, codes(*q), str("[", q->out_features(), ", ", q->in_features(), "]")) +
+                (q->bias.defined() ? " +bias" : "");
+    } else if (auto qe = std::dynamic_pointer_cast<quant::QuantizedEmbedding>(layer)) {
+      r.type = "QuantizedEmbedding (" + quant::format_name(qe->table()->format()) + ")";
+      r.shape = with_tie(m.first, codes(*qe->table()), str("[", qe->num_embeddings(), ", ", qe->embedding_dim(), "]"));
     } else if (auto l = std::dynamic_pointer_cast<Linear>(layer)) {
       r.type = "Linear";
       r.shape = with_tie(m.first, l->weight, shape_of(l->weight)) + (l->bias.defined() ? " +bias" : "");

@@ -2,9 +2,12 @@
 // the input's (prompt-learning.h). prompt_tuning_init: RANDOM (N(0, 1), nn.Embedding's init), TEXT (the word
 // embeddings of prompt_tuning_init_text's tokens, tokenized by tokenizer_name_or_path/tokenizer.json with its
 // special tokens, repeated and cut to num_virtual_tokens as PEFT does), SAMPLE_VOCAB (rows of random token ids).
+#include <functional>
+
 #include "peft/error.h"
 #include "peft/model/causal-lm.h"
 #include "peft/nn/layers.h"
+#include "peft/quant/quantized-embedding.h"
 #include "peft/tokenizer/tokenizer.h"
 #include "peft/tuners/prompt-learning.h"
 #include "peft/tuners/registry.h"
@@ -20,12 +23,14 @@ struct PromptTuningOptions : PromptLearningOptions {
 
 class PromptEmbedding : public PromptEncoder {
  public:
-  PromptEmbedding(const PromptTuningOptions & o, const at::Tensor & words, bool inference, const std::string & src) {
+  /// `vocab` rows in the model's embedding; `rows_of(ids)`: what it gives for those tokens (init from the vocabulary)
+  PromptEmbedding(const PromptTuningOptions & o, int64_t vocab, const std::function<at::Tensor(const at::Tensor &)> & rows_of,
+                  bool inference, const std::string & src) {
     make_table(o.num_virtual_tokens, o.token_dim);
     if (inference || o.init == "RANDOM") return;
     at::Tensor ids;
     if (o.init == "SAMPLE_VOCAB") {
-      ids = at::randint(words.size(0), {o.num_virtual_tokens}, at::kLong);
+      ids = at::randint(vocab, {o.num_virtual_tokens}, at::kLong);
     } else {  // TEXT
       const std::string path = o.tokenizer + "/tokenizer.json";
       std::vector<int64_t> text;
@@ -39,13 +44,13 @@ class PromptEmbedding : public PromptEncoder {
       while (static_cast<int64_t>(rows.size()) < o.num_virtual_tokens) rows.insert(rows.end(), text.begin(), text.end());
       rows.resize(o.num_virtual_tokens);
       for (int64_t id : rows) {
-        PEFT_CHECK(id >= 0 && id < words.size(0), src, ": prompt_tuning_init_text's token id ", id,
-                   " is outside the model's vocabulary of ", words.size(0));
+        PEFT_CHECK(id >= 0 && id < vocab, src, ": prompt_tuning_init_text's token id ", id,
+                   " is outside the model's vocabulary of ", vocab);
       }
       ids = at::tensor(rows, at::kLong);
     }
     at::NoGradGuard g;
-    table.copy_(words.detach().to(at::kCPU).index_select(0, ids).to(at::kFloat));
+    table.copy_(rows_of(ids).to(at::kCPU).to(at::kFloat));
   }
   at::Tensor prompts() override { return table; }
 };
@@ -79,11 +84,26 @@ std::shared_ptr<const MethodOptions> prompt_tuning_parse(const AdapterConfig & c
 }
 
 std::shared_ptr<PromptEncoder> prompt_tuning_encoder(const AdapterConfig & c, const CausalLM & model) {
-  auto words = std::dynamic_pointer_cast<Embedding>(model.input_embedding()->base());
-  PEFT_CHECK(words != nullptr, "PROMPT_TUNING: the model's input embedding is not an embedding table");
-  at::Tensor rows = words->weight;  // what the model's embedding gives for a token (Gemma 3 scales it)
-  if (model.config().multiplier_in_lookup) rows = rows * model.config().embedding_multiplier;
-  return std::make_shared<PromptEmbedding>(c.opts<PromptTuningOptions>(), rows, c.inference_mode,
+  const LayerPtr base = model.input_embedding()->base();
+  int64_t vocab = 0;
+  std::function<at::Tensor(const at::Tensor &)> lookup;
+  if (auto words = std::dynamic_pointer_cast<Embedding>(base)) {
+    vocab = words->weight.size(0);
+    lookup = [w = words->weight](const at::Tensor & ids) { return w.detach().index_select(0, ids.to(w.device())); };
+  } else if (auto q = std::dynamic_pointer_cast<quant::QuantizedEmbedding>(base)) {
+    // a quantized table (tied to a quantized lm_head): the rows dequantized, as the model's lookup gives them
+    vocab = q->num_embeddings();
+    lookup = [q](const at::Tensor & ids) { return q->forward(ids); };
+  }
+  PEFT_CHECK(lookup != nullptr, "PROMPT_TUNING: the model's input embedding is not an embedding table");
+  // what the model's embedding gives for a token (Gemma 3 scales it)
+  const bool scaled = model.config().multiplier_in_lookup;
+  const double multiplier = model.config().embedding_multiplier;
+  auto rows_of = [&](const at::Tensor & ids) {
+    const at::Tensor rows = lookup(ids);
+    return scaled ? rows * multiplier : rows;
+  };
+  return std::make_shared<PromptEmbedding>(c.opts<PromptTuningOptions>(), vocab, rows_of, c.inference_mode,
                                            "PROMPT_TUNING config");
 }
 
