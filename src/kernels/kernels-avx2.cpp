@@ -1,10 +1,14 @@
-// AVX2+FMA(+F16C) kernels. 4-bit: 16 packed bytes -> 32 nibbles in element order (shift, unpack), zero-extended
+// AVX2+FMA(+F16C) kernels. 4-bit, rows of whole 64-column chunks: two shuffles and a blend per 8 weights
+// (row4_chunks: x permuted to the nibbles' order once per call, block scales applied per chunk). Otherwise: 16 packed bytes -> 32 nibbles in element order (shift, unpack), zero-extended
 // to int32 8 at a time; the 16-entry code table is two ymm halves, looked up with two permutevar8x32 and
 // a blend on bit 3. Pieces of a block that are not a multiple of 32 (int8: rows) end in scalar code.
 // At most 8 rows of x at a time (16 ymm registers). Compiled with -mavx2 -mfma -mf16c (src/CMakeLists.txt);
 // only called after a CPU check.
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "kernels/isa-kernels.h"
 
@@ -98,8 +102,110 @@ template <int M> void row8(const float * x, const Weight8 & w, int64_t o, float 
   for (int m = 0; m < M; ++m) y[m * w.O + o] = (hsum(_mm256_add_ps(acc[0][m], acc[1][m])) + tail[m]) * scale;
 }
 
+// The fast 4-bit path (as AVX-512's), for rows whose columns come in whole chunks of 64 (I a multiple of 8,
+// blocksize a power of two >= 8): 32 bytes hold 8 dwords of 8 nibbles. permutevar8x32 reads only bits 0..2
+// of each index and blendv only the sign bit, so the dwords shifted right by 4j (the index) and left by
+// 28 - 4j (bit 3 of the nibble into the sign) look up nibble j of every dword: two shuffles and a blend
+// per 8 weights, no widening of bytes. Lane k of lookup j is element 8k + (j ^ 1) of the chunk (the low
+// nibble of a byte is the odd element), so x is permuted once per call into that order (xp). The 8
+// weights of a lane lie in one block: the chunk's block scales are one vector, c = sum_j w_j * xp_j,
+// acc += c * s.
+constexpr int64_t kChunk = 64;
+constexpr int64_t kPrefetchAhead = 1024;  // bytes of packed 4-bit weights
+constexpr int kFastRows = 4;              // rows of x the fast path takes (registers: 2 per row)
+
+bool fast4(const Weight4 & w) {
+  const int64_t bs = w.blocksize;
+  return w.I % 8 == 0 && w.I >= kChunk && bs >= 8 && (bs & (bs - 1)) == 0;
+}
+
+// xp[((m * chunks + c) * 8 + j) * 8 + k] = x[m * I + c * 64 + 8k + (j ^ 1)] for the whole chunks of each row.
+void permute_x(const float * x, int64_t M, int64_t I, float * xp) {
+  const int64_t chunks = I / kChunk;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float * src = x + m * I + c * kChunk;
+      float * dst = xp + (m * chunks + c) * kChunk;
+      for (int j = 0; j < 8; ++j)
+        for (int k = 0; k < 8; ++k) dst[j * 8 + k] = src[8 * k + (j ^ 1)];
+    }
+}
+
+template <int M>
+void row4_chunks(const float * xp, int64_t chunks, const Weight4 & w, const Table & t, int64_t o, int64_t c0, int64_t c1,
+                 bool add, float * y) {
+  constexpr int A = M == 1 ? 2 : 1;  // partial sums per row: with one row, two chains of FMAs
+  const int64_t bs = w.blocksize;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(bs));
+  const __m256i lane8 = _mm256_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56);
+  __m256 acc[M];
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+  const uint8_t * p = w.packed + o * w.I / 2;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t f = o * w.I + c * kChunk, b0 = f >> shift, off = f & (bs - 1);
+    __m256 s;
+    if (off + kChunk <= bs) {
+      s = _mm256_set1_ps(w.absmax[b0]);
+    } else {  // blocks of 8..32 weights, or a chunk across a block boundary: a scale per lane
+      const __m256i idx = _mm256_srli_epi32(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(off)), lane8), shift);
+      s = _mm256_i32gather_ps(w.absmax + b0, idx, 4);
+    }
+    _mm_prefetch(reinterpret_cast<const char *>(p + c * (kChunk / 2) + kPrefetchAhead), _MM_HINT_T0);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + c * (kChunk / 2)));
+    __m256 part[A][M];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m256i idx = _mm256_srli_epi32(v, 4 * j);
+      const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(v, 28 - 4 * j));
+      const __m256 wj =
+          _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, idx), _mm256_permutevar8x32_ps(t.hi, idx), sel);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const __m256 xj = _mm256_loadu_ps(xp + ((m * chunks + c) * 8 + j) * 8);
+        __m256 & pa = part[j % A][m];
+        pa = j < A ? _mm256_mul_ps(wj, xj) : _mm256_fmadd_ps(wj, xj, pa);
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(A == 2 ? _mm256_add_ps(part[0][m], part[A - 1][m]) : part[0][m], s, acc[m]);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+    const float sum = hsum(acc[m]);
+    y[m * w.O + o] = add ? y[m * w.O + o] + sum : sum;
+  }
+}
+
+// What row4 adds for columns [c, I) of row o (the columns after the whole chunks), into y.
+template <int M> void row4_rest(const float * x, const Weight4 & w, const Table & t, int64_t o, int64_t c, float * y) {
+  float part[M];
+  for (int m = 0; m < M; ++m) part[m] = 0.0f;
+  const int64_t row = o * w.I;
+  for (int64_t k = c; k < w.I; ++k) {
+    const float wv = w.code[nibble(w.packed, row + k)] * w.absmax[(row + k) / w.blocksize];
+    for (int m = 0; m < M; ++m) part[m] += wv * x[m * w.I + k];
+  }
+  for (int m = 0; m < M; ++m) y[m * w.O + o] += part[m];
+}
+
 template <int M> void rows4(const float * x, const Weight4 & w, float * y, int64_t o0, int64_t o1) {
   const Table t = {_mm256_loadu_ps(w.code), _mm256_loadu_ps(w.code + 8)};
+  if (M <= kFastRows && fast4(w)) {
+    const int64_t chunks = w.I / kChunk;
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < static_cast<size_t>(M * chunks * kChunk)) buffer.resize(M * chunks * kChunk);
+    permute_x(x, M, w.I, buffer.data());
+    // panels of chunks so that M * panel columns of xp stay in L1
+    const int64_t per = M == 1 ? chunks : std::max<int64_t>(1, (4096 / M) / kChunk);
+    for (int64_t c0 = 0; c0 < chunks; c0 += per) {
+      const int64_t c1 = chunks - c0 < per ? chunks : c0 + per;
+      for (int64_t o = o0; o < o1; ++o) row4_chunks<M>(buffer.data(), chunks, w, t, o, c0, c1, c0 > 0, y);
+    }
+    if (chunks * kChunk < w.I)
+      for (int64_t o = o0; o < o1; ++o) row4_rest<M>(x, w, t, o, chunks * kChunk, y);
+    return;
+  }
   for (int64_t o = o0; o < o1; ++o) row4<M>(x, w, t, o, y);
 }
 
