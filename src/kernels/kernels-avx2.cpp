@@ -1,9 +1,11 @@
 // AVX2+FMA(+F16C) kernels. 4-bit, rows of whole 64-column chunks: two shuffles and a blend per 8 weights
-// (row4_chunks: x permuted to the nibbles' order once per call, block scales applied per chunk). Otherwise: 16 packed bytes -> 32 nibbles in element order (shift, unpack), zero-extended
-// to int32 8 at a time; the 16-entry code table is two ymm halves, looked up with two permutevar8x32 and
-// a blend on bit 3. Pieces of a block that are not a multiple of 32 (int8: rows) end in scalar code.
-// At most 8 rows of x at a time (16 ymm registers). Compiled with -mavx2 -mfma -mf16c (src/CMakeLists.txt);
-// only called after a CPU check.
+// (row4_chunks: x permuted to the nibbles' order once per call, block scales applied per chunk). Otherwise
+// (and for more than 4 rows of x): 16 packed bytes -> 32 nibbles in element order (shift, unpack),
+// zero-extended to int32 8 at a time; the 16-entry code table is two ymm halves, looked up with two
+// permutevar8x32 and a blend on bit 3. Pieces of a block that are not a multiple of 32 (int8: rows) end in
+// scalar code. At most 8 rows of x at a time (16 ymm registers). Float weights (float32, bfloat16,
+// float16): several output rows at a time. Compiled with -mavx2 -mfma -mf16c (src/CMakeLists.txt); only
+// called after a CPU check.
 #if defined(__x86_64__)
 #include <immintrin.h>
 
