@@ -229,6 +229,27 @@ INSTANTIATE_TEST_SUITE_P(Formats, TiedQuantized,
                                            TiedCase{Format::int8, 64, false, "int8"}),
                          [](const auto & i) { return i.param.name; });
 
+// the other tied architectures: Gemma 2 / 3 (scaled lookup, softcapped logits), OPT (decoder.embed_tokens)
+TEST(TiedQuantizedArchitectures, LogitsEqualTheDequantizedModel) {
+  for (const std::string model : {"tiny-gemma2", "tiny-gemma3", "tiny-opt"}) {
+    QuantOptions o;
+    o.format = Format::nf4;
+    o.skip.clear();
+    auto q = load(model, o);
+    auto emb = std::dynamic_pointer_cast<QuantizedEmbedding>(q->input_embedding());
+    ASSERT_TRUE(emb) << model;
+    EXPECT_EQ(emb->table(), std::dynamic_pointer_cast<QuantizedLinear>(q->output_layer())) << model;
+    auto d = load(model, o);
+    EXPECT_GT(dequantize_modules(d), 0);
+    const int64_t V = q->config().vocab_size;
+    at::NoGradGuard g;
+    const at::Tensor t = at::arange(40, at::kLong).remainder(V).view({2, 20});
+    const at::Tensor got = q->forward({t});
+    EXPECT_TRUE(all_close(got, d->forward({t}), 1e-5, 1e-4)) << model;
+    EXPECT_TRUE(all_close(compile(q).forward({t}), got, 1e-5, 1e-4)) << model << ", compiled";
+  }
+}
+
 TEST(TiedQuantizedCli, QuantizeRefusesAndUntiedModelsKeepTheirEmbedding) {
   const std::string dir = temp_dir("tied-cli");
   std::string out;
