@@ -1,6 +1,6 @@
 // bfloat16 base weights with float32 adapters (issue 23): upstream PEFT on the same bfloat16 base (gen_bf16.py's
 // cases) within bfloat16's tolerance, eager and compiled; every tuner's adapter stays float32 and trains on a
-// bfloat16 base; the CLI's --dtype (train, generate, info, merge; f16 refused, auto from config.json).
+// bfloat16 base; the CLI's --dtype (train, generate and serve with its adapter, info, merge; f16 refused, auto from config.json).
 #include <fstream>
 
 #include "peft/compile/compile.h"
@@ -192,6 +192,24 @@ TEST(Bf16Cli, TrainSavesAFloat32AdapterThatGenerateUses) {
                     &out),
             0)
       << out;
+  const std::string generated = out;
+  // `peft serve --dtype bf16` with it answers a request with the text generate gave (greedy, the same prompt)
+  const std::string req = nlohmann::json({{"model", "ft"}, {"prompt", "In the"}, {"max_tokens", 4}, {"temperature", 0}}).dump();
+  const std::string serve_log = dir + "/serve.log";
+  ASSERT_EQ(run_command("timeout 120 " + std::string(PEFT_CLI) + " serve --model " + kjv() + " --dtype bf16 --adapter " +
+                            dir + "/adapter=ft --port 0 --threads 1 2>" + serve_log + " & pid=$!; port=; " +
+                            "for i in $(seq 1 600); do port=$(sed -n 's/.*on http:\\/\\/127\\.0\\.0\\.1:\\([0-9]*\\).*/\\1/p' " +
+                            serve_log + " | head -n 1); [ -n \"$port\" ] && break; sleep 0.1; done; " +
+                            "curl -s -S --max-time 60 http://127.0.0.1:$port/v1/completions -H 'Content-Type: application/json' -d '" +
+                            req + "'; rc=$?; kill $pid; wait $pid; exit $rc",
+                        &out),
+            0)
+      << out << read_file(serve_log);
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << out;
+  const std::string text = j["choices"][0]["text"];
+  EXPECT_FALSE(text.empty());
+  EXPECT_NE(generated.find("In the" + text), std::string::npos) << generated << " | served: " << text;
   // and it is the adapter the library computes with: the same logits through the API
   auto m = PeftModel::from_pretrained(load_model(kjv(), at::kBFloat16), dir + "/adapter");
   for (const auto & kv : m->adapter_state_dict("default")) EXPECT_EQ(kv.second.scalar_type(), at::kFloat) << kv.first;
