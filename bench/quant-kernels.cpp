@@ -1,7 +1,8 @@
 // Timing of the quantized-linear CPU kernels (src/kernels) against float32 at::mv / at::mm on the
 // same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
 // 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small);
-// bf16: the 16-bit weight kernel (peft::linear_16bit) beside ATen's bfloat16 at::linear.
+// bf16: the 16-bit weight kernel (peft::linear_16bit) beside ATen's bfloat16 at::linear; 4-bit-q8: the 4-bit kernel
+// with int8 activations (PEFT_4BIT_ACTIVATIONS=int8, llama.cpp's Q4_0 x Q8_0 arithmetic).
 // Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -60,6 +61,10 @@ void bench_shape(int64_t O, int64_t I, int threads) {
     report("float32", O, I, M, threads, 4.0 * n, base, base);
     const double t4 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w4, y.data_ptr<float>()); });
     report("4-bit", O, I, M, threads, n / 2.0 + 4.0 * n / blocksize, t4, base);
+    set_int8_activations(true);
+    const double t4q = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w4, y.data_ptr<float>()); });
+    set_int8_activations(false);
+    report("4-bit-q8", O, I, M, threads, n / 2.0 + 4.0 * n / blocksize, t4q, base);
     const double t8 = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, w8, y.data_ptr<float>()); });
     report("int8", O, I, M, threads, double(n) + 4.0 * O, t8, base);
     const at::Tensor Wb = W.to(at::kBFloat16);

@@ -7,6 +7,16 @@
 
 namespace peft::kernels {
 
+// Rows of x quantized to int8 per group of 32 columns (M <= 16 rows, I a multiple of 32). Within a group
+// the odd columns come first, then the even ones: q[m * I + 32 g + k] is column 32 g + 2 k + 1 for k < 16 and
+// 32 g + 2 (k - 16) for k >= 16 (the low nibbles of 16 packed bytes are the odd columns), d[m * (I / 32) + g]
+// the group's scale (column value = q * d).
+struct Int8Rows {
+  const int8_t * q;
+  const float * d;
+  int64_t M, I;
+};
+
 struct IsaKernels {
   const char * name;
   // y[m*O + o] for m < M <= 16 and o in [o0, o1)
@@ -14,6 +24,10 @@ struct IsaKernels {
   void (*gemm8)(const float * x, int64_t M, const Weight8 & w, float * y, int64_t o0, int64_t o1);
   void (*gemmf)(const float * x, int64_t M, const WeightF32 & w, float * y, int64_t o0, int64_t o1);
   void (*gemm16)(const float * x, int64_t M, const Weight16 & w, float * y, int64_t o0, int64_t o1);
+  // 4-bit weight times int8 activations (kernels.h, set_int8_activations): x as Int8Rows, the code as int8
+  // `table` worth `tscale` each; nullptr where the ISA has none of its own (the dispatcher uses AVX2's)
+  void (*gemm4q)(const Int8Rows & x, const Weight4 & w, const int8_t * table, float tscale, float * y, int64_t o0,
+                 int64_t o1);
   void (*dequant4)(const Weight4 & w, int64_t o0, int64_t o1, float * out);
   void (*dequant8)(const Weight8 & w, int64_t o0, int64_t o1, float * out);
   void (*widen16)(const Weight16 & w, int64_t o0, int64_t o1, float * out);

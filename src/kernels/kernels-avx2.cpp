@@ -275,6 +275,66 @@ template <int M, class S> void rowsf(const float * x, const typename S::T * W, i
   for (; o < o1; ++o) blockf<M, 1, S>(x, W, O, I, o, y);
 }
 
+// 4-bit times int8 activations (kernels.h, set_int8_activations): the 16 packed bytes of a group broadcast to
+// both halves, the low half shifted by 0 and the high one by 4, masked to nibbles: the low nibbles (odd
+// columns) then the high ones (even columns), Int8Rows' order. pshufb looks the int8 code up; |w| times x
+// with w's sign (maddubs, as llama.cpp's Q4_0 x Q8_0 on AVX2), pairs summed to int32 (madd), to float,
+// times the group's scale into the block's partial sum; per block, times absmax * tscale.
+template <int M>
+void rows4q(const Int8Rows & x, const Weight4 & w, const int8_t * table, float tscale, float * y, int64_t o0, int64_t o1) {
+  const int64_t I = x.I, groups = I / 32;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.blocksize));
+  const __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(table)));
+  const __m256i counts = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4), low4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t * p = w.packed + o * I / 2;
+    const int64_t row = o * I;
+    __m256 acc[M], part[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[m] = part[m] = _mm256_setzero_ps();
+    int64_t cur = row >> shift;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t b = (row + 32 * g) >> shift;
+      if (b != cur) {
+        const __m256 s = _mm256_set1_ps(w.absmax[cur] * tscale);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          acc[m] = _mm256_fmadd_ps(part[m], s, acc[m]);
+          part[m] = _mm256_setzero_ps();
+        }
+        cur = b;
+      }
+      _mm_prefetch(reinterpret_cast<const char *>(p + 16 * g + kPrefetchAhead), _MM_HINT_T0);
+      const __m256i bytes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p + 16 * g)));
+      const __m256i wq = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srlv_epi32(bytes, counts), low4));
+      const __m256i aw = _mm256_abs_epi8(wq);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(x.q + m * I + 32 * g));
+        const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wq)), ones);
+        part[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(x.d[m * groups + g]), part[m]);
+      }
+    }
+    const __m256 s = _mm256_set1_ps(w.absmax[cur] * tscale);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) y[m * w.O + o] = hsum(_mm256_fmadd_ps(part[m], s, acc[m]));
+  }
+}
+
+using Rows4q = void (*)(const Int8Rows &, const Weight4 &, const int8_t *, float, float *, int64_t, int64_t);
+const Rows4q kRows4q[4] = {rows4q<1>, rows4q<2>, rows4q<3>, rows4q<4>};
+
+// rows of x 4 at a time (2 ymm registers per row)
+void gemm4q(const Int8Rows & x, const Weight4 & w, const int8_t * table, float tscale, float * y, int64_t o0, int64_t o1) {
+  const int64_t groups = x.I / 32;
+  for (int64_t m0 = 0; m0 < x.M; m0 += 4) {
+    const int64_t n = x.M - m0 < 4 ? x.M - m0 : 4;
+    const Int8Rows part{x.q + m0 * x.I, x.d + m0 * groups, n, x.I};
+    kRows4q[n - 1](part, w, table, tscale, y + m0 * w.O, o0, o1);
+  }
+}
+
 using Rows4 = void (*)(const float *, const Weight4 &, float *, int64_t, int64_t);
 using Rows8 = void (*)(const float *, const Weight8 &, float *, int64_t, int64_t);
 const Rows4 kRows4[kGroup] = {rows4<1>, rows4<2>, rows4<3>, rows4<4>, rows4<5>, rows4<6>, rows4<7>, rows4<8>};
@@ -363,7 +423,7 @@ float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_
 }
 }  // namespace
 
-const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, gemm16,
+const IsaKernels kAvx2Kernels = {"avx2", gemm4, gemm8, gemmf, gemm16, gemm4q,
                                       dequant4, dequant8, widen16, add_scaled, block4};
 
 }  // namespace peft::kernels

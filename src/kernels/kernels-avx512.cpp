@@ -440,7 +440,7 @@ float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_
 }
 }  // namespace
 
-const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, gemm16,
+const IsaKernels kAvx512Kernels = {"avx512", gemm4, gemm8, gemmf, gemm16, nullptr,
                                         dequant4, dequant8, widen16, add_scaled, block4};
 
 }  // namespace peft::kernels

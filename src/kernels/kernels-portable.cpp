@@ -67,6 +67,37 @@ void widen16(const Weight16 & w, int64_t o0, int64_t o1, float * out) {
   for (int64_t e = 0, n = (o1 - o0) * w.I; e < n; ++e) out[e] = widen_one(src[e], w.half);
 }
 
+// 4-bit times int8 activations, the reference: per group of 32 columns the integer dot product times the
+// group's scale, per block of the weight those times absmax * tscale (Int8Rows' column order).
+void gemm4q(const Int8Rows & x, const Weight4 & w, const int8_t * table, float tscale, float * y, int64_t o0, int64_t o1) {
+  const int64_t groups = x.I / 32;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(w.blocksize));
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint8_t * p = w.packed + o * x.I / 2;
+    const int64_t row = o * x.I;
+    for (int64_t m = 0; m < x.M; ++m) {
+      const int8_t * q = x.q + m * x.I;
+      float acc = 0.0f, part = 0.0f;
+      int64_t cur = row >> shift;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t b = (row + 32 * g) >> shift;
+        if (b != cur) {
+          acc += part * (w.absmax[cur] * tscale);
+          part = 0.0f;
+          cur = b;
+        }
+        int32_t s = 0;
+        for (int k = 0; k < 16; ++k) {
+          const uint8_t byte = p[16 * g + k];
+          s += int32_t(table[byte & 0xF]) * q[32 * g + k] + int32_t(table[byte >> 4]) * q[32 * g + 16 + k];
+        }
+        part += static_cast<float>(s) * x.d[m * groups + g];
+      }
+      y[m * w.O + o] = acc + part * (w.absmax[cur] * tscale);
+    }
+  }
+}
+
 void dequant4(const Weight4 & w, int64_t o0, int64_t o1, float * out) {
   for (int64_t o = o0; o < o1; ++o) {
     float * dst = out + (o - o0) * w.I;
@@ -98,7 +129,7 @@ float block4(const float * x, int64_t n, bool tail, const float * bounds, uint8_
 }
 }  // namespace
 
-const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, gemmf, gemm16,
+const IsaKernels kPortableKernels = {"portable", gemm4, gemm8, gemmf, gemm16, gemm4q,
                                           dequant4, dequant8, widen16, add_scaled, block4};
 
 }  // namespace peft::kernels

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "peft/error.h"
 #include "kernels/isa-kernels.h"
@@ -80,7 +83,80 @@ template <class W, class F> void gemm_groups(const float * x, int64_t M, const W
 
 }  // namespace
 
-void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y) { gemm_groups(x, M, w, y, active().gemm4); }
+// ---- 4-bit times int8 activations ----
+
+namespace {
+
+std::atomic<int> g_int8_activations{-1};  // -1: not read from the environment yet
+
+bool int8_fits(const Weight4 & w) {
+  const int64_t bs = w.blocksize;
+  return w.I % 32 == 0 && bs % 32 == 0 && (bs & (bs - 1)) == 0;
+}
+
+// x (M, I) -> Int8Rows (isa-kernels.h): per group of 32 columns d = max |x| / 127, q = round(x * (1 / d)),
+// odd columns first
+void quantize_rows(const float * x, int64_t M, int64_t I, int8_t * q, float * d) {
+  const int64_t groups = I / 32;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float * src = x + m * I + 32 * g;
+      float amax = 0.0f;
+      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(src[k]));
+      const float dg = amax / 127.0f, id = dg != 0.0f ? 1.0f / dg : 0.0f;
+      int8_t * dst = q + m * I + 32 * g;
+      for (int k = 0; k < 16; ++k) {
+        dst[k] = static_cast<int8_t>(std::nearbyint(src[2 * k + 1] * id));
+        dst[16 + k] = static_cast<int8_t>(std::nearbyint(src[2 * k] * id));
+      }
+      d[m * groups + g] = dg;
+    }
+}
+
+void gemm_int8_activations(const float * x, int64_t M, const Weight4 & w, float * y) {
+  const IsaKernels & k = active();
+  auto fn = k.gemm4q;
+#if defined(__x86_64__)
+  if (!fn) fn = kAvx2Kernels.gemm4q;  // (an ISA without its own: AVX2's, which every AVX-512 CPU runs)
+#endif
+  float cmax = 0.0f;
+  for (int i = 0; i < 16; ++i) cmax = std::max(cmax, std::fabs(w.code[i]));
+  alignas(16) int8_t table[16];
+  const float tmul = cmax != 0.0f ? 127.0f / cmax : 0.0f, tscale = cmax / 127.0f;
+  for (int i = 0; i < 16; ++i) table[i] = static_cast<int8_t>(std::nearbyint(w.code[i] * tmul));
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d;
+  q.resize(static_cast<size_t>(M * w.I));
+  d.resize(static_cast<size_t>(M * (w.I / 32)));
+  quantize_rows(x, M, w.I, q.data(), d.data());
+  for (int64_t m0 = 0; m0 < M; m0 += kGroup) {
+    const Int8Rows rows{q.data() + m0 * w.I, d.data() + m0 * (w.I / 32), std::min(kGroup, M - m0), w.I};
+    float * yg = y + m0 * w.O;
+    parallel_rows(w.O, grain(w.I), [&](int64_t o0, int64_t o1) { fn(rows, w, table, tscale, yg, o0, o1); });
+  }
+}
+
+}  // namespace
+
+void set_int8_activations(bool on) { g_int8_activations.store(on ? 1 : 0); }
+
+bool int8_activations() {
+  int v = g_int8_activations.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char * e = std::getenv("PEFT_4BIT_ACTIVATIONS");
+    const std::string s = e ? e : "";
+    PEFT_CHECK(s.empty() || s == "int8" || s == "float32", "PEFT_4BIT_ACTIVATIONS=", s,
+               ": expected int8 (llama.cpp's Q4_0 arithmetic) or float32 (the default)");
+    v = s == "int8" ? 1 : 0;
+    g_int8_activations.store(v);
+  }
+  return v == 1;
+}
+
+void gemm_small(const float * x, int64_t M, const Weight4 & w, float * y) {
+  if (int8_activations() && int8_fits(w)) return gemm_int8_activations(x, M, w, y);
+  gemm_groups(x, M, w, y, active().gemm4);
+}
 
 void gemm_small(const float * x, int64_t M, const Weight8 & w, float * y) { gemm_groups(x, M, w, y, active().gemm8); }
 

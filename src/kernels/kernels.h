@@ -52,6 +52,16 @@ void dequantize_rows(const Weight8 & w, int64_t o0, int64_t o1, float * out);
 /// 16-bit rows widened to float32 (exact).
 void dequantize_rows(const Weight16 & w, int64_t o0, int64_t o1, float * out);
 
+/// 4-bit products with int8 activations (llama.cpp's Q4_0 x Q8_0 arithmetic on bitsandbytes' layout), for
+/// gemm_small on a Weight4 once turned on: each row of x quantized per 32 columns (d = max |x| / 127,
+/// q = round(x / d)), the 16-entry code as int8 (round(code * 127 / max |code|)), integer dot products of 32
+/// columns, scaled by d and the block's absmax in float32. About llama.cpp's accuracy, not bitsandbytes'
+/// arithmetic (the code table alone moves a weight by up to 0.4% of its block's absmax): off by default;
+/// PEFT_4BIT_ACTIVATIONS=int8 turns it on at start. Rows with in_features or blocksize not a multiple of 32
+/// (or a blocksize not a power of two) keep the float32 kernels.
+void set_int8_activations(bool on);
+bool int8_activations();
+
 /// One block of bitsandbytes' 4-bit quantization (single-threaded): out[i] = the number of the 15 sorted
 /// `bounds` below clamp(x[i] * (1 / a), -1, 1), a = max(max |x|, 1e-38); a partial last block (`tail`)
 /// divides, x[i] / a, as the default backend does. Returns the block's absmax as stored: a if `tail`,

@@ -133,6 +133,68 @@ TEST_F(IsaTest, Gemm4EveryIsaShapeAndRowCount) {
   }
 }
 
+// ---- 4-bit times int8 activations (set_int8_activations) ----
+
+// The arithmetic by its definition in ATen: x per 32 columns d = max|x| / 127, q = round(x * (1 / d)); the
+// code as int8 round(code * (127 / max|code|)) worth max|code| / 127; y = (q d) (table[nibble] * absmax * tscale)^T.
+struct Int8Reference {
+  at::Tensor x, W;  // the dequantized operands whose product the kernel computes
+};
+Int8Reference int8_reference(const at::Tensor & x, const Quant4 & q) {
+  const int64_t M = x.size(0), I = x.size(1);
+  const at::Tensor xg = x.view({M, I / 32, 32});
+  const at::Tensor d = std::get<0>(xg.abs().max(-1, true)) / 127.0f;
+  const at::Tensor id = at::where(d != 0, 1.0f / d, at::zeros_like(d));
+  const at::Tensor xq = ((xg * id).round() * d).view({M, I});
+  const at::Tensor cmax = q.code.abs().max();
+  const at::Tensor table = (q.code * (127.0f / cmax)).round() * (cmax / 127.0f);
+  Quant4 t = q;
+  t.code = table;
+  return {xq, t.dequantized()};
+}
+
+class Int8ActivationsTest : public IsaTest {
+ protected:
+  void TearDown() override {
+    set_int8_activations(false);
+    IsaTest::TearDown();
+  }
+};
+
+TEST_F(Int8ActivationsTest, EveryIsaEqualsTheDefinitionAndStaysNearTheFloatProduct) {
+  // rows mid-block (1376 = 21.5 blocks of 64), a block over two rows (I 32 < 64), blocksize 32 and 1024,
+  // and shapes the path does not take (I 130, blocksize 16: float32 kernels)
+  const std::vector<Shape4> shapes = {{200, 1376, 64}, {37, 32, 64}, {64, 512, 128}, {19, 96, 32}, {11, 384, 32},
+                                      {3, 1024, 1024}, {5, 130, 64}, {13, 136, 16}};
+  for (const std::string & name : available_isas()) {
+    force_isa(name.c_str());
+    for (const Shape4 & s : shapes) {
+      const bool taken = s.I % 32 == 0 && s.blocksize % 32 == 0;
+      for (bool nf4 : {true, false}) {
+        const Quant4 q = random4(s.O, s.I, s.blocksize, nf4);
+        for (int64_t M : kRows) {
+          SCOPED_TRACE(name + " O " + std::to_string(s.O) + " I " + std::to_string(s.I) + " blocksize " +
+                       std::to_string(s.blocksize) + (nf4 ? " nf4" : " random code") + " M " + std::to_string(M));
+          const at::Tensor x = at::randn({M, s.I});
+          at::Tensor y = at::full({M, s.O}, NAN);
+          set_int8_activations(true);
+          gemm_small(x.data_ptr<float>(), M, q.weight(), y.data_ptr<float>());
+          set_int8_activations(false);
+          const at::Tensor W = q.dequantized(), magnitude = at::matmul(x.abs(), W.abs().t());
+          if (!taken) {
+            EXPECT_TRUE(dot_close(y, at::matmul(x, W.t()), magnitude, s.I));
+            continue;
+          }
+          const Int8Reference r = int8_reference(x, q);
+          EXPECT_TRUE(dot_close(y, at::matmul(r.x, r.W.t()), at::matmul(r.x.abs(), r.W.abs().t()), s.I));
+          // and an approximation of the float product: within 2% of sum |x| |W| everywhere
+          EXPECT_LE((y - at::matmul(x, W.t())).abs().div(magnitude + 1e-6).max().item<float>(), 0.02f);
+        }
+      }
+    }
+  }
+}
+
 TEST_F(IsaTest, Gemm8EveryIsaShapeAndRowCount) {
   for (const std::string & name : available_isas()) {
     force_isa(name.c_str());
