@@ -46,6 +46,32 @@ TEST(OneRowAttention, MaskedPositionsAddNothing) {
   EXPECT_TRUE(all_close(out, at::matmul(p, v), 1e-6, 1e-5));
 }
 
+// A bfloat16 / float16 cache (a 16-bit model): scores and mix computed in float32 from the widened values
+// (exact), rounded to the dtype once; masked positions still add nothing.
+TEST(OneRowAttention, SixteenBitCachesEqualTheFloat32ProductRounded) {
+  at::manual_seed(6);
+  at::NoGradGuard g;
+  for (at::ScalarType dt : {at::kBFloat16, at::kHalf})
+    for (int64_t Hkv : {4, 1}) {
+      SCOPED_TRACE(std::string(c10::toString(dt)) + " Hkv " + std::to_string(Hkv));
+      const int64_t B = 2, H = 4, L = 37, D = 64;
+      const at::Tensor q = at::randn({B, H, 1, D}).to(dt), k = at::randn({B, Hkv, L, D}).to(dt);
+      const at::Tensor v = at::randn({B, Hkv, L, D}).to(dt);
+      const at::Tensor s = ops::one_row_scores(q, k);
+      ASSERT_EQ(s.scalar_type(), dt);
+      const at::Tensor sf = at::matmul(q.to(at::kFloat), repeat_heads(k.to(at::kFloat), H).transpose(2, 3));
+      const double ulp = dt == at::kBFloat16 ? 1.0 / 128 : 1.0 / 1024;
+      EXPECT_TRUE(all_close(s.to(at::kFloat), sf, 1e-4, ulp));
+      at::Tensor p = at::softmax(at::randn({B, H, 1, L}), -1);
+      p.narrow(3, 5, 10).zero_();
+      p = p.to(dt);
+      const at::Tensor m = ops::one_row_mix(p, v);
+      ASSERT_EQ(m.scalar_type(), dt);
+      const at::Tensor mf = at::matmul(p.to(at::kFloat), repeat_heads(v.to(at::kFloat), H));
+      EXPECT_TRUE(all_close(m.to(at::kFloat), mf, 1e-4, ulp));
+    }
+}
+
 TEST(OneRowAttention, FallsBackWhereTheKernelDoesNotApply) {
   at::manual_seed(5);
   const at::Tensor q = at::randn({2, 2, 1, 8}), k = at::randn({2, 2, 8, 5}).transpose(2, 3);  // last dim strided
