@@ -3,7 +3,8 @@
 // 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small);
 // bf16: the 16-bit weight kernel (peft::linear_16bit) beside ATen's bfloat16 at::linear; 4-bit-q8: the 4-bit kernel
 // with int8 activations (PEFT_4BIT_ACTIVATIONS=int8, llama.cpp's Q4_0 x Q8_0 arithmetic).
-// Usage: bench_quant_kernels [isa]   (avx512, avx2, portable; default: the best)
+// Usage: bench_quant_kernels [isa [cold|prefill]]   (avx512, avx2, portable; default: the best; cold: a 4-bit
+// weight streamed from memory; prefill: 64 and 512 rows through the tiles)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -95,9 +96,31 @@ void bench_cold4(int threads) {
   report("4-bit", O, I, 1, threads, n / 2.0 + 4.0 * n / blocksize, t4, t4);
 }
 
+// Many rows (prefill, training): W (O, I) 4-bit / bf16 through tiles widened for BLAS, against float32 at::mm
+void bench_prefill(int64_t M, int64_t O, int64_t I, int threads) {
+  const int64_t blocksize = 64, n = O * I;
+  const at::Tensor packed = at::randint(0, 256, {n / 2}, at::kByte), absmax = at::rand({n / blocksize});
+  const at::Tensor code = at::randn({16}), W = at::randn({O, I}), Wb = W.to(at::kBFloat16), x = at::randn({M, I});
+  const Weight4 w4{packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), code.data_ptr<float>(), O, I, blocksize};
+  at::Tensor y = at::empty({M, O});
+  const double base = seconds_per_call([&] { at::mm_out(y, x, W.t()); });
+  report("float32", O, I, M, threads, 4.0 * n, base, base);
+  report("4-bit", O, I, M, threads, n / 2.0, seconds_per_call([&] { linear_forward(x, w4); }), base);
+  report("bf16", O, I, M, threads, 2.0 * n, seconds_per_call([&] { linear_forward(x, weight16(Wb)); }), base);
+}
+
 int main(int argc, char ** argv) {
   force_isa(argc > 1 ? argv[1] : nullptr);
   std::printf("quant kernels: %s\n", isa());
+  if (argc > 2 && std::string(argv[2]) == "prefill") {
+    for (int threads : {1, 2}) {
+      RuntimeOptions o;
+      o.blas_threads = threads;
+      configure_runtime(o);
+      for (int64_t M : {64, 512}) bench_prefill(M, 8192, 2048, threads);
+    }
+    return 0;
+  }
   if (argc > 2 && std::string(argv[2]) == "cold") {
     for (int threads : {1, 2}) {
       RuntimeOptions o;

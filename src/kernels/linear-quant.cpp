@@ -11,7 +11,8 @@ namespace peft::kernels {
 namespace {
 
 constexpr int64_t kSmallM = 16;             // up to this many rows: the fused kernels
-constexpr int64_t kTileBytes = 512 * 1024;  // dequantized W rows per tile
+constexpr int64_t kTileBytes = 512 * 1024;  // dequantized W rows per tile, at least
+constexpr int64_t kMaxTileBytes = 32 << 20;  // and at most
 
 void check_cpu_float(const at::Tensor & t, const char * what, int64_t last, const char * dim) {
   PEFT_CHECK(t.defined(), "quantized linear: ", what, " is undefined");
@@ -23,7 +24,12 @@ void check_cpu_float(const at::Tensor & t, const char * what, int64_t last, cons
              ", expected the last dimension to be ", dim, " = ", last);
 }
 
-int64_t tile_rows(int64_t I) { return std::max<int64_t>(1, kTileBytes / (4 * std::max<int64_t>(1, I))); }
+// Rows of W per tile: ~512 KB, or as many bytes as the M rows of x for larger M (up to 32 MB), so that BLAS
+// packs x again about once per weight's worth of tile, not once per 512 KB of W
+int64_t tile_rows(int64_t I, int64_t M) {
+  const int64_t bytes = std::min<int64_t>(std::max<int64_t>(kTileBytes, 4 * M * I), kMaxTileBytes);
+  return std::max<int64_t>(1, bytes / (4 * std::max<int64_t>(1, I)));
+}
 
 // (.., in) -> (.., out): y = x W^T, with x as rows x (M, in) contiguous.
 template <class W> at::Tensor forward(const at::Tensor & x, const W & w) {
@@ -34,7 +40,7 @@ template <class W> at::Tensor forward(const at::Tensor & x, const W & w) {
   if (M <= kSmallM) {
     if (M > 0) gemm_small(x2.data_ptr<float>(), M, w, y.data_ptr<float>());
   } else {
-    const int64_t T = tile_rows(w.I);
+    const int64_t T = tile_rows(w.I, M);
     at::Tensor buf = at::empty({std::min(T, w.O), w.I}, x2.options());
     for (int64_t o0 = 0; o0 < w.O; o0 += T) {
       const int64_t t = std::min(T, w.O - o0);
@@ -55,7 +61,7 @@ template <class W> at::Tensor backward_input(const at::Tensor & grad_y, const W 
   const at::Tensor g2 = grad_y.reshape({-1, w.O}).contiguous();
   at::Tensor gx = at::zeros({g2.size(0), w.I}, g2.options());
   if (g2.size(0) > 0) {
-    const int64_t T = tile_rows(w.I);
+    const int64_t T = tile_rows(w.I, g2.size(0));
     at::Tensor buf = at::empty({std::min(T, w.O), w.I}, g2.options());
     for (int64_t o0 = 0; o0 < w.O; o0 += T) {
       const int64_t t = std::min(T, w.O - o0);
