@@ -58,6 +58,28 @@ template <class F> inline void for_each_block_piece(const Weight4 & w, int64_t o
   }
 }
 
+// The 4-bit "whole chunks" layout both vector ISAs use: a chunk is L dwords of 8 nibbles (8L weights); a
+// shuffle of the dwords shifted by 4j looks up nibble j of each, which is element 8k + (j ^ 1) of lane k
+// (the low nibble of a byte is the odd element). Rows qualify when I is a multiple of 8 and at least a chunk
+// and the blocksize a power of two >= 8 (the 8 weights of a lane lie in one block).
+template <int64_t L> inline bool whole_chunks4(const Weight4 & w) {
+  const int64_t bs = w.blocksize;
+  return w.I % 8 == 0 && w.I >= 8 * L && bs >= 8 && (bs & (bs - 1)) == 0;
+}
+
+// x in that order, once per call: xp[((m * chunks + c) * 8 + j) * L + k] = x[m * I + c * 8L + 8k + (j ^ 1)]
+// for the whole chunks of each row.
+template <int64_t L> inline void permute_x_chunks(const float * x, int64_t M, int64_t I, float * xp) {
+  const int64_t chunks = I / (8 * L);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float * src = x + m * I + c * 8 * L;
+      float * dst = xp + (m * chunks + c) * 8 * L;
+      for (int j = 0; j < 8; ++j)
+        for (int64_t k = 0; k < L; ++k) dst[j * L + k] = src[8 * k + (j ^ 1)];
+    }
+}
+
 // One 16-bit float (bfloat16, or IEEE float16 if `half`) widened to float32, exactly.
 inline float widen_one(uint16_t h, bool half) {
   uint32_t u;

@@ -116,22 +116,8 @@ constexpr int64_t kChunk = 64;
 constexpr int64_t kPrefetchAhead = 1024;  // bytes of packed 4-bit weights
 constexpr int kFastRows = 4;              // rows of x the fast path takes (registers: 2 per row)
 
-bool fast4(const Weight4 & w) {
-  const int64_t bs = w.blocksize;
-  return w.I % 8 == 0 && w.I >= kChunk && bs >= 8 && (bs & (bs - 1)) == 0;
-}
-
-// xp[((m * chunks + c) * 8 + j) * 8 + k] = x[m * I + c * 64 + 8k + (j ^ 1)] for the whole chunks of each row.
-void permute_x(const float * x, int64_t M, int64_t I, float * xp) {
-  const int64_t chunks = I / kChunk;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float * src = x + m * I + c * kChunk;
-      float * dst = xp + (m * chunks + c) * kChunk;
-      for (int j = 0; j < 8; ++j)
-        for (int k = 0; k < 8; ++k) dst[j * 8 + k] = src[8 * k + (j ^ 1)];
-    }
-}
+bool fast4(const Weight4 & w) { return whole_chunks4<8>(w); }
+void permute_x(const float * x, int64_t M, int64_t I, float * xp) { permute_x_chunks<8>(x, M, I, xp); }
 
 template <int M>
 void row4_chunks(const float * xp, int64_t chunks, const Weight4 & w, const Table & t, int64_t o, int64_t c0, int64_t c1,

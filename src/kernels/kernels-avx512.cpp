@@ -147,22 +147,9 @@ constexpr int64_t panel_columns(int M) { return M == 1 ? INT64_MAX : (4096 / M) 
 constexpr int64_t kChunk = 128;
 constexpr int64_t kPrefetchAhead = 2048;  // bytes of packed 4-bit weights
 
-bool fast4(const Weight4 & w) {
-  const int64_t bs = w.blocksize;
-  return w.I % 8 == 0 && w.I >= kChunk && bs >= 16 && (bs & (bs - 1)) == 0;
-}
-
-// xp[((m * chunks + c) * 8 + j) * 16 + k] = x[m * I + c * 128 + 8k + (j ^ 1)] for the whole chunks of each row.
-void permute_x(const float * x, int64_t M, int64_t I, float * xp) {
-  const int64_t chunks = I / kChunk;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float * src = x + m * I + c * kChunk;
-      float * dst = xp + (m * chunks + c) * kChunk;
-      for (int j = 0; j < 8; ++j)
-        for (int k = 0; k < 16; ++k) dst[j * 16 + k] = src[8 * k + (j ^ 1)];
-    }
-}
+// (blocksize >= 16 here: a chunk of 128 then spans at most 16 blocks, whose scales row4_chunks loads as one vector)
+bool fast4(const Weight4 & w) { return whole_chunks4<16>(w) && w.blocksize >= 16; }
+void permute_x(const float * x, int64_t M, int64_t I, float * xp) { permute_x_chunks<16>(x, M, I, xp); }
 
 template <int M>
 void row4_chunks(const float * xp, int64_t chunks, const Weight4 & w, __m512 table, int64_t o, int64_t c0, int64_t c1,
