@@ -180,10 +180,17 @@ std::shared_ptr<CausalLM> random_model(const ModelConfig & cfg, at::ScalarType d
     }
   };
   const std::string lp = "model.layers.";
+  // (the decoder layers only: a list of every module would keep the replaced float Linear layers alive)
+  std::vector<ModulePtr> layers;
   for (const auto & [path, mod] : named_modules(m)) {
-    if (path.rfind(lp, 0) != 0 || path.find('.', lp.size()) != std::string::npos) continue;  // model.layers.N
+    if (path.rfind(lp, 0) == 0 && path.find('.', lp.size()) == std::string::npos) layers.push_back(mod);  // model.layers.N
+  }
+  for (const auto & mod : layers) {
     for (auto & p : mod->named_parameters(true)) fill(p.key(), p.value());
-    if (q.enabled()) quant::quantize_modules(mod, q);
+    if (q.enabled()) {
+      quant::quantize_modules(mod, q);
+      ::malloc_trim(0);  // the layer's float weights go back to the OS now (glibc keeps freed chunks < 32 MB)
+    }
   }
   for (auto & p : m->named_parameters(true)) {
     if (p.key().rfind(lp, 0) != 0) fill(p.key(), p.value());
