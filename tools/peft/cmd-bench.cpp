@@ -175,6 +175,8 @@ std::shared_ptr<CausalLM> random_model(const ModelConfig & cfg, at::ScalarType d
       t.zero_();
     } else if (t.dim() == 1) {
       t.fill_(1.0);
+    } else if (t.scalar_type() == at::kFloat) {
+      t.normal_(0.0, 0.02, gen);  // (in place: no second copy of the embedding table)
     } else {
       t.copy_(at::normal(0.0, 0.02, t.sizes(), gen).to(t.scalar_type()));
     }
@@ -192,10 +194,17 @@ std::shared_ptr<CausalLM> random_model(const ModelConfig & cfg, at::ScalarType d
       ::malloc_trim(0);  // the layer's float weights go back to the OS now (glibc keeps freed chunks < 32 MB)
     }
   }
+  // the output layer next (quantized before the embedding table is written), then the rest
   for (auto & p : m->named_parameters(true)) {
-    if (p.key().rfind(lp, 0) != 0) fill(p.key(), p.value());
+    if (p.key().rfind("lm_head.", 0) == 0) fill(p.key(), p.value());
   }
-  if (q.enabled()) quant::quantize_modules(m, q);  // (what is left: lm_head unless skipped)
+  if (q.enabled()) {
+    quant::quantize_modules(m, q);  // (what is left: lm_head unless skipped)
+    ::malloc_trim(0);
+  }
+  for (auto & p : m->named_parameters(true)) {
+    if (p.key().rfind(lp, 0) != 0 && p.key().rfind("lm_head.", 0) != 0) fill(p.key(), p.value());
+  }
   m->tie_weights();
   m->eval();
   for (auto & p : m->parameters()) p.set_requires_grad(false);
