@@ -54,6 +54,14 @@ at::Tensor softcapped(const at::Tensor & scores, double & scale, double cap) {
   scale = 1.0;
   return at::tanh(s / cap) * cap;
 }
+
+// a b, for 16-bit operands on the CPU (a bfloat16 model) computed in float32 and rounded to their dtype:
+// LibTorch 1.13's bfloat16 matmul goes to oneDNN, which has no kernel for it without AVX-512
+at::Tensor matmul_wide(const at::Tensor & a, const at::Tensor & b) {
+  const auto t = a.scalar_type();
+  if (a.is_cpu() && (t == at::kBFloat16 || t == at::kHalf)) return at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(t);
+  return at::matmul(a, b);
+}
 }  // namespace
 
 at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tensor & v, const at::Tensor & mask,
@@ -68,9 +76,9 @@ at::Tensor attention(const at::Tensor & q, const at::Tensor & k, const at::Tenso
   }
   const at::Tensor kk = ops::repeat_heads(k, H), vv = ops::repeat_heads(v, H);  // grouped-query attention
   // softmax(where(mask, q k^T * scale, lowest)) in float32
-  const at::Tensor scores = softcapped(at::matmul(q, kk.transpose(2, 3)), scale, softcap);
+  const at::Tensor scores = softcapped(matmul_wide(q, kk.transpose(2, 3)), scale, softcap);
   const at::Tensor probs = ops::masked_softmax(scores, mask, scale);  // (B, H, S, L)
-  at::Tensor out = at::matmul(probs, vv);  // (B, H, S, Dh)
+  at::Tensor out = matmul_wide(probs, vv);  // (B, H, S, Dh)
   return out.transpose(1, 2).reshape({B, S, H * Dh});
 }
 
