@@ -3,6 +3,7 @@
 #include "peft/ops/linear-16bit.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>  // at::GradMode (ATen/ATen.h brings it in 1.13, not in 2.x)
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -61,8 +62,9 @@ TORCH_LIBRARY_IMPL(peft, CompositeExplicitAutograd, m) { m.impl("linear_16bit", 
 TORCH_LIBRARY_IMPL(peft, Autograd, m) { m.impl("linear_16bit", &linear_16bit_autograd); }
 
 bool linear_16bit_takes(const at::Tensor & weight, const at::Tensor & bias) {
+  const bool grad = at::GradMode::is_enabled() && (weight.requires_grad() || (bias.defined() && bias.requires_grad()));
   return weight.defined() && weight.is_cpu() && weight.dim() == 2 && sixteen(weight.scalar_type()) &&
-         weight.is_contiguous() && !weight.requires_grad() && !(bias.defined() && bias.requires_grad());
+         weight.is_contiguous() && !grad;
 }
 
 at::Tensor linear_16bit(const at::Tensor & x, const at::Tensor & weight, const c10::optional<at::Tensor> & bias) {

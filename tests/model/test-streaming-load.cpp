@@ -15,6 +15,7 @@
 #include "kernels/kernels.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/quant/quantized-embedding.h"
 #include "peft/model/causal-lm.h"
 #include "peft/model/config.h"
 #include "peft/quant/quantize.h"
@@ -89,6 +90,7 @@ std::shared_ptr<CausalLM> load_whole(const std::string & dir, const LoadOptions 
   std::string source;
   auto tensors = checkpoint_load(dir, &source);
   model->to(o.dtype);
+  quant::load_tied_quantized(*model, tensors, q, source);  // (a tied head quantized: the embedding reads it)
   quant::load_quantized(model, tensors, q, source);
   load_parameters(*model, tensors, source);
   model->eval();

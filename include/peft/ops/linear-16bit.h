@@ -9,7 +9,7 @@
 namespace peft::ops {
 
 /// Whether linear_16bit takes this weight and bias: a 2-D contiguous CPU bfloat16/float16 weight, neither
-/// needing a gradient (a weight being trained goes through at::linear, which differentiates it).
+/// needing a gradient under grad mode (a weight being trained goes through at::linear, which differentiates it).
 bool linear_16bit_takes(const at::Tensor & weight, const at::Tensor & bias);
 
 /// x (.., I) float32 / bfloat16 / float16 -> (.., O) = x W^T + b in x's dtype, accumulated in float32.
