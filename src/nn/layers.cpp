@@ -27,11 +27,24 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias) {
 
 // a frozen bfloat16 / float16 weight is computed in float32 by peft::linear_16bit (LibTorch 1.13's bfloat16
 // matmul on CPU goes to oneDNN, which without AVX-512 has no kernel for it: it fails under ONEDNN_MAX_CPU_ISA=AVX2)
-at::Tensor Linear::forward(const at::Tensor & x) {
+namespace {
+
+// x W^T + b: a frozen 16-bit W through peft::linear_16bit (computed in float32); a 16-bit W under float32
+// activations (float16 weights) that ATen multiplies (a trained weight) in x's dtype
+at::Tensor linear_with(const at::Tensor & x, const at::Tensor & weight, const at::Tensor & bias) {
   if (ops::linear_16bit_takes(weight, bias))
     return ops::linear_16bit(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  if (weight.scalar_type() != x.scalar_type() && x.is_floating_point()) {
+    return at::linear(x, weight.to(x.scalar_type()), bias.defined() ? bias.to(x.scalar_type()) : bias);
+  }
   return at::linear(x, weight, bias);
 }
+
+}  // namespace
+
+at::Tensor Linear::forward(const at::Tensor & x) { return linear_with(x, weight, bias); }
+
+at::Tensor Linear::apply_weight(const at::Tensor & x) { return linear_with(x, weight, at::Tensor()); }
 
 LayerPtr Linear::clone_layer() const {
   return copy_weight_and_bias(*this, std::make_shared<Linear>(in_features(), out_features(), bias.defined()));

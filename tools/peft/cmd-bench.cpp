@@ -104,13 +104,13 @@ struct BenchModel {
   std::shared_ptr<CompiledModel> compiled;
 };
 
-AdapterConfig bench_lora_config() {
-  return AdapterConfig::from_json({{"peft_type", "LORA"},
-                                   {"r", 16},
-                                   {"lora_alpha", 16},
-                                   {"init_lora_weights", false},
-                                   {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}},
-                                  "bench adapter");
+// LoRA r=16 on q,k,v,o (or on every Linear but lm_head: targets "all-linear", as PEFT spells it)
+AdapterConfig bench_lora_config(const std::string & targets = "") {
+  nlohmann::json t = nlohmann::json::array({"q_proj", "k_proj", "v_proj", "o_proj"});
+  if (targets == "all-linear") t = "all-linear";
+  return AdapterConfig::from_json(
+      {{"peft_type", "LORA"}, {"r", 16}, {"lora_alpha", 16}, {"init_lora_weights", false}, {"target_modules", t}},
+      "bench adapter");
 }
 
 std::shared_ptr<BenchModel> make_bench_model(const ModelConfig & cfg, quant::Format format, bool quantize_lm_head) {
@@ -214,7 +214,7 @@ std::shared_ptr<CausalLM> random_model(const ModelConfig & cfg, at::ScalarType d
 // One format's rows (a child process per format: its peak RSS is its own). Prints one JSON line per row
 // ("ROW {...}") and one for the model ("MODEL {...}").
 struct ShapeArgs {
-  std::string shape, model, only, format;
+  std::string shape, model, only, format, lora_targets;
   int reps = 0;
   bool quantize_lm_head = false;
   int64_t prefill_len = 512, ctx = 64;
@@ -256,7 +256,7 @@ int run_shape_group(const ShapeArgs & a) {
   const auto fp = quant::weight_footprint(base);
   const ModelConfig cfg = base->config();
   at::manual_seed(2);
-  PeftModel lora(base, bench_lora_config());
+  PeftModel lora(base, bench_lora_config(a.lora_targets));
   CompiledModel comp = compile(lora);
   std::printf("MODEL %s\n", nlohmann::json({{"format", F},
                                              {"params", fp.params},
@@ -331,8 +331,10 @@ int run_shape_group(const ShapeArgs & a) {
   }
   if (want_tr) {
     // a LoRA training step (forward, backward, AdamW) on one sequence of prefill_len tokens, eager (gradient
-    // checkpointing does not compile), without and with gradient checkpointing
+    // checkpointing does not compile), without and with gradient checkpointing. --reps 1: one step only, the
+    // first (its optimizer state is allocated in it; what a long step at the 8B shape can afford)
     const int reps = a.reps ? std::min(a.reps, 3) : 2;
+    const bool one_step = a.reps == 1;
     TrainOptions topt;
     topt.lr = 1e-4;
     topt.steps = 1000;
@@ -344,10 +346,16 @@ int run_shape_group(const ShapeArgs & a) {
       if (!wanted(name)) continue;
       base->set_gradient_checkpointing(ck);
       Trainer t([&](const ForwardInput & in) { return lora.forward(in); }, lora.trainable_parameters(), topt);
-      t.step(ids);  // (warm-up; the optimizer state is allocated here)
-      reset_peak_rss();
+      if (!one_step) {
+        t.step(ids);  // (warm-up; the optimizer state is allocated here)
+        reset_peak_rss();
+      }
       const double ms = median_ms([&] { t.step(ids); }, 0, reps);
-      row(name, ms, static_cast<double>(a.prefill_len), {{"reps", reps}, {"gradient_checkpointing", ck}});
+      row(name, ms, static_cast<double>(a.prefill_len),
+          {{"reps", reps},
+           {"gradient_checkpointing", ck},
+           {"first_step", one_step},
+           {"lora_targets", a.lora_targets.empty() ? "q,k,v,o" : a.lora_targets}});
     }
     base->set_gradient_checkpointing(false);
     lora.train(false);
@@ -377,6 +385,7 @@ int run_shape_bench(const ShapeArgs & a, const std::vector<std::string> & format
     if (!a.only.empty()) line += " --only " + quote(a.only);
     if (a.reps) line += " --reps " + std::to_string(a.reps);
     if (a.quantize_lm_head) line += " --quantize-lm-head";
+    if (!a.lora_targets.empty()) line += " --lora-targets " + quote(a.lora_targets);
     line += " 2>&1";
     FILE * p = ::popen(line.c_str(), "r");
     PEFT_CHECK(p, "cannot start ", line);
@@ -405,12 +414,12 @@ int run_shape_bench(const ShapeArgs & a, const std::vector<std::string> & format
   const ModelConfig cfg = a.model.empty() ? shape_config(a.shape) : ModelConfig::load(a.model);
   const char * isa = std::getenv("PEFT_ISA");
   std::printf("peft bench %s%s: hidden %lld, %lld layers, vocab %lld; %d BLAS threads; PEFT_ISA=%s; LoRA r=16 on "
-              "q,k,v,o; lm_head %s in the quantized rows\n",
+              "%s; lm_head %s in the quantized rows\n",
               a.model.empty() ? ("--shape " + a.shape).c_str() : ("--model " + a.model).c_str(),
               a.model.empty() ? " (random weights)" : "",
               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_layers),
               static_cast<long long>(cfg.vocab_size), blas_threads, isa ? isa : "(unset)",
-              a.quantize_lm_head ? "quantized" : "float");
+              a.lora_targets.empty() ? "q,k,v,o" : a.lora_targets.c_str(), a.quantize_lm_head ? "quantized" : "float");
   std::printf("%-36s %10s %10s %12s %10s\n", "row", "ms", "tokens/s", "peak RSS MB", "model MB");
   for (const auto & r : rows) {
     const std::string F = r["format"];
@@ -470,14 +479,16 @@ Runner add_bench(CLI::App & app) {
     bool no_memory = false;
     int profile = 0;  // ops listed per decode row (0: no profile)
     std::string memory_probe;  // internal: build one row's model, run it, print peak RSS as JSON
-    std::string shape = "bench", model, formats, save_model, group;
+    std::string shape = "bench", model, formats, save_model, group, lora_targets;
     int64_t prefill_len = 512;
     CommonOptions common;
   };
   auto o = std::make_shared<Opts>();
   auto * cmd = app.add_subcommand("bench", "time eager vs compiled (decode, prefill, training step; float and quantized bases)");
   cmd->add_option("--json", o->json, "also write the results as JSON");
-  cmd->add_option("--reps", o->reps, "timed repetitions per case (default: 30 decode, 5 prefill/train)")
+  cmd->add_option("--reps", o->reps,
+                  "timed repetitions per case (default: 30 decode, 5 prefill/train; real-shape rows: --reps 1 times "
+                  "one training step, the first)")
       ->check(CLI::Range(1, 100000));
   cmd->add_flag("--quick", o->quick, "a tiny model and few repetitions (smoke test)");
   cmd->add_option("--only", o->only, "run only the cases whose name contains this text (e.g. nf4, int8, decode)");
@@ -499,6 +510,9 @@ Runner add_bench(CLI::App & app) {
   cmd->add_option("--prefill-len", o->prefill_len, "real-shape rows: prompt length of prefill and training rows (default 512)")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--save-model", o->save_model, "write the random model of --shape (float32) to this folder and stop");
+  cmd->add_option("--lora-targets", o->lora_targets,
+                  "real-shape rows: all-linear puts the LoRA on every Linear but lm_head (default q,k,v,o)")
+      ->check(CLI::IsMember({"all-linear"}));
   cmd->add_option("--group", o->group, "internal: one format's real-shape rows")->group("");
   add_common_options(*cmd, o->common);
   return [o]() {
@@ -511,6 +525,7 @@ Runner add_bench(CLI::App & app) {
       a.only = o->only;
       a.reps = o->reps;
       a.quantize_lm_head = o->quantize_lm_head;
+      a.lora_targets = o->lora_targets;
       a.prefill_len = o->prefill_len;
       if (o->quick) a.prefill_len = std::min<int64_t>(a.prefill_len, 32);
       if (!o->group.empty()) {

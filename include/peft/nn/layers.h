@@ -22,6 +22,8 @@ class LinearBase : public Layer {
   /// W (O, I) as a dense floating tensor: the parameter itself for a float layer (so a traced graph
   /// sees the live weight), a dequantized copy for others.
   virtual at::Tensor dense_weight() const = 0;
+  /// dense_weight()'s dtype and device, without forming it (a quantized layer would dequantize).
+  virtual at::TensorOptions dense_options() const = 0;
   /// The bias (O), or undefined.
   virtual at::Tensor bias_tensor() const = 0;
   /// Store `w` (O, I) / `b` (O) as the new weight / bias, in the layer's own format (merge, unmerge).
@@ -36,8 +38,9 @@ class Linear : public LinearBase {
   LayerPtr clone_layer() const override;
   int64_t in_features() const override { return weight.size(1); }
   int64_t out_features() const override { return weight.size(0); }
-  at::Tensor apply_weight(const at::Tensor & x) override { return at::linear(x, weight); }
+  at::Tensor apply_weight(const at::Tensor & x) override;  // (a 16-bit weight as forward computes it)
   at::Tensor dense_weight() const override { return weight; }
+  at::TensorOptions dense_options() const override { return weight.options(); }
   at::Tensor bias_tensor() const override { return bias; }
   void store_weight(const at::Tensor & w) override;
   void store_bias(const at::Tensor & b) override;
@@ -59,6 +62,7 @@ class Conv1D : public LinearBase {
   int64_t out_features() const override { return weight.size(1); }
   at::Tensor apply_weight(const at::Tensor & x) override { return at::linear(x, weight.t()); }
   at::Tensor dense_weight() const override { return weight.t(); }
+  at::TensorOptions dense_options() const override { return weight.options(); }
   at::Tensor bias_tensor() const override { return bias; }
   void store_weight(const at::Tensor & w) override;
   void store_bias(const at::Tensor & b) override;

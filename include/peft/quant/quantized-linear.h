@@ -42,6 +42,7 @@ class Linear4bit : public QuantizedLinear {
   int64_t out_features() const override { return q_.shape[0]; }
   at::Tensor apply_weight(const at::Tensor & x) override;
   at::Tensor dense_weight() const override { return dequantize_4bit(q_); }
+  at::TensorOptions dense_options() const override { return q_.packed.options().dtype(at::kFloat); }
   void store_weight(const at::Tensor & w) override;
   LayerPtr clone_layer() const override;
   void export_tensors(const std::string & prefix, std::map<std::string, at::Tensor> & out) const override;
@@ -62,6 +63,7 @@ class Linear8bit : public QuantizedLinear {
   int64_t out_features() const override { return q_.CB.size(0); }
   at::Tensor apply_weight(const at::Tensor & x) override;
   at::Tensor dense_weight() const override { return dequantize_int8(q_); }
+  at::TensorOptions dense_options() const override { return q_.CB.options().dtype(at::kFloat); }
   void store_weight(const at::Tensor & w) override;
   LayerPtr clone_layer() const override;
   void export_tensors(const std::string & prefix, std::map<std::string, at::Tensor> & out) const override;

@@ -221,7 +221,7 @@ LinearBase & LoraLinear::linear() const { return static_cast<LinearBase &>(*base
 
 void LoraLinear::add_adapter(const std::string & name, const LoraSettings & s) {
   const int64_t in = linear().in_features(), out = linear().out_features();
-  const auto opts = linear().dense_weight().options();
+  const auto opts = linear().dense_options();  // (not dense_weight(): a quantized base would dequantize)
   check_memory_for(static_cast<uint64_t>(s.r) * static_cast<uint64_t>(in + out) * 4,
                    str("LoRA adapter '", name, "' (r=", s.r, ", ", out, "x", in, " layer)"));
   at::Tensor A, B, bB;
