@@ -1,12 +1,13 @@
 #!/bin/bash
 # Training memory at a real model shape: the peak resident memory of one LoRA step (r 16 on every Linear,
-# batch 1 x TOKENS) plain, with --gradient-checkpointing, with --chunked-loss and with both, on random
+# batch 1 x TOKENS) plain, with --gradient-checkpointing, with --chunked-loss and with both (eager; and the
+# last two compiled), on random
 # weights of Llama-3.2-1B's shape (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocab 128256, tied).
 # peak_rss_mb in the log is the peak since training started (loading's peak left out); the step's memory
 # beyond the model = that peak minus the same run's on 8 tokens (weights, the mapped checkpoint and the
 # rest are the same in both). Each 1024-token step takes minutes on 2 cores.
 #
-# usage: bench/train-memory.sh [MODEL_DIR] [TOKENS]      (defaults: /tmp/peft-llama1b, 1024)
+# usage: [ROWS="a;b"] bench/train-memory.sh [MODEL_DIR] [TOKENS]      (defaults: /tmp/peft-llama1b, 1024; every row)
 # The model folder is made once by ../shared/tools/llamacpp/make_models.py (float32 safetensors, ~5 GB; Debian's
 # /usr/bin/python3 with numpy: apt-get install python3-numpy).
 set -euo pipefail
@@ -43,8 +44,12 @@ printf "%-36s %12s %14s\n" "run" "peak MB" "step MB"
 printf "%-36s %12.0f %14s\n" "8 tokens (the model alone)" "$base" "-"
 plain=""
 for v in "plain|" "gradient checkpointing|--gradient-checkpointing" "chunked loss|--chunked-loss" \
-         "both|--gradient-checkpointing --chunked-loss"; do
+         "both|--gradient-checkpointing --chunked-loss" \
+         "compiled, gradient checkpointing|--gradient-checkpointing --compile" \
+         "compiled, both|--gradient-checkpointing --chunked-loss --compile"; do
   name="${v%%|*}"; flags="${v#*|}"
+  # ROWS="both;compiled, both" (names, ";"-separated) runs only those rows (plain always runs: the ratios)
+  if [ -n "${ROWS:-}" ] && [ "$name" != plain ] && [[ ";$ROWS;" != *";$name;"* ]]; then continue; fi
   peak=$(run "r$RANDOM" "$tokens" "$flags")
   step=$(python3 -c "print(round($peak - $base))")
   if [ -z "$plain" ]; then

@@ -12,7 +12,8 @@ void add(std::vector<InputSignature> & v, const char * role, const at::Tensor & 
 }
 
 std::string mode_of(const CompileKey & k) {
-  return std::string(k.training ? "train" : "eval") + (k.grad ? ",grad," : ",no_grad,") + c10::toString(k.dtype);
+  return std::string(k.training ? "train" : "eval") + (k.grad ? ",grad," : ",no_grad,") +
+         (k.checkpointing ? "checkpointed," : "") + c10::toString(k.dtype);
 }
 
 std::string inputs_of(const CompileKey & k) {
@@ -47,12 +48,13 @@ CompileKey call_key(const CausalLM & model, const PeftInput & in) {
   }
   add(k.inputs, "mixed", in.adapter_rows);
   k.hidden = in.hidden_states;
+  k.checkpointing = k.training && k.grad && model.gradient_checkpointing();
   return k;
 }
 
 std::string CompileKey::diff(const CompileKey & before) const {
   if (adapters != before.adapters) return "adapter state changed: " + adapters.diff(before.adapters);
-  if (training != before.training || grad != before.grad || dtype != before.dtype) {
+  if (training != before.training || grad != before.grad || dtype != before.dtype || checkpointing != before.checkpointing) {
     return "mode changed: " + mode_of(before) + " -> " + mode_of(*this);
   }
   if (inputs != before.inputs || cache_layers != before.cache_layers) {

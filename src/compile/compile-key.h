@@ -32,6 +32,7 @@ struct CompileKey {
   std::vector<InputSignature> inputs;  // ids, mask, positions, cache slots and layers, mixed-batch routing
   size_t cache_layers = 0;             // KV cache layers (0: no cache)
   bool hidden = false;                 // the graph ends at the final hidden states (ForwardInput::hidden_states)
+  bool checkpointing = false;          // training with autograd under gradient checkpointing: layers are nodes
 
   bool operator==(const CompileKey & o) const {
     return same_call(o) && adapters == o.adapters;
@@ -39,7 +40,7 @@ struct CompileKey {
   /// Equal apart from the adapter state (the fast path checks that through PeftModel::version()).
   bool same_call(const CompileKey & o) const {
     return training == o.training && grad == o.grad && dtype == o.dtype && inputs == o.inputs &&
-           cache_layers == o.cache_layers && hidden == o.hidden;
+           cache_layers == o.cache_layers && hidden == o.hidden && checkpointing == o.checkpointing;
   }
   /// "field: old -> new" for the first field that differs from `before` ("" when equal).
   std::string diff(const CompileKey & before) const;

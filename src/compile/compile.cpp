@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <list>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -13,6 +14,7 @@
 #include "passes/passes.h"
 #include "peft/compile/compile.h"
 #include "peft/error.h"
+#include "peft/model/checkpoint.h"
 #include "peft/peft-model.h"
 
 namespace peft {
@@ -53,7 +55,11 @@ struct CompiledModel::Impl {
     CausalLM & m = model();
     PeftLogitsFn body = peft ? PeftLogitsFn([this](const PeftInput & f) { return peft->forward_unchecked(f); })
                              : PeftLogitsFn([&m](const PeftInput & f) { return m.forward_unchecked(f); });
+    // a checkpointed model that trains: each decoder layer becomes one recomputable node (peft::checkpointed)
+    std::optional<CheckpointCapture> layers;
+    if (k.checkpointing) layers.emplace();
     auto p = std::make_shared<Program>(compile_detail::capture(m, body, in, layout));
+    if (layers) p->kept = std::move(layers->functions);
     compile_detail::run_passes(*p, opts, !at::GradMode::is_enabled());
     p->finalize();
     if (log_graphs) {
@@ -79,9 +85,6 @@ struct CompiledModel::Impl {
     CausalLM & m = model();
     if (peft) peft->validate(in_);
     else m.validate(in_);
-    PEFT_CHECK(!(m.gradient_checkpointing() && m.is_training() && at::GradMode::is_enabled()),
-               "gradient checkpointing is not captured by compile yet (the graph would keep every activation): ",
-               "train the eager model with it, or turn it off");
     PeftInput in = in_;
     if (!in.adapter_names.empty()) {
       PEFT_CHECK(peft != nullptr, "adapter_names given to a compiled model without adapters");

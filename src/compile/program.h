@@ -24,6 +24,7 @@ struct Program {
   size_t n_runtime = 0;             // graph inputs [0, n_runtime) are filled per call
   std::vector<at::Tensor> sources;  // graph inputs [n_runtime, n_runtime + sources.size())
   std::vector<Derived> derived;     // the inputs after those
+  std::vector<std::shared_ptr<void>> kept;  // what nodes run besides ops (checkpointed layers' functions)
   std::map<std::string, size_t> pass_counts;
   double compile_ms = 0;
   size_t calls = 0;

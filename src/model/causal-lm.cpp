@@ -177,9 +177,41 @@ at::Tensor CausalLM::forward_unchecked(const ForwardInput & in) {
   return in.hidden_states ? hidden : logits(hidden);
 }
 
-at::Tensor CausalLM::decoder_layer(const at::Tensor & h, std::function<at::Tensor(const at::Tensor &)> layer) {
-  if (!gradient_checkpointing_ || !is_training() || !at::GradMode::is_enabled()) return layer(h);
-  return checkpoint(h, std::move(layer));
+namespace {
+
+// A layer's per-call tensors as a list (the defined ones, in a fixed order) and back: a graph node's inputs
+constexpr int kLayerTensors = 6;
+at::Tensor * layer_tensor(LayerArgs & a, int i) {
+  at::Tensor * t[kLayerTensors] = {&a.ctx.mask, &a.ctx.window_mask, &a.ctx.position_ids, &a.ctx.cache_position, &a.cos, &a.sin};
+  return t[i];
+}
+
+}  // namespace
+
+at::Tensor CausalLM::decoder_layer(const at::Tensor & h, const LayerArgs & args, LayerFn layer) {
+  if (!gradient_checkpointing_ || !is_training()) return layer(h, args);
+  // a graph being captured for calls that record autograd (the capture runs without), or an eager call that does
+  const bool capturing = CheckpointCapture::current() != nullptr;
+  if (!capturing && !at::GradMode::is_enabled()) return layer(h, args);
+  PEFT_CHECK(args.ctx.cache == nullptr,
+             "gradient checkpointing with a KV cache (prefix tuning's prefix) is not supported: train without it");
+  if (!capturing) return checkpoint(h, [args, layer = std::move(layer)](const at::Tensor & x) { return layer(x, args); });
+  LayerArgs a = args;
+  std::vector<at::Tensor> list;
+  std::vector<int> present;
+  for (int i = 0; i < kLayerTensors; ++i) {
+    at::Tensor * t = layer_tensor(a, i);
+    if (t->defined()) {
+      list.push_back(*t);
+      present.push_back(i);
+      *t = at::Tensor();  // (the node's inputs, not these, are what a replay reads)
+    }
+  }
+  return checkpoint_node(h, list, [a, present, layer = std::move(layer)](const at::Tensor & x, const std::vector<at::Tensor> & t) {
+    LayerArgs now = a;
+    for (size_t i = 0; i < present.size(); ++i) *layer_tensor(now, present[i]) = t[i];
+    return layer(x, now);
+  });
 }
 
 at::Tensor CausalLM::logits(const at::Tensor & hidden) {

@@ -1,6 +1,9 @@
 #include "peft/model/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>  // at::GradMode (ATen/ATen.h brings it in 1.13, not in 2.x)
+#include <torch/library.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -71,5 +74,53 @@ at::Tensor checkpoint(const at::Tensor & x, CheckpointFn fn) {
   torch::autograd::set_history(out, node);
   return out;
 }
+
+// ---- checkpointed functions as graph nodes ----
+
+namespace {
+
+thread_local CheckpointCapture * capture_now = nullptr;
+
+// A function a graph node runs; the node holds its address as an integer constant (valid while the
+// program that owns it lives: the graph is only run by that program).
+struct NodeFunction : std::enable_shared_from_this<NodeFunction> {
+  CheckpointArgsFn fn;
+};
+
+NodeFunction & node_function(int64_t address) { return *reinterpret_cast<NodeFunction *>(static_cast<intptr_t>(address)); }
+
+at::Tensor checkpointed_plain(const at::Tensor & x, at::TensorList args, int64_t fn) {
+  return node_function(fn).fn(x, args.vec());
+}
+
+at::Tensor checkpointed_autograd(const at::Tensor & x, at::TensorList args, int64_t fn) {
+  if (!at::GradMode::is_enabled()) return checkpointed_plain(x, args, fn);
+  // (the backward pass owns the function too: it runs after the forward, perhaps after the program went)
+  return checkpoint(x, [f = node_function(fn).shared_from_this(), a = args.vec()](const at::Tensor & y) { return f->fn(y, a); });
+}
+
+}  // namespace
+
+CheckpointCapture::CheckpointCapture() : outer_(capture_now) { capture_now = this; }
+CheckpointCapture::~CheckpointCapture() { capture_now = outer_; }
+CheckpointCapture * CheckpointCapture::current() { return capture_now; }
+
+at::Tensor checkpoint_node(const at::Tensor & x, const std::vector<at::Tensor> & args, CheckpointArgsFn fn) {
+  CheckpointCapture * c = CheckpointCapture::current();
+  TORCH_CHECK(c != nullptr, "checkpoint_node: no graph capture on this thread");
+  auto f = std::make_shared<NodeFunction>();
+  f->fn = std::move(fn);
+  c->functions.push_back(f);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("peft::checkpointed", "")
+                       .typed<at::Tensor(const at::Tensor &, at::TensorList, int64_t)>();
+  return op.call(x, args, static_cast<int64_t>(reinterpret_cast<intptr_t>(f.get())));
+}
+
+TORCH_LIBRARY_FRAGMENT(peft, m) { m.def("checkpointed(Tensor x, Tensor[] args, int fn) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(peft, CompositeExplicitAutograd, m) { m.impl("checkpointed", &checkpointed_plain); }
+
+TORCH_LIBRARY_IMPL(peft, Autograd, m) { m.impl("checkpointed", &checkpointed_autograd); }
 
 }  // namespace peft

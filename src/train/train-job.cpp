@@ -169,8 +169,8 @@ TrainJob::TrainJob(TrainJobConfig config, FieldNamer namer) : config_(std::move(
                       " must be in [0, 1)");
   }
   quant::check_options(c.model.quantize, [&](const std::string & f) { return name("model.quantize." + f); });
-  PEFT_CHECK_OPTION(c.model.dtype == at::kFloat || c.model.dtype == at::kBFloat16, n("model.dtype"),
-                    " must be float32 or bfloat16, got ", c.model.dtype);
+  PEFT_CHECK_OPTION(c.model.dtype == at::kFloat || c.model.dtype == at::kBFloat16 || c.model.dtype == at::kHalf,
+                    n("model.dtype"), " must be float32, bfloat16 or float16, got ", c.model.dtype);
   check_train_options(t, [&](const std::string & f) { return name("train." + f); });
   PEFT_CHECK_OPTION(c.data.eval_split >= 0 && c.data.eval_split < 1, n("data.eval_split"), " must be in [0, 1)");
   PEFT_CHECK_OPTION(c.data.eval_split == 0 || c.data.eval.empty(), "give ", n("data.eval"), " or ", n("data.eval_split"),
@@ -180,9 +180,6 @@ TrainJob::TrainJob(TrainJobConfig config, FieldNamer namer) : config_(std::move(
                     field_names(namer_, {"train.eval_steps", "train.eval_on_start"}), " need ", n("data.eval"), " or ",
                     n("data.eval_split"));
   PEFT_CHECK_OPTION(c.data.max_length >= 0, n("data.max_length"), " must be >= 0 (0: the model's positions)");
-  PEFT_CHECK_OPTION(!(c.compile && c.gradient_checkpointing), n("gradient_checkpointing"), " with ", n("compile"),
-                    ": the compiled training graph does not recompute layers yet (it would keep every activation); "
-                    "train with one of them");
   PEFT_CHECK_OPTION(!(c.output.no_plot && !c.output.plot.empty()), "give ", n("output.plot"), " or ", n("output.no_plot"),
                     ", not both");
   PEFT_CHECK_OPTION(c.dist.timeout_s > 0, n("dist.timeout_s"), " must be > 0");

@@ -1,7 +1,8 @@
 // Gradient checkpointing (issue 23, training memory): each decoder layer keeps only its input and runs
 // again in the backward pass. The gradients equal a run without it (dropout included: the recomputation
-// draws the same numbers) on every architecture; `peft train --gradient-checkpointing` gives the plain
-// run's steps; with --compile it is refused, naming both.
+// draws the same numbers) on every architecture, eager and compiled (each layer one peft::checkpointed
+// node of the captured graph); `peft train --gradient-checkpointing` gives the plain run's steps, with
+// --compile too.
 #include "peft/compile/compile.h"
 #include "peft/model/checkpoint.h"
 #include "peft/peft-model.h"
@@ -13,10 +14,10 @@ using namespace peft::test;
 
 namespace {
 
-std::vector<at::Tensor> grads_of(PeftModel & m, const at::Tensor & ids, uint64_t seed) {
+std::vector<at::Tensor> grads_of(PeftModel & m, const at::Tensor & ids, uint64_t seed, CompiledModel * c = nullptr) {
   for (auto p : m.trainable_parameters()) p.mutable_grad() = at::Tensor();
   at::manual_seed(seed);  // the same dropout masks for both runs
-  causal_lm_loss(m.forward({ids}), ids).backward();
+  causal_lm_loss(c ? c->forward({ids}) : m.forward({ids}), ids).backward();
   std::vector<at::Tensor> g;
   for (const auto & p : m.trainable_parameters()) g.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
   return g;
@@ -48,6 +49,22 @@ TEST(GradientCheckpointing, GradientsEqualWithoutItOnEveryArchitecture) {
       if (want[i].abs().max().item<double>() > 0) ++nonzero;
     }
     EXPECT_EQ(nonzero, want.size()) << name << ": every adapter tensor, the first layer's too, gets a gradient";
+    // compiled: the captured graph holds each decoder layer as one recomputable node
+    auto c = compile(*m);
+    const auto comp = grads_of(*m, ids, 17, &c);
+    const int64_t layers = m->base_model().config().num_layers;
+    EXPECT_EQ(c.last_graph_ops()["peft::checkpointed"], static_cast<size_t>(layers)) << name << "\n" << c.last_graph();
+    ASSERT_EQ(comp.size(), want.size()) << name;
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_TRUE(comp[i].defined()) << name << " " << i;
+      EXPECT_TRUE(all_close(comp[i], want[i], 1e-6, 1e-5)) << name << ": compiled gradient " << i;
+    }
+    // turned off, the same compiled model captures the layers inline again (a new graph, not the old one)
+    m->base_model().set_gradient_checkpointing(false);
+    const auto off = grads_of(*m, ids, 17, &c);
+    EXPECT_EQ(c.last_graph_ops().count("peft::checkpointed"), 0u) << name;
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(all_close(off[i], want[i], 1e-6, 1e-5)) << name << " " << i;
+    m->base_model().set_gradient_checkpointing(true);
     // inference is untouched: eval mode or no autograd runs the layers plainly
     m->train(false);
     at::NoGradGuard g;
@@ -79,7 +96,7 @@ TEST(GradientCheckpointing, CheckpointRecomputesWithTheSameRandomNumbers) {
   EXPECT_THROW(out.sum().backward(), std::exception);
 }
 
-TEST(GradientCheckpointing, CliRunEqualsThePlainRunAndCompileIsRefused) {
+TEST(GradientCheckpointing, CliRunEqualsThePlainRunEagerAndCompiled) {
   const std::string dir = temp_dir("grad-ckpt");
   const std::string data = make_text(dir);
   const std::string common = "train --model " + golden_model("tiny-llama") +
@@ -92,25 +109,35 @@ TEST(GradientCheckpointing, CliRunEqualsThePlainRunAndCompileIsRefused) {
     return read_jsonl(dir + "/" + tag + ".jsonl");
   };
   const auto plain = run("plain", ""), ckpt = run("ckpt", "--gradient-checkpointing"),
-             both = run("both", "--gradient-checkpointing --chunked-loss");
+             both = run("both", "--gradient-checkpointing --chunked-loss"),
+             comp = run("comp", "--gradient-checkpointing --compile");
   ASSERT_EQ(plain.size(), 3u);
   ASSERT_EQ(ckpt.size(), 3u);
   ASSERT_EQ(both.size(), 3u);
+  ASSERT_EQ(comp.size(), 3u);
   for (size_t i = 0; i < plain.size(); ++i) {
     EXPECT_NEAR(ckpt[i]["loss"].get<double>(), plain[i]["loss"].get<double>(), 1e-5) << i;
     EXPECT_NEAR(ckpt[i]["grad_norm"].get<double>(), plain[i]["grad_norm"].get<double>(), 1e-5) << i;
     EXPECT_NEAR(both[i]["loss"].get<double>(), plain[i]["loss"].get<double>(), 1e-5) << i;
+    EXPECT_NEAR(comp[i]["loss"].get<double>(), plain[i]["loss"].get<double>(), 1e-5) << i;
+    EXPECT_NEAR(comp[i]["grad_norm"].get<double>(), plain[i]["grad_norm"].get<double>(), 1e-5) << i;
   }
-  std::string out;
-  EXPECT_NE(run_cli(common + " --gradient-checkpointing --compile --log-file " + dir + "/x.jsonl --out " + dir + "/x", &out), 0);
-  EXPECT_NE(out.find("--gradient-checkpointing with --compile"), std::string::npos) << out;
-  // the library refuses it too (a C++ caller compiling a checkpointed model for training)
-  auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama")), golden_case("lora") + "/adapter", "default", true);
-  m->train();
-  m->base_model().set_gradient_checkpointing(true);
-  auto c = compile(*m);
-  EXPECT_NE(error_of([&] { c.forward({golden_ids("lora")}); }).find("gradient checkpointing"), std::string::npos);
-  at::NoGradGuard g;  // (inference through the compiled model is fine)
-  m->train(false);
-  EXPECT_EQ(error_of([&] { c.forward({golden_ids("lora")}); }), "");
+}
+
+// what checkpointing cannot recompute is refused by name: prefix tuning's cache (mixed-adapter batches
+// are refused in training mode already)
+TEST(GradientCheckpointing, PrefixTuningIsRefused) {
+  auto base = load_model(golden_model("tiny-llama"));
+  const at::Tensor ids = at::randint(base->config().vocab_size, {2, 5}, at::kLong);
+  base->set_gradient_checkpointing(true);
+  {
+    auto m = std::make_shared<PeftModel>(base, AdapterConfig::from_json({{"peft_type", "PREFIX_TUNING"},
+                                                                        {"task_type", "CAUSAL_LM"},
+                                                                        {"num_virtual_tokens", 3}},
+                                                                       "config"));
+    m->train();
+    EXPECT_NE(error_of([&] { m->forward({ids}); }).find("prefix tuning"), std::string::npos);
+    auto c = compile(*m);
+    EXPECT_NE(error_of([&] { c.forward({ids}); }).find("prefix tuning"), std::string::npos);
+  }
 }

@@ -63,6 +63,14 @@ struct AttentionContext {
   KVCache * cache = nullptr;
 };
 
+/// What a decoder layer reads besides its input: the attention context and, with rotary positions, the
+/// layer's cos/sin tables (undefined otherwise).
+struct LayerArgs {
+  AttentionContext ctx;
+  at::Tensor cos, sin;
+};
+using LayerFn = std::function<at::Tensor(const at::Tensor & h, const LayerArgs & args)>;
+
 class CausalLM : public Module {
  public:
   explicit CausalLM(ModelConfig cfg) : config_(std::move(cfg)) {}
@@ -99,9 +107,10 @@ class CausalLM : public Module {
   /// The decoder: `embeds` (the input embedding's output for the ids, or ForwardInput::inputs_embeds,
   /// (B, S, D)) to the final hidden states (B, S, D), after the last norm; logits() is the head.
   virtual at::Tensor forward_hidden(const at::Tensor & embeds, const AttentionContext & ctx) = 0;
-  /// One decoder layer, `layer(h)`: checkpointed when gradient checkpointing is on, the model trains and
-  /// autograd records (`layer` then runs again in the backward pass: it must capture by value).
-  at::Tensor decoder_layer(const at::Tensor & h, std::function<at::Tensor(const at::Tensor &)> layer);
+  /// One decoder layer, `layer(h, args)`: checkpointed when gradient checkpointing is on, the model trains
+  /// and autograd records (`layer` then runs again in the backward pass: it must capture by value, and
+  /// read the per-call tensors from `args`: a captured graph hands it that call's).
+  at::Tensor decoder_layer(const at::Tensor & h, const LayerArgs & args, LayerFn layer);
   ModelConfig config_;
   bool gradient_checkpointing_ = false;
 };

@@ -136,8 +136,9 @@ class GemmaForCausalLM : public CausalLM {
     }
     for (size_t i = 0; i < model->layers->size(); ++i) {
       const bool sliding = config_.layer_slides(static_cast<int64_t>(i));
-      h = decoder_layer(h, [l = model->layers->at<GemmaDecoderLayer>(i), ctx, cs = sliding ? local : global](const at::Tensor & x) {
-        return l->forward(x, ctx, cs);
+      const auto & cs = sliding ? local : global;
+      h = decoder_layer(h, {ctx, cs.first, cs.second}, [l = model->layers->at<GemmaDecoderLayer>(i)](const at::Tensor & x, const LayerArgs & a) {
+        return l->forward(x, a.ctx, {a.cos, a.sin});
       });
     }
     return model->norm->forward(h);  // (the head's final_logit_softcapping: CausalLM::logits)

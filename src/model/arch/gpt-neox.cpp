@@ -101,8 +101,8 @@ class GPTNeoXForCausalLM : public CausalLM {
     at::Tensor h = embeds;
     const auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
     for (size_t i = 0; i < m.layers->size(); ++i) {
-      h = decoder_layer(h, [l = m.layers->at<GPTNeoXLayer>(i), ctx, cs](const at::Tensor & x) {
-        return l->forward(x, ctx, cs.first, cs.second);
+      h = decoder_layer(h, {ctx, cs.first, cs.second}, [l = m.layers->at<GPTNeoXLayer>(i)](const at::Tensor & x, const LayerArgs & a) {
+        return l->forward(x, a.ctx, a.cos, a.sin);
       });
     }
     return m.final_layer_norm->forward(h);

@@ -99,7 +99,9 @@ class GPT2LMHeadModel : public CausalLM {
     auto & t = *transformer;
     at::Tensor x = embeds + t.wpe->forward(ctx.position_ids);
     for (size_t i = 0; i < t.h->size(); ++i) {
-      x = decoder_layer(x, [l = t.h->at<GPT2Block>(i), ctx](const at::Tensor & y) { return l->forward(y, ctx); });
+      x = decoder_layer(x, {ctx}, [l = t.h->at<GPT2Block>(i)](const at::Tensor & y, const LayerArgs & a) {
+        return l->forward(y, a.ctx);
+      });
     }
     return t.ln_f->forward(x);
   }

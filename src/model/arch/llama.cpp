@@ -148,8 +148,8 @@ class LlamaForCausalLM : public CausalLM {
     at::Tensor h = embeds;
     auto cs = blocks::rope_cos_sin(ctx.position_ids, config_, h.scalar_type());
     for (size_t i = 0; i < model->layers->size(); ++i) {
-      h = decoder_layer(h, [l = model->layers->at<LlamaDecoderLayer>(i), ctx, cs](const at::Tensor & x) {
-        return l->forward(x, ctx, cs.first, cs.second);
+      h = decoder_layer(h, {ctx, cs.first, cs.second}, [l = model->layers->at<LlamaDecoderLayer>(i)](const at::Tensor & x, const LayerArgs & a) {
+        return l->forward(x, a.ctx, a.cos, a.sin);
       });
     }
     return model->norm->forward(h);

@@ -114,7 +114,9 @@ class OPTForCausalLM : public CausalLM {
     if (d.project_in) h = d.project_in->forward(h);
     h = h + d.embed_positions->forward(ctx.position_ids + kPositionOffset);
     for (size_t i = 0; i < d.layers->size(); ++i) {
-      h = decoder_layer(h, [l = d.layers->at<OPTDecoderLayer>(i), ctx](const at::Tensor & x) { return l->forward(x, ctx); });
+      h = decoder_layer(h, {ctx}, [l = d.layers->at<OPTDecoderLayer>(i)](const at::Tensor & x, const LayerArgs & a) {
+        return l->forward(x, a.ctx);
+      });
     }
     if (d.final_layer_norm) h = d.final_layer_norm->forward(h);
     if (d.project_out) h = d.project_out->forward(h);
