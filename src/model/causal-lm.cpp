@@ -330,9 +330,28 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, at::ScalarType dty
   return load_model(dir, o);
 }
 
+namespace {
+
+// float16 weights: the Linear layers' weights (not a tied head's: that is the embedding) become float16,
+// uninitialised; they compute in float32 (peft::linear_16bit widens them in registers), like the rest of
+// the model, which stays float32 (LibTorch 1.13's CPU kernels have no float16 softmax, SiLU or matmul)
+void linear_weights_to(CausalLM & model, at::ScalarType t) {
+  std::set<const void *> embedding;
+  for (const auto & p : model.input_embedding()->parameters(true)) embedding.insert(p.unsafeGetTensorImpl());
+  for (const auto & kv : named_modules(model.shared_from_this())) {
+    auto * l = dynamic_cast<Linear *>(kv.second.get());
+    if (!l || embedding.count(l->weight.unsafeGetTensorImpl())) continue;
+    l->weight.set_data(at::empty(l->weight.sizes(), l->weight.options().dtype(t)));
+  }
+}
+
+}  // namespace
+
 std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions & o) {
-  const at::ScalarType dtype = o.dtype;
-  PEFT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "load_model: dtype must be float32 or bfloat16");
+  PEFT_CHECK(o.dtype == at::kFloat || o.dtype == at::kBFloat16 || o.dtype == at::kHalf,
+             "load_model: dtype must be float32, bfloat16 or float16");
+  // float16: the Linear weights only (linear_weights_to); the model's dtype is float32
+  const at::ScalarType dtype = o.dtype == at::kHalf ? at::kFloat : o.dtype;
   ModelConfig cfg = ModelConfig::load(dir);
   // a checkpoint saved quantized says so in config.json; its layers load as they were saved
   quant::QuantOptions qopts = o.quantize;
@@ -373,6 +392,7 @@ std::shared_ptr<CausalLM> load_model(const std::string & dir, const LoadOptions 
       if (p.is_floating_point() && p.scalar_type() != dtype) p.set_data(at::empty(p.sizes(), p.options().dtype(dtype)));
     }
     model->to(dtype);
+    if (o.dtype == at::kHalf) linear_weights_to(*model, at::kHalf);
   }
   quant::load_tied_quantized(*model, ck.tensors, qopts, ck.source);  // (a tied head not skipped: one matrix)
   quant::load_quantized(model, ck.tensors, qopts, ck.source);

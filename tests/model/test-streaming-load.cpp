@@ -328,7 +328,12 @@ TEST(StreamingLoad, InfoShowsTheResidentSizePerDtype) {
   EXPECT_NE(out.find("resident:     bfloat16 "), std::string::npos) << out;
   EXPECT_NE(out.find(", nf4 "), std::string::npos) << out;
   EXPECT_NE(out.find("of anonymous memory (process peak "), std::string::npos) << out;
-  EXPECT_NE(run_cli("info --model " + dir + " --dtype float16", &out), 0) << out;
+  // float16: the Linear weights float16, the rest (embedding, norms) float32
+  ASSERT_EQ(run_cli("info --model " + dir + " --dtype float16", &out), 0) << out;
+  EXPECT_NE(out.find("(loaded as float16)"), std::string::npos) << out;
+  EXPECT_NE(out.find("float16 "), std::string::npos) << out;
+  EXPECT_NE(out.find("float32 "), std::string::npos) << out;
+  EXPECT_NE(run_cli("info --model " + dir + " --dtype float64", &out), 0) << out;
 }
 
 // ---- bad checkpoints: errors name the file or the tensor ----

@@ -1,11 +1,14 @@
 // bfloat16 base weights with float32 adapters (issue 23): upstream PEFT on the same bfloat16 base (gen_bf16.py's
 // cases) within bfloat16's tolerance, eager and compiled; every tuner's adapter stays float32 and trains on a
-// bfloat16 base; the CLI's --dtype (train, generate and serve with its adapter, info, merge; f16 refused, auto from config.json).
+// bfloat16 base; the CLI's --dtype (train, generate and serve with its adapter, info, merge; auto from config.json).
+// float16 weights (the Linear weights only, computed in float32): equal to the float32 model of the same rounded
+// weights, eager and compiled, adapters and their gradients too; every method trains on them.
 #include <fstream>
 
 #include "peft/compile/compile.h"
 #include "peft/io/files.h"
 #include "peft/io/safetensors.h"
+#include "peft/nn/layers.h"
 #include "peft/peft-model.h"
 #include "peft/train/loss.h"
 #include "peft/train/trainer.h"
@@ -128,9 +131,85 @@ TEST(Bf16Golden, LoraAdamWStepsEagerAndCompiled) {
   }
 }
 
-// Every method's adapter on a bfloat16 base: float32 tensors, a forward close to its float32 golden logits, and a
-// training step whose gradients are float32 and finite.
+// ---- float16 weights ----
+
+// the float32 model whose Linear weights went through float16 (what a float16 checkpoint holds), and the same
+// model loaded with float16 Linear weights
+std::shared_ptr<CausalLM> rounded_f32(const std::string & model) {
+  auto m = load_model(model);
+  at::NoGradGuard g;
+  const at::Tensor embedding = m->input_embedding()->parameters(true).front();
+  for (const auto & kv : named_modules(m)) {
+    auto * l = dynamic_cast<Linear *>(kv.second.get());
+    if (l && !l->weight.is_same(embedding)) l->weight.copy_(l->weight.to(at::kHalf).to(at::kFloat));  // (a tied head stays)
+  }
+  return m;
+}
+
+TEST(F16Weights, EqualTheFloat32ModelOfTheRoundedWeights) {
+  for (const char * name : {"tiny-llama", "tiny-opt", "tiny-gemma2"}) {
+    SCOPED_TRACE(name);
+    auto half = load_model(golden_model(name), at::kHalf);
+    auto ref = rounded_f32(golden_model(name));
+    size_t n16 = 0;
+    for (const auto & kv : named_modules(half)) {
+      auto * l = dynamic_cast<Linear *>(kv.second.get());
+      if (!l) continue;
+      const bool tied = l->weight.is_same(half->input_embedding()->parameters(true).front());
+      EXPECT_EQ(l->weight.scalar_type(), tied ? at::kFloat : at::kHalf) << kv.first;
+      n16 += !tied;
+    }
+    EXPECT_GT(n16, 0u);
+    EXPECT_EQ(half->options().dtype(), at::kFloat);  // activations, caches and norms: float32
+    const at::Tensor ids = at::randint(half->config().vocab_size, {2, 9}, at::kLong);
+    at::Tensor want;
+    {
+      at::NoGradGuard g;
+      want = ref->forward({ids});
+      const at::Tensor got = half->forward({ids});
+      EXPECT_EQ(got.scalar_type(), at::kFloat);
+      EXPECT_TRUE(all_close(got, want, 1e-5, 1e-4));
+      auto c = compile(half);
+      EXPECT_TRUE(all_close(c.forward({ids}), got, 1e-5, 1e-4));
+    }
+    // a LoRA on each trains as on the float32 one: the same loss and gradients, eager and compiled
+    auto cfg = AdapterConfig::from_json(
+        {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"init_lora_weights", false}, {"target_modules", "all-linear"}},
+        "config");
+    at::manual_seed(5);
+    PeftModel a(ref, cfg);
+    at::manual_seed(5);
+    PeftModel b(half, cfg);
+    a.train();
+    b.train();
+    causal_lm_loss(a.forward({ids}), ids).backward();
+    auto cb = compile(b);
+    for (bool compiled : {false, true}) {
+      for (auto p : b.trainable_parameters()) p.mutable_grad() = at::Tensor();
+      at::Tensor loss = causal_lm_loss(compiled ? cb.forward({ids}) : b.forward({ids}), ids);
+      loss.backward();
+      const auto pa = a.trainable_parameters(), pb = b.trainable_parameters();
+      ASSERT_EQ(pa.size(), pb.size());
+      for (size_t i = 0; i < pa.size(); ++i) {
+        EXPECT_EQ(pb[i].scalar_type(), at::kFloat);
+        ASSERT_TRUE(pb[i].grad().defined()) << i;
+        EXPECT_TRUE(all_close(pb[i].grad(), pa[i].grad(), 1e-5, 1e-3)) << (compiled ? "compiled " : "eager ") << i;
+      }
+    }
+    // merged into the float16 weights and unloaded: the float32 merge, rounded once more
+    at::NoGradGuard g;
+    b.train(false);
+    a.train(false);
+    const at::Tensor merged = b.merge_and_unload()->forward({ids});
+    EXPECT_TRUE(all_close(merged, a.merge_and_unload()->forward({ids}), 2e-2, 2e-2));
+  }
+}
+
+// Every method's adapter on a bfloat16 base and on float16 weights: float32 tensors, a forward close to its float32
+// golden logits, and a training step whose gradients are float32 and finite.
 TEST(Bf16Tuners, EveryMethodIsFloat32AndTrains) {
+  for (const at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+  SCOPED_TRACE(c10::toString(dtype));
   for (const char * c : {"lora", "dora", "lora_embedding", "lora_modules_to_save", "adalora", "boft", "ia3", "ln_tuning",
                          "loha", "lokr", "oft", "vera", "hra", "fourierft", "miss", "delora", "randlora", "road", "trainable_tokens",
                          "shira", "vblora", "lora_tokens", "prompt_tuning", "prefix_tuning"}) {
@@ -138,7 +217,8 @@ TEST(Bf16Tuners, EveryMethodIsFloat32AndTrains) {
     if (!exists(golden_case(c) + "/adapter")) continue;
     std::string model = nlohmann::json::parse(read_file(golden_case(c) + "/case.json"))["model"];
     if (model != "models/tiny-llama" && model != "tiny-llama") continue;
-    auto m = bf16_model(c, /*trainable=*/true);
+    auto m = PeftModel::from_pretrained(load_model(golden_model("tiny-llama"), dtype), golden_case(c) + "/adapter",
+                                        "default", /*trainable=*/true);
     for (const auto & p : m->trainable_parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
     at::Tensor ids = golden_ids(c);
     {
@@ -155,6 +235,7 @@ TEST(Bf16Tuners, EveryMethodIsFloat32AndTrains) {
       EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
       EXPECT_TRUE(p.grad().isfinite().all().item<bool>());
     }
+  }
   }
 }
 
@@ -217,11 +298,9 @@ TEST(Bf16Cli, TrainSavesAFloat32AdapterThatGenerateUses) {
 
 TEST(Bf16Cli, DtypeChoices) {
   std::string out;
-  // float16: no CPU kernels in LibTorch 1.13; the message names the flag and the way out
-  EXPECT_NE(run_cli("forward --model " + golden_model("tiny-llama") + " --dtype f16 --input-ids x.json --out y", &out), 0);
-  EXPECT_NE(out.find("--dtype f16"), std::string::npos) << out;
-  EXPECT_NE(out.find("--dtype bf16"), std::string::npos) << out;
-  EXPECT_NE(run_cli("train --model " + golden_model("tiny-llama") + " --dtype half --data x --log-file l --out o", &out), 0);
+  // float16: the Linear weights as float16, the rest float32
+  ASSERT_EQ(run_cli("info --model " + golden_model("tiny-llama") + " --dtype f16", &out), 0) << out;
+  EXPECT_NE(out.find("loaded as float16"), std::string::npos) << out;
   EXPECT_NE(out.find("float16"), std::string::npos) << out;
   EXPECT_NE(run_cli("info --model " + golden_model("tiny-llama") + " --dtype float64", &out), 0);
   EXPECT_NE(out.find("--dtype must be"), std::string::npos) << out;
@@ -243,14 +322,15 @@ TEST(Bf16Cli, MergeWritesFloat16) {
       << out;
   EXPECT_EQ(read_json_file(dir + "/merged/config.json")["torch_dtype"], "float16");
   EXPECT_EQ(safetensors_dtypes(dir + "/merged/model.safetensors"), "Half");
-  // it loads (as float32: --dtype auto on a float16 checkpoint) and matches the merged golden logits
+  // it loads (float32, and --dtype auto: float16 Linear weights) and matches the merged golden logits
   auto merged = load_model(dir + "/merged");
   at::NoGradGuard g;
   ForwardInput in;
   in.input_ids = golden_ids("lora");
   EXPECT_TRUE(all_close(merged->forward(in), golden_expected("lora").at("logits_merge_and_unload"), 1e-2, 1e-2));
+  EXPECT_TRUE(all_close(load_model(dir + "/merged", at::kHalf)->forward(in), merged->forward(in), 1e-5, 1e-4));
   ASSERT_EQ(run_cli("info --model " + dir + "/merged --dtype auto", &out), 0) << out;
-  EXPECT_NE(out.find("loaded as float32"), std::string::npos) << out;
+  EXPECT_NE(out.find("loaded as float16"), std::string::npos) << out;
 }
 
 }  // namespace

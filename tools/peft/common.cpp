@@ -51,8 +51,8 @@ std::string dtype_name(at::ScalarType t) {
 }
 
 const char * const kDtypeHelp =
-    "the weights' dtype: float32 (f32, the default), bfloat16 (bf16), or auto (config.json's torch_dtype; "
-    "float16 checkpoints load as float32). Adapters and their training stay float32";
+    "the weights' dtype: float32 (f32, the default), bfloat16 (bf16), float16 (f16: the Linear weights only, "
+    "computed in float32 like the rest), or auto (config.json's torch_dtype). Adapters and their training stay float32";
 
 std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::string> & flags) {
   std::vector<std::string> out;
@@ -65,11 +65,9 @@ std::vector<std::string> given(const CLI::App & cmd, const std::vector<std::stri
 at::ScalarType parse_dtype(const std::string & s) {
   if (s == "float32" || s == "f32") return at::kFloat;
   if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
-  PEFT_USAGE(s != "float16" && s != "f16" && s != "half",
-             "--dtype ", s, ": LibTorch 1.13's CPU kernels have no float16 matrix product, softmax or SiLU; use "
-             "--dtype bf16 (the same 2 bytes per weight) or --dtype f32 (exact for a float16 checkpoint)");
+  if (s == "float16" || s == "f16" || s == "half") return at::kHalf;
   PEFT_USAGE(s != "auto", "--dtype auto needs a checkpoint folder");
-  fail(str("--dtype must be float32 (f32), bfloat16 (bf16) or auto, got '", s, "'"));
+  fail(str("--dtype must be float32 (f32), bfloat16 (bf16), float16 (f16) or auto, got '", s, "'"));
 }
 
 at::ScalarType auto_dtype(const std::string & model_dir) {
@@ -80,7 +78,7 @@ at::ScalarType auto_dtype(const std::string & model_dir) {
   for (const char * key : {"torch_dtype", "dtype"}) {
     if (j.contains(key) && j[key].is_string()) {
       const std::string d = j[key].get<std::string>();
-      return d == "bfloat16" ? at::kBFloat16 : at::kFloat;  // float16 (no CPU kernels) widens exactly
+      return d == "bfloat16" ? at::kBFloat16 : d == "float16" ? at::kHalf : at::kFloat;
     }
   }
   return at::kFloat;
