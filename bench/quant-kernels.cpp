@@ -1,6 +1,6 @@
 // Timing of the quantized-linear CPU kernels (src/kernels) against float32 at::mv / at::mm on the
 // same shapes: time per call, weights/s and the weight bytes read per second, for M = 1 and 8 rows of x,
-// 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small);
+// 1 and 2 threads (the kernel pool and OpenBLAS alike); f32small: the float32 small-M kernel (peft::linear_small) at 1 and 8 rows;
 // bf16: the 16-bit weight kernel (peft::linear_16bit) beside ATen's bfloat16 at::linear; 4-bit-q8: the 4-bit kernel
 // with int8 activations (PEFT_4BIT_ACTIVATIONS=int8, llama.cpp's Q4_0 x Q8_0 arithmetic).
 // Usage: bench_quant_kernels [isa [cold|prefill]]   (avx512, avx2, portable; default: the best; cold: a 4-bit
@@ -74,11 +74,9 @@ void bench_shape(int64_t O, int64_t I, int threads) {
     const at::Tensor xb = x.to(at::kBFloat16);
     const double ta = seconds_per_call([&] { at::linear(xb, Wb); });
     report("aten-bf16", O, I, M, threads, 2.0 * n, ta, base);
-    if (M > 1) {
-      const WeightF32 wf{W.data_ptr<float>(), O, I};
-      const double tf = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, wf, y.data_ptr<float>()); });
-      report("f32small", O, I, M, threads, 4.0 * n, tf, base);
-    }
+    const WeightF32 wf{W.data_ptr<float>(), O, I};
+    const double tf = seconds_per_call([&] { gemm_small(x.data_ptr<float>(), M, wf, y.data_ptr<float>()); });
+    report("f32small", O, I, M, threads, 4.0 * n, tf, base);
   }
 }
 

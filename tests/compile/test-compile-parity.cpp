@@ -282,7 +282,18 @@ TEST(CompilePasses, GemvForSingleRows) {
   at::Tensor one = golden_ids("lora").narrow(0, 0, 1).narrow(1, 0, 1);
   EXPECT_TRUE(all_close(c.forward({one}), m->forward({one}), 1e-5, 1e-5));
   EXPECT_EQ(c.last_graph_ops().count("aten::linear"), 0u) << c.last_graph();
-  EXPECT_EQ(c.last_graph_ops()["peft::linear_gemv"], 15u);  // 7 per layer + lm_head
+  EXPECT_EQ(c.last_graph_ops()["peft::linear_small"], 15u);  // 7 per layer + lm_head: the small-row kernel
+  // with grad mode on (the graph may be differentiated), or the small-row kernel off: BLAS's GEMV
+  {
+    at::AutoGradMode on(true);
+    EXPECT_TRUE(all_close(c.forward({one}), m->forward({one}), 1e-5, 1e-5));
+    EXPECT_EQ(c.last_graph_ops()["peft::linear_gemv"], 15u) << c.last_graph();
+  }
+  CompileOptions off;
+  off.small_row_linear = false;
+  auto d = compile(m, off);
+  EXPECT_TRUE(all_close(d.forward({one}), m->forward({one}), 1e-5, 1e-5));
+  EXPECT_EQ(d.last_graph_ops()["peft::linear_gemv"], 15u);
 }
 
 TEST(CompilePasses, SmallRowLinearForBatchedDecode) {
