@@ -330,8 +330,8 @@ int run_shape_group(const ShapeArgs & a) {
     row(pre, ms, static_cast<double>(a.prefill_len), {{"reps", reps}});
   }
   if (want_tr) {
-    // a LoRA training step (forward, backward, AdamW) on one sequence of prefill_len tokens, eager (gradient
-    // checkpointing does not compile), without and with gradient checkpointing. --reps 1: one step only, the
+    // a LoRA training step (forward, backward, AdamW) on one sequence of prefill_len tokens, eager (as the
+    // earlier figures were taken), without and with gradient checkpointing. --reps 1: one step only, the
     // first (its optimizer state is allocated in it; what a long step at the 8B shape can afford)
     const int reps = a.reps ? std::min(a.reps, 3) : 2;
     const bool one_step = a.reps == 1;
